@@ -1,0 +1,63 @@
+"""The project's error hierarchy.
+
+Every error a user can cause carries a message that says what was wrong and what to do.
+The CLI prints ``str(error)`` on one line and exits non-zero; the web layer maps them to
+4xx answers.
+"""
+
+
+class DigestError(Exception):
+    """Base class of every error the project raises on purpose."""
+
+
+class ConfigError(DigestError):
+    """A setting is missing or invalid."""
+
+
+class IngestError(DigestError):
+    """A listing, feed or JSON document could not be read or parsed; nothing was written."""
+
+
+class ValidationError(DigestError):
+    """A value given by a user (address, theme, time zone, option) is invalid."""
+
+
+class UnknownTaxonomyError(ValidationError):
+    """A theme, location or content type that does not exist was asked for."""
+
+    def __init__(self, facet: str, values: list[str], valid: list[str]):
+        self.facet = facet
+        self.values = values
+        self.valid = valid
+        shown = ", ".join(valid[:12]) + (" ..." if len(valid) > 12 else "")
+        super().__init__(
+            f"unknown {facet}: {', '.join(values)}; valid {facet}s are: {shown or '(none yet)'}"
+        )
+
+
+class HeaderInjectionError(ValidationError):
+    """A value that would reach a mail header contains CR or LF."""
+
+
+class DeliveryError(DigestError):
+    """A message could not be handed to the SMTP server."""
+
+
+class TemporaryDeliveryError(DeliveryError):
+    """4xx reply or dropped connection: try again later."""
+
+    def __init__(self, message: str, code: int | None = None):
+        self.code = code
+        super().__init__(message)
+
+
+class PermanentDeliveryError(DeliveryError):
+    """5xx reply: do not try again."""
+
+    def __init__(self, message: str, code: int | None = None):
+        self.code = code
+        super().__init__(message)
+
+
+class TokenError(DigestError):
+    """A signed link token is forged, expired or meant for another purpose."""

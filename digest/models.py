@@ -1,0 +1,323 @@
+"""All tables, as SQLAlchemy 2 typed models. Schema changes go through Alembic migrations."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; attach a time zone")
+        value = value.astimezone(timezone.utc)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+class Frequency(str, enum.Enum):
+    immediate = "immediate"
+    daily = "daily"
+    weekly = "weekly"
+
+
+class SubscriberStatus(str, enum.Enum):
+    pending = "pending"  # asked to subscribe, not confirmed yet
+    active = "active"
+    unsubscribed = "unsubscribed"
+    suppressed = "suppressed"  # hard bounce or admin action
+
+
+class RunKind(str, enum.Enum):
+    weekly = "weekly"
+    daily = "daily"
+    immediate = "immediate"
+    adhoc = "adhoc"
+
+
+class RunStatus(str, enum.Enum):
+    planned = "planned"
+    sending = "sending"
+    done = "done"
+
+
+class DeliveryStatus(str, enum.Enum):
+    pending = "pending"
+    sending = "sending"
+    sent = "sent"
+    deferred = "deferred"
+    failed = "failed"
+    skipped = "skipped"  # nothing matched: an empty digest is not sent
+    cancelled = "cancelled"  # subscriber left or was suppressed before it went out
+
+
+# --- taxonomy -----------------------------------------------------------------------------
+
+class Theme(Base):
+    __tablename__ = "themes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(300))
+
+
+class Location(Base):
+    """A place ("OSCE Mission to Montenegro"); ``parent`` is its region ("South-Eastern Europe")."""
+
+    __tablename__ = "locations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(300))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("locations.id", ondelete="SET NULL"))
+    parent: Mapped[Location | None] = relationship(remote_side=[id])
+
+
+class ContentType(Base):
+    __tablename__ = "content_types"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(300))
+
+
+item_themes = Table(
+    "item_themes",
+    Base.metadata,
+    Column("item_id", ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+    Column("theme_id", ForeignKey("themes.id", ondelete="CASCADE"), primary_key=True),
+    Index("ix_item_themes_theme_id", "theme_id"),
+)
+item_locations = Table(
+    "item_locations",
+    Base.metadata,
+    Column("item_id", ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+    Column("location_id", ForeignKey("locations.id", ondelete="CASCADE"), primary_key=True),
+    Index("ix_item_locations_location_id", "location_id"),
+)
+
+
+class Item(Base):
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    guid: Mapped[str] = mapped_column(String(1000), unique=True)
+    url: Mapped[str | None] = mapped_column(String(2000))
+    title: Mapped[str] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    published_at: Mapped[datetime | None]
+    ingested_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    content_type_id: Mapped[int | None] = mapped_column(
+        ForeignKey("content_types.id", ondelete="SET NULL"), index=True
+    )
+    source: Mapped[str] = mapped_column(String(200), default="")
+    # Published longer ago than the maximum age when ingested: kept, listed, never mailed.
+    is_backfill: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    content_type: Mapped[ContentType | None] = relationship()
+    themes: Mapped[list[Theme]] = relationship(secondary=item_themes, order_by=Theme.name)
+    locations: Mapped[list[Location]] = relationship(secondary=item_locations, order_by=Location.name)
+
+
+# --- subscribers ----------------------------------------------------------------------------
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # normalised
+    status: Mapped[str] = mapped_column(String(20), default=SubscriberStatus.active.value, index=True)
+    frequency: Mapped[str] = mapped_column(String(20), default=Frequency.weekly.value, index=True)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    weekday: Mapped[int] = mapped_column(Integer, default=0)  # 0 = Monday, local time
+    hour: Mapped[int] = mapped_column(Integer, default=8)  # 0-23, local time
+    group_by: Mapped[str] = mapped_column(String(20), default="theme")  # theme | location
+    # Upper bound (ingested_at) of the last scheduled digest planned for this subscriber.
+    watermark: Mapped[datetime | None]
+    soft_bounces: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    confirmed_at: Mapped[datetime | None]
+    unsubscribed_at: Mapped[datetime | None]
+
+    filters: Mapped[list[SubscriberFilter]] = relationship(
+        back_populates="subscriber", cascade="all, delete-orphan", order_by="SubscriberFilter.id"
+    )
+
+
+filter_themes = Table(
+    "filter_themes",
+    Base.metadata,
+    Column("filter_id", ForeignKey("subscriber_filters.id", ondelete="CASCADE"), primary_key=True),
+    Column("theme_id", ForeignKey("themes.id", ondelete="CASCADE"), primary_key=True),
+)
+filter_locations = Table(
+    "filter_locations",
+    Base.metadata,
+    Column("filter_id", ForeignKey("subscriber_filters.id", ondelete="CASCADE"), primary_key=True),
+    Column("location_id", ForeignKey("locations.id", ondelete="CASCADE"), primary_key=True),
+)
+filter_content_types = Table(
+    "filter_content_types",
+    Base.metadata,
+    Column("filter_id", ForeignKey("subscriber_filters.id", ondelete="CASCADE"), primary_key=True),
+    Column("content_type_id", ForeignKey("content_types.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class SubscriberFilter(Base):
+    """Three facets; values OR within a facet, facets AND, an empty facet matches anything."""
+
+    __tablename__ = "subscriber_filters"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
+    )
+    subscriber: Mapped[Subscriber] = relationship(back_populates="filters")
+    themes: Mapped[list[Theme]] = relationship(secondary=filter_themes, order_by=Theme.name)
+    locations: Mapped[list[Location]] = relationship(secondary=filter_locations, order_by=Location.name)
+    content_types: Mapped[list[ContentType]] = relationship(
+        secondary=filter_content_types, order_by=ContentType.name
+    )
+
+
+class Suppression(Base):
+    """Addresses nothing is sent to (hard bounces, complaints, admin decisions)."""
+
+    __tablename__ = "suppressions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    reason: Mapped[str] = mapped_column(String(50))  # hard_bounce | soft_bounces | complaint | admin
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- runs and deliveries --------------------------------------------------------------------
+
+class DigestRun(Base):
+    __tablename__ = "digest_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    # One run per schedule slot: a second beat, a retried tick or a double click adds nothing.
+    slot_key: Mapped[str] = mapped_column(String(200), unique=True)
+    cutoff: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(20), default=RunStatus.planned.value)
+    params: Mapped[dict] = mapped_column(JSON, default=dict)
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    planned_count: Mapped[int] = mapped_column(Integer, default=0)
+    skipped_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="run", lazy="raise_on_sql")
+
+
+class Delivery(Base):
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("run_id", "subscriber_id"),
+        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("digest_runs.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
+    )
+    email: Mapped[str] = mapped_column(String(320))  # the address at planning time
+    status: Mapped[str] = mapped_column(String(20), default=DeliveryStatus.pending.value)
+    item_count: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    smtp_code: Mapped[int | None]
+    smtp_reply: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    sent_at: Mapped[datetime | None]
+
+    run: Mapped[DigestRun] = relationship(back_populates="deliveries")
+    subscriber: Mapped[Subscriber] = relationship()
+    items: Mapped[list[Item]] = relationship(secondary="delivery_items", viewonly=True)
+
+
+delivery_items = Table(
+    "delivery_items",
+    Base.metadata,
+    Column("delivery_id", ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True),
+    Column("item_id", ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class SentItem(Base):
+    """The ledger: an item goes to a subscriber in at most one scheduled digest, ever."""
+
+    __tablename__ = "sent_items"
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True
+    )
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Bounce(Base):
+    """A delivery-status report tied to the delivery it names (VERP)."""
+
+    __tablename__ = "bounces"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="SET NULL"), index=True
+    )
+    email: Mapped[str] = mapped_column(String(320))
+    status_code: Mapped[str] = mapped_column(String(20))  # enhanced code, e.g. 5.1.1
+    kind: Mapped[str] = mapped_column(String(20))  # hard | soft | policy
+    diagnostic: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

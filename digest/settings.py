@@ -1,0 +1,87 @@
+"""One settings object, read from ``DIGEST_*`` environment variables (and ``.env``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIGEST_", env_file=".env", extra="ignore")
+
+    # Storage and broker
+    database_url: str = Field(
+        default="sqlite:///./var/digest.db",
+        description="SQLAlchemy URL. SQLite file by default; postgresql+psycopg://... in production.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker (redis://...). Empty: tasks run in-process, no worker needed.",
+    )
+    result_backend: str | None = Field(default=None, description="Celery result backend (optional).")
+
+    # SMTP
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_ssl: bool = False
+    smtp_timeout: float = 30.0
+
+    # Identity of the mail
+    from_address: str = "OSCE Newsroom Digest <digest@newsroom.example.org>"
+    reply_to: str | None = None
+    list_id: str = "Newsroom digest <digest.newsroom.example.org>"
+    public_base_url: str = "http://127.0.0.1:8000"
+    newsroom_url: str = "https://www.osce.org/newsroom"
+    secret_key: SecretStr = SecretStr("change-me-in-production")
+    old_secret_keys: list[SecretStr] = Field(
+        default_factory=list, description="Previous secret keys still accepted while rotating."
+    )
+
+    # DKIM (signing is on when both key and selector are set)
+    dkim_selector: str | None = None
+    dkim_private_key_path: Path | None = None
+    dkim_domain: str | None = None
+
+    # Selection
+    first_digest_lookback_days: int = 7
+    max_item_age_days: int = 30
+    max_items_per_digest: int = 20
+
+    # Delivery
+    batch_size: int = 100
+    lease_seconds: int = 300
+    max_attempts: int = 6
+    retry_base_seconds: int = 60
+    soft_bounce_threshold: int = 3
+
+    # Paths
+    templates_dir: Path = PROJECT_ROOT / "templates"
+    var_dir: Path = Path("./var")
+
+    # Web/admin
+    admin_username: str = "admin"
+    admin_password_hash: str | None = None
+    api_token: SecretStr | None = None
+
+    @property
+    def from_domain(self) -> str:
+        from email.utils import parseaddr
+
+        return parseaddr(self.from_address)[1].rpartition("@")[2] or "localhost"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    get_settings.cache_clear()
