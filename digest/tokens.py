@@ -1,0 +1,74 @@
+"""Signed link tokens (itsdangerous) with one salt per purpose.
+
+A token made for one purpose never opens another: a confirm token cannot unsubscribe. Old
+secret keys listed in ``DIGEST_OLD_SECRET_KEYS`` still verify, so rotating the key does not
+break links already in inboxes; new tokens are always signed with the current key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from digest.errors import TokenError
+from digest.settings import Settings, get_settings
+
+Purpose = Literal["confirm", "manage", "unsubscribe", "view"]
+
+# Confirmation links expire; links printed in digests keep working (they are the way out).
+MAX_AGE: dict[str, int | None] = {
+    "confirm": 7 * 24 * 3600,
+    "manage": None,
+    "unsubscribe": None,
+    "view": None,
+}
+
+
+def _serializer(purpose: Purpose, settings: Settings) -> URLSafeTimedSerializer:
+    # itsdangerous signs with the last key and accepts any of them.
+    keys = [k.get_secret_value() for k in settings.old_secret_keys]
+    keys.append(settings.secret_key.get_secret_value())
+    return URLSafeTimedSerializer(keys, salt=f"digest.{purpose}")
+
+
+def make_token(purpose: Purpose, payload: dict[str, Any], settings: Settings | None = None) -> str:
+    return _serializer(purpose, settings or get_settings()).dumps(payload)
+
+
+def read_token(purpose: Purpose, token: str, settings: Settings | None = None,
+               max_age: int | None = -1) -> dict[str, Any]:
+    """The payload of a valid token; ``TokenError`` saying why otherwise."""
+    if max_age == -1:
+        max_age = MAX_AGE[purpose]
+    try:
+        payload = _serializer(purpose, settings or get_settings()).loads(token, max_age=max_age)
+    except SignatureExpired as exc:
+        raise TokenError("this link has expired; ask for a new one") from exc
+    except BadSignature as exc:
+        raise TokenError("this link is not valid (it may be incomplete or meant for something else)") from exc
+    if not isinstance(payload, dict):
+        raise TokenError("this link is not valid")
+    return payload
+
+
+def subscriber_token(purpose: Purpose, subscriber_id: int, settings: Settings | None = None) -> str:
+    return make_token(purpose, {"s": subscriber_id}, settings)
+
+
+def subscriber_from_token(purpose: Purpose, token: str, settings: Settings | None = None) -> int:
+    payload = read_token(purpose, token, settings)
+    sid = payload.get("s")
+    if not isinstance(sid, int):
+        raise TokenError("this link is not valid")
+    return sid
+
+
+def links_for(subscriber_id: int, settings: Settings | None = None) -> dict[str, str]:
+    """Absolute URLs for the footer of every email sent to this subscriber."""
+    s = settings or get_settings()
+    base = s.public_base_url.rstrip("/")
+    return {
+        "manage_url": f"{base}/preferences/{subscriber_token('manage', subscriber_id, s)}",
+        "unsubscribe_url": f"{base}/unsubscribe/{subscriber_token('unsubscribe', subscriber_id, s)}",
+    }
