@@ -1,0 +1,368 @@
+"""The operator's entry point: ``digest ...`` (Typer + rich).
+
+Bad input ends in a one-line ``error: ...`` and exit code 1 (2 for usage errors), never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from digest import db
+from digest.errors import DigestError, ValidationError
+from digest.settings import get_settings, reset_settings_cache
+
+app = typer.Typer(help="Digest: newsroom digests by email.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+ingest_app = typer.Typer(help="Bring items in.", no_args_is_help=True)
+subs_app = typer.Typer(help="Manage subscribers.", no_args_is_help=True)
+send_app = typer.Typer(help="Plan and send digests.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(subs_app, name="subscribers")
+app.add_typer(send_app, name="send")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def parse_when(value: str | None, *, end_of_day: bool = False) -> datetime | None:
+    """ISO date or datetime; a date means its start (or end) in UTC."""
+    if not value:
+        return None
+    try:
+        if len(value) == 10:
+            day = datetime.fromisoformat(value).date()
+            return datetime.combine(day, time.max if end_of_day else time.min, tzinfo=timezone.utc)
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValidationError(f"bad date {value!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM[+00:00]") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _session() -> Session:
+    return db._sessionmaker(get_settings().database_url)()
+
+
+def _ensure_db() -> None:
+    db.upgrade()
+
+
+# --- db ---------------------------------------------------------------------------------------
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema to the latest version."""
+    db.upgrade()
+    console.print(f"database at the latest schema: {get_settings().database_url}")
+
+
+# --- ingest -----------------------------------------------------------------------------------
+
+def _after_ingest(report) -> None:
+    from workers.tasks import publish_items
+
+    console.print(report.summary())
+    publish_items(report.new_item_ids)
+
+
+@ingest_app.command("listing")
+def ingest_listing(source: Path = typer.Argument(..., help="A newsroom listing text file.")) -> None:
+    """Ingest a newsroom listing in the seed's text format."""
+    from digest import ingest
+
+    _ensure_db()
+    _after_ingest(ingest.ingest_listing(source))
+
+
+@ingest_app.command("feed")
+def ingest_feed(source: str = typer.Argument(..., help="RSS/Atom file path or http(s) URL.")) -> None:
+    """Ingest an RSS 2.0 or Atom feed."""
+    from digest import ingest
+
+    _ensure_db()
+    _after_ingest(ingest.ingest_feed(source))
+
+
+@ingest_app.command("json")
+def ingest_json(source: str = typer.Argument(..., help="A JSON file ('-' for standard input).")) -> None:
+    """Ingest items given as JSON (an object or a list of objects)."""
+    from digest import ingest
+
+    _ensure_db()
+    text = sys.stdin.read() if source == "-" else source
+    _after_ingest(ingest.ingest_json(text))
+
+
+# --- subscribers ------------------------------------------------------------------------------
+
+@subs_app.command("add")
+def subscribers_add(
+    email: str,
+    filter_: list[str] = typer.Option([], "--filter", "-f", help="themes=A|B;locations=C;types=News (repeatable)"),
+    theme: list[str] = typer.Option([], "--theme", help="Shortcut for one filter's themes."),
+    location: list[str] = typer.Option([], "--location"),
+    content_type: list[str] = typer.Option([], "--type"),
+    frequency: str = typer.Option("weekly", help="immediate | daily | weekly"),
+    tz: str = typer.Option("UTC", "--timezone", help="IANA time zone"),
+    weekday: str = typer.Option("monday"),
+    hour: int = typer.Option(8),
+    group_by: str = typer.Option("theme", help="theme | location"),
+    create_taxonomy: bool = typer.Option(False, help="Create unknown themes/locations/types."),
+) -> None:
+    """Add a subscriber (or update the one with that address)."""
+    from digest.subscribers import FilterSpec, parse_filter, upsert_subscriber
+
+    _ensure_db()
+    specs = [parse_filter(f) for f in filter_]
+    if theme or location or content_type:
+        specs.append(FilterSpec(list(theme), list(location), list(content_type)))
+    with db.session_scope() as session:
+        sub, created = upsert_subscriber(session, email, filters=specs, frequency=frequency,
+                                         timezone=tz, weekday=weekday, hour=hour,
+                                         group_by=group_by, create_taxonomy=create_taxonomy)
+        console.print(f"{'added' if created else 'updated'} subscriber #{sub.id} {sub.email}")
+
+
+@subs_app.command("list")
+def subscribers_list() -> None:
+    """List subscribers with their filters."""
+    from sqlalchemy.orm import selectinload
+
+    from digest.models import Subscriber, SubscriberFilter
+    from digest.subscribers import WEEKDAYS, describe_filter
+
+    _ensure_db()
+    table = Table("id", "email", "status", "frequency", "when (local)", "filters")
+    with db.session_scope() as session:
+        for sub in session.scalars(select(Subscriber).order_by(Subscriber.id).options(
+                selectinload(Subscriber.filters).selectinload(SubscriberFilter.themes),
+                selectinload(Subscriber.filters).selectinload(SubscriberFilter.locations),
+                selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types))):
+            when = f"{WEEKDAYS[sub.weekday][:3]} {sub.hour:02d}:00 {sub.timezone}"
+            filters = "\n".join(describe_filter(f) for f in sub.filters) or "everything"
+            table.add_row(str(sub.id), sub.email, sub.status, sub.frequency, when, filters)
+    console.print(table)
+
+
+@subs_app.command("import")
+def subscribers_import(source: Path) -> None:
+    """Import subscribers from CSV (bad rows are reported with their line numbers)."""
+    from digest.subscribers import import_csv
+
+    _ensure_db()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"cannot read {source}: {exc.strerror if isinstance(exc, OSError) else exc}") from exc
+    with db.session_scope() as session:
+        report = import_csv(session, text)
+    for line, reason in report.errors:
+        err.print(f"line {line}: {reason}", markup=False, highlight=False)
+    console.print(report.summary())
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@subs_app.command("export")
+def subscribers_export() -> None:
+    """Write all subscribers as CSV to standard output."""
+    from digest.subscribers import export_csv
+
+    _ensure_db()
+    with db.session_scope() as session:
+        sys.stdout.write(export_csv(session))
+
+
+# --- send -------------------------------------------------------------------------------------
+
+def _report_run(planned, dry_run: bool) -> None:
+    from workers.tasks import enqueue_deliveries
+
+    if not planned.created:
+        console.print(f"run #{planned.run_id} already exists for this slot: nothing new planned.")
+        return
+    verb = "would send" if dry_run else "sending"
+    console.print(f"run #{planned.run_id}: {verb} {planned.planned} digest(s); "
+                  f"{planned.skipped} empty digest(s) skipped.")
+    if not dry_run:
+        enqueue_deliveries(planned.pending_ids)
+
+
+def _plan(fn, dry_run: bool):
+    session = _session()
+    try:
+        planned = fn(session)
+        if dry_run:
+            session.rollback()
+        else:
+            session.commit()
+        return planned
+    finally:
+        session.close()
+
+
+def _send_scheduled(frequency: str, now: bool, dry_run: bool, as_of: Optional[str]) -> None:
+    from digest.select import plan_scheduled_run
+
+    _ensure_db()
+    clock = parse_when(as_of)
+    planned = _plan(lambda s: plan_scheduled_run(s, frequency, now=clock, everyone=now,
+                                                 dry_run=dry_run), dry_run)
+    _report_run(planned, dry_run)
+
+
+@send_app.command("weekly")
+def send_weekly(
+    now: bool = typer.Option(False, "--now", help="Everyone weekly, not only those due this hour."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be sent; change nothing."),
+    as_of: Optional[str] = typer.Option(None, help="Pretend the clock is this (ISO date/time)."),
+) -> None:
+    """Plan and send the weekly digest of this hour's slot."""
+    _send_scheduled("weekly", now, dry_run, as_of)
+
+
+@send_app.command("daily")
+def send_daily(
+    now: bool = typer.Option(False, "--now"),
+    dry_run: bool = typer.Option(False, "--dry-run"),
+    as_of: Optional[str] = typer.Option(None),
+) -> None:
+    """Plan and send the daily digest of this hour's slot."""
+    _send_scheduled("daily", now, dry_run, as_of)
+
+
+@send_app.command("adhoc")
+def send_adhoc(
+    theme: list[str] = typer.Option([], "--theme"),
+    location: list[str] = typer.Option([], "--location"),
+    content_type: list[str] = typer.Option([], "--type"),
+    date_from: Optional[str] = typer.Option(None, "--from", help="Published on or after (YYYY-MM-DD)."),
+    date_to: Optional[str] = typer.Option(None, "--to", help="Published on or before (YYYY-MM-DD)."),
+    item: list[int] = typer.Option([], "--item", help="Item id (repeatable)."),
+    frequency: list[str] = typer.Option([], "--frequency", help="Only subscribers of this frequency."),
+    key: Optional[str] = typer.Option(None, help="A new key to send the same selection again."),
+    dry_run: bool = typer.Option(False, "--dry-run"),
+) -> None:
+    """Send chosen items now to every subscriber whose preferences they match."""
+    from digest.select import AdhocQuery, plan_adhoc_run
+    from digest.subscribers import check_choice
+
+    _ensure_db()
+    for f in frequency:
+        check_choice("frequency", f, ["immediate", "daily", "weekly"])
+    query = AdhocQuery(tuple(theme), tuple(location), tuple(content_type), parse_when(date_from),
+                       parse_when(date_to, end_of_day=True), tuple(item), tuple(frequency))
+    planned = _plan(lambda s: plan_adhoc_run(s, query, dry_run=dry_run,
+                                             slot_key=f"adhoc:{key}" if key else None), dry_run)
+    _report_run(planned, dry_run)
+
+
+# --- preview and log --------------------------------------------------------------------------
+
+@app.command("preview")
+def preview(
+    email: str,
+    as_of: Optional[str] = typer.Option(None, help="Clock for the window (ISO date/time)."),
+    out: Path = typer.Option(None, help="Folder for the files (default: <var>/preview)."),
+) -> None:
+    """Write the HTML and text digest this subscriber would get; sends and changes nothing."""
+    from digest.mail import normalise_address
+    from digest.models import Subscriber
+    from digest.render import Recipient, get_renderer, render_items_from_models
+    from digest.select import preview_items
+    from digest.tokens import links_for
+
+    _ensure_db()
+    settings = get_settings()
+    address = normalise_address(email)
+    with db.session_scope() as session:
+        sub = session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
+        if sub is None:
+            raise ValidationError(f"no subscriber {address}; see 'digest subscribers list'")
+        items = preview_items(session, sub, as_of=parse_when(as_of))
+        links = links_for(sub.id)
+        rendered = get_renderer("digest").render(
+            Recipient(sub.id, sub.email, sub.group_by, links["manage_url"], links["unsubscribe_url"],
+                      None, sub.timezone), render_items_from_models(items))
+    folder = out or settings.var_dir / "preview"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = address.replace("@", "_at_")
+    html_path, text_path = folder / f"{stem}.html", folder / f"{stem}.txt"
+    html_path.write_text(rendered.html, encoding="utf-8")
+    text_path.write_text(rendered.text, encoding="utf-8")
+    console.print(f"{len(items)} item(s); subject: {rendered.subject}")
+    console.print(f"HTML: {html_path}\ntext: {text_path}")
+
+
+@app.command("deliveries")
+def deliveries(
+    run: Optional[int] = typer.Option(None, "--run", help="Only this run."),
+    status: Optional[str] = typer.Option(None, "--status", help="pending, sending, sent, deferred, failed, skipped, cancelled"),
+    limit: int = typer.Option(200, help="Show at most this many rows."),
+) -> None:
+    """The delivery log, newest first, with each run's progress."""
+    from digest.models import Delivery, DeliveryStatus, DigestRun
+    from digest.subscribers import check_choice
+
+    _ensure_db()
+    if status:
+        check_choice("status", status, [s.value for s in DeliveryStatus])
+    with db.session_scope() as session:
+        q = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
+        if run is not None:
+            q = q.where(Delivery.run_id == run)
+        if status:
+            q = q.where(Delivery.status == status)
+        rows = session.scalars(q).all()
+        table = Table("id", "run", "email", "status", "items", "tries", "SMTP", "Message-ID", "updated")
+        for d in rows:
+            table.add_row(str(d.id), str(d.run_id), d.email, d.status, str(d.item_count),
+                          str(d.attempts), f"{d.smtp_code or ''} {(d.smtp_reply or '')[:40]}".strip(),
+                          d.message_id or "", f"{d.updated_at:%Y-%m-%d %H:%M:%S}")
+        console.print(table)
+        run_ids = sorted({d.run_id for d in rows}, reverse=True)[:10]
+        runs = Table("run", "kind", "slot", "status", "progress")
+        for r in session.scalars(select(DigestRun).where(DigestRun.id.in_(run_ids)).order_by(DigestRun.id.desc())):
+            counts = dict(session.execute(select(Delivery.status, func.count()).where(
+                Delivery.run_id == r.id).group_by(Delivery.status)).all())
+            runs.add_row(str(r.id), r.kind, r.slot_key, r.status,
+                         ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        if run_ids:
+            console.print(runs)
+
+
+@app.command("demo")
+def demo(
+    var: Path = typer.Option(Path("var"), help="Folder for the SQLite file and the outbox."),
+) -> None:
+    """Run the whole pipeline on the embedded default and show what was delivered."""
+    from digest.demo import run_demo
+
+    run_demo(var, console)
+
+
+def main() -> None:
+    try:
+        app()
+    except DigestError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Delivery: claim planned rows, render, build and send each message, record the outcome.
+
+State machine of a ``deliveries`` row::
+
+    pending --claim--> sending --250--> sent
+                          |----4xx / dropped connection--> deferred --(due)--> sending ...
+                          |----5xx---------------------> failed   (5.1.x also suppresses)
+    pending/deferred --subscriber left or suppressed--> cancelled
+
+A claim is a conditional UPDATE, so a task that runs twice (redelivered by the broker, or
+retried after a worker was lost) finds nothing left to claim and sends nothing twice. A
+claim holds a lease; a worker that dies mid-batch leaves rows in ``sending`` that
+``recover_expired_leases`` puts back as deferred. The database, not the broker, is the
+record of what was sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from digest import db
+from digest.errors import DigestError, PermanentDeliveryError, TemporaryDeliveryError
+from digest.mail import DkimSigner, build_message, make_message_id
+from digest.models import (
+    Delivery,
+    DeliveryStatus,
+    DigestRun,
+    Item,
+    RunKind,
+    RunStatus,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+    utcnow,
+)
+from digest.render import Recipient, get_renderer, render_items_from_models
+from digest.settings import Settings, get_settings
+from digest.tokens import links_for, make_token
+from digest.transport import Transport, transport_from_settings
+
+CLAIMABLE = (DeliveryStatus.pending.value, DeliveryStatus.deferred.value)
+UNFINISHED = (DeliveryStatus.pending.value, DeliveryStatus.sending.value, DeliveryStatus.deferred.value)
+_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+@dataclass
+class BatchResult:
+    claimed: int = 0
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    outcomes: dict[int, str] = field(default_factory=dict)
+
+
+def enhanced_status(reply: str) -> str | None:
+    """The RFC 3463 enhanced status code in an SMTP reply ("5.1.1"), if any."""
+    match = _ENHANCED.search(reply or "")
+    return ".".join(match.groups()) if match else None
+
+
+def is_unknown_user(reply: str) -> bool:
+    """5.1.x: the address does not exist; 5.7.x (policy) is not the address's fault."""
+    code = enhanced_status(reply)
+    return bool(code and code.startswith("5.1."))
+
+
+def retry_delay(attempts: int, settings: Settings) -> timedelta:
+    return timedelta(seconds=min(settings.retry_base_seconds * 2 ** max(attempts - 1, 0), 6 * 3600))
+
+
+def claim(session: Session, delivery_ids: list[int], now: datetime, settings: Settings) -> list[int]:
+    """Move due pending/deferred rows to ``sending`` under a lease; returns the ids we own."""
+    if not delivery_ids:
+        return []
+    stmt = (
+        update(Delivery)
+        .where(Delivery.id.in_(delivery_ids), Delivery.status.in_(CLAIMABLE),
+               (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now))
+        .values(status=DeliveryStatus.sending.value, attempts=Delivery.attempts + 1,
+                lease_until=now + timedelta(seconds=settings.lease_seconds), updated_at=now)
+        .returning(Delivery.id)
+    )
+    return sorted(session.scalars(stmt).all())
+
+
+def _view_url(settings: Settings, delivery_id: int) -> str:
+    return f"{settings.public_base_url.rstrip('/')}/view/{make_token('view', {'d': delivery_id}, settings)}"
+
+
+class MessageFactory:
+    """Everything that is the same for every message of a batch is prepared once here."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.dkim = DkimSigner.from_settings(settings)
+        self.domain = settings.from_domain
+        self.feedback_id = f"digest:{settings.list_id.split('<')[-1].strip('> ')}:newsroom"
+
+    def build(self, delivery: Delivery, run: DigestRun, items: list[Item]) -> tuple[str, bytes]:
+        s = self.settings
+        sub = delivery.subscriber
+        links = links_for(sub.id, s)
+        recipient = Recipient(subscriber_id=sub.id, email=delivery.email, group_by=sub.group_by,
+                              manage_url=links["manage_url"], unsubscribe_url=links["unsubscribe_url"],
+                              view_url=_view_url(s, delivery.id), timezone=sub.timezone)
+        template = "alert" if run.kind == RunKind.immediate.value else "digest"
+        render_items = render_items_from_models(items)
+        context = {}
+        dates = [it.published_at.date() for it in items if it.published_at]
+        if dates and template == "digest":
+            context = {"period_start": min(dates), "period_end": max(dates)}
+        rendered = get_renderer(template).render(recipient, render_items, **context)
+        # Stable per delivery: a retried send carries the same Message-ID.
+        message_id = make_message_id(f"digest.{run.id}.{delivery.id}", self.domain)
+        data = build_message(
+            from_addr=s.from_address, to_addr=delivery.email, subject=rendered.subject,
+            html=rendered.html, text=rendered.text, message_id=message_id, list_id=s.list_id,
+            unsubscribe_url=links["unsubscribe_url"],
+            unsubscribe_mailto=f"mailto:unsubscribe@{self.domain}?subject=unsubscribe%20{sub.id}",
+            feedback_id=self.feedback_id, reply_to=s.reply_to,
+            extra_headers={"X-Digest-Delivery": str(delivery.id)},
+        )
+        if self.dkim is not None:
+            data = self.dkim.sign(data)
+        return message_id, data
+
+    def return_path(self, delivery_id: int) -> str:
+        # VERP: a bounce to this address names its delivery.
+        return f"bounces+{delivery_id}@{self.domain}"
+
+
+def _load(session: Session, ids: list[int]) -> list[Delivery]:
+    return list(session.scalars(
+        select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id)
+        .options(selectinload(Delivery.subscriber), selectinload(Delivery.run),
+                 selectinload(Delivery.items).selectinload(Item.themes),
+                 selectinload(Delivery.items).selectinload(Item.locations),
+                 selectinload(Delivery.items).selectinload(Item.content_type))
+    ))
+
+
+def _record(session: Session, delivery_id: int, **values) -> None:
+    values.setdefault("updated_at", utcnow())
+    session.execute(update(Delivery).where(Delivery.id == delivery_id,
+                                           Delivery.status == DeliveryStatus.sending.value)
+                    .values(lease_until=None, **values))
+    session.commit()
+
+
+def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = None,
+                    now: datetime | None = None, settings: Settings | None = None) -> BatchResult:
+    """Claim, render, send and record a batch over one SMTP connection. Safe to run twice."""
+    settings = settings or get_settings()
+    now = now or utcnow()
+    result = BatchResult()
+    session = db._sessionmaker(settings.database_url)()
+    try:
+        owned = claim(session, list(delivery_ids), now, settings)
+        session.commit()
+        result.claimed = len(owned)
+        if not owned:
+            return result
+        deliveries = _load(session, owned)
+        suppressed = set(session.scalars(
+            select(Suppression.email).where(Suppression.email.in_({d.email for d in deliveries}))))
+        factory = MessageFactory(settings)
+        run_ids = {d.run_id for d in deliveries}
+        with (transport or transport_from_settings(settings)) as conn:
+            for delivery in deliveries:
+                outcome = _send_one(session, conn, factory, delivery, suppressed, settings)
+                result.outcomes[delivery.id] = outcome
+                setattr(result, outcome, getattr(result, outcome) + 1)
+        for run_id in run_ids:
+            finish_run_if_done(session, run_id)
+        session.commit()
+        return result
+    finally:
+        session.close()
+
+
+def _send_one(session: Session, conn: Transport, factory: MessageFactory, delivery: Delivery,
+              suppressed: set[str], settings: Settings) -> str:
+    from digest.subscribers import suppress
+
+    sub = delivery.subscriber
+    # Checked again at send time: someone may have left after the run was planned.
+    if sub.status != SubscriberStatus.active.value or delivery.email in suppressed:
+        _record(session, delivery.id, status=DeliveryStatus.cancelled.value,
+                smtp_reply=f"cancelled: subscriber is {sub.status}"
+                if sub.status != SubscriberStatus.active.value else "cancelled: address suppressed")
+        return "cancelled"
+    try:
+        message_id, data = factory.build(delivery, delivery.run, list(delivery.items))
+    except DigestError as exc:
+        # A message we cannot build (e.g. a header with CR/LF) is never sent half-right.
+        _record(session, delivery.id, status=DeliveryStatus.failed.value, smtp_reply=f"not sent: {exc}")
+        return "failed"
+    try:
+        reply = conn.send(factory.return_path(delivery.id), delivery.email, data)
+    except TemporaryDeliveryError as exc:
+        now = utcnow()
+        if delivery.attempts >= settings.max_attempts:
+            _record(session, delivery.id, status=DeliveryStatus.failed.value, smtp_code=exc.code,
+                    smtp_reply=f"gave up after {delivery.attempts} attempts: {exc}")
+            return "failed"
+        _record(session, delivery.id, status=DeliveryStatus.deferred.value, smtp_code=exc.code,
+                smtp_reply=str(exc), message_id=message_id,
+                next_attempt_at=now + retry_delay(delivery.attempts, settings))
+        return "deferred"
+    except PermanentDeliveryError as exc:
+        _record(session, delivery.id, status=DeliveryStatus.failed.value, smtp_code=exc.code,
+                smtp_reply=str(exc), message_id=message_id)
+        if is_unknown_user(str(exc)):
+            suppress(session, delivery.email, "hard_bounce", str(exc))
+            session.commit()
+        return "failed"
+    _record(session, delivery.id, status=DeliveryStatus.sent.value, smtp_code=reply.code,
+            smtp_reply=reply.reply, message_id=message_id, sent_at=utcnow(), next_attempt_at=None)
+    return "sent"
+
+
+def finish_run_if_done(session: Session, run_id: int) -> bool:
+    open_rows = session.scalar(select(func.count()).where(Delivery.run_id == run_id,
+                                                          Delivery.status.in_(UNFINISHED)))
+    if open_rows:
+        return False
+    session.execute(update(DigestRun).where(DigestRun.id == run_id,
+                                            DigestRun.status != RunStatus.done.value)
+                    .values(status=RunStatus.done.value, finished_at=utcnow()))
+    return True
+
+
+def due_for_retry(session: Session, now: datetime | None = None, limit: int = 10_000) -> list[int]:
+    """Deferred deliveries whose next attempt is due (the periodic retry task sends them)."""
+    now = now or utcnow()
+    return list(session.scalars(
+        select(Delivery.id).where(Delivery.status == DeliveryStatus.deferred.value,
+                                  Delivery.next_attempt_at <= now).order_by(Delivery.id).limit(limit)))
+
+
+def recover_expired_leases(session: Session, now: datetime | None = None) -> list[int]:
+    """Rows left in ``sending`` by a worker that died go back to deferred, due now."""
+    now = now or utcnow()
+    return sorted(session.scalars(
+        update(Delivery)
+        .where(Delivery.status == DeliveryStatus.sending.value, Delivery.lease_until < now)
+        .values(status=DeliveryStatus.deferred.value, next_attempt_at=now, lease_until=None,
+                smtp_reply="lease expired: the worker stopped before recording a result",
+                updated_at=now)
+        .returning(Delivery.id)
+    ).all())
+
+
+def requeue_failed(session: Session, delivery_ids: list[int]) -> int:
+    """An admin's second chance for failed deliveries (deferred, due now)."""
+    now = utcnow()
+    res = session.execute(update(Delivery).where(Delivery.id.in_(delivery_ids),
+                                                 Delivery.status == DeliveryStatus.failed.value)
+                          .values(status=DeliveryStatus.deferred.value, next_attempt_at=now,
+                                  attempts=0, updated_at=now))
+    return res.rowcount or 0
+
+
+def run_progress(session: Session, run_id: int) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for status, n in session.execute(select(Delivery.status, func.count())
+                                     .where(Delivery.run_id == run_id).group_by(Delivery.status)):
+        counts[status] = n
+    counts["total"] = sum(counts.values())
+    return dict(counts)
+
+
+def batches(ids: list[int], size: int) -> list[list[int]]:
+    return [ids[i:i + size] for i in range(0, len(ids), size)]

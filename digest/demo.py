@@ -1,0 +1,128 @@
+"""``digest demo``: the whole pipeline on the embedded default, no server needed.
+
+SQLite under ./var, tasks in-process (no broker), and a local SMTP server (aiosmtpd) that
+stores every message it receives as a .eml file in ./var/outbox. The clock is set to the
+week of the demo listing so its items are fresh.
+"""
+
+from __future__ import annotations
+
+import email
+import os
+from datetime import datetime, time, timedelta, timezone
+from email import policy
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+DEMO_LISTING = Path(__file__).resolve().parent / "data" / "demo-newsroom.txt"
+
+# (email, frequency, time zone, weekday, hour, group by, filters)
+DEMO_SUBSCRIBERS = [
+    ("amina.policing@example.org", "weekly", "Europe/Sarajevo", 0, 8, "theme",
+     ["themes=Policing"]),
+    ("marko.montenegro@example.org", "weekly", "Europe/Podgorica", 0, 9, "location",
+     ["locations=OSCE Mission to Montenegro"]),
+    ("lena.balkans@example.org", "weekly", "Europe/Vienna", 4, 17, "location",
+     ["locations=South-Eastern Europe;types=Press release"]),
+    ("aidai.youth@example.org", "weekly", "Asia/Bishkek", 1, 10, "theme",
+     ["themes=Youth|Education", "locations=OSCE Programme Office in Bishkek"]),
+    ("sam.gender@example.org", "weekly", "America/New_York", 2, 7, "theme",
+     ["themes=Gender equality|Human rights;types=News"]),
+    ("olga.elections@example.org", "immediate", "Europe/Warsaw", 0, 8, "theme",
+     ["themes=Elections"]),
+]
+
+
+def demo_clock(published: list[datetime]) -> datetime:
+    """The morning after the newest item of the listing."""
+    newest = max(published)
+    return datetime.combine(newest.date() + timedelta(days=1), time(9, 0), tzinfo=timezone.utc)
+
+
+def _use_demo_environment(var: Path, smtp_port: int) -> None:
+    from digest.settings import reset_settings_cache
+    from workers.celery_app import configure
+
+    var.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("DIGEST_DATABASE_URL", f"sqlite:///{var / 'digest.db'}")
+    os.environ["DIGEST_VAR_DIR"] = str(var)
+    os.environ["DIGEST_BROKER_URL"] = ""  # the demo runs the tasks in-process
+    os.environ["DIGEST_SMTP_HOST"] = "127.0.0.1"
+    os.environ["DIGEST_SMTP_PORT"] = str(smtp_port)
+    os.environ["DIGEST_SMTP_STARTTLS"] = "false"
+    os.environ["DIGEST_SMTP_SSL"] = "false"
+    os.environ.pop("DIGEST_SMTP_USER", None)
+    reset_settings_cache()
+    configure()
+
+
+def run_demo(var: Path, console: Console) -> None:
+    from digest import db, ingest
+    from digest.mailsink import MailSink
+    from digest.models import Delivery, DigestRun
+    from digest.select import plan_scheduled_run
+    from digest.subscribers import parse_filter, upsert_subscriber
+    from workers.tasks import enqueue_deliveries, publish_items
+
+    var = var.resolve()
+    outbox = var / "outbox"
+    with MailSink(outbox=outbox) as sink:
+        _use_demo_environment(var, sink.port)
+        db.upgrade()
+        items = ingest.parse_listing(DEMO_LISTING.read_text(encoding="utf-8"))
+        clock = demo_clock([i.published_at for i in items if i.published_at])
+        console.print(f"[bold]Demo clock:[/] {clock:%A %d %B %Y %H:%M} UTC "
+                      f"(the week of the demo listing)")
+
+        with db.session_scope() as session:
+            last_run = session.scalar(select(DigestRun.id).order_by(DigestRun.id.desc()).limit(1)) or 0
+            for address, freq, zone, weekday, hour, group_by, filters in DEMO_SUBSCRIBERS:
+                upsert_subscriber(session, address, filters=[parse_filter(f) for f in filters],
+                                  frequency=freq, timezone=zone, weekday=weekday, hour=hour,
+                                  group_by=group_by, create_taxonomy=True)
+        console.print(f"{len(DEMO_SUBSCRIBERS)} subscribers ready")
+
+        with db.session_scope() as session:
+            report = ingest.store_items(session, items, source=str(DEMO_LISTING.name), now=clock)
+        console.print(f"ingest: {report.summary()}")
+        publish_items(report.new_item_ids)  # immediate alerts
+
+        with db.session_scope() as session:
+            planned = plan_scheduled_run(session, "weekly", now=clock, everyone=True)
+        enqueue_deliveries(planned.pending_ids)
+
+        with db.session_scope() as session:
+            rows = session.scalars(select(Delivery).where(Delivery.run_id > last_run)
+                                   .order_by(Delivery.run_id, Delivery.id)).all()
+            runs = {r.id: r for r in session.scalars(select(DigestRun).where(DigestRun.id > last_run))}
+            received = {m.parsed()["Message-ID"]: m for m in sink.messages}
+            if not rows:
+                console.print("\n[bold]Nothing new to send:[/] no new items since the last run "
+                              f"(weekly run for this slot is #{planned.run_id}). "
+                              f"Messages from earlier runs are in {outbox}.")
+                return
+            table = Table(title="Deliveries of this demo run", show_lines=False)
+            for col in ("subscriber", "run", "items", "status", "Message-ID", "HTML to open"):
+                table.add_column(col, overflow="fold")
+            for d in rows:
+                html_path = ""
+                msg = received.get(d.message_id)
+                if msg is not None:
+                    html_path = str(_write_html(msg, outbox))
+                table.add_row(d.email, f"#{d.run_id} {runs[d.run_id].kind}", str(d.item_count),
+                              d.status, d.message_id or "", html_path)
+        console.print(table)
+        console.print(f"{len(sink.messages)} message(s) received by the local SMTP server; "
+                      f".eml files in {outbox}")
+
+
+def _write_html(message, outbox: Path) -> Path:
+    parsed = email.message_from_bytes(message.data, policy=policy.default)
+    body = parsed.get_body(preferencelist=("html",))
+    target = (message.path.with_suffix(".html") if message.path
+              else outbox / f"{parsed['Message-ID'].strip('<>')}.html")
+    target.write_text(body.get_content() if body else "", encoding="utf-8")
+    return target

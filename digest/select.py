@@ -1,0 +1,418 @@
+"""Who gets what: set-based selection of (subscriber, item) pairs and run planning.
+
+Everything here is one SQL statement per step for the whole run, never one query per
+subscriber. The rules (ARCHITECTURE.md): within a facet any value matches, across facets
+all must match, an empty facet matches anything, several filters are a union, a region
+covers its places; a subscriber with no filter at all takes everything. The window of a
+scheduled digest is by ``ingested_at``: (watermark, cutoff]; the ``sent_items`` ledger makes
+a second send of the same item to the same subscriber impossible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    case,
+    exists,
+    false,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
+
+from digest.errors import ValidationError
+from digest.models import (
+    ContentType,
+    Delivery,
+    DeliveryStatus,
+    DigestRun,
+    Frequency,
+    Item,
+    Location,
+    RunKind,
+    RunStatus,
+    SentItem,
+    Subscriber,
+    SubscriberFilter,
+    SubscriberStatus,
+    Suppression,
+    Theme,
+    delivery_items,
+    filter_content_types,
+    filter_locations,
+    filter_themes,
+    item_locations,
+    item_themes,
+    utcnow,
+)
+from digest.settings import Settings, get_settings
+
+
+# --- matching ---------------------------------------------------------------------------------
+
+def _facet_ok(link_table, link_col: str, item_match) -> ColumnElement[bool]:
+    """Empty facet (no rows for this filter) or a row that the item satisfies."""
+    f = SubscriberFilter.__table__.c
+    has_any = exists().where(link_table.c.filter_id == f.id).correlate_except(link_table)
+    matched = exists().where(link_table.c.filter_id == f.id, item_match(link_table.c[link_col]))
+    # Explicit: the item and the filter live two or three levels up.
+    return or_(~has_any, matched.correlate_except(link_table))
+
+
+def item_matches_subscriber(item, subscriber_id) -> ColumnElement[bool]:
+    """SQL condition: the row of ``item`` (the items table, in the enclosing FROM) matches one
+    of the subscriber's filters, or the subscriber has no filter at all."""
+    f = SubscriberFilter.__table__.c
+    loc = aliased(Location)
+
+    def theme_match(theme_col):
+        return exists().where(item_themes.c.item_id == item.c.id,
+                              item_themes.c.theme_id == theme_col).correlate_except(item_themes)
+
+    def location_match(location_col):
+        # the item's place itself, or the region it belongs to
+        return exists().where(
+            item_locations.c.item_id == item.c.id,
+            loc.id == item_locations.c.location_id,
+            or_(loc.id == location_col, loc.parent_id == location_col),
+        ).correlate_except(item_locations, loc)
+
+    def type_match(type_col):
+        return item.c.content_type_id == type_col
+
+    any_filter = exists().where(
+        f.subscriber_id == subscriber_id,
+        _facet_ok(filter_themes, "theme_id", theme_match),
+        _facet_ok(filter_locations, "location_id", location_match),
+        _facet_ok(filter_content_types, "content_type_id", type_match),
+    ).correlate_except(SubscriberFilter.__table__)
+    no_filter = ~exists().where(f.subscriber_id == subscriber_id)
+    return or_(no_filter, any_filter)
+
+
+def _not_suppressed(email_col) -> ColumnElement[bool]:
+    return ~exists().where(Suppression.email == email_col)
+
+
+# --- scheduling ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Window:
+    cutoff: datetime
+    default_start: datetime  # for subscribers without a watermark (first digest)
+
+
+def window_for(cutoff: datetime, settings: Settings | None = None) -> Window:
+    s = settings or get_settings()
+    return Window(cutoff, cutoff - timedelta(days=s.first_digest_lookback_days))
+
+
+def slot_start(now: datetime) -> datetime:
+    return now.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def due_condition(session: Session, frequency: str, slot: datetime) -> ColumnElement[bool]:
+    """Subscribers whose local weekday/hour is this slot (one branch per time zone in use)."""
+    zones = session.scalars(
+        select(Subscriber.timezone).distinct().where(
+            Subscriber.frequency == frequency, Subscriber.status == SubscriberStatus.active.value
+        )
+    ).all()
+    branches = []
+    for zone in zones:
+        local = slot.astimezone(ZoneInfo(zone))
+        cond = and_(Subscriber.timezone == zone, Subscriber.hour == local.hour)
+        if frequency == Frequency.weekly.value:
+            cond = and_(cond, Subscriber.weekday == local.weekday())
+        branches.append(cond)
+    return or_(*branches) if branches else false()
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+@dataclass
+class PlannedRun:
+    run_id: int
+    created: bool  # False: the slot already had its run; nothing new was planned
+    planned: int = 0  # deliveries with at least one item
+    skipped: int = 0  # empty digests, recorded and not sent
+    pending_ids: list[int] = field(default_factory=list)
+    dry_run: bool = False
+
+
+def _get_or_create_run(session: Session, *, kind: str, slot_key: str, cutoff: datetime,
+                       params: dict, dry_run: bool) -> tuple[DigestRun, bool]:
+    existing = session.scalars(select(DigestRun).where(DigestRun.slot_key == slot_key)).one_or_none()
+    if existing is not None:
+        return existing, False
+    run = DigestRun(kind=kind, slot_key=slot_key, cutoff=cutoff, params=params, dry_run=dry_run,
+                    status=RunStatus.planned.value, created_at=utcnow())
+    try:
+        with session.begin_nested():
+            session.add(run)
+            session.flush()
+    except IntegrityError:
+        # another tick or beat created it between our SELECT and INSERT
+        return session.scalars(select(DigestRun).where(DigestRun.slot_key == slot_key)).one(), False
+    return run, True
+
+
+def _finish_planning(session: Session, run: DigestRun) -> PlannedRun:
+    counts = select(func.count()).select_from(delivery_items).where(
+        delivery_items.c.delivery_id == Delivery.id).scalar_subquery()
+    session.execute(update(Delivery).where(Delivery.run_id == run.id).values(item_count=counts))
+    session.execute(
+        update(Delivery)
+        .where(Delivery.run_id == run.id, Delivery.item_count == 0)
+        .values(status=DeliveryStatus.skipped.value, smtp_reply="skipped: no new items matched")
+    )
+    pending_ids = list(session.scalars(
+        select(Delivery.id).where(Delivery.run_id == run.id,
+                                  Delivery.status == DeliveryStatus.pending.value).order_by(Delivery.id)
+    ))
+    skipped = session.scalar(select(func.count()).where(
+        Delivery.run_id == run.id, Delivery.status == DeliveryStatus.skipped.value))
+    run.planned_count = len(pending_ids)
+    run.skipped_count = skipped or 0
+    run.status = RunStatus.sending.value if pending_ids else RunStatus.done.value
+    if not pending_ids:
+        run.finished_at = utcnow()
+    session.flush()
+    return PlannedRun(run.id, True, len(pending_ids), run.skipped_count, pending_ids, run.dry_run)
+
+
+def _insert_ledger(session: Session, run: DigestRun, item_filter: ColumnElement[bool],
+                   window: Window | None) -> None:
+    """Claim (subscriber, item) pairs for this run's deliveries in the ledger, then copy them."""
+    d = Delivery.__table__.c
+    s = Subscriber.__table__.c
+    i = Item.__table__.c
+    conditions = [d.run_id == run.id, ~i.is_backfill, item_filter,
+                  item_matches_subscriber(Item.__table__, s.id),
+                  ~exists().where(SentItem.subscriber_id == s.id, SentItem.item_id == i.id)]
+    if window is not None:
+        start = func.coalesce(s.watermark, literal(window.default_start, Subscriber.watermark.type))
+        conditions += [i.ingested_at > start, i.ingested_at <= window.cutoff]
+    pairs = (
+        select(s.id, i.id, d.id, literal(utcnow(), SentItem.created_at.type))
+        .select_from(Delivery.__table__.join(Subscriber.__table__, s.id == d.subscriber_id))
+        .join(Item.__table__, true())
+        .where(*conditions)
+    )
+    cols = ["subscriber_id", "item_id", "delivery_id", "created_at"]
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = postgresql.insert(SentItem).from_select(cols, pairs).on_conflict_do_nothing()
+    else:
+        stmt = insert(SentItem).from_select(cols, pairs)
+    session.execute(stmt)
+    session.execute(
+        insert(delivery_items).from_select(
+            ["delivery_id", "item_id"],
+            select(SentItem.delivery_id, SentItem.item_id).join(Delivery, Delivery.id == SentItem.delivery_id)
+            .where(Delivery.run_id == run.id),
+        )
+    )
+
+
+def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool]) -> None:
+    s = Subscriber.__table__.c
+    session.execute(
+        insert(Delivery).from_select(
+            ["run_id", "subscriber_id", "email", "status", "attempts", "item_count",
+             "created_at", "updated_at"],
+            select(literal(run.id), s.id, s.email, literal(DeliveryStatus.pending.value),
+                   literal(0), literal(0), literal(run.created_at, Delivery.created_at.type),
+                   literal(run.created_at, Delivery.updated_at.type))
+            .where(s.status == SubscriberStatus.active.value, _not_suppressed(s.email), who),
+        )
+    )
+
+
+def plan_scheduled_run(session: Session, frequency: str, *, now: datetime | None = None,
+                       everyone: bool = False, dry_run: bool = False,
+                       settings: Settings | None = None) -> PlannedRun:
+    """Plan the weekly or daily digest of the slot containing ``now``.
+
+    Without ``everyone`` only subscribers whose local weekday/hour is this slot are due;
+    with it every active subscriber of that frequency is (``digest send weekly --now``).
+    A second call for the same slot plans nothing and returns the existing run.
+    """
+    if frequency not in (Frequency.weekly.value, Frequency.daily.value):
+        raise ValidationError(f"scheduled digests are weekly or daily, not {frequency!r}")
+    now = now or utcnow()
+    slot = slot_start(now)
+    if everyone:
+        slot_key = f"{frequency}:all:{now.astimezone(timezone.utc):%Y-%m-%dT%H:%M}"
+        who = Subscriber.frequency == frequency
+    else:
+        slot_key = f"{frequency}:{slot:%Y-%m-%dT%H}"
+        who = and_(Subscriber.frequency == frequency, due_condition(session, frequency, slot))
+    if dry_run:
+        slot_key = f"dry-run:{slot_key}:{utcnow().timestamp()}"
+    run, created = _get_or_create_run(session, kind=frequency, slot_key=slot_key, cutoff=now,
+                                      params={"everyone": everyone}, dry_run=dry_run)
+    if not created:
+        return PlannedRun(run.id, False)
+    _insert_deliveries(session, run, who)
+    _insert_ledger(session, run, true(), window_for(now, settings))
+    planned = _finish_planning(session, run)
+    # The watermark only moves forward, and only for the people this run covered.
+    session.execute(
+        update(Subscriber)
+        .where(Subscriber.id.in_(select(Delivery.subscriber_id).where(Delivery.run_id == run.id)),
+               or_(Subscriber.watermark.is_(None), Subscriber.watermark < now))
+        .values(watermark=now)
+    )
+    return planned
+
+
+def plan_immediate_run(session: Session, item_id: int) -> PlannedRun:
+    """The alert for one new item to every immediate subscriber it matches (once per item)."""
+    item = session.get(Item, item_id)
+    if item is None:
+        raise ValidationError(f"no item with id {item_id}")
+    run, created = _get_or_create_run(session, kind=RunKind.immediate.value,
+                                      slot_key=f"immediate:item:{item_id}", cutoff=utcnow(),
+                                      params={"item_id": item_id}, dry_run=False)
+    if not created:
+        return PlannedRun(run.id, False)
+    s = Subscriber.__table__.c
+    i = Item.__table__
+    who = and_(s.frequency == Frequency.immediate.value,
+               exists().where(i.c.id == item_id, item_matches_subscriber(i, s.id)))
+    _insert_deliveries(session, run, who)
+    _insert_ledger(session, run, Item.__table__.c.id == item_id, None)
+    return _finish_planning(session, run)
+
+
+@dataclass(frozen=True)
+class AdhocQuery:
+    themes: tuple[str, ...] = ()
+    locations: tuple[str, ...] = ()
+    content_types: tuple[str, ...] = ()
+    published_from: datetime | None = None
+    published_to: datetime | None = None
+    item_ids: tuple[int, ...] = ()
+    frequencies: tuple[str, ...] = ()  # target segment; empty = every active subscriber
+
+    def key(self) -> str:
+        body = json.dumps(self.as_params(), sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def as_params(self) -> dict:
+        return {
+            "themes": list(self.themes), "locations": list(self.locations),
+            "content_types": list(self.content_types),
+            "published_from": self.published_from.isoformat() if self.published_from else None,
+            "published_to": self.published_to.isoformat() if self.published_to else None,
+            "item_ids": list(self.item_ids), "frequencies": list(self.frequencies),
+        }
+
+
+def adhoc_item_condition(session: Session, query: AdhocQuery) -> ColumnElement[bool]:
+    from digest import taxonomy
+
+    i = Item.__table__.c
+    conds: list[ColumnElement[bool]] = []
+    if query.themes:
+        ids = [t.id for t in taxonomy.resolve(session, "theme", list(query.themes), create=False)]
+        conds.append(exists().where(item_themes.c.item_id == i.id, item_themes.c.theme_id.in_(ids)))
+    if query.locations:
+        ids = [loc.id for loc in taxonomy.resolve(session, "location", list(query.locations), create=False)]
+        loc = aliased(Location)
+        conds.append(exists().where(item_locations.c.item_id == i.id, loc.id == item_locations.c.location_id,
+                                    or_(loc.id.in_(ids), loc.parent_id.in_(ids))))
+    if query.content_types:
+        ids = [c.id for c in taxonomy.resolve(session, "content_type", list(query.content_types), create=False)]
+        conds.append(i.content_type_id.in_(ids))
+    if query.published_from:
+        conds.append(i.published_at >= query.published_from)
+    if query.published_to:
+        conds.append(i.published_at <= query.published_to)
+    if query.item_ids:
+        conds.append(i.id.in_(list(query.item_ids)))
+    return and_(true(), *conds)
+
+
+def plan_adhoc_run(session: Session, query: AdhocQuery, *, dry_run: bool = False,
+                   slot_key: str | None = None) -> PlannedRun:
+    """An operator's send: the chosen items, to each subscriber they match.
+
+    Ad-hoc sends do not write the ledger (an operator may resend on purpose) but are
+    unique by their parameters: the same request twice plans nothing new unless a new
+    ``slot_key`` is given.
+    """
+    item_cond = adhoc_item_condition(session, query)
+    key = slot_key or f"adhoc:{query.key()}"
+    if dry_run:
+        key = f"dry-run:{key}:{utcnow().timestamp()}"
+    run, created = _get_or_create_run(session, kind=RunKind.adhoc.value, slot_key=key,
+                                      cutoff=utcnow(), params=query.as_params(), dry_run=dry_run)
+    if not created:
+        return PlannedRun(run.id, False)
+    s = Subscriber.__table__.c
+    who = s.frequency.in_(list(query.frequencies)) if query.frequencies else true()
+    _insert_deliveries(session, run, who)
+    d = Delivery.__table__.c
+    i = Item.__table__.c
+    session.execute(
+        insert(delivery_items).from_select(
+            ["delivery_id", "item_id"],
+            select(d.id, i.id)
+            .select_from(Delivery.__table__.join(Subscriber.__table__, s.id == d.subscriber_id))
+            .join(Item.__table__, true())
+            .where(d.run_id == run.id, item_cond, item_matches_subscriber(Item.__table__, s.id)),
+        )
+    )
+    return _finish_planning(session, run)
+
+
+# --- preview ------------------------------------------------------------------------------------
+
+def preview_items(session: Session, subscriber: Subscriber, *, as_of: datetime | None = None,
+                  since: datetime | None = None, settings: Settings | None = None) -> list[Item]:
+    """What the subscriber's next scheduled digest would carry at ``as_of``; writes nothing."""
+    as_of = as_of or utcnow()
+    window = window_for(as_of, settings)
+    start = since or subscriber.watermark or window.default_start
+    i = Item.__table__.c
+    stmt = (
+        select(Item)
+        .where(i.ingested_at > start, i.ingested_at <= as_of, ~i.is_backfill,
+               item_matches_subscriber(Item.__table__, literal(subscriber.id)),
+               ~exists().where(SentItem.subscriber_id == subscriber.id, SentItem.item_id == i.id))
+        .order_by(Item.published_at.desc().nullslast(), Item.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def matching_items(session: Session, subscriber_id: int, *, since: datetime,
+                   until: datetime | None = None) -> list[Item]:
+    """Items published in [since, until] that the subscriber's filters match (ledger ignored)."""
+    i = Item.__table__.c
+    conds = [func.coalesce(i.published_at, i.ingested_at) >= since,
+             item_matches_subscriber(Item.__table__, literal(subscriber_id))]
+    if until is not None:
+        conds.append(func.coalesce(i.published_at, i.ingested_at) <= until)
+    return list(session.scalars(select(Item).where(*conds).order_by(Item.published_at.desc().nullslast())))
+
+
+__all__ = [
+    "AdhocQuery", "PlannedRun", "Window", "adhoc_item_condition", "due_condition",
+    "item_matches_subscriber", "matching_items", "plan_adhoc_run", "plan_immediate_run",
+    "plan_scheduled_run", "preview_items", "slot_start", "window_for",
+]

@@ -1,0 +1,57 @@
+"""The Celery application.
+
+With ``DIGEST_BROKER_URL`` set (redis://...), tasks go through the broker to workers. Without
+it the same tasks run in-process (eager), so ``digest demo`` needs no server.
+
+Reliability settings (see ARCHITECTURE.md): acks_late + reject_on_worker_lost so a task whose
+worker died is delivered again, bounded by retry_on_worker_lost + max_retries so a poison task
+cannot loop forever; prefetch 1; soft and hard time limits. Retries and schedules live in the
+database (next_attempt_at, slot keys), never in long ETAs, because Redis redelivers ETA tasks
+after the visibility timeout.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.schedules import crontab
+
+from digest.settings import Settings, get_settings
+
+app = Celery("digest", include=["workers.tasks"])
+
+
+def configure(settings: Settings | None = None) -> Celery:
+    """(Re)apply settings to the app; tests call it after changing DIGEST_* variables."""
+    s = settings or get_settings()
+    in_process = not s.broker_url
+    app.conf.update(
+        broker_url=s.broker_url or "memory://",
+        result_backend=s.result_backend or None,
+        task_always_eager=in_process,
+        task_eager_propagates=in_process,
+        task_ignore_result=not s.result_backend,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_retry_on_worker_lost=True,
+        task_soft_time_limit=240,
+        task_time_limit=300,
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=1000,
+        task_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+        broker_connection_retry_on_startup=True,
+        # Longer than any task's hard time limit, so a running task is not redelivered.
+        broker_transport_options={"visibility_timeout": 3600},
+        beat_schedule={
+            # Plans the slot of the current hour; unique slot keys make extra ticks harmless.
+            "tick": {"task": "digest.tick", "schedule": crontab(minute="*/5")},
+            "retry-deferred": {"task": "digest.retry_deferred", "schedule": 60.0},
+            "recover-leases": {"task": "digest.recover_leases", "schedule": 120.0},
+        },
+    )
+    return app
+
+
+configure()
