@@ -24,6 +24,7 @@ class Settings(BaseSettings):
         description="Celery broker (redis://...). Empty: tasks run in-process, no worker needed.",
     )
     result_backend: str | None = Field(default=None, description="Celery result backend (optional).")
+    task_queue: str = Field(default="digest", description="Celery queue the tasks go to.")
 
     # SMTP
     smtp_host: str = "127.0.0.1"
@@ -40,6 +41,9 @@ class Settings(BaseSettings):
     list_id: str = "Newsroom digest <digest.newsroom.example.org>"
     public_base_url: str = "http://127.0.0.1:8000"
     newsroom_url: str = "https://www.osce.org/newsroom"
+    newsroom_name: str = Field(
+        default="OSCE Newsroom", description="Shown in email subjects, the wordmark and footers."
+    )
     secret_key: SecretStr = SecretStr("change-me-in-production")
     old_secret_keys: list[SecretStr] = Field(
         default_factory=list, description="Previous secret keys still accepted while rotating."
