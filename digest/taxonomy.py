@@ -1,0 +1,157 @@
+"""Themes, locations and content types: slugs, look-up by name, creation, regions.
+
+Names are matched by slug, so "Rule of law", "rule of LAW " and "Rule-of-law" are one theme.
+A location may have a parent region (itself a location); the known pairs ship in
+``data/regions.json`` and are applied when a location is created.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Union
+
+from slugify import slugify as _slugify
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from digest.errors import UnknownTaxonomyError, ValidationError
+from digest.models import ContentType, Location, Theme
+
+Facet = Literal["theme", "location", "content_type"]
+FACETS: tuple[Facet, ...] = ("theme", "location", "content_type")
+TaxonomyModel = Union[Theme, Location, ContentType]
+
+MODELS: dict[str, type[TaxonomyModel]] = {
+    "theme": Theme,
+    "location": Location,
+    "content_type": ContentType,
+}
+REGIONS_FILE = Path(__file__).resolve().parent / "data" / "regions.json"
+
+
+def slugify(name: str) -> str:
+    """A lowercase ASCII slug; other scripts are transliterated ("Odžak" -> "odzak")."""
+    return _slugify(name or "", max_length=200)
+
+
+def clean_name(name: str) -> str:
+    """A display name with surrounding and repeated whitespace removed."""
+    return " ".join((name or "").split())
+
+
+class Resolved(list):
+    """The models asked for, in the order asked; ``created`` names those that were new."""
+
+    created: list[str]
+
+    def __init__(self, models=(), created: list[str] | None = None):
+        super().__init__(models)
+        self.created = created or []
+
+
+@lru_cache(maxsize=1)
+def region_of() -> dict[str, str]:
+    """Slug of a known location -> name of its region, from the shipped data file."""
+    raw = json.loads(REGIONS_FILE.read_text(encoding="utf-8"))
+    return {
+        slugify(place): region
+        for region, places in raw.items()
+        if not region.startswith("_")
+        for place in places
+    }
+
+
+def _model(facet: str) -> type[TaxonomyModel]:
+    try:
+        return MODELS[facet]
+    except KeyError:
+        raise ValidationError(
+            f"unknown facet {facet!r}; use one of: {', '.join(FACETS)}"
+        ) from None
+
+
+def list_names(session: Session, facet: Facet) -> list[str]:
+    """Every name of a facet, sorted, for error messages and forms."""
+    model = _model(facet)
+    return sorted(session.scalars(select(model.name)).all(), key=str.casefold)
+
+
+def known_facets(session: Session) -> dict[str, Facet]:
+    """Slug -> facet of every taxonomy value in the database (to classify feed categories).
+
+    A slug present in several facets keeps the first of theme, location, content type.
+    """
+    known: dict[str, Facet] = {}
+    for facet in FACETS:
+        for slug in session.scalars(select(_model(facet).slug)):
+            known.setdefault(slug, facet)
+    return known
+
+
+def resolve(session: Session, facet: Facet, names: list[str], create: bool) -> Resolved:
+    """The models named by ``names`` (matched by slug), in order, without duplicates.
+
+    ``create=False``: any unknown name raises UnknownTaxonomyError listing the valid names.
+    ``create=True``: unknown names are added to the session (and, for a location, its
+    known region too); the returned list's ``created`` says which names were new.
+    Blank names are ignored. One SELECT per call, whatever the number of names.
+    """
+    model = _model(facet)
+    wanted: dict[str, str] = {}  # slug -> display name, first spelling wins
+    unsluggable: list[str] = []
+    for raw in names:
+        name = clean_name(raw)
+        if not name:
+            continue
+        slug = slugify(name)
+        if not slug:
+            unsluggable.append(name)
+            continue
+        wanted.setdefault(slug, name)
+
+    if unsluggable:
+        if create:
+            raise ValidationError(
+                f"{facet} name(s) {', '.join(map(repr, unsluggable))} contain no letters or "
+                "digits; give a name with at least one"
+            )
+        raise UnknownTaxonomyError(facet, unsluggable, list_names(session, facet))
+    if not wanted:
+        return Resolved()
+
+    regions = region_of() if facet == "location" else {}
+    needed_regions = {slugify(regions[s]): regions[s] for s in wanted if s in regions}
+    lookup = set(wanted) | set(needed_regions)
+    # Pending objects first: several calls in one transaction must not create a slug twice.
+    found = {obj.slug: obj for obj in session.new if isinstance(obj, model)}
+    for obj in session.scalars(select(model).where(model.slug.in_(lookup))):
+        found[obj.slug] = obj
+
+    missing = [slug for slug in wanted if slug not in found]
+    if missing and not create:
+        raise UnknownTaxonomyError(
+            facet, [wanted[s] for s in missing], list_names(session, facet)
+        )
+
+    created: list[str] = []
+
+    def add(slug: str, name: str) -> TaxonomyModel:
+        obj = model(slug=slug, name=name)
+        session.add(obj)
+        found[slug] = obj
+        created.append(name)
+        return obj
+
+    for slug in missing:
+        if slug in found:  # created just above as another name's region
+            continue
+        obj = add(slug, wanted[slug])
+        region_name = regions.get(slug)
+        if region_name is not None:
+            region_slug = slugify(region_name)
+            if region_slug != slug:
+                obj.parent = found.get(region_slug) or add(region_slug, region_name)
+
+    return Resolved([found[s] for s in wanted], created)

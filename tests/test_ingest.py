@@ -1,0 +1,642 @@
+"""Ingest: listing/feed/JSON parsing, sanitising, fetching, and storing on SQLite + PostgreSQL."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from conftest import SEED_LISTING
+from sqlalchemy import event, func, select
+
+from digest.errors import IngestError, UnknownTaxonomyError
+from digest.ingest import (
+    IngestReport,
+    ItemIn,
+    fetch,
+    ingest_feed,
+    ingest_json,
+    ingest_listing,
+    parse_feed,
+    parse_json_items,
+    parse_listing,
+    store_items,
+    to_plain_text,
+)
+from digest.models import ContentType, Item, Location, Theme
+from digest.settings import reset_settings_cache
+from digest.taxonomy import known_facets, list_names, resolve, slugify
+
+DATA = Path(__file__).parent / "data"
+DEMO = Path(__file__).resolve().parents[1] / "digest" / "data" / "demo-newsroom.txt"
+UTC = timezone.utc
+NOW = datetime(2025, 10, 12, 9, 0, tzinfo=UTC)
+
+
+def counts(session) -> dict[str, int]:
+    session.rollback()  # read what is committed, not a stale snapshot
+    return {
+        model.__tablename__: session.scalar(select(func.count()).select_from(model))
+        for model in (Item, Theme, Location, ContentType)
+    }
+
+
+def demo_items() -> list[ItemIn]:
+    return parse_listing(DEMO.read_text(encoding="utf-8"))
+
+
+class SelectCounter:
+    """Counts SELECT statements sent on an engine (to prove look-ups are set-based)."""
+
+    def __init__(self, engine):
+        self.engine, self.count = engine, 0
+
+    def _on_execute(self, conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("SELECT"):
+            self.count += 1
+
+    def __enter__(self):
+        event.listen(self.engine, "before_cursor_execute", self._on_execute)
+        return self
+
+    def __exit__(self, *exc):
+        event.remove(self.engine, "before_cursor_execute", self._on_execute)
+
+
+# --- taxonomy -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        ("Reform and co-operation in the security sector",
+         "reform-and-co-operation-in-the-security-sector"),
+        ("Odžak", "odzak"),
+        ("  OSCE Mission in   Kosovo ", "osce-mission-in-kosovo"),
+        ("Press release", "press-release"),
+        ("Київ", "kiiv"),
+    ],
+)
+def test_slugify_is_lowercase_ascii_and_transliterates(name, slug):
+    assert slugify(name) == slug
+
+
+def test_resolve_matches_names_case_and_whitespace_insensitively(session):
+    created = resolve(session, "theme", ["Rule of law", "Youth"], create=True)
+    assert created.created == ["Rule of law", "Youth"]
+    session.commit()
+
+    found = resolve(session, "theme", ["  rule OF   law", "YOUTH", "Rule-of-law"], create=False)
+    assert [t.name for t in found] == ["Rule of law", "Youth"]
+    assert found.created == []
+
+
+def test_resolve_unknown_name_without_create_raises_with_valid_names(session):
+    resolve(session, "content_type", ["News", "Press release"], create=True)
+    session.commit()
+    with pytest.raises(UnknownTaxonomyError) as caught:
+        resolve(session, "content_type", ["News", "Blog post"], create=False)
+    assert caught.value.facet == "content_type"
+    assert caught.value.values == ["Blog post"]
+    assert caught.value.valid == ["News", "Press release"]
+    assert "Blog post" in str(caught.value) and "Press release" in str(caught.value)
+    assert list_names(session, "content_type") == ["News", "Press release"]
+
+
+def test_resolve_uses_one_select_per_call_whatever_the_number_of_names(session):
+    resolve(session, "location", [f"Place {n}" for n in range(40)], create=True)
+    session.commit()
+    with SelectCounter(session.get_bind()) as counter:
+        found = resolve(session, "location", [f"place {n}" for n in range(40)], create=False)
+    assert len(found) == 40
+    assert counter.count == 1
+
+
+def test_created_location_is_linked_to_its_region_from_the_data_file(session):
+    found = resolve(
+        session, "location", ["OSCE Mission to Montenegro", "OSCE Mission to Serbia"], create=True
+    )
+    assert found.created == [
+        "OSCE Mission to Montenegro", "South-Eastern Europe", "OSCE Mission to Serbia"
+    ]
+    session.commit()
+    montenegro, serbia = found
+    assert montenegro.parent is serbia.parent
+    assert montenegro.parent.name == "South-Eastern Europe"
+    assert montenegro.parent.parent is None
+    assert session.scalar(select(func.count()).select_from(Location)) == 3
+
+
+def test_a_region_named_as_a_location_is_the_same_row_as_the_parent(session):
+    found = resolve(
+        session, "location", ["Transnational Threats Department", "OSCE Secretariat"], create=True
+    )
+    session.commit()
+    department, secretariat = found
+    assert department.parent is secretariat
+    assert found.created == ["Transnational Threats Department", "OSCE Secretariat"]
+
+
+def test_known_facets_maps_slugs_to_their_facet(session):
+    resolve(session, "location", ["OSCE Mission to Skopje"], create=True)
+    resolve(session, "theme", ["Youth"], create=True)
+    session.commit()
+    known = known_facets(session)
+    assert known["osce-mission-to-skopje"] == "location"
+    assert known["south-eastern-europe"] == "location"
+    assert known["youth"] == "theme"
+
+
+# --- sanitising -----------------------------------------------------------------------------
+
+
+def test_script_element_is_dropped_with_its_content_and_following_text_kept():
+    assert to_plain_text("<script>alert(1)</script>Hello") == "Hello"
+
+
+def test_plain_text_decodes_entities_drops_tags_and_separates_blocks():
+    assert to_plain_text("<b>Tom</b> &amp; <i>Jerry</i>&#39;s") == "Tom & Jerry's"
+    assert to_plain_text("<p>one</p><p>two</p>line<br>break") == "one two line break"
+    assert to_plain_text("a &lt;b&gt; tag, a < b") == "a <b> tag, a < b"  # text, escaped later
+    assert to_plain_text("<style>p{}</style>  many \n\t spaces ") == "many spaces"
+
+
+# --- the listing ----------------------------------------------------------------------------
+
+
+def test_seed_listing_parses_with_metadata_and_items_without_metadata():
+    if not SEED_LISTING.exists():
+        pytest.skip(f"seed listing not found at {SEED_LISTING}")
+    items = parse_listing(SEED_LISTING.read_text(encoding="utf-8"))
+
+    assert len(items) == 7
+    first = items[0]
+    assert first.title == (
+        "Jubilee Annual Regional Forensic Conference organized in Montenegro with OSCE support"
+    )
+    assert first.published_at == datetime(2025, 10, 9, tzinfo=UTC)
+    assert first.content_type == "News"
+    assert first.locations == ["OSCE Mission to Montenegro"]
+    assert first.themes == ["Policing", "Reform and co-operation in the security sector"]
+    assert first.summary.startswith("Security and justice can only be achieved")
+
+    webinar = items[1]
+    assert webinar.title.startswith("OSCE webinar highlights critical role of women")
+    assert webinar.published_at == datetime(2025, 10, 8, tzinfo=UTC)
+    assert (webinar.content_type, webinar.themes, webinar.locations) == (None, [], [])
+    assert webinar.summary.startswith("The OSCE Transnational Threats Department")
+
+    serbia = items[4]
+    assert serbia.locations == [
+        "Transnational Threats Department", "OSCE Secretariat", "OSCE Mission to Serbia"
+    ]
+    assert len(items[5].themes) == 18
+    assert "Odžak" in items[5].title
+    last = items[-1]  # date line, then end of file without a newline
+    assert last.published_at == datetime(2025, 9, 12, tzinfo=UTC) and last.summary == ""
+    assert len({item.guid for item in items}) == 7
+
+
+def test_demo_listing_has_18_items_over_three_weeks():
+    items = demo_items()
+    assert len(items) == 18
+    dates = [item.published_at.date() for item in items]
+    assert min(dates).isoformat() == "2025-09-22" and max(dates).isoformat() == "2025-10-10"
+    assert {item.content_type for item in items} == {"News", "Press release", None}
+    assert all(item.guid == item.url for item in items)
+    assert all(item.url.startswith("https://newsroom.example.org/items/") for item in items)
+
+    bare = [item for item in items if item.content_type is None]
+    assert len(bare) == 1 and bare[0].themes == [] and bare[0].locations == []
+    assert any('&' in item.title and '"' in item.title for item in items)
+
+
+def test_listing_guid_without_url_is_stable_across_case_and_spacing():
+    one = parse_listing("Some  Title\nPublishing date: 1 October 2025\nText.")
+    two = parse_listing("some title \nPublishing date: 1 Oct 2025\nOther text.")
+    other_day = parse_listing("Some Title\nPublishing date: 2 October 2025\n")
+    assert one[0].guid == two[0].guid != other_day[0].guid
+    assert one[0].url is None
+
+
+def test_listing_with_invalid_date_names_the_line():
+    text = (
+        "Header\nFirst\nPublishing date: 1 October 2025\nBody\n"
+        "Second\nPublishing date: 31 Foo 2025\n"
+    )
+    with pytest.raises(IngestError, match=r"line 6: invalid publishing date '31 Foo 2025'"):
+        parse_listing(text)
+    with pytest.raises(IngestError, match="line 2"):
+        parse_listing("Title\nPublishing date: 31 February 2025\n")
+
+
+def test_listing_url_must_be_http_and_the_error_names_the_line():
+    with pytest.raises(IngestError, match=r"line 3: URL 'javascript:alert\(1\)'"):
+        parse_listing("Title\nPublishing date: 1 October 2025\nURL: javascript:alert(1)\n")
+
+
+def test_listing_without_items_is_an_error():
+    with pytest.raises(IngestError, match="no items found"):
+        parse_listing("Newsroom\nNews and press releases\nNothing here yet.\n")
+    with pytest.raises(IngestError, match="no items found"):
+        parse_listing("")
+
+
+def test_listing_strips_html_from_titles_and_summaries():
+    items = parse_listing(
+        "<script>alert(1)</script>Hello\nPublishing date: 1 October 2025\n"
+        "What we do: <b>Youth</b>, , Youth\n<p>Body &amp; <i>more</i></p>\n"
+    )
+    assert items[0].title == "Hello"
+    assert items[0].summary == "Body & more"
+    assert items[0].themes == ["Youth"]
+
+
+# --- feeds ----------------------------------------------------------------------------------
+
+
+def test_rss_categories_go_to_facets_by_domain_then_known_names_then_themes():
+    rss = (DATA / "ingest-feed.rss").read_bytes()
+    items = parse_feed(rss, {"osce-mission-to-skopje": "location"})
+    assert len(items) == 3
+    first = items[0]
+    assert first.guid == "rss-item-1"
+    assert first.title == "Border police & customs train on risk analysis"
+    assert first.summary == "Officers compared profiles. Second paragraph & more."
+    assert first.published_at == datetime(2025, 10, 9, 8, 30, tzinfo=UTC)  # +02:00 -> UTC
+    assert first.content_type == "News"
+    assert first.themes == ["Policing", "Youth"]
+    assert first.locations == ["OSCE Mission to Serbia", "OSCE Mission to Skopje"]
+
+    without_lookup = parse_feed(rss)
+    assert without_lookup[0].themes == ["Policing", "Youth", "OSCE Mission to Skopje"]
+
+
+def test_rss_script_in_title_and_summary_is_removed_and_link_is_the_guid():
+    hello = parse_feed((DATA / "ingest-feed.rss").read_bytes())[1]
+    assert hello.title == "Hello"
+    assert hello.summary == "Plain summary with a tail."
+    assert hello.guid == hello.url == "https://newsroom.example.org/items/hello"
+
+
+def test_rss_non_http_link_is_dropped_and_title_hash_becomes_the_guid():
+    dangerous = parse_feed((DATA / "ingest-feed.rss").read_bytes())[2]
+    assert dangerous.url is None
+    assert dangerous.guid.startswith("urn:digest:")
+    assert dangerous.published_at is None
+
+
+def test_atom_categories_use_scheme_and_label():
+    voter, water = parse_feed((DATA / "ingest-feed.atom").read_bytes())
+    assert voter.guid == "urn:uuid:4a1d9c57-0000-4000-8000-000000000001"
+    assert voter.title == "Election observers & the new voter register"
+    assert voter.summary == "The register was checked against three sources."
+    assert voter.published_at == datetime(2025, 10, 7, 6, 15, tzinfo=UTC)
+    assert (voter.content_type, voter.themes, voter.locations) == (
+        "Press release", ["Elections"], ["ODIHR"]
+    )
+    assert water.published_at == datetime(2025, 10, 6, 7, 0, tzinfo=UTC)  # from <updated>
+    assert (water.themes, water.locations) == (
+        ["Water management"], ["OSCE Programme Office in Bishkek"]
+    )
+
+
+def test_malformed_feed_reports_what_feedparser_found():
+    with pytest.raises(IngestError, match="malformed feed: SAXParseException.*mismatched tag"):
+        parse_feed((DATA / "ingest-malformed.rss").read_bytes())
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"<html><body><p>Not a feed</p></body></html>", b"plain words"]
+)
+def test_document_that_is_no_feed_is_an_error(data):
+    with pytest.raises(IngestError, match="feed"):
+        parse_feed(data)
+
+
+# --- JSON -----------------------------------------------------------------------------------
+
+
+def test_json_items_parse_with_defaults_and_utc_dates():
+    first, second = parse_json_items((DATA / "ingest-items.json").read_bytes())
+    assert first.guid == "json-1"
+    assert first.title == "Court monitors publish annual report"
+    assert first.summary == "Findings on trial length & transparency."
+    assert first.published_at == datetime(2025, 10, 8, 12, 0, tzinfo=UTC)
+    assert (first.content_type, first.themes, first.locations) == (
+        "Press release", ["Rule of law", "Human rights"], ["OSCE Mission to Serbia"]
+    )
+    assert second.url is None and second.guid.startswith("urn:digest:")
+    assert parse_json_items('{"title": "One object", "published_at": "2025-10-01T10:00:00"}')[
+        0
+    ].published_at == datetime(2025, 10, 1, 10, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ('[{"title": "ok"}, {"title": "x", "published_at": "yesterday"}]',
+         r"item 1: field 'published_at'"),
+        ('[{"summary": "no title"}]', r"item 0: field 'title'"),
+        ('[{"title": "t", "themes": "Youth"}]', r"item 0: field 'themes'"),
+        ('[{"title": "t", "theme": ["Youth"]}]', r"item 0: field 'theme'.*[Ee]xtra"),
+        ('[{"title": "t", "url": "javascript:alert(1)"}]', r"item 0: field 'url'.*http"),
+        ('[{"title": "t"}, 3]', r"item 1: field '\(the item itself\)'"),
+        ('{"title": ', r"not valid JSON: .* line 1"),
+        ("[]", "non-empty list"),
+        ('"just a string"', "object or a non-empty list"),
+    ],
+)
+def test_bad_json_names_the_item_index_and_field(document, message):
+    with pytest.raises(IngestError, match=message):
+        parse_json_items(document)
+
+
+# --- storing ----------------------------------------------------------------------------------
+
+
+def test_store_inserts_items_with_taxonomy_and_reports_created_names(session):
+    report = store_items(session, demo_items(), source="demo", now=NOW, max_age_days=30)
+    session.commit()
+
+    assert len(report.new_item_ids) == 18
+    assert report.updated_item_ids == [] and report.unchanged_count == 0
+    assert "Policing" in report.created["theme"]
+    assert set(report.created["content_type"]) == {"News", "Press release"}
+    assert {"OSCE Mission to Montenegro", "South-Eastern Europe", "OSCE Institutions"} <= set(
+        report.created["location"]
+    )
+    assert report.summary().startswith("18 new, 0 updated, 0 unchanged; created theme: ")
+
+    item = session.scalar(select(Item).where(Item.url.like("%community-policing-forum%")))
+    assert item.ingested_at == NOW and item.source == "demo" and item.is_backfill is False
+    assert item.content_type.name == "News"
+    assert [t.name for t in item.themes] == ["Human rights", "Policing"]
+    assert [loc.name for loc in item.locations] == ["OSCE Mission to Montenegro"]
+    assert item.locations[0].parent.name == "South-Eastern Europe"
+    bishkek = session.scalar(
+        select(Location).where(Location.slug == "osce-programme-office-in-bishkek")
+    )
+    assert bishkek.parent.name == "Central Asia"
+    bare = session.scalar(select(Item).where(Item.title.like("Notes from a visit%")))
+    assert bare.content_type is None and bare.themes == [] and bare.locations == []
+
+
+def test_store_is_set_based(session):
+    with SelectCounter(session.get_bind()) as counter:
+        store_items(session, demo_items(), source="demo", now=NOW, max_age_days=30)
+    # 3 taxonomy look-ups + 1 for existing items (no matches: no relationship loads)
+    assert counter.count <= 4
+    session.commit()
+    with SelectCounter(session.get_bind()) as counter:
+        report = store_items(session, demo_items(), source="demo", now=NOW, max_age_days=30)
+    assert report.unchanged_count == 18
+    assert counter.count <= 6  # + 2 relationship loads for all matched items at once
+
+
+def test_duplicates_within_one_batch_are_stored_once_and_the_last_copy_wins(session):
+    first = ItemIn(guid="g-1", url="https://newsroom.example.org/items/a", title="Old title")
+    again = ItemIn(guid="g-1", url="https://newsroom.example.org/items/a", title="New title")
+    same_url = ItemIn(guid="g-2", url="https://newsroom.example.org/items/a", title="Newest")
+    other = ItemIn(guid="g-3", url=None, title="Other")
+    report = store_items(session, [first, again, same_url, other], source="t", now=NOW)
+    session.commit()
+    assert len(report.new_item_ids) == 2 and report.duplicates_in_batch == 2
+    titles = sorted(session.scalars(select(Item.title)))
+    assert titles == ["Newest", "Other"]
+    assert "2 duplicates skipped" in report.summary()
+
+
+def test_second_run_of_the_same_items_adds_nothing(session):
+    store_items(session, demo_items(), source="demo", now=NOW, max_age_days=30)
+    session.commit()
+    report = store_items(
+        session, demo_items(), source="demo", now=NOW + timedelta(days=1), max_age_days=30
+    )
+    session.commit()
+    assert report.new_item_ids == [] and report.updated_item_ids == []
+    assert report.unchanged_count == 18 and report.created == {}
+    assert counts(session)["items"] == 18
+
+
+def test_changed_item_is_updated_but_keeps_ingested_at(session):
+    original = ItemIn(
+        guid="g-1", url="https://newsroom.example.org/items/a", title="First wording",
+        summary="s", published_at=datetime(2025, 10, 1, tzinfo=UTC), themes=["Youth"],
+    )
+    first = store_items(session, [original], source="t", now=NOW)
+    session.commit()
+    later = NOW + timedelta(days=3)
+    edited = ItemIn(
+        guid="g-1", url="https://newsroom.example.org/items/a", title="Second wording",
+        summary="s2", published_at=datetime(2025, 10, 1, tzinfo=UTC),
+        themes=["Youth", "Elections"], locations=["OSCE Mission to Serbia"], content_type="News",
+    )
+    report = store_items(session, [edited], source="t", now=later)
+    session.commit()
+
+    assert report.new_item_ids == [] and report.updated_item_ids == first.new_item_ids
+    assert report.created == {
+        "theme": ["Elections"],
+        "location": ["OSCE Mission to Serbia", "South-Eastern Europe"],
+        "content_type": ["News"],
+    }
+    session.expire_all()
+    item = session.get(Item, first.new_item_ids[0])
+    assert item.title == "Second wording" and item.summary == "s2"
+    assert item.ingested_at == NOW and item.updated_at == later
+    assert [t.name for t in item.themes] == ["Elections", "Youth"]
+    assert item.content_type.name == "News"
+    assert report.summary().startswith("0 new, 1 updated, 0 unchanged")
+
+
+def test_item_known_by_url_under_another_guid_is_the_same_item(session):
+    listing = ItemIn(guid="https://newsroom.example.org/items/a",
+                     url="https://newsroom.example.org/items/a", title="From the listing")
+    store_items(session, [listing], source="listing", now=NOW)
+    session.commit()
+    from_feed = ItemIn(guid="tag:feed,2025:42", url="https://newsroom.example.org/items/a",
+                       title="From the feed")
+    report = store_items(session, [from_feed], source="feed", now=NOW)
+    session.commit()
+    assert report.new_item_ids == [] and len(report.updated_item_ids) == 1
+    assert counts(session)["items"] == 1
+
+
+def test_items_older_than_the_maximum_age_are_backfill(session):
+    now = datetime(2025, 10, 20, tzinfo=UTC)
+    report = store_items(session, demo_items(), source="demo", now=now, max_age_days=20)
+    session.commit()
+    # Published before 30 September 00:00 UTC: 29 (x2), 26, 25, 24, 23, 22 (x2) September.
+    assert len(report.backfill_ids) == 8
+    backfill = session.scalars(select(Item).where(Item.is_backfill)).all()
+    assert {item.id for item in backfill} == set(report.backfill_ids)
+    assert min(item.published_at for item in backfill) == datetime(2025, 9, 22, tzinfo=UTC)
+    assert max(item.published_at for item in backfill) == datetime(2025, 9, 29, tzinfo=UTC)
+    assert set(report.backfill_ids) <= set(report.new_item_ids)
+    assert "8 backfill (not mailed)" in report.summary()
+
+
+def test_maximum_age_defaults_to_the_setting(session, monkeypatch):
+    monkeypatch.setenv("DIGEST_MAX_ITEM_AGE_DAYS", "3")
+    reset_settings_cache()
+    now = datetime(2025, 10, 10, tzinfo=UTC)
+    report = store_items(session, demo_items(), source="demo", now=now)
+    # Fresh: published on or after 7 October (10, 9, 8, 7 October).
+    assert len(report.new_item_ids) - len(report.backfill_ids) == 4
+
+
+def test_naive_now_is_refused(session):
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store_items(session, demo_items(), source="demo", now=datetime(2025, 10, 10))
+
+
+# --- entry points: one transaction, nothing half-written ------------------------------------
+
+
+def test_ingest_listing_json_and_feed_files_store_everything(settings, session):
+    listing = ingest_listing(DEMO, now=NOW)
+    json_report = ingest_json(DATA / "ingest-items.json", now=NOW)
+    text_report = ingest_json('{"title": "Pushed as text", "guid": "pushed-1"}', now=NOW)
+    rss = ingest_feed(DATA / "ingest-feed.rss", now=NOW)
+    atom = ingest_feed(str(DATA / "ingest-feed.atom"), now=NOW)
+    assert [len(r.new_item_ids) for r in (listing, json_report, text_report, rss, atom)] == [
+        18, 2, 1, 3, 2
+    ]
+    assert isinstance(listing, IngestReport)
+    assert counts(session)["items"] == 26
+    source = session.scalar(select(Item.source).where(Item.guid == "rss-item-1"))
+    assert source.startswith("feed:") and source.endswith("ingest-feed.rss")
+
+
+def test_feed_category_known_in_the_database_keeps_its_facet(settings, session):
+    resolve(session, "location", ["OSCE Mission to Skopje"], create=True)
+    session.commit()
+    ingest_feed(DATA / "ingest-feed.rss", now=NOW)
+    item = session.scalar(select(Item).where(Item.guid == "rss-item-1"))
+    assert [loc.name for loc in item.locations] == [
+        "OSCE Mission to Serbia", "OSCE Mission to Skopje"
+    ]
+    assert [t.name for t in item.themes] == ["Policing", "Youth"]
+
+
+def test_malformed_feed_writes_nothing(settings, session):
+    ingest_listing(DEMO, now=NOW)
+    before = counts(session)
+    with pytest.raises(IngestError, match="malformed feed"):
+        ingest_feed(DATA / "ingest-malformed.rss")
+    assert counts(session) == before
+
+
+def test_bad_json_writes_nothing(settings, session):
+    with pytest.raises(IngestError, match="item 1: field 'published_at'"):
+        ingest_json('[{"title": "good", "themes": ["Youth"]}, {"title": "b", "published_at": "x"}]')
+    assert counts(session) == {"items": 0, "themes": 0, "locations": 0, "content_types": 0}
+
+
+def test_unreadable_listing_names_the_path_and_the_reason(settings, session, tmp_path):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Titre\nPublishing date: 1 October 2025\nCaf\xe9".encode("latin-1"))
+    cases = [
+        (tmp_path / "missing.txt", "no such file"),
+        (tmp_path, "directory"),
+        (latin1, "not UTF-8"),
+    ]
+    for path, reason in cases:
+        with pytest.raises(IngestError, match=reason) as caught:
+            ingest_listing(path)
+        assert str(path) in str(caught.value)
+    with pytest.raises(IngestError, match="no such file"):
+        ingest_feed(tmp_path / "missing.rss")
+    with pytest.raises(IngestError, match="no such file"):
+        ingest_json(tmp_path / "missing.json")
+    assert counts(session)["items"] == 0
+
+
+# --- fetching over real HTTP ------------------------------------------------------------------
+
+
+class _FeedHandler(http.server.BaseHTTPRequestHandler):
+    feed = (DATA / "ingest-feed.rss").read_bytes()
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_GET(self):
+        if self.path == "/feed.xml":
+            self._send(200, self.feed)
+        elif self.path == "/declared-big":
+            self.send_response(200)
+            self.send_header("Content-Length", str(50_000_000))
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+        elif self.path == "/endless":
+            # No Content-Length: the size cap must stop the streamed read.
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            try:
+                for _ in range(2000):
+                    self.wfile.write(b"y" * 1024)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+        elif self.path == "/slow":
+            time.sleep(1.5)
+            self._send(200, self.feed)
+        else:
+            self._send(404, b"not here")
+
+    def _send(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/rss+xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def feed_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FeedHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_fetch_reads_a_feed_over_http(feed_server):
+    assert fetch(f"{feed_server}/feed.xml") == _FeedHandler.feed
+
+
+def test_ingest_feed_from_an_http_url(settings, session, feed_server):
+    report = ingest_feed(f"{feed_server}/feed.xml", now=NOW)
+    assert len(report.new_item_ids) == 3
+    assert counts(session)["items"] == 3
+
+
+def test_fetch_refuses_a_body_over_the_declared_size_cap(feed_server):
+    with pytest.raises(IngestError, match="50000000 bytes, over the 1000000-byte limit"):
+        fetch(f"{feed_server}/declared-big", max_bytes=1_000_000)
+
+
+def test_fetch_stops_reading_a_stream_past_the_size_cap(feed_server):
+    with pytest.raises(IngestError, match="more than the 100000-byte limit"):
+        fetch(f"{feed_server}/endless", max_bytes=100_000)
+
+
+def test_fetch_errors_name_the_url_and_the_cause(feed_server):
+    with pytest.raises(IngestError, match=r"/missing failed: HTTP 404"):
+        fetch(f"{feed_server}/missing")
+    with pytest.raises(IngestError, match="Timeout"):
+        fetch(f"{feed_server}/slow", timeout=0.3)
+    with pytest.raises(IngestError, match="only http:// and https://"):
+        fetch("file:///etc/passwd")
+    with pytest.raises(IngestError, match="only http:// and https://"):
+        ingest_feed("ftp://127.0.0.1/feed.xml")
+    closed_port = feed_server.rsplit(":", 1)[0] + ":1"
+    with pytest.raises(IngestError, match="ConnectError"):
+        fetch(f"{closed_port}/feed.xml", timeout=2)
