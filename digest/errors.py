@@ -14,6 +14,10 @@ class ConfigError(DigestError):
     """A setting is missing or invalid."""
 
 
+class TemplateError(ConfigError):
+    """An email template is missing, does not compile (Jinja or MJML) or lacks a value it needs."""
+
+
 class IngestError(DigestError):
     """A listing, feed or JSON document could not be read or parsed; nothing was written."""
 
