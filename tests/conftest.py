@@ -121,3 +121,33 @@ def session(settings):
     s = digest_db._sessionmaker(settings.database_url)()
     yield s
     s.close()
+
+
+# --- smtp_sink: a real local SMTP server (aiosmtpd) ----------------------------------
+
+
+@pytest.fixture
+def smtp_sink(tmp_path, monkeypatch, request):
+    """A running MailSink (outbox ``tmp_path/"outbox"``) that DIGEST_SMTP_* point at.
+
+    Works whichever order it is requested in: env is set and the settings cache reset
+    here, and a ``settings``/``sqlite_settings`` object already created for this test is
+    updated too.
+    """
+    from digest.mailsink import MailSink
+
+    earlier = [
+        request.getfixturevalue(name)
+        for name in ("settings", "sqlite_settings")
+        if name in request.fixturenames
+    ]
+    sink = MailSink(outbox=tmp_path / "outbox").start()
+    monkeypatch.setenv("DIGEST_SMTP_HOST", sink.host)
+    monkeypatch.setenv("DIGEST_SMTP_PORT", str(sink.port))
+    reset_settings_cache()
+    for obj in earlier:
+        monkeypatch.setattr(obj, "smtp_host", sink.host)
+        monkeypatch.setattr(obj, "smtp_port", sink.port)
+    yield sink
+    sink.stop()
+    reset_settings_cache()

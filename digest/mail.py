@@ -1,0 +1,451 @@
+"""One digest email as bytes: headers, text/plain and text/html parts, a DKIM signature.
+
+The message is assembled by hand instead of with ``email.message.EmailMessage``: the
+standard library's generator costs ~3 ms per message, more than rendering it. What the
+generator would give us for free is done here explicitly:
+
+- CRLF line ends everywhere and no line over 998 characters (MJML's HTML is one line);
+- both parts quoted-printable in UTF-8 (``binascii.b2a_qp`` is C code), so the body is 7-bit;
+- header values with anything but printable ASCII become RFC 2047 encoded-words, each at
+  most 75 characters; header lines are folded at whitespace near 78 characters;
+- addresses stay ASCII (no SMTPUTF8): an internationalised local part is refused, an
+  internationalised domain is sent in its IDNA form;
+- every header value is checked for CR/LF before anything is assembled (header injection).
+
+DKIM signs the finished bytes; nothing may touch them afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from functools import lru_cache
+from pathlib import Path
+
+import dkim
+from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+from email_validator import EmailNotValidError, validate_email
+
+from digest.errors import ConfigError, HeaderInjectionError, ValidationError
+
+CRLF = "\r\n"
+# RFC 5322 2.1.1: lines SHOULD be <= 78 characters and MUST be <= 998.
+_SOFT_LIMIT = 78
+_HARD_LIMIT = 998
+# RFC 2047 2: an encoded-word is at most 75 characters.
+_MAX_ENCODED_WORD = 75
+
+DEFAULT_SIGNED_HEADERS: tuple[str, ...] = (
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "Feedback-ID",
+    "MIME-Version",
+    "Content-Type",
+)
+
+# Headers build_message writes itself; extra_headers may not repeat them.
+_OWN_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        *DEFAULT_SIGNED_HEADERS,
+        "Reply-To",
+        "Precedence",
+        "Content-Transfer-Encoding",
+        "DKIM-Signature",
+    )
+)
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 ftext: printable ASCII except ':'
+_PLAIN_HEADER_TEXT = re.compile(r"[\x20-\x7e\t]*")
+_NAME_AND_ANGLE = re.compile(r"^(?P<name>.*?)\s*<(?P<inner>[^<>]*)>\s*$", re.S)
+_MSG_ID_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+")
+# Characters an encoded-word may carry unencoded in Q form, even inside a phrase (RFC 2047 5(3)).
+_Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
+_Q_CHAR = ["_" if b == 0x20 else chr(b) if b in _Q_SAFE else f"={b:02X}" for b in range(256)]
+_Q_COST = [len(c) for c in _Q_CHAR]
+
+
+def check_header_value(name: str, value: str) -> str:
+    """Return ``value`` unchanged, or refuse it if it could start a new header line."""
+    if "\r" in value or "\n" in value:
+        raise HeaderInjectionError(f"{name} contains a line break (CR or LF); refusing to send")
+    return value
+
+
+def normalise_address(addr: str) -> str:
+    """The normalised form of an email address, or ValidationError with the reason.
+
+    No DNS lookups. Internationalised local parts are refused because the transport does
+    not speak SMTPUTF8; internationalised domains are fine (sent in IDNA form).
+    """
+    return _validated(addr).normalized
+
+
+def ascii_address(addr: str) -> str:
+    """``addr`` as SMTP and headers carry it without SMTPUTF8: the domain in IDNA form;
+    ValidationError for a non-ASCII local part or an invalid address."""
+    return _ascii_addr_spec(addr)
+
+
+def make_message_id(local: str, domain: str) -> str:
+    """``<local@domain>``; both parts must be dot-atom text (no spaces, brackets or '@')."""
+    for part_name, part in (("local part", local), ("domain", domain)):
+        if not _MSG_ID_PART.fullmatch(part or ""):
+            raise ValidationError(
+                f"Message-ID {part_name} {part!r} must be non-empty ASCII without spaces, "
+                "'<', '>' or '@'"
+            )
+    return f"<{local}@{domain}>"
+
+
+def build_message(
+    *,
+    from_addr: str,
+    to_addr: str,
+    subject: str,
+    html: str,
+    text: str,
+    message_id: str,
+    list_id: str | None = None,
+    unsubscribe_url: str | None = None,
+    unsubscribe_mailto: str | None = None,
+    feedback_id: str | None = None,
+    reply_to: str | None = None,
+    date: datetime | None = None,
+    precedence_bulk: bool = True,
+    extra_headers: Mapping[str, str] | None = None,
+) -> bytes:
+    """The complete message (RFC 5322 + MIME) as the bytes to hand to SMTP.
+
+    ``from_addr``, ``to_addr`` and ``reply_to`` are ``addr@domain`` or ``Name <addr@domain>``.
+    Raises HeaderInjectionError for CR/LF in any header value and ValidationError for an
+    invalid address, URL or header name; nothing is built in either case.
+    """
+    extra = dict(extra_headers or {})
+    # Every value that reaches a header is checked before any work is done.
+    checks = [
+        ("From", from_addr),
+        ("To", to_addr),
+        ("Subject", subject),
+        ("Message-ID", message_id),
+        ("Reply-To", reply_to),
+        ("List-Id", list_id),
+        ("unsubscribe URL", unsubscribe_url),
+        ("unsubscribe mailto", unsubscribe_mailto),
+        ("Feedback-ID", feedback_id),
+        *((f"header name {name!r}", name) for name in extra),
+        *extra.items(),
+    ]
+    for name, value in checks:
+        if value is not None:
+            check_header_value(name, value)
+    for name in extra:
+        if not _FIELD_NAME.fullmatch(name):
+            raise ValidationError(f"extra header name {name!r} is not a valid header field name")
+        if name.lower() in _OWN_HEADERS:
+            raise ValidationError(f"extra header {name!r} is set by build_message itself")
+
+    if date is None:
+        date = datetime.now(UTC)
+    elif date.tzinfo is None:
+        raise ValidationError("date must be timezone-aware (all datetimes are UTC-aware)")
+
+    headers: list[str] = [
+        _fold("From", _mailbox("From", from_addr)),
+        _fold("To", _mailbox("To", to_addr)),
+        _unstructured("Subject", subject),
+        f"Date: {format_datetime(date)}",
+        f"Message-ID: {_message_id(message_id)}",
+    ]
+    if reply_to:
+        headers.append(_fold("Reply-To", _mailbox("Reply-To", reply_to)))
+    if list_id:
+        headers.append(_fold("List-Id", _list_id(list_id)))
+    unsubscribe = _unsubscribe_targets(unsubscribe_url, unsubscribe_mailto)
+    if unsubscribe:
+        headers.append(_fold("List-Unsubscribe", ", ".join(f"<{u}>" for u in unsubscribe)))
+        # RFC 8058 one-click needs an HTTPS URI to POST to.
+        if unsubscribe_url and unsubscribe_url.lower().startswith("https://"):
+            headers.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
+    if feedback_id:
+        headers.append(_fold("Feedback-ID", _ascii_token("Feedback-ID", feedback_id)))
+    if precedence_bulk:
+        headers.append("Precedence: bulk")
+    for name, value in extra.items():
+        headers.append(_unstructured(name, value))
+
+    text_qp = _quoted_printable(text)
+    html_qp = _quoted_printable(html)
+    # '=' in QP is always followed by two hex digits or a line break, so '=_' never occurs
+    # in an encoded body: the boundary cannot collide with the content.
+    boundary = "=_digest_" + secrets.token_hex(12)
+    headers.append("MIME-Version: 1.0")
+    headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+
+    part_head = (
+        'Content-Type: text/{}; charset="utf-8"\r\n'
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+    )
+    head = (CRLF.join(headers) + CRLF + CRLF).encode("ascii")
+    delimiter = f"--{boundary}\r\n".encode("ascii")
+    return b"".join(
+        (
+            head,
+            delimiter,
+            part_head.format("plain").encode("ascii"),
+            text_qp,
+            b"\r\n",
+            delimiter,
+            part_head.format("html").encode("ascii"),
+            html_qp,
+            b"\r\n",
+            f"--{boundary}--\r\n".encode("ascii"),
+        )
+    )
+
+
+class DkimSigner:
+    """Signs finished messages (relaxed/relaxed, rsa-sha256) with one key."""
+
+    def __init__(
+        self,
+        selector: str,
+        domain: str,
+        private_key_pem: bytes,
+        headers: Sequence[str] = DEFAULT_SIGNED_HEADERS,
+    ):
+        try:
+            parse_pem_private_key(private_key_pem)
+        except (UnparsableKeyError, ValueError) as exc:  # ValueError: broken base64
+            raise ConfigError(
+                f"the DKIM private key is not a PEM RSA private key ({exc}); "
+                "check DIGEST_DKIM_PRIVATE_KEY_PATH"
+            ) from exc
+        if not any(h.lower() == "from" for h in headers):
+            raise ConfigError("DKIM must sign the From header; add it to the signed headers")
+        self.selector = selector
+        self.domain = domain
+        self._key = private_key_pem
+        self._selector = selector.encode("ascii")
+        self._domain = domain.encode("ascii")
+        self._headers = [h.encode("ascii") for h in headers]
+
+    def sign(self, message: bytes) -> bytes:
+        """``DKIM-Signature: ...`` followed by ``message``: send exactly these bytes."""
+        try:
+            signature = dkim.sign(
+                message,
+                self._selector,
+                self._domain,
+                self._key,
+                canonicalize=(b"relaxed", b"relaxed"),
+                signature_algorithm=b"rsa-sha256",
+                include_headers=self._headers,
+            )
+        except dkim.DKIMException as exc:
+            raise ValidationError(f"DKIM signing failed: {exc}") from exc
+        return signature + message
+
+    @classmethod
+    def from_settings(cls, settings=None) -> DkimSigner | None:
+        """A signer when ``dkim_selector`` and ``dkim_private_key_path`` are set, else None."""
+        if settings is None:
+            from digest.settings import get_settings
+
+            settings = get_settings()
+        if not (settings.dkim_selector and settings.dkim_private_key_path):
+            return None
+        path = Path(settings.dkim_private_key_path)
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the DKIM private key {path}: {exc.strerror}; "
+                "fix DIGEST_DKIM_PRIVATE_KEY_PATH or unset DIGEST_DKIM_SELECTOR"
+            ) from exc
+        return cls(settings.dkim_selector, settings.dkim_domain or settings.from_domain, pem)
+
+
+# --- addresses and structured values -------------------------------------------------
+
+
+def _validated(addr: str):
+    try:
+        return validate_email(addr, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise ValidationError(f"invalid email address {addr!r}: {exc}") from exc
+
+
+@lru_cache(maxsize=64)  # From and Reply-To are the same for every message of a run
+def _ascii_addr_spec(addr: str) -> str:
+    result = _validated(addr)
+    return result.ascii_email or result.normalized
+
+
+def _mailbox(header: str, value: str) -> str:
+    """``Name <addr>`` or ``addr`` with the name quoted or encoded and the address ASCII."""
+    match = _NAME_AND_ANGLE.match(value)
+    if match:
+        name, addr = _unquote(match["name"].strip()), match["inner"].strip()
+    else:
+        name, addr = "", value.strip()
+    if not addr:
+        raise ValidationError(f"{header} has no email address: {value!r}")
+    try:
+        spec = _ascii_addr_spec(addr)
+    except ValidationError as exc:
+        raise ValidationError(f"{header}: {exc}") from exc
+    if not name:
+        return spec
+    return f"{_phrase(name)} <{spec}>"
+
+
+def _unquote(name: str) -> str:
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", name[1:-1])
+    return name
+
+
+def _phrase(name: str) -> str:
+    """A display name as an RFC 5322 phrase: atoms, a quoted-string or encoded-words."""
+    if _needs_encoding(name):
+        return " ".join(_encoded_words(name, _MAX_ENCODED_WORD))
+    if re.fullmatch(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\- ]+", name) and "  " not in name:
+        return name.strip()
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _list_id(value: str) -> str:
+    match = _NAME_AND_ANGLE.match(value)
+    name, inner = (match["name"].strip(), match["inner"].strip()) if match else ("", value.strip())
+    _ascii_token("List-Id", inner)
+    return f"{_phrase(name)} <{inner}>" if name else f"<{inner}>"
+
+
+def _message_id(value: str) -> str:
+    inner = value[1:-1] if value.startswith("<") and value.endswith(">") else value
+    local, at, domain = inner.rpartition("@")
+    if not at:
+        raise ValidationError(f"Message-ID {value!r} must look like <local@domain>")
+    return make_message_id(local, domain)
+
+
+def _unsubscribe_targets(url: str | None, mailto: str | None) -> list[str]:
+    targets = []
+    if url:
+        if not re.match(r"https?://", url, re.I):
+            raise ValidationError(f"unsubscribe URL {url!r} must start with https:// or http://")
+        targets.append(_ascii_token("unsubscribe URL", url))
+    if mailto:
+        if not mailto.lower().startswith("mailto:"):
+            mailto = "mailto:" + mailto
+        address = mailto[len("mailto:") :].split("?", 1)[0]
+        _ascii_addr_spec(address)
+        targets.append(_ascii_token("unsubscribe mailto", mailto))
+    for target in targets:
+        if any(c in target for c in "<>,"):
+            raise ValidationError(f"unsubscribe target {target!r} may not contain '<', '>' or ','")
+    return targets
+
+
+def _ascii_token(name: str, value: str) -> str:
+    if not re.fullmatch(r"[\x21-\x7e]+", value):
+        raise ValidationError(
+            f"{name} {value!r} must be printable ASCII without spaces (percent-encode URLs)"
+        )
+    return value
+
+
+# --- header encoding and folding -------------------------------------------------------
+
+
+def _needs_encoding(value: str) -> bool:
+    # '=?' would be read back as the start of an encoded-word.
+    return not _PLAIN_HEADER_TEXT.fullmatch(value) or "=?" in value
+
+
+def _unstructured(name: str, value: str) -> str:
+    """``Name: value`` for free text: plain and folded, or RFC 2047 encoded-words."""
+    # Folding cannot split a word; a word too long for a line is encoded (and so split).
+    longest_word = max((len(w) for w in value.split()), default=0)
+    if not _needs_encoding(value) and longest_word <= _HARD_LIMIT - len(name) - 2:
+        return _fold(name, value)
+    first = min(_MAX_ENCODED_WORD, _SOFT_LIMIT - len(name) - 2)
+    words = _encoded_words(value, _MAX_ENCODED_WORD, first=first)
+    return f"{name}: " + "\r\n ".join(words)
+
+
+def _encoded_words(value: str, limit: int, first: int | None = None) -> list[str]:
+    """``value`` as UTF-8 encoded-words of at most ``limit`` characters (``first`` for the
+    first one), split between characters, in whichever of Q and B is shorter overall."""
+    data = value.encode("utf-8")
+    q_total = sum(map(_Q_COST.__getitem__, data))
+    encoding = "q" if q_total <= (len(data) + 2) // 3 * 4 else "b"
+    prefix, suffix = f"=?utf-8?{encoding}?", "?="
+    overhead = len(prefix) + len(suffix)
+    words: list[str] = []
+    chunk: list[str] = []
+    size = 0  # encoded length of chunk (Q) or its byte count (B)
+    room = (first or limit) - overhead
+    for char in value:
+        raw = char.encode("utf-8")
+        cost = len(raw) if encoding == "b" else sum(map(_Q_COST.__getitem__, raw))
+        grown = (size + cost + 2) // 3 * 4 if encoding == "b" else size + cost
+        if chunk and grown > room:
+            words.append(prefix + _encode_chunk("".join(chunk), encoding) + suffix)
+            chunk, size, room = [], 0, limit - overhead
+        chunk.append(char)
+        size += cost
+    words.append(prefix + _encode_chunk("".join(chunk), encoding) + suffix)
+    return words
+
+
+def _encode_chunk(chunk: str, encoding: str) -> str:
+    data = chunk.encode("utf-8")
+    if encoding == "b":
+        return base64.b64encode(data).decode("ascii")
+    return "".join(map(_Q_CHAR.__getitem__, data))
+
+
+def _fold(name: str, value: str) -> str:
+    """``Name: value`` folded before whitespace so lines stay near 78 characters.
+
+    Unfolding (removing each CRLF) gives back ``value`` exactly. A word too long for one
+    line stays whole; it must still fit the hard 998 limit.
+    """
+    line = f"{name}: "
+    lines: list[str] = []
+    # Each token is its leading whitespace plus one word; folding happens before a token.
+    for token in re.findall(r"[ \t]*[^ \t]+|[ \t]+$", value):
+        foldable = token[:1] in (" ", "\t") and token.strip()  # never a whitespace-only line
+        if foldable and len(line) + len(token) > _SOFT_LIMIT:
+            lines.append(line)
+            line = token
+        else:
+            line += token
+    lines.append(line)
+    if any(len(each) > _HARD_LIMIT for each in lines):
+        raise ValidationError(f"{name} has a word too long for one header line (998 characters)")
+    return CRLF.join(lines)
+
+
+# --- bodies --------------------------------------------------------------------------
+
+
+def _quoted_printable(body: str) -> bytes:
+    """UTF-8 quoted-printable with CRLF line ends (hard and soft), lines <= 76 characters."""
+    # Line breaks in the text become CRLF, MIME's canonical form for text.
+    normalised = body.replace("\r\n", "\n").replace("\r", "\n")
+    encoded = binascii.b2a_qp(normalised.encode("utf-8"), quotetabs=False, istext=True)
+    # b2a_qp writes '\n' for hard and soft breaks when the input has LF line ends (or none).
+    return encoded.replace(b"\n", b"\r\n")

@@ -1,0 +1,260 @@
+"""Handing finished messages to an SMTP server, one recipient per transaction.
+
+Every outcome is explicit: a 2xx reply gives a ``SendResult``; a 4xx reply, a dropped
+connection, a timeout or a refused connection raises ``TemporaryDeliveryError`` (try again
+later); a 5xx reply raises ``PermanentDeliveryError``. ``smtplib.SMTP.sendmail`` is not used
+because it returns refused recipients instead of raising; the low-level ``mail()``,
+``rcpt()`` and ``data()`` give the reply of each step.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from digest.errors import (
+    ConfigError,
+    PermanentDeliveryError,
+    TemporaryDeliveryError,
+    ValidationError,
+)
+from digest.mail import ascii_address, check_header_value
+from digest.settings import Settings, get_settings
+
+
+@dataclass(frozen=True)
+class SendResult:
+    code: int
+    reply: str
+
+
+class Transport(Protocol):
+    def __enter__(self) -> Transport: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def send(self, mail_from: str, rcpt: str, data: bytes) -> SendResult: ...
+
+
+class SMTPTransport:
+    """One SMTP connection, opened on the first send and reused for the following ones.
+
+    After a refused transaction the connection is reset (RSET) and kept; after a dropped
+    connection it is discarded and the next send connects again. Use as a context manager
+    so the connection is closed with QUIT. Not thread-safe: one transport per worker.
+    """
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+        if self.settings.smtp_ssl and self.settings.smtp_starttls:
+            raise ConfigError(
+                "DIGEST_SMTP_SSL (implicit TLS, usually port 465) and DIGEST_SMTP_STARTTLS "
+                "(usually port 587) exclude each other; set only one"
+            )
+        self._conn: smtplib.SMTP | None = None
+        self.connections_opened = 0
+
+    def __enter__(self) -> SMTPTransport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """QUIT and close the connection if one is open (errors on the way out are ignored)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.quit()
+        except (smtplib.SMTPException, OSError):
+            conn.close()
+
+    def send(self, mail_from: str, rcpt: str, data: bytes) -> SendResult:
+        """Send ``data`` unchanged from ``mail_from`` to ``rcpt``; the reply to DATA on success."""
+        check_header_value("envelope sender", mail_from)
+        check_header_value("recipient", rcpt)
+        mail_from, rcpt = _ascii(mail_from, "envelope sender"), _ascii(rcpt, "recipient")
+        conn = self._connection()
+        step = "MAIL FROM"
+        try:
+            options = [f"SIZE={len(data)}"] if conn.has_extn("size") else []
+            code, reply = conn.mail(mail_from, options)
+            if code != 250:
+                self._refused(step, code, reply, rcpt)
+            step = "RCPT TO"
+            code, reply = conn.rcpt(rcpt)
+            if code not in (250, 251):
+                self._refused(step, code, reply, rcpt)
+            step = "DATA"
+            code, reply = conn.data(data)
+            if code != 250:
+                self._refused(step, code, reply, rcpt)
+        except smtplib.SMTPResponseException as exc:  # data() raises when 354 is not given
+            self._refused(step, exc.smtp_code, exc.smtp_error, rcpt)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._discard()
+            raise TemporaryDeliveryError(
+                f"connection to {self._where()} lost at {step} for {rcpt}: {_describe(exc)}; "
+                "the message was not accepted, try again later"
+            ) from exc
+        return SendResult(code, _text(reply))
+
+    # --- internals --------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"SMTP server {self.settings.smtp_host}:{self.settings.smtp_port}"
+
+    def _connection(self) -> smtplib.SMTP:
+        if self._conn is not None:
+            return self._conn
+        s = self.settings
+        conn: smtplib.SMTP | None = None
+        try:
+            if s.smtp_ssl:
+                conn = smtplib.SMTP_SSL(
+                    s.smtp_host, s.smtp_port, timeout=s.smtp_timeout,
+                    context=ssl.create_default_context(),
+                )
+            else:
+                conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
+            conn.ehlo_or_helo_if_needed()
+            if s.smtp_starttls:
+                conn.starttls(context=ssl.create_default_context())
+                conn.ehlo()
+            if s.smtp_user:
+                password = s.smtp_password.get_secret_value() if s.smtp_password else ""
+                conn.login(s.smtp_user, password)
+        except smtplib.SMTPNotSupportedError as exc:
+            _close_quietly(conn)
+            raise ConfigError(
+                f"{self._where()} does not support what the settings ask for ({exc}); "
+                "check DIGEST_SMTP_STARTTLS and DIGEST_SMTP_USER"
+            ) from exc
+        except smtplib.SMTPAuthenticationError as exc:
+            _close_quietly(conn)
+            # A login failure is the operator's to fix, not the recipient's fault.
+            raise ConfigError(
+                f"{self._where()} refused the login of {s.smtp_user!r}: {exc.smtp_code} "
+                f"{_text(exc.smtp_error)}; check DIGEST_SMTP_USER and DIGEST_SMTP_PASSWORD"
+            ) from exc
+        except smtplib.SMTPResponseException as exc:
+            _close_quietly(conn)
+            error = _error_for(exc.smtp_code)
+            raise error(
+                f"{self._where()} refused the session: {exc.smtp_code} {_text(exc.smtp_error)}",
+                exc.smtp_code,
+            ) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            _close_quietly(conn)
+            raise TemporaryDeliveryError(
+                f"cannot connect to {self._where()}: {_describe(exc)}; "
+                "check DIGEST_SMTP_HOST/DIGEST_SMTP_PORT or try again later"
+            ) from exc
+        self._conn = conn
+        self.connections_opened += 1
+        return conn
+
+    def _refused(self, step: str, code: int, reply: bytes | str, rcpt: str) -> None:
+        """Raise for a non-success reply, leaving the connection clean for the next send."""
+        self._reset()
+        error = _error_for(code)
+        raise error(f"{self._where()} refused {rcpt} at {step}: {code} {_text(reply)}", code)
+
+    def _reset(self) -> None:
+        """RSET the open transaction; a connection that cannot take it is dropped."""
+        if self._conn is None:
+            return
+        try:
+            code, _ = self._conn.rset()
+            if code != 250:
+                self._discard()
+        except (smtplib.SMTPException, OSError):
+            self._discard()
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        _close_quietly(conn)
+
+
+class InMemoryTransport:
+    """A transport for unit tests: remembers what was sent and plays scripted replies.
+
+    ``script(rcpt, *replies)`` queues replies for a recipient, consumed one per send, in the
+    same form as the mail sink: ``"451 4.3.0 Try again later"``, ``"550 5.1.1 No such user"``
+    or ``"drop"`` (a lost connection). Unscripted sends succeed.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, bytes]] = []
+        self._scripts: dict[str, deque[str]] = defaultdict(deque)
+
+    def __enter__(self) -> InMemoryTransport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def script(self, rcpt: str, *replies: str) -> None:
+        for reply in replies:
+            if reply != "drop" and not (reply[:3].isdigit() and reply[0] in "2345"):
+                raise ValidationError(
+                    f"scripted reply {reply!r} must be 'drop' or start with an SMTP code "
+                    "such as '451 4.3.0 Try again later'"
+                )
+        self._scripts[rcpt.lower()].extend(replies)
+
+    def send(self, mail_from: str, rcpt: str, data: bytes) -> SendResult:
+        queue = self._scripts.get(rcpt.lower())
+        reply = queue.popleft() if queue else None
+        if reply == "drop":
+            raise TemporaryDeliveryError(f"connection lost at RCPT TO for {rcpt} (scripted)")
+        if reply is not None:
+            code = int(reply[:3])
+            if code >= 400:
+                error = _error_for(code)
+                raise error(f"in-memory transport refused {rcpt} at RCPT TO: {reply}", code)
+        self.sent.append((mail_from, rcpt, data))
+        return SendResult(250, f"2.0.0 Ok: queued as {len(self.sent)}")
+
+
+def transport_from_settings(settings: Settings | None = None) -> Transport:
+    """The SMTP transport for the configured server."""
+    return SMTPTransport(settings)
+
+
+def _ascii(address: str, role: str) -> str:
+    """Internationalised domains go out in IDNA form; a non-ASCII local part cannot go out."""
+    if address.isascii():
+        return address
+    try:
+        return ascii_address(address)
+    except ValidationError as exc:
+        raise ValidationError(
+            f"{role} {address!r} cannot be sent without SMTPUTF8, which this transport does "
+            f"not use: {exc}"
+        ) from exc
+
+
+def _error_for(code: int) -> type[TemporaryDeliveryError] | type[PermanentDeliveryError]:
+    # Anything that is neither 4xx nor 5xx is a protocol surprise: retrying is the safe side.
+    return PermanentDeliveryError if 500 <= code < 600 else TemporaryDeliveryError
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _close_quietly(conn: smtplib.SMTP | None) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except OSError:
+            pass

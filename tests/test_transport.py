@@ -1,0 +1,259 @@
+"""The SMTP transport against a real local SMTP server (aiosmtpd MailSink)."""
+
+from __future__ import annotations
+
+import base64
+import socket
+from datetime import UTC, datetime
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from digest.errors import (
+    ConfigError,
+    HeaderInjectionError,
+    PermanentDeliveryError,
+    TemporaryDeliveryError,
+    ValidationError,
+)
+from digest.mail import DkimSigner, build_message, make_message_id
+from digest.mailsink import MailSink
+from digest.settings import Settings
+from digest.transport import (
+    InMemoryTransport,
+    SendResult,
+    SMTPTransport,
+    transport_from_settings,
+)
+
+SENDER = "bounces@newsroom.example.org"
+MESSAGE = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+@pytest.fixture
+def sink():
+    with MailSink() as running:
+        yield running
+
+
+def smtp_settings(port: int, **extra) -> Settings:
+    return Settings(smtp_host="127.0.0.1", smtp_port=port, smtp_timeout=5, **extra)
+
+
+@pytest.fixture
+def transport(sink):
+    with SMTPTransport(smtp_settings(sink.port)) as t:
+        yield t
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_successful_send_returns_250_and_the_data_reply_and_the_sink_has_the_bytes(
+    sink, transport
+):
+    result = transport.send(SENDER, "reader@example.org", MESSAGE)
+    assert isinstance(result, SendResult)
+    assert result.code == 250
+    assert "queued as 1" in result.reply
+    [received] = sink.wait_for(1)
+    assert received.mail_from == SENDER
+    assert received.rcpt_tos == ["reader@example.org"]
+    assert received.data == MESSAGE
+
+
+def test_one_connection_is_reused_for_many_sends_and_closed_with_quit(sink):
+    with SMTPTransport(smtp_settings(sink.port)) as transport:
+        for i in range(3):
+            transport.send(SENDER, f"reader{i}@example.org", MESSAGE)
+        assert sink.sessions == 1
+        assert transport.connections_opened == 1
+        assert sink.quits == 0
+    assert [m.rcpt_tos for m in sink.wait_for(3)] == [[f"reader{i}@example.org"] for i in range(3)]
+    _eventually(lambda: sink.quits == 1)
+
+
+def test_no_connection_is_opened_before_the_first_send(sink):
+    with SMTPTransport(smtp_settings(sink.port)):
+        pass
+    assert sink.sessions == 0
+
+
+def test_451_at_rcpt_is_temporary_with_its_code_and_the_next_send_succeeds(sink, transport):
+    sink.script("reader@example.org", "451 4.3.0 Try again later")
+    with pytest.raises(TemporaryDeliveryError) as caught:
+        transport.send(SENDER, "reader@example.org", MESSAGE)
+    assert caught.value.code == 451
+    assert "451 4.3.0 Try again later" in str(caught.value)
+    assert sink.messages == []
+
+    assert transport.send(SENDER, "reader@example.org", MESSAGE).code == 250
+    assert len(sink.wait_for(1)) == 1
+    assert sink.sessions == 1  # the refused transaction was reset, the connection kept
+
+
+def test_550_unknown_user_is_permanent_with_code_and_reply_text(sink, transport):
+    sink.script("gone@example.org", "550 5.1.1 No such user")
+    with pytest.raises(PermanentDeliveryError) as caught:
+        transport.send(SENDER, "gone@example.org", MESSAGE)
+    assert caught.value.code == 550
+    assert "550 5.1.1 No such user" in str(caught.value)
+    assert "gone@example.org" in str(caught.value)
+    assert transport.send(SENDER, "reader@example.org", MESSAGE).code == 250
+    assert [m.rcpt_tos for m in sink.wait_for(1)] == [["reader@example.org"]]
+
+
+def test_dropped_connection_is_temporary_and_the_next_send_reconnects(sink, transport):
+    transport.send(SENDER, "first@example.org", MESSAGE)
+    sink.script("reader@example.org", "drop")
+    with pytest.raises(TemporaryDeliveryError, match="connection to SMTP server .* lost") as caught:
+        transport.send(SENDER, "reader@example.org", MESSAGE)
+    assert caught.value.code is None
+
+    assert transport.send(SENDER, "reader@example.org", MESSAGE).code == 250
+    assert sink.sessions == 2
+    assert transport.connections_opened == 2
+    assert [m.rcpt_tos for m in sink.wait_for(2)] == [["first@example.org"], ["reader@example.org"]]
+
+
+def test_connection_refused_is_temporary():
+    with SMTPTransport(smtp_settings(closed_port())) as transport:
+        with pytest.raises(TemporaryDeliveryError, match="cannot connect to SMTP server") as caught:
+            transport.send(SENDER, "reader@example.org", MESSAGE)
+    assert "ConnectionRefusedError" in str(caught.value)
+
+
+def test_server_going_away_between_sends_is_temporary_then_recovers_on_a_new_server():
+    port = closed_port()
+    with SMTPTransport(smtp_settings(port)) as transport:
+        with MailSink(port=port) as first:
+            transport.send(SENDER, "a@example.org", MESSAGE)
+            assert len(first.wait_for(1)) == 1
+        with pytest.raises(TemporaryDeliveryError):
+            transport.send(SENDER, "b@example.org", MESSAGE)
+        with MailSink(port=port) as second:
+            assert transport.send(SENDER, "c@example.org", MESSAGE).code == 250
+            assert [m.rcpt_tos for m in second.wait_for(1)] == [["c@example.org"]]
+
+
+def test_built_and_signed_message_arrives_byte_for_byte_and_still_verifies(sink, transport):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+    text = ".\n..two\n.lead\nFrom the newsroom\nend.\n.\n"
+    html = "<p>" + "é" * 30_000 + "</p>"
+    message = build_message(
+        from_addr="Newsroom <digest@newsroom.example.org>",
+        to_addr="Zoë <zoe@example.org>",
+        subject="Digest 🚓",
+        html=html,
+        text=text,
+        message_id=make_message_id("x1", "newsroom.example.org"),
+        unsubscribe_url="https://digest.example.org/u/t",
+        date=datetime(2025, 10, 14, tzinfo=UTC),
+    )
+    signed = DkimSigner("sel", "newsroom.example.org", pem).sign(message)
+    assert transport.send(SENDER, "zoe@example.org", signed).code == 250
+
+    [received] = sink.wait_for(1)
+    assert received.data == signed
+
+    def dnsfunc(name, timeout=5):
+        return record if name == b"sel._domainkey.newsroom.example.org." else None
+
+    assert dkim.verify(received.data, dnsfunc=dnsfunc) is True
+    plain, rich = received.parsed().iter_parts()
+    assert plain.get_content().replace("\r\n", "\n") == text
+    assert rich.get_content() == html
+
+
+def test_message_over_one_megabyte_is_accepted(sink, transport):
+    big = MESSAGE + (b"y" * 900 + b"\r\n") * 1500
+    assert len(big) > 1_300_000
+    assert transport.send(SENDER, "reader@example.org", big).code == 250
+    assert sink.wait_for(1)[0].data == big
+
+
+def test_line_breaks_or_non_ascii_local_parts_in_envelope_are_refused_before_connecting(
+    sink, transport
+):
+    with pytest.raises(HeaderInjectionError):
+        transport.send(SENDER, "reader@example.org\r\nRCPT TO:<victim@example.org>", MESSAGE)
+    with pytest.raises(HeaderInjectionError):
+        transport.send("a@example.org\nRSET", "reader@example.org", MESSAGE)
+    with pytest.raises(ValidationError, match="SMTPUTF8"):
+        transport.send(SENDER, "zoë@example.org", MESSAGE)
+    assert sink.sessions == 0 and sink.messages == []
+
+
+def test_internationalised_recipient_domain_goes_out_in_idna_form(sink, transport):
+    assert transport.send(SENDER, "zoe@exämple.org", MESSAGE).code == 250
+    assert sink.wait_for(1)[0].rcpt_tos == ["zoe@xn--exmple-cua.org"]
+
+
+def test_login_against_a_server_without_auth_is_a_configuration_error(sink):
+    settings = smtp_settings(sink.port, smtp_user="digest", smtp_password="secret")
+    with SMTPTransport(settings) as transport:
+        with pytest.raises(ConfigError, match="DIGEST_SMTP_USER"):
+            transport.send(SENDER, "reader@example.org", MESSAGE)
+    assert sink.messages == []
+
+
+def test_starttls_against_a_server_without_it_is_a_configuration_error(sink):
+    with SMTPTransport(smtp_settings(sink.port, smtp_starttls=True)) as transport:
+        with pytest.raises(ConfigError, match="DIGEST_SMTP_STARTTLS"):
+            transport.send(SENDER, "reader@example.org", MESSAGE)
+
+
+def test_ssl_and_starttls_together_are_refused():
+    with pytest.raises(ConfigError, match="exclude each other"):
+        SMTPTransport(smtp_settings(25, smtp_ssl=True, smtp_starttls=True))
+
+
+def test_transport_from_settings_reaches_the_smtp_sink_fixture(smtp_sink):
+    with transport_from_settings() as transport:
+        assert transport.send(SENDER, "reader@example.org", MESSAGE).code == 250
+    [received] = smtp_sink.wait_for(1)
+    assert received.path is not None and received.path.read_bytes() == MESSAGE
+
+
+# --- the in-memory fake for unit tests of callers -------------------------------------
+
+
+def test_in_memory_transport_records_sends_and_plays_scripted_replies():
+    transport = InMemoryTransport()
+    transport.script("Reader@example.org", "451 4.3.0 Later", "550 5.1.1 No such user", "drop")
+    with transport:
+        with pytest.raises(TemporaryDeliveryError) as later:
+            transport.send(SENDER, "reader@example.org", MESSAGE)
+        with pytest.raises(PermanentDeliveryError) as gone:
+            transport.send(SENDER, "reader@example.org", MESSAGE)
+        with pytest.raises(TemporaryDeliveryError) as dropped:
+            transport.send(SENDER, "reader@example.org", MESSAGE)
+        result = transport.send(SENDER, "reader@example.org", MESSAGE)
+    assert (later.value.code, gone.value.code, dropped.value.code) == (451, 550, None)
+    assert result.code == 250
+    assert transport.sent == [(SENDER, "reader@example.org", MESSAGE)]
+    with pytest.raises(ValidationError, match="SMTP code"):
+        transport.script("x@example.org", "try later")
+
+
+def _eventually(condition, timeout: float = 5.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
