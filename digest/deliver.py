@@ -17,6 +17,7 @@ record of what was sent.
 from __future__ import annotations
 
 import re
+from urllib.parse import urlencode
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -35,6 +36,7 @@ from digest.models import (
     RunKind,
     RunStatus,
     Subscriber,
+    SubscriberFilter,
     SubscriberStatus,
     Suppression,
     utcnow,
@@ -107,15 +109,20 @@ class MessageFactory:
         s = self.settings
         sub = delivery.subscriber
         links = links_for(sub.id, s)
+        themes = tuple(dict.fromkeys(t.name for f in sub.filters for t in f.themes))
+        places = tuple(dict.fromkeys(loc.name for f in sub.filters for loc in f.locations))
         recipient = Recipient(subscriber_id=sub.id, email=delivery.email, group_by=sub.group_by,
                               manage_url=links["manage_url"], unsubscribe_url=links["unsubscribe_url"],
-                              view_url=_view_url(s, delivery.id), timezone=sub.timezone)
+                              view_url=_view_url(s, delivery.id), timezone=sub.timezone,
+                              themes=themes, locations=places)
         template = "alert" if run.kind == RunKind.immediate.value else "digest"
         render_items = render_items_from_models(items)
         context = {}
         dates = [it.published_at.date() for it in items if it.published_at]
-        if dates and template == "digest":
-            context = {"period_start": min(dates), "period_end": max(dates)}
+        if template == "digest":
+            context["more_url"] = self.more_url(themes, places)
+            if dates:
+                context |= {"period_start": min(dates), "period_end": max(dates)}
         rendered = get_renderer(template).render(recipient, render_items, **context)
         # Stable per delivery: a retried send carries the same Message-ID.
         message_id = make_message_id(f"digest.{run.id}.{delivery.id}", self.domain)
@@ -131,6 +138,11 @@ class MessageFactory:
             data = self.dkim.sign(data)
         return message_id, data
 
+    def more_url(self, themes: tuple[str, ...], places: tuple[str, ...]) -> str:
+        """The newsroom listing filtered to the reader's choices ("and K more")."""
+        query = urlencode([("theme", t) for t in themes] + [("location", p) for p in places])
+        return f"{self.settings.newsroom_url}?{query}" if query else self.settings.newsroom_url
+
     def return_path(self, delivery_id: int) -> str:
         # VERP: a bounce to this address names its delivery.
         return f"bounces+{delivery_id}@{self.domain}"
@@ -139,7 +151,11 @@ class MessageFactory:
 def _load(session: Session, ids: list[int]) -> list[Delivery]:
     return list(session.scalars(
         select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id)
-        .options(selectinload(Delivery.subscriber), selectinload(Delivery.run),
+        .options(selectinload(Delivery.subscriber).selectinload(Subscriber.filters)
+                 .selectinload(SubscriberFilter.themes),
+                 selectinload(Delivery.subscriber).selectinload(Subscriber.filters)
+                 .selectinload(SubscriberFilter.locations),
+                 selectinload(Delivery.run),
                  selectinload(Delivery.items).selectinload(Item.themes),
                  selectinload(Delivery.items).selectinload(Item.locations),
                  selectinload(Delivery.items).selectinload(Item.content_type))

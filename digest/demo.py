@@ -26,7 +26,7 @@ DEMO_SUBSCRIBERS = [
     ("marko.montenegro@example.org", "weekly", "Europe/Podgorica", 0, 9, "location",
      ["locations=OSCE Mission to Montenegro"]),
     ("lena.balkans@example.org", "weekly", "Europe/Vienna", 4, 17, "location",
-     ["locations=South-Eastern Europe;types=Press release"]),
+     ["locations=South-Eastern Europe;types=News"]),
     ("aidai.youth@example.org", "weekly", "Asia/Bishkek", 1, 10, "theme",
      ["themes=Youth|Education", "locations=OSCE Programme Office in Bishkek"]),
     ("sam.gender@example.org", "weekly", "America/New_York", 2, 7, "theme",
@@ -102,7 +102,7 @@ def run_demo(var: Path, console: Console) -> None:
             if not rows:
                 console.print("\n[bold]Nothing new to send:[/] no new items since the last run "
                               f"(weekly run for this slot is #{planned.run_id}). "
-                              f"Messages from earlier runs are in {outbox}.")
+                              f"Messages from earlier runs are in {_shown(outbox)}.")
                 return
             table = Table(title="Deliveries of this demo run", show_lines=False)
             for col in ("subscriber", "run", "items", "status", "Message-ID", "HTML to open"):
@@ -111,12 +111,20 @@ def run_demo(var: Path, console: Console) -> None:
                 html_path = ""
                 msg = received.get(d.message_id)
                 if msg is not None:
-                    html_path = str(_write_html(msg, outbox))
+                    html_path = _shown(_write_html(msg, outbox))
                 table.add_row(d.email, f"#{d.run_id} {runs[d.run_id].kind}", str(d.item_count),
                               d.status, d.message_id or "", html_path)
         console.print(table)
         console.print(f"{len(sink.messages)} message(s) received by the local SMTP server; "
-                      f".eml files in {outbox}")
+                      f".eml files in {_shown(outbox)}")
+
+
+def _shown(path: Path) -> str:
+    """Relative to the working directory when it is below it: short enough to click."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _write_html(message, outbox: Path) -> Path:

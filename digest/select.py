@@ -146,7 +146,7 @@ def due_condition(session: Session, frequency: str, slot: datetime) -> ColumnEle
 
 @dataclass
 class PlannedRun:
-    run_id: int
+    run_id: int | None  # None: nothing to plan (an item no immediate subscriber wants)
     created: bool  # False: the slot already had its run; nothing new was planned
     planned: int = 0  # deliveries with at least one item
     skipped: int = 0  # empty digests, recorded and not sent
@@ -285,15 +285,17 @@ def plan_immediate_run(session: Session, item_id: int) -> PlannedRun:
     item = session.get(Item, item_id)
     if item is None:
         raise ValidationError(f"no item with id {item_id}")
+    s = Subscriber.__table__.c
+    i = Item.__table__
+    who = and_(s.frequency == Frequency.immediate.value, s.status == SubscriberStatus.active.value,
+               exists().where(i.c.id == item_id, ~i.c.is_backfill, item_matches_subscriber(i, s.id)))
+    if not session.scalar(select(exists().where(who))):
+        return PlannedRun(None, False)  # nobody wants this one at once: no run at all
     run, created = _get_or_create_run(session, kind=RunKind.immediate.value,
                                       slot_key=f"immediate:item:{item_id}", cutoff=utcnow(),
                                       params={"item_id": item_id}, dry_run=False)
     if not created:
         return PlannedRun(run.id, False)
-    s = Subscriber.__table__.c
-    i = Item.__table__
-    who = and_(s.frequency == Frequency.immediate.value,
-               exists().where(i.c.id == item_id, item_matches_subscriber(i, s.id)))
     _insert_deliveries(session, run, who)
     _insert_ledger(session, run, Item.__table__.c.id == item_id, None)
     return _finish_planning(session, run)

@@ -253,3 +253,14 @@ def test_planning_is_set_based_not_one_query_per_subscriber(session, taxo):
     small = statements_for(3, T0)
     large = statements_for(60, T0 + timedelta(days=7))
     assert large == small
+
+
+def test_no_alert_run_for_an_item_nobody_wants_at_once_or_an_archive_item(session, taxo):
+    wanted_by_weekly_only = make_item(session, "quiet", themes=[taxo.policing])
+    archive = make_item(session, "archive", themes=[taxo.elections], backfill=True)
+    make_subscriber(session, "alerts@example.org", {"themes": [taxo.elections]}, frequency="immediate")
+    make_subscriber(session, "weekly@example.org", {"themes": [taxo.policing]})
+    session.commit()
+    assert plan_immediate_run(session, wanted_by_weekly_only.id).run_id is None
+    assert plan_immediate_run(session, archive.id).run_id is None
+    assert session.scalar(select(func.count()).select_from(DigestRun)) == 0

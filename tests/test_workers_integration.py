@@ -80,7 +80,6 @@ def worker(request, sink, tmp_path_factory):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-    app.pool.force_close_all()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

@@ -24,6 +24,7 @@ def configure(settings: Settings | None = None) -> Celery:
     """(Re)apply settings to the app; tests call it after changing DIGEST_* variables."""
     s = settings or get_settings()
     in_process = not s.broker_url
+    _drop_connections()
     app.conf.update(
         broker_url=s.broker_url or "memory://",
         result_backend=s.result_backend or None,
@@ -53,6 +54,17 @@ def configure(settings: Settings | None = None) -> Celery:
         },
     )
     return app
+
+
+def _drop_connections() -> None:
+    """Forget pooled broker connections so a changed broker URL takes effect."""
+    from kombu import pools
+
+    pools.reset()
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
 
 
 configure()

@@ -1,0 +1,181 @@
+"""Delivery state machine against a real SMTP server (aiosmtpd) on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import email
+from datetime import timedelta
+from email import policy
+
+import pytest
+from sqlalchemy import select, update
+
+from digest.deliver import (
+    enhanced_status,
+    recover_expired_leases,
+    requeue_failed,
+    run_progress,
+    send_deliveries,
+)
+from digest.models import Delivery, DigestRun, Subscriber, Suppression, utcnow
+from digest.select import plan_scheduled_run
+from digest.subscribers import unsubscribe
+from digest.transport import InMemoryTransport
+from tests.factories import T0, Taxo, make_item, make_subscriber
+
+
+@pytest.fixture
+def planned(session, smtp_sink):
+    """Two subscribers, one policing item each would get; a weekly run planned."""
+    t = Taxo(session)
+    make_item(session, "<script>alert(1)</script>Police & courts", themes=[t.policing])
+    make_subscriber(session, "one@example.org", {"themes": [t.policing]})
+    make_subscriber(session, "two@example.org")
+    session.commit()
+    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True)
+    session.commit()
+    return run
+
+
+def _rows(session):
+    session.expire_all()
+    return {d.email: d for d in session.scalars(select(Delivery))}
+
+
+def test_sent_messages_are_well_formed_and_logged(session, smtp_sink, planned):
+    result = send_deliveries(planned.pending_ids)
+    assert (result.claimed, result.sent) == (2, 2)
+    rows = _rows(session)
+    for received in smtp_sink.wait_for(2):
+        raw = received.data
+        assert b"\n" not in raw.replace(b"\r\n", b"")  # CRLF line ends only
+        assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+        msg = email.message_from_bytes(raw, policy=policy.default)
+        assert not msg.defects
+        row = rows[msg["To"]]
+        assert row.status == "sent" and row.smtp_code == 250 and row.message_id == msg["Message-ID"]
+        assert msg["Message-ID"].endswith("@newsroom.example.org>")
+        for header in ("From", "To", "Subject", "Date", "List-Id", "List-Unsubscribe"):
+            assert msg[header], header
+        html = msg.get_body(("html",)).get_content()
+        text = msg.get_body(("plain",)).get_content()
+        assert "<script>" not in html and "Police &amp; courts" in html
+        assert "Police & courts" in text
+    assert session.get(DigestRun, planned.run_id).status == "done"
+
+
+def test_running_the_same_batch_twice_sends_each_message_once(session, smtp_sink, planned):
+    send_deliveries(planned.pending_ids)
+    again = send_deliveries(planned.pending_ids)
+    assert again.claimed == 0
+    assert len(smtp_sink.wait_for(2)) == 2
+
+
+def test_4xx_is_deferred_with_backoff_then_sent_when_due(session, smtp_sink, planned):
+    smtp_sink.script("one@example.org", "451 4.7.1 Greylisted, come back later")
+    first = send_deliveries(planned.pending_ids)
+    row = _rows(session)["one@example.org"]
+    assert first.outcomes[row.id] == "deferred"
+    assert row.status == "deferred" and row.smtp_code == 451 and "Greylisted" in row.smtp_reply
+    assert row.next_attempt_at > utcnow()
+    # Not due yet: nothing is claimed.
+    assert send_deliveries([row.id]).claimed == 0
+    later = row.next_attempt_at + timedelta(seconds=1)
+    assert send_deliveries([row.id], now=later).sent == 1
+    row = _rows(session)["one@example.org"]
+    assert row.status == "sent" and row.attempts == 2
+
+
+def test_5xx_fails_with_its_code_and_unknown_user_is_suppressed(session, smtp_sink, planned):
+    smtp_sink.script("one@example.org", "550 5.1.1 <one@example.org>: user unknown")
+    smtp_sink.script("two@example.org", "554 5.7.1 Rejected by policy")
+    send_deliveries(planned.pending_ids)
+    rows = _rows(session)
+    assert rows["one@example.org"].status == "failed" and rows["one@example.org"].smtp_code == 550
+    assert rows["two@example.org"].status == "failed" and rows["two@example.org"].smtp_code == 554
+    # 5.1.x is the address's fault; 5.7.x is a policy matter: reported, not suppressed.
+    assert session.scalars(select(Suppression.email)).all() == ["one@example.org"]
+    statuses = dict(session.execute(select(Subscriber.email, Subscriber.status)).all())
+    assert statuses == {"one@example.org": "suppressed", "two@example.org": "active"}
+    assert smtp_sink.messages == []
+
+
+def test_dropped_connection_is_deferred_and_the_rest_of_the_batch_still_goes(session, smtp_sink, planned):
+    smtp_sink.script("one@example.org", "drop")
+    result = send_deliveries(planned.pending_ids)
+    rows = _rows(session)
+    assert rows["one@example.org"].status == "deferred" and rows["one@example.org"].smtp_code is None
+    assert rows["two@example.org"].status == "sent"
+    assert result.deferred == 1 and result.sent == 1
+
+
+def test_connection_refused_defers_everything_and_loses_nothing(session, settings, planned, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    monkeypatch.setattr(settings, "smtp_port", closed_port)
+    result = send_deliveries(planned.pending_ids, settings=settings)
+    assert result.deferred == 2
+    assert {d.status for d in _rows(session).values()} == {"deferred"}
+
+
+def test_gives_up_after_the_maximum_attempts(session, smtp_sink, planned, settings, monkeypatch):
+    monkeypatch.setattr(settings, "max_attempts", 2)
+    row_id = _rows(session)["one@example.org"].id
+    smtp_sink.script("one@example.org", "421 4.3.2 busy", "421 4.3.2 busy")
+    send_deliveries([row_id], settings=settings)
+    send_deliveries([row_id], now=utcnow() + timedelta(days=1), settings=settings)
+    row = _rows(session)["one@example.org"]
+    assert row.status == "failed" and "gave up after 2 attempts" in row.smtp_reply
+
+
+def test_unsubscribing_after_planning_cancels_the_unsent_digest(session, smtp_sink, planned):
+    sub = session.scalars(select(Subscriber).where(Subscriber.email == "one@example.org")).one()
+    unsubscribe(session, sub)
+    session.commit()
+    send_deliveries(planned.pending_ids)
+    rows = _rows(session)
+    assert rows["one@example.org"].status == "cancelled"
+    assert [m.rcpt_tos for m in smtp_sink.wait_for(1)] == [["two@example.org"]]
+
+
+def test_suppression_is_checked_again_at_send_time(session, smtp_sink, planned):
+    # Suppressed behind the subscriber's back (row only), after planning.
+    session.add(Suppression(email="two@example.org", reason="complaint", detail="", created_at=utcnow()))
+    session.commit()
+    send_deliveries(planned.pending_ids)
+    assert _rows(session)["two@example.org"].status == "cancelled"
+    assert [m.rcpt_tos for m in smtp_sink.wait_for(1)] == [["one@example.org"]]
+
+
+def test_address_with_a_line_break_is_refused_and_nothing_is_sent(session, smtp_sink, planned):
+    row = _rows(session)["one@example.org"]
+    # Planted directly: validation never lets such an address in through the front door.
+    session.execute(update(Delivery).where(Delivery.id == row.id)
+                    .values(email="one@example.org\r\nBcc: victim@example.org"))
+    session.commit()
+    send_deliveries(planned.pending_ids)
+    row = _rows(session)["one@example.org\r\nBcc: victim@example.org"]
+    assert row.status == "failed" and "line break" in row.smtp_reply
+    assert [m.rcpt_tos for m in smtp_sink.wait_for(1)] == [["two@example.org"]]
+
+
+def test_expired_lease_goes_back_to_deferred_and_admin_can_requeue_failures(session, planned):
+    transport = InMemoryTransport()
+    transport.script("one@example.org", "550 5.2.2 mailbox full")
+    send_deliveries(planned.pending_ids, transport=transport)
+    rows = _rows(session)
+    session.execute(update(Delivery).where(Delivery.id == rows["two@example.org"].id).values(
+        status="sending", lease_until=utcnow() - timedelta(seconds=1)))
+    session.commit()
+    assert recover_expired_leases(session) == [rows["two@example.org"].id]
+    assert requeue_failed(session, [rows["one@example.org"].id]) == 1
+    session.commit()
+    assert {d.status for d in _rows(session).values()} == {"deferred"}
+    assert run_progress(session, planned.run_id) == {"deferred": 2, "total": 2}
+
+
+def test_enhanced_status_code_is_read_from_the_reply():
+    assert enhanced_status("550 5.1.1 <x@y>: Recipient address rejected") == "5.1.1"
+    assert enhanced_status("451 Try again") is None
