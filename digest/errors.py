@@ -65,3 +65,11 @@ class PermanentDeliveryError(DeliveryError):
 
 class TokenError(DigestError):
     """A signed link token is forged, expired or meant for another purpose."""
+
+
+class RateLimitError(DigestError):
+    """Too many emails asked for one address in a short time; try again after ``retry_after`` s."""
+
+    def __init__(self, message: str, retry_after: int):
+        self.retry_after = retry_after
+        super().__init__(message)

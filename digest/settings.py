@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     admin_username: str = "admin"
     admin_password_hash: str | None = None
     api_token: SecretStr | None = None
+    email_rate_limit: str = Field(
+        default="4/minute;11/hour",
+        description="Confirmation and preference-link emails allowed per address (limits syntax). "
+        "Counted in Redis when DIGEST_BROKER_URL is redis://, else in the web process.",
+    )
 
     @property
     def from_domain(self) -> str:

@@ -90,3 +90,11 @@ def ingest_feed(source: str) -> dict:
     report = ingest.ingest_feed(source)
     publish_items(report.new_item_ids)
     return {"new": len(report.new_item_ids), "updated": len(report.updated_item_ids)}
+
+
+@app.task(name="digest.send_confirmation", **TASK_OPTIONS)
+def send_confirmation(subscriber_id: int) -> str | None:
+    """The double opt-in email (also the "send me a new link" email) to one subscriber."""
+    from digest import notify
+
+    return notify.send_confirmation(int(subscriber_id))

@@ -1,0 +1,130 @@
+"""Transactional emails to one subscriber: the double opt-in confirmation (which also
+serves as the "send me my link" email), with a per-address rate limit.
+
+These are not digests: they go out at once, without List-* headers, and only to the
+address that asked. Nothing but this email is ever sent to a ``pending`` subscriber (the
+pipeline selects active subscribers only).
+
+The limit (``DIGEST_EMAIL_RATE_LIMIT``, default 4 a minute and 11 an hour) is counted per
+address, whether or not the address is known, so a 429 reveals nothing about who is
+subscribed. Counts live in Redis when the broker is Redis (shared by every web process),
+otherwise in the memory of this process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+import time
+from email.utils import parseaddr
+
+from limits import parse_many
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from digest import db
+from digest.errors import ConfigError, RateLimitError
+from digest.mail import build_message, make_message_id
+from digest.models import Subscriber, SubscriberFilter, SubscriberStatus, Suppression
+from digest.render import Recipient, get_renderer
+from digest.settings import Settings, get_settings
+from digest.subscribers import describe_filter
+from digest.tokens import links_for, subscriber_token
+from digest.transport import Transport, transport_from_settings
+
+_NAMESPACE = "digest-email"
+
+
+class EmailRateLimiter:
+    """Moving-window limits per address; ``check`` raises ``RateLimitError`` past them."""
+
+    def __init__(self, settings: Settings | None = None, storage_url: str | None = None):
+        s = settings or get_settings()
+        try:
+            self.limits = parse_many(s.email_rate_limit)
+        except ValueError as exc:
+            raise ConfigError(
+                f"DIGEST_EMAIL_RATE_LIMIT {s.email_rate_limit!r} is not a rate limit: write "
+                "for example '4/minute;11/hour'"
+            ) from exc
+        if storage_url is None:
+            broker = s.broker_url or ""
+            storage_url = broker if broker.startswith(("redis://", "rediss://")) else "memory://"
+        self.storage = storage_from_string(storage_url)
+        self._limiter = MovingWindowRateLimiter(self.storage)
+
+    def check(self, address: str) -> None:
+        """Count one email to ``address``, or raise if any limit is used up (nothing counted)."""
+        # Hashed: the counter keys in Redis should not be a list of addresses.
+        key = hashlib.sha256(address.strip().lower().encode()).hexdigest()
+        for item in self.limits:
+            if not self._limiter.test(item, _NAMESPACE, key):
+                reset = self._limiter.get_window_stats(item, _NAMESPACE, key).reset_time
+                wait = max(1, math.ceil(reset - time.time()))
+                raise RateLimitError(
+                    f"too many emails asked for this address ({item}); try again in "
+                    f"{_minutes(wait)}", retry_after=wait,
+                )
+        for item in self.limits:
+            self._limiter.hit(item, _NAMESPACE, key)
+
+
+def _minutes(seconds: int) -> str:
+    if seconds < 90:
+        return f"{seconds} seconds"
+    return f"{math.ceil(seconds / 60)} minutes"
+
+
+def confirm_url(subscriber_id: int, settings: Settings | None = None) -> str:
+    s = settings or get_settings()
+    token = subscriber_token("confirm", subscriber_id, s)
+    return f"{s.public_base_url.rstrip('/')}/confirm/{token}"
+
+
+def build_confirmation(sub: Subscriber, settings: Settings | None = None) -> tuple[str, bytes]:
+    """(Message-ID, message bytes) of the confirmation email; ``sub.filters`` loaded."""
+    s = settings or get_settings()
+    links = links_for(sub.id, s)
+    recipient = Recipient(subscriber_id=sub.id, email=sub.email, group_by=sub.group_by,
+                          manage_url=links["manage_url"],
+                          unsubscribe_url=links["unsubscribe_url"], timezone=sub.timezone)
+    rendered = get_renderer("confirm", s).render(
+        recipient, (), confirm_url=confirm_url(sub.id, s),
+        filters=[describe_filter(f) for f in sub.filters],
+    )
+    # Unique per email: two confirmations are two messages, not a retry of one.
+    message_id = make_message_id(f"confirm.{sub.id}.{secrets.token_hex(8)}", s.from_domain)
+    data = build_message(
+        from_addr=s.from_address, to_addr=sub.email, subject=rendered.subject,
+        html=rendered.html, text=rendered.text, message_id=message_id, reply_to=s.reply_to,
+        precedence_bulk=False,
+    )
+    return message_id, data
+
+
+def send_confirmation(subscriber_id: int, *, settings: Settings | None = None,
+                      transport: Transport | None = None) -> str | None:
+    """Send the confirmation email; the Message-ID, or None when nothing may be sent
+    (no such subscriber, or the address is suppressed). Delivery errors propagate."""
+    s = settings or get_settings()
+    with db._sessionmaker(s.database_url)() as session:
+        sub = session.scalars(
+            select(Subscriber).where(Subscriber.id == subscriber_id).options(
+                selectinload(Subscriber.filters).selectinload(SubscriberFilter.themes),
+                selectinload(Subscriber.filters).selectinload(SubscriberFilter.locations),
+                selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types),
+            )
+        ).one_or_none()
+        if sub is None or sub.status == SubscriberStatus.suppressed.value:
+            return None
+        if session.scalar(select(Suppression.id).where(Suppression.email == sub.email)):
+            return None
+        message_id, data = build_confirmation(sub, s)
+        address = sub.email
+    mail_from = parseaddr(s.from_address)[1]
+    with (transport or transport_from_settings(s)) as conn:
+        conn.send(mail_from, address, data)
+    return message_id

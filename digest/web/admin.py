@@ -1,0 +1,331 @@
+"""The admin UI (sqladmin) at /admin, behind a login from settings.
+
+``DIGEST_ADMIN_USERNAME`` and ``DIGEST_ADMIN_PASSWORD_HASH`` (an argon2 hash, made with
+``digest hash-password``) are the only credentials; without a hash nobody can sign in.
+Every admin page but the login answers 401 to a visitor without a session. The session
+cookie is SameSite=Strict: sqladmin runs actions as GET links, and a strict cookie is not
+sent when another site links or redirects to them.
+
+Views are read-mostly: changes go through the project's functions (suppress, unsuppress,
+re-queue) or the subscriber's own preferences page, so the same validation applies
+everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from html import escape
+
+import anyio
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from fastapi import FastAPI
+from sqladmin import Admin, ModelView, action
+from sqladmin.authentication import AuthenticationBackend
+from sqladmin.filters import OperationColumnFilter, StaticValuesFilter
+from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload, sessionmaker
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from digest import db, deliver, subscribers
+from digest.models import (
+    Delivery,
+    DeliveryStatus,
+    DigestRun,
+    Item,
+    Subscriber,
+    SubscriberFilter,
+    SubscriberStatus,
+    Suppression,
+)
+from digest.settings import Settings
+from digest.tokens import links_for
+
+SESSION_MAX_AGE = 8 * 3600
+_hasher = PasswordHasher()
+
+
+def hash_password(password: str) -> str:
+    """The value for DIGEST_ADMIN_PASSWORD_HASH."""
+    return _hasher.hash(password)
+
+
+def check_credentials(settings: Settings, username: str, password: str) -> bool:
+    stored = settings.admin_password_hash
+    if not stored:
+        return False
+    try:
+        password_ok = _hasher.verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        password_ok = False
+    # Both checks always run, so the time taken does not tell which one failed.
+    user_ok = hmac.compare_digest(username.encode(), settings.admin_username.encode())
+    return password_ok and user_ok
+
+
+class AdminAuth(AuthenticationBackend):
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        # A key of its own, derived from the secret key: a link token is never a session.
+        key = hmac.new(settings.secret_key.get_secret_value().encode(), b"digest.admin-session",
+                       hashlib.sha256).hexdigest()
+        super().__init__(secret_key=key, session_cookie="digest_admin", same_site="strict",
+                         https_only=settings.public_base_url.startswith("https://"),
+                         max_age=SESSION_MAX_AGE)
+
+    async def login(self, request: Request) -> bool:
+        form = await request.form()
+        username, password = str(form.get("username") or ""), str(form.get("password") or "")
+        ok = await anyio.to_thread.run_sync(check_credentials, self.settings, username, password)
+        if ok:
+            request.session.clear()
+            request.session.update({"user_id": self.settings.admin_username, "admin": True})
+        return ok
+
+    async def logout(self, request: Request) -> bool:
+        request.session.clear()
+        return True
+
+    async def authenticate(self, request: Request) -> Response | bool:
+        if request.session.get("admin") is True:
+            return True
+        login = escape(str(request.url_for("admin:login")))
+        return HTMLResponse(
+            f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign in required'
+            f'</title></head><body><h1>Sign in required</h1><p><a href="{login}">Sign in to the '
+            f"admin</a></p></body></html>", status_code=401,
+        )
+
+
+def _ids(request: Request) -> list[int]:
+    return [int(p) for p in request.query_params.get("pks", "").split(",") if p.strip().isdigit()]
+
+
+def _back(request: Request, view: ModelView) -> RedirectResponse:
+    return RedirectResponse(request.url_for("admin:list", identity=view.identity), status_code=302)
+
+
+def _session(view: ModelView):
+    return view.session_maker(expire_on_commit=False)
+
+
+class SubscriberAdmin(ModelView, model=Subscriber):
+    digest_settings: Settings
+    name, name_plural, icon = "Subscriber", "Subscribers", "fa-solid fa-user"
+    can_create = can_edit = can_delete = False
+    column_list = [Subscriber.id, Subscriber.email, Subscriber.status, Subscriber.frequency,
+                   "choices", Subscriber.timezone, Subscriber.created_at, Subscriber.confirmed_at]
+    column_details_list = [Subscriber.id, Subscriber.email, Subscriber.status,
+                           Subscriber.frequency, "choices", Subscriber.timezone,
+                           Subscriber.weekday, Subscriber.hour, Subscriber.group_by,
+                           Subscriber.watermark, Subscriber.soft_bounces, Subscriber.created_at,
+                           Subscriber.confirmed_at, Subscriber.unsubscribed_at]
+    column_labels = {"choices": "Filters"}
+    column_searchable_list = [Subscriber.email]
+    column_sortable_list = [Subscriber.id, Subscriber.email, Subscriber.created_at]
+    column_default_sort = [(Subscriber.id, True)]
+    column_filters = [
+        StaticValuesFilter(Subscriber.status, [(s.value, s.value) for s in SubscriberStatus]),
+        StaticValuesFilter(Subscriber.frequency, [(f, f) for f in ("immediate", "daily", "weekly")]),
+        OperationColumnFilter(Subscriber.timezone),
+    ]
+    column_formatters = column_formatters_detail = {
+        "choices": lambda m, _a: "; ".join(subscribers.describe_filter(f) for f in m.filters)
+        or "everything",
+    }
+
+    @staticmethod
+    def _with_filters(stmt):
+        return stmt.options(
+            selectinload(Subscriber.filters).selectinload(SubscriberFilter.themes),
+            selectinload(Subscriber.filters).selectinload(SubscriberFilter.locations),
+            selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types))
+
+    def list_query(self, request: Request):
+        return self._with_filters(select(Subscriber))
+
+    def details_query(self, request: Request):
+        return self._with_filters(super().details_query(request))
+
+    @action(name="suppress", label="Suppress (send nothing)",
+            confirmation_message="Send nothing more to the selected addresses?")
+    async def suppress(self, request: Request) -> Response:
+        ids = _ids(request)
+
+        def work() -> None:
+            with _session(self) as session:
+                for email in session.scalars(select(Subscriber.email).where(Subscriber.id.in_(ids))):
+                    subscribers.suppress(session, email, "admin", "suppressed in the admin")
+                session.commit()
+
+        await anyio.to_thread.run_sync(work)
+        return _back(request, self)
+
+    @action(name="unsuppress", label="Unsuppress")
+    async def unsuppress(self, request: Request) -> Response:
+        ids = _ids(request)
+
+        def work() -> None:
+            with _session(self) as session:
+                for email in session.scalars(select(Subscriber.email).where(Subscriber.id.in_(ids))):
+                    subscribers.unsuppress(session, email)
+                session.commit()
+
+        await anyio.to_thread.run_sync(work)
+        return _back(request, self)
+
+    @action(name="preferences", label="Open preferences page", add_in_list=False)
+    async def preferences(self, request: Request) -> Response:
+        ids = _ids(request)
+        if len(ids) != 1:
+            return _back(request, self)
+        settings = self.digest_settings
+        url = links_for(ids[0], settings)["manage_url"]
+        # Relative: the admin may be reached on another host name than public_base_url.
+        path = url[len(settings.public_base_url.rstrip("/")):]
+        return RedirectResponse(path, status_code=302)
+
+
+class ItemAdmin(ModelView, model=Item):
+    name, name_plural, icon = "Item", "Items", "fa-solid fa-newspaper"
+    can_create = can_edit = can_delete = False
+    column_list = [Item.id, Item.title, Item.published_at, Item.ingested_at, Item.content_type,
+                   Item.is_backfill, Item.source]
+    column_details_list = [Item.id, Item.guid, Item.url, Item.title, Item.summary,
+                           Item.published_at, Item.ingested_at, Item.content_type, Item.themes,
+                           Item.locations, Item.is_backfill, Item.source]
+    column_searchable_list = [Item.title, Item.guid]
+    column_sortable_list = [Item.id, Item.published_at, Item.ingested_at]
+    column_default_sort = [(Item.id, True)]
+    column_formatters = {Item.content_type: lambda m, _a: m.content_type.name if m.content_type else ""}
+
+
+def _progress_text(progress: dict[str, int]) -> str:
+    parts = [f"{k} {v}" for k, v in sorted(progress.items()) if k != "total"]
+    return f"{progress.get('total', 0)} total: " + ", ".join(parts) if parts else "no deliveries"
+
+
+class RunAdmin(ModelView, model=DigestRun):
+    name, name_plural, icon = "Run", "Runs", "fa-solid fa-paper-plane"
+    can_create = can_edit = can_delete = False
+    column_list = [DigestRun.id, DigestRun.kind, DigestRun.slot_key, DigestRun.status,
+                   DigestRun.dry_run, "progress", DigestRun.created_at, DigestRun.finished_at]
+    column_details_list = [DigestRun.id, DigestRun.kind, DigestRun.slot_key, DigestRun.status,
+                           DigestRun.dry_run, "progress", DigestRun.planned_count,
+                           DigestRun.skipped_count, DigestRun.params, DigestRun.cutoff,
+                           DigestRun.created_at, DigestRun.finished_at]
+    column_labels = {"progress": "Deliveries"}
+    column_sortable_list = [DigestRun.id, DigestRun.created_at]
+    column_default_sort = [(DigestRun.id, True)]
+    column_filters = [
+        StaticValuesFilter(DigestRun.kind, [(k, k) for k in ("weekly", "daily", "immediate", "adhoc")]),
+        StaticValuesFilter(DigestRun.status, [(s, s) for s in ("planned", "sending", "done")]),
+    ]
+    column_formatters = column_formatters_detail = {
+        "progress": lambda m, _a: _progress_text(getattr(m, "_progress", {})),
+    }
+
+    def _attach_progress(self, runs: list[DigestRun]) -> None:
+        """One grouped query for the whole page, not one per run."""
+        ids = [r.id for r in runs]
+        counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+        with _session(self) as session:
+            for run_id, status, n in session.execute(
+                    select(Delivery.run_id, Delivery.status, func.count())
+                    .where(Delivery.run_id.in_(ids)).group_by(Delivery.run_id, Delivery.status)):
+                counts[run_id][status] = n
+        for run in runs:
+            run._progress = counts[run.id] | {"total": sum(counts[run.id].values())}
+
+    async def get_model_objects(self, request: Request, limit: int | None = 0):
+        runs = await super().get_model_objects(request, limit)
+        await anyio.to_thread.run_sync(self._attach_progress, list(runs))
+        return runs
+
+    async def get_object_for_details(self, request: Request):
+        run = await super().get_object_for_details(request)
+        if run is not None:
+            await anyio.to_thread.run_sync(self._attach_progress, [run])
+        return run
+
+
+class DeliveryAdmin(ModelView, model=Delivery):
+    name, name_plural, icon = "Delivery", "Deliveries", "fa-solid fa-envelope"
+    can_create = can_edit = can_delete = False
+    column_list = [Delivery.id, Delivery.run_id, Delivery.email, Delivery.status,
+                   Delivery.item_count, Delivery.attempts, Delivery.smtp_code, Delivery.smtp_reply,
+                   Delivery.sent_at]
+    column_details_list = [Delivery.id, Delivery.run_id, Delivery.subscriber_id, Delivery.email,
+                           Delivery.status, Delivery.item_count, Delivery.attempts,
+                           Delivery.next_attempt_at, Delivery.smtp_code, Delivery.smtp_reply,
+                           Delivery.message_id, Delivery.created_at, Delivery.updated_at,
+                           Delivery.sent_at]
+    column_searchable_list = [Delivery.email, Delivery.smtp_reply, Delivery.message_id]
+    column_sortable_list = [Delivery.id, Delivery.run_id, Delivery.status, Delivery.sent_at]
+    column_default_sort = [(Delivery.id, True)]
+    column_filters = [
+        StaticValuesFilter(Delivery.status, [(s.value, s.value) for s in DeliveryStatus]),
+        OperationColumnFilter(Delivery.smtp_reply, title="SMTP reply"),
+        OperationColumnFilter(Delivery.smtp_code, title="SMTP code"),
+        OperationColumnFilter(Delivery.run_id, title="Run"),
+    ]
+
+    @action(name="requeue", label="Re-queue failed deliveries",
+            confirmation_message="Try the selected failed deliveries again?")
+    async def requeue(self, request: Request) -> Response:
+        from workers.tasks import enqueue_deliveries
+
+        ids = _ids(request)
+
+        def work() -> None:
+            with _session(self) as session:
+                deliver.requeue_failed(session, ids)
+                session.commit()
+            enqueue_deliveries(ids)  # after the commit; rows that were not failed are not claimed
+
+        await anyio.to_thread.run_sync(work)
+        return _back(request, self)
+
+
+class SuppressionAdmin(ModelView, model=Suppression):
+    name, name_plural, icon = "Suppression", "Suppression list", "fa-solid fa-ban"
+    can_create = can_edit = can_delete = False
+    column_list = [Suppression.id, Suppression.email, Suppression.reason, Suppression.detail,
+                   Suppression.created_at]
+    column_searchable_list = [Suppression.email]
+    column_sortable_list = [Suppression.id, Suppression.email, Suppression.created_at]
+    column_default_sort = [(Suppression.id, True)]
+    column_filters = [StaticValuesFilter(
+        Suppression.reason, [(r, r) for r in ("hard_bounce", "soft_bounces", "complaint", "admin")])]
+
+    @action(name="unsuppress", label="Remove from the list",
+            confirmation_message="Allow email to the selected addresses again?")
+    async def unsuppress(self, request: Request) -> Response:
+        ids = _ids(request)
+
+        def work() -> None:
+            with _session(self) as session:
+                for email in session.scalars(select(Suppression.email).where(Suppression.id.in_(ids))):
+                    subscribers.unsuppress(session, email)
+                session.commit()
+
+        await anyio.to_thread.run_sync(work)
+        return _back(request, self)
+
+
+VIEWS = [SubscriberAdmin, ItemAdmin, RunAdmin, DeliveryAdmin, SuppressionAdmin]
+
+
+def mount_admin(app: FastAPI, settings: Settings) -> Admin:
+    # sqladmin reconfigures the session factory it is given (autoflush off): give it its own.
+    factory = sessionmaker(db.engine_for(settings.database_url), expire_on_commit=False)
+    admin = Admin(app, session_maker=factory, base_url="/admin",
+                  title=f"{settings.newsroom_name} digest admin",
+                  authentication_backend=AdminAuth(settings))
+    for view in VIEWS:
+        # sqladmin stores the session factory on the view class: one subclass per app, so
+        # two apps in one process (tests) never share a database.
+        admin.add_view(type(view.__name__, (view,), {"digest_settings": settings}))
+    return admin

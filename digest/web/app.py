@@ -1,0 +1,101 @@
+"""The web application: subscriber pages, the admin UI and the JSON API in one FastAPI app.
+
+``create_app(settings)`` builds a fresh app (tests build one per database); ``digest web``
+serves ``create_app()`` with uvicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from digest.errors import DeliveryError, DigestError
+from digest.notify import EmailRateLimiter
+from digest.settings import Settings, get_settings
+from digest.web import admin, api, pages
+from digest.web.errors import headers_for, problem, status_for
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+# Pages are plain HTML with one stylesheet; tokens in their URLs must not leak as Referer.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+# "View in browser" shows the email's own HTML: inline styles, images from anywhere.
+VIEW_HEADERS = PAGE_HEADERS | {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "img-src https: data:; frame-ancestors 'none'; base-uri 'none'",
+}
+COMMON_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
+
+HEADINGS = {429: "Please wait a little", 503: "We could not send the email just now"}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    s = settings or get_settings()
+    app = FastAPI(
+        title=f"{s.newsroom_name} digest API",
+        version="1",
+        description="Subscribers, items, ad-hoc sends and the delivery log. Every call needs "
+                    "`Authorization: Bearer <DIGEST_API_TOKEN>`.",
+        docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+    )
+    app.state.settings = s
+    app.state.email_limiter = EmailRateLimiter(s)
+    _align_task_queue(s)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(pages.router)
+    app.include_router(api.router)
+    admin.mount_admin(app, s)
+
+    @app.exception_handler(DigestError)
+    async def digest_error(request: Request, exc: DigestError):
+        status, headers = status_for(exc), headers_for(exc)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse(problem(exc), status_code=status, headers=headers)
+        if isinstance(exc, DeliveryError):
+            # The SMTP server's words are for the operator's log, not for the visitor.
+            log.warning("sending failed on %s: %s", request.url.path, exc)
+            message = "Please try again in a few minutes."
+        else:
+            message = pages._message(str(exc))
+        response = pages.page(request, "message.html", status,
+                              heading=HEADINGS.get(status, "Something is not right"),
+                              message=message)
+        response.headers.update(headers)
+        return response
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        path = request.url.path
+        if path.startswith("/view/"):
+            extra = VIEW_HEADERS
+        elif path.startswith(("/api/", "/docs", "/openapi.json", "/admin")):
+            extra = COMMON_HEADERS
+        else:
+            extra = PAGE_HEADERS
+        for name, value in extra.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    return app
+
+
+def _align_task_queue(settings: Settings) -> None:
+    """Tasks the web enqueues (confirmation emails, alerts, sends) follow this app's broker
+    setting: through Redis when one is configured, in-process otherwise."""
+    from workers.celery_app import configure
+
+    configure(settings)

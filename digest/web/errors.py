@@ -1,0 +1,64 @@
+"""The one place where the project's errors become HTTP answers.
+
+API routes get JSON (``{"detail": ...}`` plus fields that help a client fix the request);
+pages get the error page. Anything that is not a ``DigestError`` is a bug and stays a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from digest.errors import (
+    ConfigError,
+    DeliveryError,
+    DigestError,
+    IngestError,
+    RateLimitError,
+    TokenError,
+    UnknownTaxonomyError,
+    ValidationError,
+)
+
+# Most specific first.
+_STATUS: list[tuple[type[DigestError], int]] = [
+    (RateLimitError, 429),
+    (ValidationError, 422),  # includes UnknownTaxonomyError and HeaderInjectionError
+    (IngestError, 422),
+    (TokenError, 400),
+    (DeliveryError, 503),  # the SMTP server did not take the email: try again later
+    (ConfigError, 500),
+]
+
+# Where the valid values of each facet can be read (API routes).
+VALID_LIST_PATHS = {
+    "theme": "/api/v1/taxonomy/theme",
+    "location": "/api/v1/taxonomy/location",
+    "content_type": "/api/v1/taxonomy/content_type",
+    "time zone": "/api/v1/timezones",
+}
+
+
+def status_for(exc: DigestError) -> int:
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 400
+
+
+def headers_for(exc: DigestError) -> dict[str, str]:
+    if isinstance(exc, RateLimitError):
+        return {"Retry-After": str(exc.retry_after)}
+    return {}
+
+
+def problem(exc: DigestError) -> dict[str, Any]:
+    """The JSON body of an API error."""
+    body: dict[str, Any] = {"detail": str(exc)}
+    if isinstance(exc, UnknownTaxonomyError):
+        body |= {"facet": exc.facet, "invalid": exc.values, "valid": exc.valid,
+                 "valid_list": VALID_LIST_PATHS.get(exc.facet)}
+    elif isinstance(exc, ValidationError) and "time zone" in str(exc):
+        body["valid_list"] = VALID_LIST_PATHS["time zone"]
+    elif isinstance(exc, RateLimitError):
+        body["retry_after"] = exc.retry_after
+    return body
