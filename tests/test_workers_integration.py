@@ -220,3 +220,44 @@ def test_expired_lease_is_recovered_and_sent(worker, sink, data):
     data.commit()
     assert recover_leases.delay().get(timeout=60) == 1
     _wait_until(data, lambda rs: all(d.status in ("sent", "skipped") for d in rs))
+
+
+def test_beat_ticks_twice_in_one_slot_and_only_one_run_is_planned(worker, sink, data):
+    from digest.models import DigestRun, Subscriber
+    from workers.tasks import tick
+
+    # Only one subscriber is due at T0 (Monday 07:00 UTC), in their own time zone (UTC+2 in Oct).
+    data.execute(update(Subscriber).values(hour=12))
+    data.execute(update(Subscriber).where(Subscriber.email == "police@example.org")
+                 .values(timezone="Europe/Vienna", weekday=0, hour=9))
+    data.commit()
+    first = tick.delay(now=T0.isoformat()).get(timeout=60)
+    second = tick.delay(now=(T0 + timedelta(minutes=5)).isoformat()).get(timeout=60)
+    assert first["weekly"]["created"] and first["weekly"]["pending"] == 1
+    assert not second["weekly"]["created"] and second["weekly"]["run_id"] == first["weekly"]["run_id"]
+    rows = _wait_until(data, _finished)
+    assert [(d.email, d.status) for d in rows] == [("police@example.org", "sent")]  # nobody else due
+    assert len(data.scalars(select(DigestRun).where(DigestRun.kind == "weekly")).all()) == 1
+    assert [m.rcpt_tos for m in sink.wait_for(1)] == [["police@example.org"]]
+
+
+def test_item_published_event_sends_an_alert_to_immediate_subscribers(worker, sink, data):
+    from digest.ingest import parse_json_items, store_items
+    from digest.models import Subscriber
+    from workers.tasks import item_published
+
+    data.execute(update(Subscriber).where(Subscriber.email == "nothing@example.org")
+                 .values(frequency="immediate"))
+    data.commit()
+    items = parse_json_items('{"guid": "urn:x:1", "url": "https://newsroom.example.org/items/vote",'
+                             ' "title": "Election day observed", "content_type": "News",'
+                             ' "themes": ["Elections"], "locations": ["OSCE Mission to Serbia"],'
+                             f' "published_at": "{T0.isoformat()}"}}')
+    report = store_items(data, items, source="test", now=T0)
+    data.commit()
+    result = item_published.delay(report.new_item_ids[0]).get(timeout=60)
+    assert result["pending"] == 1
+    received = sink.wait_for(1)[0]
+    msg = email.message_from_bytes(received.data, policy=policy.default)
+    assert msg["To"] == "nothing@example.org"
+    assert "Election day observed" in msg.get_body(("plain",)).get_content()
