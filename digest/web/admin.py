@@ -239,10 +239,10 @@ class RunAdmin(ModelView, model=DigestRun):
         for run in runs:
             run._progress = counts[run.id] | {"total": sum(counts[run.id].values())}
 
-    async def get_model_objects(self, request: Request, limit: int | None = 0):
-        runs = await super().get_model_objects(request, limit)
-        await anyio.to_thread.run_sync(self._attach_progress, list(runs))
-        return runs
+    async def list(self, request: Request):
+        pagination = await super().list(request)
+        await anyio.to_thread.run_sync(self._attach_progress, list(pagination.rows))
+        return pagination
 
     async def get_object_for_details(self, request: Request):
         run = await super().get_object_for_details(request)
