@@ -343,6 +343,32 @@ def deliveries(
             console.print(runs)
 
 
+@app.command("web")
+def web(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+) -> None:
+    """Serve the subscriber pages, the admin UI (/admin) and the JSON API (/api/v1, /docs)."""
+    import uvicorn
+
+    _ensure_db()
+    uvicorn.run("digest.web:create_app", factory=True, host=host, port=port,
+                proxy_headers=True, log_level="info")
+
+
+@app.command("hash-password")
+def hash_password_command(
+    password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True,
+                                 help="The admin password (asked for when not given)."),
+) -> None:
+    """Print the argon2 hash to put in DIGEST_ADMIN_PASSWORD_HASH."""
+    from digest.web.admin import hash_password
+
+    if len(password) < 12:
+        raise ValidationError("use an admin password of at least 12 characters")
+    console.print(hash_password(password), markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command("demo")
 def demo(
     var: Path = typer.Option(Path("var"), help="Folder for the SQLite file and the outbox."),
