@@ -379,6 +379,39 @@ def demo(
     run_demo(var, console)
 
 
+# --- bounces ----------------------------------------------------------------------------------
+
+bounces_app = typer.Typer(help="Bounce reports (RFC 3464 delivery-status notifications).",
+                          no_args_is_help=True)
+app.add_typer(bounces_app, name="bounces")
+
+
+@bounces_app.command("process")
+def bounces_process(
+    path: Path = typer.Argument(..., help="A Maildir folder or an mbox file of bounce messages."),
+    fmt: str = typer.Option("auto", "--format", help="maildir | mbox | auto (folder: Maildir, "
+                            "file: mbox)"),
+) -> None:
+    """Tie each bounce to its delivery: 5.1.x suppresses, soft ones count, 5.7.x is reported.
+
+    The mailbox is left as it is; processing it again changes nothing.
+    """
+    from digest.bounces import process_mailbox
+
+    _ensure_db()
+    report = process_mailbox(path, fmt)
+    for key, reason in report.errors:
+        err.print(f"{key}: {reason}", markup=False, highlight=False)
+    for o in report.policy_rejections:
+        console.print(f"policy rejection (not suppressed): {o.email} delivery #{o.delivery_id} "
+                      f"{o.status_code} {o.diagnostic[:160]}", markup=False, highlight=False)
+    for address in report.suppressed:
+        console.print(f"suppressed: {address}", markup=False, highlight=False)
+    console.print(report.summary(), markup=False, highlight=False)
+    if report.errors:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

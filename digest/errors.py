@@ -22,6 +22,10 @@ class IngestError(DigestError):
     """A listing, feed or JSON document could not be read or parsed; nothing was written."""
 
 
+class BounceError(IngestError):
+    """A bounce message or mailbox could not be read or parsed; nothing was written for it."""
+
+
 class ValidationError(DigestError):
     """A value given by a user (address, theme, time zone, option) is invalid."""
 

@@ -312,6 +312,8 @@ class Bounce(Base):
     """A delivery-status report tied to the delivery it names (VERP)."""
 
     __tablename__ = "bounces"
+    # The same report processed twice (mailbox re-read, webhook retried) records nothing new.
+    __table_args__ = (UniqueConstraint("delivery_id", "status_code", "report_hash"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     delivery_id: Mapped[int | None] = mapped_column(
         ForeignKey("deliveries.id", ondelete="SET NULL"), index=True
@@ -320,4 +322,6 @@ class Bounce(Base):
     status_code: Mapped[str] = mapped_column(String(20))  # enhanced code, e.g. 5.1.1
     kind: Mapped[str] = mapped_column(String(20))  # hard | soft | policy
     diagnostic: Mapped[str] = mapped_column(Text, default="")
+    # SHA-256 of the report's machine-readable part, whitespace normalised (digest.bounces).
+    report_hash: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

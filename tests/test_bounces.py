@@ -1,0 +1,449 @@
+"""Bounces: RFC 3464 reports tied to their deliveries, on SQLite and PostgreSQL.
+
+The sample reports in tests/data/bounces are written as real MTAs write them (Postfix,
+Outlook, Sendmail) about run 7, deliveries 101-104; ``sent_run`` creates exactly those rows.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+from digest.bounces import (
+    MAX_BOUNCE_BYTES,
+    classify,
+    parse_report,
+    process_bounce_message,
+    process_mailbox,
+)
+from digest.deliver import send_deliveries
+from digest.errors import BounceError, ValidationError
+from digest.models import Bounce, Delivery, DigestRun, Subscriber, Suppression
+from digest.select import plan_scheduled_run
+from tests.factories import T0, Taxo, make_item, make_subscriber
+
+DATA = Path(__file__).parent / "data" / "bounces"
+HARD_5_1_1 = DATA / "postfix-5.1.1-user-unknown.eml"
+DELAYED_4_2_2 = DATA / "postfix-4.2.2-delayed.eml"
+POLICY_5_7_1 = DATA / "outlook-5.7.1-policy.eml"
+BY_MESSAGE_ID = DATA / "sendmail-5.1.1-message-id-only.eml"
+AUTOREPLY = DATA / "autoreply-out-of-office.eml"
+ADDRESSES = {101: "gone@example.net", 102: "full@example.com", 103: "strict@example.org",
+             104: "moved@example.net"}
+
+
+def sample(path: Path, **replace: str) -> bytes:
+    text = path.read_text()
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text.encode()
+
+
+def add_sent_delivery(session: Session, run_id: int, delivery_id: int, sub: Subscriber) -> Delivery:
+    if session.get(DigestRun, run_id) is None:
+        session.add(DigestRun(id=run_id, kind="weekly", slot_key=f"weekly:test-{run_id}",
+                              cutoff=T0 + timedelta(days=7 * (run_id - 7)), status="done"))
+        session.flush()
+    delivery = Delivery(id=delivery_id, run_id=run_id, subscriber_id=sub.id, email=sub.email,
+                        status="sent", attempts=1, item_count=4, smtp_code=250,
+                        smtp_reply="250 2.0.0 OK: queued as 1",
+                        message_id=f"<digest.{run_id}.{delivery_id}@newsroom.example.org>",
+                        sent_at=T0 + timedelta(minutes=30))
+    session.add(delivery)
+    session.flush()
+    return delivery
+
+
+def seed_sample_deliveries(session: Session) -> dict[str, Subscriber]:
+    subs = {}
+    for delivery_id, address in ADDRESSES.items():
+        subs[address] = make_subscriber(session, address)
+        add_sent_delivery(session, 7, delivery_id, subs[address])
+    session.commit()
+    return subs
+
+
+@pytest.fixture
+def sent_run(session):
+    """Run 7: the four digests the sample reports are about, all accepted with 250."""
+    return seed_sample_deliveries(session)
+
+
+def process(session: Session, raw: bytes, **kw):
+    outcome = process_bounce_message(session, raw, **kw)
+    session.commit()
+    session.expire_all()
+    return outcome
+
+
+def state(session: Session, address: str) -> tuple[str, int, str | None]:
+    session.expire_all()  # other sessions (mailbox runs, deliveries) may have changed the rows
+    sub = session.scalars(select(Subscriber).where(Subscriber.email == address)).one()
+    reason = session.scalars(select(Suppression.reason).where(Suppression.email == address)).first()
+    return sub.status, sub.soft_bounces, reason
+
+
+def bounce_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Bounce))
+
+
+# --- one report at a time ------------------------------------------------------------------
+
+
+def test_postfix_user_unknown_suppresses_the_address_and_fails_the_sent_delivery(session, sent_run):
+    outcome = process(session, HARD_5_1_1.read_bytes())
+    assert (outcome.result, outcome.kind, outcome.matched_by) == ("recorded", "hard", "verp")
+    assert (outcome.delivery_id, outcome.email, outcome.status_code) == (101, "gone@example.net", "5.1.1")
+    assert outcome.suppressed
+    assert state(session, "gone@example.net") == ("suppressed", 0, "hard_bounce")
+    delivery = session.get(Delivery, 101)
+    # Failed now, and its history stays: when it was sent, what SMTP said, its Message-ID.
+    assert delivery.status == "failed"
+    assert delivery.sent_at == T0 + timedelta(minutes=30) and delivery.smtp_code == 250
+    assert delivery.smtp_reply.startswith("250 2.0.0 OK") and "5.1.1" in delivery.smtp_reply
+    assert delivery.message_id == "<digest.7.101@newsroom.example.org>"
+    bounce = session.scalars(select(Bounce)).one()
+    assert (bounce.delivery_id, bounce.email, bounce.status_code, bounce.kind) == (
+        101, "gone@example.net", "5.1.1", "hard")
+    assert "User unknown in virtual mailbox table" in bounce.diagnostic
+    # Nobody else is touched.
+    assert state(session, "full@example.com") == ("active", 0, None)
+
+
+def test_policy_rejection_is_recorded_and_reported_but_never_suppresses(session, sent_run):
+    outcome = process(session, POLICY_5_7_1.read_bytes())
+    assert (outcome.result, outcome.kind, outcome.status_code) == ("recorded", "policy", "5.7.1")
+    assert not outcome.suppressed and "not suppressed" in outcome.reason
+    assert "block list (S3150)" in outcome.diagnostic
+    assert state(session, "strict@example.org") == ("active", 0, None)
+    assert session.get(Delivery, 103).status == "sent"
+    assert session.scalars(select(Bounce.kind)).all() == ["policy"]
+
+
+def test_delayed_reports_count_per_digest_and_suppress_at_the_threshold(session, settings, sent_run):
+    assert settings.soft_bounce_threshold == 3
+    sub = sent_run["full@example.com"]
+    add_sent_delivery(session, 8, 202, sub)
+    add_sent_delivery(session, 9, 302, sub)
+    session.commit()
+
+    first = process(session, DELAYED_4_2_2.read_bytes())
+    assert (first.kind, first.status_code, first.suppressed) == ("soft", "4.2.2", False)
+    assert state(session, "full@example.com") == ("active", 1, None)
+    assert session.get(Delivery, 102).status == "sent"  # still being retried by the receiver
+
+    second = process(session, sample(DELAYED_4_2_2, **{"+102@": "+202@"}))
+    assert second.delivery_id == 202 and not second.suppressed
+    assert state(session, "full@example.com") == ("active", 2, None)
+
+    third = process(session, sample(DELAYED_4_2_2, **{"+102@": "+302@"}))
+    assert third.suppressed and "3 of 3" in third.reason
+    assert state(session, "full@example.com") == ("suppressed", 3, "soft_bounces")
+
+
+def test_a_digest_delayed_then_given_up_on_is_one_soft_bounce(session, sent_run):
+    process(session, DELAYED_4_2_2.read_bytes())
+    expired = sample(DELAYED_4_2_2, **{"Action: delayed": "Action: failed",
+                                      "Status: 4.2.2": "Status: 4.4.7",
+                                      "Will-Retry-Until": "Last-Attempt-Date"})
+    outcome = process(session, expired)
+    assert (outcome.result, outcome.kind, outcome.status_code) == ("recorded", "soft", "4.4.7")
+    assert "already counted" in outcome.reason
+    assert bounce_count(session) == 2
+    assert state(session, "full@example.com") == ("active", 1, None)
+
+
+def test_report_matched_only_by_the_original_message_id_reaches_its_delivery(session, sent_run):
+    report = parse_report(BY_MESSAGE_ID.read_bytes())
+    assert report.verp_ids == [] and report.header_id is None  # nothing else to go by
+    outcome = process(session, BY_MESSAGE_ID.read_bytes())
+    assert (outcome.result, outcome.kind, outcome.matched_by) == ("recorded", "hard", "message-id")
+    # The address we sent to is suppressed, not the forwarding target that bounced.
+    assert outcome.email == "moved@example.net"
+    assert state(session, "moved@example.net") == ("suppressed", 0, "hard_bounce")
+    diagnostic = session.scalars(select(Bounce.diagnostic)).one()
+    assert "final recipient moved.on@example.com" in diagnostic
+
+
+def test_message_id_of_another_run_or_an_unknown_delivery_matches_nothing(session, sent_run):
+    other_run = process(session, sample(BY_MESSAGE_ID, **{"digest.7.104@": "digest.8.104@"}))
+    unknown = process(session, sample(BY_MESSAGE_ID, **{"digest.7.104@": "digest.7.999@"}))
+    for outcome in (other_run, unknown):
+        assert outcome.result == "unmatched" and outcome.delivery_id is None
+    assert bounce_count(session) == 0
+    assert state(session, "moved@example.net") == ("active", 0, None)
+
+
+def test_x_digest_delivery_header_is_the_last_resort(session, sent_run):
+    raw = sample(BY_MESSAGE_ID, **{"Message-ID: <digest.7.104@newsroom.example.org>\n":
+                                   "X-Digest-Delivery: 104\n"})
+    outcome = process(session, raw)
+    assert (outcome.matched_by, outcome.delivery_id, outcome.kind) == ("x-digest-delivery", 104, "hard")
+
+
+def test_envelope_recipient_given_by_a_webhook_ties_a_report_without_verp_headers(session, sent_run):
+    raw = sample(BY_MESSAGE_ID, **{"Message-ID: <digest.7.104@newsroom.example.org>\n": ""})
+    assert process_bounce_message(session, raw).result == "unmatched"
+    outcome = process(session, raw, envelope_to="bounces+104@newsroom.example.org")
+    assert (outcome.matched_by, outcome.delivery_id) == ("verp", 104)
+
+
+def test_autoreply_and_reports_about_unknown_deliveries_change_nothing(session, sent_run):
+    autoreply = process(session, AUTOREPLY.read_bytes())
+    assert autoreply.result == "unmatched" and "not a delivery-status report" in autoreply.reason
+    stranger = process(session, sample(HARD_5_1_1, **{"+101@": "+999@", "digest.7.101@": "x.1@",
+                                                      "X-Digest-Delivery: 101": "X-Other: 1"}))
+    assert stranger.result == "unmatched" and "names no delivery of ours" in stranger.reason
+    success = process(session, sample(HARD_5_1_1, **{"Action: failed": "Action: delivered",
+                                                     "Status: 5.1.1": "Status: 2.0.0"}))
+    assert success.result == "unmatched" and "no failed or delayed" in success.reason
+    assert bounce_count(session) == 0
+    assert {state(session, a) for a in ADDRESSES.values()} == {("active", 0, None)}
+
+
+def test_processing_the_same_reports_twice_records_and_changes_nothing_new(session, sent_run):
+    samples = [HARD_5_1_1, DELAYED_4_2_2, POLICY_5_7_1, BY_MESSAGE_ID]
+    first = [process(session, p.read_bytes()) for p in samples]
+    assert [o.result for o in first] == ["recorded"] * 4
+    before = ({a: state(session, a) for a in ADDRESSES.values()}, bounce_count(session))
+    # Line ends and header order around the report differ, as after another mail path.
+    again = [process(session, p.read_bytes().replace(b"\n", b"\r\n")) for p in samples]
+    assert [o.result for o in again] == ["duplicate"] * 4
+    assert [o.delivery_id for o in again] == [101, 102, 103, 104]
+    assert ({a: state(session, a) for a in ADDRESSES.values()}, bounce_count(session)) == before
+
+
+# --- classification and parsing ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "diagnostic", "action", "kind"), [
+    ("5.1.1", "550 5.1.1 user unknown", "failed", "hard"),
+    ("5.1.10", "550 5.1.10 RESOLVER.ADR.RecipientNotFound", "failed", "hard"),
+    ("5.1.2", "bad destination system", "failed", "hard"),
+    ("5.0.0", "550 No such user here", "failed", "hard"),
+    ("5.0.0", "550 Requested action not taken: mailbox unavailable", "failed", "soft"),
+    ("5.7.1", "550 5.7.1 user unknown or relaying denied", "failed", "policy"),
+    ("5.7.26", "550 5.7.26 unauthenticated email is not accepted", "failed", "policy"),
+    ("4.2.2", "452 4.2.2 Mailbox full", "delayed", "soft"),
+    ("4.4.7", "delivery time expired", "failed", "soft"),
+    ("5.2.2", "552 5.2.2 over quota", "failed", "soft"),
+    ("5.4.4", "unrouteable address", "failed", "soft"),
+    ("2.0.0", "250 ok", "delivered", None),
+    ("5.1.1", "", "relayed", None),
+])
+def test_classification_is_conservative(status, diagnostic, action, kind):
+    assert classify(status, diagnostic, action) == kind
+
+
+def test_classify_refuses_a_status_that_is_no_enhanced_code():
+    with pytest.raises(ValidationError, match="not an enhanced status code"):
+        classify("550")
+
+
+def test_a_generic_status_gives_way_to_the_precise_code_in_the_diagnostic():
+    raw = sample(HARD_5_1_1, **{"Status: 5.1.1": "Status: 5.0.0"})
+    assert parse_report(raw).recipients[0].status == "5.1.1"
+    no_status = sample(HARD_5_1_1, **{"Status: 5.1.1\n": "",
+                                      "Diagnostic-Code: smtp; 550 5.1.1": "Diagnostic-Code: smtp; 550"})
+    recipient = parse_report(no_status).recipients[0]
+    # Read from the bare reply code; "User unknown" in the text makes 5.0.0 a hard bounce.
+    assert (recipient.status, recipient.kind) == ("5.0.0", "hard")
+
+
+def test_unreadable_bounce_messages_raise_clear_errors_and_write_nothing(session, sent_run):
+    no_status_part = sample(HARD_5_1_1, **{"Content-Type: message/delivery-status":
+                                           "Content-Type: text/plain"})
+    no_recipient = sample(HARD_5_1_1, **{"Action: failed\n": "", "Status: 5.1.1\n": ""})
+    cases = [
+        (b"", "empty"),
+        (b"   \r\n", "empty"),
+        (b"X" * (MAX_BOUNCE_BYTES + 1), "more than"),
+        (no_status_part, "no message/delivery-status part"),
+        (no_recipient, "no recipient block"),
+    ]
+    for raw, message in cases:
+        with pytest.raises(BounceError, match=message):
+            process_bounce_message(session, raw)
+        session.rollback()
+    assert bounce_count(session) == 0
+
+
+# --- mailboxes -----------------------------------------------------------------------------
+
+
+def counts(report) -> tuple[int, ...]:
+    return (report.processed, report.hard, report.soft, report.policy, report.unmatched,
+            report.duplicates, len(report.errors))
+
+
+def test_maildir_is_processed_and_a_second_run_changes_nothing(session, settings, sent_run):
+    report = process_mailbox(DATA / "maildir")
+    assert counts(report) == (5, 2, 1, 1, 1, 0, 0)
+    assert sorted(report.suppressed) == ["gone@example.net", "moved@example.net"]
+    assert [o.email for o in report.policy_rejections] == ["strict@example.org"]
+    assert "2 hard, 1 soft, 1 policy, 1 unmatched" in report.summary()
+    again = process_mailbox(DATA / "maildir", "maildir")
+    assert counts(again) == (5, 0, 0, 0, 1, 4, 0)
+    assert bounce_count(session) == 4
+
+
+def test_mbox_gives_the_same_result_and_the_same_reports_in_a_maildir_are_duplicates(
+        session, settings, sent_run):
+    report = process_mailbox(DATA / "bounces.mbox")
+    assert counts(report) == (5, 2, 1, 1, 1, 0, 0)
+    assert state(session, "gone@example.net") == ("suppressed", 0, "hard_bounce")
+    assert state(session, "full@example.com") == ("active", 1, None)
+    assert counts(process_mailbox(DATA / "maildir")) == (5, 0, 0, 0, 1, 4, 0)
+
+
+def test_a_broken_message_in_a_mailbox_is_listed_and_the_others_are_processed(
+        session, settings, sent_run, tmp_path):
+    broken = sample(POLICY_5_7_1, **{"Content-Type: message/delivery-status":
+                                     "Content-Type: text/plain"}).decode()
+    good = HARD_5_1_1.read_text()
+    box = tmp_path / "mixed.mbox"
+    box.write_text(f"From MAILER-DAEMON Tue Oct 14 07:30:15 2025\n{broken}\n"
+                   f"From MAILER-DAEMON Tue Oct 14 07:30:16 2025\n{good}\n")
+    report = process_mailbox(box, "mbox")
+    assert (report.processed, report.hard, len(report.errors)) == (2, 1, 1)
+    key, reason = report.errors[0]
+    assert key == "0" and "no message/delivery-status part" in reason
+    assert state(session, "strict@example.org") == ("active", 0, None)
+    assert bounce_count(session) == 1
+
+
+def test_paths_that_are_no_mailbox_raise_clear_errors(session, settings, sent_run, tmp_path):
+    not_mbox = tmp_path / "notes.txt"
+    not_mbox.write_text("just some notes\n")
+    plain_dir = tmp_path / "plain"
+    plain_dir.mkdir()
+    cases = [
+        ((tmp_path / "missing",), BounceError, "no such file or folder"),
+        ((plain_dir,), BounceError, "not a Maildir: it needs 'cur' and 'new'"),
+        ((not_mbox,), BounceError, "not an mbox file"),
+        ((DATA / "maildir", "mbox"), BounceError, "is a folder, not an mbox file"),
+        ((DATA / "bounces.mbox", "maildir"), BounceError, "not a Maildir"),
+        ((DATA / "bounces.mbox", "eml"), ValidationError, "choose one of auto, maildir, mbox"),
+    ]
+    for args, error, message in cases:
+        with pytest.raises(error, match=message):
+            process_mailbox(*args)
+    empty = tmp_path / "empty.mbox"
+    empty.write_bytes(b"")
+    assert counts(process_mailbox(empty)) == (0, 0, 0, 0, 0, 0, 0)
+    assert bounce_count(session) == 0
+
+
+# --- with the real pipeline and a real SMTP server -----------------------------------------
+
+
+@pytest.fixture
+def two_readers(session):
+    t = Taxo(session)
+    make_item(session, "Community policing forum", themes=[t.policing])
+    make_subscriber(session, "gone@example.net")
+    make_subscriber(session, "stays@example.org")
+    session.commit()
+    return t
+
+
+def next_run_recipients(session, taxo, smtp_sink) -> tuple[list[str], list[list[str]]]:
+    """A week later, with a new item: who is planned and who the server hears from."""
+    make_item(session, "Next week's item", themes=[taxo.policing], ingested_at=T0 + timedelta(days=6))
+    session.commit()
+    smtp_sink.clear()
+    planned = plan_scheduled_run(session, "weekly", now=T0 + timedelta(days=7), everyone=True)
+    session.commit()
+    send_deliveries(planned.pending_ids)
+    planned_to = sorted(session.scalars(select(Delivery.email).where(
+        Delivery.run_id == planned.run_id, Delivery.status != "skipped")))
+    return planned_to, [m.rcpt_tos for m in smtp_sink.wait_for(1)]
+
+
+def test_smtp_550_5_1_1_suppresses_and_the_next_run_does_not_send_there(session, smtp_sink, two_readers):
+    smtp_sink.script("gone@example.net", "550 5.1.1 <gone@example.net>: Recipient address "
+                     "rejected: User unknown in virtual mailbox table")
+    planned = plan_scheduled_run(session, "weekly", now=T0, everyone=True)
+    session.commit()
+    result = send_deliveries(planned.pending_ids)
+    assert (result.sent, result.failed) == (1, 1)
+    assert state(session, "gone@example.net") == ("suppressed", 0, "hard_bounce")
+    assert next_run_recipients(session, two_readers, smtp_sink) == (
+        ["stays@example.org"], [["stays@example.org"]])
+
+
+def test_dsn_for_a_sent_digest_suppresses_and_the_next_run_does_not_send_there(
+        session, smtp_sink, two_readers):
+    planned = plan_scheduled_run(session, "weekly", now=T0, everyone=True)
+    session.commit()
+    send_deliveries(planned.pending_ids)
+    received = {m.rcpt_tos[0]: m for m in smtp_sink.wait_for(2)}
+    sent = received["gone@example.net"]
+    delivery = session.scalars(select(Delivery).where(Delivery.email == "gone@example.net")).one()
+    assert sent.mail_from == f"bounces+{delivery.id}@newsroom.example.org"  # the VERP return path
+    # The receiving server bounces it later, to the return path it was given.
+    dsn = sample(HARD_5_1_1, **{"bounces+101@newsroom.example.org": sent.mail_from,
+                                "<digest.7.101@newsroom.example.org>": delivery.message_id,
+                                "X-Digest-Delivery: 101": f"X-Digest-Delivery: {delivery.id}"})
+    outcome = process(session, dsn)
+    assert (outcome.delivery_id, outcome.kind, outcome.matched_by) == (delivery.id, "hard", "verp")
+    assert state(session, "gone@example.net") == ("suppressed", 0, "hard_bounce")
+    assert session.get(Delivery, delivery.id).status == "failed"
+    assert next_run_recipients(session, two_readers, smtp_sink) == (
+        ["stays@example.org"], [["stays@example.org"]])
+
+
+# --- the CLI, as a real process ------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(tmp_path):
+    db_path = tmp_path / "var" / "digest.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update(DIGEST_DATABASE_URL=f"sqlite:///{db_path}", DIGEST_VAR_DIR=str(tmp_path / "var"),
+               COLUMNS="200")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "digest.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    run.db_url = f"sqlite:///{db_path}"
+    return run
+
+
+def test_cli_processes_a_maildir_and_prints_the_report(cli):
+    assert cli("db", "upgrade").returncode == 0
+    engine = create_engine(cli.db_url)
+    with Session(engine) as session:
+        seed_sample_deliveries(session)
+    proc = cli("bounces", "process", str(DATA / "maildir"))
+    assert proc.returncode == 0, proc.stderr
+    assert "5 message(s): 2 hard, 1 soft, 1 policy, 1 unmatched" in proc.stdout
+    assert "policy rejection (not suppressed): strict@example.org delivery #103 5.7.1" in proc.stdout
+    assert "suppressed: gone@example.net" in proc.stdout
+    again = cli("bounces", "process", str(DATA / "bounces.mbox"), "--format", "mbox")
+    assert again.returncode == 0 and "4 already processed" in again.stdout
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Bounce)) == 4
+    engine.dispose()
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (("no-such-mailbox",), "cannot read no-such-mailbox: no such file or folder"),
+    ((str(DATA / "postfix-5.1.1-user-unknown.eml"),), "not an mbox file"),
+    ((str(DATA / "maildir"), "--format", "eml"), "bad format 'eml'"),
+])
+def test_cli_unreadable_mailbox_is_a_one_line_error(cli, args, fragment):
+    proc = cli("bounces", "process", *args)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
