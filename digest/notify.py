@@ -38,6 +38,12 @@ from digest.transport import Transport, transport_from_settings
 _NAMESPACE = "digest-email"
 
 
+def limit_storage_url(settings: Settings) -> str:
+    """Where rate-limit counters live: the Redis broker if there is one, else this process."""
+    broker = settings.broker_url or ""
+    return broker if broker.startswith(("redis://", "rediss://")) else "memory://"
+
+
 class EmailRateLimiter:
     """Moving-window limits per address; ``check`` raises ``RateLimitError`` past them."""
 
@@ -50,10 +56,7 @@ class EmailRateLimiter:
                 f"DIGEST_EMAIL_RATE_LIMIT {s.email_rate_limit!r} is not a rate limit: write "
                 "for example '4/minute;11/hour'"
             ) from exc
-        if storage_url is None:
-            broker = s.broker_url or ""
-            storage_url = broker if broker.startswith(("redis://", "rediss://")) else "memory://"
-        self.storage = storage_from_string(storage_url)
+        self.storage = storage_from_string(storage_url or limit_storage_url(s))
         self._limiter = MovingWindowRateLimiter(self.storage)
 
     def check(self, address: str) -> None:

@@ -204,3 +204,11 @@ def test_requeue_action_sends_failed_deliveries_again(admin, db_session, taxo, p
     db_session.expire_all()
     assert db_session.get(Delivery, failed.id).status == "sent"
     assert db_session.get(Delivery, sent.id).attempts == 1  # a sent delivery is not sent twice
+
+
+def test_password_guessing_is_stopped_after_ten_tries_a_minute(client, people):
+    for _ in range(10):
+        assert login(client, password="guess").status_code == 400
+    assert login(client, password="guess").status_code == 429
+    assert login(client).status_code == 429  # even the right password waits
+    assert client.get("/admin/subscriber/list").status_code == 401

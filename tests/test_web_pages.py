@@ -13,7 +13,6 @@ from digest.models import Delivery, DigestRun, Subscriber, utcnow
 from digest.tokens import links_for, make_token, subscriber_token
 from tests.factories import make_item
 from tests.web_support import (  # noqa: F401 (fixtures)
-    api,
     client,
     db_session,
     link_in,

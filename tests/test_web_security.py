@@ -10,7 +10,6 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
-from sqlalchemy import select
 
 from digest.errors import RateLimitError
 from digest.models import Subscriber, utcnow
@@ -89,6 +88,17 @@ def test_new_link_form_answers_the_same_for_unknown_addresses(client, db_session
     assert known.status_code == unknown.status_code == 200
     assert known.text.replace("ann@example.org", "X") == unknown.text.replace("nobody@example.org", "X")
     assert [m.rcpt_tos for m in wait_for_mail(smtp_sink, 1)] == [["ann@example.org"]]
+
+
+def test_new_link_form_rejects_a_bad_address_with_a_message(client, taxo, smtp_sink):
+    page = client.get("/preferences/broken")
+    response = client.post("/links", data={"csrf": csrf_of(page.text), "email": "ann@"})
+    assert response.status_code == 422
+    assert "Get a new link" in response.text and "There is a problem" in response.text
+    forged = client.post("/links", data={"csrf": "x", "email": "ann@example.org"})
+    assert forged.status_code == 422 and "could not be verified" in forged.text
+    with pytest.raises(TimeoutError):
+        smtp_sink.wait_for(1, timeout=0.5)
 
 
 @pytest.mark.parametrize("path", ["/confirm/{t}", "/preferences/{t}", "/unsubscribe/{t}", "/view/{t}"])

@@ -1,7 +1,8 @@
 """The admin UI (sqladmin) at /admin, behind a login from settings.
 
 ``DIGEST_ADMIN_USERNAME`` and ``DIGEST_ADMIN_PASSWORD_HASH`` (an argon2 hash, made with
-``digest hash-password``) are the only credentials; without a hash nobody can sign in.
+``digest hash-password``) are the only credentials; without a hash nobody can sign in, and
+each client address gets 10 sign-in attempts a minute.
 Every admin page but the login answers 401 to a visitor without a session. The session
 cookie is SameSite=Strict: sqladmin runs actions as GET links, and a strict cookie is not
 sent when another site links or redirects to them.
@@ -21,6 +22,9 @@ import anyio
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import FastAPI
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 from sqladmin import Admin, ModelView, action
 from sqladmin.authentication import AuthenticationBackend
 from sqladmin.filters import OperationColumnFilter, StaticValuesFilter
@@ -40,10 +44,12 @@ from digest.models import (
     SubscriberStatus,
     Suppression,
 )
+from digest.notify import limit_storage_url
 from digest.settings import Settings
 from digest.tokens import links_for
 
 SESSION_MAX_AGE = 8 * 3600
+LOGIN_LIMIT = parse("10/minute")
 _hasher = PasswordHasher()
 
 
@@ -74,8 +80,15 @@ class AdminAuth(AuthenticationBackend):
         super().__init__(secret_key=key, session_cookie="digest_admin", same_site="strict",
                          https_only=settings.public_base_url.startswith("https://"),
                          max_age=SESSION_MAX_AGE)
+        self._attempts = MovingWindowRateLimiter(storage_from_string(limit_storage_url(settings)))
 
-    async def login(self, request: Request) -> bool:
+    async def login(self, request: Request) -> Response | bool:
+        # Password guessing: a few tries a minute per client address, wherever they fail.
+        client = request.client.host if request.client else "unknown"
+        if not self._attempts.hit(LOGIN_LIMIT, "digest-admin-login", client):
+            return HTMLResponse("<!doctype html><title>Too many attempts</title><h1>Too many "
+                                "sign-in attempts</h1><p>Wait a minute and try again.</p>",
+                                status_code=429, headers={"Retry-After": "60"})
         form = await request.form()
         username, password = str(form.get("username") or ""), str(form.get("password") or "")
         ok = await anyio.to_thread.run_sync(check_credentials, self.settings, username, password)

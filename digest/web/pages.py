@@ -81,13 +81,17 @@ def _load(session: Session, subscriber_id: int) -> Subscriber:
     return sub
 
 
-def _link_problem(request: Request, exc: TokenError, *, errors: list[str] | None = None,
+def _link_problem(request: Request, exc: TokenError | None, *, errors: list[str] | None = None,
                   email: str = "", status_code: int = 400) -> HTMLResponse:
-    expired = "expired" in str(exc)
+    """The page for a link that does not work, with a form to get a new one by email."""
+    if exc is None:
+        heading, reason = "Get a new link", ""
+    elif "expired" in str(exc):
+        heading, reason = "This link has expired", _message(str(exc))
+    else:
+        heading, reason = "This link does not work", _message(str(exc))
     return page(
-        request, "link_problem.html", status_code,
-        heading="This link has expired" if expired else "This link does not work",
-        reason=(str(exc)[0].upper() + str(exc)[1:] + ".") if str(exc) else "",
+        request, "link_problem.html", status_code, heading=heading, reason=reason,
         csrf=make_csrf(get_settings(request), "links"), errors=errors or [], email=email,
     )
 
@@ -185,8 +189,8 @@ def send_new_link(request: Request, form: FormData = Depends(get_form),
         check_csrf(s, form.get("csrf"), "links")
         address = normalise_address(email)
     except (TokenError, ValidationError) as exc:
-        return _link_problem(request, TokenError("ask for a new link below"), email=email,
-                             errors=[_message(str(exc))], status_code=422)
+        return _link_problem(request, None, email=email, errors=[_message(str(exc))],
+                             status_code=422)
     request.app.state.email_limiter.check(address)
     sub_id = session.scalar(select(Subscriber.id).where(Subscriber.email == address))
     if sub_id is not None:
