@@ -73,6 +73,8 @@ def test_asking_again_makes_no_second_subscriber_and_answers_the_same(
     assert visible_text(first.text) == visible_text(again.text)
     assert visible_text(new_address.text) == visible_text(first.text).replace(ANN, "zed@example.org")
     assert len(db_session.scalars(select(Subscriber)).all()) == 2
+    assert subscribe(client, email="ANN@Example.org", **{"f0-themes": ["Gender equality"]}).status_code == 200
+    assert len(db_session.scalars(select(Subscriber)).all()) == 2
 
     # An active subscriber's choices are not changed by someone who only knows the address.
     sub = subscriber(db_session)

@@ -14,7 +14,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 from starlette.datastructures import FormData
 
@@ -79,6 +79,16 @@ def _load(session: Session, subscriber_id: int) -> Subscriber:
     if sub is None:
         raise TokenError("this link belongs to a subscription that no longer exists")
     return sub
+
+
+def _by_address(session: Session, address: str) -> Subscriber | None:
+    """The subscriber with this address, whatever capitals either was typed with: people
+    do not expect "Ann@" and "ann@" to be two subscriptions."""
+    exact = session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
+    if exact is not None:
+        return exact
+    return session.scalars(select(Subscriber).where(func.lower(Subscriber.email) == address.lower())
+                           .order_by(Subscriber.id)).first()
 
 
 def _link_problem(request: Request, exc: TokenError | None, *, errors: list[str] | None = None,
@@ -162,7 +172,9 @@ def subscribe_submit(request: Request, form: FormData = Depends(get_form),
         return again([_message(str(exc))], 403)
     try:
         address = normalise_address(prefs.email)
-        existing = session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
+        existing = _by_address(session, address)
+        if existing is not None:
+            address = existing.email
         if existing is None or existing.status in (PENDING, UNSUBSCRIBED):
             sub, _ = upsert_subscriber(session, address, filters=prefs.specs(), status=PENDING,
                                        **prefs.options())
@@ -192,9 +204,9 @@ def send_new_link(request: Request, form: FormData = Depends(get_form),
         return _link_problem(request, None, email=email, errors=[_message(str(exc))],
                              status_code=422)
     request.app.state.email_limiter.check(address)
-    sub_id = session.scalar(select(Subscriber.id).where(Subscriber.email == address))
-    if sub_id is not None:
-        _send_confirmation(sub_id)
+    sub = _by_address(session, address)
+    if sub is not None:
+        _send_confirmation(sub.id)
     return page(request, "check_inbox.html", title="Check your inbox", email=address,
                 detail="Open the link in it to confirm your address and manage your subscription.")
 
