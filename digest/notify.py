@@ -69,7 +69,8 @@ class EmailRateLimiter:
                 wait = max(1, math.ceil(reset - time.time()))
                 raise RateLimitError(
                     f"too many emails asked for this address ({item}); try again in "
-                    f"{_minutes(wait)}", retry_after=wait,
+                    f"{_minutes(wait)}",
+                    retry_after=wait,
                 )
         for item in self.limits:
             self._limiter.hit(item, _NAMESPACE, key)
@@ -91,31 +92,46 @@ def build_confirmation(sub: Subscriber, settings: Settings | None = None) -> tup
     """(Message-ID, message bytes) of the confirmation email; ``sub.filters`` loaded."""
     s = settings or get_settings()
     links = links_for(sub.id, s)
-    recipient = Recipient(subscriber_id=sub.id, email=sub.email, group_by=sub.group_by,
-                          manage_url=links["manage_url"],
-                          unsubscribe_url=links["unsubscribe_url"], timezone=sub.timezone)
+    recipient = Recipient(
+        subscriber_id=sub.id,
+        email=sub.email,
+        group_by=sub.group_by,
+        manage_url=links["manage_url"],
+        unsubscribe_url=links["unsubscribe_url"],
+        timezone=sub.timezone,
+    )
     rendered = get_renderer("confirm", s).render(
-        recipient, (), confirm_url=confirm_url(sub.id, s),
+        recipient,
+        (),
+        confirm_url=confirm_url(sub.id, s),
         filters=[describe_filter(f) for f in sub.filters],
     )
     # Unique per email: two confirmations are two messages, not a retry of one.
     message_id = make_message_id(f"confirm.{sub.id}.{secrets.token_hex(8)}", s.from_domain)
     data = build_message(
-        from_addr=s.from_address, to_addr=sub.email, subject=rendered.subject,
-        html=rendered.html, text=rendered.text, message_id=message_id, reply_to=s.reply_to,
+        from_addr=s.from_address,
+        to_addr=sub.email,
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+        message_id=message_id,
+        reply_to=s.reply_to,
         precedence_bulk=False,
     )
     return message_id, data
 
 
-def send_confirmation(subscriber_id: int, *, settings: Settings | None = None,
-                      transport: Transport | None = None) -> str | None:
+def send_confirmation(
+    subscriber_id: int, *, settings: Settings | None = None, transport: Transport | None = None
+) -> str | None:
     """Send the confirmation email; the Message-ID, or None when nothing may be sent
     (no such subscriber, or the address is suppressed). Delivery errors propagate."""
     s = settings or get_settings()
     with db._sessionmaker(s.database_url)() as session:
         sub = session.scalars(
-            select(Subscriber).where(Subscriber.id == subscriber_id).options(
+            select(Subscriber)
+            .where(Subscriber.id == subscriber_id)
+            .options(
                 selectinload(Subscriber.filters).selectinload(SubscriberFilter.themes),
                 selectinload(Subscriber.filters).selectinload(SubscriberFilter.locations),
                 selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types),
@@ -128,6 +144,6 @@ def send_confirmation(subscriber_id: int, *, settings: Settings | None = None,
         message_id, data = build_confirmation(sub, s)
         address = sub.email
     mail_from = parseaddr(s.from_address)[1]
-    with (transport or transport_from_settings(s)) as conn:
+    with transport or transport_from_settings(s) as conn:
         conn.send(mail_from, address, data)
     return message_id

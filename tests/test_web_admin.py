@@ -25,8 +25,9 @@ IDENTITIES = ["subscriber", "item", "digest-run", "delivery", "suppression"]
 
 
 def login(client, password=ADMIN_PASSWORD, username="admin"):
-    return client.post("/admin/login", data={"username": username, "password": password},
-                       follow_redirects=False)
+    return client.post(
+        "/admin/login", data={"username": username, "password": password}, follow_redirects=False
+    )
 
 
 @pytest.fixture
@@ -37,8 +38,11 @@ def admin(client):
 
 @pytest.fixture
 def people(db_session, taxo):
-    ann, _ = upsert_subscriber(db_session, "ann@example.org",
-                               filters=[FilterSpec(["Policing"], ["OSCE Mission to Montenegro"])])
+    ann, _ = upsert_subscriber(
+        db_session,
+        "ann@example.org",
+        filters=[FilterSpec(["Policing"], ["OSCE Mission to Montenegro"])],
+    )
     bob, _ = upsert_subscriber(db_session, "bob@example.org", filters=[])
     db_session.commit()
     return ann, bob
@@ -47,17 +51,25 @@ def people(db_session, taxo):
 def _admin_urls(sub_id: int) -> list[str]:
     urls = ["/admin/", "/admin/logout-not-a-route"]
     for identity in IDENTITIES:
-        urls += [f"/admin/{identity}/list", f"/admin/{identity}/details/{sub_id}",
-                 f"/admin/{identity}/export/csv", f"/admin/{identity}/list?search=ann"]
-    urls += [f"/admin/subscriber/action/suppress?pks={sub_id}",
-             f"/admin/subscriber/action/unsuppress?pks={sub_id}",
-             f"/admin/subscriber/action/preferences?pks={sub_id}",
-             f"/admin/delivery/action/requeue?pks={sub_id}",
-             f"/admin/suppression/action/unsuppress?pks={sub_id}"]
+        urls += [
+            f"/admin/{identity}/list",
+            f"/admin/{identity}/details/{sub_id}",
+            f"/admin/{identity}/export/csv",
+            f"/admin/{identity}/list?search=ann",
+        ]
+    urls += [
+        f"/admin/subscriber/action/suppress?pks={sub_id}",
+        f"/admin/subscriber/action/unsuppress?pks={sub_id}",
+        f"/admin/subscriber/action/preferences?pks={sub_id}",
+        f"/admin/delivery/action/requeue?pks={sub_id}",
+        f"/admin/suppression/action/unsuppress?pks={sub_id}",
+    ]
     return urls
 
 
-def test_every_admin_page_answers_401_without_a_session_and_shows_no_data(client, db_session, people):
+def test_every_admin_page_answers_401_without_a_session_and_shows_no_data(
+    client, db_session, people
+):
     ann, _ = people
     for url in _admin_urls(ann.id):
         response = client.get(url, follow_redirects=False)
@@ -110,7 +122,7 @@ def test_password_check_uses_the_argon2_hash(web_settings):
 
 
 def test_subscribers_filter_by_status_and_search(admin, db_session, people):
-    ann, bob = people
+    _, bob = people
     bob.status = "unsubscribed"
     db_session.commit()
     active = admin.get("/admin/subscriber/list", params={"status": "active"}).text
@@ -119,7 +131,9 @@ def test_subscribers_filter_by_status_and_search(admin, db_session, people):
     assert "bob@example.org" in found and "ann@example.org" not in found
 
 
-def test_suppress_and_unsuppress_actions_change_status_list_and_planned_mail(admin, db_session, people):
+def test_suppress_and_unsuppress_actions_change_status_list_and_planned_mail(
+    admin, db_session, people
+):
     ann, _ = people
     run = DigestRun(kind="weekly", slot_key="weekly:admin", cutoff=utcnow())
     db_session.add(run)
@@ -149,29 +163,43 @@ def test_suppression_list_action_removes_an_address(admin, db_session, people):
     admin.get(f"/admin/suppression/action/unsuppress?pks={row.id}")
     db_session.expire_all()
     assert db_session.scalars(select(Suppression)).all() == []
-    assert db_session.scalars(select(Subscriber.status).where(Subscriber.email == "bob@example.org")).one() \
+    assert (
+        db_session.scalars(
+            select(Subscriber.status).where(Subscriber.email == "bob@example.org")
+        ).one()
         == "active"
+    )
 
 
 def test_admin_opens_the_subscribers_own_preferences_page(admin, people):
     ann, _ = people
-    response = admin.get(f"/admin/subscriber/action/preferences?pks={ann.id}", follow_redirects=False)
+    response = admin.get(
+        f"/admin/subscriber/action/preferences?pks={ann.id}", follow_redirects=False
+    )
     assert response.status_code == 302 and response.headers["location"].startswith("/preferences/")
     page = admin.get(response.headers["location"])
     assert page.status_code == 200 and "ann@example.org" in page.text
 
 
 def test_runs_show_progress_counts_and_deliveries_filter_by_status_and_reply(
-        admin, db_session, taxo, people, smtp_sink):
+    admin, db_session, taxo, people, smtp_sink
+):
     from tests.factories import make_item
 
-    ann, bob = people
     smtp_sink.script("bob@example.org", "550 5.7.1 Message refused by policy")
-    item = make_item(db_session, "Police cooperation", themes=[taxo.policing],
-                     locations=[taxo.montenegro], ingested_at=utcnow())
+    item = make_item(
+        db_session,
+        "Police cooperation",
+        themes=[taxo.policing],
+        locations=[taxo.montenegro],
+        ingested_at=utcnow(),
+    )
     db_session.commit()
-    run = admin.post("/api/v1/runs", json={"item_ids": [item.id]},
-                     headers={"Authorization": "Bearer test-api-token-0123456789"}).json()
+    run = admin.post(
+        "/api/v1/runs",
+        json={"item_ids": [item.id]},
+        headers={"Authorization": "Bearer test-api-token-0123456789"},
+    ).json()
     wait_for_mail(smtp_sink, 1)
     runs = admin.get("/admin/digest-run/list").text
     assert "2 total: failed 1, sent 1" in runs
@@ -179,21 +207,29 @@ def test_runs_show_progress_counts_and_deliveries_filter_by_status_and_reply(
 
     failed = admin.get("/admin/delivery/list", params={"status": "failed"}).text
     assert "bob@example.org" in failed and "ann@example.org" not in failed
-    by_reply = admin.get("/admin/delivery/list",
-                         params={"smtp_reply": "5.7.1", "smtp_reply_op": "contains"}).text
+    by_reply = admin.get(
+        "/admin/delivery/list", params={"smtp_reply": "5.7.1", "smtp_reply_op": "contains"}
+    ).text
     assert "bob@example.org" in by_reply and "ann@example.org" not in by_reply
 
 
 def test_requeue_action_sends_failed_deliveries_again(admin, db_session, taxo, people, smtp_sink):
     from tests.factories import make_item
 
-    ann, bob = people
     smtp_sink.script("bob@example.org", "554 5.7.1 Refused")
-    item = make_item(db_session, "Second chance", themes=[taxo.policing],
-                     locations=[taxo.montenegro], ingested_at=utcnow())
+    item = make_item(
+        db_session,
+        "Second chance",
+        themes=[taxo.policing],
+        locations=[taxo.montenegro],
+        ingested_at=utcnow(),
+    )
     db_session.commit()
-    admin.post("/api/v1/runs", json={"item_ids": [item.id]},
-               headers={"Authorization": "Bearer test-api-token-0123456789"})
+    admin.post(
+        "/api/v1/runs",
+        json={"item_ids": [item.id]},
+        headers={"Authorization": "Bearer test-api-token-0123456789"},
+    )
     wait_for_mail(smtp_sink, 1)
     failed = db_session.scalars(select(Delivery).where(Delivery.status == "failed")).one()
     sent = db_session.scalars(select(Delivery).where(Delivery.status == "sent")).one()

@@ -31,8 +31,14 @@ def _operations(app) -> list[tuple[str, str]]:
     ops = []
     for path, methods in app.openapi()["paths"].items():
         for method in methods:
-            ops.append((method.upper(), path.replace("{subscriber_id}", "1").replace("{run_id}", "1")
-                        .replace("{facet}", "theme")))
+            ops.append(
+                (
+                    method.upper(),
+                    path.replace("{subscriber_id}", "1")
+                    .replace("{run_id}", "1")
+                    .replace("{facet}", "theme"),
+                )
+            )
     return ops
 
 
@@ -40,9 +46,12 @@ def test_every_api_route_answers_401_without_or_with_a_wrong_token(client, web_s
     ops = _operations(client.app)
     assert len(ops) >= 12
     for method, path in ops:
-        for headers in ({}, {"Authorization": "Bearer wrong-token"},
-                        {"Authorization": f"Basic {API_TOKEN}"},
-                        {"Authorization": f"Bearer {API_TOKEN}x"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-token"},
+            {"Authorization": f"Basic {API_TOKEN}"},
+            {"Authorization": f"Bearer {API_TOKEN}x"},
+        ):
             response = client.request(method, path, headers=headers)
             assert response.status_code == 401, (method, path, headers, response.text)
             assert response.headers["WWW-Authenticate"] == "Bearer"
@@ -70,9 +79,16 @@ def test_api_is_off_without_a_configured_token(settings, monkeypatch):
 
 
 def test_subscriber_crud_round_trip_with_filters(api, db_session, taxo):
-    body = {"email": "Ann@Example.ORG", "frequency": "daily", "timezone": "Europe/Vienna",
-            "hour": 7, "filters": [{"themes": ["Policing"]},
-                                   {"locations": ["South-Eastern Europe"], "content_types": ["News"]}]}
+    body = {
+        "email": "Ann@Example.ORG",
+        "frequency": "daily",
+        "timezone": "Europe/Vienna",
+        "hour": 7,
+        "filters": [
+            {"themes": ["Policing"]},
+            {"locations": ["South-Eastern Europe"], "content_types": ["News"]},
+        ],
+    }
     created = api.post(f"{V1}/subscribers", json=body)
     assert created.status_code == 201, created.text
     sub = created.json()
@@ -84,12 +100,19 @@ def test_subscriber_crud_round_trip_with_filters(api, db_session, taxo):
     assert api.get(f"{V1}/subscribers/{sub['id']}").json() == sub
 
     again = api.post(f"{V1}/subscribers", json=body)
-    assert again.status_code == 409 and f"PATCH /api/v1/subscribers/{sub['id']}" in again.json()["detail"]
+    assert (
+        again.status_code == 409
+        and f"PATCH /api/v1/subscribers/{sub['id']}" in again.json()["detail"]
+    )
 
-    patched = api.patch(f"{V1}/subscribers/{sub['id']}",
-                        json={"filters": [{"themes": ["Elections"]}], "status": "unsubscribed"})
+    patched = api.patch(
+        f"{V1}/subscribers/{sub['id']}",
+        json={"filters": [{"themes": ["Elections"]}], "status": "unsubscribed"},
+    )
     assert patched.status_code == 200
-    assert patched.json()["filters"] == [{"themes": ["Elections"], "locations": [], "content_types": []}]
+    assert patched.json()["filters"] == [
+        {"themes": ["Elections"], "locations": [], "content_types": []}
+    ]
     assert patched.json()["status"] == "unsubscribed" and patched.json()["hour"] == 7
 
     listing = api.get(f"{V1}/subscribers", params={"status": "unsubscribed"}).json()
@@ -101,14 +124,27 @@ def test_subscriber_crud_round_trip_with_filters(api, db_session, taxo):
     assert db_session.scalars(select(Subscriber)).all() == []
 
 
-@pytest.mark.parametrize("body, facet, bad, valid_list", [
-    ({"filters": [{"themes": ["Astrology"]}]}, "theme", "Astrology", "/api/v1/taxonomy/theme"),
-    ({"filters": [{"locations": ["Atlantis"]}]}, "location", "Atlantis", "/api/v1/taxonomy/location"),
-    ({"filters": [{"content_types": ["Poem"]}]}, "content_type", "Poem",
-     "/api/v1/taxonomy/content_type"),
-])
+@pytest.mark.parametrize(
+    "body, facet, bad, valid_list",
+    [
+        ({"filters": [{"themes": ["Astrology"]}]}, "theme", "Astrology", "/api/v1/taxonomy/theme"),
+        (
+            {"filters": [{"locations": ["Atlantis"]}]},
+            "location",
+            "Atlantis",
+            "/api/v1/taxonomy/location",
+        ),
+        (
+            {"filters": [{"content_types": ["Poem"]}]},
+            "content_type",
+            "Poem",
+            "/api/v1/taxonomy/content_type",
+        ),
+    ],
+)
 def test_unknown_taxonomy_answers_422_naming_the_value_and_the_valid_list(
-        api, db_session, taxo, body, facet, bad, valid_list):
+    api, db_session, taxo, body, facet, bad, valid_list
+):
     response = api.post(f"{V1}/subscribers", json={"email": "ann@example.org", **body})
     assert response.status_code == 422
     problem = response.json()
@@ -134,17 +170,25 @@ def test_bad_time_zone_and_address_answer_422_and_write_nothing(api, db_session,
 
 
 def test_post_items_stores_them_and_the_event_alerts_immediate_subscribers(
-        api, db_session, taxo, smtp_sink):
+    api, db_session, taxo, smtp_sink
+):
     from digest.subscribers import FilterSpec, upsert_subscriber
 
-    upsert_subscriber(db_session, "now@example.org", frequency="immediate",
-                      filters=[FilterSpec(["Policing"])])
+    upsert_subscriber(
+        db_session, "now@example.org", frequency="immediate", filters=[FilterSpec(["Policing"])]
+    )
     upsert_subscriber(db_session, "weekly@example.org", filters=[FilterSpec(["Policing"])])
     db_session.commit()
-    item = {"guid": "api-1", "url": "https://newsroom.example.org/api-1",
-            "title": "New police academy opens", "summary": "<p>Forty cadets</p>",
-            "published_at": utcnow().isoformat(), "content_type": "News",
-            "themes": ["Policing"], "locations": ["OSCE Mission to Montenegro"]}
+    item = {
+        "guid": "api-1",
+        "url": "https://newsroom.example.org/api-1",
+        "title": "New police academy opens",
+        "summary": "<p>Forty cadets</p>",
+        "published_at": utcnow().isoformat(),
+        "content_type": "News",
+        "themes": ["Policing"],
+        "locations": ["OSCE Mission to Montenegro"],
+    }
     first = api.post(f"{V1}/items", json=[item])
     assert first.status_code == 200, first.text
     assert len(first.json()["new_item_ids"]) == 1
@@ -167,8 +211,12 @@ def test_adhoc_run_dry_run_counts_then_sends_and_reports_progress(api, db_sessio
     for i in range(3):
         upsert_subscriber(db_session, f"r{i}@example.org", filters=[FilterSpec(["Policing"])])
     upsert_subscriber(db_session, "other@example.org", filters=[FilterSpec(["Elections"])])
-    item = make_item(db_session, "Border police training", themes=[taxo.policing],
-                     ingested_at=utcnow() - timedelta(hours=1))
+    item = make_item(
+        db_session,
+        "Border police training",
+        themes=[taxo.policing],
+        ingested_at=utcnow() - timedelta(hours=1),
+    )
     db_session.commit()
 
     dry = api.post(f"{V1}/runs", json={"item_ids": [item.id], "dry_run": True})
@@ -190,8 +238,13 @@ def test_adhoc_run_dry_run_counts_then_sends_and_reports_progress(api, db_sessio
     assert repeat.json()["id"] == real.json()["id"]
 
     assert api.post(f"{V1}/runs", json={}).status_code == 422  # no items chosen: refused
-    assert api.post(f"{V1}/runs", json={"published_from": "2025-10-10T00:00:00Z",
-                                        "published_to": "2025-10-01T00:00:00Z"}).status_code == 422
+    assert (
+        api.post(
+            f"{V1}/runs",
+            json={"published_from": "2025-10-10T00:00:00Z", "published_to": "2025-10-01T00:00:00Z"},
+        ).status_code
+        == 422
+    )
     assert api.get(f"{V1}/runs/999999").status_code == 404
 
 
@@ -230,9 +283,12 @@ dan@example.org,immediate,UTC,0,8,,OSCE Mission to Montenegro,News,active
 """
 
 
-def test_csv_import_reports_bad_rows_by_line_imports_the_rest_and_is_idempotent(api, db_session, taxo):
-    first = api.post(f"{V1}/subscribers/import", content=CSV.encode(),
-                     headers={"Content-Type": "text/csv"})
+def test_csv_import_reports_bad_rows_by_line_imports_the_rest_and_is_idempotent(
+    api, db_session, taxo
+):
+    first = api.post(
+        f"{V1}/subscribers/import", content=CSV.encode(), headers={"Content-Type": "text/csv"}
+    )
     assert first.status_code == 200, first.text
     report = first.json()
     assert (report["added"], report["updated"]) == (2, 0)
@@ -242,8 +298,9 @@ def test_csv_import_reports_bad_rows_by_line_imports_the_rest_and_is_idempotent(
     emails = sorted(db_session.scalars(select(Subscriber.email)))
     assert emails == ["ann@example.org", "dan@example.org"]
 
-    second = api.post(f"{V1}/subscribers/import", content=CSV.encode(),
-                      headers={"Content-Type": "text/csv"}).json()
+    second = api.post(
+        f"{V1}/subscribers/import", content=CSV.encode(), headers={"Content-Type": "text/csv"}
+    ).json()
     assert (second["added"], len(second["errors"])) == (0, 3)
     db_session.expire_all()
     assert sorted(db_session.scalars(select(Subscriber.email))) == emails
@@ -254,10 +311,20 @@ def test_csv_import_reports_bad_rows_by_line_imports_the_rest_and_is_idempotent(
     assert lines[0].startswith("email,") and len(lines) == 3
     assert "dan@example.org,immediate" in exported.text
 
-    assert api.post(f"{V1}/subscribers/import", content=b"name\nx\n",
-                    headers={"Content-Type": "text/csv"}).status_code == 422
-    assert api.post(f"{V1}/subscribers/import", content=b"\xff\xfe\x00bad",
-                    headers={"Content-Type": "text/csv"}).status_code == 422
+    assert (
+        api.post(
+            f"{V1}/subscribers/import", content=b"name\nx\n", headers={"Content-Type": "text/csv"}
+        ).status_code
+        == 422
+    )
+    assert (
+        api.post(
+            f"{V1}/subscribers/import",
+            content=b"\xff\xfe\x00bad",
+            headers={"Content-Type": "text/csv"},
+        ).status_code
+        == 422
+    )
 
 
 def test_out_of_range_ids_and_nul_characters_are_4xx_not_database_errors(api, taxo):
@@ -265,5 +332,7 @@ def test_out_of_range_ids_and_nul_characters_are_4xx_not_database_errors(api, ta
     assert api.get(f"{V1}/deliveries", params={"run_id": 2**63}).status_code == 422
     assert api.post(f"{V1}/subscribers", json={"email": "a\x00@example.org"}).status_code == 422
     assert api.post(f"{V1}/items", json={"title": "t\x00"}).status_code == 422
-    assert api.post(f"{V1}/runs", json={"published_from": "0001-01-01T00:00:00+05:00"}).status_code == 422
-
+    assert (
+        api.post(f"{V1}/runs", json={"published_from": "0001-01-01T00:00:00+05:00"}).status_code
+        == 422
+    )

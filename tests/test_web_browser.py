@@ -22,15 +22,23 @@ from tests.factories import Taxo
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[1] / "test-output" / "browser"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--no-first-run", "--disable-sync",
-               "--disable-dev-shm-usage"]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 EMAIL = "browser.walk@example.org"
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason="Debian's chromium is not installed (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(),
+        reason="Debian's chromium is not installed (apt-get install chromium)",
+    ),
 ]
 
 
@@ -55,8 +63,11 @@ def served(sqlite_settings, smtp_sink, monkeypatch):
     with db._sessionmaker(settings.database_url)() as session:
         Taxo(session)
         session.commit()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
@@ -81,7 +92,8 @@ def _filters(sub: Subscriber) -> list[tuple[list[str], list[str]]]:
 
 
 def test_subscribe_confirm_change_preferences_on_a_phone_and_unsubscribe_in_one_click(
-        served, smtp_sink):
+    served, smtp_sink
+):
     from playwright.sync_api import expect, sync_playwright
 
     base, settings = served
@@ -89,8 +101,12 @@ def test_subscribe_confirm_change_preferences_on_a_phone_and_unsubscribe_in_one_
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         try:
-            context = browser.new_context(viewport={"width": 375, "height": 812},
-                                          device_scale_factor=1, is_mobile=True, has_touch=True)
+            context = browser.new_context(
+                viewport={"width": 375, "height": 812},
+                device_scale_factor=1,
+                is_mobile=True,
+                has_touch=True,
+            )
             page = context.new_page()
             page.set_default_timeout(15_000)
 
@@ -150,8 +166,9 @@ def test_subscribe_confirm_change_preferences_on_a_phone_and_unsubscribe_in_one_
             page.screenshot(path=SHOTS / "06-unsubscribe-page.png", full_page=True)
             assert _subscriber(settings).status == "active"
             # ...the RFC 8058 one-click POST (what a mail provider sends) unsubscribes at once.
-            response = context.request.post(unsubscribe_url, form={"List-Unsubscribe": "One-Click"},
-                                            max_redirects=0)
+            response = context.request.post(
+                unsubscribe_url, form={"List-Unsubscribe": "One-Click"}, max_redirects=0
+            )
             assert response.status == 200
             assert _subscriber(settings).status == "unsubscribed"
             page.reload()

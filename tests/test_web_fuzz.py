@@ -39,11 +39,17 @@ def test_fuzzed_api_requests_never_get_a_server_error(sqlite_settings, smtp_sink
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                      suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
             def fuzz(case):
-                case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"},
-                                       checks=[not_a_server_error])
+                case.call_and_validate(
+                    headers={"Authorization": f"Bearer {TOKEN}"}, checks=[not_a_server_error]
+                )
 
             fuzz()
             tried.append(f"{operation.label} ({mode.value})")

@@ -29,10 +29,19 @@ def csrf_of(html: str) -> str:
 
 
 def subscribe(client, email=ANN, **fields):
-    form = {"csrf": csrf_of(client.get("/subscribe").text), "email": email, "mode": "chosen",
-            "filter_count": "1", "f0-themes": ["Policing"],
-            "f0-locations": ["OSCE Mission to Montenegro"], "frequency": "weekly",
-            "weekday": "2", "hour": "9", "timezone": "Europe/Vienna", "group_by": "theme"}
+    form = {
+        "csrf": csrf_of(client.get("/subscribe").text),
+        "email": email,
+        "mode": "chosen",
+        "filter_count": "1",
+        "f0-themes": ["Policing"],
+        "f0-locations": ["OSCE Mission to Montenegro"],
+        "frequency": "weekly",
+        "weekday": "2",
+        "hour": "9",
+        "timezone": "Europe/Vienna",
+        "group_by": "theme",
+    }
     form.update(fields)
     return client.post("/subscribe", data=form)
 
@@ -47,33 +56,43 @@ def visible_text(html: str) -> str:
 
 
 def test_subscribe_creates_a_pending_subscriber_and_mails_only_a_confirmation(
-        client, db_session, taxo, smtp_sink):
+    client, db_session, taxo, smtp_sink
+):
     response = subscribe(client)
     assert response.status_code == 200
     assert "Check your inbox" in response.text
     sub = subscriber(db_session)
     assert sub.status == "pending"
     assert (sub.frequency, sub.weekday, sub.hour, sub.timezone) == ("weekly", 2, 9, "Europe/Vienna")
-    assert [([t.name for t in f.themes], [loc.name for loc in f.locations]) for f in sub.filters] \
-        == [(["Policing"], ["OSCE Mission to Montenegro"])]
+    assert [
+        ([t.name for t in f.themes], [loc.name for loc in f.locations]) for f in sub.filters
+    ] == [(["Policing"], ["OSCE Mission to Montenegro"])]
     [message] = wait_for_mail(smtp_sink, 1)
     mail = message.parsed()
     assert message.rcpt_tos == [ANN]
     assert "confirm" in mail["Subject"].lower()
     assert mail["List-Unsubscribe"] is None  # a transactional email, not a list message
-    assert "Policing, OSCE Mission to Montenegro, any type" in mail.get_body(("plain",)).get_content()
+    assert (
+        "Policing, OSCE Mission to Montenegro, any type" in mail.get_body(("plain",)).get_content()
+    )
 
 
 def test_asking_again_makes_no_second_subscriber_and_answers_the_same(
-        client, db_session, taxo, smtp_sink):
+    client, db_session, taxo, smtp_sink
+):
     first = subscribe(client)
     again = subscribe(client, **{"f0-themes": ["Gender equality"]})
     new_address = subscribe(client, email="zed@example.org")
     assert first.status_code == again.status_code == new_address.status_code == 200
     assert visible_text(first.text) == visible_text(again.text)
-    assert visible_text(new_address.text) == visible_text(first.text).replace(ANN, "zed@example.org")
+    assert visible_text(new_address.text) == visible_text(first.text).replace(
+        ANN, "zed@example.org"
+    )
     assert len(db_session.scalars(select(Subscriber)).all()) == 2
-    assert subscribe(client, email="ANN@Example.org", **{"f0-themes": ["Gender equality"]}).status_code == 200
+    assert (
+        subscribe(client, email="ANN@Example.org", **{"f0-themes": ["Gender equality"]}).status_code
+        == 200
+    )
     assert len(db_session.scalars(select(Subscriber)).all()) == 2
 
     # An active subscriber's choices are not changed by someone who only knows the address.
@@ -88,7 +107,8 @@ def test_asking_again_makes_no_second_subscriber_and_answers_the_same(
 
 
 def test_suppressed_address_is_sent_nothing_and_sees_the_same_page(
-        client, db_session, taxo, smtp_sink):
+    client, db_session, taxo, smtp_sink
+):
     from digest.subscribers import suppress
 
     subscribe(client)
@@ -103,7 +123,9 @@ def test_suppressed_address_is_sent_nothing_and_sees_the_same_page(
     assert subscriber(db_session).status == "suppressed"
 
 
-def test_confirm_link_from_the_email_activates_the_subscription(client, db_session, taxo, smtp_sink):
+def test_confirm_link_from_the_email_activates_the_subscription(
+    client, db_session, taxo, smtp_sink
+):
     subscribe(client)
     path = link_in(wait_for_mail(smtp_sink, 1)[0], "confirm")
     response = client.get(path)
@@ -115,7 +137,8 @@ def test_confirm_link_from_the_email_activates_the_subscription(client, db_sessi
 
 
 def test_subscribe_form_rejects_bad_input_with_a_clear_message_and_writes_nothing(
-        client, db_session, taxo, smtp_sink):
+    client, db_session, taxo, smtp_sink
+):
     cases = [
         ({"email": "not-an-address"}, "email address"),
         ({"f0-themes": ["Astrology"]}, "unknown theme: Astrology; valid themes are: Elections"),
@@ -139,15 +162,30 @@ def test_subscribe_without_a_valid_form_token_is_refused(client, db_session, tax
 
 
 def test_preferences_page_saves_several_filters_and_previews_four_weeks(
-        client, db_session, taxo, web_settings):
+    client, db_session, taxo, web_settings
+):
     sub = _active(client, db_session)
     now = utcnow()
-    make_item(db_session, "Police reform in Podgorica", themes=[taxo.policing],
-              locations=[taxo.montenegro], ingested_at=now - timedelta(days=3))
-    make_item(db_session, "Old policing story", themes=[taxo.policing],
-              ingested_at=now - timedelta(days=40))
-    make_item(db_session, "Election day in Belgrade", themes=[taxo.elections],
-              locations=[taxo.serbia], ingested_at=now - timedelta(days=2))
+    make_item(
+        db_session,
+        "Police reform in Podgorica",
+        themes=[taxo.policing],
+        locations=[taxo.montenegro],
+        ingested_at=now - timedelta(days=3),
+    )
+    make_item(
+        db_session,
+        "Old policing story",
+        themes=[taxo.policing],
+        ingested_at=now - timedelta(days=40),
+    )
+    make_item(
+        db_session,
+        "Election day in Belgrade",
+        themes=[taxo.elections],
+        locations=[taxo.serbia],
+        ingested_at=now - timedelta(days=2),
+    )
     db_session.commit()
     path = links_for(sub.id, web_settings)["manage_url"].removeprefix("https://digest.example.org")
 
@@ -157,40 +195,64 @@ def test_preferences_page_saves_several_filters_and_previews_four_weeks(
     assert "Police reform in Podgorica" in preview
     assert "Old policing story" not in preview and "Election day" not in preview
 
-    form = {"csrf": csrf_of(page.text), "action": "save", "mode": "chosen", "filter_count": "2",
-            "f0-themes": ["Policing"],  # Policing anywhere
-            "f1-locations": ["South-Eastern Europe"],  # + everything in the region
-            "frequency": "daily", "weekday": "0", "hour": "7", "timezone": "Europe/Belgrade",
-            "group_by": "location"}
+    form = {
+        "csrf": csrf_of(page.text),
+        "action": "save",
+        "mode": "chosen",
+        "filter_count": "2",
+        "f0-themes": ["Policing"],  # Policing anywhere
+        "f1-locations": ["South-Eastern Europe"],  # + everything in the region
+        "frequency": "daily",
+        "weekday": "0",
+        "hour": "7",
+        "timezone": "Europe/Belgrade",
+        "group_by": "location",
+    }
     saved = client.post(path, data=form, follow_redirects=False)
     assert saved.status_code == 303
     page = client.get(saved.headers["location"])
     assert "Your preferences are saved" in page.text
     sub = subscriber(db_session)
-    assert [(sorted(t.name for t in f.themes), sorted(loc.name for loc in f.locations))
-            for f in sub.filters] == [(["Policing"], []), ([], ["South-Eastern Europe"])]
-    assert (sub.frequency, sub.hour, sub.timezone, sub.group_by, sub.status) == \
-        ("daily", 7, "Europe/Belgrade", "location", "active")
+    assert [
+        (sorted(t.name for t in f.themes), sorted(loc.name for loc in f.locations))
+        for f in sub.filters
+    ] == [(["Policing"], []), ([], ["South-Eastern Europe"])]
+    assert (sub.frequency, sub.hour, sub.timezone, sub.group_by, sub.status) == (
+        "daily",
+        7,
+        "Europe/Belgrade",
+        "location",
+        "active",
+    )
     preview = page.text.split("What you would have got")[1]
     assert "Police reform in Podgorica" in preview and "Election day in Belgrade" in preview
 
     # Remove the first filter, then choose everything.
     form |= {"csrf": csrf_of(page.text), "filter_count": "3", "f0-remove": "1"}
     client.post(path, data=form)
-    assert [[loc.name for loc in f.locations] for f in subscriber(db_session).filters] == \
-        [["South-Eastern Europe"]]
+    assert [[loc.name for loc in f.locations] for f in subscriber(db_session).filters] == [
+        ["South-Eastern Europe"]
+    ]
     client.post(path, data=form | {"mode": "everything"})
     assert subscriber(db_session).filters == []
 
 
 def test_preferences_reject_an_unknown_theme_naming_it_and_keep_the_old_choice(
-        client, db_session, taxo, web_settings):
+    client, db_session, taxo, web_settings
+):
     sub = _active(client, db_session)
     path = f"/preferences/{subscriber_token('manage', sub.id, web_settings)}"
     page = client.get(path)
-    response = client.post(path, data={"csrf": csrf_of(page.text), "mode": "chosen",
-                                       "filter_count": "1", "f0-themes": ["Knitting"],
-                                       "timezone": "UTC"})
+    response = client.post(
+        path,
+        data={
+            "csrf": csrf_of(page.text),
+            "mode": "chosen",
+            "filter_count": "1",
+            "f0-themes": ["Knitting"],
+            "timezone": "UTC",
+        },
+    )
     assert response.status_code == 422
     assert "Unknown theme: Knitting; valid themes are: Elections" in response.text
     assert [t.name for t in subscriber(db_session).filters[0].themes] == ["Policing"]
@@ -198,7 +260,9 @@ def test_preferences_reject_an_unknown_theme_naming_it_and_keep_the_old_choice(
 
 def test_unsubscribe_page_get_never_unsubscribes(client, db_session, taxo, web_settings):
     sub = _active(client, db_session)
-    path = links_for(sub.id, web_settings)["unsubscribe_url"].removeprefix("https://digest.example.org")
+    path = links_for(sub.id, web_settings)["unsubscribe_url"].removeprefix(
+        "https://digest.example.org"
+    )
     for _ in range(3):  # a mail scanner opening the link, a preview, the person
         page = client.get(path)
         assert page.status_code == 200
@@ -207,20 +271,29 @@ def test_unsubscribe_page_get_never_unsubscribes(client, db_session, taxo, web_s
 
 
 def test_one_click_post_unsubscribes_at_once_and_cancels_planned_deliveries(
-        client, db_session, taxo, web_settings):
+    client, db_session, taxo, web_settings
+):
     sub = _active(client, db_session)
     run = DigestRun(kind="weekly", slot_key="weekly:test", cutoff=utcnow())
     db_session.add(run)
     db_session.flush()
-    db_session.add_all([
-        Delivery(run_id=run.id, subscriber_id=sub.id, email=ANN, status="pending"),
-        Delivery(run_id=_other_run(db_session), subscriber_id=sub.id, email=ANN, status="sent"),
-    ])
+    db_session.add_all(
+        [
+            Delivery(run_id=run.id, subscriber_id=sub.id, email=ANN, status="pending"),
+            Delivery(run_id=_other_run(db_session), subscriber_id=sub.id, email=ANN, status="sent"),
+        ]
+    )
     db_session.commit()
-    path = links_for(sub.id, web_settings)["unsubscribe_url"].removeprefix("https://digest.example.org")
+    path = links_for(sub.id, web_settings)["unsubscribe_url"].removeprefix(
+        "https://digest.example.org"
+    )
     client.cookies.clear()
-    response = client.post(path, content=b"List-Unsubscribe=One-Click", follow_redirects=False,
-                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = client.post(
+        path,
+        content=b"List-Unsubscribe=One-Click",
+        follow_redirects=False,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert response.status_code == 200
     assert "location" not in response.headers
     sub = subscriber(db_session)
@@ -232,7 +305,8 @@ def test_one_click_post_unsubscribes_at_once_and_cancels_planned_deliveries(
 
 
 def test_unsubscribed_person_can_subscribe_again_from_the_preferences_page(
-        client, db_session, taxo, web_settings):
+    client, db_session, taxo, web_settings
+):
     sub = _active(client, db_session)
     links = links_for(sub.id, web_settings)
     client.post(links["unsubscribe_url"].removeprefix("https://digest.example.org"))
@@ -246,8 +320,9 @@ def test_unsubscribed_person_can_subscribe_again_from_the_preferences_page(
 
 def test_view_in_browser_shows_the_digest_of_that_delivery(client, db_session, taxo, web_settings):
     sub = _active(client, db_session)
-    item = make_item(db_session, "Community policing forum", themes=[taxo.policing],
-                     locations=[taxo.montenegro])
+    item = make_item(
+        db_session, "Community policing forum", themes=[taxo.policing], locations=[taxo.montenegro]
+    )
     run = DigestRun(kind="weekly", slot_key="weekly:view", cutoff=utcnow())
     db_session.add(run)
     db_session.flush()
@@ -268,7 +343,9 @@ def test_view_in_browser_shows_the_digest_of_that_delivery(client, db_session, t
 
 def test_pages_are_labelled_for_assistive_technology(client, taxo):
     html = client.get("/subscribe").text
-    ids = set(re.findall(r'<input[^>]+id="([^"]+)"', html)) | set(re.findall(r'<select[^>]+id="([^"]+)"', html))
+    ids = set(re.findall(r'<input[^>]+id="([^"]+)"', html)) | set(
+        re.findall(r'<select[^>]+id="([^"]+)"', html)
+    )
     labelled = set(re.findall(r'<label for="([^"]+)"', html))
     visible_inputs = {i for i in ids}
     assert visible_inputs <= labelled, visible_inputs - labelled
@@ -279,6 +356,7 @@ def test_pages_are_labelled_for_assistive_technology(client, taxo):
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
 
 def _active(client, db_session) -> Subscriber:
     from digest.subscribers import FilterSpec, upsert_subscriber

@@ -52,13 +52,17 @@ def aged_token(purpose: str, payload: dict, secret: str, age_seconds: int) -> st
         def get_timestamp(self) -> int:
             return int(time.time()) - age_seconds
 
-    return URLSafeTimedSerializer([secret], salt=f"digest.{purpose}", signer=PastSigner).dumps(payload)
+    return URLSafeTimedSerializer([secret], salt=f"digest.{purpose}", signer=PastSigner).dumps(
+        payload
+    )
 
 
 # --- tokens -----------------------------------------------------------------------------------
 
+
 def test_expired_confirm_link_says_so_and_a_new_link_can_be_asked_for(
-        client, db_session, taxo, smtp_sink):
+    client, db_session, taxo, smtp_sink
+):
     sub = make_sub(db_session, status="pending")
     old = aged_token("confirm", {"s": sub.id}, "test-secret", 8 * 24 * 3600)
     page = client.get(f"/confirm/{old}")
@@ -84,9 +88,13 @@ def test_new_link_form_answers_the_same_for_unknown_addresses(client, db_session
     make_sub(db_session)
     page = client.get("/confirm/forged-token")
     known = client.post("/links", data={"csrf": csrf_of(page.text), "email": "ann@example.org"})
-    unknown = client.post("/links", data={"csrf": csrf_of(page.text), "email": "nobody@example.org"})
+    unknown = client.post(
+        "/links", data={"csrf": csrf_of(page.text), "email": "nobody@example.org"}
+    )
     assert known.status_code == unknown.status_code == 200
-    assert known.text.replace("ann@example.org", "X") == unknown.text.replace("nobody@example.org", "X")
+    assert known.text.replace("ann@example.org", "X") == unknown.text.replace(
+        "nobody@example.org", "X"
+    )
     assert [m.rcpt_tos for m in wait_for_mail(smtp_sink, 1)] == [["ann@example.org"]]
 
 
@@ -101,11 +109,20 @@ def test_new_link_form_rejects_a_bad_address_with_a_message(client, taxo, smtp_s
         smtp_sink.wait_for(1, timeout=0.5)
 
 
-@pytest.mark.parametrize("path", ["/confirm/{t}", "/preferences/{t}", "/unsubscribe/{t}", "/view/{t}"])
-def test_forged_and_truncated_tokens_get_a_page_that_says_so(client, db_session, taxo, web_settings, path):
+@pytest.mark.parametrize(
+    "path", ["/confirm/{t}", "/preferences/{t}", "/unsubscribe/{t}", "/view/{t}"]
+)
+def test_forged_and_truncated_tokens_get_a_page_that_says_so(
+    client, db_session, taxo, web_settings, path
+):
     sub = make_sub(db_session)
     good = subscriber_token("manage", sub.id, web_settings)
-    for token in ("nonsense", good[:-3], good[:-1] + ("A" if good[-1] != "A" else "B"), "e30.e30.e30"):
+    for token in (
+        "nonsense",
+        good[:-3],
+        good[:-1] + ("A" if good[-1] != "A" else "B"),
+        "e30.e30.e30",
+    ):
         response = client.get(path.format(t=token))
         assert response.status_code == 400, (path, token)
         assert "This link does not work" in response.text
@@ -113,10 +130,14 @@ def test_forged_and_truncated_tokens_get_a_page_that_says_so(client, db_session,
 
 
 def test_a_confirm_token_cannot_unsubscribe_and_a_manage_token_cannot_confirm(
-        client, db_session, taxo, web_settings):
+    client, db_session, taxo, web_settings
+):
     sub = make_sub(db_session)
     confirm = subscriber_token("confirm", sub.id, web_settings)
-    assert client.post(f"/unsubscribe/{confirm}", data={"List-Unsubscribe": "One-Click"}).status_code == 400
+    assert (
+        client.post(f"/unsubscribe/{confirm}", data={"List-Unsubscribe": "One-Click"}).status_code
+        == 400
+    )
     assert status_of(db_session, sub.id) == "active"
     pending = make_sub(db_session, "pat@example.org", status="pending")
     manage = subscriber_token("manage", pending.id, web_settings)
@@ -124,7 +145,9 @@ def test_a_confirm_token_cannot_unsubscribe_and_a_manage_token_cannot_confirm(
     assert status_of(db_session, pending.id) == "pending"
 
 
-def test_an_unsubscribe_token_cannot_open_the_preferences_page(client, db_session, taxo, web_settings):
+def test_an_unsubscribe_token_cannot_open_the_preferences_page(
+    client, db_session, taxo, web_settings
+):
     sub = make_sub(db_session)
     token = subscriber_token("unsubscribe", sub.id, web_settings)
     response = client.get(f"/preferences/{token}")
@@ -132,13 +155,16 @@ def test_an_unsubscribe_token_cannot_open_the_preferences_page(client, db_sessio
     assert "ann@example.org" not in response.text
 
 
-def test_a_form_token_from_one_subscriber_cannot_change_another(client, db_session, taxo, web_settings):
+def test_a_form_token_from_one_subscriber_cannot_change_another(
+    client, db_session, taxo, web_settings
+):
     ann = make_sub(db_session)
     eve = make_sub(db_session, "eve@example.org")
     eve_page = client.get(f"/preferences/{subscriber_token('manage', eve.id, web_settings)}")
     ann_path = f"/preferences/{subscriber_token('manage', ann.id, web_settings)}"
-    response = client.post(ann_path, data={"csrf": csrf_of(eve_page.text), "mode": "everything",
-                                           "timezone": "UTC"})
+    response = client.post(
+        ann_path, data={"csrf": csrf_of(eve_page.text), "mode": "everything", "timezone": "UTC"}
+    )
     assert response.status_code == 403
     db_session.expire_all()
     assert len(db_session.get(Subscriber, ann.id).filters) == 1
@@ -146,7 +172,8 @@ def test_a_form_token_from_one_subscriber_cannot_change_another(client, db_sessi
 
 
 def test_key_rotation_keeps_old_links_working_and_signs_new_ones_with_the_new_key(
-        web_settings, db_session, taxo, monkeypatch):
+    web_settings, db_session, taxo, monkeypatch
+):
     sub = make_sub(db_session)
     old_link = f"/preferences/{subscriber_token('manage', sub.id, web_settings)}"
 
@@ -168,6 +195,7 @@ def test_key_rotation_keeps_old_links_working_and_signs_new_ones_with_the_new_ke
 
 # --- escaping ---------------------------------------------------------------------------------
 
+
 def test_user_and_feed_text_is_escaped_on_every_page(client, db_session, taxo, web_settings):
     from digest.models import Theme
     from digest.taxonomy import slugify
@@ -175,14 +203,21 @@ def test_user_and_feed_text_is_escaped_on_every_page(client, db_session, taxo, w
     evil = '<script>alert("x")</script>'
     db_session.add(Theme(slug=slugify(f"Evil {evil}"), name=f"Evil {evil}"))
     db_session.commit()
-    sub, _ = upsert_subscriber(db_session, "ann@example.org",
-                               filters=[FilterSpec([f"Evil {evil}"])])
-    make_item(db_session, f"Title {evil}<img src=x onerror=alert(1)>",
-              themes=[sub.filters[0].themes[0]], ingested_at=utcnow())
+    sub, _ = upsert_subscriber(
+        db_session, "ann@example.org", filters=[FilterSpec([f"Evil {evil}"])]
+    )
+    make_item(
+        db_session,
+        f"Title {evil}<img src=x onerror=alert(1)>",
+        themes=[sub.filters[0].themes[0]],
+        ingested_at=utcnow(),
+    )
     db_session.commit()
-    pages = [client.get("/subscribe").text,
-             client.get(f"/preferences/{subscriber_token('manage', sub.id, web_settings)}").text,
-             client.get(f"/confirm/{subscriber_token('confirm', sub.id, web_settings)}").text]
+    pages = [
+        client.get("/subscribe").text,
+        client.get(f"/preferences/{subscriber_token('manage', sub.id, web_settings)}").text,
+        client.get(f"/confirm/{subscriber_token('confirm', sub.id, web_settings)}").text,
+    ]
     for html in pages:
         assert "<script>" not in html and "<img src=x" not in html
         assert "&lt;script&gt;" in html
@@ -196,6 +231,7 @@ def test_user_and_feed_text_is_escaped_on_every_page(client, db_session, taxo, w
 
 # --- rate limits ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def strict_limit(web_settings, monkeypatch):
     monkeypatch.setenv("DIGEST_EMAIL_RATE_LIMIT", "2/minute;3/hour")
@@ -204,11 +240,17 @@ def strict_limit(web_settings, monkeypatch):
 
 
 def test_confirmation_emails_past_the_limit_answer_429_and_send_nothing(
-        strict_limit, db_session, taxo, smtp_sink):
+    strict_limit, db_session, taxo, smtp_sink
+):
     with TestClient(create_app(strict_limit), base_url="https://testserver") as c:
+
         def ask(email):
-            form = {"csrf": csrf_of(c.get("/subscribe").text), "email": email, "mode": "everything",
-                    "timezone": "UTC"}
+            form = {
+                "csrf": csrf_of(c.get("/subscribe").text),
+                "email": email,
+                "mode": "everything",
+                "timezone": "UTC",
+            }
             return c.post("/subscribe", data=form)
 
         assert [ask("ann@example.org").status_code for _ in range(2)] == [200, 200]
@@ -224,12 +266,24 @@ def test_confirmation_emails_past_the_limit_answer_429_and_send_nothing(
         assert ask("bob@example.org").status_code == 200
         page = c.get("/confirm/x")
         for _ in range(2):
-            assert c.post("/links", data={"csrf": csrf_of(page.text), "email": "nobody@example.org"}).status_code == 200
-        assert c.post("/links", data={"csrf": csrf_of(page.text), "email": "nobody@example.org"}).status_code == 429
+            assert (
+                c.post(
+                    "/links", data={"csrf": csrf_of(page.text), "email": "nobody@example.org"}
+                ).status_code
+                == 200
+            )
+        assert (
+            c.post(
+                "/links", data={"csrf": csrf_of(page.text), "email": "nobody@example.org"}
+            ).status_code
+            == 429
+        )
 
 
 def test_rate_limit_counts_in_redis_when_the_broker_is_redis(web_settings):
-    settings = web_settings.model_copy(update={"broker_url": REDIS_URL, "email_rate_limit": "2/minute"})
+    settings = web_settings.model_copy(
+        update={"broker_url": REDIS_URL, "email_rate_limit": "2/minute"}
+    )
     first, second = EmailRateLimiter(settings), EmailRateLimiter(settings)  # two web processes
     assert type(first.storage).__name__ == "RedisStorage"
     address = f"{uuid.uuid4().hex}@example.org"

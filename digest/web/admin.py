@@ -75,20 +75,28 @@ class AdminAuth(AuthenticationBackend):
     def __init__(self, settings: Settings):
         self.settings = settings
         # A key of its own, derived from the secret key: a link token is never a session.
-        key = hmac.new(settings.secret_key.get_secret_value().encode(), b"digest.admin-session",
-                       hashlib.sha256).hexdigest()
-        super().__init__(secret_key=key, session_cookie="digest_admin", same_site="strict",
-                         https_only=settings.public_base_url.startswith("https://"),
-                         max_age=SESSION_MAX_AGE)
+        key = hmac.new(
+            settings.secret_key.get_secret_value().encode(), b"digest.admin-session", hashlib.sha256
+        ).hexdigest()
+        super().__init__(
+            secret_key=key,
+            session_cookie="digest_admin",
+            same_site="strict",
+            https_only=settings.public_base_url.startswith("https://"),
+            max_age=SESSION_MAX_AGE,
+        )
         self._attempts = MovingWindowRateLimiter(storage_from_string(limit_storage_url(settings)))
 
     async def login(self, request: Request) -> Response | bool:
         # Password guessing: a few tries a minute per client address, wherever they fail.
         client = request.client.host if request.client else "unknown"
         if not self._attempts.hit(LOGIN_LIMIT, "digest-admin-login", client):
-            return HTMLResponse("<!doctype html><title>Too many attempts</title><h1>Too many "
-                                "sign-in attempts</h1><p>Wait a minute and try again.</p>",
-                                status_code=429, headers={"Retry-After": "60"})
+            return HTMLResponse(
+                "<!doctype html><title>Too many attempts</title><h1>Too many "
+                "sign-in attempts</h1><p>Wait a minute and try again.</p>",
+                status_code=429,
+                headers={"Retry-After": "60"},
+            )
         form = await request.form()
         username, password = str(form.get("username") or ""), str(form.get("password") or "")
         ok = await anyio.to_thread.run_sync(check_credentials, self.settings, username, password)
@@ -108,7 +116,8 @@ class AdminAuth(AuthenticationBackend):
         return HTMLResponse(
             f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign in required'
             f'</title></head><body><h1>Sign in required</h1><p><a href="{login}">Sign in to the '
-            f"admin</a></p></body></html>", status_code=401,
+            f"admin</a></p></body></html>",
+            status_code=401,
         )
 
 
@@ -128,25 +137,47 @@ class SubscriberAdmin(ModelView, model=Subscriber):
     digest_settings: Settings
     name, name_plural, icon = "Subscriber", "Subscribers", "fa-solid fa-user"
     can_create = can_edit = can_delete = False
-    column_list = [Subscriber.id, Subscriber.email, Subscriber.status, Subscriber.frequency,
-                   "choices", Subscriber.timezone, Subscriber.created_at, Subscriber.confirmed_at]
-    column_details_list = [Subscriber.id, Subscriber.email, Subscriber.status,
-                           Subscriber.frequency, "choices", Subscriber.timezone,
-                           Subscriber.weekday, Subscriber.hour, Subscriber.group_by,
-                           Subscriber.watermark, Subscriber.soft_bounces, Subscriber.created_at,
-                           Subscriber.confirmed_at, Subscriber.unsubscribed_at]
+    column_list = [
+        Subscriber.id,
+        Subscriber.email,
+        Subscriber.status,
+        Subscriber.frequency,
+        "choices",
+        Subscriber.timezone,
+        Subscriber.created_at,
+        Subscriber.confirmed_at,
+    ]
+    column_details_list = [
+        Subscriber.id,
+        Subscriber.email,
+        Subscriber.status,
+        Subscriber.frequency,
+        "choices",
+        Subscriber.timezone,
+        Subscriber.weekday,
+        Subscriber.hour,
+        Subscriber.group_by,
+        Subscriber.watermark,
+        Subscriber.soft_bounces,
+        Subscriber.created_at,
+        Subscriber.confirmed_at,
+        Subscriber.unsubscribed_at,
+    ]
     column_labels = {"choices": "Filters"}
     column_searchable_list = [Subscriber.email]
     column_sortable_list = [Subscriber.id, Subscriber.email, Subscriber.created_at]
     column_default_sort = [(Subscriber.id, True)]
     column_filters = [
         StaticValuesFilter(Subscriber.status, [(s.value, s.value) for s in SubscriberStatus]),
-        StaticValuesFilter(Subscriber.frequency, [(f, f) for f in ("immediate", "daily", "weekly")]),
+        StaticValuesFilter(
+            Subscriber.frequency, [(f, f) for f in ("immediate", "daily", "weekly")]
+        ),
         OperationColumnFilter(Subscriber.timezone),
     ]
     column_formatters = column_formatters_detail = {
-        "choices": lambda m, _a: "; ".join(subscribers.describe_filter(f) for f in m.filters)
-        or "everything",
+        "choices": lambda m, _a: (
+            "; ".join(subscribers.describe_filter(f) for f in m.filters) or "everything"
+        ),
     }
 
     @staticmethod
@@ -154,7 +185,8 @@ class SubscriberAdmin(ModelView, model=Subscriber):
         return stmt.options(
             selectinload(Subscriber.filters).selectinload(SubscriberFilter.themes),
             selectinload(Subscriber.filters).selectinload(SubscriberFilter.locations),
-            selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types))
+            selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types),
+        )
 
     def list_query(self, request: Request):
         return self._with_filters(select(Subscriber))
@@ -162,14 +194,19 @@ class SubscriberAdmin(ModelView, model=Subscriber):
     def details_query(self, request: Request):
         return self._with_filters(super().details_query(request))
 
-    @action(name="suppress", label="Suppress (send nothing)",
-            confirmation_message="Send nothing more to the selected addresses?")
+    @action(
+        name="suppress",
+        label="Suppress (send nothing)",
+        confirmation_message="Send nothing more to the selected addresses?",
+    )
     async def suppress(self, request: Request) -> Response:
         ids = _ids(request)
 
         def work() -> None:
             with _session(self) as session:
-                for email in session.scalars(select(Subscriber.email).where(Subscriber.id.in_(ids))):
+                for email in session.scalars(
+                    select(Subscriber.email).where(Subscriber.id.in_(ids))
+                ):
                     subscribers.suppress(session, email, "admin", "suppressed in the admin")
                 session.commit()
 
@@ -182,7 +219,9 @@ class SubscriberAdmin(ModelView, model=Subscriber):
 
         def work() -> None:
             with _session(self) as session:
-                for email in session.scalars(select(Subscriber.email).where(Subscriber.id.in_(ids))):
+                for email in session.scalars(
+                    select(Subscriber.email).where(Subscriber.id.in_(ids))
+                ):
                     subscribers.unsuppress(session, email)
                 session.commit()
 
@@ -197,22 +236,42 @@ class SubscriberAdmin(ModelView, model=Subscriber):
         settings = self.digest_settings
         url = links_for(ids[0], settings)["manage_url"]
         # Relative: the admin may be reached on another host name than public_base_url.
-        path = url[len(settings.public_base_url.rstrip("/")):]
+        path = url[len(settings.public_base_url.rstrip("/")) :]
         return RedirectResponse(path, status_code=302)
 
 
 class ItemAdmin(ModelView, model=Item):
     name, name_plural, icon = "Item", "Items", "fa-solid fa-newspaper"
     can_create = can_edit = can_delete = False
-    column_list = [Item.id, Item.title, Item.published_at, Item.ingested_at, Item.content_type,
-                   Item.is_backfill, Item.source]
-    column_details_list = [Item.id, Item.guid, Item.url, Item.title, Item.summary,
-                           Item.published_at, Item.ingested_at, Item.content_type, Item.themes,
-                           Item.locations, Item.is_backfill, Item.source]
+    column_list = [
+        Item.id,
+        Item.title,
+        Item.published_at,
+        Item.ingested_at,
+        Item.content_type,
+        Item.is_backfill,
+        Item.source,
+    ]
+    column_details_list = [
+        Item.id,
+        Item.guid,
+        Item.url,
+        Item.title,
+        Item.summary,
+        Item.published_at,
+        Item.ingested_at,
+        Item.content_type,
+        Item.themes,
+        Item.locations,
+        Item.is_backfill,
+        Item.source,
+    ]
     column_searchable_list = [Item.title, Item.guid]
     column_sortable_list = [Item.id, Item.published_at, Item.ingested_at]
     column_default_sort = [(Item.id, True)]
-    column_formatters = {Item.content_type: lambda m, _a: m.content_type.name if m.content_type else ""}
+    column_formatters = {
+        Item.content_type: lambda m, _a: m.content_type.name if m.content_type else ""
+    }
 
 
 def _progress_text(progress: dict[str, int]) -> str:
@@ -223,17 +282,37 @@ def _progress_text(progress: dict[str, int]) -> str:
 class RunAdmin(ModelView, model=DigestRun):
     name, name_plural, icon = "Run", "Runs", "fa-solid fa-paper-plane"
     can_create = can_edit = can_delete = False
-    column_list = [DigestRun.id, DigestRun.kind, DigestRun.slot_key, DigestRun.status,
-                   DigestRun.dry_run, "progress", DigestRun.created_at, DigestRun.finished_at]
-    column_details_list = [DigestRun.id, DigestRun.kind, DigestRun.slot_key, DigestRun.status,
-                           DigestRun.dry_run, "progress", DigestRun.planned_count,
-                           DigestRun.skipped_count, DigestRun.params, DigestRun.cutoff,
-                           DigestRun.created_at, DigestRun.finished_at]
+    column_list = [
+        DigestRun.id,
+        DigestRun.kind,
+        DigestRun.slot_key,
+        DigestRun.status,
+        DigestRun.dry_run,
+        "progress",
+        DigestRun.created_at,
+        DigestRun.finished_at,
+    ]
+    column_details_list = [
+        DigestRun.id,
+        DigestRun.kind,
+        DigestRun.slot_key,
+        DigestRun.status,
+        DigestRun.dry_run,
+        "progress",
+        DigestRun.planned_count,
+        DigestRun.skipped_count,
+        DigestRun.params,
+        DigestRun.cutoff,
+        DigestRun.created_at,
+        DigestRun.finished_at,
+    ]
     column_labels = {"progress": "Deliveries"}
     column_sortable_list = [DigestRun.id, DigestRun.created_at]
     column_default_sort = [(DigestRun.id, True)]
     column_filters = [
-        StaticValuesFilter(DigestRun.kind, [(k, k) for k in ("weekly", "daily", "immediate", "adhoc")]),
+        StaticValuesFilter(
+            DigestRun.kind, [(k, k) for k in ("weekly", "daily", "immediate", "adhoc")]
+        ),
         StaticValuesFilter(DigestRun.status, [(s, s) for s in ("planned", "sending", "done")]),
     ]
     column_formatters = column_formatters_detail = {
@@ -246,8 +325,10 @@ class RunAdmin(ModelView, model=DigestRun):
         counts: dict[int, dict[str, int]] = {i: {} for i in ids}
         with _session(self) as session:
             for run_id, status, n in session.execute(
-                    select(Delivery.run_id, Delivery.status, func.count())
-                    .where(Delivery.run_id.in_(ids)).group_by(Delivery.run_id, Delivery.status)):
+                select(Delivery.run_id, Delivery.status, func.count())
+                .where(Delivery.run_id.in_(ids))
+                .group_by(Delivery.run_id, Delivery.status)
+            ):
                 counts[run_id][status] = n
         for run in runs:
             run._progress = counts[run.id] | {"total": sum(counts[run.id].values())}
@@ -267,14 +348,33 @@ class RunAdmin(ModelView, model=DigestRun):
 class DeliveryAdmin(ModelView, model=Delivery):
     name, name_plural, icon = "Delivery", "Deliveries", "fa-solid fa-envelope"
     can_create = can_edit = can_delete = False
-    column_list = [Delivery.id, Delivery.run_id, Delivery.email, Delivery.status,
-                   Delivery.item_count, Delivery.attempts, Delivery.smtp_code, Delivery.smtp_reply,
-                   Delivery.sent_at]
-    column_details_list = [Delivery.id, Delivery.run_id, Delivery.subscriber_id, Delivery.email,
-                           Delivery.status, Delivery.item_count, Delivery.attempts,
-                           Delivery.next_attempt_at, Delivery.smtp_code, Delivery.smtp_reply,
-                           Delivery.message_id, Delivery.created_at, Delivery.updated_at,
-                           Delivery.sent_at]
+    column_list = [
+        Delivery.id,
+        Delivery.run_id,
+        Delivery.email,
+        Delivery.status,
+        Delivery.item_count,
+        Delivery.attempts,
+        Delivery.smtp_code,
+        Delivery.smtp_reply,
+        Delivery.sent_at,
+    ]
+    column_details_list = [
+        Delivery.id,
+        Delivery.run_id,
+        Delivery.subscriber_id,
+        Delivery.email,
+        Delivery.status,
+        Delivery.item_count,
+        Delivery.attempts,
+        Delivery.next_attempt_at,
+        Delivery.smtp_code,
+        Delivery.smtp_reply,
+        Delivery.message_id,
+        Delivery.created_at,
+        Delivery.updated_at,
+        Delivery.sent_at,
+    ]
     column_searchable_list = [Delivery.email, Delivery.smtp_reply, Delivery.message_id]
     column_sortable_list = [Delivery.id, Delivery.run_id, Delivery.status, Delivery.sent_at]
     column_default_sort = [(Delivery.id, True)]
@@ -285,8 +385,11 @@ class DeliveryAdmin(ModelView, model=Delivery):
         OperationColumnFilter(Delivery.run_id, title="Run"),
     ]
 
-    @action(name="requeue", label="Re-queue failed deliveries",
-            confirmation_message="Try the selected failed deliveries again?")
+    @action(
+        name="requeue",
+        label="Re-queue failed deliveries",
+        confirmation_message="Try the selected failed deliveries again?",
+    )
     async def requeue(self, request: Request) -> Response:
         from workers.tasks import enqueue_deliveries
 
@@ -305,22 +408,36 @@ class DeliveryAdmin(ModelView, model=Delivery):
 class SuppressionAdmin(ModelView, model=Suppression):
     name, name_plural, icon = "Suppression", "Suppression list", "fa-solid fa-ban"
     can_create = can_edit = can_delete = False
-    column_list = [Suppression.id, Suppression.email, Suppression.reason, Suppression.detail,
-                   Suppression.created_at]
+    column_list = [
+        Suppression.id,
+        Suppression.email,
+        Suppression.reason,
+        Suppression.detail,
+        Suppression.created_at,
+    ]
     column_searchable_list = [Suppression.email]
     column_sortable_list = [Suppression.id, Suppression.email, Suppression.created_at]
     column_default_sort = [(Suppression.id, True)]
-    column_filters = [StaticValuesFilter(
-        Suppression.reason, [(r, r) for r in ("hard_bounce", "soft_bounces", "complaint", "admin")])]
+    column_filters = [
+        StaticValuesFilter(
+            Suppression.reason,
+            [(r, r) for r in ("hard_bounce", "soft_bounces", "complaint", "admin")],
+        )
+    ]
 
-    @action(name="unsuppress", label="Remove from the list",
-            confirmation_message="Allow email to the selected addresses again?")
+    @action(
+        name="unsuppress",
+        label="Remove from the list",
+        confirmation_message="Allow email to the selected addresses again?",
+    )
     async def unsuppress(self, request: Request) -> Response:
         ids = _ids(request)
 
         def work() -> None:
             with _session(self) as session:
-                for email in session.scalars(select(Suppression.email).where(Suppression.id.in_(ids))):
+                for email in session.scalars(
+                    select(Suppression.email).where(Suppression.id.in_(ids))
+                ):
                     subscribers.unsuppress(session, email)
                 session.commit()
 
@@ -334,9 +451,13 @@ VIEWS = [SubscriberAdmin, ItemAdmin, RunAdmin, DeliveryAdmin, SuppressionAdmin]
 def mount_admin(app: FastAPI, settings: Settings) -> Admin:
     # sqladmin reconfigures the session factory it is given (autoflush off): give it its own.
     factory = sessionmaker(db.engine_for(settings.database_url), expire_on_commit=False)
-    admin = Admin(app, session_maker=factory, base_url="/admin",
-                  title=f"{settings.newsroom_name} digest admin",
-                  authentication_backend=AdminAuth(settings))
+    admin = Admin(
+        app,
+        session_maker=factory,
+        base_url="/admin",
+        title=f"{settings.newsroom_name} digest admin",
+        authentication_backend=AdminAuth(settings),
+    )
     for view in VIEWS:
         # sqladmin stores the session factory on the view class: one subclass per app, so
         # two apps in one process (tests) never share a database.

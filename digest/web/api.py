@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -42,7 +42,7 @@ from digest.subscribers import (
     timezone_names,
     upsert_subscriber,
 )
-from digest.web.deps import get_session, get_settings
+from digest.web.deps import SessionDep, get_settings
 
 MAX_ID = 2**31 - 1  # INTEGER columns on PostgreSQL and SQLite alike
 MAX_CSV_BYTES = 5 * 1024 * 1024
@@ -57,10 +57,10 @@ def _no_nul(value: str) -> str:
 
 
 def _sane_date(value: datetime) -> datetime:
-    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
     if not 1900 <= value.year <= 2999:
         raise ValueError("must be between the years 1900 and 2999")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_nul)]
@@ -74,27 +74,38 @@ IdPath = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 _bearer = HTTPBearer(auto_error=False, description="The value of DIGEST_API_TOKEN.")
 
 
-def require_token(request: Request,
-                  credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+def require_token(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
     expected = get_settings(request).api_token
     given = credentials.credentials if credentials else ""
     # compare_digest: the time taken does not tell how much of a guess was right.
-    if expected is None or not expected.get_secret_value() or not hmac.compare_digest(
-            given.encode(), expected.get_secret_value().encode()):
+    if (
+        expected is None
+        or not expected.get_secret_value()
+        or not hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+    ):
         raise HTTPException(
             401,
             "API token missing or wrong: send 'Authorization: Bearer <DIGEST_API_TOKEN>'"
-            if expected is not None else "the API is off: set DIGEST_API_TOKEN to turn it on",
+            if expected is not None
+            else "the API is off: set DIGEST_API_TOKEN to turn it on",
             headers={"WWW-Authenticate": "Bearer"},
         )
 
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)],
-                   responses={401: {"description": "Missing or wrong bearer token"},
-                              422: {"description": "Invalid input; the detail says which value"}})
+router = APIRouter(
+    prefix="/api/v1",
+    dependencies=[Depends(require_token)],
+    responses={
+        401: {"description": "Missing or wrong bearer token"},
+        422: {"description": "Invalid input; the detail says which value"},
+    },
+)
 
 
 # --- models -------------------------------------------------------------------------------------
+
 
 class FilterModel(BaseModel):
     """Values match within a facet (OR), facets must all match (AND), empty matches anything."""
@@ -114,8 +125,9 @@ class SubscriberIn(BaseModel):
     weekday: int = Field(0, ge=0, le=6, description="0 = Monday, in the subscriber's time zone")
     hour: int = Field(8, ge=0, le=23, description="Local hour of daily and weekly digests")
     group_by: Literal["theme", "location"] = "theme"
-    filters: list[FilterModel] = Field(default=[], max_length=20,
-                                       description="No filter at all: everything")
+    filters: list[FilterModel] = Field(
+        default=[], max_length=20, description="No filter at all: everything"
+    )
 
 
 class SubscriberPatch(BaseModel):
@@ -148,13 +160,24 @@ class SubscriberOut(BaseModel):
     @classmethod
     def of(cls, sub: Subscriber) -> SubscriberOut:
         return cls(
-            id=sub.id, email=sub.email, status=sub.status, frequency=sub.frequency,
-            timezone=sub.timezone, weekday=sub.weekday, hour=sub.hour, group_by=sub.group_by,
-            filters=[FilterModel(themes=[t.name for t in f.themes],
-                                 locations=[loc.name for loc in f.locations],
-                                 content_types=[c.name for c in f.content_types])
-                     for f in sub.filters],
-            created_at=sub.created_at, confirmed_at=sub.confirmed_at,
+            id=sub.id,
+            email=sub.email,
+            status=sub.status,
+            frequency=sub.frequency,
+            timezone=sub.timezone,
+            weekday=sub.weekday,
+            hour=sub.hour,
+            group_by=sub.group_by,
+            filters=[
+                FilterModel(
+                    themes=[t.name for t in f.themes],
+                    locations=[loc.name for loc in f.locations],
+                    content_types=[c.name for c in f.content_types],
+                )
+                for f in sub.filters
+            ],
+            created_at=sub.created_at,
+            confirmed_at=sub.confirmed_at,
             unsubscribed_at=sub.unsubscribed_at,
         )
 
@@ -209,8 +232,9 @@ class RunIn(BaseModel):
     themes: list[Name] = Field(default=[], max_length=100)
     locations: list[Name] = Field(default=[], max_length=100)
     content_types: list[Name] = Field(default=[], max_length=100)
-    frequencies: list[Frequency] = Field(default=[], max_length=3,
-                                         description="Target segment; empty: every active subscriber")
+    frequencies: list[Frequency] = Field(
+        default=[], max_length=3, description="Target segment; empty: every active subscriber"
+    )
     dry_run: bool = Field(False, description="Plan and count, send nothing")
     slot_key: str | None = Field(None, min_length=1, max_length=150, pattern=r"^[A-Za-z0-9:._-]+$")
 
@@ -230,10 +254,19 @@ class RunOut(BaseModel):
 
     @classmethod
     def of(cls, run: DigestRun, progress: dict[str, int], created: bool = False) -> RunOut:
-        return cls(id=run.id, kind=run.kind, status=run.status, dry_run=run.dry_run,
-                   created=created, planned=run.planned_count, skipped=run.skipped_count,
-                   params=run.params or {}, created_at=run.created_at,
-                   finished_at=run.finished_at, progress=progress)
+        return cls(
+            id=run.id,
+            kind=run.kind,
+            status=run.status,
+            dry_run=run.dry_run,
+            created=created,
+            planned=run.planned_count,
+            skipped=run.skipped_count,
+            params=run.params or {},
+            created_at=run.created_at,
+            finished_at=run.finished_at,
+            progress=progress,
+        )
 
 
 class DeliveryOut(BaseModel):
@@ -265,16 +298,22 @@ class NameList(BaseModel):
 
 # --- subscribers --------------------------------------------------------------------------------
 
+
 def _specs(filters: list[FilterModel]) -> list[FilterSpec]:
     return [FilterSpec(list(f.themes), list(f.locations), list(f.content_types)) for f in filters]
 
 
 def _load(session: Session, subscriber_id: int) -> Subscriber:
-    sub = session.scalars(select(Subscriber).where(Subscriber.id == subscriber_id).options(
-        selectinload(Subscriber.filters).selectinload(SubscriberFilter.themes),
-        selectinload(Subscriber.filters).selectinload(SubscriberFilter.locations),
-        selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types),
-    ).execution_options(populate_existing=True)).one_or_none()
+    sub = session.scalars(
+        select(Subscriber)
+        .where(Subscriber.id == subscriber_id)
+        .options(
+            selectinload(Subscriber.filters).selectinload(SubscriberFilter.themes),
+            selectinload(Subscriber.filters).selectinload(SubscriberFilter.locations),
+            selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types),
+        )
+        .execution_options(populate_existing=True)
+    ).one_or_none()
     if sub is None:
         raise HTTPException(404, f"no subscriber with id {subscriber_id}")
     return sub
@@ -282,7 +321,7 @@ def _load(session: Session, subscriber_id: int) -> Subscriber:
 
 @router.get("/subscribers", response_model=SubscriberPage, tags=["subscribers"])
 def list_subscribers(
-    session: Session = Depends(get_session),
+    session: SessionDep,
     status: SubscriberStatus | None = None,
     email: Annotated[str | None, Query(max_length=320, description="Part of the address")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
@@ -294,11 +333,18 @@ def list_subscribers(
     if email:
         conds.append(Subscriber.email.contains(_no_nul_query(email).lower(), autoescape=True))
     total = session.scalar(select(func.count()).select_from(Subscriber).where(*conds)) or 0
-    subs = session.scalars(select(Subscriber).where(*conds).order_by(Subscriber.id)
-                           .limit(limit).offset(offset).options(
-        selectinload(Subscriber.filters).selectinload(SubscriberFilter.themes),
-        selectinload(Subscriber.filters).selectinload(SubscriberFilter.locations),
-        selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types)))
+    subs = session.scalars(
+        select(Subscriber)
+        .where(*conds)
+        .order_by(Subscriber.id)
+        .limit(limit)
+        .offset(offset)
+        .options(
+            selectinload(Subscriber.filters).selectinload(SubscriberFilter.themes),
+            selectinload(Subscriber.filters).selectinload(SubscriberFilter.locations),
+            selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types),
+        )
+    )
     return SubscriberPage(total=total, items=[SubscriberOut.of(s) for s in subs])
 
 
@@ -309,46 +355,76 @@ def _no_nul_query(value: str) -> str:
         raise ValidationError("query values must not contain NUL characters") from None
 
 
-@router.post("/subscribers", response_model=SubscriberOut, status_code=201, tags=["subscribers"],
-             responses={409: {"description": "A subscriber with this address exists"}})
-def create_subscriber(body: SubscriberIn, session: Session = Depends(get_session)):
+@router.post(
+    "/subscribers",
+    response_model=SubscriberOut,
+    status_code=201,
+    tags=["subscribers"],
+    responses={409: {"description": "A subscriber with this address exists"}},
+)
+def create_subscriber(body: SubscriberIn, session: SessionDep):
     address = normalise_address(body.email)
     existing = session.scalar(select(Subscriber.id).where(Subscriber.email == address))
     if existing is not None:
-        raise HTTPException(409, f"a subscriber with this address exists (id {existing}); "
-                                 f"change it with PATCH /api/v1/subscribers/{existing}")
+        raise HTTPException(
+            409,
+            f"a subscriber with this address exists (id {existing}); "
+            f"change it with PATCH /api/v1/subscribers/{existing}",
+        )
     sub, _ = upsert_subscriber(
-        session, address, filters=_specs(body.filters), frequency=body.frequency.value,
-        timezone=body.timezone, weekday=body.weekday, hour=body.hour, status=body.status.value,
-        group_by=body.group_by)
+        session,
+        address,
+        filters=_specs(body.filters),
+        frequency=body.frequency.value,
+        timezone=body.timezone,
+        weekday=body.weekday,
+        hour=body.hour,
+        status=body.status.value,
+        group_by=body.group_by,
+    )
     session.commit()
     return SubscriberOut.of(_load(session, sub.id))
 
 
-@router.get("/subscribers/export", tags=["subscribers"],
-            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}},
-                             "description": "Every subscriber, one row per filter"}})
-def export_subscribers(session: Session = Depends(get_session)) -> Response:
-    return Response(export_csv(session), media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": 'attachment; filename="subscribers.csv"'})
+@router.get(
+    "/subscribers/export",
+    tags=["subscribers"],
+    responses={
+        200: {
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "description": "Every subscriber, one row per filter",
+        }
+    },
+)
+def export_subscribers(session: SessionDep) -> Response:
+    return Response(
+        export_csv(session),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="subscribers.csv"'},
+    )
 
 
 @router.post(
-    "/subscribers/import", response_model=ImportResult, tags=["subscribers"],
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "text/csv": {"schema": {"type": "string"}}}}},
+    "/subscribers/import",
+    response_model=ImportResult,
+    tags=["subscribers"],
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}
+    },
     description="CSV with a header row (email, frequency, timezone, weekday, hour, themes, "
-                "locations, content_types, status; values in a cell separated by '|'). Good rows "
-                "are imported, bad rows reported with their line number. Safe to run twice.",
+    "locations, content_types, status; values in a cell separated by '|'). Good rows "
+    "are imported, bad rows reported with their line number. Safe to run twice.",
 )
-async def import_subscribers(request: Request, session: Session = Depends(get_session)):
+async def import_subscribers(request: Request, session: SessionDep):
     raw = await request.body()
     if len(raw) > MAX_CSV_BYTES:
         raise HTTPException(413, f"CSV larger than {MAX_CSV_BYTES // (1024 * 1024)} MB; split it")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ValidationError("the CSV is not UTF-8 text; save it as UTF-8 and send it again") from None
+        raise ValidationError(
+            "the CSV is not UTF-8 text; save it as UTF-8 and send it again"
+        ) from None
     if "\x00" in text:
         raise ValidationError("the CSV contains NUL characters; is it really a CSV file?")
     from starlette.concurrency import run_in_threadpool
@@ -356,26 +432,37 @@ async def import_subscribers(request: Request, session: Session = Depends(get_se
     def work() -> ImportResult:
         report = import_csv(session, text)
         session.commit()
-        return ImportResult(added=report.added, updated=report.updated,
-                            errors=[ImportLineError(line=ln, reason=r) for ln, r in report.errors])
+        return ImportResult(
+            added=report.added,
+            updated=report.updated,
+            errors=[ImportLineError(line=ln, reason=r) for ln, r in report.errors],
+        )
 
     return await run_in_threadpool(work)
 
 
-@router.get("/subscribers/{subscriber_id}", response_model=SubscriberOut, tags=["subscribers"],
-            responses={404: {"description": "No such subscriber"}})
-def get_subscriber(subscriber_id: IdPath, session: Session = Depends(get_session)):
+@router.get(
+    "/subscribers/{subscriber_id}",
+    response_model=SubscriberOut,
+    tags=["subscribers"],
+    responses={404: {"description": "No such subscriber"}},
+)
+def get_subscriber(subscriber_id: IdPath, session: SessionDep):
     return SubscriberOut.of(_load(session, subscriber_id))
 
 
-@router.patch("/subscribers/{subscriber_id}", response_model=SubscriberOut, tags=["subscribers"],
-              responses={404: {"description": "No such subscriber"}})
-def update_subscriber(subscriber_id: IdPath, body: SubscriberPatch,
-                      session: Session = Depends(get_session)):
+@router.patch(
+    "/subscribers/{subscriber_id}",
+    response_model=SubscriberOut,
+    tags=["subscribers"],
+    responses={404: {"description": "No such subscriber"}},
+)
+def update_subscriber(subscriber_id: IdPath, body: SubscriberPatch, session: SessionDep):
     sub = _load(session, subscriber_id)
     current = SubscriberOut.of(sub)
     upsert_subscriber(
-        session, sub.email,
+        session,
+        sub.email,
         filters=_specs(body.filters if body.filters is not None else current.filters),
         frequency=(body.frequency or Frequency(sub.frequency)).value,
         timezone=body.timezone if body.timezone is not None else sub.timezone,
@@ -388,9 +475,13 @@ def update_subscriber(subscriber_id: IdPath, body: SubscriberPatch,
     return SubscriberOut.of(_load(session, subscriber_id))
 
 
-@router.delete("/subscribers/{subscriber_id}", status_code=204, tags=["subscribers"],
-               responses={404: {"description": "No such subscriber"}})
-def delete_subscriber(subscriber_id: IdPath, session: Session = Depends(get_session)) -> Response:
+@router.delete(
+    "/subscribers/{subscriber_id}",
+    status_code=204,
+    tags=["subscribers"],
+    responses={404: {"description": "No such subscriber"}},
+)
+def delete_subscriber(subscriber_id: IdPath, session: SessionDep) -> Response:
     """Erase the subscriber, their filters and their delivery log."""
     sub = _load(session, subscriber_id)
     session.delete(sub)
@@ -400,9 +491,9 @@ def delete_subscriber(subscriber_id: IdPath, session: Session = Depends(get_sess
 
 # --- taxonomy (the valid lists that 422 answers point to) -----------------------------------------
 
+
 @router.get("/taxonomy/{facet}", response_model=NameList, tags=["taxonomy"])
-def taxonomy_names(facet: Literal["theme", "location", "content_type"],
-                   session: Session = Depends(get_session)):
+def taxonomy_names(facet: Literal["theme", "location", "content_type"], session: SessionDep):
     return NameList(facet=facet, names=taxonomy.list_names(session, facet))
 
 
@@ -413,8 +504,9 @@ def timezones():
 
 # --- items --------------------------------------------------------------------------------------
 
+
 @router.post("/items", response_model=PublishResult, tags=["items"])
-def publish_items(body: ItemPayload | list[ItemPayload], session: Session = Depends(get_session)):
+def publish_items(body: ItemPayload | list[ItemPayload], session: SessionDep):
     """Store items (new taxonomy names are created) and send the item_published event for
     each new one: subscribers who want every item at once get an alert."""
     from workers.tasks import publish_items as publish
@@ -422,33 +514,48 @@ def publish_items(body: ItemPayload | list[ItemPayload], session: Session = Depe
     payload = body if isinstance(body, list) else [body]
     if not payload or len(payload) > 500:
         raise ValidationError("send between 1 and 500 items per request")
-    items = ingest.parse_json_items(json.dumps(
-        [p.model_dump(mode="json", exclude_none=True) for p in payload]))
+    items = ingest.parse_json_items(
+        json.dumps([p.model_dump(mode="json", exclude_none=True) for p in payload])
+    )
     report = ingest.store_items(session, items, source="api")
     session.commit()
     publish(report.new_item_ids)  # after the commit, so the worker sees the rows
-    return PublishResult(new_item_ids=report.new_item_ids, updated_item_ids=report.updated_item_ids,
-                         unchanged=report.unchanged_count, backfill_item_ids=report.backfill_ids,
-                         created=report.created)
+    return PublishResult(
+        new_item_ids=report.new_item_ids,
+        updated_item_ids=report.updated_item_ids,
+        unchanged=report.unchanged_count,
+        backfill_item_ids=report.backfill_ids,
+        created=report.created,
+    )
 
 
 # --- runs ---------------------------------------------------------------------------------------
 
-@router.post("/runs", response_model=RunOut, tags=["runs"],
-             responses={201: {"description": "A new run was planned", "model": RunOut}})
-def create_run(body: RunIn, response: Response, session: Session = Depends(get_session)):
+
+@router.post(
+    "/runs",
+    response_model=RunOut,
+    tags=["runs"],
+    responses={201: {"description": "A new run was planned", "model": RunOut}},
+)
+def create_run(body: RunIn, response: Response, session: SessionDep):
     from workers.tasks import enqueue_deliveries
 
     if not body.item_ids and body.published_from is None:
-        raise ValidationError("choose the items: give item_ids or published_from (and "
-                              "optionally published_to)")
+        raise ValidationError(
+            "choose the items: give item_ids or published_from (and optionally published_to)"
+        )
     if body.published_from and body.published_to and body.published_from > body.published_to:
         raise ValidationError("published_from is after published_to; swap them")
     query = selection.AdhocQuery(
-        themes=tuple(body.themes), locations=tuple(body.locations),
-        content_types=tuple(body.content_types), published_from=body.published_from,
-        published_to=body.published_to, item_ids=tuple(body.item_ids),
-        frequencies=tuple(f.value for f in body.frequencies))
+        themes=tuple(body.themes),
+        locations=tuple(body.locations),
+        content_types=tuple(body.content_types),
+        published_from=body.published_from,
+        published_to=body.published_to,
+        item_ids=tuple(body.item_ids),
+        frequencies=tuple(f.value for f in body.frequencies),
+    )
     planned = selection.plan_adhoc_run(session, query, dry_run=body.dry_run, slot_key=body.slot_key)
     session.commit()
     if planned.created and not body.dry_run:
@@ -460,15 +567,18 @@ def create_run(body: RunIn, response: Response, session: Session = Depends(get_s
 
 
 @router.get("/runs", response_model=list[RunOut], tags=["runs"])
-def list_runs(session: Session = Depends(get_session),
-              limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50):
+def list_runs(session: SessionDep, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50):
     runs = session.scalars(select(DigestRun).order_by(DigestRun.id.desc()).limit(limit)).all()
     return [RunOut.of(r, deliver.run_progress(session, r.id)) for r in runs]
 
 
-@router.get("/runs/{run_id}", response_model=RunOut, tags=["runs"],
-            responses={404: {"description": "No such run"}})
-def get_run(run_id: IdPath, session: Session = Depends(get_session)):
+@router.get(
+    "/runs/{run_id}",
+    response_model=RunOut,
+    tags=["runs"],
+    responses={404: {"description": "No such run"}},
+)
+def get_run(run_id: IdPath, session: SessionDep):
     run = session.get(DigestRun, run_id)
     if run is None:
         raise HTTPException(404, f"no run with id {run_id}")
@@ -477,9 +587,10 @@ def get_run(run_id: IdPath, session: Session = Depends(get_session)):
 
 # --- deliveries ---------------------------------------------------------------------------------
 
+
 @router.get("/deliveries", response_model=DeliveryPage, tags=["deliveries"])
 def list_deliveries(
-    session: Session = Depends(get_session),
+    session: SessionDep,
     run_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     subscriber_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     status: DeliveryStatus | None = None,
@@ -500,6 +611,7 @@ def list_deliveries(
     if until is not None:
         conds.append(Delivery.created_at < until)
     total = session.scalar(select(func.count()).select_from(Delivery).where(*conds)) or 0
-    rows = session.scalars(select(Delivery).where(*conds).order_by(Delivery.id)
-                           .limit(limit).offset(offset))
+    rows = session.scalars(
+        select(Delivery).where(*conds).order_by(Delivery.id).limit(limit).offset(offset)
+    )
     return DeliveryPage(total=total, items=[DeliveryOut.model_validate(d) for d in rows])

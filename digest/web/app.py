@@ -25,7 +25,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Pages are plain HTML with one stylesheet; tokens in their URLs must not leak as Referer.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -34,7 +34,7 @@ PAGE_HEADERS = {
 # "View in browser" shows the email's own HTML: inline styles, images from anywhere.
 VIEW_HEADERS = PAGE_HEADERS | {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                               "img-src https: data:; frame-ancestors 'none'; base-uri 'none'",
+    "img-src https: data:; frame-ancestors 'none'; base-uri 'none'",
 }
 COMMON_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 
@@ -47,8 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title=f"{s.newsroom_name} digest API",
         version="1",
         description="Subscribers, items, ad-hoc sends and the delivery log. Every call needs "
-                    "`Authorization: Bearer <DIGEST_API_TOKEN>`.",
-        docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+        "`Authorization: Bearer <DIGEST_API_TOKEN>`.",
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
     )
     app.state.settings = s
     app.state.email_limiter = EmailRateLimiter(s)
@@ -70,9 +72,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             message = "Please try again in a few minutes."
         else:
             message = pages._message(str(exc))
-        response = pages.page(request, "message.html", status,
-                              heading=HEADINGS.get(status, "Something is not right"),
-                              message=message)
+        response = pages.page(
+            request,
+            "message.html",
+            status,
+            heading=HEADINGS.get(status, "Something is not right"),
+            message=message,
+        )
         response.headers.update(headers)
         return response
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
@@ -27,3 +28,7 @@ def get_session(request: Request) -> Iterator[Session]:
 
 async def get_form(request: Request) -> FormData:
     return await request.form()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+FormDep = Annotated[FormData, Depends(get_form)]

@@ -55,8 +55,12 @@ def problem(exc: DigestError) -> dict[str, Any]:
     """The JSON body of an API error."""
     body: dict[str, Any] = {"detail": str(exc)}
     if isinstance(exc, UnknownTaxonomyError):
-        body |= {"facet": exc.facet, "invalid": exc.values, "valid": exc.valid,
-                 "valid_list": VALID_LIST_PATHS.get(exc.facet)}
+        body |= {
+            "facet": exc.facet,
+            "invalid": exc.values,
+            "valid": exc.valid,
+            "valid_list": VALID_LIST_PATHS.get(exc.facet),
+        }
     elif isinstance(exc, ValidationError) and "time zone" in str(exc):
         body["valid_list"] = VALID_LIST_PATHS["time zone"]
     elif isinstance(exc, RateLimitError):

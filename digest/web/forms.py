@@ -22,7 +22,11 @@ from digest.subscribers import WEEKDAYS, FilterSpec, timezone_names
 
 MAX_FILTERS = 20
 FREQUENCIES = [
-    (Frequency.immediate.value, "As soon as something is published", "One email for each new item."),
+    (
+        Frequency.immediate.value,
+        "As soon as something is published",
+        "One email for each new item.",
+    ),
     (Frequency.daily.value, "Once a day", "At the hour you choose below."),
     (Frequency.weekly.value, "Once a week", "On the day and at the hour you choose below."),
 ]
@@ -44,9 +48,11 @@ class Choices:
     content_types: list[str]
     timezone_groups: list[tuple[str, list[str]]]
     weekdays: list[tuple[int, str]] = field(
-        default_factory=lambda: [(i, d.capitalize()) for i, d in enumerate(WEEKDAYS)])
+        default_factory=lambda: [(i, d.capitalize()) for i, d in enumerate(WEEKDAYS)]
+    )
     hours: list[tuple[int, str]] = field(
-        default_factory=lambda: [(h, f"{h:02d}:00") for h in range(24)])
+        default_factory=lambda: [(h, f"{h:02d}:00") for h in range(24)]
+    )
     frequencies: list[tuple[str, str, str]] = field(default_factory=lambda: FREQUENCIES)
     group_by: list[tuple[str, str]] = field(default_factory=lambda: GROUP_BY)
 
@@ -58,17 +64,25 @@ def load_choices(session: Session) -> Choices:
     for row in rows:
         if row.parent_id is not None:
             children.setdefault(row.parent_id, []).append(row.name)
-    groups = [LocationGroup(names[rid], sorted(places, key=str.casefold))
-              for rid, places in children.items()]
+    groups = [
+        LocationGroup(names[rid], sorted(places, key=str.casefold))
+        for rid, places in children.items()
+    ]
     groups.sort(key=lambda g: g.region.casefold())
-    loose = sorted((row.name for row in rows if row.parent_id is None and row.id not in children),
-                   key=str.casefold)
+    loose = sorted(
+        (row.name for row in rows if row.parent_id is None and row.id not in children),
+        key=str.casefold,
+    )
     if loose:
         groups.append(LocationGroup(None, loose))
     zones = timezone_names()
-    zone_groups = [(area, list(names_)) for area, names_ in
-                   groupby(sorted(zones, key=lambda z: (z.partition("/")[0], z)),
-                           key=lambda z: z.partition("/")[0] if "/" in z else "Other")]
+    zone_groups = [
+        (area, list(names_))
+        for area, names_ in groupby(
+            sorted(zones, key=lambda z: (z.partition("/")[0], z)),
+            key=lambda z: z.partition("/")[0] if "/" in z else "Other",
+        )
+    ]
     return Choices(
         themes=taxonomy.list_names(session, "theme"),
         location_groups=groups,
@@ -105,11 +119,24 @@ class PrefsForm:
 
     @classmethod
     def from_subscriber(cls, sub: Subscriber) -> PrefsForm:
-        filters = [FilterState([t.name for t in f.themes], [loc.name for loc in f.locations],
-                               [c.name for c in f.content_types]) for f in sub.filters]
-        return cls(email=sub.email, mode="chosen" if filters else "everything", filters=filters,
-                   frequency=sub.frequency, weekday=str(sub.weekday), hour=str(sub.hour),
-                   timezone=sub.timezone, group_by=sub.group_by)
+        filters = [
+            FilterState(
+                [t.name for t in f.themes],
+                [loc.name for loc in f.locations],
+                [c.name for c in f.content_types],
+            )
+            for f in sub.filters
+        ]
+        return cls(
+            email=sub.email,
+            mode="chosen" if filters else "everything",
+            filters=filters,
+            frequency=sub.frequency,
+            weekday=str(sub.weekday),
+            hour=str(sub.hour),
+            timezone=sub.timezone,
+            group_by=sub.group_by,
+        )
 
     @classmethod
     def from_form(cls, form: FormData) -> PrefsForm:
@@ -121,8 +148,13 @@ class PrefsForm:
         for i in range(max(1, min(count, MAX_FILTERS))):
             if form.get(f"f{i}-remove"):
                 continue
-            filters.append(FilterState(_values(form, f"f{i}-themes"), _values(form, f"f{i}-locations"),
-                                       _values(form, f"f{i}-types")))
+            filters.append(
+                FilterState(
+                    _values(form, f"f{i}-themes"),
+                    _values(form, f"f{i}-locations"),
+                    _values(form, f"f{i}-types"),
+                )
+            )
         return cls(
             email=_text(form, "email"),
             mode="everything" if form.get("mode") == "everything" else "chosen",
@@ -145,8 +177,13 @@ class PrefsForm:
         return [FilterSpec(f.themes, f.locations, f.content_types) for f in self.filters]
 
     def options(self) -> dict[str, str]:
-        return {"frequency": self.frequency, "weekday": self.weekday, "hour": self.hour,
-                "timezone": self.timezone, "group_by": self.group_by}
+        return {
+            "frequency": self.frequency,
+            "weekday": self.weekday,
+            "hour": self.hour,
+            "timezone": self.timezone,
+            "group_by": self.group_by,
+        }
 
     def shown_filters(self, extra_blank: bool) -> list[FilterState]:
         """The fieldsets to show: the chosen filters, plus an empty one to add another."""
