@@ -197,8 +197,9 @@ def parse_report(raw: bytes) -> DeliveryStatusReport | None:
             "the delivery-status report has no recipient block with an Action or Status; "
             "it is malformed (RFC 3464 section 2.3)"
         )
-    ours = _OUR_MESSAGE_ID.search(returned.get("Message-ID", "") or "") if returned else None
-    header_id = (returned.get("X-Digest-Delivery", "") or "").strip() if returned else ""
+    # str(): a header with raw 8-bit bytes comes back as an email.header.Header.
+    ours = _OUR_MESSAGE_ID.search(str(returned.get("Message-ID", ""))) if returned else None
+    header_id = str(returned.get("X-Digest-Delivery", "")).strip() if returned else ""
     return DeliveryStatusReport(
         recipients=recipients,
         report_hash=_hash_blocks(blocks),

@@ -258,6 +258,14 @@ def test_a_generic_status_gives_way_to_the_precise_code_in_the_diagnostic():
     assert (recipient.status, recipient.kind) == ("5.0.0", "hard")
 
 
+def test_raw_8bit_bytes_in_the_returned_headers_still_match_the_message_id(session, sent_run):
+    raw = BY_MESSAGE_ID.read_bytes().replace(
+        b"Message-ID: <digest.7.104@newsroom.example.org>",
+        b"Message-ID: <digest.7.104@newsroom.example.org> (caf\xe9)")
+    outcome = process(session, raw)
+    assert (outcome.matched_by, outcome.delivery_id) == ("message-id", 104)
+
+
 def test_unreadable_bounce_messages_raise_clear_errors_and_write_nothing(session, sent_run):
     no_status_part = sample(HARD_5_1_1, **{"Content-Type: message/delivery-status":
                                            "Content-Type: text/plain"})
