@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from digest.models import Subscriber, utcnow
+from digest.models import Subscriber, Suppression, utcnow
 from digest.settings import get_settings, reset_settings_cache
 from digest.tokens import subscriber_token
 from digest.web import create_app
@@ -80,7 +80,7 @@ def test_api_is_off_without_a_configured_token(settings, monkeypatch):
 
 def test_subscriber_crud_round_trip_with_filters(api, db_session, taxo):
     body = {
-        "email": "Ann@Example.ORG",
+        "email": "ann@Example.ORG",
         "frequency": "daily",
         "timezone": "Europe/Vienna",
         "hour": 7,
@@ -92,7 +92,7 @@ def test_subscriber_crud_round_trip_with_filters(api, db_session, taxo):
     created = api.post(f"{V1}/subscribers", json=body)
     assert created.status_code == 201, created.text
     sub = created.json()
-    assert sub["email"] == "Ann@example.org"
+    assert sub["email"] == "ann@example.org"
     assert sub["filters"] == [
         {"themes": ["Policing"], "locations": [], "content_types": []},
         {"themes": [], "locations": ["South-Eastern Europe"], "content_types": ["News"]},
@@ -118,6 +118,13 @@ def test_subscriber_crud_round_trip_with_filters(api, db_session, taxo):
     listing = api.get(f"{V1}/subscribers", params={"status": "unsubscribed"}).json()
     assert listing["total"] == 1 and listing["items"][0]["id"] == sub["id"]
     assert api.get(f"{V1}/subscribers", params={"status": "active"}).json()["total"] == 0
+
+    suppressed = api.patch(f"{V1}/subscribers/{sub['id']}", json={"status": "suppressed"})
+    assert suppressed.json()["status"] == "suppressed"
+    assert db_session.scalars(select(Suppression.email)).all() == ["ann@example.org"]
+    back = api.patch(f"{V1}/subscribers/{sub['id']}", json={"status": "active"})
+    assert back.json()["status"] == "active"
+    assert db_session.scalars(select(Suppression)).all() == []
 
     assert api.delete(f"{V1}/subscribers/{sub['id']}").status_code == 204
     assert api.get(f"{V1}/subscribers/{sub['id']}").status_code == 404

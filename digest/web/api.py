@@ -39,7 +39,9 @@ from digest.subscribers import (
     FilterSpec,
     export_csv,
     import_csv,
+    suppress,
     timezone_names,
+    unsuppress,
     upsert_subscriber,
 )
 from digest.web.deps import SessionDep, get_settings
@@ -382,8 +384,24 @@ def create_subscriber(body: SubscriberIn, session: SessionDep):
         status=body.status.value,
         group_by=body.group_by,
     )
+    _sync_suppression(session, sub.email, was=None, now=body.status)
     session.commit()
     return SubscriberOut.of(_load(session, sub.id))
+
+
+def _sync_suppression(
+    session: Session, email: str, was: str | None, now: SubscriberStatus | None
+) -> None:
+    """Status "suppressed" set over the API also puts the address on the suppression list
+    (which is what the pipeline checks), and leaving it takes the address off again."""
+    if now is SubscriberStatus.suppressed and was != SubscriberStatus.suppressed.value:
+        suppress(session, email, "admin", "suppressed over the API")
+    elif (
+        now is not None
+        and now is not SubscriberStatus.suppressed
+        and (was == SubscriberStatus.suppressed.value)
+    ):
+        unsuppress(session, email)
 
 
 @router.get(
@@ -460,6 +478,7 @@ def get_subscriber(subscriber_id: IdPath, session: SessionDep):
 def update_subscriber(subscriber_id: IdPath, body: SubscriberPatch, session: SessionDep):
     sub = _load(session, subscriber_id)
     current = SubscriberOut.of(sub)
+    was = sub.status
     upsert_subscriber(
         session,
         sub.email,
@@ -471,6 +490,7 @@ def update_subscriber(subscriber_id: IdPath, body: SubscriberPatch, session: Ses
         status=(body.status or SubscriberStatus(sub.status)).value,
         group_by=body.group_by or sub.group_by,
     )
+    _sync_suppression(session, sub.email, was=was, now=body.status)
     session.commit()
     return SubscriberOut.of(_load(session, subscriber_id))
 

@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         path = request.url.path
         if path.startswith("/view/"):
             extra = VIEW_HEADERS
-        elif path.startswith(("/api/", "/docs", "/openapi.json", "/admin")):
+        elif path.startswith(("/api/", "/docs", "/openapi.json", "/admin", "/static/")):
             extra = COMMON_HEADERS
         else:
             extra = PAGE_HEADERS
