@@ -278,7 +278,7 @@ def preview(
     out: Path = typer.Option(None, help="Folder for the files (default: <var>/preview)."),
 ) -> None:
     """Write the HTML and text digest this subscriber would get; sends and changes nothing."""
-    from digest.mail import normalise_address
+    from digest.subscribers import canonical_email as normalise_address
     from digest.models import Subscriber
     from digest.render import Recipient, get_renderer, render_items_from_models
     from digest.select import preview_items
@@ -401,13 +401,14 @@ def bounces_process(
     _ensure_db()
     report = process_mailbox(path, fmt)
     for key, reason in report.errors:
-        err.print(f"{key}: {reason}", markup=False, highlight=False)
+        err.print(f"{key}: {reason}", markup=False, highlight=False, soft_wrap=True)
     for o in report.policy_rejections:
         console.print(f"policy rejection (not suppressed): {o.email} delivery #{o.delivery_id} "
-                      f"{o.status_code} {o.diagnostic[:160]}", markup=False, highlight=False)
+                      f"{o.status_code} {o.diagnostic[:160]}", markup=False, highlight=False,
+                      soft_wrap=True)
     for address in report.suppressed:
-        console.print(f"suppressed: {address}", markup=False, highlight=False)
-    console.print(report.summary(), markup=False, highlight=False)
+        console.print(f"suppressed: {address}", markup=False, highlight=False, soft_wrap=True)
+    console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
     if report.errors:
         raise typer.Exit(1)
 
