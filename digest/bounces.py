@@ -51,6 +51,7 @@ from digest import db
 from digest.errors import BounceError, DigestError, ValidationError
 from digest.models import Bounce, Delivery, DeliveryStatus, Subscriber, utcnow
 from digest.settings import Settings, get_settings
+from digest.subscribers import suppress
 
 HARD, SOFT, POLICY = "hard", "soft", "policy"
 RECORDED, DUPLICATE, UNMATCHED = "recorded", "duplicate", "unmatched"
@@ -362,7 +363,7 @@ def process_bounce_message(session: Session, raw: bytes, *, envelope_to: str | N
         return outcome
     detail = f"{failure.status} {failure.diagnostic}".strip()
     if failure.kind == HARD:
-        _suppress(session, delivery.email, "hard_bounce", detail)
+        suppress(session, delivery.email, "hard_bounce", detail)
         _mark_failed(session, delivery, failure)
         outcome.suppressed = True
         outcome.reason = "the address does not exist: suppressed"
@@ -412,12 +413,6 @@ def _insert_once(session: Session, **values) -> int | None:
     return session.scalar(stmt)
 
 
-def _suppress(session: Session, address: str, reason: str, detail: str) -> None:
-    from digest.subscribers import suppress
-
-    suppress(session, address, reason, detail)
-
-
 def _mark_failed(session: Session, delivery: Delivery, failure: RecipientStatus) -> None:
     """A sent digest that bounced later is failed; when it was sent and what SMTP said stay."""
     note = f"bounced after it was accepted: {failure.status} {failure.diagnostic}".strip()
@@ -441,7 +436,7 @@ def _count_soft(session: Session, sub: Subscriber, delivery: Delivery, bounce_id
     session.refresh(sub, ["soft_bounces"])
     threshold = settings.soft_bounce_threshold
     if sub.soft_bounces >= threshold:
-        _suppress(session, delivery.email, "soft_bounces",
+        suppress(session, delivery.email, "soft_bounces",
                   f"{sub.soft_bounces} soft bounces; last: {detail}")
         return f"soft bounce {sub.soft_bounces} of {threshold}: suppressed", True
     return f"soft bounce {sub.soft_bounces} of {threshold}: counted", False
