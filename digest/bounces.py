@@ -45,6 +45,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from digest import db
@@ -513,6 +514,11 @@ def process_mailbox(path: str | Path, fmt: str = "auto", *,
             except DigestError as exc:
                 session.rollback()
                 report.errors.append((key, str(exc)))
+                continue
+            except IntegrityError:  # another process suppressed the same address just now
+                session.rollback()
+                report.errors.append((key, "changed by another process at the same time; "
+                                           "process the mailbox again"))
                 continue
             finally:
                 session.close()
