@@ -70,6 +70,24 @@ def parse_filter(text: str) -> FilterSpec:
     return spec
 
 
+def canonical_email(addr: str) -> str:
+    """The one form an address is stored, compared and suppressed in.
+
+    Local parts are case-sensitive in theory and never in practice; treating
+    ``Ana@Example.org`` and ``ana@example.org`` as two people would let one of them escape
+    a suppression or subscribe twice.
+    """
+    return normalise_address(addr).lower()
+
+
+def _lookup_form(addr: str) -> str:
+    # Bounce reports and admins may hand us addresses we would not accept as new ones.
+    try:
+        return canonical_email(addr)
+    except ValidationError:
+        return addr.strip().lower()
+
+
 def check_timezone(name: str) -> str:
     try:
         ZoneInfo(name)
@@ -139,7 +157,7 @@ def upsert_subscriber(
     Everything is validated before anything is written; unknown themes, locations or types
     raise ``UnknownTaxonomyError`` unless ``create_taxonomy``.
     """
-    address = normalise_address(email)
+    address = canonical_email(email)
     check_choice("frequency", frequency, [f.value for f in Frequency])
     check_choice("status", status, [s.value for s in SubscriberStatus])
     check_choice("group_by", group_by, ["theme", "location"])
@@ -193,7 +211,7 @@ def unsubscribe(session: Session, sub: Subscriber) -> None:
 
 def suppress(session: Session, email: str, reason: str, detail: str = "") -> Suppression:
     """Put an address on the suppression list and stop its subscriber's pending mail."""
-    address = email.strip().lower()
+    address = _lookup_form(email)
     row = session.scalars(select(Suppression).where(Suppression.email == address)).one_or_none()
     if row is None:
         row = Suppression(email=address, reason=reason, detail=detail, created_at=utcnow())
@@ -206,7 +224,7 @@ def suppress(session: Session, email: str, reason: str, detail: str = "") -> Sup
 
 
 def unsuppress(session: Session, email: str) -> bool:
-    address = email.strip().lower()
+    address = _lookup_form(email)
     row = session.scalars(select(Suppression).where(Suppression.email == address)).one_or_none()
     if row is None:
         return False
@@ -249,7 +267,7 @@ def import_csv(session: Session, text: str) -> ImportReport:
         line = reader.line_num
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k}
         try:
-            address = normalise_address(row.get("email", ""))
+            address = canonical_email(row.get("email", ""))
             spec = FilterSpec(_split(row.get("themes")), _split(row.get("locations")),
                               _split(row.get("content_types")))
             for facet, names in (("theme", spec.themes), ("location", spec.locations),

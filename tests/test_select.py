@@ -264,3 +264,14 @@ def test_no_alert_run_for_an_item_nobody_wants_at_once_or_an_archive_item(sessio
     assert plan_immediate_run(session, wanted_by_weekly_only.id).run_id is None
     assert plan_immediate_run(session, archive.id).run_id is None
     assert session.scalar(select(func.count()).select_from(DigestRun)) == 0
+
+
+def test_addresses_are_one_person_whatever_their_capitals(session, taxo):
+    from digest.subscribers import suppress, upsert_subscriber
+
+    sub, created = upsert_subscriber(session, "Ana.Policing@Example.ORG")
+    again, created_again = upsert_subscriber(session, "ana.policing@example.org")
+    assert created and not created_again and again.id == sub.id
+    assert sub.email == "ana.policing@example.org"
+    suppress(session, "ANA.POLICING@example.org", "hard_bounce")
+    assert sub.status == "suppressed"

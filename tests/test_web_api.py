@@ -343,3 +343,35 @@ def test_out_of_range_ids_and_nul_characters_are_4xx_not_database_errors(api, ta
         api.post(f"{V1}/runs", json={"published_from": "0001-01-01T00:00:00+05:00"}).status_code
         == 422
     )
+
+
+def test_bounce_webhook_ties_a_dsn_to_its_delivery_and_suppresses_the_address(
+        api, db_session, taxo, smtp_sink):
+    from pathlib import Path
+
+    from digest.deliver import send_deliveries
+    from digest.models import Delivery
+    from digest.select import plan_scheduled_run
+    from tests.factories import T0, make_subscriber
+
+    make_item(db_session, "x", themes=[taxo.policing], ingested_at=T0 - timedelta(hours=1))
+    make_subscriber(db_session, "gone@example.net")
+    db_session.commit()
+    planned = plan_scheduled_run(db_session, "weekly", now=T0, everyone=True)
+    db_session.commit()
+    send_deliveries(planned.pending_ids)
+    delivery = db_session.scalars(select(Delivery)).one()
+    dsn = (Path(__file__).parent / "data/bounces/postfix-5.1.1-user-unknown.eml").read_text()
+    dsn = dsn.replace("bounces+101@newsroom.example.org", f"bounces+{delivery.id}@newsroom.example.org")
+    headers = {"Content-Type": "message/rfc822"}
+    first = api.post(f"{V1}/bounces", content=dsn.encode(), headers=headers)
+    again = api.post(f"{V1}/bounces", content=dsn.encode(), headers=headers)
+    assert first.status_code == 200, first.text
+    assert first.json()["result"] == "recorded" and first.json()["delivery_id"] == delivery.id
+    assert again.json()["result"] == "duplicate"
+    db_session.expire_all()
+    assert db_session.scalars(select(Suppression.email)).all() == ["gone@example.net"]
+    # Not a DSN (an autoreply, say): answered, counted as unmatched, nothing changes.
+    other = api.post(f"{V1}/bounces", content=b"Subject: away\r\n\r\nback Monday", headers=headers)
+    assert other.status_code == 200 and other.json()["result"] == "unmatched"
+    assert api.post(f"{V1}/bounces", content=b"", headers=headers).status_code == 422

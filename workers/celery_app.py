@@ -30,7 +30,6 @@ def configure(settings: Settings | None = None) -> Celery:
         result_backend=s.result_backend or None,
         task_always_eager=in_process,
         task_eager_propagates=in_process,
-        task_ignore_result=not s.result_backend,
         task_default_queue=s.task_queue,
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, selectinload
 from digest import select as selection
 from digest import taxonomy
 from digest.errors import TokenError, ValidationError
-from digest.mail import normalise_address
+from digest.subscribers import canonical_email as normalise_address
 from digest.models import (
     Delivery,
     Item,
