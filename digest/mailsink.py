@@ -8,6 +8,7 @@ defers, rejects or hangs up.
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.message
 import email.policy
@@ -59,6 +60,10 @@ class _Handler:
             # Hang up without a reply, like a server that crashed or timed out.
             server.transport.abort()
             return "421 4.4.2 connection dropped"  # never reaches the client
+        if reply is not None and reply.startswith("pause:"):
+            # A slow server: the client is stuck mid-transaction for that long, then accepted.
+            await asyncio.sleep(float(reply.split(":", 1)[1]))
+            reply = None
         if reply is not None:
             return reply
         envelope.rcpt_tos.append(address)
@@ -128,10 +133,13 @@ class MailSink:
     def script(self, rcpt: str, *replies: str) -> None:
         """Queue replies to RCPT TO for ``rcpt``, one per attempt; then accept normally.
 
-        A reply is a full SMTP reply line (``"451 4.3.0 Try again later"``) or ``"drop"``
-        to close the connection without answering.
+        A reply is a full SMTP reply line (``"451 4.3.0 Try again later"``), ``"drop"``
+        to close the connection without answering, or ``"pause:SECONDS"`` to answer that
+        much later (and then accept).
         """
         for reply in replies:
+            if reply.startswith("pause:") and reply[6:].replace(".", "", 1).isdigit():
+                continue
             if reply != "drop" and not (reply[:3].isdigit() and reply[0] in "2345"):
                 raise ValidationError(
                     f"scripted reply {reply!r} must be 'drop' or start with an SMTP code "

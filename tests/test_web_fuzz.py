@@ -9,8 +9,11 @@ schemathesis' fixture loader does not run on pytest 9.)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
@@ -19,6 +22,19 @@ from digest.settings import get_settings, reset_settings_cache
 from tests.factories import Taxo
 
 TOKEN = "fuzz-token-0123456789"
+BOUNCES = Path(__file__).parent / "data" / "bounces"
+
+# Bounce reports are raw messages: fuzz with real samples, their mutations and random bytes.
+schemathesis.openapi.media_type(
+    "message/rfc822",
+    st.one_of(
+        st.sampled_from([p.read_bytes() for p in sorted(BOUNCES.glob("*.eml"))]),
+        st.builds(lambda raw, cut: raw[:cut],
+                  st.sampled_from([p.read_bytes() for p in sorted(BOUNCES.glob("*.eml"))]),
+                  st.integers(0, 4000)),
+        st.binary(max_size=2000),
+    ),
+)
 EXAMPLES = 25
 
 

@@ -74,7 +74,7 @@ def worker(request, sink, tmp_path_factory):
             proc.kill()
             pytest.fail(f"worker did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
-    yield {"url": url, "kind": request.param, "log": log}
+    yield {"url": url, "kind": request.param, "log": log, "pid": proc.pid}
     proc.terminate()
     try:
         proc.wait(timeout=20)
@@ -261,3 +261,40 @@ def test_item_published_event_sends_an_alert_to_immediate_subscribers(worker, si
     msg = email.message_from_bytes(received.data, policy=policy.default)
     assert msg["To"] == "nothing@example.org"
     assert "Election day observed" in msg.get_body(("plain",)).get_content()
+
+
+def _worker_children(parent_pid: int) -> list[int]:
+    children = Path(f"/proc/{parent_pid}/task/{parent_pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def test_a_worker_killed_mid_send_loses_nothing_and_sends_nothing_twice(worker, sink, data):
+    import signal
+
+    from workers.tasks import recover_leases, send_weekly_now
+
+    # The first recipient's server is slow: the worker is stuck mid-transaction when killed.
+    sink.script("police@example.org", "pause:20")
+    send_weekly_now.delay(now=T0.isoformat()).get(timeout=60)
+    _wait_until(data, lambda rs: any(d.status == "sending" for d in rs))
+    time.sleep(0.5)
+    for pid in _worker_children(worker["pid"]):
+        os.kill(pid, signal.SIGKILL)
+    # acks_late + reject/retry on worker loss: the batch runs again on a new child, finds
+    # its rows claimed under a live lease and sends nothing.
+    deadline = time.monotonic() + 30
+    while "WorkerLostError" not in worker["log"].read_text():
+        assert time.monotonic() < deadline, worker["log"].read_text()[-2000:]
+        time.sleep(0.2)
+    time.sleep(2)
+    rows = _wait_until(data, lambda rs: all(d.status in ("sending", "skipped") for d in rs))
+    assert sink.messages == []
+    # Time passes: the lease lapses and the periodic recovery hands the rows back.
+    data.execute(update(Delivery).where(Delivery.status == "sending")
+                 .values(lease_until=T0 - timedelta(minutes=1)))
+    data.commit()
+    assert recover_leases.delay().get(timeout=60) == 2
+    rows = _wait_until(data, lambda rs: all(d.status in ("sent", "skipped") for d in rs))
+    assert sorted(m.rcpt_tos[0] for m in sink.wait_for(2)) == ["balkans@example.org", "police@example.org"]
+    time.sleep(1)
+    assert len(sink.messages) == 2
