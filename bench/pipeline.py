@@ -724,7 +724,7 @@ class Bench:
         before = self.sink.count()[0] if self.sink else 0
         sink_cpu = self.sink_cpu()
         seconds, reports = send_in_processes(self.pending, self.batch_size, p, self.args.smtp)
-        row = Row(f"together: send_deliveries, {p} processes",
+        row = Row(f"together: send_deliveries, {p} process{'es' if p > 1 else ''}",
                   sum(r["sent"] for r in reports), seconds)
         row.note = (f"x{one.seconds / seconds:.2f} vs 1 process; batches "
                     f"{'/'.join(str(r['batches']) for r in reports)}; CPU workers "
