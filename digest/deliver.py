@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from digest import db
@@ -84,7 +84,9 @@ def claim(session: Session, delivery_ids: list[int], now: datetime, settings: Se
     stmt = (
         update(Delivery)
         .where(Delivery.id.in_(delivery_ids), Delivery.status.in_(CLAIMABLE),
-               (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now))
+               (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now),
+               # A dry run's rows say what would be sent; nothing ever sends them.
+               ~exists().where(DigestRun.id == Delivery.run_id, DigestRun.dry_run))
         .values(status=DeliveryStatus.sending.value, attempts=Delivery.attempts + 1,
                 lease_until=now + timedelta(seconds=settings.lease_seconds), updated_at=now)
         .returning(Delivery.id)
@@ -123,7 +125,7 @@ class MessageFactory:
             context["more_url"] = self.more_url(themes, places)
             if dates:
                 context |= {"period_start": min(dates), "period_end": max(dates)}
-        rendered = get_renderer(template).render(recipient, render_items, **context)
+        rendered = get_renderer(template, s).render(recipient, render_items, **context)
         # Stable per delivery: a retried send carries the same Message-ID.
         message_id = make_message_id(f"digest.{run.id}.{delivery.id}", self.domain)
         data = build_message(
@@ -163,9 +165,11 @@ def _load(session: Session, ids: list[int]) -> list[Delivery]:
 
 
 def _record(session: Session, delivery_id: int, **values) -> None:
+    """Write one outcome and commit it at once: the row, not the broker, says what was sent."""
     values.setdefault("updated_at", utcnow())
-    session.execute(update(Delivery).where(Delivery.id == delivery_id,
-                                           Delivery.status == DeliveryStatus.sending.value)
+    table = Delivery.__table__  # Core UPDATE: no ORM session synchronisation per message
+    session.execute(update(table).where(table.c.id == delivery_id,
+                                        table.c.status == DeliveryStatus.sending.value)
                     .values(lease_until=None, **values))
     session.commit()
 

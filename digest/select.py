@@ -27,7 +27,10 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     true,
+    union,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -188,37 +191,128 @@ def _finish_planning(session: Session, run: DigestRun) -> PlannedRun:
         Delivery.run_id == run.id, Delivery.status == DeliveryStatus.skipped.value))
     run.planned_count = len(pending_ids)
     run.skipped_count = skipped or 0
-    run.status = RunStatus.sending.value if pending_ids else RunStatus.done.value
-    if not pending_ids:
+    run.status = RunStatus.sending.value if pending_ids and not run.dry_run else RunStatus.done.value
+    if run.status == RunStatus.done.value:
         run.finished_at = utcnow()
     session.flush()
     return PlannedRun(run.id, True, len(pending_ids), run.skipped_count, pending_ids, run.dry_run)
 
 
-def _insert_ledger(session: Session, run: DigestRun, item_filter: ColumnElement[bool],
-                   window: Window | None) -> None:
-    """Claim (subscriber, item) pairs for this run's deliveries in the ledger, then copy them."""
+def _run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool],
+               window: Window | None):
+    """SELECT (subscriber_id, item_id, delivery_id) for every item each delivery of the run
+    should carry.
+
+    Set-based and linear: every facet becomes a set of (filter, item) hits built with joins;
+    a filter matches an item when the number of distinct facets it hits equals the number of
+    facets it constrains (an empty facet is not counted, so it matches anything). No OR over
+    subqueries, which PostgreSQL would evaluate row by row once the pair sets outgrow
+    work_mem.
+    """
     d = Delivery.__table__.c
     s = Subscriber.__table__.c
     i = Item.__table__.c
-    conditions = [d.run_id == run.id, ~i.is_backfill, item_filter,
-                  item_matches_subscriber(Item.__table__, s.id),
-                  ~exists().where(SentItem.subscriber_id == s.id, SentItem.item_id == i.id)]
+    f = SubscriberFilter.__table__.c
+    loc = Location.__table__.c
+
+    item_conds = [~i.is_backfill, item_filter]
+    if window is not None:
+        # The earliest window start of anyone in this run bounds the candidate items.
+        lowest = session.scalar(
+            select(func.min(func.coalesce(s.watermark,
+                                          literal(window.default_start, Subscriber.watermark.type))))
+            .select_from(Delivery.__table__.join(Subscriber.__table__, s.id == d.subscriber_id))
+            .where(d.run_id == run.id))
+        item_conds.append(i.ingested_at <= window.cutoff)
+        if lowest is not None:
+            item_conds.append(i.ingested_at > lowest)
+    candidates = select(i.id).where(*item_conds)
+
+    def facet_count(table):
+        return case((exists().where(table.c.filter_id == f.id), 1), else_=0)
+
+    run_filters = (
+        select(f.id.label("filter_id"), d.subscriber_id, d.id.label("delivery_id"),
+               (facet_count(filter_themes) + facet_count(filter_locations)
+                + facet_count(filter_content_types)).label("required"))
+        .join(Delivery.__table__, d.subscriber_id == f.subscriber_id)
+        .where(d.run_id == run.id)
+    ).subquery("run_filters")
+
+    covers = union_all(  # a place is covered by itself and by its region
+        select(loc.id.label("place_id"), loc.id.label("covered_by")),
+        select(loc.id, loc.parent_id).where(loc.parent_id.is_not(None)),
+    ).subquery("covers")
+    hits = union_all(
+        select(filter_themes.c.filter_id, item_themes.c.item_id, literal(1).label("facet"))
+        .join(item_themes, item_themes.c.theme_id == filter_themes.c.theme_id)
+        .where(item_themes.c.item_id.in_(candidates)),
+        select(filter_locations.c.filter_id, item_locations.c.item_id, literal(2))
+        .join(covers, covers.c.covered_by == filter_locations.c.location_id)
+        .join(item_locations, item_locations.c.location_id == covers.c.place_id)
+        .where(item_locations.c.item_id.in_(candidates)),
+        select(filter_content_types.c.filter_id, i.id, literal(3))
+        .join(Item.__table__, i.content_type_id == filter_content_types.c.content_type_id)
+        .where(i.id.in_(candidates)),
+    ).subquery("hits")
+
+    by_facets = (
+        select(run_filters.c.subscriber_id, hits.c.item_id, run_filters.c.delivery_id)
+        .join(hits, hits.c.filter_id == run_filters.c.filter_id)
+        .group_by(run_filters.c.subscriber_id, hits.c.item_id, run_filters.c.delivery_id,
+                  run_filters.c.filter_id, run_filters.c.required)
+        .having(func.count(hits.c.facet.distinct()) == run_filters.c.required)
+    )
+    candidate_items = candidates.subquery("candidate_items")
+    blank_filter = (  # a filter with no facet at all takes everything
+        select(run_filters.c.subscriber_id, candidate_items.c.id, run_filters.c.delivery_id)
+        .join(candidate_items, true()).where(run_filters.c.required == 0)
+    )
+    no_filter = (  # so does a subscriber without any filter
+        select(d.subscriber_id, candidate_items.c.id, d.id)
+        .join(candidate_items, true())
+        .where(d.run_id == run.id, ~exists().where(f.subscriber_id == d.subscriber_id))
+    )
+    matched = union(by_facets, blank_filter, no_filter).subquery("matched")
+    final = (
+        select(matched.c.subscriber_id, matched.c.item_id, matched.c.delivery_id)
+        .join(Subscriber.__table__, s.id == matched.c.subscriber_id)
+        .join(Item.__table__, i.id == matched.c.item_id)
+    )
     if window is not None:
         start = func.coalesce(s.watermark, literal(window.default_start, Subscriber.watermark.type))
-        conditions += [i.ingested_at > start, i.ingested_at <= window.cutoff]
-    pairs = (
-        select(s.id, i.id, d.id, literal(utcnow(), SentItem.created_at.type))
-        .select_from(Delivery.__table__.join(Subscriber.__table__, s.id == d.subscriber_id))
-        .join(Item.__table__, true())
-        .where(*conditions)
-    )
-    cols = ["subscriber_id", "item_id", "delivery_id", "created_at"]
+        final = final.where(i.ingested_at > start)
+    return final.subquery("pairs")
+
+
+def _no_jit(session: Session) -> None:
+    # PostgreSQL's JIT spends most of a mid-size planning statement compiling it.
     if session.get_bind().dialect.name == "postgresql":
-        stmt = postgresql.insert(SentItem).from_select(cols, pairs).on_conflict_do_nothing()
+        session.execute(text("SET LOCAL jit = off"))
+
+
+def _insert_ignoring_duplicates(session: Session, table, cols: list[str], rows) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = postgresql.insert(table).from_select(cols, rows).on_conflict_do_nothing()
     else:
-        stmt = insert(SentItem).from_select(cols, pairs)
+        stmt = insert(table).from_select(cols, rows).prefix_with("OR IGNORE")
     session.execute(stmt)
+
+
+def _insert_ledger(session: Session, run: DigestRun, item_filter: ColumnElement[bool],
+                   window: Window | None) -> None:
+    """Claim (subscriber, item) pairs for this run's deliveries in the ledger, then copy them.
+
+    A pair already in the ledger (sent by an earlier run) is skipped by the primary key,
+    which is also what makes two overlapping runs safe.
+    """
+    _no_jit(session)
+    pairs = _run_pairs(session, run, item_filter, window)
+    _insert_ignoring_duplicates(
+        session, SentItem.__table__, ["subscriber_id", "item_id", "delivery_id", "created_at"],
+        select(pairs.c.subscriber_id, pairs.c.item_id, pairs.c.delivery_id,
+               literal(utcnow(), SentItem.created_at.type)),
+    )
     session.execute(
         insert(delivery_items).from_select(
             ["delivery_id", "item_id"],
@@ -369,17 +463,10 @@ def plan_adhoc_run(session: Session, query: AdhocQuery, *, dry_run: bool = False
     s = Subscriber.__table__.c
     who = s.frequency.in_(list(query.frequencies)) if query.frequencies else true()
     _insert_deliveries(session, run, who)
-    d = Delivery.__table__.c
-    i = Item.__table__.c
-    session.execute(
-        insert(delivery_items).from_select(
-            ["delivery_id", "item_id"],
-            select(d.id, i.id)
-            .select_from(Delivery.__table__.join(Subscriber.__table__, s.id == d.subscriber_id))
-            .join(Item.__table__, true())
-            .where(d.run_id == run.id, item_cond, item_matches_subscriber(Item.__table__, s.id)),
-        )
-    )
+    _no_jit(session)
+    pairs = _run_pairs(session, run, item_cond, None)
+    session.execute(insert(delivery_items).from_select(
+        ["delivery_id", "item_id"], select(pairs.c.delivery_id, pairs.c.item_id)))
     return _finish_planning(session, run)
 
 

@@ -179,3 +179,18 @@ def test_expired_lease_goes_back_to_deferred_and_admin_can_requeue_failures(sess
 def test_enhanced_status_code_is_read_from_the_reply():
     assert enhanced_status("550 5.1.1 <x@y>: Recipient address rejected") == "5.1.1"
     assert enhanced_status("451 Try again") is None
+
+
+def test_a_dry_runs_rows_are_never_sent(session, smtp_sink):
+    from digest.select import AdhocQuery, plan_adhoc_run
+
+    t = Taxo(session)
+    make_item(session, "p", themes=[t.policing])
+    make_subscriber(session, "dry@example.org", {"themes": [t.policing]})
+    session.commit()
+    planned = plan_adhoc_run(session, AdhocQuery(themes=("Policing",)), dry_run=True)
+    session.commit()
+    assert planned.planned == 1
+    assert send_deliveries(planned.pending_ids).claimed == 0
+    assert session.get(DigestRun, planned.run_id).status == "done"
+    assert smtp_sink.messages == []
