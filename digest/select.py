@@ -199,7 +199,7 @@ def _finish_planning(session: Session, run: DigestRun) -> PlannedRun:
 
 
 def _run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool],
-               window: Window | None):
+               window: Window | None, *, include_backfill: bool = False):
     """SELECT (subscriber_id, item_id, delivery_id) for every item each delivery of the run
     should carry.
 
@@ -215,7 +215,8 @@ def _run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool
     f = SubscriberFilter.__table__.c
     loc = Location.__table__.c
 
-    item_conds = [~i.is_backfill, item_filter]
+    # Archive backfill is never mailed on its own; an operator may pick it for an ad-hoc send.
+    item_conds = [item_filter] if include_backfill else [~i.is_backfill, item_filter]
     if window is not None:
         # The earliest window start of anyone in this run bounds the candidate items.
         lowest = session.scalar(
@@ -464,7 +465,7 @@ def plan_adhoc_run(session: Session, query: AdhocQuery, *, dry_run: bool = False
     who = s.frequency.in_(list(query.frequencies)) if query.frequencies else true()
     _insert_deliveries(session, run, who)
     _no_jit(session)
-    pairs = _run_pairs(session, run, item_cond, None)
+    pairs = _run_pairs(session, run, item_cond, None, include_backfill=True)
     session.execute(insert(delivery_items).from_select(
         ["delivery_id", "item_id"], select(pairs.c.delivery_id, pairs.c.item_id)))
     return _finish_planning(session, run)

@@ -275,3 +275,13 @@ def test_addresses_are_one_person_whatever_their_capitals(session, taxo):
     assert sub.email == "ana.policing@example.org"
     suppress(session, "ANA.POLICING@example.org", "hard_bounce")
     assert sub.status == "suppressed"
+
+
+def test_an_operator_may_pick_archive_items_for_an_adhoc_send(session, taxo):
+    archive = make_item(session, "archive", themes=[taxo.policing], backfill=True)
+    make_subscriber(session, "p@example.org", {"themes": [taxo.policing]})
+    session.commit()
+    scheduled = plan_scheduled_run(session, "weekly", now=T0, everyone=True)
+    adhoc = plan_adhoc_run(session, AdhocQuery(item_ids=(archive.id,)))
+    assert carried(session, scheduled.run_id)["p@example.org"] == set()
+    assert carried(session, adhoc.run_id)["p@example.org"] == {"archive"}
