@@ -659,8 +659,8 @@ class Bench:
                     t0 = time.perf_counter()
                     deliveries = _load(session, batch)
                     t1 = time.perf_counter()
-                    for d in deliveries:
-                        _, data = factory.build(d, d.run, list(d.items))
+                    for d, items in deliveries:
+                        _, data = factory.build(d, d.run, items)
                         total_bytes += len(data)
                         if len(self.kept) < KEEP_MESSAGES:
                             self.kept.append((factory.return_path(d.id), d.email, data))

@@ -6,9 +6,8 @@ traceback.
 
 from __future__ import annotations
 
-import os
 import sys
-from datetime import datetime, time, timedelta, timezone
+from datetime import datetime, time, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from digest import db
 from digest.errors import DigestError, ValidationError
-from digest.settings import get_settings, reset_settings_cache
+from digest.settings import get_settings
 
 app = typer.Typer(help="Digest: newsroom digests by email.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -138,18 +137,14 @@ def subscribers_add(
 @subs_app.command("list")
 def subscribers_list() -> None:
     """List subscribers with their filters."""
-    from sqlalchemy.orm import selectinload
-
-    from digest.models import Subscriber, SubscriberFilter
-    from digest.subscribers import WEEKDAYS, describe_filter
+    from digest.models import Subscriber
+    from digest.subscribers import WEEKDAYS, describe_filter, with_filters
 
     _ensure_db()
     table = Table("id", "email", "status", "frequency", "when (local)", "filters")
     with db.session_scope() as session:
         for sub in session.scalars(select(Subscriber).order_by(Subscriber.id).options(
-                selectinload(Subscriber.filters).selectinload(SubscriberFilter.themes),
-                selectinload(Subscriber.filters).selectinload(SubscriberFilter.locations),
-                selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types))):
+                *with_filters())):
             when = f"{WEEKDAYS[sub.weekday][:3]} {sub.hour:02d}:00 {sub.timezone}"
             filters = "\n".join(describe_filter(f) for f in sub.filters) or "everything"
             table.add_row(str(sub.id), sub.email, sub.status, sub.frequency, when, filters)

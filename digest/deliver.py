@@ -17,10 +17,11 @@ record of what was sent.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlencode
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from urllib.parse import urlencode
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session, selectinload
@@ -39,9 +40,10 @@ from digest.models import (
     SubscriberFilter,
     SubscriberStatus,
     Suppression,
+    delivery_items,
     utcnow,
 )
-from digest.render import Recipient, get_renderer, render_items_from_models
+from digest.render import Recipient, RenderItem, get_renderer, render_items_from_models
 from digest.settings import Settings, get_settings
 from digest.tokens import links_for, make_token
 from digest.transport import Transport, transport_from_settings
@@ -107,7 +109,8 @@ class MessageFactory:
         self.domain = settings.from_domain
         self.feedback_id = f"digest:{settings.list_id.split('<')[-1].strip('> ')}:newsroom"
 
-    def build(self, delivery: Delivery, run: DigestRun, items: list[Item]) -> tuple[str, bytes]:
+    def build(self, delivery: Delivery, run: DigestRun,
+              items: Sequence[RenderItem]) -> tuple[str, bytes]:
         s = self.settings
         sub = delivery.subscriber
         links = links_for(sub.id, s)
@@ -118,14 +121,13 @@ class MessageFactory:
                               view_url=_view_url(s, delivery.id), timezone=sub.timezone,
                               themes=themes, locations=places)
         template = "alert" if run.kind == RunKind.immediate.value else "digest"
-        render_items = render_items_from_models(items)
         context = {}
         dates = [it.published_at.date() for it in items if it.published_at]
         if template == "digest":
             context["more_url"] = self.more_url(themes, places)
             if dates:
                 context |= {"period_start": min(dates), "period_end": max(dates)}
-        rendered = get_renderer(template, s).render(recipient, render_items, **context)
+        rendered = get_renderer(template, s).render(recipient, items, **context)
         # Stable per delivery: a retried send carries the same Message-ID.
         message_id = make_message_id(f"digest.{run.id}.{delivery.id}", self.domain)
         data = build_message(
@@ -150,18 +152,34 @@ class MessageFactory:
         return f"bounces+{delivery_id}@{self.domain}"
 
 
-def _load(session: Session, ids: list[int]) -> list[Delivery]:
-    return list(session.scalars(
+def _load(session: Session, ids: list[int]) -> list[tuple[Delivery, list[RenderItem]]]:
+    """The claimed deliveries with what each carries, in a fixed number of queries.
+
+    The items of a batch are mostly shared (a digest run sends the same week's news to
+    everyone), so each item is loaded and snapshotted once per batch, not once per message.
+    """
+    deliveries = session.scalars(
         select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id)
         .options(selectinload(Delivery.subscriber).selectinload(Subscriber.filters)
                  .selectinload(SubscriberFilter.themes),
                  selectinload(Delivery.subscriber).selectinload(Subscriber.filters)
                  .selectinload(SubscriberFilter.locations),
-                 selectinload(Delivery.run),
-                 selectinload(Delivery.items).selectinload(Item.themes),
-                 selectinload(Delivery.items).selectinload(Item.locations),
-                 selectinload(Delivery.items).selectinload(Item.content_type))
-    ))
+                 selectinload(Delivery.run))
+    ).all()
+    carried = session.execute(
+        select(delivery_items.c.delivery_id, delivery_items.c.item_id)
+        .where(delivery_items.c.delivery_id.in_(ids))
+    ).all()
+    items = session.scalars(
+        select(Item).where(Item.id.in_({item_id for _, item_id in carried}))
+        .options(selectinload(Item.themes), selectinload(Item.locations),
+                 selectinload(Item.content_type))
+    ).all()
+    snapshots = dict(zip((it.id for it in items), render_items_from_models(items)))
+    per_delivery: dict[int, list[RenderItem]] = defaultdict(list)
+    for delivery_id, item_id in carried:
+        per_delivery[delivery_id].append(snapshots[item_id])
+    return [(d, per_delivery[d.id]) for d in deliveries]
 
 
 def _record(session: Session, delivery_id: int, **values) -> None:
@@ -189,12 +207,12 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
             return result
         deliveries = _load(session, owned)
         suppressed = set(session.scalars(
-            select(Suppression.email).where(Suppression.email.in_({d.email for d in deliveries}))))
+            select(Suppression.email).where(Suppression.email.in_({d.email for d, _ in deliveries}))))
         factory = MessageFactory(settings)
-        run_ids = {d.run_id for d in deliveries}
+        run_ids = {d.run_id for d, _ in deliveries}
         with (transport or transport_from_settings(settings)) as conn:
-            for delivery in deliveries:
-                outcome = _send_one(session, conn, factory, delivery, suppressed, settings)
+            for delivery, items in deliveries:
+                outcome = _send_one(session, conn, factory, delivery, items, suppressed, settings)
                 result.outcomes[delivery.id] = outcome
                 setattr(result, outcome, getattr(result, outcome) + 1)
         for run_id in run_ids:
@@ -206,7 +224,7 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
 
 
 def _send_one(session: Session, conn: Transport, factory: MessageFactory, delivery: Delivery,
-              suppressed: set[str], settings: Settings) -> str:
+              items: list[RenderItem], suppressed: set[str], settings: Settings) -> str:
     from digest.subscribers import suppress
 
     sub = delivery.subscriber
@@ -217,7 +235,7 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory, delive
                 if sub.status != SubscriberStatus.active.value else "cancelled: address suppressed")
         return "cancelled"
     try:
-        message_id, data = factory.build(delivery, delivery.run, list(delivery.items))
+        message_id, data = factory.build(delivery, delivery.run, items)
     except DigestError as exc:
         # A message we cannot build (e.g. a header with CR/LF) is never sent half-right.
         _record(session, delivery.id, status=DeliveryStatus.failed.value, smtp_reply=f"not sent: {exc}")

@@ -23,15 +23,14 @@ from limits import parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
 from digest import db
 from digest.errors import ConfigError, RateLimitError
 from digest.mail import build_message, make_message_id
-from digest.models import Subscriber, SubscriberFilter, SubscriberStatus, Suppression
+from digest.models import Subscriber, SubscriberStatus, Suppression
 from digest.render import Recipient, get_renderer
 from digest.settings import Settings, get_settings
-from digest.subscribers import describe_filter
+from digest.subscribers import describe_filter, with_filters
 from digest.tokens import links_for, subscriber_token
 from digest.transport import Transport, transport_from_settings
 
@@ -132,9 +131,7 @@ def send_confirmation(
             select(Subscriber)
             .where(Subscriber.id == subscriber_id)
             .options(
-                selectinload(Subscriber.filters).selectinload(SubscriberFilter.themes),
-                selectinload(Subscriber.filters).selectinload(SubscriberFilter.locations),
-                selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types),
+                *with_filters()
             )
         ).one_or_none()
         if sub is None or sub.status == SubscriberStatus.suppressed.value:

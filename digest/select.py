@@ -39,7 +39,6 @@ from sqlalchemy.orm import Session, aliased
 
 from digest.errors import ValidationError
 from digest.models import (
-    ContentType,
     Delivery,
     DeliveryStatus,
     DigestRun,
@@ -53,7 +52,6 @@ from digest.models import (
     SubscriberFilter,
     SubscriberStatus,
     Suppression,
-    Theme,
     delivery_items,
     filter_content_types,
     filter_locations,

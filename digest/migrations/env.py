@@ -1,5 +1,4 @@
 from alembic import context
-from sqlalchemy import pool
 
 from digest.db import engine_for
 from digest.models import Base

@@ -29,7 +29,7 @@ from sqladmin import Admin, ModelView, action
 from sqladmin.authentication import AuthenticationBackend
 from sqladmin.filters import OperationColumnFilter, StaticValuesFilter
 from sqlalchemy import func, select
-from sqlalchemy.orm import selectinload, sessionmaker
+from sqlalchemy.orm import sessionmaker
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -40,7 +40,6 @@ from digest.models import (
     DigestRun,
     Item,
     Subscriber,
-    SubscriberFilter,
     SubscriberStatus,
     Suppression,
 )
@@ -183,9 +182,7 @@ class SubscriberAdmin(ModelView, model=Subscriber):
     @staticmethod
     def _with_filters(stmt):
         return stmt.options(
-            selectinload(Subscriber.filters).selectinload(SubscriberFilter.themes),
-            selectinload(Subscriber.filters).selectinload(SubscriberFilter.locations),
-            selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types),
+            *subscribers.with_filters()
         )
 
     def list_query(self, request: Request):

@@ -20,7 +20,7 @@ from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from digest import deliver, ingest, taxonomy
 from digest import select as selection
@@ -32,10 +32,10 @@ from digest.models import (
     DigestRun,
     Frequency,
     Subscriber,
-    SubscriberFilter,
     SubscriberStatus,
 )
 from digest.subscribers import (
+    with_filters,
     FilterSpec,
     export_csv,
     import_csv,
@@ -310,9 +310,7 @@ def _load(session: Session, subscriber_id: int) -> Subscriber:
         select(Subscriber)
         .where(Subscriber.id == subscriber_id)
         .options(
-            selectinload(Subscriber.filters).selectinload(SubscriberFilter.themes),
-            selectinload(Subscriber.filters).selectinload(SubscriberFilter.locations),
-            selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types),
+            *with_filters()
         )
         .execution_options(populate_existing=True)
     ).one_or_none()
@@ -342,9 +340,7 @@ def list_subscribers(
         .limit(limit)
         .offset(offset)
         .options(
-            selectinload(Subscriber.filters).selectinload(SubscriberFilter.themes),
-            selectinload(Subscriber.filters).selectinload(SubscriberFilter.locations),
-            selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types),
+            *with_filters()
         )
     )
     return SubscriberPage(total=total, items=[SubscriberOut.of(s) for s in subs])

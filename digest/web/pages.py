@@ -26,13 +26,13 @@ from digest.models import (
     Item,
     RunKind,
     Subscriber,
-    SubscriberFilter,
     SubscriberStatus,
     utcnow,
 )
 from digest.render import Recipient, get_renderer, render_items_from_models
 from digest.settings import Settings
 from digest.subscribers import (
+    with_filters,
     WEEKDAYS,
     check_choice,
     check_hour,
@@ -68,17 +68,9 @@ def page(request: Request, name: str, status_code: int = 200, **context) -> HTML
     )
 
 
-def _with_filters():
-    return (
-        selectinload(Subscriber.filters).selectinload(SubscriberFilter.themes),
-        selectinload(Subscriber.filters).selectinload(SubscriberFilter.locations),
-        selectinload(Subscriber.filters).selectinload(SubscriberFilter.content_types),
-    )
-
-
 def _load(session: Session, subscriber_id: int) -> Subscriber:
     sub = session.scalars(
-        select(Subscriber).where(Subscriber.id == subscriber_id).options(*_with_filters())
+        select(Subscriber).where(Subscriber.id == subscriber_id).options(*with_filters())
     ).one_or_none()
     if sub is None:
         raise TokenError("this link belongs to a subscription that no longer exists")
