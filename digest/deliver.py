@@ -43,7 +43,13 @@ from digest.models import (
     delivery_items,
     utcnow,
 )
-from digest.render import Recipient, RenderItem, get_renderer, render_items_from_models
+from digest.render import (
+    Recipient,
+    RenderedEmail,
+    RenderItem,
+    get_renderer,
+    render_items_from_models,
+)
 from digest.settings import Settings, get_settings
 from digest.tokens import links_for, make_token
 from digest.transport import Transport, transport_from_settings
@@ -109,8 +115,9 @@ class MessageFactory:
         self.domain = settings.from_domain
         self.feedback_id = f"digest:{settings.list_id.split('<')[-1].strip('> ')}:newsroom"
 
-    def build(self, delivery: Delivery, run: DigestRun,
-              items: Sequence[RenderItem]) -> tuple[str, bytes]:
+    def render(self, delivery: Delivery, run: DigestRun, items: Sequence[RenderItem], *,
+               in_browser: bool = False) -> RenderedEmail:
+        """The personal part: the reader's links, choices and items in the run's template."""
         s = self.settings
         sub = delivery.subscriber
         links = links_for(sub.id, s)
@@ -118,23 +125,30 @@ class MessageFactory:
         places = tuple(dict.fromkeys(loc.name for f in sub.filters for loc in f.locations))
         recipient = Recipient(subscriber_id=sub.id, email=delivery.email, group_by=sub.group_by,
                               manage_url=links["manage_url"], unsubscribe_url=links["unsubscribe_url"],
-                              view_url=_view_url(s, delivery.id), timezone=sub.timezone,
-                              themes=themes, locations=places)
-        template = "alert" if run.kind == RunKind.immediate.value else "digest"
+                              view_url=None if in_browser else _view_url(s, delivery.id),
+                              timezone=sub.timezone, themes=themes, locations=places)
+        template = "alert" if run.kind == RunKind.immediate.value and len(items) == 1 else "digest"
         context = {}
         dates = [it.published_at.date() for it in items if it.published_at]
         if template == "digest":
             context["more_url"] = self.more_url(themes, places)
             if dates:
                 context |= {"period_start": min(dates), "period_end": max(dates)}
-        rendered = get_renderer(template, s).render(recipient, items, **context)
+        return get_renderer(template, s).render(recipient, items, **context)
+
+    def build(self, delivery: Delivery, run: DigestRun,
+              items: Sequence[RenderItem]) -> tuple[str, bytes]:
+        """(Message-ID, the bytes to send) for one delivery, signed when DKIM is configured."""
+        s = self.settings
+        rendered = self.render(delivery, run, items)
+        unsubscribe_url = links_for(delivery.subscriber_id, s)["unsubscribe_url"]
         # Stable per delivery: a retried send carries the same Message-ID.
         message_id = make_message_id(f"digest.{run.id}.{delivery.id}", self.domain)
         data = build_message(
             from_addr=s.from_address, to_addr=delivery.email, subject=rendered.subject,
             html=rendered.html, text=rendered.text, message_id=message_id, list_id=s.list_id,
-            unsubscribe_url=links["unsubscribe_url"],
-            unsubscribe_mailto=f"mailto:unsubscribe@{self.domain}?subject=unsubscribe%20{sub.id}",
+            unsubscribe_url=unsubscribe_url,
+            unsubscribe_mailto=f"mailto:unsubscribe@{self.domain}?subject=unsubscribe%20{delivery.subscriber_id}",
             feedback_id=self.feedback_id, reply_to=s.reply_to,
             extra_headers={"X-Digest-Delivery": str(delivery.id)},
         )
@@ -180,6 +194,18 @@ def _load(session: Session, ids: list[int]) -> list[tuple[Delivery, list[RenderI
     for delivery_id, item_id in carried:
         per_delivery[delivery_id].append(snapshots[item_id])
     return [(d, per_delivery[d.id]) for d in deliveries]
+
+
+def render_for_browser(session: Session, delivery_id: int,
+                       settings: Settings | None = None) -> str | None:
+    """The HTML of a delivery as it was mailed ("view in your browser"); None if it carried
+    nothing."""
+    loaded = _load(session, [delivery_id])
+    if not loaded or not loaded[0][1]:
+        return None
+    delivery, items = loaded[0]
+    return MessageFactory(settings or get_settings()).render(
+        delivery, delivery.run, items, in_browser=True).html
 
 
 def _record(session: Session, delivery_id: int, **values) -> None:

@@ -17,22 +17,16 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from digest import deliver, taxonomy
 from digest import select as selection
-from digest import taxonomy
 from digest.errors import TokenError, ValidationError
-from digest.subscribers import canonical_email as normalise_address
 from digest.models import (
-    Delivery,
     Item,
-    RunKind,
     Subscriber,
     SubscriberStatus,
     utcnow,
 )
-from digest.render import Recipient, get_renderer, render_items_from_models
-from digest.settings import Settings
 from digest.subscribers import (
-    with_filters,
     WEEKDAYS,
     check_choice,
     check_hour,
@@ -42,7 +36,9 @@ from digest.subscribers import (
     set_status,
     unsubscribe,
     upsert_subscriber,
+    with_filters,
 )
+from digest.subscribers import canonical_email as normalise_address
 from digest.tokens import links_for, read_token, subscriber_from_token, subscriber_token
 from digest.web.csrf import check_csrf, make_csrf, subject_for
 from digest.web.deps import FormDep, SessionDep, get_settings
@@ -456,18 +452,8 @@ def view_in_browser(request: Request, token: str, session: SessionDep):
             raise TokenError("this link is not valid")
     except TokenError as exc:
         return _link_problem(request, exc)
-    delivery = session.scalars(
-        select(Delivery)
-        .where(Delivery.id == delivery_id)
-        .options(
-            selectinload(Delivery.subscriber),
-            selectinload(Delivery.run),
-            selectinload(Delivery.items).selectinload(Item.themes),
-            selectinload(Delivery.items).selectinload(Item.locations),
-            selectinload(Delivery.items).selectinload(Item.content_type),
-        )
-    ).one_or_none()
-    if delivery is None or not delivery.items:
+    html = deliver.render_for_browser(session, delivery_id, s)
+    if html is None:
         return page(
             request,
             "message.html",
@@ -475,30 +461,7 @@ def view_in_browser(request: Request, token: str, session: SessionDep):
             heading="Nothing to show",
             message="This email is no longer available, or it had no items.",
         )
-    return HTMLResponse(render_delivery(delivery, s))
-
-
-def render_delivery(delivery: Delivery, settings: Settings) -> str:
-    """The HTML of a delivery as it was mailed (same templates, same links)."""
-    sub = delivery.subscriber
-    links = links_for(sub.id, settings)
-    recipient = Recipient(
-        subscriber_id=sub.id,
-        email=delivery.email,
-        group_by=sub.group_by,
-        manage_url=links["manage_url"],
-        unsubscribe_url=links["unsubscribe_url"],
-        timezone=sub.timezone,
-    )
-    single = delivery.run.kind == RunKind.immediate.value and len(delivery.items) == 1
-    context = {}
-    dates = [it.published_at.date() for it in delivery.items if it.published_at]
-    if dates and not single:
-        context = {"period_start": min(dates), "period_end": max(dates)}
-    rendered = get_renderer("alert" if single else "digest", settings).render(
-        recipient, render_items_from_models(delivery.items), **context
-    )
-    return rendered.html
+    return HTMLResponse(html)
 
 
 @router.get("/healthz")
