@@ -116,11 +116,11 @@ class MessageFactory:
         self.feedback_id = f"digest:{settings.list_id.split('<')[-1].strip('> ')}:newsroom"
 
     def render(self, delivery: Delivery, run: DigestRun, items: Sequence[RenderItem], *,
-               in_browser: bool = False) -> RenderedEmail:
+               in_browser: bool = False, links: dict[str, str] | None = None) -> RenderedEmail:
         """The personal part: the reader's links, choices and items in the run's template."""
         s = self.settings
         sub = delivery.subscriber
-        links = links_for(sub.id, s)
+        links = links or links_for(sub.id, s)
         themes = tuple(dict.fromkeys(t.name for f in sub.filters for t in f.themes))
         places = tuple(dict.fromkeys(loc.name for f in sub.filters for loc in f.locations))
         recipient = Recipient(subscriber_id=sub.id, email=delivery.email, group_by=sub.group_by,
@@ -140,8 +140,9 @@ class MessageFactory:
               items: Sequence[RenderItem]) -> tuple[str, bytes]:
         """(Message-ID, the bytes to send) for one delivery, signed when DKIM is configured."""
         s = self.settings
-        rendered = self.render(delivery, run, items)
-        unsubscribe_url = links_for(delivery.subscriber_id, s)["unsubscribe_url"]
+        links = links_for(delivery.subscriber_id, s)  # signed once, used in body and headers
+        rendered = self.render(delivery, run, items, links=links)
+        unsubscribe_url = links["unsubscribe_url"]
         # Stable per delivery: a retried send carries the same Message-ID.
         message_id = make_message_id(f"digest.{run.id}.{delivery.id}", self.domain)
         data = build_message(
