@@ -181,9 +181,7 @@ class SubscriberAdmin(ModelView, model=Subscriber):
 
     @staticmethod
     def _with_filters(stmt):
-        return stmt.options(
-            *subscribers.with_filters()
-        )
+        return stmt.options(*subscribers.with_filters())
 
     def list_query(self, request: Request):
         return self._with_filters(select(Subscriber))
@@ -197,33 +195,14 @@ class SubscriberAdmin(ModelView, model=Subscriber):
         confirmation_message="Send nothing more to the selected addresses?",
     )
     async def suppress(self, request: Request) -> Response:
-        ids = _ids(request)
-
-        def work() -> None:
-            with _session(self) as session:
-                for email in session.scalars(
-                    select(Subscriber.email).where(Subscriber.id.in_(ids))
-                ):
-                    subscribers.suppress(session, email, "admin", "suppressed in the admin")
-                session.commit()
-
-        await anyio.to_thread.run_sync(work)
-        return _back(request, self)
+        return await _change_addresses(
+            self, request, Subscriber,
+            lambda session, email: subscribers.suppress(session, email, "admin",
+                                                        "suppressed in the admin"))
 
     @action(name="unsuppress", label="Unsuppress")
     async def unsuppress(self, request: Request) -> Response:
-        ids = _ids(request)
-
-        def work() -> None:
-            with _session(self) as session:
-                for email in session.scalars(
-                    select(Subscriber.email).where(Subscriber.id.in_(ids))
-                ):
-                    subscribers.unsuppress(session, email)
-                session.commit()
-
-        await anyio.to_thread.run_sync(work)
-        return _back(request, self)
+        return await _change_addresses(self, request, Subscriber, subscribers.unsuppress)
 
     @action(name="preferences", label="Open preferences page", add_in_list=False)
     async def preferences(self, request: Request) -> Response:
@@ -428,18 +407,22 @@ class SuppressionAdmin(ModelView, model=Suppression):
         confirmation_message="Allow email to the selected addresses again?",
     )
     async def unsuppress(self, request: Request) -> Response:
-        ids = _ids(request)
+        return await _change_addresses(self, request, Suppression, subscribers.unsuppress)
 
-        def work() -> None:
-            with _session(self) as session:
-                for email in session.scalars(
-                    select(Suppression.email).where(Suppression.id.in_(ids))
-                ):
-                    subscribers.unsuppress(session, email)
-                session.commit()
 
-        await anyio.to_thread.run_sync(work)
-        return _back(request, self)
+async def _change_addresses(view, request: Request, model, change) -> Response:
+    """Apply ``change(session, email)`` to the addresses of the selected rows of ``model``
+    (in a worker thread: the session is synchronous), then go back to the list."""
+    ids = _ids(request)
+
+    def work() -> None:
+        with _session(view) as session:
+            for email in session.scalars(select(model.email).where(model.id.in_(ids))):
+                change(session, email)
+            session.commit()
+
+    await anyio.to_thread.run_sync(work)
+    return _back(request, view)
 
 
 VIEWS = [SubscriberAdmin, ItemAdmin, RunAdmin, DeliveryAdmin, SuppressionAdmin]
