@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from digest import taxonomy
@@ -210,6 +210,20 @@ def cancel_planned(session: Session, subscriber_id: int) -> int:
                Delivery.status.in_([DeliveryStatus.pending.value, DeliveryStatus.deferred.value]))
         .values(status=DeliveryStatus.cancelled.value, updated_at=utcnow(),
                 smtp_reply="cancelled: subscriber left or was suppressed")
+    )
+    return result.rowcount or 0
+
+
+def purge_unconfirmed(session: Session, older_than: timedelta = timedelta(days=8),
+                      now: datetime | None = None) -> int:
+    """Forget addresses that asked to subscribe and never confirmed (their link has expired).
+
+    Keeping them would keep personal data nobody consented to; they can simply ask again.
+    """
+    cutoff = (now or utcnow()) - older_than
+    result = session.execute(
+        delete(Subscriber).where(Subscriber.status == SubscriberStatus.pending.value,
+                                 Subscriber.created_at < cutoff)
     )
     return result.rowcount or 0
 

@@ -285,3 +285,19 @@ def test_an_operator_may_pick_archive_items_for_an_adhoc_send(session, taxo):
     adhoc = plan_adhoc_run(session, AdhocQuery(item_ids=(archive.id,)))
     assert carried(session, scheduled.run_id)["p@example.org"] == set()
     assert carried(session, adhoc.run_id)["p@example.org"] == {"archive"}
+
+
+def test_unconfirmed_addresses_are_forgotten_once_their_link_has_expired(session, taxo):
+    from digest.subscribers import purge_unconfirmed
+
+    old = make_subscriber(session, "old-pending@example.org", status="pending")
+    old.created_at = T0 - timedelta(days=9)
+    fresh = make_subscriber(session, "new-pending@example.org", status="pending")
+    fresh.created_at = T0 - timedelta(days=1)
+    active = make_subscriber(session, "active@example.org")
+    active.created_at = T0 - timedelta(days=90)
+    session.commit()
+    assert purge_unconfirmed(session, now=T0) == 1
+    session.commit()
+    assert sorted(session.scalars(select(Subscriber.email))) == ["active@example.org",
+                                                                "new-pending@example.org"]

@@ -50,6 +50,7 @@ def configure(settings: Settings | None = None) -> Celery:
             "tick": {"task": "digest.tick", "schedule": crontab(minute="*/5")},
             "retry-deferred": {"task": "digest.retry_deferred", "schedule": 60.0},
             "recover-leases": {"task": "digest.recover_leases", "schedule": 120.0},
+            "purge-unconfirmed": {"task": "digest.purge_unconfirmed", "schedule": crontab(minute=17, hour=3)},
         },
     )
     return app

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from digest import deliver, ingest, select
+from digest import deliver, ingest, select, subscribers
 from digest.db import session_scope
 from digest.settings import get_settings
 from workers.celery_app import app
@@ -69,6 +69,12 @@ def recover_leases() -> int:
         recovered = deliver.recover_expired_leases(session)
     enqueue_deliveries(recovered)
     return len(recovered)
+
+
+@app.task(name="digest.purge_unconfirmed", **TASK_OPTIONS)
+def purge_unconfirmed() -> int:
+    with session_scope() as session:
+        return subscribers.purge_unconfirmed(session)
 
 
 @app.task(name="digest.item_published", **TASK_OPTIONS)
