@@ -34,8 +34,10 @@ def configure(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_retry_on_worker_lost=True,
-        task_soft_time_limit=240,
-        task_time_limit=300,
+        # A task never outlives the lease on the rows it claimed: otherwise lease recovery
+        # could hand a slow but living batch to a second worker and send twice.
+        task_soft_time_limit=max(int(s.lease_seconds * 0.8), 1),
+        task_time_limit=s.lease_seconds,
         worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=1000,
         task_serializer="json",
@@ -50,7 +52,8 @@ def configure(settings: Settings | None = None) -> Celery:
             "tick": {"task": "digest.tick", "schedule": crontab(minute="*/5")},
             "retry-deferred": {"task": "digest.retry_deferred", "schedule": 60.0},
             "recover-leases": {"task": "digest.recover_leases", "schedule": 120.0},
-            "purge-unconfirmed": {"task": "digest.purge_unconfirmed", "schedule": crontab(minute=17, hour=3)},
+            "purge-unconfirmed": {"task": "digest.purge_unconfirmed",
+                                  "schedule": crontab(minute=17, hour=3)},
         },
     )
     return app
