@@ -333,13 +333,18 @@ def requeue_failed(session: Session, delivery_ids: list[int]) -> int:
     return res.rowcount or 0
 
 
+def runs_progress(session: Session, run_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Delivery counts by status (and ``total``) for each run, in one grouped query."""
+    counts: dict[int, dict[str, int]] = {run_id: {} for run_id in run_ids}
+    for run_id, status, n in session.execute(
+            select(Delivery.run_id, Delivery.status, func.count())
+            .where(Delivery.run_id.in_(run_ids)).group_by(Delivery.run_id, Delivery.status)):
+        counts[run_id][status] = n
+    return {run_id: c | {"total": sum(c.values())} for run_id, c in counts.items()}
+
+
 def run_progress(session: Session, run_id: int) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for status, n in session.execute(select(Delivery.status, func.count())
-                                     .where(Delivery.run_id == run_id).group_by(Delivery.status)):
-        counts[status] = n
-    counts["total"] = sum(counts.values())
-    return dict(counts)
+    return runs_progress(session, [run_id])[run_id]
 
 
 def batches(ids: list[int], size: int) -> list[list[int]]:

@@ -28,7 +28,7 @@ from limits.strategies import MovingWindowRateLimiter
 from sqladmin import Admin, ModelView, action
 from sqladmin.authentication import AuthenticationBackend
 from sqladmin.filters import OperationColumnFilter, StaticValuesFilter
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -297,17 +297,10 @@ class RunAdmin(ModelView, model=DigestRun):
 
     def _attach_progress(self, runs: list[DigestRun]) -> None:
         """One grouped query for the whole page, not one per run."""
-        ids = [r.id for r in runs]
-        counts: dict[int, dict[str, int]] = {i: {} for i in ids}
         with _session(self) as session:
-            for run_id, status, n in session.execute(
-                select(Delivery.run_id, Delivery.status, func.count())
-                .where(Delivery.run_id.in_(ids))
-                .group_by(Delivery.run_id, Delivery.status)
-            ):
-                counts[run_id][status] = n
+            progress = deliver.runs_progress(session, [r.id for r in runs])
         for run in runs:
-            run._progress = counts[run.id] | {"total": sum(counts[run.id].values())}
+            run._progress = progress[run.id]
 
     async def list(self, request: Request):
         pagination = await super().list(request)

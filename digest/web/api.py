@@ -585,7 +585,8 @@ def create_run(body: RunIn, response: Response, session: SessionDep):
 @router.get("/runs", response_model=list[RunOut], tags=["runs"])
 def list_runs(session: SessionDep, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50):
     runs = session.scalars(select(DigestRun).order_by(DigestRun.id.desc()).limit(limit)).all()
-    return [RunOut.of(r, deliver.run_progress(session, r.id)) for r in runs]
+    progress = deliver.runs_progress(session, [r.id for r in runs])
+    return [RunOut.of(r, progress[r.id]) for r in runs]
 
 
 @router.get(
