@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -74,7 +75,8 @@ def worker(request, sink, tmp_path_factory):
             proc.kill()
             pytest.fail(f"worker did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
-    yield {"url": url, "kind": request.param, "log": log, "pid": proc.pid}
+    yield {"url": url, "kind": request.param, "log": log, "pid": proc.pid, "queue": queue,
+           "name": f"{queue}@{socket.gethostname()}"}
     proc.terminate()
     try:
         proc.wait(timeout=20)
@@ -93,6 +95,9 @@ def worker(request, sink, tmp_path_factory):
 def data(worker, sink):
     """Fresh rows for each test: three subscribers with different filters."""
     url = worker["url"]
+    # A test may end as soon as the mail arrives, while its task is still recording the
+    # outcome; wiping tables under that transaction would deadlock on PostgreSQL.
+    _wait_for_idle_worker(worker)
     if worker["kind"] == "postgresql":
         _truncate_pg(url)
     else:
@@ -114,6 +119,22 @@ def data(worker, sink):
     session.commit()
     yield session
     session.close()
+
+
+def _wait_for_idle_worker(worker, timeout=60.0):
+    from workers.celery_app import app
+
+    deadline = time.monotonic() + timeout
+    quiet_polls = 0
+    while quiet_polls < 2:
+        assert time.monotonic() < deadline, f"worker still busy:\n{worker['log'].read_text()[-2000:]}"
+        inspect = app.control.inspect(destination=[worker["name"]], timeout=1.0)
+        busy = [*((inspect.active() or {}).get(worker["name"], [None])),
+                *((inspect.reserved() or {}).get(worker["name"], []))]
+        with app.connection_for_write() as conn:
+            queued = conn.default_channel.client.llen(worker["queue"])
+        quiet_polls = quiet_polls + 1 if not busy and not queued else 0
+        time.sleep(0.1)
 
 
 def _wait_until(session, predicate, timeout=60.0):
