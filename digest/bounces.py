@@ -18,7 +18,8 @@ address" removes anyone at once):
 - ``policy``: 5.7.x. The receiving server refused us (authentication, reputation, content
   rules), not the address: recorded and reported, never suppressed.
 - ``soft``: delayed, 4.x.x and every other 5.x.x (mailbox full, system errors). Each
-  delivery that soft-bounces adds one to the subscriber's ``soft_bounces``; at
+  delivery that soft-bounces counts once toward the subscriber's ``soft_bounces``, which
+  holds the digests that soft-bounced within ``settings.soft_bounce_window_days``; at
   ``settings.soft_bounce_threshold`` the address is suppressed (reason ``soft_bounces``).
 
 Every bounce is a ``bounces`` row, unique on (delivery, status code, hash of the report's
@@ -30,15 +31,19 @@ changes nothing either.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email
 import email.errors
 import email.parser
 import email.policy
 import hashlib
 import mailbox
+import quopri
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from email.message import Message
 from email.utils import getaddresses
 from pathlib import Path
@@ -188,7 +193,7 @@ def parse_report(raw: bytes) -> DeliveryStatusReport | None:
         report = _find_report(msg)
         if report is None:
             return None
-        blocks = _status_blocks(report)
+        blocks = _status_blocks(report, raw)
         # Per-message fields come first and never carry Action or Status.
         recipients = [r for r in (_recipient(b) for b in blocks) if r is not None]
         returned = _returned_headers(report)
@@ -220,18 +225,47 @@ def _find_report(msg: Message) -> Message | None:
     return None
 
 
-def _status_blocks(report: Message) -> list[Message]:
+def _status_blocks(report: Message, raw: bytes) -> list[Message]:
     """Per-message fields first, then one block per recipient."""
     for part in report.get_payload():
         if part.get_content_type() not in ("message/delivery-status", "message/global-delivery-status"):
             continue
         payload = part.get_payload()
-        if isinstance(payload, list):  # the parser splits message/delivery-status into blocks
+        encoding = _clean(part.get("Content-Transfer-Encoding")).lower()
+        if encoding in ("base64", "quoted-printable"):
+            # Some MTAs (Exchange among them) encode the report. The parser has already split
+            # the still-encoded text into bogus blocks, so decode the part's raw body instead.
+            text = _decode_transfer(_raw_part_body(raw, report.get_boundary(), part), encoding)
+        elif isinstance(payload, list):  # the parser splits message/delivery-status into blocks
             return payload
-        text = payload if isinstance(payload, str) else ""
+        else:
+            text = payload if isinstance(payload, str) else ""
         parser = email.parser.HeaderParser(policy=email.policy.compat32)
         return [parser.parsestr(block) for block in re.split(r"\r?\n\s*\r?\n", text.strip())]
     raise BounceError("the report has no message/delivery-status part (RFC 3464 section 2.1)")
+
+
+def _raw_part_body(raw: bytes, boundary: str | None, part: Message) -> str:
+    """The undecoded body of ``part`` as it stands in ``raw``, found between the report's
+    boundaries by its content type."""
+    wanted = part.get_content_type().encode()
+    if boundary:
+        delimiter = re.compile(rb"\r?\n--" + re.escape(boundary.encode("ascii", "replace")))
+        for section in delimiter.split(raw):
+            headers, sep, body = section.lstrip(b"\r\n").replace(b"\r\n", b"\n").partition(b"\n\n")
+            if sep and re.search(rb"(?im)^content-type:\s*" + re.escape(wanted) + rb"\b", headers):
+                return body.decode("ascii", "replace")
+    raise BounceError("the encoded delivery-status part could not be located in the message")
+
+
+def _decode_transfer(encoded: str, encoding: str) -> str:
+    data = encoded.encode("ascii", "replace")
+    try:
+        raw = base64.b64decode(data) if encoding == "base64" else quopri.decodestring(data)
+    except binascii.Error as exc:
+        raise BounceError(f"the delivery-status part is not valid {encoding}: {exc}") from exc
+    # message/global-delivery-status is UTF-8 (RFC 6533); plain reports are ASCII.
+    return raw.decode("utf-8", "replace")
 
 
 def _clean(value: str | None) -> str:
@@ -432,8 +466,14 @@ def _count_soft(session: Session, sub: Subscriber, delivery: Delivery, bounce_id
         Bounce.delivery_id == delivery.id, Bounce.kind == SOFT, Bounce.id != bounce_id))
     if earlier:
         return "a soft bounce of a digest already counted: not counted again", False
-    session.execute(update(Subscriber).where(Subscriber.id == sub.id)
-                    .values(soft_bounces=Subscriber.soft_bounces + 1))
+    # Counted afresh from the reports of the window, not incremented: a reader whose mailbox
+    # was full last spring starts from zero, and a re-count can never drift.
+    since = utcnow() - timedelta(days=settings.soft_bounce_window_days)
+    recent = session.scalar(
+        select(func.count(func.distinct(Bounce.delivery_id)))
+        .join(Delivery, Delivery.id == Bounce.delivery_id)
+        .where(Delivery.subscriber_id == sub.id, Bounce.kind == SOFT, Bounce.created_at >= since))
+    session.execute(update(Subscriber).where(Subscriber.id == sub.id).values(soft_bounces=recent))
     session.refresh(sub, ["soft_bounces"])
     threshold = settings.soft_bounce_threshold
     if sub.soft_bounces >= threshold:

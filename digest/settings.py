@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     max_attempts: int = 6
     retry_base_seconds: int = 60
     soft_bounce_threshold: int = 3
+    soft_bounce_window_days: int = 30
 
     # Paths
     templates_dir: Path = PROJECT_ROOT / "templates"

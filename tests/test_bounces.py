@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, update
 from sqlalchemy.orm import Session
 
 from digest.bounces import (
@@ -25,7 +25,7 @@ from digest.bounces import (
 )
 from digest.deliver import send_deliveries
 from digest.errors import BounceError, ValidationError
-from digest.models import Bounce, Delivery, DigestRun, Subscriber, Suppression
+from digest.models import Bounce, Delivery, DigestRun, Subscriber, Suppression, utcnow
 from digest.select import plan_scheduled_run
 from tests.factories import T0, Taxo, make_item, make_subscriber
 
@@ -149,6 +149,23 @@ def test_delayed_reports_count_per_digest_and_suppress_at_the_threshold(session,
     assert state(session, "full@example.com") == ("suppressed", 3, "soft_bounces")
 
 
+def test_soft_bounces_older_than_the_window_age_out_of_the_count(session, settings, sent_run):
+    assert settings.soft_bounce_window_days == 30
+    sub = sent_run["full@example.com"]
+    add_sent_delivery(session, 8, 202, sub)
+    add_sent_delivery(session, 9, 302, sub)
+    session.commit()
+    process(session, DELAYED_4_2_2.read_bytes())
+    process(session, sample(DELAYED_4_2_2, **{"+102@": "+202@"}))
+    assert state(session, "full@example.com") == ("active", 2, None)
+    # Those two were reported 31 days ago: a third one now is the only one in the window.
+    session.execute(update(Bounce).values(created_at=utcnow() - timedelta(days=31)))
+    session.commit()
+    third = process(session, sample(DELAYED_4_2_2, **{"+102@": "+302@"}))
+    assert not third.suppressed and "1 of 3" in third.reason
+    assert state(session, "full@example.com") == ("active", 1, None)
+
+
 def test_a_digest_delayed_then_given_up_on_is_one_soft_bounce(session, sent_run):
     process(session, DELAYED_4_2_2.read_bytes())
     expired = sample(DELAYED_4_2_2, **{"Action: delayed": "Action: failed",
@@ -266,11 +283,45 @@ def test_raw_8bit_bytes_in_the_returned_headers_still_match_the_message_id(sessi
     assert (outcome.matched_by, outcome.delivery_id) == ("message-id", 104)
 
 
+def _encode_status_part(path: Path, encoding: str) -> bytes:
+    """The sample with its message/delivery-status part sent base64 or quoted-printable,
+    as Exchange and some gateways send it."""
+    import base64
+    import quopri
+
+    text = path.read_text()
+    head, sep, rest = text.partition("Content-Type: message/delivery-status\n\n")
+    assert sep
+    body, boundary, tail = rest.partition("\n--")
+    raw = body.encode()
+    encoded = (base64.encodebytes(raw) if encoding == "base64"
+               else quopri.encodestring(raw, quotetabs=True)).decode()
+    return (head + f"Content-Type: message/delivery-status\nContent-Transfer-Encoding: {encoding}\n\n"
+            + encoded + boundary + tail).encode()
+
+
+@pytest.mark.parametrize("encoding", ["base64", "quoted-printable"])
+def test_an_encoded_delivery_status_part_reads_as_the_plain_report(session, sent_run, encoding):
+    plain = parse_report(HARD_5_1_1.read_bytes())
+    encoded_raw = _encode_status_part(HARD_5_1_1, encoding)
+    assert b"Status: 5.1.1" not in encoded_raw or encoding == "quoted-printable"
+    encoded = parse_report(encoded_raw)
+    assert encoded.recipients == plain.recipients
+    # The same report hashes the same, so a plain copy of it later is a duplicate.
+    assert encoded.report_hash == plain.report_hash
+    outcome = process(session, encoded_raw)
+    assert (outcome.result, outcome.kind, outcome.delivery_id) == ("recorded", "hard", 101)
+    assert state(session, "gone@example.net") == ("suppressed", 0, "hard_bounce")
+    assert process(session, HARD_5_1_1.read_bytes()).result == "duplicate"
+
+
 def test_unreadable_bounce_messages_raise_clear_errors_and_write_nothing(session, sent_run):
     no_status_part = sample(HARD_5_1_1, **{"Content-Type: message/delivery-status":
                                            "Content-Type: text/plain"})
     no_recipient = sample(HARD_5_1_1, **{"Action: failed\n": "", "Status: 5.1.1\n": ""})
+    bad_base64 = _encode_status_part(HARD_5_1_1, "base64").replace(b"UmVwb3J0aW5n", b"UmVwb3J0aW5", 1)
     cases = [
+        (bad_base64, "not valid base64"),
         (b"", "empty"),
         (b"   \r\n", "empty"),
         (b"X" * (MAX_BOUNCE_BYTES + 1), "more than"),
