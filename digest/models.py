@@ -99,6 +99,7 @@ class DeliveryStatus(str, enum.Enum):
     failed = "failed"
     skipped = "skipped"  # nothing matched: an empty digest is not sent
     cancelled = "cancelled"  # subscriber left or was suppressed before it went out
+    dry_run = "dry_run"  # a dry run's row: what would have been sent; nothing sends it
 
 
 # --- taxonomy -----------------------------------------------------------------------------

@@ -151,7 +151,7 @@ class PlannedRun:
     created: bool  # False: the slot already had its run; nothing new was planned
     planned: int = 0  # deliveries with at least one item
     skipped: int = 0  # empty digests, recorded and not sent
-    pending_ids: list[int] = field(default_factory=list)
+    pending_ids: list[int] = field(default_factory=list)  # a dry run: the rows it would send
     dry_run: bool = False
 
 
@@ -181,9 +181,16 @@ def _finish_planning(session: Session, run: DigestRun) -> PlannedRun:
         .where(Delivery.run_id == run.id, Delivery.item_count == 0)
         .values(status=DeliveryStatus.skipped.value, smtp_reply="skipped: no new items matched")
     )
+    if run.dry_run:
+        # Marked apart so progress counts and the delivery log never show them as waiting.
+        session.execute(update(Delivery)
+                        .where(Delivery.run_id == run.id, Delivery.status == DeliveryStatus.pending.value)
+                        .values(status=DeliveryStatus.dry_run.value,
+                                smtp_reply="dry run: would have been sent"))
+    wanted = DeliveryStatus.dry_run.value if run.dry_run else DeliveryStatus.pending.value
     pending_ids = list(session.scalars(
-        select(Delivery.id).where(Delivery.run_id == run.id,
-                                  Delivery.status == DeliveryStatus.pending.value).order_by(Delivery.id)
+        select(Delivery.id).where(Delivery.run_id == run.id, Delivery.status == wanted)
+        .order_by(Delivery.id)
     ))
     skipped = session.scalar(select(func.count()).where(
         Delivery.run_id == run.id, Delivery.status == DeliveryStatus.skipped.value))

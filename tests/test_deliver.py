@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from digest.deliver import (
+    due_for_retry,
     enhanced_status,
     recover_expired_leases,
     requeue_failed,
@@ -194,3 +195,13 @@ def test_a_dry_runs_rows_are_never_sent(session, smtp_sink):
     assert send_deliveries(planned.pending_ids).claimed == 0
     assert session.get(DigestRun, planned.run_id).status == "done"
     assert smtp_sink.messages == []
+    # Progress and the log say what would have gone out, not that something is waiting.
+    session.expire_all()
+    assert run_progress(session, planned.run_id) == {"dry_run": 1, "total": 1}
+    row = session.get(Delivery, planned.pending_ids[0])
+    assert (row.status, row.item_count, row.attempts) == ("dry_run", 1, 0)
+    # Nor will the retry or lease-recovery sweeps ever pick it up.
+    later = utcnow() + timedelta(days=1)
+    assert recover_expired_leases(session, now=later) == []
+    assert due_for_retry(session, now=later) == []
+    assert requeue_failed(session, planned.pending_ids) == 0
