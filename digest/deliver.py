@@ -27,7 +27,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from digest import db
-from digest.errors import DigestError, PermanentDeliveryError, TemporaryDeliveryError
+from digest.errors import ConfigError, DigestError, PermanentDeliveryError, TemporaryDeliveryError
 from digest.mail import DkimSigner, build_message, make_message_id
 from digest.models import (
     Delivery,
@@ -239,7 +239,14 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
         run_ids = {d.run_id for d, _ in deliveries}
         with (transport or transport_from_settings(settings)) as conn:
             for delivery, items in deliveries:
-                outcome = _send_one(session, conn, factory, delivery, items, suppressed, settings)
+                try:
+                    outcome = _send_one(session, conn, factory, delivery, items, suppressed, settings)
+                except ConfigError as exc:
+                    # The SMTP set-up is wrong, not the recipient: every row not yet sent goes
+                    # back, due later, with the reason in the log; the error reaches the operator.
+                    _put_back(session, [d for d, _ in deliveries if d.id not in result.outcomes],
+                              f"not sent: {exc}", settings)
+                    raise
                 result.outcomes[delivery.id] = outcome
                 setattr(result, outcome, getattr(result, outcome) + 1)
         for run_id in run_ids:
@@ -248,6 +255,22 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
         return result
     finally:
         session.close()
+
+
+def _put_back(session: Session, deliveries: list[Delivery], reason: str, settings: Settings) -> None:
+    now = utcnow()
+    table = Delivery.__table__
+    for delivery in deliveries:
+        if delivery.attempts >= settings.max_attempts:
+            values = {"status": DeliveryStatus.failed.value,
+                      "smtp_reply": f"gave up after {delivery.attempts} attempts: {reason}"}
+        else:
+            values = {"status": DeliveryStatus.deferred.value, "smtp_reply": reason,
+                      "next_attempt_at": now + retry_delay(delivery.attempts, settings)}
+        session.execute(update(table).where(table.c.id == delivery.id,
+                                            table.c.status == DeliveryStatus.sending.value)
+                        .values(lease_until=None, updated_at=now, **values))
+    session.commit()
 
 
 def _send_one(session: Session, conn: Transport, factory: MessageFactory, delivery: Delivery,

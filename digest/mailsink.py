@@ -12,14 +12,18 @@ import asyncio
 import email
 import email.message
 import email.policy
+import hmac
+import ssl
 import threading
 import time
+import warnings
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from digest.errors import ValidationError
 
@@ -33,6 +37,8 @@ class ReceivedMessage:
     rcpt_tos: list[str]
     data: bytes
     path: Path | None
+    tls: bool = False  # came over TLS (STARTTLS or implicit)
+    login: str | None = None  # the AUTH login the client used, if any
 
     def parsed(self) -> email.message.EmailMessage:
         return email.message_from_bytes(self.data, policy=email.policy.default)
@@ -76,8 +82,11 @@ class _Handler:
         return "221 2.0.0 Bye"
 
     async def handle_DATA(self, server, session, envelope):
+        login = getattr(session.auth_data, "login", None)
         number = self.sink._store(
-            envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content
+            envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
+            tls=self.sink.implicit_tls or session.ssl is not None,
+            login=login.decode("utf-8", "replace") if isinstance(login, bytes) else login,
         )
         return f"250 2.0.0 OK: queued as {number}"
 
@@ -85,10 +94,20 @@ class _Handler:
 class MailSink:
     """An SMTP server on ``host:port`` (port 0: a free port, read ``.port`` after start)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, outbox: Path | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, outbox: Path | None = None, *,
+                 tls_context: ssl.SSLContext | None = None, implicit_tls: bool = False,
+                 logins: dict[str, str] | None = None):
+        """``tls_context`` (a server context with its certificate loaded) offers STARTTLS and
+        requires it before MAIL; with ``implicit_tls`` the connection is TLS from the first
+        byte instead (like port 465). ``logins`` (user: password) requires AUTH."""
+        if implicit_tls and tls_context is None:
+            raise ValueError("implicit_tls needs a tls_context")
         self.host = host
         self.port = port
         self.outbox = Path(outbox) if outbox is not None else None
+        self.tls_context = tls_context
+        self.implicit_tls = implicit_tls
+        self.logins = dict(logins) if logins is not None else None
         self.messages: list[ReceivedMessage] = []
         self.sessions = 0  # connections that said EHLO/HELO
         self.quits = 0  # connections the client closed politely with QUIT
@@ -111,11 +130,33 @@ class MailSink:
             server_hostname="digest-mailsink.localhost",  # no getfqdn() DNS lookup
             data_size_limit=DATA_SIZE_LIMIT,
             enable_SMTPUTF8=False,
+            **self._security_options(),
         )
         controller.start()
         self.port = controller.port
         self._controller = controller
         return self
+
+    def _security_options(self) -> dict:
+        options: dict = {}
+        if self.tls_context is not None and self.implicit_tls:
+            options["ssl_context"] = self.tls_context
+        elif self.tls_context is not None:
+            options.update(tls_context=self.tls_context, require_starttls=True)
+        if self.logins is not None:
+            options.update(authenticator=self._authenticate, auth_required=True,
+                           # aiosmtpd cannot tell an implicit-TLS socket from a plain one.
+                           auth_require_tls=not self.implicit_tls)
+        return options
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword) or self.logins is None:
+            return AuthResult(success=False, handled=False)
+        login = auth_data.login.decode("utf-8", "replace")
+        password = auth_data.password.decode("utf-8", "replace")
+        expected = self.logins.get(login)
+        ok = expected is not None and hmac.compare_digest(expected, password)
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
     def stop(self) -> None:
         if self._controller is not None:
@@ -179,7 +220,8 @@ class MailSink:
             queue = self._scripts.get(rcpt.lower())
             return queue.popleft() if queue else None
 
-    def _store(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> int:
+    def _store(self, mail_from: str, rcpt_tos: list[str], data: bytes, *, tls: bool = False,
+               login: str | None = None) -> int:
         with self._lock:
             self._received += 1
             number = self._received
@@ -189,13 +231,19 @@ class MailSink:
             path = self.outbox / f"{stamp}-{number}.eml"
             path.write_bytes(data)
         with self._lock:
-            self.messages.append(ReceivedMessage(mail_from, rcpt_tos, data, path))
+            self.messages.append(ReceivedMessage(mail_from, rcpt_tos, data, path, tls, login))
             self._lock.notify_all()
         return number
 
 
 class _Controller(Controller):
     """Reads the real port back when port 0 asked the OS for a free one."""
+
+    def factory(self):
+        with warnings.catch_warnings():
+            # With implicit TLS, AUTH is over TLS; aiosmtpd only cannot see it (issue 281).
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+            return super().factory()
 
     def _trigger_server(self):
         if self.port == 0 and self.server is not None:

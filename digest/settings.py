@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_ssl: bool = False
     smtp_timeout: float = 30.0
+    smtp_tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that signed the SMTP server's certificate; "
+                    "default: the system's trusted CAs.")
 
     # Identity of the mail
     from_address: str = "OSCE Newsroom Digest <digest@newsroom.example.org>"

@@ -9,6 +9,7 @@ because it returns refused recipients instead of raising; the low-level ``mail()
 
 from __future__ import annotations
 
+import ipaddress
 import smtplib
 import ssl
 from collections import defaultdict, deque
@@ -54,7 +55,15 @@ class SMTPTransport:
                 "DIGEST_SMTP_SSL (implicit TLS, usually port 465) and DIGEST_SMTP_STARTTLS "
                 "(usually port 587) exclude each other; set only one"
             )
+        if (self.settings.smtp_user and not (self.settings.smtp_ssl or self.settings.smtp_starttls)
+                and not _is_loopback(self.settings.smtp_host)):
+            raise ConfigError(
+                f"DIGEST_SMTP_USER is set but neither DIGEST_SMTP_STARTTLS nor DIGEST_SMTP_SSL: "
+                f"the password would cross the network to {self.settings.smtp_host} in clear; "
+                "turn one of them on"
+            )
         self._conn: smtplib.SMTP | None = None
+        self._context: ssl.SSLContext | None = None
         self.connections_opened = 0
 
     def __enter__(self) -> SMTPTransport:
@@ -116,18 +125,24 @@ class SMTPTransport:
         try:
             if s.smtp_ssl:
                 conn = smtplib.SMTP_SSL(
-                    s.smtp_host, s.smtp_port, timeout=s.smtp_timeout,
-                    context=ssl.create_default_context(),
+                    s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=self._tls_context(),
                 )
             else:
                 conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
             conn.ehlo_or_helo_if_needed()
             if s.smtp_starttls:
-                conn.starttls(context=ssl.create_default_context())
+                conn.starttls(context=self._tls_context())
                 conn.ehlo()
             if s.smtp_user:
                 password = s.smtp_password.get_secret_value() if s.smtp_password else ""
                 conn.login(s.smtp_user, password)
+        except ssl.SSLCertVerificationError as exc:
+            _close_quietly(conn)
+            raise ConfigError(
+                f"the certificate of {self._where()} is not trusted: {exc.verify_message}; "
+                "give the CA that signed it in DIGEST_SMTP_TLS_CA_FILE, or fix DIGEST_SMTP_HOST "
+                "to the name on the certificate"
+            ) from exc
         except smtplib.SMTPNotSupportedError as exc:
             _close_quietly(conn)
             raise ConfigError(
@@ -157,6 +172,17 @@ class SMTPTransport:
         self._conn = conn
         self.connections_opened += 1
         return conn
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """Verifying context: the system's CAs, or only those in DIGEST_SMTP_TLS_CA_FILE."""
+        if self._context is None:
+            ca_file = self.settings.smtp_tls_ca_file
+            try:
+                self._context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot read DIGEST_SMTP_TLS_CA_FILE {str(ca_file)!r}: {exc}; "
+                                  "it must be a readable PEM file of CA certificates") from exc
+        return self._context
 
     def _refused(self, step: str, code: int, reply: bytes | str, rcpt: str) -> None:
         """Raise for a non-success reply, leaving the connection clean for the next send."""
@@ -250,6 +276,15 @@ def _text(reply: bytes | str) -> str:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _close_quietly(conn: smtplib.SMTP | None) -> None:

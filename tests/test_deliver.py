@@ -7,6 +7,7 @@ from datetime import timedelta
 from email import policy
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select, update
 
 from digest.deliver import (
@@ -17,6 +18,7 @@ from digest.deliver import (
     run_progress,
     send_deliveries,
 )
+from digest.errors import ConfigError
 from digest.models import Delivery, DigestRun, Subscriber, Suppression, utcnow
 from digest.select import plan_scheduled_run
 from digest.subscribers import unsubscribe
@@ -119,6 +121,32 @@ def test_connection_refused_defers_everything_and_loses_nothing(session, setting
     result = send_deliveries(planned.pending_ids, settings=settings)
     assert result.deferred == 2
     assert {d.status for d in _rows(session).values()} == {"deferred"}
+
+
+def test_a_refused_login_puts_the_batch_back_with_the_reason_and_raises(
+        session, settings, planned, monkeypatch, tls_files, server_tls_context):
+    from digest.mailsink import MailSink
+
+    with MailSink(tls_context=server_tls_context, logins={"digest": "s3cret"}) as tls_sink:
+        for name, value in {"smtp_port": tls_sink.port, "smtp_starttls": True,
+                            "smtp_tls_ca_file": tls_files["ca"], "smtp_user": "digest",
+                            "smtp_password": SecretStr("wrong")}.items():
+            monkeypatch.setattr(settings, name, value)
+        with pytest.raises(ConfigError, match="refused the login"):
+            send_deliveries(planned.pending_ids, settings=settings)
+        rows = _rows(session)
+        # Not stuck in 'sending' until the lease lapses: back in the queue, reason logged.
+        assert {d.status for d in rows.values()} == {"deferred"}
+        assert all("refused the login of 'digest'" in d.smtp_reply for d in rows.values())
+        assert all(d.next_attempt_at > utcnow() for d in rows.values())
+        # Once the operator fixes the password, the retry sends them.
+        monkeypatch.setattr(settings, "smtp_password", SecretStr("s3cret"))
+        again = send_deliveries(planned.pending_ids, now=utcnow() + timedelta(hours=1),
+                                settings=settings)
+        assert again.sent == 2
+        assert sorted(m.rcpt_tos[0] for m in tls_sink.wait_for(2)) == [
+            "one@example.org", "two@example.org"]
+        assert all(m.tls and m.login == "digest" for m in tls_sink.messages)
 
 
 def test_gives_up_after_the_maximum_attempts(session, smtp_sink, planned, settings, monkeypatch):

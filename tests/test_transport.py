@@ -222,6 +222,93 @@ def test_ssl_and_starttls_together_are_refused():
         SMTPTransport(smtp_settings(25, smtp_ssl=True, smtp_starttls=True))
 
 
+# --- TLS and AUTH against a real TLS server ---------------------------------------------
+
+
+def test_starttls_and_login_deliver_over_an_encrypted_authenticated_session(
+        tls_files, server_tls_context):
+    with MailSink(tls_context=server_tls_context, logins={"digest": "s3cret"}) as tls_sink:
+        settings = smtp_settings(tls_sink.port, smtp_starttls=True, smtp_tls_ca_file=tls_files["ca"],
+                                 smtp_user="digest", smtp_password="s3cret")
+        with SMTPTransport(settings) as transport:
+            assert transport.send(SENDER, "reader@example.org", MESSAGE).code == 250
+            assert transport.send(SENDER, "second@example.org", MESSAGE).code == 250
+            assert transport.connections_opened == 1
+        received = tls_sink.wait_for(2)
+    assert [(m.tls, m.login, m.data) for m in received] == [(True, "digest", MESSAGE)] * 2
+
+
+def test_implicit_tls_and_login_deliver(tls_files, server_tls_context):
+    with MailSink(tls_context=server_tls_context, implicit_tls=True,
+                  logins={"digest": "s3cret"}) as tls_sink:
+        settings = smtp_settings(tls_sink.port, smtp_ssl=True, smtp_tls_ca_file=tls_files["ca"],
+                                 smtp_user="digest", smtp_password="s3cret")
+        with SMTPTransport(settings) as transport:
+            assert transport.send(SENDER, "reader@example.org", MESSAGE).code == 250
+        [received] = tls_sink.wait_for(1)
+    assert (received.tls, received.login) == (True, "digest")
+
+
+def test_a_server_that_requires_starttls_refuses_a_plain_session_and_nothing_is_sent(
+        server_tls_context):
+    with MailSink(tls_context=server_tls_context) as tls_sink:
+        with SMTPTransport(smtp_settings(tls_sink.port)) as transport:
+            with pytest.raises(PermanentDeliveryError, match="STARTTLS"):
+                transport.send(SENDER, "reader@example.org", MESSAGE)
+        assert tls_sink.messages == []
+
+
+@pytest.mark.parametrize("mode", ["starttls", "ssl"])
+def test_a_certificate_from_an_untrusted_ca_is_a_configuration_error(
+        tls_files, server_tls_context, mode):
+    with MailSink(tls_context=server_tls_context, implicit_tls=mode == "ssl") as tls_sink:
+        settings = smtp_settings(tls_sink.port, smtp_tls_ca_file=tls_files["other_ca"],
+                                 **{f"smtp_{mode}": True})
+        with SMTPTransport(settings) as transport:
+            with pytest.raises(ConfigError, match="not trusted.*DIGEST_SMTP_TLS_CA_FILE"):
+                transport.send(SENDER, "reader@example.org", MESSAGE)
+        assert tls_sink.messages == []
+
+
+def test_a_certificate_for_another_name_is_a_configuration_error(tls_files, server_tls_context):
+    # The certificate names localhost and 127.0.0.1, not 127.0.0.2 (the same machine).
+    with MailSink(host="127.0.0.2", tls_context=server_tls_context) as tls_sink:
+        settings = Settings(smtp_host="127.0.0.2", smtp_port=tls_sink.port, smtp_timeout=5,
+                            smtp_starttls=True, smtp_tls_ca_file=tls_files["ca"])
+        with SMTPTransport(settings) as transport:
+            with pytest.raises(ConfigError, match="not trusted.*DIGEST_SMTP_HOST"):
+                transport.send(SENDER, "reader@example.org", MESSAGE)
+
+
+def test_a_wrong_password_is_a_configuration_error_and_nothing_is_sent(
+        tls_files, server_tls_context):
+    with MailSink(tls_context=server_tls_context, logins={"digest": "s3cret"}) as tls_sink:
+        settings = smtp_settings(tls_sink.port, smtp_starttls=True, smtp_tls_ca_file=tls_files["ca"],
+                                 smtp_user="digest", smtp_password="wrong")
+        with SMTPTransport(settings) as transport:
+            with pytest.raises(ConfigError, match="refused the login of 'digest'.*DIGEST_SMTP_PASSWORD"):
+                transport.send(SENDER, "reader@example.org", MESSAGE)
+        assert tls_sink.messages == []
+
+
+def test_an_unreadable_ca_file_is_a_configuration_error(tmp_path, sink):
+    missing = tmp_path / "no-such-ca.pem"
+    with SMTPTransport(smtp_settings(sink.port, smtp_starttls=True,
+                                     smtp_tls_ca_file=missing)) as transport:
+        with pytest.raises(ConfigError, match="DIGEST_SMTP_TLS_CA_FILE"):
+            transport.send(SENDER, "reader@example.org", MESSAGE)
+
+
+def test_a_password_is_never_sent_in_clear_to_a_remote_server():
+    settings = Settings(smtp_host="smtp.example.net", smtp_port=587, smtp_user="digest",
+                        smtp_password="s3cret")
+    with pytest.raises(ConfigError, match="DIGEST_SMTP_STARTTLS.*in clear"):
+        SMTPTransport(settings)
+    # Over TLS, or to this machine's own relay, it is fine.
+    SMTPTransport(settings.model_copy(update={"smtp_starttls": True}))
+    SMTPTransport(settings.model_copy(update={"smtp_host": "127.0.0.1"}))
+
+
 def test_transport_from_settings_reaches_the_smtp_sink_fixture(smtp_sink):
     with transport_from_settings() as transport:
         assert transport.send(SENDER, "reader@example.org", MESSAGE).code == 250
