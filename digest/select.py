@@ -328,6 +328,17 @@ def _insert_ledger(session: Session, run: DigestRun, item_filter: ColumnElement[
     )
 
 
+def _insert_unsent_items(session: Session, run: DigestRun, item_filter: ColumnElement[bool],
+                         window: Window | None) -> None:
+    """The pairs a real run would claim (not in the ledger yet), without claiming them."""
+    _no_jit(session)
+    pairs = _run_pairs(session, run, item_filter, window)
+    session.execute(insert(delivery_items).from_select(
+        ["delivery_id", "item_id"],
+        select(pairs.c.delivery_id, pairs.c.item_id).where(~exists().where(
+            SentItem.subscriber_id == pairs.c.subscriber_id, SentItem.item_id == pairs.c.item_id))))
+
+
 def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool]) -> None:
     s = Subscriber.__table__.c
     session.execute(
@@ -368,7 +379,12 @@ def plan_scheduled_run(session: Session, frequency: str, *, now: datetime | None
     if not created:
         return PlannedRun(run.id, False)
     _insert_deliveries(session, run, who)
-    _insert_ledger(session, run, true(), window_for(now, settings))
+    window = window_for(now, settings)
+    if dry_run:
+        # Counts only: the ledger and the watermarks stay as they are for the real run.
+        _insert_unsent_items(session, run, true(), window)
+        return _finish_planning(session, run)
+    _insert_ledger(session, run, true(), window)
     planned = _finish_planning(session, run)
     # The watermark only moves forward, and only for the people this run covered.
     session.execute(

@@ -120,6 +120,33 @@ def test_same_item_never_sent_twice_even_if_the_watermark_is_lost(session, taxo)
     assert session.scalar(select(func.count()).select_from(SentItem)) == 1
 
 
+def test_a_scheduled_dry_run_counts_but_leaves_the_ledger_and_watermarks_for_the_real_run(
+        session, taxo):
+    t = taxo
+    make_item(session, "old news", themes=[t.policing])
+    make_subscriber(session, "a@example.org", {"themes": [t.policing]})
+    session.commit()
+    first = plan_scheduled_run(session, "weekly", now=T0, everyone=True)
+    session.commit()
+    make_item(session, "fresh news", themes=[t.policing], ingested_at=T0 + timedelta(days=3))
+    session.commit()
+
+    later = T0 + timedelta(days=7)
+    dry = plan_scheduled_run(session, "weekly", now=later, everyone=True, dry_run=True)
+    session.commit()
+    # It says what the real run would carry: the new item only, the old one was sent.
+    assert (dry.dry_run, dry.planned) == (True, 1)
+    assert carried(session, dry.run_id) == {"a@example.org": {"fresh news"}}
+    assert session.scalar(select(func.count()).select_from(SentItem)) == 1
+    assert session.scalars(select(Subscriber.watermark)).one() == T0
+
+    real = plan_scheduled_run(session, "weekly", now=later, everyone=True)
+    session.commit()
+    assert real.planned == 1 and real.run_id not in (first.run_id, dry.run_id)
+    assert carried(session, real.run_id) == {"a@example.org": {"fresh news"}}
+    assert session.scalar(select(func.count()).select_from(SentItem)) == 2
+
+
 def test_archive_backfill_and_items_older_than_the_lookback_are_not_mailed(session, taxo):
     make_item(session, "backfill", backfill=True)
     make_item(session, "too old for a first digest", ingested_at=T0 - timedelta(days=8))
