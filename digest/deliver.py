@@ -5,7 +5,14 @@ State machine of a ``deliveries`` row::
     pending --claim--> sending --250--> sent
                           |----4xx / dropped connection--> deferred --(due)--> sending ...
                           |----5xx---------------------> failed   (5.1.x also suppresses)
+                          |----5.7.x at RCPT TO/DATA---> deferred until the domain's pause ends
     pending/deferred --subscriber left or suppressed--> cancelled
+    pending/deferred --its domain is paused--> deferred until the pause ends (not an attempt)
+
+A policy refusal (5.7.x: a block list, a reputation filter) is about us, not the address:
+the address is kept, and the recipient's domain is paused (``domain_pauses``) for
+``policy_pause_minutes``, so the rest of the batch and later batches do not knock again on a
+receiver that blocks us.
 
 A claim is a conditional UPDATE, so a task that runs twice (redelivered by the broker, or
 retried after a worker was lost) finds nothing left to claim and sends nothing twice. A
@@ -18,12 +25,14 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import case, exists, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
 from digest import db
@@ -33,6 +42,7 @@ from digest.models import (
     Delivery,
     DeliveryStatus,
     DigestRun,
+    DomainPause,
     Item,
     RunKind,
     RunStatus,
@@ -57,6 +67,8 @@ from digest.transport import Transport, transport_from_settings
 CLAIMABLE = (DeliveryStatus.pending.value, DeliveryStatus.deferred.value)
 UNFINISHED = (DeliveryStatus.pending.value, DeliveryStatus.sending.value, DeliveryStatus.deferred.value)
 _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+# How the transport words a refused transaction: "... refused a@b at RCPT TO: 550 5.7.1 ...".
+_REFUSED_AT = re.compile(r" at (RCPT TO|DATA): (\d{3}\b.*)\Z", re.S)
 
 
 @dataclass
@@ -79,6 +91,101 @@ def is_unknown_user(reply: str) -> bool:
     """5.1.x: the address does not exist; 5.7.x (policy) is not the address's fault."""
     code = enhanced_status(reply)
     return bool(code and code.startswith("5.1."))
+
+
+def refused_reply(message: str) -> str | None:
+    """The server's reply in a refusal at RCPT TO or DATA ("550 5.7.1 ..."); None for a
+    refusal of the session or of MAIL FROM, which is about our server, not the recipient's."""
+    match = _REFUSED_AT.search(message or "")
+    return match.group(2) if match else None
+
+
+def is_policy_refusal(reply: str | None) -> bool:
+    """5.7.x: the receiver refuses us on policy grounds (block list, reputation, DMARC)."""
+    code = enhanced_status(reply or "")
+    return bool(code and code.startswith("5.7."))
+
+
+def recipient_domain(email: str) -> str:
+    """The key of a domain pause: the part after the last '@', lower-case, as stored."""
+    return email.strip().rpartition("@")[2].strip().rstrip(".").lower()
+
+
+@dataclass(frozen=True)
+class Pause:
+    until: datetime
+    reason: str
+
+
+def active_pauses(session: Session, domains: set[str], now: datetime) -> dict[str, Pause]:
+    """The domains among ``domains`` paused at ``now``: one query for a whole batch."""
+    if not domains:
+        return {}
+    rows = session.execute(select(DomainPause.domain, DomainPause.paused_until, DomainPause.reason)
+                           .where(DomainPause.domain.in_(domains), DomainPause.paused_until > now))
+    return {domain: Pause(until, reason) for domain, until, reason in rows}
+
+
+def pause_domain(session: Session, domain: str, until: datetime, reason: str, *,
+                 delivery_id: int | None = None, now: datetime | None = None) -> datetime:
+    """Pause ``domain`` until ``until`` (a pause already running longer is kept); returns
+    when the pause ends. One upsert, so two workers refused at once leave one row."""
+    now = now or utcnow()
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        raise ConfigError(f"domain pauses need PostgreSQL or SQLite, not {dialect}")
+    table = DomainPause.__table__
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).values(
+        domain=recipient_domain(domain), paused_until=until, reason=reason, created_at=now,
+        delivery_id=delivery_id)
+    new = stmt.excluded
+    stmt = stmt.on_conflict_do_update(index_elements=[table.c.domain], set_={
+        "paused_until": case((table.c.paused_until > new.paused_until, table.c.paused_until),
+                             else_=new.paused_until),
+        "reason": new.reason,
+        "delivery_id": new.delivery_id,
+        # A pause that had run out is over: this one starts now.
+        "created_at": case((table.c.paused_until <= now, new.created_at),
+                           else_=table.c.created_at),
+    }).returning(table.c.paused_until)
+    return session.execute(stmt).scalar_one()
+
+
+def _domain_forms(domain: str) -> list[str]:
+    """The key of ``domain`` and its other IDNA form (xn--... or Unicode), if it has one."""
+    key = recipient_domain(domain)
+    forms = [key]
+    try:
+        other = key.encode("idna").decode("ascii") if not key.isascii() else (
+            key.encode("ascii").decode("idna") if "xn--" in key else key)
+    except UnicodeError:
+        other = key
+    if other.lower() != key:
+        forms.append(other.lower())
+    return forms
+
+
+def resume_domain(session: Session, domain: str,
+                  now: datetime | None = None) -> tuple[str, int] | None:
+    """Lift a domain's pause now (the caller commits). Its deliveries that were waiting for
+    the pause become due now, for the retry task to send. Returns (the domain as stored,
+    how many deliveries were made due), or None when the domain has no pause."""
+    now = now or utcnow()
+    pause = session.scalars(select(DomainPause).where(
+        DomainPause.domain.in_(_domain_forms(domain)))).first()
+    if pause is None:
+        return None
+    table = Delivery.__table__
+    due = session.execute(
+        update(table)
+        .where(table.c.status == DeliveryStatus.deferred.value,
+               table.c.email.endswith(f"@{pause.domain}", autoescape=True),
+               table.c.next_attempt_at > now, table.c.next_attempt_at <= pause.paused_until)
+        .values(next_attempt_at=now, updated_at=now)).rowcount or 0
+    key = pause.domain
+    session.delete(pause)
+    session.flush()
+    return key, due
 
 
 def retry_delay(attempts: int, settings: Settings) -> timedelta:
@@ -224,6 +331,8 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
     """Claim, render, send and record a batch over one SMTP connection. Safe to run twice."""
     settings = settings or get_settings()
     now = now or utcnow()
+    # The batch's clock: ``now`` as given (tests move it), advancing with real time.
+    offset = now - utcnow()
     result = BatchResult()
     session = db._sessionmaker(settings.database_url)()
     try:
@@ -235,12 +344,17 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
         deliveries = _load(session, owned)
         suppressed = set(session.scalars(
             select(Suppression.email).where(Suppression.email.in_({d.email for d, _ in deliveries}))))
+        # Loaded once; a pause that starts during the batch is added to it by _send_one.
+        pauses = active_pauses(session, {recipient_domain(d.email) for d, _ in deliveries}, now)
         factory = MessageFactory(settings)
         run_ids = {d.run_id for d, _ in deliveries}
+        # The connection opens on the first send: a batch that only meets paused domains
+        # never contacts the server.
         with (transport or transport_from_settings(settings)) as conn:
             for delivery, items in deliveries:
                 try:
-                    outcome = _send_one(session, conn, factory, delivery, items, suppressed, settings)
+                    outcome = _send_one(session, conn, factory, delivery, items, suppressed,
+                                        settings, pauses, lambda: utcnow() + offset)
                 except ConfigError as exc:
                     # The SMTP set-up is wrong, not the recipient: every row not yet sent goes
                     # back, due later, with the reason in the log; the error reaches the operator.
@@ -274,8 +388,12 @@ def _put_back(session: Session, deliveries: list[Delivery], reason: str, setting
 
 
 def _send_one(session: Session, conn: Transport, factory: MessageFactory, delivery: Delivery,
-              items: list[RenderItem], suppressed: set[str], settings: Settings) -> str:
+              items: list[RenderItem], suppressed: set[str], settings: Settings,
+              pauses: dict[str, Pause] | None = None,
+              clock: Callable[[], datetime] = utcnow) -> str:
     from digest.subscribers import suppress
+
+    pauses = {} if pauses is None else pauses
 
     sub = delivery.subscriber
     # Checked again at send time: someone may have left after the run was planned.
@@ -284,6 +402,17 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory, delive
                 smtp_reply=f"cancelled: subscriber is {sub.status}"
                 if sub.status != SubscriberStatus.active.value else "cancelled: address suppressed")
         return "cancelled"
+    domain = recipient_domain(delivery.email)
+    pause = pauses.get(domain)
+    if pause is not None and pause.until > clock():
+        # Not contacted at all, and not an attempt: the claim's increment is taken back, so
+        # a long pause never makes a delivery run out of attempts.
+        table = Delivery.__table__
+        _record(session, delivery.id, status=DeliveryStatus.deferred.value,
+                next_attempt_at=pause.until, attempts=table.c.attempts - 1,
+                smtp_reply=f"not sent: {domain} is paused until "
+                           f"{pause.until:%Y-%m-%dT%H:%M:%SZ} after it refused us: {pause.reason}")
+        return "deferred"
     try:
         message_id, data = factory.build(delivery, delivery.run, items)
     except DigestError as exc:
@@ -303,15 +432,40 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory, delive
                 next_attempt_at=now + retry_delay(delivery.attempts, settings))
         return "deferred"
     except PermanentDeliveryError as exc:
+        # Read the code from the server's reply only: a host or address in the rest of the
+        # message ("10.5.1.1") must not look like an enhanced status.
+        reply = refused_reply(str(exc))
+        if is_policy_refusal(reply):
+            return _policy_refused(session, delivery, exc, reply, message_id, pauses,
+                                   clock(), settings)
         _record(session, delivery.id, status=DeliveryStatus.failed.value, smtp_code=exc.code,
                 smtp_reply=str(exc), message_id=message_id)
-        if is_unknown_user(str(exc)):
+        if is_unknown_user(reply or str(exc)):
             suppress(session, delivery.email, "hard_bounce", str(exc))
             session.commit()
         return "failed"
     _record(session, delivery.id, status=DeliveryStatus.sent.value, smtp_code=reply.code,
             smtp_reply=reply.reply, message_id=message_id, sent_at=utcnow(), next_attempt_at=None)
     return "sent"
+
+
+def _policy_refused(session: Session, delivery: Delivery, exc: PermanentDeliveryError, reply: str,
+                    message_id: str, pauses: dict[str, Pause], now: datetime,
+                    settings: Settings) -> str:
+    """5.7.x: pause the domain, keep the address, try this delivery again when the pause ends."""
+    domain = recipient_domain(delivery.email)
+    until = pause_domain(session, domain, now + timedelta(minutes=settings.policy_pause_minutes),
+                         reply, delivery_id=delivery.id, now=now)
+    pauses[domain] = Pause(until, reply)
+    if delivery.attempts >= settings.max_attempts:
+        _record(session, delivery.id, status=DeliveryStatus.failed.value, smtp_code=exc.code,
+                smtp_reply=f"gave up after {delivery.attempts} attempts: {exc}",
+                message_id=message_id)
+        return "failed"
+    # Same transaction as the pause (``_record`` commits): both or neither.
+    _record(session, delivery.id, status=DeliveryStatus.deferred.value, smtp_code=exc.code,
+            smtp_reply=str(exc), message_id=message_id, next_attempt_at=until)
+    return "deferred"
 
 
 def finish_run_if_done(session: Session, run_id: int) -> bool:

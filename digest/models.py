@@ -326,3 +326,19 @@ class Bounce(Base):
     # SHA-256 of the report's machine-readable part, whitespace normalised (digest.bounces).
     report_hash: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DomainPause(Base):
+    """A receiving domain that refused us on policy grounds (5.7.x at RCPT TO or DATA):
+    nothing is sent to it before ``paused_until``, so a receiver that blocks us is not
+    hammered (that is what hurts a sender's reputation). Deleting the row lifts the pause."""
+
+    __tablename__ = "domain_pauses"
+    # Lower-case, the part after the last '@' of the stored address (same form as stored).
+    domain: Mapped[str] = mapped_column(String(255), primary_key=True)
+    paused_until: Mapped[datetime]
+    reason: Mapped[str] = mapped_column(Text, default="")  # the reply that caused it
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="SET NULL")
+    )

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     retry_base_seconds: int = 60
     soft_bounce_threshold: int = 3
     soft_bounce_window_days: int = 30
+    policy_pause_minutes: int = Field(
+        default=60, ge=1,
+        description="After a 5.7.x (policy) refusal at RCPT TO or DATA, send nothing to that "
+                    "recipient domain for this many minutes.")
 
     # Paths
     templates_dir: Path = PROJECT_ROOT / "templates"

@@ -139,3 +139,57 @@ def test_demo_delivers_over_smtp_then_sends_nothing_the_second_time(cli):
         statuses = dict(conn.execute(text("select status, count(*) from deliveries group by status")).all())
     engine.dispose()
     assert set(statuses) == {"sent"}
+
+
+# --- domains paused after a policy refusal -----------------------------------------------------
+
+def test_domains_paused_lists_active_pauses_and_resume_lifts_one(cli):
+    from datetime import timedelta
+
+    from sqlalchemy.orm import Session
+
+    from digest.models import DigestRun, DomainPause, Subscriber, utcnow
+
+    assert cli("db", "upgrade").returncode == 0
+    empty = cli("domains", "paused")
+    assert empty.returncode == 0 and "no domain is paused" in empty.stdout
+    reason = "550 5.7.1 [internal] client host blocked using Spamhaus"
+    now = utcnow()
+    until = now + timedelta(minutes=45)
+    engine = create_engine(cli.db_url)
+    with Session(engine) as s:
+        sub = Subscriber(email="a1@blocked.example")
+        run = DigestRun(kind="weekly", slot_key="weekly:test", cutoff=now)
+        s.add_all([sub, run])
+        s.flush()
+        waiting = Delivery(run_id=run.id, subscriber_id=sub.id, email=sub.email,
+                           status="deferred", attempts=1, next_attempt_at=until)
+        s.add(waiting)
+        s.flush()
+        s.add_all([
+            DomainPause(domain="blocked.example", paused_until=until, reason=reason,
+                        delivery_id=waiting.id, created_at=now),
+            DomainPause(domain="over.example", paused_until=now - timedelta(hours=1),
+                        reason="550 5.7.1 long ago", created_at=now - timedelta(hours=2)),
+        ])
+        s.commit()
+        waiting_id = waiting.id
+
+    listed = cli("domains", "paused")
+    assert listed.returncode == 0, listed.stderr
+    assert "blocked.example" in listed.stdout and reason in listed.stdout
+    assert f"{until:%Y-%m-%d %H:%M:%S}" in listed.stdout
+    assert "over.example" not in listed.stdout  # ran out: not paused any more
+
+    resumed = cli("domains", "resume", "Blocked.Example")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed blocked.example: 1 waiting delivery due now" in resumed.stdout
+    with Session(engine) as s:
+        assert s.get(DomainPause, "blocked.example") is None
+        assert s.get(Delivery, waiting_id).next_attempt_at <= utcnow()
+    engine.dispose()
+    assert "no domain is paused" in cli("domains", "paused").stdout
+
+    unknown = cli("domains", "resume", "blocked.example")
+    assert unknown.returncode == 1
+    assert_one_line_error(unknown, "'blocked.example' is not paused", "digest domains paused")

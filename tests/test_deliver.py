@@ -13,13 +13,18 @@ from sqlalchemy import select, update
 from digest.deliver import (
     due_for_retry,
     enhanced_status,
+    is_policy_refusal,
+    is_unknown_user,
+    pause_domain,
     recover_expired_leases,
+    refused_reply,
     requeue_failed,
+    resume_domain,
     run_progress,
     send_deliveries,
 )
 from digest.errors import ConfigError
-from digest.models import Delivery, DigestRun, Subscriber, Suppression, utcnow
+from digest.models import Delivery, DigestRun, DomainPause, Subscriber, Suppression, utcnow
 from digest.select import plan_scheduled_run
 from digest.subscribers import unsubscribe
 from digest.transport import InMemoryTransport
@@ -90,12 +95,13 @@ def test_4xx_is_deferred_with_backoff_then_sent_when_due(session, smtp_sink, pla
 
 def test_5xx_fails_with_its_code_and_unknown_user_is_suppressed(session, smtp_sink, planned):
     smtp_sink.script("one@example.org", "550 5.1.1 <one@example.org>: user unknown")
-    smtp_sink.script("two@example.org", "554 5.7.1 Rejected by policy")
+    smtp_sink.script("two@example.org", "554 5.6.0 Message content rejected")
     send_deliveries(planned.pending_ids)
     rows = _rows(session)
     assert rows["one@example.org"].status == "failed" and rows["one@example.org"].smtp_code == 550
     assert rows["two@example.org"].status == "failed" and rows["two@example.org"].smtp_code == 554
-    # 5.1.x is the address's fault; 5.7.x is a policy matter: reported, not suppressed.
+    # 5.1.x is the address's fault; other 5xx fail without suppressing (5.7.x pauses the
+    # domain instead: see the section at the end).
     assert session.scalars(select(Suppression.email)).all() == ["one@example.org"]
     statuses = dict(session.execute(select(Subscriber.email, Subscriber.status)).all())
     assert statuses == {"one@example.org": "suppressed", "two@example.org": "active"}
@@ -233,3 +239,194 @@ def test_a_dry_runs_rows_are_never_sent(session, smtp_sink):
     assert recover_expired_leases(session, now=later) == []
     assert due_for_retry(session, now=later) == []
     assert requeue_failed(session, planned.pending_ids) == 0
+
+
+# --- policy refusals (5.7.x) pause the recipient's domain --------------------------------------
+
+BLOCKED = "550 5.7.1 Service unavailable, client host [192.0.2.10] blocked using Spamhaus"
+
+
+@pytest.fixture
+def mixed(session, smtp_sink):
+    """Three subscribers at blocked.example, one at open.example; a weekly run planned."""
+    t = Taxo(session)
+    make_item(session, "Police reform", themes=[t.policing])
+    for address in ("a1@blocked.example", "a2@blocked.example", "b1@open.example",
+                    "a3@blocked.example"):
+        make_subscriber(session, address)
+    session.commit()
+    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True)
+    session.commit()
+    return run
+
+
+def _blocked(session) -> list[Delivery]:
+    """The blocked.example rows in the order a batch sends them (by id)."""
+    return sorted((d for d in _rows(session).values() if d.email.endswith("@blocked.example")),
+                  key=lambda d: d.id)
+
+
+def _pause(session) -> DomainPause | None:
+    session.expire_all()
+    return session.get(DomainPause, "blocked.example")
+
+
+def test_a_policy_refusal_defers_the_row_and_pauses_its_domain_for_the_rest_of_the_batch(
+        session, smtp_sink, mixed):
+    first, *rest = _blocked(session)
+    smtp_sink.script(first.email, BLOCKED)
+    before = utcnow()
+    result = send_deliveries(mixed.pending_ids)
+    after = utcnow()
+
+    pause = _pause(session)
+    assert pause is not None and pause.delivery_id == first.id and pause.reason == BLOCKED
+    assert before + timedelta(minutes=60) <= pause.paused_until <= after + timedelta(minutes=60)
+    rows = _rows(session)
+    refused = rows[first.email]
+    assert (refused.status, refused.smtp_code, refused.attempts) == ("deferred", 550, 1)
+    assert BLOCKED in refused.smtp_reply and refused.next_attempt_at == pause.paused_until
+    # The next rows of that domain never reached the server, and it did not cost them a try.
+    until = f"{pause.paused_until:%Y-%m-%dT%H:%M:%SZ}"
+    for d in rest:
+        row = rows[d.email]
+        assert (row.status, row.attempts, row.next_attempt_at) == (
+            "deferred", 0, pause.paused_until)
+        assert row.smtp_reply == (f"not sent: blocked.example is paused until {until} after it "
+                                  f"refused us: {BLOCKED}")
+    # Another domain in the same batch still gets its mail.
+    assert rows["b1@open.example"].status == "sent"
+    assert [m.rcpt_tos for m in smtp_sink.wait_for(1)] == [["b1@open.example"]]
+    assert (result.claimed, result.deferred, result.sent, result.failed) == (4, 3, 1, 0)
+    # A policy refusal is about us, not the address: nothing is suppressed.
+    assert session.scalars(select(Suppression)).all() == []
+    assert set(session.scalars(select(Subscriber.status))) == {"active"}
+
+
+def test_a_later_batch_during_the_pause_does_not_contact_the_server_and_all_go_once_after(
+        session, smtp_sink, mixed):
+    first, *rest = _blocked(session)
+    smtp_sink.script(first.email, BLOCKED)
+    send_deliveries([first.id, _rows(session)["b1@open.example"].id])
+    pause = _pause(session)
+    connections = smtp_sink.sessions
+    assert connections == 1
+
+    # Rows of the domain not tried yet, in a batch of their own ten minutes later: the pause
+    # is read from the database, and the server is not even connected to.
+    result = send_deliveries([d.id for d in rest], now=utcnow() + timedelta(minutes=10))
+    assert (result.claimed, result.deferred) == (2, 2)
+    assert smtp_sink.sessions == connections
+    rows = _rows(session)
+    for d in rest:
+        assert (rows[d.email].status, rows[d.email].attempts) == ("deferred", 0)
+        assert rows[d.email].smtp_reply.startswith("not sent: blocked.example is paused until ")
+
+    # Nothing is due before the pause ends; at its end all three are, and go out once.
+    ids = [first.id, *(d.id for d in rest)]
+    assert due_for_retry(session, now=pause.paused_until - timedelta(seconds=1)) == []
+    assert due_for_retry(session, now=pause.paused_until) == ids
+    assert send_deliveries(ids, now=pause.paused_until - timedelta(seconds=1)).claimed == 0
+    after = send_deliveries(ids, now=pause.paused_until + timedelta(seconds=1))
+    assert (after.claimed, after.sent) == (3, 3)
+    received = smtp_sink.wait_for(4)
+    assert sorted(m.rcpt_tos[0] for m in received) == [
+        "a1@blocked.example", "a2@blocked.example", "a3@blocked.example", "b1@open.example"]
+    rows = _rows(session)
+    assert {rows[d.email].status for d in (first, *rest)} == {"sent"}
+    assert [rows[d.email].attempts for d in (first, *rest)] == [2, 1, 1]
+    assert session.get(DigestRun, mixed.run_id).status == "done"
+    assert send_deliveries(ids, now=pause.paused_until + timedelta(hours=1)).claimed == 0
+
+
+def test_policy_refusals_count_toward_max_attempts_but_paused_skips_never_do(
+        session, smtp_sink, mixed, settings, monkeypatch):
+    monkeypatch.setattr(settings, "max_attempts", 2)
+    first, *rest = _blocked(session)
+    ids = [first.id, *(d.id for d in rest)]
+    smtp_sink.script(first.email, BLOCKED, BLOCKED)
+    send_deliveries(ids, settings=settings)
+    first_end = _pause(session).paused_until
+
+    # The pause ends and the receiver refuses again: the refused row has used both attempts;
+    # the pause starts again and the others are skipped a second time.
+    send_deliveries(ids, now=first_end + timedelta(seconds=1), settings=settings)
+    pause = _pause(session)
+    assert first_end + timedelta(minutes=60, seconds=1) <= pause.paused_until
+    assert pause.paused_until <= first_end + timedelta(minutes=61)
+    rows = _rows(session)
+    assert rows[first.email].status == "failed"
+    assert rows[first.email].smtp_reply.startswith("gave up after 2 attempts: ")
+    assert BLOCKED in rows[first.email].smtp_reply
+    assert [(rows[d.email].status, rows[d.email].attempts) for d in rest] == [("deferred", 0)] * 2
+
+    # Skipped twice, they still have every attempt: after the second pause they go out.
+    result = send_deliveries(ids, now=pause.paused_until + timedelta(seconds=1), settings=settings)
+    assert (result.claimed, result.sent) == (2, 2)
+    assert sorted(m.rcpt_tos[0] for m in smtp_sink.wait_for(2)) == [
+        "a2@blocked.example", "a3@blocked.example"]
+    assert session.scalars(select(Suppression)).all() == []
+
+
+def test_unknown_user_still_suppresses_and_pauses_nothing(session, smtp_sink, mixed):
+    first, *rest = _blocked(session)
+    smtp_sink.script(first.email, "550 5.1.1 <a1@blocked.example>: Recipient address rejected")
+    result = send_deliveries(mixed.pending_ids)
+    assert (result.failed, result.sent) == (1, 3)
+    assert _pause(session) is None
+    assert session.scalars(select(Suppression.email)).all() == [first.email]
+    assert _rows(session)[first.email].status == "failed"
+
+
+def test_only_the_servers_reply_to_rcpt_or_data_decides_a_policy_pause():
+    where = "SMTP server 10.5.1.1:25 refused a@b.example"
+    assert refused_reply(f"{where} at RCPT TO: 550 5.7.1 Blocked") == "550 5.7.1 Blocked"
+    assert is_policy_refusal(refused_reply(
+        f"{where} at DATA: 550 5.7.1 Unfortunately, messages from [198.51.100.7] weren't sent. "
+        "Please contact your Internet service provider ... block list (S3150)"))
+    # The session or MAIL FROM refused: our server's affair, no recipient domain to pause.
+    assert refused_reply("SMTP server 10.5.7.1:25 refused the session: 554 5.7.1 go away") is None
+    assert refused_reply(f"{where} at MAIL FROM: 553 5.7.1 Sender rejected") is None
+    # A host that looks like an enhanced code changes nothing.
+    assert not is_policy_refusal(refused_reply(f"{where} at RCPT TO: 550 5.2.1 disabled"))
+    assert not is_unknown_user(refused_reply(f"{where} at RCPT TO: 550 5.7.1 blocked"))
+    assert not is_policy_refusal(None) and not is_policy_refusal("550 Blocked")
+
+
+def test_pausing_a_paused_domain_extends_it_and_never_shortens_it(session):
+    t = utcnow()
+    hour = timedelta(hours=1)
+    assert pause_domain(session, "Blocked.Example", t + hour, "550 5.7.1 first", now=t) == t + hour
+    assert pause_domain(session, "blocked.example", t + hour / 2, "550 5.7.1 second",
+                        now=t) == t + hour
+    assert pause_domain(session, "blocked.example", t + 2 * hour, "550 5.7.1 third",
+                        now=t) == t + 2 * hour
+    session.commit()
+    rows = [(p.domain, p.paused_until, p.reason, p.created_at)
+            for p in session.scalars(select(DomainPause))]
+    assert rows == [("blocked.example", t + 2 * hour, "550 5.7.1 third", t)]
+    # Once it has run out, a new refusal is a new pause, starting then.
+    later = t + 3 * hour
+    pause_domain(session, "blocked.example", later + hour, "550 5.7.1 again", now=later)
+    session.commit()
+    pause = _pause(session)
+    assert (pause.paused_until, pause.created_at) == (later + hour, later)
+    # An internationalised domain is found in either of its forms.
+    pause_domain(session, "bücher.example", t + hour, "550 5.7.1 blocked", now=t)
+    session.commit()
+    assert resume_domain(session, "XN--BCHER-KVA.example") == ("bücher.example", 0)
+
+
+def test_resuming_a_domain_lifts_the_pause_and_its_waiting_deliveries_go_at_once(
+        session, smtp_sink, mixed):
+    first, *rest = _blocked(session)
+    smtp_sink.script(first.email, BLOCKED)
+    send_deliveries(mixed.pending_ids)
+    assert resume_domain(session, "open.example") is None
+    assert resume_domain(session, " Blocked.Example ") == ("blocked.example", 3)
+    session.commit()
+    assert _pause(session) is None
+    due = due_for_retry(session, now=utcnow())
+    assert due == [first.id, *(d.id for d in rest)]
+    assert send_deliveries(due).sent == 3
+    assert len(smtp_sink.wait_for(4)) == 4

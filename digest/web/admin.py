@@ -8,7 +8,7 @@ cookie is SameSite=Strict: sqladmin runs actions as GET links, and a strict cook
 sent when another site links or redirects to them.
 
 Views are read-mostly: changes go through the project's functions (suppress, unsuppress,
-re-queue) or the subscriber's own preferences page, so the same validation applies
+re-queue, lift a domain's pause) or the subscriber's own preferences page, so the same validation applies
 everywhere.
 """
 
@@ -38,6 +38,7 @@ from digest.models import (
     Delivery,
     DeliveryStatus,
     DigestRun,
+    DomainPause,
     Item,
     Subscriber,
     SubscriberStatus,
@@ -403,6 +404,35 @@ class SuppressionAdmin(ModelView, model=Suppression):
         return await _change_addresses(self, request, Suppression, subscribers.unsuppress)
 
 
+class DomainPauseAdmin(ModelView, model=DomainPause):
+    """Domains paused after a policy refusal (5.7.x). Read-only but for delete, which lifts
+    the pause at once (through ``deliver.resume_domain``: waiting deliveries become due)."""
+
+    name, name_plural, icon = "Paused domain", "Paused domains", "fa-solid fa-circle-pause"
+    can_create = can_edit = False
+    can_delete = True
+    column_list = [
+        DomainPause.domain,
+        DomainPause.paused_until,
+        DomainPause.reason,
+        DomainPause.created_at,
+        DomainPause.delivery_id,
+    ]
+    column_labels = {DomainPause.paused_until: "Paused until (UTC)",
+                     DomainPause.created_at: "Since (UTC)", DomainPause.delivery_id: "Delivery"}
+    column_searchable_list = [DomainPause.domain, DomainPause.reason]
+    column_sortable_list = [DomainPause.domain, DomainPause.paused_until, DomainPause.created_at]
+    column_default_sort = [(DomainPause.paused_until, True)]
+
+    async def delete_model(self, request: Request, pk) -> None:
+        def work() -> None:
+            with _session(self) as session:
+                deliver.resume_domain(session, str(pk))
+                session.commit()
+
+        await anyio.to_thread.run_sync(work)
+
+
 async def _change_addresses(view, request: Request, model, change) -> Response:
     """Apply ``change(session, email)`` to the addresses of the selected rows of ``model``
     (in a worker thread: the session is synchronous), then go back to the list."""
@@ -418,7 +448,7 @@ async def _change_addresses(view, request: Request, model, change) -> Response:
     return _back(request, view)
 
 
-VIEWS = [SubscriberAdmin, ItemAdmin, RunAdmin, DeliveryAdmin, SuppressionAdmin]
+VIEWS = [SubscriberAdmin, ItemAdmin, RunAdmin, DeliveryAdmin, SuppressionAdmin, DomainPauseAdmin]
 
 
 def mount_admin(app: FastAPI, settings: Settings) -> Admin:
