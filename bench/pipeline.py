@@ -10,7 +10,7 @@ a seeded, newsroom-like taxonomy, M items ingested in the last week and N subscr
 1-2 random filters, then measures each stage of one ``weekly`` run for everyone:
 
 - baseline: one SELECT per subscriber (``preview_items``) on a sample, extrapolated;
-- select:   ``plan_scheduled_run`` (deliveries + ledger + delivery_items, set-based);
+- select:   ``plan_scheduled_run`` (deliveries + the ledger, set-based);
 - load:     the ORM load ``send_deliveries`` does (deliveries, subscribers, items);
 - render:   ``MessageFactory.build`` (Jinja + text part + MIME) for every planned message;
 - send:     the pre-built messages over SMTP, one connection per batch, to a MailSink
@@ -64,7 +64,6 @@ from digest.models import (
     Subscriber,
     SubscriberFilter,
     Theme,
-    delivery_items,
     filter_content_types,
     filter_locations,
     filter_themes,
@@ -72,7 +71,7 @@ from digest.models import (
     item_themes,
 )
 from digest.render import get_renderer
-from digest.select import plan_scheduled_run, preview_items
+from digest.select import delivery_contents, plan_scheduled_run, preview_items
 from digest.settings import get_settings, reset_settings_cache
 from digest.taxonomy import slugify
 from digest.transport import SendResult, SMTPTransport
@@ -621,9 +620,10 @@ class Bench:
                 .where(Delivery.run_id == self.run_id,
                        Delivery.status == DeliveryStatus.pending.value)).one()
             chosen: dict[int, set[int]] = {s: set() for s in self.previews}
+            contents = delivery_contents()
             for sub_id, item_id in session.execute(
-                    select(Delivery.subscriber_id, delivery_items.c.item_id)
-                    .join(delivery_items, delivery_items.c.delivery_id == Delivery.id)
+                    select(Delivery.subscriber_id, contents.c.item_id)
+                    .join(contents, contents.c.delivery_id == Delivery.id)
                     .where(Delivery.run_id == self.run_id,
                            Delivery.subscriber_id.in_(list(self.previews)))):
                 chosen[sub_id].add(item_id)

@@ -50,7 +50,6 @@ from digest.models import (
     SubscriberFilter,
     SubscriberStatus,
     Suppression,
-    delivery_items,
     utcnow,
 )
 from digest.render import (
@@ -60,6 +59,7 @@ from digest.render import (
     get_renderer,
     render_items_from_models,
 )
+from digest.select import delivery_contents
 from digest.settings import Settings, get_settings
 from digest.tokens import links_for, make_token
 from digest.transport import Transport, transport_from_settings
@@ -288,9 +288,9 @@ def _load(session: Session, ids: list[int]) -> list[tuple[Delivery, list[RenderI
                  .selectinload(SubscriberFilter.locations),
                  selectinload(Delivery.run))
     ).all()
+    contents = delivery_contents()
     carried = session.execute(
-        select(delivery_items.c.delivery_id, delivery_items.c.item_id)
-        .where(delivery_items.c.delivery_id.in_(ids))
+        select(contents.c.delivery_id, contents.c.item_id).where(contents.c.delivery_id.in_(ids))
     ).all()
     items = session.scalars(
         select(Item).where(Item.id.in_({item_id for _, item_id in carried}))

@@ -284,9 +284,10 @@ class Delivery(Base):
 
     run: Mapped[DigestRun] = relationship(back_populates="deliveries")
     subscriber: Mapped[Subscriber] = relationship()
-    items: Mapped[list[Item]] = relationship(secondary="delivery_items", viewonly=True)
 
 
+# What an ad-hoc or dry-run delivery carries; scheduled digests and alerts keep that in the
+# ledger below instead (digest.select.delivery_contents reads both).
 delivery_items = Table(
     "delivery_items",
     Base.metadata,
@@ -296,7 +297,8 @@ delivery_items = Table(
 
 
 class SentItem(Base):
-    """The ledger: an item goes to a subscriber in at most one scheduled digest, ever."""
+    """The ledger: an item goes to a subscriber in at most one scheduled digest, ever; the
+    row names the delivery that carries it."""
 
     __tablename__ = "sent_items"
     subscriber_id: Mapped[int] = mapped_column(

@@ -19,7 +19,6 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import (
     ColumnElement,
     and_,
-    case,
     exists,
     false,
     func,
@@ -61,6 +60,10 @@ from digest.models import (
     utcnow,
 )
 from digest.settings import Settings, get_settings
+
+
+# Per sort or hash node of the planning statement, for the transaction only.
+PLANNING_WORK_MEM = "64MB"
 
 
 # --- matching ---------------------------------------------------------------------------------
@@ -172,9 +175,20 @@ def _get_or_create_run(session: Session, *, kind: str, slot_key: str, cutoff: da
     return run, True
 
 
+def delivery_contents():
+    """``(delivery_id, item_id)`` for what each delivery carries. Scheduled digests and alerts
+    keep it in the ledger (``sent_items``, written once when planned); ad-hoc sends and dry
+    runs, which claim nothing, in ``delivery_items``. A delivery has rows in one of the two."""
+    return union_all(
+        select(delivery_items.c.delivery_id, delivery_items.c.item_id),
+        select(SentItem.delivery_id, SentItem.item_id),
+    ).subquery("delivery_contents")
+
+
 def _finish_planning(session: Session, run: DigestRun) -> PlannedRun:
-    counts = select(func.count()).select_from(delivery_items).where(
-        delivery_items.c.delivery_id == Delivery.id).scalar_subquery()
+    contents = delivery_contents()
+    counts = select(func.count()).select_from(contents).where(
+        contents.c.delivery_id == Delivery.id).scalar_subquery()
     session.execute(update(Delivery).where(Delivery.run_id == run.id).values(item_count=counts))
     session.execute(
         update(Delivery)
@@ -234,14 +248,22 @@ def _run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool
             item_conds.append(i.ingested_at > lowest)
     candidates = select(i.id).where(*item_conds)
 
-    def facet_count(table):
-        return case((exists().where(table.c.filter_id == f.id), 1), else_=0)
-
+    # How many facets each filter constrains, counted once per filter in one grouped pass
+    # (as a per-row expression PostgreSQL re-ran it for every candidate pair).
+    constrained = union_all(
+        select(filter_themes.c.filter_id, literal(1).label("facet")).distinct(),
+        select(filter_locations.c.filter_id, literal(2)).distinct(),
+        select(filter_content_types.c.filter_id, literal(3)).distinct(),
+    ).subquery("constrained")
+    required = (
+        select(constrained.c.filter_id, func.count().label("required"))
+        .group_by(constrained.c.filter_id)
+    ).subquery("required")
     run_filters = (
         select(f.id.label("filter_id"), d.subscriber_id, d.id.label("delivery_id"),
-               (facet_count(filter_themes) + facet_count(filter_locations)
-                + facet_count(filter_content_types)).label("required"))
+               func.coalesce(required.c.required, 0).label("required"))
         .join(Delivery.__table__, d.subscriber_id == f.subscriber_id)
+        .outerjoin(required, required.c.filter_id == f.id)
         .where(d.run_id == run.id)
     ).subquery("run_filters")
 
@@ -291,10 +313,12 @@ def _run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool
     return final.subquery("pairs")
 
 
-def _no_jit(session: Session) -> None:
-    # PostgreSQL's JIT spends most of a mid-size planning statement compiling it.
+def _tune_for_planning(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
+        # JIT spends most of a mid-size planning statement compiling it, and the default
+        # 4 MB work_mem sends the sorts and hashes of a 10,000-reader run to disk.
         session.execute(text("SET LOCAL jit = off"))
+        session.execute(text(f"SET LOCAL work_mem = '{PLANNING_WORK_MEM}'"))
 
 
 def _insert_ignoring_duplicates(session: Session, table, cols: list[str], rows) -> None:
@@ -307,31 +331,25 @@ def _insert_ignoring_duplicates(session: Session, table, cols: list[str], rows) 
 
 def _insert_ledger(session: Session, run: DigestRun, item_filter: ColumnElement[bool],
                    window: Window | None) -> None:
-    """Claim (subscriber, item) pairs for this run's deliveries in the ledger, then copy them.
+    """Claim (subscriber, item) pairs for this run's deliveries in the ledger.
 
     A pair already in the ledger (sent by an earlier run) is skipped by the primary key,
-    which is also what makes two overlapping runs safe.
+    which is also what makes two overlapping runs safe. The ledger row names its delivery,
+    so it is also the record of what that delivery carries (``delivery_contents``).
     """
-    _no_jit(session)
+    _tune_for_planning(session)
     pairs = _run_pairs(session, run, item_filter, window)
     _insert_ignoring_duplicates(
         session, SentItem.__table__, ["subscriber_id", "item_id", "delivery_id", "created_at"],
         select(pairs.c.subscriber_id, pairs.c.item_id, pairs.c.delivery_id,
                literal(utcnow(), SentItem.created_at.type)),
     )
-    session.execute(
-        insert(delivery_items).from_select(
-            ["delivery_id", "item_id"],
-            select(SentItem.delivery_id, SentItem.item_id).join(Delivery, Delivery.id == SentItem.delivery_id)
-            .where(Delivery.run_id == run.id),
-        )
-    )
 
 
 def _insert_unsent_items(session: Session, run: DigestRun, item_filter: ColumnElement[bool],
                          window: Window | None) -> None:
     """The pairs a real run would claim (not in the ledger yet), without claiming them."""
-    _no_jit(session)
+    _tune_for_planning(session)
     pairs = _run_pairs(session, run, item_filter, window)
     session.execute(insert(delivery_items).from_select(
         ["delivery_id", "item_id"],
@@ -485,7 +503,7 @@ def plan_adhoc_run(session: Session, query: AdhocQuery, *, dry_run: bool = False
     s = Subscriber.__table__.c
     who = s.frequency.in_(list(query.frequencies)) if query.frequencies else true()
     _insert_deliveries(session, run, who)
-    _no_jit(session)
+    _tune_for_planning(session)
     pairs = _run_pairs(session, run, item_cond, None, include_backfill=True)
     session.execute(insert(delivery_items).from_select(
         ["delivery_id", "item_id"], select(pairs.c.delivery_id, pairs.c.item_id)))
@@ -523,7 +541,7 @@ def matching_items(session: Session, subscriber_id: int, *, since: datetime,
 
 
 __all__ = [
-    "AdhocQuery", "PlannedRun", "Window", "adhoc_item_condition", "due_condition",
+    "AdhocQuery", "PlannedRun", "Window", "adhoc_item_condition", "delivery_contents", "due_condition",
     "item_matches_subscriber", "matching_items", "plan_adhoc_run", "plan_immediate_run",
     "plan_scheduled_run", "preview_items", "slot_start", "window_for",
 ]

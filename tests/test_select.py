@@ -7,9 +7,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import event, func, select
 
-from digest.models import Delivery, DigestRun, SentItem, Subscriber, delivery_items
+from digest.models import Delivery, DigestRun, SentItem, Subscriber
 from digest.select import (
     AdhocQuery,
+    delivery_contents,
     plan_adhoc_run,
     plan_immediate_run,
     plan_scheduled_run,
@@ -27,9 +28,10 @@ def taxo(session):
 
 def carried(session, run_id: int) -> dict[str, set[str]]:
     """email -> titles carried by each delivery of the run."""
+    contents = delivery_contents()
     rows = session.execute(
-        select(Delivery.email, delivery_items.c.item_id)
-        .join(delivery_items, delivery_items.c.delivery_id == Delivery.id, isouter=True)
+        select(Delivery.email, contents.c.item_id)
+        .join(contents, contents.c.delivery_id == Delivery.id, isouter=True)
         .where(Delivery.run_id == run_id)
     ).all()
     from digest.models import Item

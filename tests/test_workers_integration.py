@@ -59,7 +59,7 @@ def worker(request, sink, tmp_path_factory):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     reset_settings_cache()
-    from workers.celery_app import app, configure
+    from workers.celery_app import configure
 
     configure()
     log = tmp_path_factory.mktemp("worker") / "worker.log"
@@ -315,7 +315,7 @@ def test_a_worker_killed_mid_send_loses_nothing_and_sends_nothing_twice(worker, 
                  .values(lease_until=T0 - timedelta(minutes=1)))
     data.commit()
     assert recover_leases.delay().get(timeout=60) == 2
-    rows = _wait_until(data, lambda rs: all(d.status in ("sent", "skipped") for d in rs))
+    _wait_until(data, lambda rs: all(d.status in ("sent", "skipped") for d in rs))
     assert sorted(m.rcpt_tos[0] for m in sink.wait_for(2)) == ["balkans@example.org", "police@example.org"]
     time.sleep(1)
     assert len(sink.messages) == 2
