@@ -36,7 +36,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
 from digest import db
-from digest.errors import ConfigError, DigestError, PermanentDeliveryError, TemporaryDeliveryError
+from digest.errors import (
+    ConfigError,
+    DeliveryError,
+    DigestError,
+    PermanentDeliveryError,
+    TemporaryDeliveryError,
+)
 from digest.mail import DkimSigner, build_message, make_message_id
 from digest.models import (
     Delivery,
@@ -67,8 +73,6 @@ from digest.transport import Transport, transport_from_settings
 CLAIMABLE = (DeliveryStatus.pending.value, DeliveryStatus.deferred.value)
 UNFINISHED = (DeliveryStatus.pending.value, DeliveryStatus.sending.value, DeliveryStatus.deferred.value)
 _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
-# How the transport words a refused transaction: "... refused a@b at RCPT TO: 550 5.7.1 ...".
-_REFUSED_AT = re.compile(r" at (RCPT TO|DATA): (\d{3}\b.*)\Z", re.S)
 
 
 @dataclass
@@ -93,11 +97,10 @@ def is_unknown_user(reply: str) -> bool:
     return bool(code and code.startswith("5.1."))
 
 
-def refused_reply(message: str) -> str | None:
+def refused_reply(exc: DeliveryError) -> str | None:
     """The server's reply in a refusal at RCPT TO or DATA ("550 5.7.1 ..."); None for a
     refusal of the session or of MAIL FROM, which is about our server, not the recipient's."""
-    match = _REFUSED_AT.search(message or "")
-    return match.group(2) if match else None
+    return exc.reply if exc.step in ("RCPT TO", "DATA") else None
 
 
 def is_policy_refusal(reply: str | None) -> bool:
@@ -434,7 +437,7 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory, delive
     except PermanentDeliveryError as exc:
         # Read the code from the server's reply only: a host or address in the rest of the
         # message ("10.5.1.1") must not look like an enhanced status.
-        reply = refused_reply(str(exc))
+        reply = refused_reply(exc)
         if is_policy_refusal(reply):
             return _policy_refused(session, delivery, exc, reply, message_id, pauses,
                                    clock(), settings)

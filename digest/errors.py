@@ -48,23 +48,27 @@ class HeaderInjectionError(ValidationError):
 
 
 class DeliveryError(DigestError):
-    """A message could not be handed to the SMTP server."""
+    """A message could not be handed to the SMTP server.
+
+    ``code`` is the SMTP reply code, ``step`` the command that was refused ("MAIL FROM",
+    "RCPT TO", "DATA", or "session" for the greeting/EHLO/AUTH), ``reply`` the server's own
+    words ("550 5.7.1 ..."); each is None when there was no reply (a dropped connection).
+    """
+
+    def __init__(self, message: str, code: int | None = None, *, step: str | None = None,
+                 reply: str | None = None):
+        self.code = code
+        self.step = step
+        self.reply = reply
+        super().__init__(message)
 
 
 class TemporaryDeliveryError(DeliveryError):
     """4xx reply or dropped connection: try again later."""
 
-    def __init__(self, message: str, code: int | None = None):
-        self.code = code
-        super().__init__(message)
-
 
 class PermanentDeliveryError(DeliveryError):
     """5xx reply: do not try again."""
-
-    def __init__(self, message: str, code: int | None = None):
-        self.code = code
-        super().__init__(message)
 
 
 class TokenError(DigestError):

@@ -159,10 +159,9 @@ class SMTPTransport:
         except smtplib.SMTPResponseException as exc:
             _close_quietly(conn)
             error = _error_for(exc.smtp_code)
-            raise error(
-                f"{self._where()} refused the session: {exc.smtp_code} {_text(exc.smtp_error)}",
-                exc.smtp_code,
-            ) from exc
+            words = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+            raise error(f"{self._where()} refused the session: {words}", exc.smtp_code,
+                        step="session", reply=words) from exc
         except (smtplib.SMTPException, OSError) as exc:
             _close_quietly(conn)
             raise TemporaryDeliveryError(
@@ -188,7 +187,9 @@ class SMTPTransport:
         """Raise for a non-success reply, leaving the connection clean for the next send."""
         self._reset()
         error = _error_for(code)
-        raise error(f"{self._where()} refused {rcpt} at {step}: {code} {_text(reply)}", code)
+        words = f"{code} {_text(reply)}"
+        raise error(f"{self._where()} refused {rcpt} at {step}: {words}", code, step=step,
+                    reply=words)
 
     def _reset(self) -> None:
         """RSET the open transaction; a connection that cannot take it is dropped."""
@@ -242,7 +243,8 @@ class InMemoryTransport:
             code = int(reply[:3])
             if code >= 400:
                 error = _error_for(code)
-                raise error(f"in-memory transport refused {rcpt} at RCPT TO: {reply}", code)
+                raise error(f"in-memory transport refused {rcpt} at RCPT TO: {reply}", code,
+                            step="RCPT TO", reply=reply)
         self.sent.append((mail_from, rcpt, data))
         return SendResult(250, f"2.0.0 Ok: queued as {len(self.sent)}")
 

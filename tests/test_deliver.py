@@ -23,7 +23,7 @@ from digest.deliver import (
     run_progress,
     send_deliveries,
 )
-from digest.errors import ConfigError
+from digest.errors import ConfigError, PermanentDeliveryError
 from digest.models import Delivery, DigestRun, DomainPause, Subscriber, Suppression, utcnow
 from digest.select import plan_scheduled_run
 from digest.subscribers import unsubscribe
@@ -379,17 +379,21 @@ def test_unknown_user_still_suppresses_and_pauses_nothing(session, smtp_sink, mi
 
 
 def test_only_the_servers_reply_to_rcpt_or_data_decides_a_policy_pause():
-    where = "SMTP server 10.5.1.1:25 refused a@b.example"
-    assert refused_reply(f"{where} at RCPT TO: 550 5.7.1 Blocked") == "550 5.7.1 Blocked"
-    assert is_policy_refusal(refused_reply(
-        f"{where} at DATA: 550 5.7.1 Unfortunately, messages from [198.51.100.7] weren't sent. "
-        "Please contact your Internet service provider ... block list (S3150)"))
+    def refused(step, reply):
+        where = "SMTP server 10.5.1.1:25 refused a@b.example"
+        return PermanentDeliveryError(f"{where} at {step}: {reply}", int(reply[:3]), step=step,
+                                      reply=reply)
+
+    assert refused_reply(refused("RCPT TO", "550 5.7.1 Blocked")) == "550 5.7.1 Blocked"
+    assert is_policy_refusal(refused_reply(refused(
+        "DATA", "550 5.7.1 Unfortunately, messages from [198.51.100.7] weren't sent. "
+        "Please contact your Internet service provider ... block list (S3150)")))
     # The session or MAIL FROM refused: our server's affair, no recipient domain to pause.
-    assert refused_reply("SMTP server 10.5.7.1:25 refused the session: 554 5.7.1 go away") is None
-    assert refused_reply(f"{where} at MAIL FROM: 553 5.7.1 Sender rejected") is None
-    # A host that looks like an enhanced code changes nothing.
-    assert not is_policy_refusal(refused_reply(f"{where} at RCPT TO: 550 5.2.1 disabled"))
-    assert not is_unknown_user(refused_reply(f"{where} at RCPT TO: 550 5.7.1 blocked"))
+    assert refused_reply(refused("session", "554 5.7.1 go away")) is None
+    assert refused_reply(refused("MAIL FROM", "553 5.7.1 Sender rejected")) is None
+    # A host that looks like an enhanced code ("10.5.1.1") changes nothing: only the reply counts.
+    assert not is_policy_refusal(refused_reply(refused("RCPT TO", "550 5.2.1 disabled")))
+    assert not is_unknown_user(refused_reply(refused("RCPT TO", "550 5.7.1 blocked")))
     assert not is_policy_refusal(None) and not is_policy_refusal("550 Blocked")
 
 

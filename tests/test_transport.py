@@ -102,6 +102,7 @@ def test_550_unknown_user_is_permanent_with_code_and_reply_text(sink, transport)
     with pytest.raises(PermanentDeliveryError) as caught:
         transport.send(SENDER, "gone@example.org", MESSAGE)
     assert caught.value.code == 550
+    assert (caught.value.step, caught.value.reply) == ("RCPT TO", "550 5.1.1 No such user")
     assert "550 5.1.1 No such user" in str(caught.value)
     assert "gone@example.org" in str(caught.value)
     assert transport.send(SENDER, "reader@example.org", MESSAGE).code == 250
@@ -331,6 +332,8 @@ def test_in_memory_transport_records_sends_and_plays_scripted_replies():
             transport.send(SENDER, "reader@example.org", MESSAGE)
         result = transport.send(SENDER, "reader@example.org", MESSAGE)
     assert (later.value.code, gone.value.code, dropped.value.code) == (451, 550, None)
+    assert (gone.value.step, gone.value.reply) == ("RCPT TO", "550 5.1.1 No such user")
+    assert (dropped.value.step, dropped.value.reply) == (None, None)
     assert result.code == 250
     assert transport.sent == [(SENDER, "reader@example.org", MESSAGE)]
     with pytest.raises(ValidationError, match="SMTP code"):
