@@ -127,7 +127,7 @@ from digest.mailsink import MailSink
 
 class CountingSink(MailSink):
     # Counts and drops: 10,000 digests kept in memory would only measure the sink's RAM.
-    def _store(self, mail_from, rcpt_tos, data):
+    def _store(self, mail_from, rcpt_tos, data, **details):
         with self._lock:
             self._received += 1
             self.received_bytes = getattr(self, "received_bytes", 0) + len(data)
