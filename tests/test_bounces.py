@@ -128,13 +128,19 @@ def test_policy_rejection_is_recorded_and_reported_but_never_suppresses(session,
     assert session.scalars(select(Bounce.kind)).all() == ["policy"]
 
 
-def test_delayed_reports_count_per_digest_and_suppress_at_the_threshold(session, settings, sent_run):
-    assert settings.soft_bounce_threshold == 3
+@pytest.fixture
+def three_digests_to_full(session, sent_run):
+    """full@example.com got deliveries 102, 202 and 302 (runs 7, 8, 9)."""
     sub = sent_run["full@example.com"]
     add_sent_delivery(session, 8, 202, sub)
     add_sent_delivery(session, 9, 302, sub)
     session.commit()
+    return sub
 
+
+def test_delayed_reports_count_per_digest_and_suppress_at_the_threshold(
+        session, settings, three_digests_to_full):
+    assert settings.soft_bounce_threshold == 3
     first = process(session, DELAYED_4_2_2.read_bytes())
     assert (first.kind, first.status_code, first.suppressed) == ("soft", "4.2.2", False)
     assert state(session, "full@example.com") == ("active", 1, None)
@@ -149,12 +155,9 @@ def test_delayed_reports_count_per_digest_and_suppress_at_the_threshold(session,
     assert state(session, "full@example.com") == ("suppressed", 3, "soft_bounces")
 
 
-def test_soft_bounces_older_than_the_window_age_out_of_the_count(session, settings, sent_run):
+def test_soft_bounces_older_than_the_window_age_out_of_the_count(
+        session, settings, three_digests_to_full):
     assert settings.soft_bounce_window_days == 30
-    sub = sent_run["full@example.com"]
-    add_sent_delivery(session, 8, 202, sub)
-    add_sent_delivery(session, 9, 302, sub)
-    session.commit()
     process(session, DELAYED_4_2_2.read_bytes())
     process(session, sample(DELAYED_4_2_2, **{"+102@": "+202@"}))
     assert state(session, "full@example.com") == ("active", 2, None)

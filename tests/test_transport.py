@@ -226,11 +226,16 @@ def test_ssl_and_starttls_together_are_refused():
 # --- TLS and AUTH against a real TLS server ---------------------------------------------
 
 
+def login_settings(port: int, tls_files, password: str, **extra) -> Settings:
+    mode = {} if extra.get("smtp_ssl") else {"smtp_starttls": True}
+    return smtp_settings(port, smtp_tls_ca_file=tls_files["ca"], smtp_user="digest",
+                         smtp_password=password, **mode, **extra)
+
+
 def test_starttls_and_login_deliver_over_an_encrypted_authenticated_session(
         tls_files, server_tls_context):
     with MailSink(tls_context=server_tls_context, logins={"digest": "s3cret"}) as tls_sink:
-        settings = smtp_settings(tls_sink.port, smtp_starttls=True, smtp_tls_ca_file=tls_files["ca"],
-                                 smtp_user="digest", smtp_password="s3cret")
+        settings = login_settings(tls_sink.port, tls_files, "s3cret")
         with SMTPTransport(settings) as transport:
             assert transport.send(SENDER, "reader@example.org", MESSAGE).code == 250
             assert transport.send(SENDER, "second@example.org", MESSAGE).code == 250
@@ -242,8 +247,7 @@ def test_starttls_and_login_deliver_over_an_encrypted_authenticated_session(
 def test_implicit_tls_and_login_deliver(tls_files, server_tls_context):
     with MailSink(tls_context=server_tls_context, implicit_tls=True,
                   logins={"digest": "s3cret"}) as tls_sink:
-        settings = smtp_settings(tls_sink.port, smtp_ssl=True, smtp_tls_ca_file=tls_files["ca"],
-                                 smtp_user="digest", smtp_password="s3cret")
+        settings = login_settings(tls_sink.port, tls_files, "s3cret", smtp_ssl=True)
         with SMTPTransport(settings) as transport:
             assert transport.send(SENDER, "reader@example.org", MESSAGE).code == 250
         [received] = tls_sink.wait_for(1)
@@ -284,8 +288,7 @@ def test_a_certificate_for_another_name_is_a_configuration_error(tls_files, serv
 def test_a_wrong_password_is_a_configuration_error_and_nothing_is_sent(
         tls_files, server_tls_context):
     with MailSink(tls_context=server_tls_context, logins={"digest": "s3cret"}) as tls_sink:
-        settings = smtp_settings(tls_sink.port, smtp_starttls=True, smtp_tls_ca_file=tls_files["ca"],
-                                 smtp_user="digest", smtp_password="wrong")
+        settings = login_settings(tls_sink.port, tls_files, "wrong")
         with SMTPTransport(settings) as transport:
             with pytest.raises(ConfigError, match="refused the login of 'digest'.*DIGEST_SMTP_PASSWORD"):
                 transport.send(SENDER, "reader@example.org", MESSAGE)
