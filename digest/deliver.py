@@ -374,16 +374,23 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
         session.close()
 
 
+def _retry_or_give_up(delivery: Delivery, settings: Settings, reason: str,
+                      next_attempt_at: datetime, **values) -> dict:
+    """The outcome of a try that may be repeated: deferred to ``next_attempt_at``, or failed
+    once the delivery has used its ``max_attempts``."""
+    if delivery.attempts >= settings.max_attempts:
+        return {"status": DeliveryStatus.failed.value,
+                "smtp_reply": f"gave up after {delivery.attempts} attempts: {reason}", **values}
+    return {"status": DeliveryStatus.deferred.value, "smtp_reply": reason,
+            "next_attempt_at": next_attempt_at, **values}
+
+
 def _put_back(session: Session, deliveries: list[Delivery], reason: str, settings: Settings) -> None:
     now = utcnow()
     table = Delivery.__table__
     for delivery in deliveries:
-        if delivery.attempts >= settings.max_attempts:
-            values = {"status": DeliveryStatus.failed.value,
-                      "smtp_reply": f"gave up after {delivery.attempts} attempts: {reason}"}
-        else:
-            values = {"status": DeliveryStatus.deferred.value, "smtp_reply": reason,
-                      "next_attempt_at": now + retry_delay(delivery.attempts, settings)}
+        values = _retry_or_give_up(delivery, settings, reason,
+                                   now + retry_delay(delivery.attempts, settings))
         session.execute(update(table).where(table.c.id == delivery.id,
                                             table.c.status == DeliveryStatus.sending.value)
                         .values(lease_until=None, updated_at=now, **values))
@@ -425,15 +432,11 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory, delive
     try:
         reply = conn.send(factory.return_path(delivery.id), delivery.email, data)
     except TemporaryDeliveryError as exc:
-        now = utcnow()
-        if delivery.attempts >= settings.max_attempts:
-            _record(session, delivery.id, status=DeliveryStatus.failed.value, smtp_code=exc.code,
-                    smtp_reply=f"gave up after {delivery.attempts} attempts: {exc}")
-            return "failed"
-        _record(session, delivery.id, status=DeliveryStatus.deferred.value, smtp_code=exc.code,
-                smtp_reply=str(exc), message_id=message_id,
-                next_attempt_at=now + retry_delay(delivery.attempts, settings))
-        return "deferred"
+        outcome = _retry_or_give_up(delivery, settings, str(exc),
+                                    utcnow() + retry_delay(delivery.attempts, settings),
+                                    smtp_code=exc.code, message_id=message_id)
+        _record(session, delivery.id, **outcome)
+        return outcome["status"]
     except PermanentDeliveryError as exc:
         # Read the code from the server's reply only: a host or address in the rest of the
         # message ("10.5.1.1") must not look like an enhanced status.
@@ -460,15 +463,11 @@ def _policy_refused(session: Session, delivery: Delivery, exc: PermanentDelivery
     until = pause_domain(session, domain, now + timedelta(minutes=settings.policy_pause_minutes),
                          reply, delivery_id=delivery.id, now=now)
     pauses[domain] = Pause(until, reply)
-    if delivery.attempts >= settings.max_attempts:
-        _record(session, delivery.id, status=DeliveryStatus.failed.value, smtp_code=exc.code,
-                smtp_reply=f"gave up after {delivery.attempts} attempts: {exc}",
-                message_id=message_id)
-        return "failed"
+    outcome = _retry_or_give_up(delivery, settings, str(exc), until, smtp_code=exc.code,
+                                message_id=message_id)
     # Same transaction as the pause (``_record`` commits): both or neither.
-    _record(session, delivery.id, status=DeliveryStatus.deferred.value, smtp_code=exc.code,
-            smtp_reply=str(exc), message_id=message_id, next_attempt_at=until)
-    return "deferred"
+    _record(session, delivery.id, **outcome)
+    return outcome["status"]
 
 
 def finish_run_if_done(session: Session, run_id: int) -> bool:
