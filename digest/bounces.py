@@ -10,6 +10,12 @@ about in one of three ways, tried in this order:
    From address or lose the VERP on the way);
 3. the returned original's ``X-Digest-Delivery`` header.
 
+A bounce written for people only (qmail, Exim's default, old gateways) has no report part;
+when it comes from the mail system itself (MAILER-DAEMON or postmaster, or carries Exim's
+X-Failed-Recipients) and quotes an SMTP reply ("550 5.1.1 ..."), the failure is read from its
+text and it is tied to its delivery the same three ways, the Message-ID and X-Digest-Delivery
+being looked up in the returned copy below the notice.
+
 What a failed or delayed recipient means (kept conservative: only a clear "no such
 address" removes anyone at once):
 
@@ -78,6 +84,14 @@ _UNKNOWN_USER = re.compile(
     re.I,
 )
 _ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
+# Plain-text bounces: who sends them, the reply they quote, where the returned copy starts.
+_MAIL_SYSTEM_SENDERS = ("mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon")
+_PLAIN_REPLY = re.compile(
+    r"\b(?P<basic>[45]\d\d)(?:[ -](?P<enhanced>[45]\.\d{1,3}\.\d{1,3}))?(?=[ \t:;,.-])")
+_QMAIL_RECIPIENT = re.compile(r"(?m)^<([^<>\s@]+@[^<>\s]+)>:\s*$")
+_RETURNED_COPY = re.compile(
+    r"(?im)^-{2,}\s*(?:below this line is a copy of the message|this is a copy of the message"
+    r"|original message|returned message)[^\n]*$")
 _DIAGNOSTIC_LIMIT = 2000
 
 
@@ -192,7 +206,7 @@ def parse_report(raw: bytes) -> DeliveryStatusReport | None:
         msg = email.message_from_bytes(raw, policy=email.policy.compat32)
         report = _find_report(msg)
         if report is None:
-            return None
+            return _plain_text_bounce(msg)
         blocks = _status_blocks(report, raw)
         # Per-message fields come first and never carry Action or Status.
         recipients = [r for r in (_recipient(b) for b in blocks) if r is not None]
@@ -215,6 +229,61 @@ def parse_report(raw: bytes) -> DeliveryStatusReport | None:
         message_id_ids=(int(ours.group(1)), int(ours.group(2))) if ours else None,
         header_id=int(header_id) if header_id.isdigit() and len(header_id) <= 18 else None,
     )
+
+
+def _plain_text_bounce(msg: Message) -> DeliveryStatusReport | None:
+    """A bounce written for people only (qmail, Exim's default, old gateways): no RFC 3464
+    part, so the failure is read from the text. Only a message from the mail system itself
+    (MAILER-DAEMON/postmaster, or Exim's X-Failed-Recipients) that quotes an SMTP reply code
+    counts; an autoreply or a person's mail never does."""
+    sender = _address(str(msg.get("From", ""))).partition("@")[0]
+    failed_header = _clean(str(msg.get("X-Failed-Recipients", "")))
+    if sender not in _MAIL_SYSTEM_SENDERS and not failed_header:
+        return None
+    body = next((part for part in msg.walk() if part.get_content_type() == "text/plain"), None)
+    if body is None:
+        return None
+    text = (body.get_payload(decode=True) or b"").decode(
+        body.get_content_charset() or "utf-8", "replace")
+    notice, _, original = _split_returned_copy(text)
+    reply = _PLAIN_REPLY.search(notice)
+    if reply is None:
+        return None
+    # The reply's own line and the indented lines that continue it.
+    first, *rest = notice[reply.start():].splitlines()
+    lines = [first]
+    for line in rest:
+        if not line[:1].isspace() or not line.strip():
+            break
+        lines.append(line)
+    diagnostic = _clean(" ".join(lines))[:_DIAGNOSTIC_LIMIT]
+    code = reply.group("enhanced") or f"{reply.group('basic')[0]}.0.0"
+    status = _status(code, diagnostic, "failed")
+    addresses = [a for _, a in getaddresses([failed_header])] if failed_header else \
+        _QMAIL_RECIPIENT.findall(notice)
+    recipients = [RecipientStatus(final_recipient=address.lower(), original_recipient="",
+                                  action="failed", status=status, diagnostic=diagnostic,
+                                  kind=classify(status, diagnostic, "failed"))
+                  for address in (addresses or [""])]
+    ours = _OUR_MESSAGE_ID.search(original)
+    header_id = re.search(r"(?im)^X-Digest-Delivery:\s*(\d{1,18})\s*$", original)
+    digest_text = "\n".join(f"{r.final_recipient} {r.status} {r.diagnostic}" for r in recipients)
+    return DeliveryStatusReport(
+        recipients=recipients,
+        report_hash=hashlib.sha256(digest_text.encode("utf-8", "surrogateescape")).hexdigest(),
+        verp_ids=_verp_ids(msg),
+        message_id=ours.group(0) if ours else None,
+        message_id_ids=(int(ours.group(1)), int(ours.group(2))) if ours else None,
+        header_id=int(header_id.group(1)) if header_id else None,
+    )
+
+
+def _split_returned_copy(text: str) -> tuple[str, str, str]:
+    """(the notice, the marker, the returned original) of a plain-text bounce."""
+    match = _RETURNED_COPY.search(text)
+    if match is None:
+        return text, "", ""
+    return text[:match.start()], match.group(0), text[match.end():]
 
 
 def _find_report(msg: Message) -> Message | None:

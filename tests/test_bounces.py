@@ -35,6 +35,8 @@ DELAYED_4_2_2 = DATA / "postfix-4.2.2-delayed.eml"
 POLICY_5_7_1 = DATA / "outlook-5.7.1-policy.eml"
 BY_MESSAGE_ID = DATA / "sendmail-5.1.1-message-id-only.eml"
 AUTOREPLY = DATA / "autoreply-out-of-office.eml"
+QMAIL_PLAIN = DATA / "qmail-5.1.1-plain-text.eml"
+EXIM_PLAIN = DATA / "exim-4.4.7-plain-text.eml"
 ADDRESSES = {101: "gone@example.net", 102: "full@example.com", 103: "strict@example.org",
              104: "moved@example.net"}
 
@@ -227,6 +229,38 @@ def test_autoreply_and_reports_about_unknown_deliveries_change_nothing(session, 
     assert success.result == "unmatched" and "no failed or delayed" in success.reason
     assert bounce_count(session) == 0
     assert {state(session, a) for a in ADDRESSES.values()} == {("active", 0, None)}
+
+
+def test_a_plain_text_qmail_bounce_is_read_from_its_text_and_suppresses(session, sent_run):
+    outcome = process(session, QMAIL_PLAIN.read_bytes())
+    assert (outcome.result, outcome.kind, outcome.status_code, outcome.delivery_id) == (
+        "recorded", "hard", "5.1.1", 101)
+    assert outcome.diagnostic == (
+        "550 5.1.1 <gone@example.net>: Recipient address rejected: User unknown")
+    assert state(session, "gone@example.net") == ("suppressed", 0, "hard_bounce")
+    assert process(session, QMAIL_PLAIN.read_bytes()).result == "duplicate"
+
+
+def test_a_plain_text_exim_bounce_names_its_recipient_and_counts_as_soft(session, sent_run):
+    outcome = process(session, EXIM_PLAIN.read_bytes())
+    assert (outcome.result, outcome.kind, outcome.status_code, outcome.email) == (
+        "recorded", "soft", "4.2.2", "full@example.com")
+    assert state(session, "full@example.com") == ("active", 1, None)
+    # Without its VERP headers it is still tied to the digest by the returned Message-ID.
+    no_verp = sample(EXIM_PLAIN, **{"Envelope-to: bounces+102@": "Envelope-to: x@",
+                                    "for bounces+102@": "for x@", "To: bounces+102@": "To: x@"})
+    assert parse_report(no_verp).verp_ids == []
+    assert parse_report(no_verp).message_id_ids == (7, 102)
+
+
+def test_plain_text_that_is_no_bounce_changes_nothing(session, sent_run):
+    # A person quoting a reply code, and the mail system saying nothing about a failure.
+    person = sample(QMAIL_PLAIN, **{"From: MAILER-DAEMON@mx2.example.net": "From: ann@example.net"})
+    no_code = sample(QMAIL_PLAIN, **{"Remote host said: 550 5.1.1": "Remote host said:"})
+    for raw in (person, no_code):
+        assert process(session, raw).result == "unmatched"
+    assert bounce_count(session) == 0
+    assert state(session, "gone@example.net") == ("active", 0, None)
 
 
 def test_processing_the_same_reports_twice_records_and_changes_nothing_new(session, sent_run):
