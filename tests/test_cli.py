@@ -193,3 +193,41 @@ def test_domains_paused_lists_active_pauses_and_resume_lifts_one(cli):
     unknown = cli("domains", "resume", "blocked.example")
     assert unknown.returncode == 1
     assert_one_line_error(unknown, "'blocked.example' is not paused", "digest domains paused")
+
+
+def test_deliveries_watch_follows_a_run_until_it_finishes(cli):
+    import threading
+    import time
+
+    assert cli("demo", "--var", "var").returncode == 0
+    done = cli("deliveries", "--watch")
+    assert done.returncode == 0, done.stderr
+    assert "finished: " in done.stdout and "sent " in done.stdout
+
+    engine = create_engine(cli.db_url)
+    with engine.begin() as conn:
+        run_id, delivery_id = conn.execute(text(
+            "select run_id, id from deliveries where status = 'sent' order by id limit 1")).one()
+        conn.execute(text("update deliveries set status = 'deferred' where id = :id"),
+                     {"id": delivery_id})
+    waiting = cli("deliveries", "--watch", "--run", str(run_id), "--timeout", "1",
+                  "--interval", "0.2")
+    assert_one_line_error(waiting, f"run {run_id} has not finished", "deferred 1")
+
+    def finish_later():
+        time.sleep(1.5)
+        with engine.begin() as conn:
+            conn.execute(text("update deliveries set status = 'sent' where id = :id"),
+                         {"id": delivery_id})
+
+    finisher = threading.Thread(target=finish_later)
+    finisher.start()
+    started = time.monotonic()
+    followed = cli("deliveries", "--watch", "--run", str(run_id), "--timeout", "30",
+                   "--interval", "0.2")
+    finisher.join()
+    engine.dispose()
+    assert followed.returncode == 0, followed.stderr
+    assert time.monotonic() - started >= 1.5  # it waited for the row, it did not just exit
+    assert f"run {run_id} finished" in followed.stdout and "deferred" not in followed.stdout
+    assert_one_line_error(cli("deliveries", "--watch", "--run", "9999"), "no run with id 9999")
