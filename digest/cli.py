@@ -191,18 +191,21 @@ def _report_run(planned, dry_run: bool) -> None:
     verb = "would send" if dry_run else "sending"
     console.print(f"run #{planned.run_id}: {verb} {planned.planned} digest(s); "
                   f"{planned.skipped} empty digest(s) skipped.")
-    if not dry_run:
-        enqueue_deliveries(planned.pending_ids)
+    if dry_run:
+        if planned.pending_ids:
+            console.print(f"see them with 'digest deliveries --run {planned.run_id}' and "
+                          f"'digest preview --delivery {planned.pending_ids[0]}'; nothing was sent",
+                          markup=False, highlight=False)
+        return
+    enqueue_deliveries(planned.pending_ids)
 
 
-def _plan(fn, dry_run: bool):
+def _plan(fn):
+    # A dry run is kept too: its rows (status dry_run) are what an operator previews.
     session = _session()
     try:
         planned = fn(session)
-        if dry_run:
-            session.rollback()
-        else:
-            session.commit()
+        session.commit()
         return planned
     finally:
         session.close()
@@ -214,7 +217,7 @@ def _send_scheduled(frequency: str, now: bool, dry_run: bool, as_of: Optional[st
     _ensure_db()
     clock = parse_when(as_of)
     planned = _plan(lambda s: plan_scheduled_run(s, frequency, now=clock, everyone=now,
-                                                 dry_run=dry_run), dry_run)
+                                                 dry_run=dry_run))
     _report_run(planned, dry_run)
 
 
@@ -260,7 +263,7 @@ def send_adhoc(
     query = AdhocQuery(tuple(theme), tuple(location), tuple(content_type), parse_when(date_from),
                        parse_when(date_to, end_of_day=True), tuple(item), tuple(frequency))
     planned = _plan(lambda s: plan_adhoc_run(s, query, dry_run=dry_run,
-                                             slot_key=f"adhoc:{key}" if key else None), dry_run)
+                                             slot_key=f"adhoc:{key}" if key else None))
     _report_run(planned, dry_run)
 
 
@@ -268,37 +271,57 @@ def send_adhoc(
 
 @app.command("preview")
 def preview(
-    email: str,
+    email: Optional[str] = typer.Argument(None, help="The subscriber whose next digest to show."),
+    delivery: Optional[int] = typer.Option(
+        None, "--delivery", help="Show this delivery's message instead (a dry run's too)."),
     as_of: Optional[str] = typer.Option(None, help="Clock for the window (ISO date/time)."),
     out: Path = typer.Option(None, help="Folder for the files (default: <var>/preview)."),
 ) -> None:
-    """Write the HTML and text digest this subscriber would get; sends and changes nothing."""
-    from digest.subscribers import canonical_email as normalise_address
+    """Write the HTML and text digest this subscriber would get, or that a planned delivery
+    carries; sends and changes nothing."""
+    from digest.deliver import render_delivery
     from digest.models import Subscriber
     from digest.render import Recipient, get_renderer, render_items_from_models
     from digest.select import preview_items
+    from digest.subscribers import canonical_email as normalise_address
     from digest.tokens import links_for
 
+    if (email is None) == (delivery is None):
+        raise ValidationError("give a subscriber's address or --delivery ID (one of the two)")
     _ensure_db()
     settings = get_settings()
-    address = normalise_address(email)
     with db.session_scope() as session:
-        sub = session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
-        if sub is None:
-            raise ValidationError(f"no subscriber {address}; see 'digest subscribers list'")
-        items = preview_items(session, sub, as_of=parse_when(as_of))
-        links = links_for(sub.id)
-        rendered = get_renderer("digest").render(
-            Recipient(sub.id, sub.email, sub.group_by, links["manage_url"], links["unsubscribe_url"],
-                      None, sub.timezone), render_items_from_models(items))
+        if delivery is not None:
+            rendered = render_delivery(session, delivery)
+            if rendered is None:
+                raise ValidationError(f"no delivery {delivery} that carries items; see "
+                                      "'digest deliveries'")
+            stem, count = f"delivery-{delivery}", _delivery_item_count(session, delivery)
+        else:
+            address = normalise_address(email)
+            sub = session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
+            if sub is None:
+                raise ValidationError(f"no subscriber {address}; see 'digest subscribers list'")
+            items = preview_items(session, sub, as_of=parse_when(as_of))
+            links = links_for(sub.id)
+            rendered = get_renderer("digest").render(
+                Recipient(sub.id, sub.email, sub.group_by, links["manage_url"],
+                          links["unsubscribe_url"], None, sub.timezone),
+                render_items_from_models(items))
+            stem, count = address.replace("@", "_at_"), len(items)
     folder = out or settings.var_dir / "preview"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = address.replace("@", "_at_")
     html_path, text_path = folder / f"{stem}.html", folder / f"{stem}.txt"
     html_path.write_text(rendered.html, encoding="utf-8")
     text_path.write_text(rendered.text, encoding="utf-8")
-    console.print(f"{len(items)} item(s); subject: {rendered.subject}")
-    console.print(f"HTML: {html_path}\ntext: {text_path}")
+    console.print(f"{count} item(s); subject: {rendered.subject}", markup=False, highlight=False)
+    console.print(f"HTML: {html_path}\ntext: {text_path}", markup=False, highlight=False)
+
+
+def _delivery_item_count(session: Session, delivery_id: int) -> int:
+    from digest.models import Delivery
+
+    return session.scalar(select(Delivery.item_count).where(Delivery.id == delivery_id)) or 0
 
 
 @app.command("deliveries")

@@ -307,16 +307,25 @@ def _load(session: Session, ids: list[int]) -> list[tuple[Delivery, list[RenderI
     return [(d, per_delivery[d.id]) for d in deliveries]
 
 
-def render_for_browser(session: Session, delivery_id: int,
-                       settings: Settings | None = None) -> str | None:
-    """The HTML of a delivery as it was mailed ("view in your browser"); None if it carried
-    nothing."""
+def render_delivery(session: Session, delivery_id: int, *, in_browser: bool = False,
+                    settings: Settings | None = None) -> RenderedEmail | None:
+    """A delivery's subject, HTML and text as they are (or would be) mailed, from the same
+    code that sends them; None if there is no such delivery or it carries nothing. Works for
+    a dry run's rows: that is how an operator previews an ad-hoc send before making it."""
     loaded = _load(session, [delivery_id])
     if not loaded or not loaded[0][1]:
         return None
     delivery, items = loaded[0]
     return MessageFactory(settings or get_settings()).render(
-        delivery, delivery.run, items, in_browser=True).html
+        delivery, delivery.run, items, in_browser=in_browser)
+
+
+def render_for_browser(session: Session, delivery_id: int,
+                       settings: Settings | None = None) -> str | None:
+    """The HTML of a delivery as it was mailed ("view in your browser"); None if it carried
+    nothing."""
+    rendered = render_delivery(session, delivery_id, in_browser=True, settings=settings)
+    return rendered.html if rendered else None
 
 
 def _record(session: Session, delivery_id: int, **values) -> None:

@@ -97,13 +97,28 @@ def test_csv_import_reports_bad_rows_by_line_and_is_idempotent(cli):
     assert "0 added, 1 updated, 2 rejected" in second.stdout
 
 
-def test_adhoc_dry_run_counts_and_changes_nothing(cli):
+def test_adhoc_dry_run_counts_sends_nothing_and_can_be_previewed(cli):
     cli("ingest", "listing", str(Path(__file__).parents[1] / "digest/data/demo-newsroom.txt"))
     assert cli("subscribers", "add", "p@example.org", "--theme", "Policing").returncode == 0
     proc = cli("send", "adhoc", "--theme", "Policing", "--from", "2025-09-01", "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    assert "would send 1 digest(s)" in proc.stdout
-    assert count(cli.db_url, Delivery) == 0
+    assert "would send 1 digest(s)" in proc.stdout and "nothing was sent" in proc.stdout
+    engine = create_engine(cli.db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("select id, status, attempts from deliveries")).all()
+    engine.dispose()
+    [(delivery_id, status, attempts)] = rows
+    assert (status, attempts) == ("dry_run", 0)
+    assert f"digest preview --delivery {delivery_id}" in proc.stdout
+
+    shown = cli("preview", "--delivery", str(delivery_id))
+    assert shown.returncode == 0, shown.stderr
+    html = (cli.tmp / f"var/preview/delivery-{delivery_id}.html").read_text()
+    txt = (cli.tmp / f"var/preview/delivery-{delivery_id}.txt").read_text()
+    assert "<html" in html and "Policing" in txt and "subject: " in shown.stdout
+    assert_one_line_error(cli("preview"), "one of the two")
+    assert_one_line_error(cli("preview", "p@example.org", "--delivery", "1"), "one of the two")
+    assert_one_line_error(cli("preview", "--delivery", "999"), "no delivery 999")
 
 
 def test_preview_writes_html_and_text_and_sends_nothing(cli):

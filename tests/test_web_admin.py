@@ -62,6 +62,7 @@ def _admin_urls(sub_id: int) -> list[str]:
         f"/admin/subscriber/action/unsuppress?pks={sub_id}",
         f"/admin/subscriber/action/preferences?pks={sub_id}",
         f"/admin/delivery/action/requeue?pks={sub_id}",
+        f"/admin/delivery/action/message?pks={sub_id}",
         f"/admin/suppression/action/unsuppress?pks={sub_id}",
     ]
     return urls
@@ -283,3 +284,24 @@ def test_paused_domains_are_listed_and_deleting_one_lifts_the_pause(client, db_s
     assert db_session.get(DomainPause, "example.org") is None
     # Lifting the pause makes the delivery that waited for it due now.
     assert db_session.get(Delivery, waiting.id).next_attempt_at <= utcnow()
+
+
+def test_admin_shows_a_dry_run_delivery_as_it_would_be_mailed(admin, db_session, taxo, people):
+    from tests.factories import make_item
+
+    item = make_item(db_session, "Police <b>cooperation</b> & training", themes=[taxo.policing],
+                     locations=[taxo.montenegro], ingested_at=utcnow())
+    db_session.commit()
+    dry = admin.post("/api/v1/runs", json={"item_ids": [item.id], "dry_run": True},
+                     headers={"Authorization": "Bearer test-api-token-0123456789"}).json()
+    rows = admin.get("/api/v1/deliveries", params={"run_id": dry["id"]},
+                     headers={"Authorization": "Bearer test-api-token-0123456789"}).json()
+    [ann_row] = [d for d in rows["items"] if d["email"] == "ann@example.org"]
+    assert ann_row["status"] == "dry_run"
+
+    shown = admin.get(f"/admin/delivery/action/message?pks={ann_row['id']}")
+    assert shown.status_code == 200 and shown.headers["content-type"].startswith("text/html")
+    assert "Police &lt;b&gt;cooperation&lt;/b&gt; &amp; training" in shown.text
+    assert "default-src 'none'" in shown.headers["content-security-policy"]
+    missing = admin.get("/admin/delivery/action/message?pks=999999")
+    assert missing.status_code == 404 and "no message" in missing.text

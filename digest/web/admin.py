@@ -375,6 +375,26 @@ class DeliveryAdmin(ModelView, model=Delivery):
         return _back(request, self)
 
 
+    @action(name="message", label="Show the message", add_in_list=False)
+    async def message(self, request: Request) -> Response:
+        ids = _ids(request)
+        if len(ids) != 1:
+            return _back(request, self)
+
+        def work():
+            with _session(self) as session:
+                return deliver.render_delivery(session, ids[0], settings=self.digest_settings)
+
+        rendered = await anyio.to_thread.run_sync(work)
+        if rendered is None:
+            return HTMLResponse("<p>This delivery carries no items (skipped): there is no "
+                                "message to show.</p>", status_code=404)
+        # The mail as readers get it; nothing in it may run or load from elsewhere.
+        return HTMLResponse(rendered.html, headers={
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                                       "img-src data:; base-uri 'none'; form-action 'none'"})
+
+
 class SuppressionAdmin(ModelView, model=Suppression):
     name, name_plural, icon = "Suppression", "Suppression list", "fa-solid fa-ban"
     can_create = can_edit = can_delete = False

@@ -288,6 +288,17 @@ class DeliveryOut(BaseModel):
     next_attempt_at: datetime | None
 
 
+class DeliveryMessage(BaseModel):
+    delivery_id: int
+    run_id: int
+    email: str
+    status: str
+    item_count: int
+    subject: str
+    html: str
+    text: str
+
+
 class DeliveryPage(BaseModel):
     total: int
     items: list[DeliveryOut]
@@ -632,6 +643,26 @@ def list_deliveries(
         select(Delivery).where(*conds).order_by(Delivery.id).limit(limit).offset(offset)
     )
     return DeliveryPage(total=total, items=[DeliveryOut.model_validate(d) for d in rows])
+
+
+@router.get(
+    "/deliveries/{delivery_id}/message",
+    response_model=DeliveryMessage,
+    tags=["deliveries"],
+    responses={404: {"description": "No such delivery, or it carries nothing (skipped)"}},
+)
+def delivery_message(delivery_id: IdPath, session: SessionDep):
+    """The message of a delivery as it is (or would be) mailed: subject, HTML and text.
+
+    For a dry run's deliveries this is the preview of an ad-hoc send before it is made.
+    """
+    delivery = session.get(Delivery, delivery_id)
+    rendered = deliver.render_delivery(session, delivery_id) if delivery else None
+    if delivery is None or rendered is None:
+        raise HTTPException(404, f"no delivery with id {delivery_id} that carries items")
+    return DeliveryMessage(delivery_id=delivery.id, run_id=delivery.run_id, email=delivery.email,
+                           status=delivery.status, item_count=delivery.item_count,
+                           subject=rendered.subject, html=rendered.html, text=rendered.text)
 
 
 @router.post(
