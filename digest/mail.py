@@ -8,8 +8,10 @@ generator would give us for free is done here explicitly:
 - both parts quoted-printable in UTF-8 (``binascii.b2a_qp`` is C code), so the body is 7-bit;
 - header values with anything but printable ASCII become RFC 2047 encoded-words, each at
   most 75 characters; header lines are folded at whitespace near 78 characters;
-- addresses stay ASCII (no SMTPUTF8): an internationalised local part is refused, an
-  internationalised domain is sent in its IDNA form;
+- addresses are ASCII, an internationalised domain in its IDNA form; the one exception is
+  a To address with a non-ASCII local part when SMTPUTF8 is on (``DIGEST_SMTPUTF8``): it is
+  written in UTF-8 as RFC 6532 allows (the message then needs SMTPUTF8 to travel), and
+  refused when the setting is off;
 - every header value is checked for CR/LF before anything is assembled (header injection).
 
 DKIM signs the finished bytes; nothing may touch them afterwards.
@@ -86,19 +88,39 @@ def check_header_value(name: str, value: str) -> str:
     return value
 
 
-def normalise_address(addr: str) -> str:
+def normalise_address(addr: str, *, smtputf8: bool | None = None) -> str:
     """The normalised form of an email address, or ValidationError with the reason.
 
-    No DNS lookups. Internationalised local parts are refused because the transport does
-    not speak SMTPUTF8; internationalised domains are fine (sent in IDNA form).
+    No DNS lookups. Internationalised domains are fine (sent in IDNA form). A non-ASCII
+    local part (normalised to NFC) is accepted only with ``smtputf8``, which defaults to
+    the DIGEST_SMTPUTF8 setting: such addresses can only be reached over SMTPUTF8.
     """
-    return _validated(addr).normalized
+    if smtputf8 is None:
+        smtputf8 = not addr.isascii() and _smtputf8_setting()
+    return _validated(addr, smtputf8, hint=True).normalized
 
 
 def ascii_address(addr: str) -> str:
     """``addr`` as SMTP and headers carry it without SMTPUTF8: the domain in IDNA form;
     ValidationError for a non-ASCII local part or an invalid address."""
     return _ascii_addr_spec(addr)
+
+
+def utf8_address(addr: str) -> str:
+    """``addr`` as SMTPUTF8 and RFC 6532 headers carry it: the local part in UTF-8 (NFC),
+    the domain in IDNA form; an ASCII local part gives the same as ``ascii_address``."""
+    return _utf8_addr_spec(addr)
+
+
+def needs_smtputf8(addr: str) -> bool:
+    """True when ``addr`` is a valid address only with SMTPUTF8 (a non-ASCII local part)."""
+    if addr.rpartition("@")[0].isascii():
+        return False
+    try:
+        validate_email(addr, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError:
+        return False
+    return True
 
 
 def make_message_id(local: str, domain: str) -> str:
@@ -128,10 +150,13 @@ def build_message(
     date: datetime | None = None,
     precedence_bulk: bool = True,
     extra_headers: Mapping[str, str] | None = None,
+    smtputf8: bool | None = None,
 ) -> bytes:
     """The complete message (RFC 5322 + MIME) as the bytes to hand to SMTP.
 
     ``from_addr``, ``to_addr`` and ``reply_to`` are ``addr@domain`` or ``Name <addr@domain>``.
+    A ``to_addr`` with a non-ASCII local part is written in UTF-8 (RFC 6532) when
+    ``smtputf8`` (default: the DIGEST_SMTPUTF8 setting) allows it, and refused otherwise.
     Raises HeaderInjectionError for CR/LF in any header value and ValidationError for an
     invalid address, URL or header name; nothing is built in either case.
     """
@@ -164,9 +189,13 @@ def build_message(
     elif date.tzinfo is None:
         raise ValidationError("date must be timezone-aware (all datetimes are UTC-aware)")
 
+    if smtputf8 is None:
+        # Only a non-ASCII To can need it: ASCII messages never look the setting up.
+        smtputf8 = not to_addr.isascii() and _smtputf8_setting()
+    to_header = _mailbox("To", to_addr, smtputf8=smtputf8, hint=True)
     headers: list[str] = [
         _fold("From", _mailbox("From", from_addr)),
-        _fold("To", _mailbox("To", to_addr)),
+        _fold("To", to_header),
         _unstructured("Subject", subject),
         f"Date: {format_datetime(date)}",
         f"Message-ID: {_message_id(message_id)}",
@@ -200,7 +229,8 @@ def build_message(
         'Content-Type: text/{}; charset="utf-8"\r\n'
         "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
     )
-    head = (CRLF.join(headers) + CRLF + CRLF).encode("ascii")
+    # Headers are ASCII (encoding would catch a slip) except a UTF-8 To (RFC 6532).
+    head = (CRLF.join(headers) + CRLF + CRLF).encode("ascii" if to_header.isascii() else "utf-8")
     delimiter = f"--{boundary}\r\n".encode("ascii")
     return b"".join(
         (
@@ -325,21 +355,46 @@ class _OpenSSLDKIM(dkim.DKIM):
 # --- addresses and structured values -------------------------------------------------
 
 
-def _validated(addr: str):
+SMTPUTF8_HINT = (
+    "setting DIGEST_SMTPUTF8=true enables addresses with non-ASCII characters before the @ "
+    "(the SMTP server must then offer SMTPUTF8)"
+)
+
+
+def _smtputf8_setting() -> bool:
+    from digest.settings import get_settings
+
+    return get_settings().smtputf8
+
+
+def _validated(addr: str, smtputf8: bool = False, *, hint: bool = False):
+    """email-validator's result; ``hint``: say how to enable an address refused only for
+    want of SMTPUTF8 (for subscribers' addresses, not for the operator's From)."""
     try:
-        return validate_email(addr, check_deliverability=False, allow_smtputf8=False)
+        return validate_email(addr, check_deliverability=False, allow_smtputf8=smtputf8)
     except EmailNotValidError as exc:
-        raise ValidationError(f"invalid email address {addr!r}: {exc}") from exc
+        reason = str(exc)
+        if hint and not smtputf8 and needs_smtputf8(addr):
+            reason = f"{reason.rstrip('.')}; {SMTPUTF8_HINT}"
+        raise ValidationError(f"invalid email address {addr!r}: {reason}") from exc
 
 
 @lru_cache(maxsize=64)  # From and Reply-To are the same for every message of a run
-def _ascii_addr_spec(addr: str) -> str:
-    result = _validated(addr)
+def _ascii_addr_spec(addr: str, hint: bool = False) -> str:
+    result = _validated(addr, hint=hint)
     return result.ascii_email or result.normalized
 
 
-def _mailbox(header: str, value: str) -> str:
-    """``Name <addr>`` or ``addr`` with the name quoted or encoded and the address ASCII."""
+@lru_cache(maxsize=64)
+def _utf8_addr_spec(addr: str) -> str:
+    result = _validated(addr, smtputf8=True)
+    # email-validator refuses quoted local parts, so a UTF-8 one is a dot-atom (RFC 6532 3.2).
+    return result.ascii_email or f"{result.local_part}@{result.ascii_domain}"
+
+
+def _mailbox(header: str, value: str, *, smtputf8: bool = False, hint: bool = False) -> str:
+    """``Name <addr>`` or ``addr`` with the name quoted or encoded and the address ASCII
+    (with ``smtputf8``, a non-ASCII local part stays UTF-8; the domain is IDNA either way)."""
     match = _NAME_AND_ANGLE.match(value)
     if match:
         name, addr = _unquote(match["name"].strip()), match["inner"].strip()
@@ -348,7 +403,7 @@ def _mailbox(header: str, value: str) -> str:
     if not addr:
         raise ValidationError(f"{header} has no email address: {value!r}")
     try:
-        spec = _ascii_addr_spec(addr)
+        spec = _utf8_addr_spec(addr) if smtputf8 else _ascii_addr_spec(addr, hint)
     except ValidationError as exc:
         raise ValidationError(f"{header}: {exc}") from exc
     if not name:

@@ -3,7 +3,8 @@
 Built on aiosmtpd's threaded Controller. Every message is kept in memory (``.messages``) and,
 when an outbox directory is given, written there as ``<timestamp>-<n>.eml`` exactly as
 received (CRLF line ends). Replies can be scripted per recipient to play a server that
-defers, rejects or hangs up.
+defers, rejects or hangs up. SMTPUTF8 (RFC 6531) is offered unless ``smtputf8=False``, to
+play a server that does not.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import threading
 import time
 import warnings
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,8 +40,18 @@ class ReceivedMessage:
     path: Path | None
     tls: bool = False  # came over TLS (STARTTLS or implicit)
     login: str | None = None  # the AUTH login the client used, if any
+    mail_options: list[str] = field(default_factory=list)  # MAIL FROM parameters, upper-case
+
+    @property
+    def smtputf8(self) -> bool:
+        """The client asked for SMTPUTF8 (its headers may carry UTF-8, RFC 6532)."""
+        return "SMTPUTF8" in self.mail_options
 
     def parsed(self) -> email.message.EmailMessage:
+        if self.smtputf8:
+            # The bytes parser would turn UTF-8 in addresses into surrogate escapes.
+            text = self.data.decode("utf-8", "surrogateescape")
+            return email.message_from_string(text, policy=email.policy.default)
         return email.message_from_bytes(self.data, policy=email.policy.default)
 
 
@@ -87,6 +98,7 @@ class _Handler:
             envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
             tls=self.sink.implicit_tls or session.ssl is not None,
             login=login.decode("utf-8", "replace") if isinstance(login, bytes) else login,
+            mail_options=list(envelope.mail_options),
         )
         return f"250 2.0.0 OK: queued as {number}"
 
@@ -96,10 +108,11 @@ class MailSink:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, outbox: Path | None = None, *,
                  tls_context: ssl.SSLContext | None = None, implicit_tls: bool = False,
-                 logins: dict[str, str] | None = None):
+                 logins: dict[str, str] | None = None, smtputf8: bool = True):
         """``tls_context`` (a server context with its certificate loaded) offers STARTTLS and
         requires it before MAIL; with ``implicit_tls`` the connection is TLS from the first
-        byte instead (like port 465). ``logins`` (user: password) requires AUTH."""
+        byte instead (like port 465). ``logins`` (user: password) requires AUTH.
+        ``smtputf8=False`` plays a server without SMTPUTF8 (MAIL FROM ... SMTPUTF8 gets 501)."""
         if implicit_tls and tls_context is None:
             raise ValueError("implicit_tls needs a tls_context")
         self.host = host
@@ -108,6 +121,7 @@ class MailSink:
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.logins = dict(logins) if logins is not None else None
+        self.smtputf8 = smtputf8
         self.messages: list[ReceivedMessage] = []
         self.sessions = 0  # connections that said EHLO/HELO
         self.quits = 0  # connections the client closed politely with QUIT
@@ -129,7 +143,7 @@ class MailSink:
             port=self.port,
             server_hostname="digest-mailsink.localhost",  # no getfqdn() DNS lookup
             data_size_limit=DATA_SIZE_LIMIT,
-            enable_SMTPUTF8=False,
+            enable_SMTPUTF8=self.smtputf8,
             **self._security_options(),
         )
         controller.start()
@@ -221,7 +235,7 @@ class MailSink:
             return queue.popleft() if queue else None
 
     def _store(self, mail_from: str, rcpt_tos: list[str], data: bytes, *, tls: bool = False,
-               login: str | None = None) -> int:
+               login: str | None = None, mail_options: list[str] | None = None) -> int:
         with self._lock:
             self._received += 1
             number = self._received
@@ -231,7 +245,8 @@ class MailSink:
             path = self.outbox / f"{stamp}-{number}.eml"
             path.write_bytes(data)
         with self._lock:
-            self.messages.append(ReceivedMessage(mail_from, rcpt_tos, data, path, tls, login))
+            self.messages.append(ReceivedMessage(mail_from, rcpt_tos, data, path, tls, login,
+                                                 list(mail_options or [])))
             self._lock.notify_all()
         return number
 

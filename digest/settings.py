@@ -38,6 +38,10 @@ class Settings(BaseSettings):
         default=None,
         description="PEM file of the CA(s) that signed the SMTP server's certificate; "
                     "default: the system's trusted CAs.")
+    smtputf8: bool = Field(
+        default=False,
+        description="Accept addresses with non-ASCII characters before the @ (zoë@example.org) "
+                    "and send to them with SMTPUTF8 (RFC 6531), where the SMTP server offers it.")
 
     # Identity of the mail
     from_address: str = "OSCE Newsroom Digest <digest@newsroom.example.org>"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -84,9 +85,12 @@ def canonical_email(addr: str) -> str:
 
     Local parts are case-sensitive in theory and never in practice; treating
     ``Ana@Example.org`` and ``ana@example.org`` as two people would let one of them escape
-    a suppression or subscribe twice.
+    a suppression or subscribe twice. A non-ASCII local part (only with DIGEST_SMTPUTF8) is
+    kept in NFC.
     """
-    return normalise_address(addr).lower()
+    address = normalise_address(addr).lower()
+    # Lower-casing can leave NFC ("H" + U+0331 lowers to "h" + U+0331, which composes).
+    return address if address.isascii() else unicodedata.normalize("NFC", address)
 
 
 def _lookup_form(addr: str) -> str:

@@ -5,6 +5,9 @@ connection, a timeout or a refused connection raises ``TemporaryDeliveryError`` 
 later); a 5xx reply raises ``PermanentDeliveryError``. ``smtplib.SMTP.sendmail`` is not used
 because it returns refused recipients instead of raising; the low-level ``mail()``,
 ``rcpt()`` and ``data()`` give the reply of each step.
+
+An address with a non-ASCII local part goes out only with DIGEST_SMTPUTF8 on and over a
+server that offers SMTPUTF8 (RFC 6531); messages to ASCII addresses never use it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ from digest.errors import (
     TemporaryDeliveryError,
     ValidationError,
 )
-from digest.mail import ascii_address, check_header_value
+from digest.mail import (
+    SMTPUTF8_HINT,
+    ascii_address,
+    check_header_value,
+    needs_smtputf8,
+    utf8_address,
+)
 from digest.settings import Settings, get_settings
 
 
@@ -86,11 +95,16 @@ class SMTPTransport:
         """Send ``data`` unchanged from ``mail_from`` to ``rcpt``; the reply to DATA on success."""
         check_header_value("envelope sender", mail_from)
         check_header_value("recipient", rcpt)
-        mail_from, rcpt = _ascii(mail_from, "envelope sender"), _ascii(rcpt, "recipient")
+        smtputf8 = self.settings.smtputf8
+        mail_from, sender_utf8 = _envelope(mail_from, "envelope sender", smtputf8)
+        rcpt, rcpt_utf8 = _envelope(rcpt, "recipient", smtputf8)
         conn = self._connection()
+        options = [f"SIZE={len(data)}"] if conn.has_extn("size") else []
+        if sender_utf8 or rcpt_utf8:
+            options += self._smtputf8_options(conn, rcpt if rcpt_utf8 else mail_from)
         step = "MAIL FROM"
         try:
-            options = [f"SIZE={len(data)}"] if conn.has_extn("size") else []
+            # With SMTPUTF8 among the options smtplib sends the commands in UTF-8.
             code, reply = conn.mail(mail_from, options)
             if code != 250:
                 self._refused(step, code, reply, rcpt)
@@ -116,6 +130,20 @@ class SMTPTransport:
 
     def _where(self) -> str:
         return f"SMTP server {self.settings.smtp_host}:{self.settings.smtp_port}"
+
+    def _smtputf8_options(self, conn: smtplib.SMTP, address: str) -> list[str]:
+        """MAIL FROM parameters for a transaction that needs SMTPUTF8, or a permanent error
+        for this recipient only (nothing was sent: the connection stays good for others)."""
+        if not conn.has_extn("smtputf8"):
+            # No host in the text: deliver reads enhanced codes from it, and an IP such as
+            # 10.5.1.1 would look like 5.1.1 (unknown user).
+            raise PermanentDeliveryError(
+                f"the SMTP server (DIGEST_SMTP_HOST) does not offer SMTPUTF8, which the address "
+                f"{address} needs (non-ASCII characters before the @); it was not sent: relay "
+                "through a server that offers SMTPUTF8"
+            )
+        # The message carries UTF-8 headers; an SMTPUTF8 server supports 8BITMIME (RFC 6531).
+        return ["SMTPUTF8", "BODY=8BITMIME"] if conn.has_extn("8bitmime") else ["SMTPUTF8"]
 
     def _connection(self) -> smtplib.SMTP:
         if self._conn is not None:
@@ -254,17 +282,25 @@ def transport_from_settings(settings: Settings | None = None) -> Transport:
     return SMTPTransport(settings)
 
 
-def _ascii(address: str, role: str) -> str:
-    """Internationalised domains go out in IDNA form; a non-ASCII local part cannot go out."""
+def _envelope(address: str, role: str, smtputf8: bool) -> tuple[str, bool]:
+    """(the address as SMTP carries it, whether that needs SMTPUTF8).
+
+    Internationalised domains go out in IDNA form; a non-ASCII local part goes out in UTF-8
+    with SMTPUTF8 on, and is refused before connecting with it off.
+    """
     if address.isascii():
-        return address
+        return address, False
     try:
-        return ascii_address(address)
+        return ascii_address(address), False
     except ValidationError as exc:
-        raise ValidationError(
-            f"{role} {address!r} cannot be sent without SMTPUTF8, which this transport does "
-            f"not use: {exc}"
-        ) from exc
+        if not needs_smtputf8(address):
+            raise ValidationError(f"{role} {address!r} cannot be sent: {exc}") from exc
+        if not smtputf8:
+            raise ValidationError(
+                f"{role} {address!r} cannot be sent without SMTPUTF8, which is off: "
+                f"{SMTPUTF8_HINT}"
+            ) from exc
+    return utf8_address(address), True
 
 
 def _error_for(code: int) -> type[TemporaryDeliveryError] | type[PermanentDeliveryError]:

@@ -434,3 +434,62 @@ def test_resuming_a_domain_lifts_the_pause_and_its_waiting_deliveries_go_at_once
     assert due == [first.id, *(d.id for d in rest)]
     assert send_deliveries(due).sent == 3
     assert len(smtp_sink.wait_for(4)) == 4
+
+
+# --- SMTPUTF8: a subscriber with a non-ASCII local part ----------------------------------
+
+
+@pytest.fixture
+def utf8_planned(session, smtp_sink, monkeypatch):
+    """DIGEST_SMTPUTF8 on; Zoë (stored in canonical form) and Ann get a weekly digest."""
+    from digest.settings import reset_settings_cache
+    from digest.subscribers import canonical_email
+
+    monkeypatch.setenv("DIGEST_SMTPUTF8", "true")
+    reset_settings_cache()
+    t = Taxo(session)
+    make_item(session, "Police & courts", themes=[t.policing])
+    zoe = canonical_email("Zoe\u0308@Example.ORG")
+    make_subscriber(session, zoe)
+    make_subscriber(session, "ann@example.org")
+    session.commit()
+    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True)
+    session.commit()
+    assert zoe == "zoë@example.org" and len(run.pending_ids) == 2
+    return run
+
+
+def test_a_digest_to_a_utf8_address_goes_out_with_smtputf8_and_is_logged_sent(
+        session, smtp_sink, utf8_planned):
+    result = send_deliveries(utf8_planned.pending_ids)
+    assert result.sent == 2
+    received = {tuple(m.rcpt_tos): m for m in smtp_sink.wait_for(2)}
+    zoe, ann = received[("zoë@example.org",)], received[("ann@example.org",)]
+    assert zoe.smtputf8 and not ann.smtputf8
+    assert zoe.mail_from.startswith("bounces+") and zoe.mail_from.isascii()
+    assert zoe.parsed()["To"].addresses[0].addr_spec == "zoë@example.org"
+    assert ann.data.isascii() and "ann@example.org" == ann.parsed()["To"]
+    rows = _rows(session)
+    assert rows["zoë@example.org"].status == "sent" and rows["zoë@example.org"].smtp_code == 250
+    assert rows["zoë@example.org"].message_id == zoe.parsed()["Message-ID"]
+
+
+def test_a_server_without_smtputf8_fails_the_utf8_address_only_and_suppresses_nothing(
+        session, utf8_planned, monkeypatch):
+    from digest.mailsink import MailSink
+    from digest.settings import reset_settings_cache
+
+    with MailSink(smtputf8=False) as plain_sink:
+        monkeypatch.setenv("DIGEST_SMTP_PORT", str(plain_sink.port))
+        reset_settings_cache()
+        result = send_deliveries(utf8_planned.pending_ids)
+        assert (result.sent, result.failed) == (1, 1)
+        assert [m.rcpt_tos for m in plain_sink.wait_for(1)] == [["ann@example.org"]]
+        assert plain_sink.sessions == 1  # the refusal did not cost the connection
+    rows = _rows(session)
+    zoe = rows["zoë@example.org"]
+    assert zoe.status == "failed" and zoe.smtp_code is None
+    assert "does not offer SMTPUTF8, which the address zoë@example.org needs" in zoe.smtp_reply
+    assert rows["ann@example.org"].status == "sent"
+    # The address is fine; the server is not: nothing is suppressed.
+    assert session.scalars(select(Suppression.email)).all() == []

@@ -437,3 +437,100 @@ def test_dkim_key_problems_are_configuration_errors(tmp_path):
     bad.write_bytes(b"just text")
     with pytest.raises(ConfigError, match="not a PEM RSA private key"):
         DkimSigner.from_settings(Settings(dkim_selector="s1", dkim_private_key_path=bad))
+
+
+# --- SMTPUTF8: a non-ASCII local part in To (RFC 6532) ---------------------------------
+
+
+def parse_utf8(raw: bytes) -> email.message.EmailMessage:
+    """A message with UTF-8 headers as the receiving side reads it: text, not bytes (the
+    bytes parser would turn the UTF-8 into surrogate escapes)."""
+    return email.message_from_string(raw.decode("utf-8"), policy=email.policy.default)
+
+
+def header_lines(raw: bytes) -> list[bytes]:
+    return raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+def test_a_non_ascii_local_part_goes_into_to_as_utf8_with_the_display_name_still_encoded():
+    raw = build(to_addr="Zoë <zoë@example.org>", subject="Grüße", smtputf8=True)
+    [to_line] = [line for line in header_lines(raw) if line.startswith(b"To:")]
+    # No encoded-word inside the addr-spec (invalid there): the address is plain UTF-8.
+    assert to_line == "To: =?utf-8?q?Zo=C3=AB?= <zoë@example.org>".encode()
+    # The To line is the only 8-bit one: Subject stays RFC 2047, the bodies quoted-printable.
+    assert [line for line in raw.split(b"\r\n") if not line.isascii()] == [to_line]
+    msg = parse_utf8(raw)
+    [to] = msg["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Zoë", "zoë@example.org")
+    assert msg["Subject"] == "Grüße"
+    assert content(msg.get_body(("plain",))) == "Hello\n"
+    assert len(raw.split(b"\r\n")) == len(build(smtputf8=True).split(b"\r\n"))
+
+
+def test_a_utf8_to_keeps_its_domain_in_idna_form_and_its_local_part_in_nfc():
+    raw = build(to_addr="иван@пример.рф", smtputf8=True)
+    assert "To: иван@xn--e1afmkfd.xn--p1ai".encode() in header_lines(raw)
+    decomposed = build(to_addr="Zoe\u0308@example.org", smtputf8=True)
+    assert "To: Zoë@example.org".encode() in header_lines(decomposed)  # U+00EB, composed
+
+
+def test_with_smtputf8_off_a_non_ascii_to_is_refused_naming_the_setting():
+    with pytest.raises(ValidationError, match="To: .*DIGEST_SMTPUTF8=true enables"):
+        build(to_addr="zoë@example.org", smtputf8=False)
+    # An address that is wrong anyway is not blamed on the setting.
+    with pytest.raises(ValidationError) as wrong:
+        build(to_addr="zoë@@example.org", smtputf8=False)
+    assert "DIGEST_SMTPUTF8" not in str(wrong.value)
+
+
+def test_build_message_follows_the_setting_when_not_told(monkeypatch):
+    from digest.settings import reset_settings_cache
+
+    monkeypatch.setenv("DIGEST_SMTPUTF8", "true")
+    reset_settings_cache()
+    try:
+        assert "To: zoë@example.org".encode() in header_lines(build(to_addr="zoë@example.org"))
+        monkeypatch.setenv("DIGEST_SMTPUTF8", "false")
+        reset_settings_cache()
+        with pytest.raises(ValidationError, match="DIGEST_SMTPUTF8"):
+            build(to_addr="zoë@example.org")
+    finally:
+        reset_settings_cache()
+
+
+def test_smtputf8_changes_nothing_for_ascii_and_idn_recipients_nor_for_from():
+    def same_boundary(raw: bytes) -> bytes:
+        return re.sub(rb"=_digest_[0-9a-f]+", b"=_digest_B", raw)
+
+    for to_addr in (TO, "Reader <zoe@exämple.org>"):
+        on, off = build(to_addr=to_addr, smtputf8=True), build(to_addr=to_addr, smtputf8=False)
+        assert same_boundary(on) == same_boundary(off)
+        assert_wire_format(on)
+    # Only To may carry UTF-8: From and Reply-To stay ASCII whatever the setting.
+    for field in ("from_addr", "reply_to"):
+        with pytest.raises(ValidationError, match="Internationalized characters"):
+            build(**{field: "Zoë <zoë@newsroom.example.org>"}, smtputf8=True)
+
+
+def test_normalise_address_accepts_a_non_ascii_local_part_only_with_smtputf8():
+    assert normalise_address("Zoe\u0308@Example.ORG", smtputf8=True) == "Zoë@example.org"
+    assert normalise_address("иван@пример.рф", smtputf8=True) == "иван@пример.рф"
+    with pytest.raises(ValidationError, match="not supported: 'ë'; setting DIGEST_SMTPUTF8"):
+        normalise_address("zoë@example.org", smtputf8=False)
+    with pytest.raises(ValidationError, match="An email address must have an @-sign"):
+        normalise_address("zoë.example.org", smtputf8=True)
+
+
+def test_dkim_signature_over_a_utf8_to_header_verifies_and_breaks_when_it_changes(rsa_key):
+    pem, record = rsa_key
+    signer = DkimSigner("digest2025", "newsroom.example.org", pem)
+    message = build(to_addr="Zoë <zoë@example.org>", smtputf8=True)
+    signed = signer.sign(message)
+    assert signed.endswith(message) and signed[: -len(message)].isascii()
+    head = signed[: -len(message)].decode("ascii")
+    signed_headers = re.search(r"\bh=([^;]+)", re.sub(r"\s", "", head))[1].lower().split(":")
+    assert "to" in signed_headers and "from" in signed_headers
+    assert dkim.verify(signed, dnsfunc=dns_for(record)) is True
+    tampered = signed.replace("zoë@".encode(), "zoé@".encode())
+    assert tampered != signed
+    assert dkim.verify(tampered, dnsfunc=dns_for(record)) is False

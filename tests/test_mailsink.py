@@ -69,8 +69,8 @@ def test_messages_over_one_megabyte_are_accepted(sink):
     assert sink.wait_for(1)[0].data == big
 
 
-def test_smtputf8_is_not_offered(sink):
-    with client(sink) as conn:
+def test_smtputf8_is_not_offered_when_turned_off():
+    with MailSink(smtputf8=False) as sink, client(sink) as conn:
         assert not conn.has_extn("smtputf8")
         # smtplib refuses to send the option itself, so say it by hand.
         reply = conn.docmd("MAIL FROM:<a@example.org> SMTPUTF8")
@@ -167,3 +167,50 @@ def test_smtp_sink_fixture_before_settings_keeps_its_environment(smtp_sink, sqli
 def test_smtp_sink_fixture_alone_points_settings_at_the_sink_and_its_outbox(smtp_sink, tmp_path):
     assert get_settings().smtp_port == smtp_sink.port
     assert smtp_sink.outbox == tmp_path / "outbox"
+
+
+# --- SMTPUTF8 (RFC 6531) -----------------------------------------------------------------
+
+UTF8_MESSAGE = (
+    "From: a@example.org\r\nTo: =?utf-8?q?Zo=C3=AB?= <zoë@example.org>\r\nSubject: hi\r\n"
+    "\r\nbody\r\n"
+).encode("utf-8")
+
+
+def test_smtputf8_is_offered_by_default_and_a_utf8_envelope_and_header_arrive_intact(sink):
+    with client(sink) as conn:
+        assert conn.has_extn("smtputf8") and conn.has_extn("8bitmime")
+        conn.sendmail("a@example.org", ["zoë@example.org"], UTF8_MESSAGE,
+                      mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    [received] = sink.wait_for(1)
+    assert received.rcpt_tos == ["zoë@example.org"]
+    assert received.data == UTF8_MESSAGE
+    assert received.smtputf8
+    assert received.mail_options == [f"SIZE={len(UTF8_MESSAGE)}", "SMTPUTF8", "BODY=8BITMIME"]
+    [to] = received.parsed()["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Zoë", "zoë@example.org")
+
+
+def test_mail_options_are_recorded_and_empty_for_a_plain_ascii_transaction(sink):
+    with client(sink) as conn:
+        conn.sendmail("a@example.org", ["b@example.org"], MESSAGE)
+        conn.sendmail("a@example.org", ["c@example.org"], MESSAGE, mail_options=["BODY=8BITMIME"])
+    plain, eight_bit = sink.wait_for(2)
+    size = f"SIZE={len(MESSAGE)}"  # smtplib's sendmail states the size itself
+    assert plain.mail_options == [size] and not plain.smtputf8
+    assert eight_bit.mail_options == [size, "BODY=8BITMIME"] and not eight_bit.smtputf8
+    assert plain.parsed()["Subject"] == "Grüße"
+
+
+def test_a_store_override_taking_keyword_details_still_receives_every_message():
+    # bench/pipeline.py's counting sink overrides _store with **details: new keywords
+    # must reach it as keywords, never as extra positional arguments.
+    class Counting(MailSink):
+        def _store(self, mail_from, rcpt_tos, data, **details):
+            self.details = details
+            return 7
+
+    with Counting() as sink, client(sink) as conn:
+        conn.sendmail("a@example.org", ["b@example.org"], MESSAGE)
+    assert sink.details["mail_options"] == [f"SIZE={len(MESSAGE)}"]
+    assert sink.details["tls"] is False

@@ -350,3 +350,82 @@ def _eventually(condition, timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
+
+
+# --- SMTPUTF8: recipients with a non-ASCII local part ----------------------------------
+
+
+def utf8_message(to_addr: str) -> bytes:
+    return build_message(
+        from_addr="Digest <digest@newsroom.example.org>", to_addr=to_addr, subject="Grüße",
+        html="<p>Hallo</p>", text="Hallo\n", smtputf8=True,
+        message_id=make_message_id("d.1.7", "newsroom.example.org"),
+        date=datetime(2025, 10, 14, 9, 30, tzinfo=UTC),
+    )
+
+
+def test_a_non_ascii_local_part_goes_out_with_smtputf8_and_arrives_as_it_was_written(sink):
+    data = utf8_message("Zoë <zoë@example.org>")
+    with SMTPTransport(smtp_settings(sink.port, smtputf8=True)) as transport:
+        assert transport.send(SENDER, "zoë@example.org", data).code == 250
+    [received] = sink.wait_for(1)
+    assert received.rcpt_tos == ["zoë@example.org"]
+    assert received.mail_from == SENDER
+    assert "SMTPUTF8" in received.mail_options and "BODY=8BITMIME" in received.mail_options
+    assert received.data == data
+    [to] = received.parsed()["To"].addresses
+    assert to.addr_spec == "zoë@example.org"
+
+
+def test_an_internationalised_domain_stays_in_idna_form_next_to_a_utf8_local_part(sink):
+    with SMTPTransport(smtp_settings(sink.port, smtputf8=True)) as transport:
+        transport.send(SENDER, "иван@пример.рф", utf8_message("иван@пример.рф"))
+    [received] = sink.wait_for(1)
+    assert received.rcpt_tos == ["иван@xn--e1afmkfd.xn--p1ai"]
+    assert received.smtputf8
+    assert received.parsed()["To"].addresses[0].addr_spec == "иван@xn--e1afmkfd.xn--p1ai"
+
+
+def test_a_non_ascii_envelope_sender_also_asks_for_smtputf8(sink):
+    with SMTPTransport(smtp_settings(sink.port, smtputf8=True)) as transport:
+        transport.send("rücklauf@newsroom.example.org", "reader@example.org", MESSAGE)
+    [received] = sink.wait_for(1)
+    assert received.mail_from == "rücklauf@newsroom.example.org" and received.smtputf8
+
+
+def test_without_smtputf8_at_the_server_that_recipient_fails_and_the_next_one_is_delivered():
+    with MailSink(smtputf8=False) as plain_sink:
+        settings = smtp_settings(plain_sink.port, smtputf8=True)
+        with SMTPTransport(settings) as transport:
+            with pytest.raises(PermanentDeliveryError) as refused:
+                transport.send(SENDER, "zoë@example.org", utf8_message("zoë@example.org"))
+            assert transport.send(SENDER, "reader@example.org", MESSAGE).code == 250
+            assert transport.connections_opened == 1
+        message = str(refused.value)
+        assert "does not offer SMTPUTF8, which the address zoë@example.org needs" in message
+        assert refused.value.code is None and refused.value.reply is None
+        [received] = plain_sink.wait_for(1)
+        assert received.rcpt_tos == ["reader@example.org"] and received.mail_options == [
+            f"SIZE={len(MESSAGE)}"]
+        assert plain_sink.sessions == 1
+
+
+def test_ascii_addresses_never_ask_for_smtputf8_even_after_a_utf8_send(sink):
+    with SMTPTransport(smtp_settings(sink.port, smtputf8=True)) as transport:
+        transport.send(SENDER, "reader@example.org", MESSAGE)
+        transport.send(SENDER, "zoë@example.org", utf8_message("zoë@example.org"))
+        transport.send(SENDER, "zoe@exämple.org", MESSAGE)
+    first, utf8, idn = sink.wait_for(3)
+    assert first.mail_options == [f"SIZE={len(MESSAGE)}"] and not first.smtputf8
+    assert utf8.smtputf8
+    assert idn.mail_options == [f"SIZE={len(MESSAGE)}"]
+    assert idn.rcpt_tos == ["zoe@xn--exmple-cua.org"]
+
+
+def test_with_smtputf8_off_a_non_ascii_local_part_is_refused_naming_the_setting(sink, transport):
+    with pytest.raises(ValidationError, match="recipient 'zoë@example.org' .*DIGEST_SMTPUTF8"):
+        transport.send(SENDER, "zoë@example.org", MESSAGE)
+    with pytest.raises(ValidationError) as invalid:
+        transport.send(SENDER, "zoë@@example.org", MESSAGE)
+    assert "DIGEST_SMTPUTF8" not in str(invalid.value)
+    assert sink.sessions == 0

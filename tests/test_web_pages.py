@@ -371,3 +371,42 @@ def _other_run(db_session) -> int:
     db_session.add(run)
     db_session.flush()
     return run.id
+
+
+# --- SMTPUTF8: an address with non-ASCII characters before the @ ------------------------
+
+
+def error_summary(html: str) -> str:
+    return visible_text(html.split('class="error-summary"')[1].split("</div>")[0])
+
+
+def test_with_smtputf8_off_a_non_ascii_address_is_refused_naming_the_setting(
+    client, db_session, taxo, smtp_sink
+):
+    response = subscribe(client, email="zoë@example.org")
+    assert response.status_code == 422
+    summary = error_summary(response.text).replace("&#39;", "'")
+    assert "Internationalized characters before the @-sign are not supported" in summary
+    assert "DIGEST_SMTPUTF8=true enables" in summary
+    assert db_session.scalars(select(Subscriber)).all() == []
+    with pytest.raises(TimeoutError):
+        smtp_sink.wait_for(1, timeout=0.5)
+
+
+def test_with_smtputf8_on_a_non_ascii_address_subscribes_and_gets_its_confirmation(
+    client, db_session, taxo, smtp_sink, web_settings, monkeypatch
+):
+    # The app and get_settings() share this object: both see the setting.
+    monkeypatch.setattr(web_settings, "smtputf8", True)
+    response = subscribe(client, email="Zoe\u0308@Example.ORG")
+    assert response.status_code == 200, response.text
+    sub = subscriber(db_session, "zoë@example.org")  # lower-case, NFC, as stored
+    assert sub.status == "pending"
+    [message] = wait_for_mail(smtp_sink, 1)
+    assert message.rcpt_tos == ["zoë@example.org"] and message.smtputf8
+    assert message.parsed()["To"].addresses[0].addr_spec == "zoë@example.org"
+    assert client.get(link_in(message, "confirm")).status_code == 200
+    assert subscriber(db_session, "zoë@example.org").status == "active"
+    # Asking again with another spelling of the same address finds the same subscriber.
+    assert subscribe(client, email="ZOË@example.org").status_code == 200
+    assert [s.email for s in db_session.scalars(select(Subscriber))] == ["zoë@example.org"]
