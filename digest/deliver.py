@@ -91,9 +91,9 @@ def enhanced_status(reply: str) -> str | None:
     return ".".join(match.groups()) if match else None
 
 
-def is_unknown_user(reply: str) -> bool:
+def is_unknown_user(reply: str | None) -> bool:
     """5.1.x: the address does not exist; 5.7.x (policy) is not the address's fault."""
-    code = enhanced_status(reply)
+    code = enhanced_status(reply or "")
     return bool(code and code.startswith("5.1."))
 
 
@@ -261,7 +261,7 @@ class MessageFactory:
             unsubscribe_url=unsubscribe_url,
             unsubscribe_mailto=f"mailto:unsubscribe@{self.domain}?subject=unsubscribe%20{delivery.subscriber_id}",
             feedback_id=self.feedback_id, reply_to=s.reply_to,
-            extra_headers={"X-Digest-Delivery": str(delivery.id)},
+            extra_headers={"X-Digest-Delivery": str(delivery.id)}, smtputf8=s.smtputf8,
         )
         if self.dkim is not None:
             data = self.dkim.sign(data)
@@ -455,7 +455,9 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory, delive
                                    clock(), settings)
         _record(session, delivery.id, status=DeliveryStatus.failed.value, smtp_code=exc.code,
                 smtp_reply=str(exc), message_id=message_id)
-        if is_unknown_user(reply or str(exc)):
+        # Only the server's answer to RCPT TO or DATA speaks about the recipient: 5.1.x at
+        # MAIL FROM is about our sender, and a refusal made here has no reply at all.
+        if is_unknown_user(reply):
             suppress(session, delivery.email, "hard_bounce", str(exc))
             session.commit()
         return "failed"

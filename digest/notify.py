@@ -116,6 +116,7 @@ def build_confirmation(sub: Subscriber, settings: Settings | None = None) -> tup
         message_id=message_id,
         reply_to=s.reply_to,
         precedence_bulk=False,
+        smtputf8=s.smtputf8,
     )
     return message_id, data
 

@@ -493,3 +493,24 @@ def test_a_server_without_smtputf8_fails_the_utf8_address_only_and_suppresses_no
     assert rows["ann@example.org"].status == "sent"
     # The address is fine; the server is not: nothing is suppressed.
     assert session.scalars(select(Suppression.email)).all() == []
+
+
+def test_a_5_1_x_refusal_of_our_sender_at_mail_from_suppresses_no_reader(session, planned):
+    class SenderRefused:
+        """A server that refuses our envelope sender (5.1.8: bad sender domain)."""
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            return None
+
+        def send(self, mail_from, rcpt, data):
+            raise PermanentDeliveryError(
+                f"SMTP server 10.5.1.1:25 refused {rcpt} at MAIL FROM: 553 5.1.8 Sender domain "
+                "does not exist", 553, step="MAIL FROM", reply="553 5.1.8 Sender domain does not exist")
+
+    result = send_deliveries(planned.pending_ids, transport=SenderRefused())
+    assert result.failed == 2
+    assert session.scalars(select(Suppression.email)).all() == []
+    assert {d.status for d in _rows(session).values()} == {"failed"}
