@@ -255,6 +255,31 @@ def test_adhoc_run_dry_run_counts_then_sends_and_reports_progress(api, db_sessio
     assert api.get(f"{V1}/runs/999999").status_code == 404
 
 
+def test_a_dry_run_delivery_message_is_the_preview_of_an_adhoc_send(api, db_session, taxo,
+                                                                     smtp_sink):
+    from digest.subscribers import FilterSpec, upsert_subscriber
+
+    upsert_subscriber(db_session, "ops-check@example.org", filters=[FilterSpec(["Policing"])])
+    item = make_item(db_session, "Border <script>x</script> training", themes=[taxo.policing],
+                     ingested_at=utcnow() - timedelta(hours=1))
+    db_session.commit()
+    dry = api.post(f"{V1}/runs", json={"item_ids": [item.id], "dry_run": True}).json()
+    [row] = api.get(f"{V1}/deliveries", params={"run_id": dry["id"]}).json()["items"]
+    assert row["status"] == "dry_run"
+
+    message = api.get(f"{V1}/deliveries/{row['id']}/message")
+    assert message.status_code == 200, message.text
+    body = message.json()
+    assert (body["delivery_id"], body["email"], body["status"], body["item_count"]) == (
+        row["id"], "ops-check@example.org", "dry_run", 1)
+    assert "Border &lt;script&gt;x&lt;/script&gt; training" in body["html"]
+    assert "<script>x" not in body["html"] and "Border <script>x</script> training" in body["text"]
+    assert body["subject"] and "\n" not in body["subject"]
+    assert api.get(f"{V1}/deliveries/999999/message").status_code == 404
+    with pytest.raises(TimeoutError):
+        smtp_sink.wait_for(1, timeout=1)  # previewing sent nothing
+
+
 def test_deliveries_filter_by_run_subscriber_status_and_time(api, db_session, taxo, smtp_sink):
     from digest.subscribers import FilterSpec, upsert_subscriber
 
