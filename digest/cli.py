@@ -151,6 +151,64 @@ def subscribers_list() -> None:
     console.print(table)
 
 
+@subs_app.command("unsubscribe")
+def subscribers_unsubscribe(email: str) -> None:
+    """Unsubscribe an address (as its own link would); planned digests to it are cancelled."""
+    from digest.subscribers import find_subscriber, unsubscribe
+
+    _ensure_db()
+    with db.session_scope() as session:
+        sub = find_subscriber(session, email)
+        unsubscribe(session, sub)
+        console.print(f"unsubscribed {sub.email}", markup=False, highlight=False)
+
+
+@subs_app.command("suppress")
+def subscribers_suppress(
+    email: str,
+    note: str = typer.Option("", "--note", help="Why (kept with the suppression)."),
+) -> None:
+    """Never send to this address again, whether or not it is a subscriber."""
+    from digest.subscribers import canonical_email, suppress
+
+    _ensure_db()
+    with db.session_scope() as session:
+        row = suppress(session, canonical_email(email), "admin", note or "suppressed from the CLI")
+        console.print(f"suppressed {row.email}", markup=False, highlight=False)
+
+
+@subs_app.command("unsuppress")
+def subscribers_unsuppress(email: str) -> None:
+    """Take an address off the suppression list (a suppressed subscriber becomes active)."""
+    from digest.subscribers import unsuppress
+
+    _ensure_db()
+    with db.session_scope() as session:
+        if not unsuppress(session, email):
+            raise ValidationError(f"{email.strip()!r} is not suppressed")
+        console.print(f"unsuppressed {email.strip()}", markup=False, highlight=False)
+
+
+@subs_app.command("erase")
+def subscribers_erase(
+    email: str,
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Erase a subscriber and everything about them (filters, delivery log, bounces); a
+    suppression of the address is kept so it is never mailed again."""
+    from digest.subscribers import erase_subscriber, find_subscriber
+
+    _ensure_db()
+    with db.session_scope() as session:
+        sub = find_subscriber(session, email)
+        if not yes and not typer.confirm(f"Erase {sub.email} and their delivery log?"):
+            raise typer.Exit(1)
+        erased = erase_subscriber(session, sub)
+    kept = "; the address stays suppressed" if erased.suppression_kept else ""
+    console.print(f"erased {erased.email}: {erased.deliveries} deliveries, {erased.bounces} "
+                  f"bounce report(s){kept}", markup=False, highlight=False)
+
+
 @subs_app.command("import")
 def subscribers_import(source: Path) -> None:
     """Import subscribers from CSV (bad rows are reported with their line numbers)."""

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from digest import taxonomy
 from digest.errors import ValidationError
 from digest.mail import normalise_address
 from digest.models import (
+    Bounce,
     Delivery,
     DeliveryStatus,
     Frequency,
@@ -230,6 +231,43 @@ def purge_unconfirmed(session: Session, older_than: timedelta = timedelta(days=8
                                  Subscriber.created_at < cutoff)
     )
     return result.rowcount or 0
+
+
+def find_subscriber(session: Session, email: str) -> Subscriber:
+    """The subscriber with this address (any capitals), or ValidationError saying so."""
+    address = _lookup_form(email)
+    sub = session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
+    if sub is None:
+        raise ValidationError(f"no subscriber {address}; see 'digest subscribers list'")
+    return sub
+
+
+@dataclass(frozen=True)
+class Erased:
+    email: str
+    deliveries: int
+    bounces: int
+    suppression_kept: bool
+
+
+def erase_subscriber(session: Session, sub: Subscriber) -> Erased:
+    """The right to erasure: the subscriber, their filters, their delivery log (and with it
+    the ledger of what they were sent) and the bounce reports about them are deleted.
+
+    A suppression entry is kept on purpose: it is what stops the address from ever being
+    mailed again (a later import, a bounce that arrives late); ``unsuppress`` removes it.
+    """
+    delivery_ids = select(Delivery.id).where(Delivery.subscriber_id == sub.id)
+    deliveries = session.scalar(select(func.count()).select_from(delivery_ids.subquery())) or 0
+    bounces = session.execute(delete(Bounce).where(
+        or_(Bounce.email == sub.email, Bounce.delivery_id.in_(delivery_ids)))).rowcount or 0
+    # Deliveries, the ledger and delivery items go by the foreign keys' ON DELETE CASCADE.
+    session.execute(delete(Delivery).where(Delivery.subscriber_id == sub.id))
+    kept = session.scalar(select(func.count()).where(Suppression.email == sub.email)) > 0
+    email = sub.email
+    session.delete(sub)
+    session.flush()
+    return Erased(email, deliveries, bounces, kept)
 
 
 def unsubscribe(session: Session, sub: Subscriber) -> None:

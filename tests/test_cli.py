@@ -246,3 +246,36 @@ def test_deliveries_watch_follows_a_run_until_it_finishes(cli):
     assert time.monotonic() - started >= 1.5  # it waited for the row, it did not just exit
     assert f"run {run_id} finished" in followed.stdout and "deferred" not in followed.stdout
     assert_one_line_error(cli("deliveries", "--watch", "--run", "9999"), "no run with id 9999")
+
+
+def test_subscribers_unsubscribe_suppress_and_erase_from_the_cli(cli):
+    assert cli("subscribers", "add", "ann@example.org", "--theme", "Policing",
+               "--create-taxonomy").returncode == 0
+    assert cli("subscribers", "add", "bob@example.org").returncode == 0
+
+    def status(address):
+        engine = create_engine(cli.db_url)
+        with engine.connect() as conn:
+            found = conn.execute(text("select status from subscribers where email = :e"),
+                                 {"e": address}).scalar()
+        engine.dispose()
+        return found
+
+    done = cli("subscribers", "unsubscribe", "ANN@example.org")
+    assert done.returncode == 0 and "unsubscribed ann@example.org" in done.stdout
+    assert status("ann@example.org") == "unsubscribed"
+    assert cli("subscribers", "suppress", "bob@example.org", "--note", "asked by phone").returncode == 0
+    assert status("bob@example.org") == "suppressed"
+    assert cli("subscribers", "unsuppress", "bob@example.org").returncode == 0
+    assert status("bob@example.org") == "active"
+    assert_one_line_error(cli("subscribers", "unsuppress", "bob@example.org"), "is not suppressed")
+
+    refused = cli("subscribers", "erase", "ann@example.org", input="n\n")
+    assert refused.returncode == 1 and status("ann@example.org") == "unsubscribed"
+    erased = cli("subscribers", "erase", "ann@example.org", "--yes")
+    assert erased.returncode == 0, erased.stderr
+    assert "erased ann@example.org: 0 deliveries, 0 bounce report(s)" in erased.stdout
+    assert status("ann@example.org") is None and status("bob@example.org") == "active"
+    assert_one_line_error(cli("subscribers", "erase", "ann@example.org", "--yes"),
+                          "no subscriber ann@example.org")
+    assert_one_line_error(cli("subscribers", "suppress", "not-an-address"), "not-an-address")

@@ -35,14 +35,15 @@ from digest.models import (
     SubscriberStatus,
 )
 from digest.subscribers import (
-    with_filters,
     FilterSpec,
+    erase_subscriber,
     export_csv,
     import_csv,
     suppress,
     timezone_names,
     unsuppress,
     upsert_subscriber,
+    with_filters,
 )
 from digest.web.deps import SessionDep, get_settings
 
@@ -509,9 +510,10 @@ def update_subscriber(subscriber_id: IdPath, body: SubscriberPatch, session: Ses
     responses={404: {"description": "No such subscriber"}},
 )
 def delete_subscriber(subscriber_id: IdPath, session: SessionDep) -> Response:
-    """Erase the subscriber, their filters and their delivery log."""
+    """Erase the subscriber, their filters, their delivery log and the bounces about them
+    (a suppression of the address is kept, so it is never mailed again)."""
     sub = _load(session, subscriber_id)
-    session.delete(sub)
+    erase_subscriber(session, sub)
     session.commit()
     return Response(status_code=204)
 
