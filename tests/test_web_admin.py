@@ -61,6 +61,7 @@ def _admin_urls(sub_id: int) -> list[str]:
         f"/admin/subscriber/action/suppress?pks={sub_id}",
         f"/admin/subscriber/action/unsuppress?pks={sub_id}",
         f"/admin/subscriber/action/preferences?pks={sub_id}",
+        f"/admin/subscriber/action/erase?pks={sub_id}",
         f"/admin/delivery/action/requeue?pks={sub_id}",
         f"/admin/delivery/action/message?pks={sub_id}",
         f"/admin/suppression/action/unsuppress?pks={sub_id}",
@@ -305,3 +306,12 @@ def test_admin_shows_a_dry_run_delivery_as_it_would_be_mailed(admin, db_session,
     assert "default-src 'none'" in shown.headers["content-security-policy"]
     missing = admin.get("/admin/delivery/action/message?pks=999999")
     assert missing.status_code == 404 and "no message" in missing.text
+
+
+def test_erase_action_deletes_the_subscriber_and_keeps_others(admin, db_session, people):
+    ann, bob = people
+    response = admin.get(f"/admin/subscriber/action/erase?pks={ann.id}", follow_redirects=False)
+    assert response.status_code == 302
+    db_session.expire_all()
+    assert db_session.scalars(select(Subscriber.email)).all() == ["bob@example.org"]
+    assert "ann@example.org" not in admin.get("/admin/subscriber/list").text

@@ -205,6 +205,18 @@ class SubscriberAdmin(ModelView, model=Subscriber):
     async def unsuppress(self, request: Request) -> Response:
         return await _change_addresses(self, request, Subscriber, subscribers.unsuppress)
 
+    @action(
+        name="erase",
+        label="Erase (delete all their data)",
+        confirmation_message="Erase the selected subscribers, their filters, delivery log and "
+                             "bounce reports? Their addresses stay suppressed. This cannot be undone.",
+    )
+    async def erase(self, request: Request) -> Response:
+        return await _change_addresses(
+            self, request, Subscriber,
+            lambda session, email: subscribers.erase_subscriber(
+                session, subscribers.find_subscriber(session, email)))
+
     @action(name="preferences", label="Open preferences page", add_in_list=False)
     async def preferences(self, request: Request) -> Response:
         ids = _ids(request)
@@ -460,7 +472,7 @@ async def _change_addresses(view, request: Request, model, change) -> Response:
 
     def work() -> None:
         with _session(view) as session:
-            for email in session.scalars(select(model.email).where(model.id.in_(ids))):
+            for email in session.scalars(select(model.email).where(model.id.in_(ids))).all():
                 change(session, email)
             session.commit()
 
