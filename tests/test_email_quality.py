@@ -226,6 +226,8 @@ def test_spamassassin_scores_the_sent_demo_digest_below_2(demo_digest, tmp_path)
         f"spamassassin -L -t on the demo digest as sent (DKIM-signed, received by MailSink)\n"
         f"X-Spam-Status: {' '.join(status.split())}\n\n{details}", encoding="utf-8")
     assert score < 2.0, details
+    # No hidden-text rule: the preheader is hidden without being painted in the background colour.
+    assert "HTML_FONT_LOW_CONTRAST" not in status, details
 
 
 # --- DKIM, end to end ------------------------------------------------------------------------
