@@ -395,7 +395,7 @@ def deliveries(
         None, "--timeout", min=0, help="With --watch: give up after this many seconds (exit 1)."),
 ) -> None:
     """The delivery log, newest first, with each run's progress."""
-    from digest.deliver import runs_progress
+    from digest.deliver import describe_progress, runs_progress
     from digest.models import Delivery, DeliveryStatus, DigestRun
     from digest.subscribers import check_choice
 
@@ -422,13 +422,9 @@ def deliveries(
         progress = runs_progress(session, run_ids)
         runs = Table("run", "kind", "slot", "status", "progress")
         for r in session.scalars(select(DigestRun).where(DigestRun.id.in_(run_ids)).order_by(DigestRun.id.desc())):
-            runs.add_row(str(r.id), r.kind, r.slot_key, r.status, _counts_text(progress[r.id]))
+            runs.add_row(str(r.id), r.kind, r.slot_key, r.status, describe_progress(progress[r.id]))
         if run_ids:
             console.print(runs)
-
-
-def _counts_text(progress: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(progress.items()) if k != "total")
 
 
 def _watch_run(run_id: Optional[int], interval: float, timeout: Optional[float]) -> None:
@@ -437,7 +433,7 @@ def _watch_run(run_id: Optional[int], interval: float, timeout: Optional[float])
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from digest.deliver import UNFINISHED, run_progress
+    from digest.deliver import UNFINISHED, describe_progress, run_progress
     from digest.models import DigestRun
 
     with db.session_scope() as session:
@@ -457,16 +453,16 @@ def _watch_run(run_id: Optional[int], interval: float, timeout: Optional[float])
                 progress = run_progress(session, run_id)
             waiting = sum(progress.get(s, 0) for s in UNFINISHED)
             bar.update(task, total=progress["total"], completed=progress["total"] - waiting,
-                       counts=_counts_text(progress))
+                       counts=describe_progress(progress))
             if not waiting:
                 break
             if deadline is not None and clock.monotonic() >= deadline:
                 raise ValidationError(
-                    f"run {run_id} has not finished after {timeout:g} s: {_counts_text(progress)}; "
+                    f"run {run_id} has not finished after {timeout:g} s: {describe_progress(progress)}; "
                     "deferred deliveries wait for their next attempt (see 'digest deliveries "
                     f"--run {run_id} --status deferred')")
             clock.sleep(interval)
-    console.print(f"run {run_id} finished: {_counts_text(progress) or 'no deliveries'}",
+    console.print(f"run {run_id} finished: {describe_progress(progress)}",
                   markup=False, highlight=False)
 
 

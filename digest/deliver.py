@@ -533,6 +533,12 @@ def runs_progress(session: Session, run_ids: list[int]) -> dict[int, dict[str, i
     return {run_id: c | {"total": sum(c.values())} for run_id, c in counts.items()}
 
 
+def describe_progress(progress: dict[str, int]) -> str:
+    """``"5 total: deferred 1, sent 4"`` for the admin, the CLI and the logs."""
+    parts = [f"{k} {v}" for k, v in sorted(progress.items()) if k != "total"]
+    return f"{progress.get('total', 0)} total: " + ", ".join(parts) if parts else "no deliveries"
+
+
 def run_progress(session: Session, run_id: int) -> dict[str, int]:
     return runs_progress(session, [run_id])[run_id]
 

@@ -308,7 +308,7 @@ def test_a_worker_killed_mid_send_loses_nothing_and_sends_nothing_twice(worker, 
         assert time.monotonic() < deadline, worker["log"].read_text()[-2000:]
         time.sleep(0.2)
     time.sleep(2)
-    rows = _wait_until(data, lambda rs: all(d.status in ("sending", "skipped") for d in rs))
+    _wait_until(data, lambda rs: all(d.status in ("sending", "skipped") for d in rs))
     assert sink.messages == []
     # Time passes: the lease lapses and the periodic recovery hands the rows back.
     data.execute(update(Delivery).where(Delivery.status == "sending")

@@ -263,11 +263,6 @@ class ItemAdmin(ModelView, model=Item):
     }
 
 
-def _progress_text(progress: dict[str, int]) -> str:
-    parts = [f"{k} {v}" for k, v in sorted(progress.items()) if k != "total"]
-    return f"{progress.get('total', 0)} total: " + ", ".join(parts) if parts else "no deliveries"
-
-
 class RunAdmin(ModelView, model=DigestRun):
     name, name_plural, icon = "Run", "Runs", "fa-solid fa-paper-plane"
     can_create = can_edit = can_delete = False
@@ -305,7 +300,7 @@ class RunAdmin(ModelView, model=DigestRun):
         StaticValuesFilter(DigestRun.status, [(s, s) for s in ("planned", "sending", "done")]),
     ]
     column_formatters = column_formatters_detail = {
-        "progress": lambda m, _a: _progress_text(getattr(m, "_progress", {})),
+        "progress": lambda m, _a: deliver.describe_progress(getattr(m, "_progress", {})),
     }
 
     def _attach_progress(self, runs: list[DigestRun]) -> None:
