@@ -135,8 +135,7 @@ class SMTPTransport:
         """MAIL FROM parameters for a transaction that needs SMTPUTF8, or a permanent error
         for this recipient only (nothing was sent: the connection stays good for others)."""
         if not conn.has_extn("smtputf8"):
-            # No host in the text: deliver reads enhanced codes from it, and an IP such as
-            # 10.5.1.1 would look like 5.1.1 (unknown user).
+            # The server refused nothing: no step and no reply, so no status is read from it.
             raise PermanentDeliveryError(
                 f"the SMTP server (DIGEST_SMTP_HOST) does not offer SMTPUTF8, which the address "
                 f"{address} needs (non-ASCII characters before the @); it was not sent: relay "
