@@ -22,7 +22,8 @@ address" removes anyone at once):
 - ``hard``: 5.1.x, or 5.0.0 with a "user unknown"-like diagnostic. The address is
   suppressed (reason ``hard_bounce``) and a delivery already marked sent becomes failed.
 - ``policy``: 5.7.x. The receiving server refused us (authentication, reputation, content
-  rules), not the address: recorded and reported, never suppressed.
+  rules), not the address: recorded and reported, never suppressed, and the recipient
+  domain is paused for ``settings.policy_pause_minutes`` (``digest domains paused``).
 - ``soft``: delayed, 4.x.x and every other 5.x.x (mailbox full, system errors). Each
   delivery that soft-bounces counts once toward the subscriber's ``soft_bounces``, which
   holds the digests that soft-bounced within ``settings.soft_bounce_window_days``; at
@@ -60,6 +61,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from digest import db
+from digest.deliver import pause_domain, recipient_domain
 from digest.errors import BounceError, DigestError, ValidationError
 from digest.models import Bounce, Delivery, DeliveryStatus, Subscriber, utcnow
 from digest.settings import Settings, get_settings
@@ -475,8 +477,17 @@ def process_bounce_message(session: Session, raw: bytes, *, envelope_to: str | N
         outcome.reason, outcome.suppressed = _count_soft(session, sub, delivery, bounce_id,
                                                          detail, settings)
     else:
-        outcome.reason = ("refused by the receiving server's policy: reported, the address is "
-                          "not suppressed; check authentication and reputation")
+        # Through a relay, this report is how a block list or reputation filter at the
+        # receiving end reaches us: stop sending to that domain for a while, as a 5.7.x
+        # reply at SMTP time does (digest.deliver).
+        domain = recipient_domain(delivery.email)
+        now = utcnow()
+        until = pause_domain(session, domain,
+                             now + timedelta(minutes=settings.policy_pause_minutes),
+                             f"bounce report: {detail}", delivery_id=delivery.id, now=now)
+        outcome.reason = (f"refused by the receiving server's policy: reported, the address is "
+                          f"not suppressed, {domain} is paused until {until:%Y-%m-%dT%H:%M:%SZ}; "
+                          "check authentication and reputation")
     session.flush()
     return outcome
 

@@ -25,7 +25,15 @@ from digest.bounces import (
 )
 from digest.deliver import send_deliveries
 from digest.errors import BounceError, ValidationError
-from digest.models import Bounce, Delivery, DigestRun, Subscriber, Suppression, utcnow
+from digest.models import (
+    Bounce,
+    Delivery,
+    DigestRun,
+    DomainPause,
+    Subscriber,
+    Suppression,
+    utcnow,
+)
 from digest.select import plan_scheduled_run
 from tests.factories import T0, Taxo, make_item, make_subscriber
 
@@ -120,7 +128,8 @@ def test_postfix_user_unknown_suppresses_the_address_and_fails_the_sent_delivery
     assert state(session, "full@example.com") == ("active", 0, None)
 
 
-def test_policy_rejection_is_recorded_and_reported_but_never_suppresses(session, sent_run):
+def test_policy_rejection_is_recorded_reported_and_pauses_its_domain_but_never_suppresses(
+        session, settings, sent_run):
     outcome = process(session, POLICY_5_7_1.read_bytes())
     assert (outcome.result, outcome.kind, outcome.status_code) == ("recorded", "policy", "5.7.1")
     assert not outcome.suppressed and "not suppressed" in outcome.reason
@@ -128,6 +137,16 @@ def test_policy_rejection_is_recorded_and_reported_but_never_suppresses(session,
     assert state(session, "strict@example.org") == ("active", 0, None)
     assert session.get(Delivery, 103).status == "sent"
     assert session.scalars(select(Bounce.kind)).all() == ["policy"]
+    # The receiving domain is paused, as a 5.7.x at SMTP time would do; a repeat of the same
+    # report is a duplicate and does not extend it.
+    pause = session.scalars(select(DomainPause)).one()
+    assert (pause.domain, pause.delivery_id) == ("example.org", 103)
+    assert "5.7.1" in pause.reason and "example.org is paused until" in outcome.reason
+    minutes = (pause.paused_until - utcnow()).total_seconds() / 60
+    assert settings.policy_pause_minutes - 2 < minutes <= settings.policy_pause_minutes
+    until = pause.paused_until
+    assert process(session, POLICY_5_7_1.read_bytes()).result == "duplicate"
+    assert session.scalars(select(DomainPause.paused_until)).one() == until
 
 
 @pytest.fixture
