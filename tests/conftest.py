@@ -221,3 +221,23 @@ def server_tls_context(tls_files):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tls_files["cert"], tls_files["key"])
     return context
+
+
+# --- dkim_key: an RSA key and its DNS record, for signing and verifying offline -------------
+
+
+@pytest.fixture(scope="session")
+def dkim_key() -> tuple[bytes, bytes]:
+    """(private key PEM, the TXT record a DNS lookup of the selector would return)."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM,
+                            serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)

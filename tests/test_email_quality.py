@@ -9,7 +9,6 @@ test-output/spamassassin.txt.
 
 from __future__ import annotations
 
-import base64
 import email
 import email.policy
 import re
@@ -20,8 +19,6 @@ from pathlib import Path
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from digest import db, ingest
 from digest.deliver import send_deliveries
@@ -42,18 +39,6 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking
                "--disable-dev-shm-usage"]
 REQUIRED_SIGNED = ["from", "to", "subject", "date", "message-id", "list-id", "list-unsubscribe",
                    "list-unsubscribe-post", "feedback-id"]
-
-
-@pytest.fixture(scope="module")
-def dkim_key() -> tuple[bytes, bytes]:
-    """(private key PEM, the TXT record a DNS lookup of the selector would return)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM,
-                            serialization.PrivateFormat.TraditionalOpenSSL,
-                            serialization.NoEncryption())
-    der = key.public_key().public_bytes(serialization.Encoding.DER,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo)
-    return pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
 
 
 def fake_dns(record: bytes):

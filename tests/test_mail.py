@@ -338,20 +338,6 @@ def test_make_message_id_brackets_and_checks_its_parts():
 # --- DKIM ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def rsa_key():
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
-
-
 def dns_for(record: bytes, name: bytes = b"digest2025._domainkey.newsroom.example.org."):
     def dnsfunc(qname, timeout=5):
         return record if qname == name else None
@@ -359,8 +345,8 @@ def dns_for(record: bytes, name: bytes = b"digest2025._domainkey.newsroom.exampl
     return dnsfunc
 
 
-def test_dkim_signature_verifies_and_breaks_when_one_byte_of_the_subject_changes(rsa_key):
-    pem, record = rsa_key
+def test_dkim_signature_verifies_and_breaks_when_one_byte_of_the_subject_changes(dkim_key):
+    pem, record = dkim_key
     signer = DkimSigner("digest2025", "newsroom.example.org", pem)
     message = build(subject="Policing 🚓 digest")
     signed = signer.sign(message)
@@ -375,8 +361,8 @@ def test_dkim_signature_verifies_and_breaks_when_one_byte_of_the_subject_changes
     assert dkim.verify(tampered, dnsfunc=dns_for(record)) is False
 
 
-def test_dkim_signature_is_relaxed_rsa_sha256_over_the_list_headers(rsa_key):
-    pem, _ = rsa_key
+def test_dkim_signature_is_relaxed_rsa_sha256_over_the_list_headers(dkim_key):
+    pem, _ = dkim_key
     signature = DkimSigner("digest2025", "newsroom.example.org", pem).sign(build())
     header = signature.split(b"\r\n\r\n")[0]
     fields = email.message_from_bytes(header, policy=email.policy.default)["DKIM-Signature"]
@@ -390,8 +376,8 @@ def test_dkim_signature_is_relaxed_rsa_sha256_over_the_list_headers(rsa_key):
         assert name.lower() in signed
 
 
-def test_dkim_signature_fails_against_another_key(rsa_key):
-    pem, _ = rsa_key
+def test_dkim_signature_fails_against_another_key(dkim_key):
+    pem, _ = dkim_key
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
     der = other.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -401,8 +387,8 @@ def test_dkim_signature_fails_against_another_key(rsa_key):
     assert dkim.verify(signed, dnsfunc=dns_for(wrong_record)) is False
 
 
-def test_dkim_signer_from_settings(rsa_key, tmp_path):
-    pem, record = rsa_key
+def test_dkim_signer_from_settings(dkim_key, tmp_path):
+    pem, record = dkim_key
     unset = Settings(dkim_selector=None, dkim_private_key_path=None)
     assert DkimSigner.from_settings(unset) is None
     selector_only = Settings(dkim_selector="digest2025", dkim_private_key_path=None)
@@ -521,8 +507,8 @@ def test_normalise_address_accepts_a_non_ascii_local_part_only_with_smtputf8():
         normalise_address("zoë.example.org", smtputf8=True)
 
 
-def test_dkim_signature_over_a_utf8_to_header_verifies_and_breaks_when_it_changes(rsa_key):
-    pem, record = rsa_key
+def test_dkim_signature_over_a_utf8_to_header_verifies_and_breaks_when_it_changes(dkim_key):
+    pem, record = dkim_key
     signer = DkimSigner("digest2025", "newsroom.example.org", pem)
     message = build(to_addr="Zoë <zoë@example.org>", smtputf8=True)
     signed = signer.sign(message)

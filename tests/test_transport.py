@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import socket
 from datetime import UTC, datetime
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from digest.errors import (
     ConfigError,
@@ -142,17 +139,9 @@ def test_server_going_away_between_sends_is_temporary_then_recovers_on_a_new_ser
             assert [m.rcpt_tos for m in second.wait_for(1)] == [["c@example.org"]]
 
 
-def test_built_and_signed_message_arrives_byte_for_byte_and_still_verifies(sink, transport):
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+def test_built_and_signed_message_arrives_byte_for_byte_and_still_verifies(
+        sink, transport, dkim_key):
+    pem, record = dkim_key
     text = ".\n..two\n.lead\nFrom the newsroom\nend.\n.\n"
     html = "<p>" + "é" * 30_000 + "</p>"
     message = build_message(
