@@ -11,6 +11,8 @@ shows them escapes them again.
 
 from __future__ import annotations
 
+import codecs
+import email.message
 import hashlib
 import html
 import json
@@ -35,6 +37,7 @@ from digest.taxonomy import FACETS, clean_name, resolve, slugify
 from digest.taxonomy import known_facets as load_known_facets
 
 MAX_FETCH_BYTES = 5 * 1024 * 1024
+MAX_FILE_BYTES = MAX_FETCH_BYTES  # listing, feed and JSON files read from disk
 _GUID_MAX = 1000  # items.guid column width
 _IN_CHUNK = 500  # bound parameters per IN (...) query
 
@@ -257,18 +260,116 @@ def _facet_of_scheme(scheme: str | None) -> str | None:
     return None
 
 
-def parse_feed(data: bytes, known_facets: Mapping[str, str] | None = None) -> list[ItemIn]:
+_BOMS: tuple[tuple[bytes, str], ...] = (  # longest first: UTF-32 LE starts like UTF-16 LE
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+# Without a BOM, the XML spec's own sniffing: how '<?' looks in a 16/32-bit encoding.
+_WIDE_STARTS: tuple[tuple[bytes, str], ...] = (
+    (b"<\x00\x00\x00", "utf-32-le"),
+    (b"\x00\x00\x00<", "utf-32-be"),
+    (b"<\x00?\x00", "utf-16-le"),
+    (b"\x00<\x00?", "utf-16-be"),
+)
+_XML_DECL = re.compile(rb"^\s*<\?xml\b[^>]*?\bencoding\s*=\s*[\"']([A-Za-z0-9._:-]+)[\"']")
+_XML_DECL_TEXT = re.compile(r"^(\s*<\?xml\b[^>]*?\bencoding\s*=\s*[\"'])([^\"']*)([\"'])")
+# Labels that mean a wider encoding in practice (WHATWG): "gb2312" feeds use GBK characters.
+_WIDER = {"gb2312": "gbk", "euc_cn": "gbk"}
+
+
+def _codec(label: str, where: str) -> str:
+    try:
+        name = codecs.lookup(label).name
+    except LookupError:
+        raise IngestError(
+            f"unknown character encoding {label!r} in the {where}; use a standard name "
+            "such as utf-8, windows-1251 or gbk"
+        ) from None
+    return _WIDER.get(name.replace("-", "_"), name)
+
+
+def charset_of(content_type: str | None) -> str | None:
+    """The ``charset`` parameter of a Content-Type header value, or None."""
+    if not content_type:
+        return None
+    message = email.message.Message()
+    message["content-type"] = content_type
+    charset = message.get_param("charset")
+    return str(charset).strip() or None if isinstance(charset, str) else None
+
+
+def decode_feed(data: bytes, http_charset: str | None = None) -> str:
+    """The feed's text, decoded strictly, or IngestError naming the encoding and byte offset.
+
+    The encoding comes from, in this order: a byte order mark, the HTTP charset (RFC 7303
+    lets it override the document), the XML declaration, else UTF-8. Nothing is guessed:
+    a legacy encoding that nobody declares fails as UTF-8 and is refused, where feedparser
+    would have read it as windows-1252 and stored mojibake.
+    """
+    body = bytes(data)
+    bom = next(((mark, name) for mark, name in _BOMS if body.startswith(mark)), None)
+    declared = _XML_DECL.match(body[:1024])
+    if bom is not None:
+        body, encoding, where = body[len(bom[0]):], bom[1], "from its byte order mark"
+    elif http_charset:
+        encoding = _codec(http_charset, "HTTP Content-Type charset")
+        where = "from the HTTP Content-Type charset"
+    elif (wide := next((n for start, n in _WIDE_STARTS if body.startswith(start)), None)):
+        encoding, where = wide, "from its first bytes, UTF-16/32 without a byte order mark"
+    elif declared:
+        label = declared.group(1).decode("ascii")
+        encoding, where = _codec(label, "XML declaration"), "from its XML declaration"
+        if encoding.startswith(("utf-16", "utf-32")):
+            raise IngestError(
+                f"the XML declaration says {label!r} but the document has no byte order mark "
+                "and is written in a one-byte encoding; fix the declaration"
+            )
+    else:
+        encoding, where = "utf-8", "no encoding declared, so UTF-8"
+    try:
+        text = body.decode(encoding)
+    except UnicodeDecodeError as exc:
+        offset = exc.start + (len(bom[0]) if bom else 0)
+        hint = (
+            "; declare the real encoding in the XML declaration "
+            "(<?xml version=\"1.0\" encoding=\"windows-1251\"?>) or the HTTP charset"
+            if where.startswith("no encoding") else ""
+        )
+        raise IngestError(
+            f"feed is not valid {encoding} ({where}): undecodable byte "
+            f"0x{body[exc.start]:02x} at byte offset {offset}{hint}; refused rather than "
+            "stored garbled"
+        ) from None
+    return text.lstrip("\ufeff")
+
+
+def _as_utf8(text: str) -> bytes:
+    # feedparser gets UTF-8 that says so: it has nothing left to guess.
+    return _XML_DECL_TEXT.sub(r"\1utf-8\3", text, count=1).encode("utf-8")
+
+
+def parse_feed(
+    data: bytes,
+    known_facets: Mapping[str, str] | None = None,
+    *,
+    http_charset: str | None = None,
+) -> list[ItemIn]:
     """Items from an RSS 2.0 or Atom document (bytes, never a URL: fetch() reads URLs).
 
-    Each category goes to the facet its scheme/domain names; without a telling scheme, to the
-    facet ``known_facets`` (slug -> facet, see taxonomy.known_facets) has for it; else it is
-    a theme. An item has one content type: the first one wins.
+    The bytes are decoded by ``decode_feed`` (``http_charset``: the charset the HTTP
+    response declared). Each category goes to the facet its scheme/domain names; without a
+    telling scheme, to the facet ``known_facets`` (slug -> facet, see
+    taxonomy.known_facets) has for it; else it is a theme. An item has one content type:
+    the first one wins.
     """
     if not isinstance(data, (bytes, bytearray)):
         raise TypeError("parse_feed takes the document's bytes; use fetch() for a URL")
-    parsed = feedparser.parse(bytes(data))
+    parsed = feedparser.parse(_as_utf8(decode_feed(data, http_charset)))
     problem = parsed.get("bozo_exception") if parsed.get("bozo") else None
-    if problem is not None and not isinstance(problem, feedparser.CharacterEncodingOverride):
+    if problem is not None:
         raise IngestError(f"malformed feed: {type(problem).__name__}: {problem}")
     if not parsed.get("version"):
         raise IngestError("not an RSS or Atom feed: no <rss> or <feed> element found")
@@ -379,8 +480,23 @@ def parse_json_items(data: bytes | str) -> list[ItemIn]:
 # --- fetching -------------------------------------------------------------------------------
 
 
+@dataclass
+class Fetched:
+    body: bytes
+    content_type: str | None  # the response's Content-Type header, as sent
+
+    @property
+    def charset(self) -> str | None:
+        return charset_of(self.content_type)
+
+
 def fetch(url: str, timeout: float = 10, max_bytes: int = MAX_FETCH_BYTES) -> bytes:
     """The body at an http(s) URL, read up to ``max_bytes``; IngestError on any failure."""
+    return fetch_document(url, timeout, max_bytes).body
+
+
+def fetch_document(url: str, timeout: float = 10, max_bytes: int = MAX_FETCH_BYTES) -> Fetched:
+    """The body and Content-Type at an http(s) URL (see ``fetch``)."""
     if not _is_web_url(url):
         raise IngestError(f"cannot fetch {url!r}: only http:// and https:// URLs are read")
     try:
@@ -403,7 +519,7 @@ def fetch(url: str, timeout: float = 10, max_bytes: int = MAX_FETCH_BYTES) -> by
                         raise IngestError(
                             f"{url} sent more than the {max_bytes}-byte limit; stopped reading"
                         )
-                return bytes(body)
+                return Fetched(bytes(body), response.headers.get("content-type"))
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise IngestError(f"fetching {url} failed: {type(exc).__name__}: {exc}") from None
 
@@ -560,6 +676,12 @@ def store_items(
 def _read(path: str | Path, *, text: bool) -> str | bytes:
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:  # never load a huge file to find out it is too big
+            raise IngestError(
+                f"cannot read {path}: it is {size} bytes, over the {MAX_FILE_BYTES}-byte limit; "
+                "split it into smaller files"
+            )
         return path.read_text(encoding="utf-8") if text else path.read_bytes()
     except FileNotFoundError:
         reason = "no such file"
@@ -591,9 +713,10 @@ def ingest_feed(
 ) -> IngestReport:
     """Fetch (http/https URL) or read (path) an RSS/Atom feed and store its items."""
     is_url = isinstance(source, str) and re.match(r"^[a-z][a-z0-9+.-]*://", source, re.I)
-    data = fetch(source) if is_url else _read(source, text=False)  # before any transaction
+    # Read before any transaction; a file has no HTTP charset, only its BOM and declaration.
+    fetched = fetch_document(source) if is_url else Fetched(_read(source, text=False), None)
     with session_scope() as session:
-        items = parse_feed(data, load_known_facets(session))
+        items = parse_feed(fetched.body, load_known_facets(session), http_charset=fetched.charset)
         return store_items(
             session, items, source=f"feed:{source}", now=now, max_age_days=max_age_days
         )
