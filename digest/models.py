@@ -89,6 +89,8 @@ class RunStatus(str, enum.Enum):
     planned = "planned"
     sending = "sending"
     done = "done"
+    held = "held"  # planned past its send-by deadline: waits for an operator (release/cancel)
+    cancelled = "cancelled"  # an operator cancelled it; its unsent rows never go
 
 
 class DeliveryStatus(str, enum.Enum):

@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     first_digest_lookback_days: int = 7
     max_item_age_days: int = 30
     max_items_per_digest: int = 20
+    catch_up_hours: int = Field(
+        default=24, ge=0,
+        description="Scheduled planning also plans the hourly slots missed since the last one it "
+                    "planned (beat or workers down, a daylight-saving gap), this many hours back; "
+                    "0: only the current slot.")
+    send_by_hours: int = Field(
+        default=24, ge=1,
+        description="A scheduled run planned more than this many hours after its slot is held "
+                    "for an operator ('digest runs release|cancel N') instead of sent late.")
 
     # Delivery
     batch_size: int = 100
