@@ -1,0 +1,1 @@
+"""Development helpers: servers and tools for testing Digest, never used in production."""
