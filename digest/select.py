@@ -13,14 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
     ColumnElement,
     and_,
     exists,
-    false,
     func,
     insert,
     literal,
@@ -125,25 +123,17 @@ def window_for(cutoff: datetime, settings: Settings | None = None) -> Window:
     return Window(cutoff, cutoff - timedelta(days=s.first_digest_lookback_days))
 
 
-def slot_start(now: datetime) -> datetime:
-    return now.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+# When a scheduled digest is due and its planning live in digest.schedule, which builds on this
+# module; the old names still work from here.
+_MOVED_TO_SCHEDULE = ("due_condition", "plan_scheduled_run", "slot_start")
 
 
-def due_condition(session: Session, frequency: str, slot: datetime) -> ColumnElement[bool]:
-    """Subscribers whose local weekday/hour is this slot (one branch per time zone in use)."""
-    zones = session.scalars(
-        select(Subscriber.timezone).distinct().where(
-            Subscriber.frequency == frequency, Subscriber.status == SubscriberStatus.active.value
-        )
-    ).all()
-    branches = []
-    for zone in zones:
-        local = slot.astimezone(ZoneInfo(zone))
-        cond = and_(Subscriber.timezone == zone, Subscriber.hour == local.hour)
-        if frequency == Frequency.weekly.value:
-            cond = and_(cond, Subscriber.weekday == local.weekday())
-        branches.append(cond)
-    return or_(*branches) if branches else false()
+def __getattr__(name: str):
+    if name in _MOVED_TO_SCHEDULE:
+        from digest import schedule
+
+        return getattr(schedule, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- runs ---------------------------------------------------------------------------------------
@@ -371,49 +361,6 @@ def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool
     )
 
 
-def plan_scheduled_run(session: Session, frequency: str, *, now: datetime | None = None,
-                       everyone: bool = False, dry_run: bool = False,
-                       settings: Settings | None = None) -> PlannedRun:
-    """Plan the weekly or daily digest of the slot containing ``now``.
-
-    Without ``everyone`` only subscribers whose local weekday/hour is this slot are due;
-    with it every active subscriber of that frequency is (``digest send weekly --now``).
-    A second call for the same slot plans nothing and returns the existing run.
-    """
-    if frequency not in (Frequency.weekly.value, Frequency.daily.value):
-        raise ValidationError(f"scheduled digests are weekly or daily, not {frequency!r}")
-    now = now or utcnow()
-    slot = slot_start(now)
-    if everyone:
-        slot_key = f"{frequency}:all:{now.astimezone(timezone.utc):%Y-%m-%dT%H:%M}"
-        who = Subscriber.frequency == frequency
-    else:
-        slot_key = f"{frequency}:{slot:%Y-%m-%dT%H}"
-        who = and_(Subscriber.frequency == frequency, due_condition(session, frequency, slot))
-    if dry_run:
-        slot_key = f"dry-run:{slot_key}:{utcnow().timestamp()}"
-    run, created = _get_or_create_run(session, kind=frequency, slot_key=slot_key, cutoff=now,
-                                      params={"everyone": everyone}, dry_run=dry_run)
-    if not created:
-        return PlannedRun(run.id, False)
-    _insert_deliveries(session, run, who)
-    window = window_for(now, settings)
-    if dry_run:
-        # Counts only: the ledger and the watermarks stay as they are for the real run.
-        _insert_unsent_items(session, run, true(), window)
-        return _finish_planning(session, run)
-    _insert_ledger(session, run, true(), window)
-    planned = _finish_planning(session, run)
-    # The watermark only moves forward, and only for the people this run covered.
-    session.execute(
-        update(Subscriber)
-        .where(Subscriber.id.in_(select(Delivery.subscriber_id).where(Delivery.run_id == run.id)),
-               or_(Subscriber.watermark.is_(None), Subscriber.watermark < now))
-        .values(watermark=now)
-    )
-    return planned
-
-
 def plan_immediate_run(session: Session, item_id: int) -> PlannedRun:
     """The alert for one new item to every immediate subscriber it matches (once per item)."""
     item = session.get(Item, item_id)
@@ -541,7 +488,7 @@ def matching_items(session: Session, subscriber_id: int, *, since: datetime,
 
 
 __all__ = [
-    "AdhocQuery", "PlannedRun", "Window", "adhoc_item_condition", "delivery_contents", "due_condition",
+    "AdhocQuery", "PlannedRun", "Window", "adhoc_item_condition", "delivery_contents",
     "item_matches_subscriber", "matching_items", "plan_adhoc_run", "plan_immediate_run",
-    "plan_scheduled_run", "preview_items", "slot_start", "window_for",
+    "preview_items", "window_for",
 ]

@@ -1,0 +1,364 @@
+"""When weekly and daily digests are due: UTC hour slots, catch-up, runs held for an operator.
+
+A slot is one UTC hour; its run (slot key ``weekly:2025-10-13T08``) takes the subscribers whose
+local weekday and hour first comes round in (slot - 1 h, slot]. Put that way, every local hour
+falls in exactly one slot, whatever the zone does:
+
+- a local hour that a daylight-saving change skips (02:00 the night clocks go 02:00 -> 03:00)
+  comes round when the gap ends, so that reader is due with the 03:00 ones;
+- a local hour that happens twice (clocks go back) counts the first time only: one digest;
+- an hour that is not whole in UTC (Asia/Kathmandu is +05:45) falls in the slot after it, so
+  08:00 in Kathmandu is planned at 03:00 UTC (08:45 there): never early.
+
+Scheduled planning (the beat's tick, ``digest send weekly`` without ``--now``) plans the current
+slot and every slot missed since the last one planned, up to ``catch_up_hours`` back, so an
+outage or a deploy across someone's hour does not skip their week. A slot is never planned twice
+(the slot key is unique). A slot whose send-by deadline (``send_by_hours`` after it) has passed
+is planned (who and what are on record) but its run is ``held``: nothing sends it until an
+operator releases or cancels it. Slots older than the catch-up range are not planned: their
+readers' next slot carries the items, since a digest's window starts at the reader's watermark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, and_, delete, false, func, or_, select, true, update
+from sqlalchemy.orm import Session
+
+from digest.errors import ValidationError
+from digest.models import (
+    Delivery,
+    DeliveryStatus,
+    DigestRun,
+    Frequency,
+    RunStatus,
+    SentItem,
+    Subscriber,
+    SubscriberStatus,
+    utcnow,
+)
+from digest.select import (
+    PlannedRun,
+    _finish_planning,
+    _get_or_create_run,
+    _insert_deliveries,
+    _insert_ledger,
+    _insert_unsent_items,
+    window_for,
+)
+from digest.settings import Settings, get_settings
+
+HOUR = timedelta(hours=1)
+SCHEDULED = (Frequency.weekly.value, Frequency.daily.value)
+
+
+# --- slots and who is due -------------------------------------------------------------------
+
+def slot_start(now: datetime) -> datetime:
+    """The UTC hour containing ``now``."""
+    return now.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def slot_key(frequency: str, slot: datetime) -> str:
+    return f"{frequency}:{slot:%Y-%m-%dT%H}"
+
+
+def _local(moment: datetime, zone: ZoneInfo) -> datetime:
+    return moment.astimezone(zone).replace(tzinfo=None)
+
+
+def first_instant(wall: datetime, zone: ZoneInfo) -> datetime:
+    """The first UTC instant at which the zone's clock reads ``wall`` (naive) or later: the
+    wall time itself; its first occurrence when clocks go back; the end of the gap when they
+    jump over it."""
+    moment = wall.replace(tzinfo=zone, fold=0).astimezone(timezone.utc)
+    if _local(moment, zone) == wall:
+        return moment  # fold=0 is the first of two occurrences
+    # In a gap, fold=0 reads the wall with the offset before the change (at or after the gap's
+    # end) and fold=1 with the one after (before the gap). Bisect to the change itself, in whole
+    # seconds (every offset change is).
+    lo = int(wall.replace(tzinfo=zone, fold=1).timestamp())
+    hi = int(moment.timestamp())
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _local(datetime.fromtimestamp(mid, timezone.utc), zone) >= wall:
+            hi = mid
+        else:
+            lo = mid
+    return datetime.fromtimestamp(hi, timezone.utc)
+
+
+def due_local_hours(zone: str, after: datetime, until: datetime) -> set[tuple[int, int]]:
+    """The local (weekday, hour) pairs of ``zone`` that first come round in (after, until]."""
+    tz = ZoneInfo(zone)
+    wall = _local(after, tz).replace(minute=0, second=0, microsecond=0)  # came round by ``after``
+    due: set[tuple[int, int]] = set()
+    while True:
+        wall += HOUR  # wall-clock arithmetic: every local hour, whether it exists or not
+        moment = first_instant(wall, tz)
+        if moment > until:
+            return due
+        if moment > after:
+            due.add((wall.weekday(), wall.hour))
+
+
+def _zones(session: Session, frequency: str) -> list[str]:
+    return list(session.scalars(
+        select(Subscriber.timezone).distinct().where(
+            Subscriber.frequency == frequency, Subscriber.status == SubscriberStatus.active.value)))
+
+
+def _due_in(zones: list[str], frequency: str, slot: datetime) -> ColumnElement[bool]:
+    branches = []
+    for zone in zones:
+        hours = due_local_hours(zone, slot - HOUR, slot)
+        if frequency == Frequency.weekly.value:
+            wanted = or_(*(and_(Subscriber.weekday == d, Subscriber.hour == h) for d, h in hours))
+        else:
+            wanted = Subscriber.hour.in_(sorted({h for _, h in hours}))
+        if hours:
+            branches.append(and_(Subscriber.timezone == zone, wanted))
+    return or_(*branches) if branches else false()
+
+
+def due_condition(session: Session, frequency: str, slot: datetime) -> ColumnElement[bool]:
+    """Subscribers whose local weekday/hour (daily: hour) first comes round in this slot's
+    hour, (slot - 1 h, slot]; one branch per time zone in use."""
+    return _due_in(_zones(session, frequency), frequency, slot_start(slot))
+
+
+# --- planning -------------------------------------------------------------------------------
+
+@dataclass
+class SlotPlan:
+    slot: datetime
+    run: PlannedRun  # a held run's pending_ids are empty: nothing is enqueued for it
+    held: bool = False
+
+
+def _check_frequency(frequency: str) -> None:
+    if frequency not in SCHEDULED:
+        raise ValidationError(f"scheduled digests are weekly or daily, not {frequency!r}")
+
+
+def _plan(session: Session, frequency: str, *, key: str, now: datetime,
+          who: ColumnElement[bool], everyone: bool, dry_run: bool, settings: Settings,
+          ) -> PlannedRun:
+    if dry_run:
+        key = f"dry-run:{key}:{utcnow().timestamp()}"
+    run, created = _get_or_create_run(session, kind=frequency, slot_key=key, cutoff=now,
+                                      params={"everyone": everyone}, dry_run=dry_run)
+    if not created:
+        return PlannedRun(run.id, False)
+    _insert_deliveries(session, run, and_(Subscriber.frequency == frequency, who))
+    window = window_for(now, settings)
+    if dry_run:
+        # Counts only: the ledger and the watermarks stay as they are for the real run.
+        _insert_unsent_items(session, run, true(), window)
+        return _finish_planning(session, run)
+    _insert_ledger(session, run, true(), window)
+    planned = _finish_planning(session, run)
+    # The watermark only moves forward, and only for the people this run covered.
+    session.execute(
+        update(Subscriber)
+        .where(Subscriber.id.in_(select(Delivery.subscriber_id).where(Delivery.run_id == run.id)),
+               or_(Subscriber.watermark.is_(None), Subscriber.watermark < now))
+        .values(watermark=now)
+    )
+    return planned
+
+
+def _not_covered_up_to(now: datetime) -> ColumnElement[bool]:
+    # A reader whose digest window already reaches ``now`` (due in two slots of one catch-up:
+    # a daily reader across more than a day, or across a spring-forward day) would only get an
+    # empty "skipped" row.
+    return or_(Subscriber.watermark.is_(None), Subscriber.watermark < now)
+
+
+def plan_scheduled_run(session: Session, frequency: str, *, now: datetime | None = None,
+                       everyone: bool = False, dry_run: bool = False,
+                       settings: Settings | None = None) -> PlannedRun:
+    """Plan the weekly or daily digest of the slot containing ``now`` (only that slot; the
+    scheduler calls ``plan_due_slots``, which also catches up on missed ones).
+
+    Without ``everyone`` only subscribers due in this slot are; with it every active subscriber
+    of that frequency is (``digest send weekly --now``). A second call for the same slot plans
+    nothing and returns the existing run.
+    """
+    _check_frequency(frequency)
+    settings = settings or get_settings()
+    now = now or utcnow()
+    slot = slot_start(now)
+    if everyone:
+        key = f"{frequency}:all:{now.astimezone(timezone.utc):%Y-%m-%dT%H:%M}"
+        who: ColumnElement[bool] = true()
+    else:
+        key = slot_key(frequency, slot)
+        who = and_(due_condition(session, frequency, slot), _not_covered_up_to(now))
+    return _plan(session, frequency, key=key, now=now, who=who, everyone=everyone,
+                 dry_run=dry_run, settings=settings)
+
+
+def last_planned_slot(session: Session, frequency: str) -> datetime | None:
+    """The latest slot with a scheduled run (``weekly:2025-10-13T08``; not ``--now`` runs,
+    whose keys are ``weekly:all:...``, nor dry runs)."""
+    # ':' sorts right after '9' and 'a' after it: the range holds only the dated keys.
+    key = session.scalar(select(func.max(DigestRun.slot_key)).where(
+        DigestRun.slot_key >= f"{frequency}:0", DigestRun.slot_key < f"{frequency}::"))
+    if key is None:
+        return None
+    return datetime.strptime(key.partition(":")[2], "%Y-%m-%dT%H").replace(tzinfo=timezone.utc)
+
+
+def due_slots(session: Session, frequency: str, now: datetime,
+              settings: Settings) -> list[datetime]:
+    """The slots scheduled planning should plan at ``now``, oldest first: the current one, and
+    those after the last planned slot that began less than ``catch_up_hours`` ago. With no
+    scheduled run at all yet (a new installation) there is nothing to catch up on."""
+    current = slot_start(now)
+    last = last_planned_slot(session, frequency)
+    if last is None:
+        return [current]
+    # The first slot that began less than catch_up_hours ago.
+    oldest = slot_start(now - timedelta(hours=settings.catch_up_hours)) + HOUR
+    slot = max(last + HOUR, oldest)
+    slots = []
+    while slot < current:
+        slots.append(slot)
+        slot += HOUR
+    return [*slots, current]
+
+
+def plan_due_slots(session: Session, frequency: str, *, now: datetime | None = None,
+                   dry_run: bool = False, settings: Settings | None = None) -> list[SlotPlan]:
+    """Plan every due slot (``due_slots``) in this transaction; one ``SlotPlan`` per slot, oldest
+    first, including the current slot when it was planned already (``run.created`` False).
+
+    Every run's cutoff is ``now``, so a caught-up digest carries everything up to now. A run
+    whose slot's send-by deadline has passed is ``held``: planned, never enqueued.
+    The newest slots are planned first, so a daily reader due in a held slot and in a timely one
+    of the same catch-up gets the timely one.
+    """
+    _check_frequency(frequency)
+    settings = settings or get_settings()
+    now = now or utcnow()
+    zones = _zones(session, frequency)
+    plans: list[SlotPlan] = []
+    for slot in reversed(due_slots(session, frequency, now, settings)):
+        late = now - slot > timedelta(hours=settings.send_by_hours)
+        who = and_(_due_in(zones, frequency, slot), _not_covered_up_to(now))
+        run = _plan(session, frequency, key=slot_key(frequency, slot), now=now, who=who,
+                    everyone=False, dry_run=dry_run, settings=settings)
+        held = late and run.created and _hold(session, run)
+        plans.append(SlotPlan(slot, replace(run, pending_ids=[]) if held and not dry_run else run,
+                              held))
+    return plans[::-1]
+
+
+def _hold(session: Session, run: PlannedRun) -> bool:
+    """A late run with something to send waits for an operator; a dry run only says so."""
+    if run.dry_run:
+        return bool(run.pending_ids)
+    held = session.execute(
+        update(DigestRun).where(DigestRun.id == run.run_id,
+                                DigestRun.status == RunStatus.sending.value)
+        .values(status=RunStatus.held.value)).rowcount
+    return bool(held)
+
+
+# --- the operator's decision on a held run ---------------------------------------------------
+
+def _run(session: Session, run_id: int) -> DigestRun:
+    run = session.get(DigestRun, run_id)
+    if run is None:
+        raise ValidationError(f"no run with id {run_id}; 'digest runs' lists the recent ones")
+    return run
+
+
+def release_run(session: Session, run_id: int) -> list[int]:
+    """A held run is sent after all: it goes to ``sending`` and its pending delivery ids are
+    returned, for the caller to enqueue after it commits."""
+    run = _run(session, run_id)
+    if run.status != RunStatus.held.value:
+        raise ValidationError(f"run {run_id} is {run.status}, not held: only a held run can be "
+                              "released ('digest runs' shows each run's status)")
+    ids = list(session.scalars(select(Delivery.id).where(
+        Delivery.run_id == run_id, Delivery.status == DeliveryStatus.pending.value)
+        .order_by(Delivery.id)))
+    values: dict = {"status": RunStatus.sending.value if ids else RunStatus.done.value}
+    if not ids:
+        values["finished_at"] = utcnow()  # everyone left or was suppressed while it waited
+    # Conditional, so two operators releasing at once enqueue it once.
+    if not session.execute(update(DigestRun).where(
+            DigestRun.id == run_id, DigestRun.status == RunStatus.held.value)
+            .values(**values)).rowcount:
+        raise ValidationError(f"run {run_id} was released or cancelled meanwhile")
+    session.expire(run)
+    return ids
+
+
+@dataclass(frozen=True)
+class CancelledRun:
+    deliveries: int  # rows that will not go out
+    items_given_back: int  # ledger rows released, so the readers' next digest carries them
+
+
+CANCELLABLE = (RunStatus.held.value, RunStatus.planned.value, RunStatus.sending.value)
+
+
+def cancel_run(session: Session, run_id: int, reason: str) -> CancelledRun:
+    """An operator drops a run (a held one, typically): its unsent rows are cancelled, and what
+    they would have carried goes to those readers' next digest instead (``give_back_items``)."""
+    from digest.delivery.states import cancel_run as cancel_rows
+
+    run = _run(session, run_id)
+    if run.dry_run or run.status not in CANCELLABLE:
+        what = "a dry run" if run.dry_run else run.status
+        raise ValidationError(f"run {run_id} is {what}: only a held, planned or sending run can "
+                              "be cancelled")
+    cancelled = cancel_rows(session, run_id, reason)
+    given_back = give_back_items(session, run_id)
+    session.expire(run)
+    return CancelledRun(cancelled, given_back)
+
+
+def give_back_items(session: Session, run_id: int) -> int:
+    """Release the ledger rows of the run's cancelled deliveries and put those readers'
+    watermark back to their previous scheduled digest, so the items are not lost for them.
+
+    Safe against a second copy: the ledger still holds every item another digest carries, so
+    a window that reaches back further only brings back what was given back. Returns how many
+    ledger rows were released.
+    """
+    run = _run(session, run_id)
+    cancelled = select(Delivery.id).where(Delivery.run_id == run_id,
+                                          Delivery.status == DeliveryStatus.cancelled.value)
+    released = session.execute(
+        delete(SentItem).where(SentItem.delivery_id.in_(cancelled))).rowcount or 0
+    if run.kind in SCHEDULED:
+        readers = select(Delivery.subscriber_id).where(
+            Delivery.run_id == run_id, Delivery.status == DeliveryStatus.cancelled.value)
+        # Each reader's previous window end: their latest other scheduled delivery that was not
+        # cancelled, before this run; none (a first digest) gives back the first look-back.
+        previous = (
+            select(func.max(DigestRun.cutoff))
+            .join(Delivery, Delivery.run_id == DigestRun.id)
+            .where(Delivery.subscriber_id == Subscriber.id, DigestRun.id != run_id,
+                   DigestRun.kind.in_(SCHEDULED), DigestRun.dry_run.is_(False),
+                   DigestRun.status != RunStatus.cancelled.value,
+                   Delivery.status != DeliveryStatus.cancelled.value,
+                   DigestRun.cutoff < run.cutoff)
+            .scalar_subquery())
+        session.execute(update(Subscriber).where(Subscriber.id.in_(readers))
+                        .values(watermark=previous))
+    return released
+
+
+__all__ = [
+    "CancelledRun", "SlotPlan", "cancel_run", "due_condition", "due_local_hours", "due_slots",
+    "first_instant", "give_back_items", "last_planned_slot", "plan_due_slots",
+    "plan_scheduled_run", "release_run", "slot_key", "slot_start",
+]
