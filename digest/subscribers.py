@@ -13,6 +13,8 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from digest import taxonomy
+from digest.conflicts import insert_ignoring_conflict
+from digest.delivery import states as delivery_states
 from digest.errors import ValidationError
 from digest.mail import normalise_address
 from digest.models import (
@@ -179,20 +181,52 @@ def upsert_subscriber(
     weekday, hour = check_weekday(weekday), check_hour(hour)
     built = _build_filters(session, filters or [], create_taxonomy)
 
+    fields = {"frequency": frequency, "timezone": timezone, "weekday": weekday, "hour": hour,
+              "group_by": group_by}
+    sub_id, created = _write_row(session, address, fields, status)
+    # Read after our write: the row is ours until commit, so its filters cannot change
+    # under us (populate_existing: a copy the caller loaded earlier is refreshed).
     sub = session.scalars(
-        select(Subscriber).where(Subscriber.email == address).options(selectinload(Subscriber.filters))
-    ).one_or_none()
-    created = sub is None
-    if created:
-        sub = Subscriber(email=address, created_at=utcnow())
-        session.add(sub)
-    sub.frequency, sub.timezone, sub.weekday, sub.hour = frequency, timezone, weekday, hour
-    sub.group_by = group_by
-    if sub.status != status:
+        select(Subscriber).where(Subscriber.id == sub_id)
+        .options(selectinload(Subscriber.filters))
+        .execution_options(populate_existing=True)
+    ).one()
+    if created or sub.status != status:
         set_status(session, sub, status)
     sub.filters = built
     session.flush()
     return sub, created
+
+
+def _write_row(session: Session, address: str, fields: dict, status: str) -> tuple[int, bool]:
+    """Update the address's row, or insert it; (id, created).
+
+    Two requests for one new address at the same moment (a double click, a sign-up during an
+    import) both find no row; a plain INSERT would fail the second one on the unique email.
+    Here the second one's INSERT ... ON CONFLICT DO NOTHING inserts nothing and it updates
+    the first one's row instead. Writing first also locks the row (PostgreSQL) or the
+    database (SQLite) until commit, so concurrent changes of one subscriber go one by one.
+    """
+    for _attempt in range(3):
+        sub_id = session.execute(
+            update(Subscriber).where(Subscriber.email == address).values(**fields)
+            .returning(Subscriber.id).execution_options(synchronize_session=False)
+        ).scalar()
+        if sub_id is not None:
+            return sub_id, False
+        sub_id = session.execute(
+            insert_ignoring_conflict(
+                session, Subscriber,
+                {"email": address, "status": status, "created_at": utcnow(), **fields},
+                ["email"],
+            ).returning(Subscriber.id)
+        ).scalar()
+        if sub_id is not None:
+            return sub_id, True
+        # Inserted by another transaction after our UPDATE looked: update that row.
+    raise ValidationError(
+        f"the subscriber {address} was changed by other requests at the same time; try again"
+    )
 
 
 def set_status(session: Session, sub: Subscriber, status: str) -> None:
@@ -209,14 +243,8 @@ def set_status(session: Session, sub: Subscriber, status: str) -> None:
 
 def cancel_planned(session: Session, subscriber_id: int) -> int:
     """Deliveries planned but not sent yet to this subscriber will not go out."""
-    result = session.execute(
-        update(Delivery)
-        .where(Delivery.subscriber_id == subscriber_id,
-               Delivery.status.in_([DeliveryStatus.pending.value, DeliveryStatus.deferred.value]))
-        .values(status=DeliveryStatus.cancelled.value, updated_at=utcnow(),
-                smtp_reply="cancelled: subscriber left or was suppressed")
-    )
-    return result.rowcount or 0
+    return delivery_states.cancel_for_subscriber(
+        session, subscriber_id, "cancelled: subscriber left or was suppressed")
 
 
 def purge_unconfirmed(session: Session, older_than: timedelta = timedelta(days=8),
@@ -354,10 +382,13 @@ def import_csv(session: Session, text: str) -> ImportReport:
             rows[address][2].append(spec)
         else:
             rows[address] = (line, options, [spec])
-    for address, (_line, options, specs) in rows.items():
-        existing = session.scalars(select(Subscriber.id).where(Subscriber.email == address)).first()
-        upsert_subscriber(session, address, filters=[s for s in specs if s != FilterSpec()], **options)
-        if existing is None:
+    # In address order: two imports of overlapping files lock the rows in the same order, so
+    # on PostgreSQL one waits for the other instead of deadlocking.
+    for address in sorted(rows):
+        _line, options, specs = rows[address]
+        _sub, created = upsert_subscriber(
+            session, address, filters=[s for s in specs if s != FilterSpec()], **options)
+        if created:
             report.added += 1
         else:
             report.updated += 1

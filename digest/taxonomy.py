@@ -16,6 +16,7 @@ from slugify import slugify as _slugify
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from digest.conflicts import insert_ignoring_conflict
 from digest.errors import UnknownTaxonomyError, ValidationError
 from digest.models import ContentType, Location, Theme
 
@@ -94,9 +95,10 @@ def resolve(session: Session, facet: Facet, names: list[str], create: bool) -> R
     """The models named by ``names`` (matched by slug), in order, without duplicates.
 
     ``create=False``: any unknown name raises UnknownTaxonomyError listing the valid names.
-    ``create=True``: unknown names are added to the session (and, for a location, its
-    known region too); the returned list's ``created`` says which names were new.
-    Blank names are ignored. One SELECT per call, whatever the number of names.
+    ``create=True``: unknown names are inserted (and, for a location, its known region
+    too), safely when another transaction creates the same name at the same moment; the
+    returned list's ``created`` says which names this call inserted.
+    Blank names are ignored. One SELECT per call when every name exists.
     """
     model = _model(facet)
     wanted: dict[str, str] = {}  # slug -> display name, first spelling wins
@@ -137,21 +139,39 @@ def resolve(session: Session, facet: Facet, names: list[str], create: bool) -> R
 
     created: list[str] = []
 
-    def add(slug: str, name: str) -> TaxonomyModel:
-        obj = model(slug=slug, name=name)
-        session.add(obj)
-        found[slug] = obj
-        created.append(name)
-        return obj
+    raced: list[str] = []
 
+    def add(slug: str, name: str, parent_slug: str | None = None) -> bool:
+        # ON CONFLICT DO NOTHING: another transaction may create the same name at this
+        # moment (two ingests, two sign-ups); its row is then the one we use.
+        values: dict = {"slug": slug, "name": name}
+        if parent_slug is not None:
+            values["parent_id"] = (
+                select(model.id).where(model.slug == parent_slug).scalar_subquery())
+        stmt = insert_ignoring_conflict(session, model, values, ["slug"]).returning(model)
+        obj = session.scalars(stmt).one_or_none()
+        if obj is None:
+            raced.append(slug)
+            return False
+        found[slug] = obj
+        return True
+
+    if missing:
+        session.flush()  # pending regions (session.new) must be rows before a child's insert
     for slug in missing:
         if slug in found:  # created just above as another name's region
             continue
-        obj = add(slug, wanted[slug])
         region_name = regions.get(slug)
-        if region_name is not None:
-            region_slug = slugify(region_name)
-            if region_slug != slug:
-                obj.parent = found.get(region_slug) or add(region_slug, region_name)
+        region_slug = slugify(region_name) if region_name else slug
+        # The region's row first (the place points at it); listed after the place.
+        new_region = (region_slug != slug and region_slug not in found
+                      and region_slug not in raced and add(region_slug, region_name))
+        if add(slug, wanted[slug], region_slug if region_slug != slug else None):
+            created.append(wanted[slug])
+        if new_region:
+            created.append(region_name)
+    if raced:
+        for obj in session.scalars(select(model).where(model.slug.in_(raced))):
+            found[obj.slug] = obj
 
     return Resolved([found[s] for s in wanted], created)
