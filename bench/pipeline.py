@@ -52,7 +52,7 @@ from sqlalchemy import create_engine, event, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 
 from digest import db
-from digest.deliver import MessageFactory, _load, batches, send_deliveries
+from digest.delivery import MessageFactory, batches, load_batch, send_deliveries
 from digest.models import (
     ContentType,
     Delivery,
@@ -657,7 +657,7 @@ class Bench:
             for batch in batches(self.pending, self.batch_size):
                 with self.Session() as session:
                     t0 = time.perf_counter()
-                    deliveries = _load(session, batch)
+                    deliveries = load_batch(session, batch)
                     t1 = time.perf_counter()
                     for d, items in deliveries:
                         _, data = factory.build(d, d.run, items)

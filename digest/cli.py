@@ -50,6 +50,13 @@ def parse_when(value: str | None, *, end_of_day: bool = False) -> datetime | Non
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def _queue():
+    """Where the CLI's work goes: the broker when one is configured, else this process."""
+    from digest.queue import queue_for
+
+    return queue_for(get_settings())
+
+
 def _session() -> Session:
     return db._sessionmaker(get_settings().database_url)()
 
@@ -70,10 +77,8 @@ def db_upgrade() -> None:
 # --- ingest -----------------------------------------------------------------------------------
 
 def _after_ingest(report) -> None:
-    from workers.tasks import publish_items
-
     console.print(report.summary())
-    publish_items(report.new_item_ids)
+    _queue().publish_items(report.new_item_ids)
 
 
 @ingest_app.command("listing")
@@ -241,8 +246,6 @@ def subscribers_export() -> None:
 # --- send -------------------------------------------------------------------------------------
 
 def _report_run(planned, dry_run: bool) -> None:
-    from workers.tasks import enqueue_deliveries
-
     if not planned.created:
         console.print(f"run #{planned.run_id} already exists for this slot: nothing new planned.")
         return
@@ -255,7 +258,7 @@ def _report_run(planned, dry_run: bool) -> None:
                           f"'digest preview --delivery {planned.pending_ids[0]}'; nothing was sent",
                           markup=False, highlight=False)
         return
-    enqueue_deliveries(planned.pending_ids)
+    _queue().deliver(planned.pending_ids)
 
 
 def _plan(fn):
@@ -337,7 +340,7 @@ def preview(
 ) -> None:
     """Write the HTML and text digest this subscriber would get, or that a planned delivery
     carries; sends and changes nothing."""
-    from digest.deliver import render_delivery
+    from digest.delivery import render_delivery
     from digest.models import Subscriber
     from digest.render import Recipient, get_renderer, render_items_from_models
     from digest.select import preview_items
@@ -395,7 +398,7 @@ def deliveries(
         None, "--timeout", min=0, help="With --watch: give up after this many seconds (exit 1)."),
 ) -> None:
     """The delivery log, newest first, with each run's progress."""
-    from digest.deliver import describe_progress, runs_progress
+    from digest.delivery import describe_progress, runs_progress
     from digest.models import Delivery, DeliveryStatus, DigestRun
     from digest.subscribers import check_choice
 
@@ -433,7 +436,7 @@ def _watch_run(run_id: Optional[int], interval: float, timeout: Optional[float])
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from digest.deliver import UNFINISHED, describe_progress, run_progress
+    from digest.delivery import UNFINISHED, describe_progress, run_progress
     from digest.models import DigestRun
 
     with db.session_scope() as session:
@@ -571,7 +574,7 @@ def domains_resume(
     domain: str = typer.Argument(..., help="The paused domain, e.g. example.com."),
 ) -> None:
     """Lift a domain's pause now; its waiting deliveries go out with the next retry."""
-    from digest.deliver import resume_domain
+    from digest.delivery import resume_domain
 
     _ensure_db()
     with db.session_scope() as session:

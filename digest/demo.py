@@ -44,7 +44,6 @@ def demo_clock(published: list[datetime]) -> datetime:
 
 def _use_demo_environment(var: Path, smtp_port: int) -> None:
     from digest.settings import reset_settings_cache
-    from workers.celery_app import configure
 
     var.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DIGEST_DATABASE_URL", f"sqlite:///{var / 'digest.db'}")
@@ -56,7 +55,6 @@ def _use_demo_environment(var: Path, smtp_port: int) -> None:
     os.environ["DIGEST_SMTP_SSL"] = "false"
     os.environ.pop("DIGEST_SMTP_USER", None)
     reset_settings_cache()
-    configure()
 
 
 def run_demo(var: Path, console: Console) -> None:
@@ -65,7 +63,8 @@ def run_demo(var: Path, console: Console) -> None:
     from digest.models import Delivery, DigestRun
     from digest.select import plan_scheduled_run
     from digest.subscribers import parse_filter, upsert_subscriber
-    from workers.tasks import enqueue_deliveries, publish_items
+    from digest.queue import queue_for
+    from digest.settings import get_settings
 
     var = var.resolve()
     outbox = var / "outbox"
@@ -88,11 +87,12 @@ def run_demo(var: Path, console: Console) -> None:
         with db.session_scope() as session:
             report = ingest.store_items(session, items, source=str(DEMO_LISTING.name), now=clock)
         console.print(f"ingest: {report.summary()}")
-        publish_items(report.new_item_ids)  # immediate alerts
+        queue = queue_for(get_settings())  # in-process: the demo configures no broker
+        queue.publish_items(report.new_item_ids)  # immediate alerts
 
         with db.session_scope() as session:
             planned = plan_scheduled_run(session, "weekly", now=clock, everyone=True)
-        enqueue_deliveries(planned.pending_ids)
+        queue.deliver(planned.pending_ids)
 
         with db.session_scope() as session:
             rows = session.scalars(select(Delivery).where(Delivery.run_id > last_run)

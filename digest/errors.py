@@ -71,6 +71,11 @@ class PermanentDeliveryError(DeliveryError):
     """5xx reply: do not try again."""
 
 
+class SendSetupError(ConfigError):
+    """A batch could not be sent because of our own set-up (server, login, sender, DKIM key,
+    template, settings); its rows were put back as deferred, none failed or suppressed."""
+
+
 class TokenError(DigestError):
     """A signed link token is forged, expired or meant for another purpose."""
 

@@ -34,6 +34,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from digest.delivery import states as delivery_states
+from digest.delivery.contents import delivery_contents
 from digest.errors import ValidationError
 from digest.models import (
     Delivery,
@@ -165,32 +167,12 @@ def _get_or_create_run(session: Session, *, kind: str, slot_key: str, cutoff: da
     return run, True
 
 
-def delivery_contents():
-    """``(delivery_id, item_id)`` for what each delivery carries. Scheduled digests and alerts
-    keep it in the ledger (``sent_items``, written once when planned); ad-hoc sends and dry
-    runs, which claim nothing, in ``delivery_items``. A delivery has rows in one of the two."""
-    return union_all(
-        select(delivery_items.c.delivery_id, delivery_items.c.item_id),
-        select(SentItem.delivery_id, SentItem.item_id),
-    ).subquery("delivery_contents")
-
-
 def _finish_planning(session: Session, run: DigestRun) -> PlannedRun:
     contents = delivery_contents()
     counts = select(func.count()).select_from(contents).where(
         contents.c.delivery_id == Delivery.id).scalar_subquery()
     session.execute(update(Delivery).where(Delivery.run_id == run.id).values(item_count=counts))
-    session.execute(
-        update(Delivery)
-        .where(Delivery.run_id == run.id, Delivery.item_count == 0)
-        .values(status=DeliveryStatus.skipped.value, smtp_reply="skipped: no new items matched")
-    )
-    if run.dry_run:
-        # Marked apart so progress counts and the delivery log never show them as waiting.
-        session.execute(update(Delivery)
-                        .where(Delivery.run_id == run.id, Delivery.status == DeliveryStatus.pending.value)
-                        .values(status=DeliveryStatus.dry_run.value,
-                                smtp_reply="dry run: would have been sent"))
+    delivery_states.mark_planned(session, run.id, dry_run=run.dry_run)
     wanted = DeliveryStatus.dry_run.value if run.dry_run else DeliveryStatus.pending.value
     pending_ids = list(session.scalars(
         select(Delivery.id).where(Delivery.run_id == run.id, Delivery.status == wanted)

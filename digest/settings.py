@@ -83,6 +83,17 @@ class Settings(BaseSettings):
     retry_base_seconds: int = 60
     soft_bounce_threshold: int = 3
     soft_bounce_window_days: int = 30
+    sweep_seconds: int = Field(
+        default=60, ge=1,
+        description="How often the beat sweeps for lost work: expired leases, pending rows whose "
+                    "task was lost (a broker restart), runs whose every row is final.")
+    orphan_after_seconds: int = Field(
+        default=120, ge=1,
+        description="A pending delivery untouched this long is taken for lost and enqueued "
+                    "again (claims stay conditional, so a second task sends nothing twice).")
+    retry_sweep_seconds: int = Field(
+        default=60, ge=1,
+        description="How often the beat enqueues deferred deliveries whose retry is due.")
     policy_pause_minutes: int = Field(
         default=60, ge=1,
         description="After a 5.7.x (policy) refusal at RCPT TO or DATA, send nothing to that "

@@ -191,9 +191,10 @@ class SMTPTransport:
                         step="session", reply=words) from exc
         except (smtplib.SMTPException, OSError) as exc:
             _close_quietly(conn)
+            # No reply, but the step says it: the session never started, which is about us.
             raise TemporaryDeliveryError(
                 f"cannot connect to {self._where()}: {_describe(exc)}; "
-                "check DIGEST_SMTP_HOST/DIGEST_SMTP_PORT or try again later"
+                "check DIGEST_SMTP_HOST/DIGEST_SMTP_PORT or try again later", step="session"
             ) from exc
         self._conn = conn
         self.connections_opened += 1

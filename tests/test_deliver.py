@@ -10,20 +10,19 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select, update
 
-from digest.deliver import (
+from digest.delivery import (
     due_for_retry,
+    Fault,
+    classify_smtp,
     enhanced_status,
-    is_policy_refusal,
-    is_unknown_user,
     pause_domain,
     recover_expired_leases,
-    refused_reply,
     requeue_failed,
     resume_domain,
     run_progress,
     send_deliveries,
 )
-from digest.errors import ConfigError, PermanentDeliveryError
+from digest.errors import ConfigError, PermanentDeliveryError, SendSetupError
 from digest.models import Delivery, DigestRun, DomainPause, Subscriber, Suppression, utcnow
 from digest.select import plan_scheduled_run
 from digest.subscribers import unsubscribe
@@ -95,13 +94,13 @@ def test_4xx_is_deferred_with_backoff_then_sent_when_due(session, smtp_sink, pla
 
 def test_5xx_fails_with_its_code_and_unknown_user_is_suppressed(session, smtp_sink, planned):
     smtp_sink.script("one@example.org", "550 5.1.1 <one@example.org>: user unknown")
-    smtp_sink.script("two@example.org", "554 5.6.0 Message content rejected")
+    smtp_sink.script("two@example.org", "552 5.3.4 Message size exceeds fixed limit")
     send_deliveries(planned.pending_ids)
     rows = _rows(session)
     assert rows["one@example.org"].status == "failed" and rows["one@example.org"].smtp_code == 550
-    assert rows["two@example.org"].status == "failed" and rows["two@example.org"].smtp_code == 554
-    # 5.1.x is the address's fault; other 5xx fail without suppressing (5.7.x pauses the
-    # domain instead: see the section at the end).
+    assert rows["two@example.org"].status == "failed" and rows["two@example.org"].smtp_code == 552
+    # 5.1.x is the address's fault; other 5xx fail without suppressing (5.7.x and content
+    # refusals pause the domain instead: see the section at the end).
     assert session.scalars(select(Suppression.email)).all() == ["one@example.org"]
     statuses = dict(session.execute(select(Subscriber.email, Subscriber.status)).all())
     assert statuses == {"one@example.org": "suppressed", "two@example.org": "active"}
@@ -124,9 +123,12 @@ def test_connection_refused_defers_everything_and_loses_nothing(session, setting
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
     monkeypatch.setattr(settings, "smtp_port", closed_port)
-    result = send_deliveries(planned.pending_ids, settings=settings)
-    assert result.deferred == 2
-    assert {d.status for d in _rows(session).values()} == {"deferred"}
+    with pytest.raises(SendSetupError, match="2 deliveries put back.*cannot connect"):
+        send_deliveries(planned.pending_ids, settings=settings)
+    rows = _rows(session).values()
+    assert {d.status for d in rows} == {"deferred"}
+    # Our server being down is nobody's reader's fault: no attempt is used up.
+    assert {d.attempts for d in rows} == {0}
 
 
 def test_a_refused_login_puts_the_batch_back_with_the_reason_and_raises(
@@ -379,22 +381,18 @@ def test_unknown_user_still_suppresses_and_pauses_nothing(session, smtp_sink, mi
 
 
 def test_only_the_servers_reply_to_rcpt_or_data_decides_a_policy_pause():
-    def refused(step, reply):
-        where = "SMTP server 10.5.1.1:25 refused a@b.example"
-        return PermanentDeliveryError(f"{where} at {step}: {reply}", int(reply[:3]), step=step,
-                                      reply=reply)
+    def fault(step, reply):
+        return classify_smtp(int(reply[:3]), reply, step).fault
 
-    assert refused_reply(refused("RCPT TO", "550 5.7.1 Blocked")) == "550 5.7.1 Blocked"
-    assert is_policy_refusal(refused_reply(refused(
-        "DATA", "550 5.7.1 Unfortunately, messages from [198.51.100.7] weren't sent. "
-        "Please contact your Internet service provider ... block list (S3150)")))
+    assert fault("RCPT TO", "550 5.7.1 Blocked") is Fault.policy
+    assert fault("DATA", "550 5.7.1 Unfortunately, messages from [198.51.100.7] weren't sent. "
+                         "Please contact your Internet service provider ... block list (S3150)"
+                 ) is Fault.policy
     # The session or MAIL FROM refused: our server's affair, no recipient domain to pause.
-    assert refused_reply(refused("session", "554 5.7.1 go away")) is None
-    assert refused_reply(refused("MAIL FROM", "553 5.7.1 Sender rejected")) is None
-    # A host that looks like an enhanced code ("10.5.1.1") changes nothing: only the reply counts.
-    assert not is_policy_refusal(refused_reply(refused("RCPT TO", "550 5.2.1 disabled")))
-    assert not is_unknown_user(refused_reply(refused("RCPT TO", "550 5.7.1 blocked")))
-    assert not is_policy_refusal(None) and not is_policy_refusal("550 Blocked")
+    assert fault("session", "554 5.7.1 go away") is Fault.sender
+    assert fault("MAIL FROM", "553 5.7.1 Sender rejected") is Fault.sender
+    assert fault("RCPT TO", "550 5.2.1 disabled") is Fault.hard
+    assert fault("RCPT TO", "550 5.1.1 no such user") is Fault.hard
 
 
 def test_pausing_a_paused_domain_extends_it_and_never_shortens_it(session):
@@ -510,7 +508,10 @@ def test_a_5_1_x_refusal_of_our_sender_at_mail_from_suppresses_no_reader(session
                 f"SMTP server 10.5.1.1:25 refused {rcpt} at MAIL FROM: 553 5.1.8 Sender domain "
                 "does not exist", 553, step="MAIL FROM", reply="553 5.1.8 Sender domain does not exist")
 
-    result = send_deliveries(planned.pending_ids, transport=SenderRefused())
-    assert result.failed == 2
+    # A refusal at MAIL FROM is about us: the batch goes back, the operator is told.
+    with pytest.raises(SendSetupError, match="MAIL FROM: 553 5.1.8"):
+        send_deliveries(planned.pending_ids, transport=SenderRefused())
     assert session.scalars(select(Suppression.email)).all() == []
-    assert {d.status for d in _rows(session).values()} == {"failed"}
+    rows = _rows(session).values()
+    assert {d.status for d in rows} == {"deferred"} and {d.attempts for d in rows} == {0}
+    assert all("put back" in d.smtp_reply and "5.1.8" in d.smtp_reply for d in rows)

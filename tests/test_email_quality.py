@@ -21,7 +21,7 @@ import dkim
 import pytest
 
 from digest import db, ingest
-from digest.deliver import send_deliveries
+from digest.delivery import send_deliveries
 from digest.demo import DEMO_LISTING, demo_clock
 from digest.mail import DEFAULT_SIGNED_HEADERS, DkimSigner
 from digest.mailsink import ReceivedMessage

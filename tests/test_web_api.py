@@ -374,7 +374,7 @@ def test_bounce_webhook_ties_a_dsn_to_its_delivery_and_suppresses_the_address(
         api, db_session, taxo, smtp_sink):
     from pathlib import Path
 
-    from digest.deliver import send_deliveries
+    from digest.delivery import send_deliveries
     from digest.models import Delivery
     from digest.select import plan_scheduled_run
     from tests.factories import T0, make_subscriber

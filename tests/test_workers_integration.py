@@ -228,7 +228,7 @@ def test_a_5xx_unknown_user_fails_with_its_code_and_suppresses_the_address(worke
 
 
 def test_expired_lease_is_recovered_and_sent(worker, sink, data):
-    from workers.tasks import recover_leases, send_weekly_now
+    from workers.tasks import send_weekly_now, sweep
 
     sink.script("police@example.org", "drop")
     send_weekly_now.delay(now=T0.isoformat()).get(timeout=60)
@@ -239,7 +239,7 @@ def test_expired_lease_is_recovered_and_sent(worker, sink, data):
     data.execute(update(Delivery).where(Delivery.id == police.id).values(
         status=DeliveryStatus.sending.value, lease_until=T0 - timedelta(minutes=1)))
     data.commit()
-    assert recover_leases.delay().get(timeout=60) == 1
+    assert sweep.delay().get(timeout=60)["recovered"] == 1
     _wait_until(data, lambda rs: all(d.status in ("sent", "skipped") for d in rs))
 
 
@@ -292,7 +292,7 @@ def _worker_children(parent_pid: int) -> list[int]:
 def test_a_worker_killed_mid_send_loses_nothing_and_sends_nothing_twice(worker, sink, data):
     import signal
 
-    from workers.tasks import recover_leases, send_weekly_now
+    from workers.tasks import send_weekly_now, sweep
 
     # The first recipient's server is slow: the worker is stuck mid-transaction when killed.
     sink.script("police@example.org", "pause:20")
@@ -314,7 +314,7 @@ def test_a_worker_killed_mid_send_loses_nothing_and_sends_nothing_twice(worker, 
     data.execute(update(Delivery).where(Delivery.status == "sending")
                  .values(lease_until=T0 - timedelta(minutes=1)))
     data.commit()
-    assert recover_leases.delay().get(timeout=60) == 2
+    assert sweep.delay().get(timeout=60)["recovered"] == 2
     _wait_until(data, lambda rs: all(d.status in ("sent", "skipped") for d in rs))
     assert sorted(m.rcpt_tos[0] for m in sink.wait_for(2)) == ["balkans@example.org", "police@example.org"]
     time.sleep(1)

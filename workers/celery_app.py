@@ -3,7 +3,7 @@
 With ``DIGEST_BROKER_URL`` set (redis://...), tasks go through the broker to workers. Without
 it the same tasks run in-process (eager), so ``digest demo`` needs no server.
 
-Reliability settings (see ARCHITECTURE.md): acks_late + reject_on_worker_lost so a task whose
+Reliability settings (docs/architecture.md): acks_late + reject_on_worker_lost so a task whose
 worker died is delivered again, bounded by retry_on_worker_lost + max_retries so a poison task
 cannot loop forever; prefetch 1; soft and hard time limits. Retries and schedules live in the
 database (next_attempt_at, slot keys), never in long ETAs, because Redis redelivers ETA tasks
@@ -50,8 +50,11 @@ def configure(settings: Settings | None = None) -> Celery:
         beat_schedule={
             # Plans the slot of the current hour; unique slot keys make extra ticks harmless.
             "tick": {"task": "digest.tick", "schedule": crontab(minute="*/5")},
-            "retry-deferred": {"task": "digest.retry_deferred", "schedule": 60.0},
-            "recover-leases": {"task": "digest.recover_leases", "schedule": 120.0},
+            "retry-deferred": {"task": "digest.retry_deferred",
+                               "schedule": float(s.retry_sweep_seconds)},
+            # Lost work is found from the database: dead workers' leases, pending rows whose
+            # task a broker restart dropped, runs left open.
+            "sweep": {"task": "digest.sweep", "schedule": float(s.sweep_seconds)},
             "purge-unconfirmed": {"task": "digest.purge_unconfirmed",
                                   "schedule": crontab(minute=17, hour=3)},
         },

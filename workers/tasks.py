@@ -1,15 +1,23 @@
 """Thin tasks: parse arguments, call a ``digest`` function, enqueue follow-ups, return.
 
 Every task is safe to run twice: planning is unique per slot, sending claims rows first.
-Follow-up tasks are enqueued only after the transaction that created their rows committed.
+Follow-up tasks are enqueued (through ``digest.queue``, under the names it defines) only
+after the transaction that created their rows committed.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from digest import deliver, ingest, select, subscribers
+from digest import delivery, ingest, select, subscribers
 from digest.db import session_scope
+from digest.queue import (
+    TASK_DELIVER_BATCH,
+    TASK_ITEM_PUBLISHED,
+    TASK_SEND_CONFIRMATION,
+    announce_item,
+    queue_for,
+)
 from digest.settings import get_settings
 from workers.celery_app import app
 
@@ -22,10 +30,7 @@ def _when(value: str | None) -> datetime | None:
 
 def enqueue_deliveries(delivery_ids: list[int]) -> int:
     """One deliver_batch task per batch of ids (each batch shares one SMTP connection)."""
-    chunks = deliver.batches(list(delivery_ids), get_settings().batch_size)
-    for chunk in chunks:
-        deliver_batch.delay(chunk)
-    return len(chunks)
+    return queue_for(get_settings()).deliver(delivery_ids)
 
 
 @app.task(name="digest.tick", **TASK_OPTIONS)
@@ -49,9 +54,9 @@ def send_weekly_now(now: str | None = None, frequency: str = "weekly") -> dict:
     return {"run_id": run.run_id, "created": run.created, "pending": run.planned, "skipped": run.skipped}
 
 
-@app.task(name="digest.deliver_batch", **TASK_OPTIONS)
+@app.task(name=TASK_DELIVER_BATCH, **TASK_OPTIONS)
 def deliver_batch(delivery_ids: list[int]) -> dict:
-    result = deliver.send_deliveries([int(i) for i in delivery_ids])
+    result = delivery.send_deliveries([int(i) for i in delivery_ids])
     return {"claimed": result.claimed, "sent": result.sent, "deferred": result.deferred,
             "failed": result.failed, "cancelled": result.cancelled}
 
@@ -59,16 +64,20 @@ def deliver_batch(delivery_ids: list[int]) -> dict:
 @app.task(name="digest.retry_deferred", **TASK_OPTIONS)
 def retry_deferred() -> int:
     with session_scope() as session:
-        due = deliver.due_for_retry(session)
+        due = delivery.due_for_retry(session)
     return enqueue_deliveries(due)
 
 
-@app.task(name="digest.recover_leases", **TASK_OPTIONS)
-def recover_leases() -> int:
+@app.task(name="digest.sweep", **TASK_OPTIONS)
+def sweep() -> dict:
+    """Find lost work again: rows of a dead worker, rows whose task the broker lost, runs
+    left open. The database is the record, so this needs nothing from the broker."""
+    settings = get_settings()
     with session_scope() as session:
-        recovered = deliver.recover_expired_leases(session)
-    enqueue_deliveries(recovered)
-    return len(recovered)
+        found = delivery.sweep(session, settings)
+    enqueue_deliveries(found.recovered + found.orphaned)
+    return {"recovered": len(found.recovered), "orphaned": len(found.orphaned),
+            "runs_finished": len(found.runs_finished)}
 
 
 @app.task(name="digest.purge_unconfirmed", **TASK_OPTIONS)
@@ -77,18 +86,16 @@ def purge_unconfirmed() -> int:
         return subscribers.purge_unconfirmed(session)
 
 
-@app.task(name="digest.item_published", **TASK_OPTIONS)
+@app.task(name=TASK_ITEM_PUBLISHED, **TASK_OPTIONS)
 def item_published(item_id: int) -> dict:
     """The event for a new item: alerts to subscribers who want every item at once."""
-    with session_scope() as session:
-        run = select.plan_immediate_run(session, int(item_id))
-    enqueue_deliveries(run.pending_ids)
-    return {"run_id": run.run_id, "pending": run.planned}
+    pending = announce_item(int(item_id))
+    enqueue_deliveries(pending)
+    return {"pending": len(pending)}
 
 
 def publish_items(item_ids: list[int]) -> None:
-    for item_id in item_ids:
-        item_published.delay(item_id)
+    queue_for(get_settings()).publish_items(item_ids)
 
 
 @app.task(name="digest.ingest_feed", **TASK_OPTIONS)
@@ -98,7 +105,7 @@ def ingest_feed(source: str) -> dict:
     return {"new": len(report.new_item_ids), "updated": len(report.updated_item_ids)}
 
 
-@app.task(name="digest.send_confirmation", **TASK_OPTIONS)
+@app.task(name=TASK_SEND_CONFIRMATION, **TASK_OPTIONS)
 def send_confirmation(subscriber_id: int) -> str | None:
     """The double opt-in email (also the "send me a new link" email) to one subscriber."""
     from digest import notify

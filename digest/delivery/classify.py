@@ -83,6 +83,7 @@ _UNKNOWN_WORDS = re.compile(
     r"(?:account|mailbox) (?:is |has been )?(?:disabled|deactivated)",
     re.I,
 )
+_NAMES = re.compile(r"<[^<>]*@[^<>]*>|[^\s<>]+@[^\s<>]+")
 _REASON_LIMIT = 300
 _QUIET_ACTIONS = ("delivered", "relayed", "expanded", "delayed")
 
@@ -103,6 +104,10 @@ def classify_smtp(code: int | None, reply: str | None, step: str | None) -> Verd
     """
     text = _one_line(reply)
     status = enhanced_status(text)
+    if step == "session" and code is None:
+        # Could not connect or the greeting never came: no reader was named yet.
+        return Verdict(Fault.sender, status, False,
+                       _reason("could not open a session with our SMTP server", step, text))
     if code is None:
         return Verdict(Fault.soft, status, False,
                        _reason("no reply (connection dropped or timed out)", step, text))
@@ -152,6 +157,9 @@ def classify_dsn(status: str | None, diagnostic: str | None,
 def _judge(status: str | None, text: str, *, temporary: bool) -> tuple[Fault, str]:
     """The fault of a refusal about a recipient (RCPT TO, DATA, or a report's block)."""
     subject, detail = _parts(status)
+    # Words are read from the server's sentence, not from the addresses in it:
+    # a reader at blocked.example is not a block-list refusal.
+    text = _NAMES.sub(" ", text)
     if (subject, detail) in _SENDER_CODES or _SENDER_WORDS.search(text):
         return Fault.sender, "refused our sender address: check the envelope sender's domain"
     if temporary:

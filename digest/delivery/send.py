@@ -1,57 +1,42 @@
-"""Delivery: claim planned rows, render, build and send each message, record the outcome.
+"""Sending a batch: claim the rows, build each message, hand it to SMTP, record the outcome.
 
-State machine of a ``deliveries`` row::
-
-    pending --claim--> sending --250--> sent
-                          |----4xx / dropped connection--> deferred --(due)--> sending ...
-                          |----5xx---------------------> failed   (5.1.x also suppresses)
-                          |----5.7.x at RCPT TO/DATA---> deferred until the domain's pause ends
-    pending/deferred --subscriber left or suppressed--> cancelled
-    pending/deferred --its domain is paused--> deferred until the pause ends (not an attempt)
-
-A policy refusal (5.7.x: a block list, a reputation filter) is about us, not the address:
-the address is kept, and the recipient's domain is paused (``domain_pauses``) for
-``policy_pause_minutes``, so the rest of the batch and later batches do not knock again on a
-receiver that blocks us.
-
-A claim is a conditional UPDATE, so a task that runs twice (redelivered by the broker, or
-retried after a worker was lost) finds nothing left to claim and sends nothing twice. A
-claim holds a lease; a worker that dies mid-batch leaves rows in ``sending`` that
-``recover_expired_leases`` puts back as deferred. The database, not the broker, is the
-record of what was sent.
+Every status change goes through ``digest.delivery.states``; every failure is read by
+``digest.delivery.classify``, the one classifier shared with bounce reports. A failure that
+is about us (connect, greeting/EHLO/TLS/AUTH, any refusal at MAIL FROM, a DKIM key or a
+template that fails, contradictory settings) puts the whole batch back as deferred with the
+reason and raises ``SendSetupError`` for the operator: it never fails a row for good or
+suppresses anyone.
 """
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
-from sqlalchemy import case, exists, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from digest import db
+from digest.delivery import states
+from digest.delivery.contents import delivery_contents
+from digest.delivery.classify import Fault, classify_smtp
+from digest.delivery.pauses import Pause, active_pauses, pause_domain, recipient_domain
 from digest.errors import (
     ConfigError,
     DeliveryError,
     DigestError,
     PermanentDeliveryError,
-    TemporaryDeliveryError,
+    SendSetupError,
 )
 from digest.mail import DkimSigner, build_message, make_message_id
 from digest.models import (
     Delivery,
-    DeliveryStatus,
     DigestRun,
-    DomainPause,
     Item,
     RunKind,
-    RunStatus,
     Subscriber,
     SubscriberFilter,
     SubscriberStatus,
@@ -65,14 +50,9 @@ from digest.render import (
     get_renderer,
     render_items_from_models,
 )
-from digest.select import delivery_contents
 from digest.settings import Settings, get_settings
 from digest.tokens import links_for, make_token
 from digest.transport import Transport, transport_from_settings
-
-CLAIMABLE = (DeliveryStatus.pending.value, DeliveryStatus.deferred.value)
-UNFINISHED = (DeliveryStatus.pending.value, DeliveryStatus.sending.value, DeliveryStatus.deferred.value)
-_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 @dataclass
@@ -83,133 +63,6 @@ class BatchResult:
     failed: int = 0
     cancelled: int = 0
     outcomes: dict[int, str] = field(default_factory=dict)
-
-
-def enhanced_status(reply: str) -> str | None:
-    """The RFC 3463 enhanced status code in an SMTP reply ("5.1.1"), if any."""
-    match = _ENHANCED.search(reply or "")
-    return ".".join(match.groups()) if match else None
-
-
-def is_unknown_user(reply: str | None) -> bool:
-    """5.1.x: the address does not exist; 5.7.x (policy) is not the address's fault."""
-    code = enhanced_status(reply or "")
-    return bool(code and code.startswith("5.1."))
-
-
-def refused_reply(exc: DeliveryError) -> str | None:
-    """The server's reply in a refusal at RCPT TO or DATA ("550 5.7.1 ..."); None for a
-    refusal of the session or of MAIL FROM, which is about our server, not the recipient's."""
-    return exc.reply if exc.step in ("RCPT TO", "DATA") else None
-
-
-def is_policy_refusal(reply: str | None) -> bool:
-    """5.7.x: the receiver refuses us on policy grounds (block list, reputation, DMARC)."""
-    code = enhanced_status(reply or "")
-    return bool(code and code.startswith("5.7."))
-
-
-def recipient_domain(email: str) -> str:
-    """The key of a domain pause: the part after the last '@', lower-case, as stored."""
-    return email.strip().rpartition("@")[2].strip().rstrip(".").lower()
-
-
-@dataclass(frozen=True)
-class Pause:
-    until: datetime
-    reason: str
-
-
-def active_pauses(session: Session, domains: set[str], now: datetime) -> dict[str, Pause]:
-    """The domains among ``domains`` paused at ``now``: one query for a whole batch."""
-    if not domains:
-        return {}
-    rows = session.execute(select(DomainPause.domain, DomainPause.paused_until, DomainPause.reason)
-                           .where(DomainPause.domain.in_(domains), DomainPause.paused_until > now))
-    return {domain: Pause(until, reason) for domain, until, reason in rows}
-
-
-def pause_domain(session: Session, domain: str, until: datetime, reason: str, *,
-                 delivery_id: int | None = None, now: datetime | None = None) -> datetime:
-    """Pause ``domain`` until ``until`` (a pause already running longer is kept); returns
-    when the pause ends. One upsert, so two workers refused at once leave one row."""
-    now = now or utcnow()
-    dialect = session.get_bind().dialect.name
-    if dialect not in ("postgresql", "sqlite"):
-        raise ConfigError(f"domain pauses need PostgreSQL or SQLite, not {dialect}")
-    table = DomainPause.__table__
-    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).values(
-        domain=recipient_domain(domain), paused_until=until, reason=reason, created_at=now,
-        delivery_id=delivery_id)
-    new = stmt.excluded
-    stmt = stmt.on_conflict_do_update(index_elements=[table.c.domain], set_={
-        "paused_until": case((table.c.paused_until > new.paused_until, table.c.paused_until),
-                             else_=new.paused_until),
-        "reason": new.reason,
-        "delivery_id": new.delivery_id,
-        # A pause that had run out is over: this one starts now.
-        "created_at": case((table.c.paused_until <= now, new.created_at),
-                           else_=table.c.created_at),
-    }).returning(table.c.paused_until)
-    return session.execute(stmt).scalar_one()
-
-
-def _domain_forms(domain: str) -> list[str]:
-    """The key of ``domain`` and its other IDNA form (xn--... or Unicode), if it has one."""
-    key = recipient_domain(domain)
-    forms = [key]
-    try:
-        other = key.encode("idna").decode("ascii") if not key.isascii() else (
-            key.encode("ascii").decode("idna") if "xn--" in key else key)
-    except UnicodeError:
-        other = key
-    if other.lower() != key:
-        forms.append(other.lower())
-    return forms
-
-
-def resume_domain(session: Session, domain: str,
-                  now: datetime | None = None) -> tuple[str, int] | None:
-    """Lift a domain's pause now (the caller commits). Its deliveries that were waiting for
-    the pause become due now, for the retry task to send. Returns (the domain as stored,
-    how many deliveries were made due), or None when the domain has no pause."""
-    now = now or utcnow()
-    pause = session.scalars(select(DomainPause).where(
-        DomainPause.domain.in_(_domain_forms(domain)))).first()
-    if pause is None:
-        return None
-    table = Delivery.__table__
-    due = session.execute(
-        update(table)
-        .where(table.c.status == DeliveryStatus.deferred.value,
-               table.c.email.endswith(f"@{pause.domain}", autoescape=True),
-               table.c.next_attempt_at > now, table.c.next_attempt_at <= pause.paused_until)
-        .values(next_attempt_at=now, updated_at=now)).rowcount or 0
-    key = pause.domain
-    session.delete(pause)
-    session.flush()
-    return key, due
-
-
-def retry_delay(attempts: int, settings: Settings) -> timedelta:
-    return timedelta(seconds=min(settings.retry_base_seconds * 2 ** max(attempts - 1, 0), 6 * 3600))
-
-
-def claim(session: Session, delivery_ids: list[int], now: datetime, settings: Settings) -> list[int]:
-    """Move due pending/deferred rows to ``sending`` under a lease; returns the ids we own."""
-    if not delivery_ids:
-        return []
-    stmt = (
-        update(Delivery)
-        .where(Delivery.id.in_(delivery_ids), Delivery.status.in_(CLAIMABLE),
-               (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now),
-               # A dry run's rows say what would be sent; nothing ever sends them.
-               ~exists().where(DigestRun.id == Delivery.run_id, DigestRun.dry_run))
-        .values(status=DeliveryStatus.sending.value, attempts=Delivery.attempts + 1,
-                lease_until=now + timedelta(seconds=settings.lease_seconds), updated_at=now)
-        .returning(Delivery.id)
-    )
-    return sorted(session.scalars(stmt).all())
 
 
 def _view_url(settings: Settings, delivery_id: int) -> str:
@@ -277,7 +130,7 @@ class MessageFactory:
         return f"bounces+{delivery_id}@{self.domain}"
 
 
-def _load(session: Session, ids: list[int]) -> list[tuple[Delivery, list[RenderItem]]]:
+def load_batch(session: Session, ids: list[int]) -> list[tuple[Delivery, list[RenderItem]]]:
     """The claimed deliveries with what each carries, in a fixed number of queries.
 
     The items of a batch are mostly shared (a digest run sends the same week's news to
@@ -312,7 +165,7 @@ def render_delivery(session: Session, delivery_id: int, *, in_browser: bool = Fa
     """A delivery's subject, HTML and text as they are (or would be) mailed, from the same
     code that sends them; None if there is no such delivery or it carries nothing. Works for
     a dry run's rows: that is how an operator previews an ad-hoc send before making it."""
-    loaded = _load(session, [delivery_id])
+    loaded = load_batch(session, [delivery_id])
     if not loaded or not loaded[0][1]:
         return None
     delivery, items = loaded[0]
@@ -328,14 +181,12 @@ def render_for_browser(session: Session, delivery_id: int,
     return rendered.html if rendered else None
 
 
-def _record(session: Session, delivery_id: int, **values) -> None:
-    """Write one outcome and commit it at once: the row, not the broker, says what was sent."""
-    values.setdefault("updated_at", utcnow())
-    table = Delivery.__table__  # Core UPDATE: no ORM session synchronisation per message
-    session.execute(update(table).where(table.c.id == delivery_id,
-                                        table.c.status == DeliveryStatus.sending.value)
-                    .values(lease_until=None, **values))
-    session.commit()
+class _SenderRefused(Exception):
+    """Raised inside a batch when a reply says the fault is ours; carries the verdict."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
 
 
 def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = None,
@@ -348,200 +199,148 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
     result = BatchResult()
     session = db._sessionmaker(settings.database_url)()
     try:
-        owned = claim(session, list(delivery_ids), now, settings)
+        owned = states.claim(session, list(delivery_ids), now, settings)
         session.commit()
         result.claimed = len(owned)
         if not owned:
             return result
-        deliveries = _load(session, owned)
-        suppressed = set(session.scalars(
-            select(Suppression.email).where(Suppression.email.in_({d.email for d, _ in deliveries}))))
-        # Loaded once; a pause that starts during the batch is added to it by _send_one.
-        pauses = active_pauses(session, {recipient_domain(d.email) for d, _ in deliveries}, now)
-        factory = MessageFactory(settings)
-        run_ids = {d.run_id for d, _ in deliveries}
-        # The connection opens on the first send: a batch that only meets paused domains
-        # never contacts the server.
-        with (transport or transport_from_settings(settings)) as conn:
-            for delivery, items in deliveries:
-                try:
-                    outcome = _send_one(session, conn, factory, delivery, items, suppressed,
-                                        settings, pauses, lambda: utcnow() + offset)
-                except ConfigError as exc:
-                    # The SMTP set-up is wrong, not the recipient: every row not yet sent goes
-                    # back, due later, with the reason in the log; the error reaches the operator.
-                    _put_back(session, [d for d, _ in deliveries if d.id not in result.outcomes],
-                              f"not sent: {exc}", settings)
-                    raise
-                result.outcomes[delivery.id] = outcome
-                setattr(result, outcome, getattr(result, outcome) + 1)
-        for run_id in run_ids:
-            finish_run_if_done(session, run_id)
-        session.commit()
+        try:
+            _send_batch(session, owned, transport, settings, result, lambda: utcnow() + offset)
+        except BaseException as exc:
+            # Whatever stopped the batch, the rows it had not finished go back (never failed):
+            # a set-up error, a refusal that is about us, or a crash of our own code.
+            reason = exc.reason if isinstance(exc, _SenderRefused) else _describe(exc)
+            left = [i for i in owned if i not in result.outcomes]
+            try:
+                session.rollback()
+                states.put_back(session, left, f"not sent, put back: {reason}", settings,
+                                give_back_attempt=isinstance(exc, (_SenderRefused, ConfigError)))
+            except Exception:  # the database itself is gone: lease recovery brings them back
+                session.rollback()
+            if isinstance(exc, (_SenderRefused, ConfigError)):
+                raise SendSetupError(
+                    f"{len(left)} deliveries put back (deferred, not failed): {reason}; fix "
+                    "the set-up and they go out on their next retry") from exc
+            raise
         return result
     finally:
         session.close()
 
 
-def _retry_or_give_up(delivery: Delivery, settings: Settings, reason: str,
-                      next_attempt_at: datetime, **values) -> dict:
-    """The outcome of a try that may be repeated: deferred to ``next_attempt_at``, or failed
-    once the delivery has used its ``max_attempts``."""
-    if delivery.attempts >= settings.max_attempts:
-        return {"status": DeliveryStatus.failed.value,
-                "smtp_reply": f"gave up after {delivery.attempts} attempts: {reason}", **values}
-    return {"status": DeliveryStatus.deferred.value, "smtp_reply": reason,
-            "next_attempt_at": next_attempt_at, **values}
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, DigestError) else f"{type(exc).__name__}: {exc}"
 
 
-def _put_back(session: Session, deliveries: list[Delivery], reason: str, settings: Settings) -> None:
-    now = utcnow()
-    table = Delivery.__table__
-    for delivery in deliveries:
-        values = _retry_or_give_up(delivery, settings, reason,
-                                   now + retry_delay(delivery.attempts, settings))
-        session.execute(update(table).where(table.c.id == delivery.id,
-                                            table.c.status == DeliveryStatus.sending.value)
-                        .values(lease_until=None, updated_at=now, **values))
+def _send_batch(session: Session, owned: list[int], transport: Transport | None,
+                settings: Settings, result: BatchResult, clock: Callable[[], datetime]) -> None:
+    deliveries = load_batch(session, owned)
+    suppressed = set(session.scalars(
+        select(Suppression.email).where(Suppression.email.in_({d.email for d, _ in deliveries}))))
+    # Loaded once; a pause that starts during the batch is added to it by _send_one.
+    pauses = active_pauses(session, {recipient_domain(d.email) for d, _ in deliveries}, clock())
+    # Built inside the put-back guard: a bad DKIM key or contradictory SMTP settings put the
+    # batch back instead of leaving it in ``sending`` until the lease runs out.
+    factory = MessageFactory(settings)
+    conn = transport or transport_from_settings(settings)
+    run_ids = {d.run_id for d, _ in deliveries}
+    # The connection opens on the first send: a batch that only meets paused domains
+    # never contacts the server.
+    with conn:
+        for delivery, items in deliveries:
+            outcome = _send_one(session, conn, factory, delivery, items, suppressed, settings,
+                                pauses, clock)
+            result.outcomes[delivery.id] = outcome
+            setattr(result, outcome, getattr(result, outcome) + 1)
+    for run_id in run_ids:
+        states.finish_run_if_done(session, run_id)
     session.commit()
 
 
 def _send_one(session: Session, conn: Transport, factory: MessageFactory, delivery: Delivery,
               items: list[RenderItem], suppressed: set[str], settings: Settings,
-              pauses: dict[str, Pause] | None = None,
-              clock: Callable[[], datetime] = utcnow) -> str:
+              pauses: dict[str, Pause], clock: Callable[[], datetime]) -> str:
     from digest.subscribers import suppress
-
-    pauses = {} if pauses is None else pauses
 
     sub = delivery.subscriber
     # Checked again at send time: someone may have left after the run was planned.
     if sub.status != SubscriberStatus.active.value or delivery.email in suppressed:
-        _record(session, delivery.id, status=DeliveryStatus.cancelled.value,
-                smtp_reply=f"cancelled: subscriber is {sub.status}"
-                if sub.status != SubscriberStatus.active.value else "cancelled: address suppressed")
+        states.cancel_claimed(session, delivery.id,
+                              f"cancelled: subscriber is {sub.status}"
+                              if sub.status != SubscriberStatus.active.value
+                              else "cancelled: address suppressed")
         return "cancelled"
     domain = recipient_domain(delivery.email)
     pause = pauses.get(domain)
     if pause is not None and pause.until > clock():
-        # Not contacted at all, and not an attempt: the claim's increment is taken back, so
-        # a long pause never makes a delivery run out of attempts.
-        table = Delivery.__table__
-        _record(session, delivery.id, status=DeliveryStatus.deferred.value,
-                next_attempt_at=pause.until, attempts=table.c.attempts - 1,
-                smtp_reply=f"not sent: {domain} is paused until "
-                           f"{pause.until:%Y-%m-%dT%H:%M:%SZ} after it refused us: {pause.reason}")
+        states.defer_without_attempt(
+            session, delivery.id, pause.until,
+            f"not sent: {domain} is paused until {pause.until:%Y-%m-%dT%H:%M:%SZ} after it "
+            f"refused us: {pause.reason}")
         return "deferred"
     try:
         message_id, data = factory.build(delivery, delivery.run, items)
+    except ConfigError:
+        raise  # a template or key that fails is ours: the whole batch goes back
     except DigestError as exc:
-        # A message we cannot build (e.g. a header with CR/LF) is never sent half-right.
-        _record(session, delivery.id, status=DeliveryStatus.failed.value, smtp_reply=f"not sent: {exc}")
+        # This reader's data cannot make a valid message (e.g. a header with CR/LF): never
+        # sent half-right, and nobody is suppressed for it.
+        states.record(session, delivery.id, status="failed", smtp_reply=f"not sent: {exc}")
         return "failed"
     try:
         reply = conn.send(factory.return_path(delivery.id), delivery.email, data)
-    except TemporaryDeliveryError as exc:
-        outcome = _retry_or_give_up(delivery, settings, str(exc),
-                                    utcnow() + retry_delay(delivery.attempts, settings),
-                                    smtp_code=exc.code, message_id=message_id)
-        _record(session, delivery.id, **outcome)
-        return outcome["status"]
-    except PermanentDeliveryError as exc:
-        # Read the code from the server's reply only: a host or address in the rest of the
-        # message ("10.5.1.1") must not look like an enhanced status.
-        reply = refused_reply(exc)
-        if is_policy_refusal(reply):
-            return _policy_refused(session, delivery, exc, reply, message_id, pauses,
-                                   clock(), settings)
-        _record(session, delivery.id, status=DeliveryStatus.failed.value, smtp_code=exc.code,
-                smtp_reply=str(exc), message_id=message_id)
-        # Only the server's answer to RCPT TO or DATA speaks about the recipient: 5.1.x at
-        # MAIL FROM is about our sender, and a refusal made here has no reply at all.
-        if is_unknown_user(reply):
-            suppress(session, delivery.email, "hard_bounce", str(exc))
-            session.commit()
+    except DeliveryError as exc:
+        return _refused(session, delivery, exc, message_id, pauses, settings, clock, suppress)
+    except ConfigError:
+        raise  # login refused, untrusted certificate...: the whole batch goes back
+    except DigestError as exc:  # an address the transport cannot carry (SMTPUTF8 off)
+        states.record(session, delivery.id, status="failed", smtp_reply=f"not sent: {exc}",
+                      message_id=message_id)
         return "failed"
-    _record(session, delivery.id, status=DeliveryStatus.sent.value, smtp_code=reply.code,
-            smtp_reply=reply.reply, message_id=message_id, sent_at=utcnow(), next_attempt_at=None)
+    states.record(session, delivery.id, status="sent", smtp_code=reply.code,
+                  smtp_reply=reply.reply, message_id=message_id, sent_at=utcnow(),
+                  next_attempt_at=None)
     return "sent"
 
 
-def _policy_refused(session: Session, delivery: Delivery, exc: PermanentDeliveryError, reply: str,
-                    message_id: str, pauses: dict[str, Pause], now: datetime,
-                    settings: Settings) -> str:
-    """5.7.x: pause the domain, keep the address, try this delivery again when the pause ends."""
-    domain = recipient_domain(delivery.email)
-    until = pause_domain(session, domain, now + timedelta(minutes=settings.policy_pause_minutes),
-                         reply, delivery_id=delivery.id, now=now)
-    pauses[domain] = Pause(until, reply)
-    outcome = _retry_or_give_up(delivery, settings, str(exc), until, smtp_code=exc.code,
-                                message_id=message_id)
-    # Same transaction as the pause (``_record`` commits): both or neither.
-    _record(session, delivery.id, **outcome)
+def _refused(session: Session, delivery: Delivery, exc: DeliveryError, message_id: str,
+             pauses: dict[str, Pause], settings: Settings, clock: Callable[[], datetime],
+             suppress: Callable[..., object]) -> str:
+    """What a refusal means, by whose fault it is (``classify_smtp``)."""
+    if isinstance(exc, PermanentDeliveryError) and exc.code is None:
+        # Refused before any command (e.g. the server cannot carry this address): this
+        # recipient only, with the reason; nobody is suppressed.
+        states.record(session, delivery.id, status="failed", smtp_reply=str(exc),
+                      message_id=message_id)
+        return "failed"
+    verdict = classify_smtp(exc.code, exc.reply, exc.step)
+    if verdict.fault is Fault.sender:
+        raise _SenderRefused(f"{exc} ({verdict.reason})")
+    if verdict.fault is Fault.policy:
+        domain = recipient_domain(delivery.email)
+        now = clock()
+        reply = exc.reply or str(exc)
+        until = pause_domain(session, domain, now + timedelta(minutes=settings.policy_pause_minutes),
+                             reply, delivery_id=delivery.id, now=now)
+        pauses[domain] = Pause(until, reply)
+        outcome = states.retry_or_give_up(delivery.attempts, settings, str(exc), until,
+                                          smtp_code=exc.code, message_id=message_id)
+        # Same transaction as the pause (``record`` commits): both or neither.
+        states.record(session, delivery.id, **outcome)
+        return outcome["status"]
+    if verdict.fault is Fault.hard:
+        states.record(session, delivery.id, status="failed", smtp_code=exc.code,
+                      smtp_reply=str(exc), message_id=message_id)
+        suppress(session, delivery.email, "hard_bounce", str(exc))
+        session.commit()
+        return "failed"
+    if verdict.permanent:
+        # Permanent, but nothing says the mailbox is gone: fail this one, keep the address.
+        states.record(session, delivery.id, status="failed", smtp_code=exc.code,
+                      smtp_reply=str(exc), message_id=message_id)
+        return "failed"
+    outcome = states.retry_or_give_up(
+        delivery.attempts, settings, str(exc),
+        utcnow() + states.retry_delay(delivery.attempts, settings),
+        smtp_code=exc.code, message_id=message_id)
+    states.record(session, delivery.id, **outcome)
     return outcome["status"]
-
-
-def finish_run_if_done(session: Session, run_id: int) -> bool:
-    open_rows = session.scalar(select(func.count()).where(Delivery.run_id == run_id,
-                                                          Delivery.status.in_(UNFINISHED)))
-    if open_rows:
-        return False
-    session.execute(update(DigestRun).where(DigestRun.id == run_id,
-                                            DigestRun.status != RunStatus.done.value)
-                    .values(status=RunStatus.done.value, finished_at=utcnow()))
-    return True
-
-
-def due_for_retry(session: Session, now: datetime | None = None, limit: int = 10_000) -> list[int]:
-    """Deferred deliveries whose next attempt is due (the periodic retry task sends them)."""
-    now = now or utcnow()
-    return list(session.scalars(
-        select(Delivery.id).where(Delivery.status == DeliveryStatus.deferred.value,
-                                  Delivery.next_attempt_at <= now).order_by(Delivery.id).limit(limit)))
-
-
-def recover_expired_leases(session: Session, now: datetime | None = None) -> list[int]:
-    """Rows left in ``sending`` by a worker that died go back to deferred, due now."""
-    now = now or utcnow()
-    return sorted(session.scalars(
-        update(Delivery)
-        .where(Delivery.status == DeliveryStatus.sending.value, Delivery.lease_until < now)
-        .values(status=DeliveryStatus.deferred.value, next_attempt_at=now, lease_until=None,
-                smtp_reply="lease expired: the worker stopped before recording a result",
-                updated_at=now)
-        .returning(Delivery.id)
-    ).all())
-
-
-def requeue_failed(session: Session, delivery_ids: list[int]) -> int:
-    """An admin's second chance for failed deliveries (deferred, due now)."""
-    now = utcnow()
-    res = session.execute(update(Delivery).where(Delivery.id.in_(delivery_ids),
-                                                 Delivery.status == DeliveryStatus.failed.value)
-                          .values(status=DeliveryStatus.deferred.value, next_attempt_at=now,
-                                  attempts=0, updated_at=now))
-    return res.rowcount or 0
-
-
-def runs_progress(session: Session, run_ids: list[int]) -> dict[int, dict[str, int]]:
-    """Delivery counts by status (and ``total``) for each run, in one grouped query."""
-    counts: dict[int, dict[str, int]] = {run_id: {} for run_id in run_ids}
-    for run_id, status, n in session.execute(
-            select(Delivery.run_id, Delivery.status, func.count())
-            .where(Delivery.run_id.in_(run_ids)).group_by(Delivery.run_id, Delivery.status)):
-        counts[run_id][status] = n
-    return {run_id: c | {"total": sum(c.values())} for run_id, c in counts.items()}
-
-
-def describe_progress(progress: dict[str, int]) -> str:
-    """``"5 total: deferred 1, sent 4"`` for the admin, the CLI and the logs."""
-    parts = [f"{k} {v}" for k, v in sorted(progress.items()) if k != "total"]
-    return f"{progress.get('total', 0)} total: " + ", ".join(parts) if parts else "no deliveries"
-
-
-def run_progress(session: Session, run_id: int) -> dict[str, int]:
-    return runs_progress(session, [run_id])[run_id]
-
-
-def batches(ids: list[int], size: int) -> list[list[int]]:
-    return [ids[i:i + size] for i in range(0, len(ids), size)]

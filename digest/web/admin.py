@@ -33,7 +33,8 @@ from sqlalchemy.orm import sessionmaker
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from digest import db, deliver, subscribers
+from digest import db, delivery, subscribers
+from digest.queue import queue_for
 from digest.models import (
     Delivery,
     DeliveryStatus,
@@ -300,13 +301,13 @@ class RunAdmin(ModelView, model=DigestRun):
         StaticValuesFilter(DigestRun.status, [(s, s) for s in ("planned", "sending", "done")]),
     ]
     column_formatters = column_formatters_detail = {
-        "progress": lambda m, _a: deliver.describe_progress(getattr(m, "_progress", {})),
+        "progress": lambda m, _a: delivery.describe_progress(getattr(m, "_progress", {})),
     }
 
     def _attach_progress(self, runs: list[DigestRun]) -> None:
         """One grouped query for the whole page, not one per run."""
         with _session(self) as session:
-            progress = deliver.runs_progress(session, [r.id for r in runs])
+            progress = delivery.runs_progress(session, [r.id for r in runs])
         for run in runs:
             run._progress = progress[run.id]
 
@@ -368,15 +369,14 @@ class DeliveryAdmin(ModelView, model=Delivery):
         confirmation_message="Try the selected failed deliveries again?",
     )
     async def requeue(self, request: Request) -> Response:
-        from workers.tasks import enqueue_deliveries
-
         ids = _ids(request)
 
         def work() -> None:
             with _session(self) as session:
-                deliver.requeue_failed(session, ids)
+                delivery.requeue_failed(session, ids)
                 session.commit()
-            enqueue_deliveries(ids)  # after the commit; rows that were not failed are not claimed
+            # After the commit; rows that were not failed are not claimed.
+            queue_for(self.digest_settings).deliver(ids)
 
         await anyio.to_thread.run_sync(work)
         return _back(request, self)
@@ -390,7 +390,7 @@ class DeliveryAdmin(ModelView, model=Delivery):
 
         def work():
             with _session(self) as session:
-                return deliver.render_delivery(session, ids[0], settings=self.digest_settings)
+                return delivery.render_delivery(session, ids[0], settings=self.digest_settings)
 
         rendered = await anyio.to_thread.run_sync(work)
         if rendered is None:
@@ -433,7 +433,7 @@ class SuppressionAdmin(ModelView, model=Suppression):
 
 class DomainPauseAdmin(ModelView, model=DomainPause):
     """Domains paused after a policy refusal (5.7.x). Read-only but for delete, which lifts
-    the pause at once (through ``deliver.resume_domain``: waiting deliveries become due)."""
+    the pause at once (through ``delivery.resume_domain``: waiting deliveries become due)."""
 
     name, name_plural, icon = "Paused domain", "Paused domains", "fa-solid fa-circle-pause"
     can_create = can_edit = False
@@ -454,7 +454,7 @@ class DomainPauseAdmin(ModelView, model=DomainPause):
     async def delete_model(self, request: Request, pk) -> None:
         def work() -> None:
             with _session(self) as session:
-                deliver.resume_domain(session, str(pk))
+                delivery.resume_domain(session, str(pk))
                 session.commit()
 
         await anyio.to_thread.run_sync(work)

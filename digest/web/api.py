@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from digest import deliver, ingest, taxonomy
+from digest import delivery, ingest, taxonomy
 from digest import select as selection
 from digest.errors import ValidationError
 from digest.subscribers import canonical_email as normalise_address
@@ -45,7 +45,8 @@ from digest.subscribers import (
     upsert_subscriber,
     with_filters,
 )
-from digest.web.deps import SessionDep, get_settings
+from digest.queue import queue_for
+from digest.web.deps import SessionDep, SettingsDep, get_settings
 
 MAX_ID = 2**31 - 1  # INTEGER columns on PostgreSQL and SQLite alike
 MAX_CSV_BYTES = 5 * 1024 * 1024
@@ -376,12 +377,8 @@ def create_subscriber(body: SubscriberIn, session: SessionDep):
     address = normalise_address(body.email)
     existing = session.scalar(select(Subscriber.id).where(Subscriber.email == address))
     if existing is not None:
-        raise HTTPException(
-            409,
-            f"a subscriber with this address exists (id {existing}); "
-            f"change it with PATCH /api/v1/subscribers/{existing}",
-        )
-    sub, _ = upsert_subscriber(
+        _exists(existing)
+    sub, created = upsert_subscriber(
         session,
         address,
         filters=_specs(body.filters),
@@ -392,9 +389,22 @@ def create_subscriber(body: SubscriberIn, session: SessionDep):
         status=body.status.value,
         group_by=body.group_by,
     )
+    if not created:
+        # Created by another request between our look-up and our write: still a 409.
+        sub_id = sub.id
+        session.rollback()
+        _exists(sub_id)
     _sync_suppression(session, sub.email, was=None, now=body.status)
     session.commit()
     return SubscriberOut.of(_load(session, sub.id))
+
+
+def _exists(subscriber_id: int) -> None:
+    raise HTTPException(
+        409,
+        f"a subscriber with this address exists (id {subscriber_id}); "
+        f"change it with PATCH /api/v1/subscribers/{subscriber_id}",
+    )
 
 
 def _sync_suppression(
@@ -535,11 +545,10 @@ def timezones():
 
 
 @router.post("/items", response_model=PublishResult, tags=["items"])
-def publish_items(body: ItemPayload | list[ItemPayload], session: SessionDep):
+def publish_items(body: ItemPayload | list[ItemPayload], session: SessionDep,
+                  settings: SettingsDep):
     """Store items (new taxonomy names are created) and send the item_published event for
     each new one: subscribers who want every item at once get an alert."""
-    from workers.tasks import publish_items as publish
-
     payload = body if isinstance(body, list) else [body]
     if not payload or len(payload) > 500:
         raise ValidationError("send between 1 and 500 items per request")
@@ -548,7 +557,8 @@ def publish_items(body: ItemPayload | list[ItemPayload], session: SessionDep):
     )
     report = ingest.store_items(session, items, source="api")
     session.commit()
-    publish(report.new_item_ids)  # after the commit, so the worker sees the rows
+    # After the commit, so the worker sees the rows.
+    queue_for(settings).publish_items(report.new_item_ids)
     return PublishResult(
         new_item_ids=report.new_item_ids,
         updated_item_ids=report.updated_item_ids,
@@ -567,9 +577,7 @@ def publish_items(body: ItemPayload | list[ItemPayload], session: SessionDep):
     tags=["runs"],
     responses={201: {"description": "A new run was planned", "model": RunOut}},
 )
-def create_run(body: RunIn, response: Response, session: SessionDep):
-    from workers.tasks import enqueue_deliveries
-
+def create_run(body: RunIn, response: Response, session: SessionDep, settings: SettingsDep):
     if not body.item_ids and body.published_from is None:
         raise ValidationError(
             "choose the items: give item_ids or published_from (and optionally published_to)"
@@ -588,17 +596,17 @@ def create_run(body: RunIn, response: Response, session: SessionDep):
     planned = selection.plan_adhoc_run(session, query, dry_run=body.dry_run, slot_key=body.slot_key)
     session.commit()
     if planned.created and not body.dry_run:
-        enqueue_deliveries(planned.pending_ids)
+        queue_for(settings).deliver(planned.pending_ids)
     response.status_code = 201 if planned.created else 200
     run = session.get(DigestRun, planned.run_id)
     session.refresh(run)
-    return RunOut.of(run, deliver.run_progress(session, run.id), created=planned.created)
+    return RunOut.of(run, delivery.run_progress(session, run.id), created=planned.created)
 
 
 @router.get("/runs", response_model=list[RunOut], tags=["runs"])
 def list_runs(session: SessionDep, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50):
     runs = session.scalars(select(DigestRun).order_by(DigestRun.id.desc()).limit(limit)).all()
-    progress = deliver.runs_progress(session, [r.id for r in runs])
+    progress = delivery.runs_progress(session, [r.id for r in runs])
     return [RunOut.of(r, progress[r.id]) for r in runs]
 
 
@@ -612,7 +620,7 @@ def get_run(run_id: IdPath, session: SessionDep):
     run = session.get(DigestRun, run_id)
     if run is None:
         raise HTTPException(404, f"no run with id {run_id}")
-    return RunOut.of(run, deliver.run_progress(session, run_id))
+    return RunOut.of(run, delivery.run_progress(session, run_id))
 
 
 # --- deliveries ---------------------------------------------------------------------------------
@@ -659,7 +667,7 @@ def delivery_message(delivery_id: IdPath, session: SessionDep):
     For a dry run's deliveries this is the preview of an ad-hoc send before it is made.
     """
     delivery = session.get(Delivery, delivery_id)
-    rendered = deliver.render_delivery(session, delivery_id) if delivery else None
+    rendered = delivery.render_delivery(session, delivery_id) if delivery else None
     if delivery is None or rendered is None:
         raise HTTPException(404, f"no delivery with id {delivery_id} that carries items")
     return DeliveryMessage(delivery_id=delivery.id, run_id=delivery.run_id, email=delivery.email,

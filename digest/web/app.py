@@ -12,12 +12,19 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import IntegrityError
 
 from digest.errors import DeliveryError, DigestError
 from digest.notify import EmailRateLimiter
 from digest.settings import Settings, get_settings
 from digest.web import admin, api, pages
-from digest.web.errors import headers_for, problem, status_for
+from digest.web.errors import (
+    CONFLICT_DETAIL,
+    conflict_problem,
+    headers_for,
+    problem,
+    status_for,
+)
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -54,7 +61,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = s
     app.state.email_limiter = EmailRateLimiter(s)
-    _align_task_queue(s)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(pages.router)
@@ -82,6 +88,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers.update(headers)
         return response
 
+    @app.exception_handler(IntegrityError)
+    async def integrity_error(request: Request, exc: IntegrityError):
+        log.warning("write refused by a constraint on %s: %s", request.url.path, exc.orig)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse(conflict_problem(), status_code=409)
+        return pages.page(request, "message.html", 409, heading="Please try again",
+                          message=pages._message(CONFLICT_DETAIL))
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
         response = await call_next(request)
@@ -98,10 +112,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     return app
 
-
-def _align_task_queue(settings: Settings) -> None:
-    """Tasks the web enqueues (confirmation emails, alerts, sends) follow this app's broker
-    setting: through Redis when one is configured, in-process otherwise."""
-    from workers.celery_app import configure
-
-    configure(settings)

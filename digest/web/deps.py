@@ -32,3 +32,4 @@ async def get_form(request: Request) -> FormData:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 FormDep = Annotated[FormData, Depends(get_form)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

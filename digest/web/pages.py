@@ -17,7 +17,8 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from digest import deliver, taxonomy
+from digest import delivery, taxonomy
+from digest.queue import queue_for
 from digest import select as selection
 from digest.errors import TokenError, ValidationError
 from digest.models import (
@@ -122,11 +123,9 @@ def _schedule_text(sub: Subscriber) -> str:
     return f"every {WEEKDAYS[sub.weekday].capitalize()} at {at}"
 
 
-def _send_confirmation(subscriber_id: int) -> None:
+def _send_confirmation(request: Request, subscriber_id: int) -> None:
     # Through the task queue when a broker is configured; in-process otherwise.
-    from workers.tasks import send_confirmation
-
-    send_confirmation.delay(subscriber_id)
+    queue_for(request.app.state.settings).send_confirmation(subscriber_id)
 
 
 def _validate_only(session: Session, prefs: PrefsForm) -> None:
@@ -212,7 +211,7 @@ def subscribe_submit(request: Request, form: FormDep, session: SessionDep):
     request.app.state.email_limiter.check(address)  # 429 past the limit; nothing is written
     sub_id = sub.id
     session.commit()
-    _send_confirmation(sub_id)
+    _send_confirmation(request, sub_id)
     return page(
         request,
         "check_inbox.html",
@@ -237,7 +236,7 @@ def send_new_link(request: Request, form: FormDep, session: SessionDep):
     request.app.state.email_limiter.check(address)
     sub = _by_address(session, address)
     if sub is not None:
-        _send_confirmation(sub.id)
+        _send_confirmation(request, sub.id)
     return page(
         request,
         "check_inbox.html",
@@ -452,7 +451,7 @@ def view_in_browser(request: Request, token: str, session: SessionDep):
             raise TokenError("this link is not valid")
     except TokenError as exc:
         return _link_problem(request, exc)
-    html = deliver.render_for_browser(session, delivery_id, s)
+    html = delivery.render_for_browser(session, delivery_id, s)
     if html is None:
         return page(
             request,

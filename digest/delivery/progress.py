@@ -1,0 +1,28 @@
+"""How far runs have got: delivery counts by status, read in one grouped query."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from digest.models import Delivery
+
+
+def runs_progress(session: Session, run_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Delivery counts by status (and ``total``) for each run, in one grouped query."""
+    counts: dict[int, dict[str, int]] = {run_id: {} for run_id in run_ids}
+    for run_id, status, n in session.execute(
+            select(Delivery.run_id, Delivery.status, func.count())
+            .where(Delivery.run_id.in_(run_ids)).group_by(Delivery.run_id, Delivery.status)):
+        counts[run_id][status] = n
+    return {run_id: c | {"total": sum(c.values())} for run_id, c in counts.items()}
+
+
+def describe_progress(progress: dict[str, int]) -> str:
+    """``"5 total: deferred 1, sent 4"`` for the admin, the CLI and the logs."""
+    parts = [f"{k} {v}" for k, v in sorted(progress.items()) if k != "total"]
+    return f"{progress.get('total', 0)} total: " + ", ".join(parts) if parts else "no deliveries"
+
+
+def run_progress(session: Session, run_id: int) -> dict[str, int]:
+    return runs_progress(session, [run_id])[run_id]

@@ -1,0 +1,281 @@
+"""The one owner of every change of a delivery's status (and of a run's end).
+
+State machine of a ``deliveries`` row::
+
+    (planning) --> pending | skipped (nothing matched) | dry_run (a dry run's row)
+    pending/deferred --claim--> sending (under a lease)
+    sending --250--> sent --hard bounce report later--> failed (the address is suppressed)
+    sending --4xx, dropped, soft 5xx--> deferred (back-off) ... --out of attempts--> failed
+    sending --5.1.x at RCPT TO/DATA--> failed (the address is suppressed)
+    sending --5.7.x (policy)--> deferred until the domain's pause ends
+    sending --our set-up or sender refused (connect, EHLO, TLS, AUTH, MAIL FROM, DKIM key,
+              template)--> deferred, the attempt given back: put back, never failed
+    sending --lease expired (worker died)--> deferred, due now
+    pending/deferred --reader left, address suppressed, run cancelled--> cancelled
+    failed --operator re-queues--> deferred, due now
+
+Every change is a conditional UPDATE on the status it expects, so a task that runs twice
+(redelivered by the broker, retried after a worker was lost, swept up as orphaned) finds
+nothing left to claim and sends nothing twice. The database, not the broker, is the record
+of what was sent: other modules call these functions and never write ``status`` themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.orm import Session
+
+from digest.models import Delivery, DeliveryStatus, DigestRun, RunStatus, utcnow
+from digest.settings import Settings
+
+CLAIMABLE = (DeliveryStatus.pending.value, DeliveryStatus.deferred.value)
+UNFINISHED = (DeliveryStatus.pending.value, DeliveryStatus.sending.value,
+              DeliveryStatus.deferred.value)
+# Runs whose rows wait for an operator (held) or will never go (cancelled) are not sent.
+_STOPPED_RUNS = ("held", "cancelled")
+
+_TABLE = Delivery.__table__
+
+
+def _sendable_run() -> object:
+    """SQL: the row's run is neither a dry run nor held/cancelled."""
+    return ~exists().where(DigestRun.id == Delivery.run_id,
+                           DigestRun.dry_run | DigestRun.status.in_(_STOPPED_RUNS))
+
+
+def retry_delay(attempts: int, settings: Settings) -> timedelta:
+    return timedelta(seconds=min(settings.retry_base_seconds * 2 ** max(attempts - 1, 0), 6 * 3600))
+
+
+# --- sending ----------------------------------------------------------------------------------
+
+def claim(session: Session, delivery_ids: list[int], now: datetime, settings: Settings) -> list[int]:
+    """Move due pending/deferred rows to ``sending`` under a lease; returns the ids we own."""
+    if not delivery_ids:
+        return []
+    stmt = (
+        update(Delivery)
+        .where(Delivery.id.in_(delivery_ids), Delivery.status.in_(CLAIMABLE),
+               (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now),
+               _sendable_run())
+        .values(status=DeliveryStatus.sending.value, attempts=Delivery.attempts + 1,
+                lease_until=now + timedelta(seconds=settings.lease_seconds), updated_at=now)
+        .returning(Delivery.id)
+    )
+    return sorted(session.scalars(stmt).all())
+
+
+def record(session: Session, delivery_id: int, **values: object) -> None:
+    """Write one outcome of a claimed row and commit it at once: the row, not the broker,
+    says what was sent."""
+    values.setdefault("updated_at", utcnow())
+    # Core UPDATE: no ORM session synchronisation per message.
+    session.execute(update(_TABLE).where(_TABLE.c.id == delivery_id,
+                                         _TABLE.c.status == DeliveryStatus.sending.value)
+                    .values(lease_until=None, **values))
+    session.commit()
+
+
+def retry_or_give_up(attempts: int, settings: Settings, reason: str,
+                     next_attempt_at: datetime, **values: object) -> dict:
+    """The outcome of a try that may be repeated: deferred to ``next_attempt_at``, or failed
+    once the delivery has used its ``max_attempts``."""
+    if attempts >= settings.max_attempts:
+        return {"status": DeliveryStatus.failed.value,
+                "smtp_reply": f"gave up after {attempts} attempts: {reason}", **values}
+    return {"status": DeliveryStatus.deferred.value, "smtp_reply": reason,
+            "next_attempt_at": next_attempt_at, **values}
+
+
+def defer_without_attempt(session: Session, delivery_id: int, until: datetime,
+                          note: str) -> None:
+    """Not tried at all (its domain is paused): deferred, and the claim's attempt given back,
+    so a long pause never makes a delivery run out of attempts."""
+    record(session, delivery_id, status=DeliveryStatus.deferred.value, next_attempt_at=until,
+           attempts=_TABLE.c.attempts - 1, smtp_reply=note)
+
+
+def put_back(session: Session, delivery_ids: Iterable[int], note: str, settings: Settings,
+             now: datetime | None = None, *, give_back_attempt: bool = True) -> int:
+    """A set-up failure (our server, sender, DKIM key, template, settings) is nobody's
+    reader's fault: the claimed rows go back to deferred with the note, their attempt given
+    back so they never fail for it, due again after the base back-off. Commits.
+
+    ``give_back_attempt=False`` for a crash of our own code: the rows still go back, but a
+    row that keeps crashing backs off further each time instead of looping at the base."""
+    ids = list(delivery_ids)
+    if not ids:
+        return 0
+    now = now or utcnow()
+    count = session.execute(
+        update(_TABLE).where(_TABLE.c.id.in_(ids), _TABLE.c.status == DeliveryStatus.sending.value)
+        .values(status=DeliveryStatus.deferred.value, lease_until=None, updated_at=now,
+                attempts=_less_one(session) if give_back_attempt else _TABLE.c.attempts,
+                next_attempt_at=now + timedelta(seconds=settings.retry_base_seconds),
+                smtp_reply=note)).rowcount or 0
+    session.commit()
+    return count
+
+
+def _less_one(session: Session) -> object:
+    less = _TABLE.c.attempts - 1
+    # SQLite's two-argument max() is PostgreSQL's greatest().
+    return func.max(less, 0) if session.get_bind().dialect.name == "sqlite" else func.greatest(less, 0)
+
+
+# --- planning ---------------------------------------------------------------------------------
+
+def mark_planned(session: Session, run_id: int, *, dry_run: bool) -> None:
+    """After planning: an empty digest is skipped (recorded, never sent); a dry run's rows
+    are marked apart so progress counts and the delivery log never show them as waiting."""
+    session.execute(
+        update(Delivery)
+        .where(Delivery.run_id == run_id, Delivery.item_count == 0,
+               Delivery.status == DeliveryStatus.pending.value)
+        .values(status=DeliveryStatus.skipped.value, smtp_reply="skipped: no new items matched"))
+    if dry_run:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.run_id == run_id, Delivery.status == DeliveryStatus.pending.value)
+            .values(status=DeliveryStatus.dry_run.value, smtp_reply="dry run: would have been sent"))
+
+
+# --- cancelling -------------------------------------------------------------------------------
+
+def cancel_for_subscriber(session: Session, subscriber_id: int, note: str) -> int:
+    """Deliveries planned but not sent yet to this subscriber will not go out."""
+    return session.execute(
+        update(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.status.in_(CLAIMABLE))
+        .values(status=DeliveryStatus.cancelled.value, updated_at=utcnow(), smtp_reply=note)
+    ).rowcount or 0
+
+
+def cancel_claimed(session: Session, delivery_id: int, note: str) -> None:
+    """A claimed row whose reader left or whose address was suppressed since planning."""
+    record(session, delivery_id, status=DeliveryStatus.cancelled.value, smtp_reply=note)
+
+
+def cancel_run(session: Session, run_id: int, reason: str) -> int:
+    """An operator's decision: the run's rows not sent yet never go; the run is cancelled.
+    Returns how many rows were cancelled (the caller commits)."""
+    now = utcnow()
+    count = session.execute(
+        update(Delivery).where(Delivery.run_id == run_id, Delivery.status.in_(CLAIMABLE))
+        .values(status=DeliveryStatus.cancelled.value, updated_at=now,
+                smtp_reply=f"cancelled: {reason}")).rowcount or 0
+    session.execute(update(DigestRun).where(DigestRun.id == run_id)
+                    .values(status="cancelled", finished_at=now))
+    return count
+
+
+# --- after sending ----------------------------------------------------------------------------
+
+def mark_bounced(session: Session, delivery_id: int, reply: str) -> bool:
+    """A sent digest that bounced later (a hard bounce report) is failed; when it was sent
+    and what SMTP said at the time stay, the report's words are added."""
+    row = session.execute(select(_TABLE.c.smtp_reply).where(
+        _TABLE.c.id == delivery_id, _TABLE.c.status == DeliveryStatus.sent.value)).first()
+    if row is None:
+        return False
+    note = f"bounced after it was accepted: {reply}".strip()
+    session.execute(update(_TABLE).where(_TABLE.c.id == delivery_id,
+                                         _TABLE.c.status == DeliveryStatus.sent.value)
+                    .values(status=DeliveryStatus.failed.value, updated_at=utcnow(),
+                            smtp_reply=f"{row[0]} | {note}" if row[0] else note))
+    return True
+
+
+def requeue_failed(session: Session, delivery_ids: list[int]) -> int:
+    """An admin's second chance for failed deliveries (deferred, due now)."""
+    now = utcnow()
+    res = session.execute(update(Delivery).where(Delivery.id.in_(delivery_ids),
+                                                 Delivery.status == DeliveryStatus.failed.value)
+                          .values(status=DeliveryStatus.deferred.value, next_attempt_at=now,
+                                  attempts=0, updated_at=now))
+    return res.rowcount or 0
+
+
+def finish_run_if_done(session: Session, run_id: int) -> bool:
+    open_rows = session.scalar(select(func.count()).where(Delivery.run_id == run_id,
+                                                          Delivery.status.in_(UNFINISHED)))
+    if open_rows:
+        return False
+    session.execute(update(DigestRun).where(DigestRun.id == run_id,
+                                            DigestRun.status == RunStatus.sending.value)
+                    .values(status=RunStatus.done.value, finished_at=utcnow()))
+    return True
+
+
+# --- recovery ---------------------------------------------------------------------------------
+
+def due_for_retry(session: Session, now: datetime | None = None, limit: int = 10_000) -> list[int]:
+    """Deferred deliveries whose next attempt is due (the periodic retry task sends them)."""
+    now = now or utcnow()
+    return list(session.scalars(
+        select(Delivery.id).where(Delivery.status == DeliveryStatus.deferred.value,
+                                  Delivery.next_attempt_at <= now, _sendable_run())
+        .order_by(Delivery.id).limit(limit)))
+
+
+def recover_expired_leases(session: Session, now: datetime | None = None) -> list[int]:
+    """Rows left in ``sending`` by a worker that died go back to deferred, due now."""
+    now = now or utcnow()
+    return sorted(session.scalars(
+        update(Delivery)
+        .where(Delivery.status == DeliveryStatus.sending.value, Delivery.lease_until < now)
+        .values(status=DeliveryStatus.deferred.value, next_attempt_at=now, lease_until=None,
+                smtp_reply="lease expired: the worker stopped before recording a result",
+                updated_at=now)
+        .returning(Delivery.id)
+    ).all())
+
+
+def orphaned_pending(session: Session, now: datetime, older_than: timedelta,
+                     limit: int = 50_000) -> list[int]:
+    """Pending rows nobody has touched for ``older_than``: their task was lost (a broker
+    restart or failover, a process killed between the commit and the enqueue). They are
+    stamped now, so the next sweep leaves them alone while the new task is on its way; a
+    task that was not lost after all finds them claimed and does nothing."""
+    ids = list(session.scalars(
+        select(Delivery.id).where(Delivery.status == DeliveryStatus.pending.value,
+                                  Delivery.updated_at < now - older_than, _sendable_run())
+        .order_by(Delivery.id).limit(limit)))
+    if ids:
+        session.execute(update(Delivery).where(Delivery.id.in_(ids),
+                                               Delivery.status == DeliveryStatus.pending.value)
+                        .values(updated_at=now))
+    return ids
+
+
+def finish_done_runs(session: Session) -> list[int]:
+    """Runs still marked ``sending`` whose every row is final (the worker that recorded the
+    last one died before closing the run): closed now. Returns their ids."""
+    open_rows = exists().where(Delivery.run_id == DigestRun.id, Delivery.status.in_(UNFINISHED))
+    ids = list(session.scalars(select(DigestRun.id).where(
+        DigestRun.status == RunStatus.sending.value, ~open_rows)))
+    if ids:
+        session.execute(update(DigestRun).where(DigestRun.id.in_(ids))
+                        .values(status=RunStatus.done.value, finished_at=utcnow()))
+    return ids
+
+
+@dataclass
+class Swept:
+    recovered: list[int] = field(default_factory=list)  # expired leases, now deferred and due
+    orphaned: list[int] = field(default_factory=list)  # pending rows whose task was lost
+    runs_finished: list[int] = field(default_factory=list)
+
+
+def sweep(session: Session, settings: Settings, now: datetime | None = None) -> Swept:
+    """One pass of the periodic sweep (the caller commits, then enqueues what it found)."""
+    now = now or utcnow()
+    return Swept(
+        recovered=recover_expired_leases(session, now),
+        orphaned=orphaned_pending(session, now, timedelta(seconds=settings.orphan_after_seconds)),
+        runs_finished=finish_done_runs(session),
+    )
