@@ -18,12 +18,11 @@ from sqlalchemy.orm import Session
 
 from digest.bounces import (
     MAX_BOUNCE_BYTES,
-    classify,
     parse_report,
     process_bounce_message,
     process_mailbox,
 )
-from digest.deliver import send_deliveries
+from digest.delivery import send_deliveries
 from digest.errors import BounceError, ValidationError
 from digest.models import (
     Bounce,
@@ -159,19 +158,25 @@ def three_digests_to_full(session, sent_run):
     return sub
 
 
-def test_delayed_reports_count_per_digest_and_suppress_at_the_threshold(
+def full_failed(delivery_id: int = 102) -> bytes:
+    """The receiver gave up on a digest to the full mailbox (452 4.2.2, Action: failed)."""
+    return sample(DELAYED_4_2_2, **{"Action: delayed": "Action: failed",
+                                    "+102@": f"+{delivery_id}@"})
+
+
+def test_failed_soft_reports_count_per_digest_and_suppress_at_the_threshold(
         session, settings, three_digests_to_full):
     assert settings.soft_bounce_threshold == 3
-    first = process(session, DELAYED_4_2_2.read_bytes())
+    first = process(session, full_failed())
     assert (first.kind, first.status_code, first.suppressed) == ("soft", "4.2.2", False)
     assert state(session, "full@example.com") == ("active", 1, None)
-    assert session.get(Delivery, 102).status == "sent"  # still being retried by the receiver
+    assert session.get(Delivery, 102).status == "sent"  # never suppressed on a soft bounce
 
-    second = process(session, sample(DELAYED_4_2_2, **{"+102@": "+202@"}))
+    second = process(session, full_failed(202))
     assert second.delivery_id == 202 and not second.suppressed
     assert state(session, "full@example.com") == ("active", 2, None)
 
-    third = process(session, sample(DELAYED_4_2_2, **{"+102@": "+302@"}))
+    third = process(session, full_failed(302))
     assert third.suppressed and "3 of 3" in third.reason
     assert state(session, "full@example.com") == ("suppressed", 3, "soft_bounces")
 
@@ -179,21 +184,28 @@ def test_delayed_reports_count_per_digest_and_suppress_at_the_threshold(
 def test_soft_bounces_older_than_the_window_age_out_of_the_count(
         session, settings, three_digests_to_full):
     assert settings.soft_bounce_window_days == 30
-    process(session, DELAYED_4_2_2.read_bytes())
-    process(session, sample(DELAYED_4_2_2, **{"+102@": "+202@"}))
+    process(session, full_failed())
+    process(session, full_failed(202))
     assert state(session, "full@example.com") == ("active", 2, None)
     # Those two were reported 31 days ago: a third one now is the only one in the window.
     session.execute(update(Bounce).values(created_at=utcnow() - timedelta(days=31)))
     session.commit()
-    third = process(session, sample(DELAYED_4_2_2, **{"+102@": "+302@"}))
+    third = process(session, full_failed(302))
     assert not third.suppressed and "1 of 3" in third.reason
     assert state(session, "full@example.com") == ("active", 1, None)
 
 
-def test_a_digest_delayed_then_given_up_on_is_one_soft_bounce(session, sent_run):
-    process(session, DELAYED_4_2_2.read_bytes())
+def test_a_delay_warning_changes_nothing_and_a_digest_given_up_on_twice_counts_once(
+        session, sent_run):
+    warning = process(session, DELAYED_4_2_2.read_bytes())
+    assert warning.result == "unmatched" and "delay warning" in warning.reason
+    assert warning.recipients == [{"address": "full@example.com", "status": "4.2.2",
+                                   "class": "none"}]
+    assert bounce_count(session) == 0
+    process(session, full_failed())
     expired = sample(DELAYED_4_2_2, **{"Action: delayed": "Action: failed",
                                       "Status: 4.2.2": "Status: 4.4.7",
+                                      "452 4.2.2": "451 4.4.7",
                                       "Will-Retry-Until": "Last-Attempt-Date"})
     outcome = process(session, expired)
     assert (outcome.result, outcome.kind, outcome.status_code) == ("recorded", "soft", "4.4.7")
@@ -239,13 +251,13 @@ def test_envelope_recipient_given_by_a_webhook_ties_a_report_without_verp_header
 
 def test_autoreply_and_reports_about_unknown_deliveries_change_nothing(session, sent_run):
     autoreply = process(session, AUTOREPLY.read_bytes())
-    assert autoreply.result == "unmatched" and "not a delivery-status report" in autoreply.reason
+    assert autoreply.result == "unmatched" and "not a bounce" in autoreply.reason
     stranger = process(session, sample(HARD_5_1_1, **{"+101@": "+999@", "digest.7.101@": "x.1@",
                                                       "X-Digest-Delivery: 101": "X-Other: 1"}))
     assert stranger.result == "unmatched" and "names no delivery of ours" in stranger.reason
     success = process(session, sample(HARD_5_1_1, **{"Action: failed": "Action: delivered",
                                                      "Status: 5.1.1": "Status: 2.0.0"}))
-    assert success.result == "unmatched" and "no failed or delayed" in success.reason
+    assert success.result == "unmatched" and "no failed recipient" in success.reason
     assert bounce_count(session) == 0
     assert {state(session, a) for a in ADDRESSES.values()} == {("active", 0, None)}
 
@@ -272,23 +284,30 @@ def test_a_plain_text_exim_bounce_names_its_recipient_and_counts_as_soft(session
     assert parse_report(no_verp).message_id_ids == (7, 102)
 
 
-def test_plain_text_that_is_no_bounce_changes_nothing(session, sent_run):
-    # A person quoting a reply code, and the mail system saying nothing about a failure.
-    person = sample(QMAIL_PLAIN, **{"From: MAILER-DAEMON@mx2.example.net": "From: ann@example.net"})
-    no_code = sample(QMAIL_PLAIN, **{"Remote host said: 550 5.1.1": "Remote host said:"})
-    for raw in (person, no_code):
-        assert process(session, raw).result == "unmatched"
+def test_a_persons_mail_quoting_a_reply_code_changes_nothing(session, sent_run):
+    person = (b"From: ann@example.net\nTo: bounces+101@newsroom.example.org\nSubject: re\n\n"
+              b"Your server said 550 5.1.1 to me yesterday, gone@example.net works now.\n")
+    assert process(session, person).result == "unmatched"
     assert bounce_count(session) == 0
     assert state(session, "gone@example.net") == ("active", 0, None)
 
 
+def test_a_notice_quoting_no_reply_is_found_by_flufl_bounce_and_is_soft_never_hard(
+        session, sent_run):
+    no_code = sample(QMAIL_PLAIN, **{"Remote host said: 550 5.1.1": "Remote host said:"})
+    outcome = process(session, no_code)
+    assert (outcome.result, outcome.kind, outcome.email) == ("recorded", "soft", "gone@example.net")
+    assert state(session, "gone@example.net") == ("active", 1, None)
+
+
 def test_processing_the_same_reports_twice_records_and_changes_nothing_new(session, sent_run):
-    samples = [HARD_5_1_1, DELAYED_4_2_2, POLICY_5_7_1, BY_MESSAGE_ID]
-    first = [process(session, p.read_bytes()) for p in samples]
+    samples = [HARD_5_1_1.read_bytes(), full_failed(), POLICY_5_7_1.read_bytes(),
+               BY_MESSAGE_ID.read_bytes()]
+    first = [process(session, raw) for raw in samples]
     assert [o.result for o in first] == ["recorded"] * 4
     before = ({a: state(session, a) for a in ADDRESSES.values()}, bounce_count(session))
     # Line ends and header order around the report differ, as after another mail path.
-    again = [process(session, p.read_bytes().replace(b"\n", b"\r\n")) for p in samples]
+    again = [process(session, raw.replace(b"\n", b"\r\n")) for raw in samples]
     assert [o.result for o in again] == ["duplicate"] * 4
     assert [o.delivery_id for o in again] == [101, 102, 103, 104]
     assert ({a: state(session, a) for a in ADDRESSES.values()}, bounce_count(session)) == before
@@ -297,28 +316,30 @@ def test_processing_the_same_reports_twice_records_and_changes_nothing_new(sessi
 # --- classification and parsing ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "diagnostic", "action", "kind"), [
-    ("5.1.1", "550 5.1.1 user unknown", "failed", "hard"),
-    ("5.1.10", "550 5.1.10 RESOLVER.ADR.RecipientNotFound", "failed", "hard"),
-    ("5.1.2", "bad destination system", "failed", "hard"),
-    ("5.0.0", "550 No such user here", "failed", "hard"),
-    ("5.0.0", "550 Requested action not taken: mailbox unavailable", "failed", "soft"),
-    ("5.7.1", "550 5.7.1 user unknown or relaying denied", "failed", "policy"),
-    ("5.7.26", "550 5.7.26 unauthenticated email is not accepted", "failed", "policy"),
-    ("4.2.2", "452 4.2.2 Mailbox full", "delayed", "soft"),
-    ("4.4.7", "delivery time expired", "failed", "soft"),
-    ("5.2.2", "552 5.2.2 over quota", "failed", "soft"),
-    ("5.4.4", "unrouteable address", "failed", "soft"),
-    ("2.0.0", "250 ok", "delivered", None),
-    ("5.1.1", "", "relayed", None),
-])
-def test_classification_is_conservative(status, diagnostic, action, kind):
-    assert classify(status, diagnostic, action) == kind
+def test_a_status_5_1_1_whose_reply_is_a_block_list_refusal_pauses_and_never_suppresses(
+        session, sent_run):
+    raw = sample(HARD_5_1_1, **{
+        "Diagnostic-Code: smtp; 550 5.1.1": "Diagnostic-Code: smtp; 550 5.7.1 blacklisted:"})
+    outcome = process(session, raw)
+    assert (outcome.kind, outcome.status_code, outcome.suppressed) == ("policy", "5.7.1", False)
+    assert state(session, "gone@example.net") == ("active", 0, None)
+    assert session.get(Delivery, 101).status == "sent"
+    assert session.scalars(select(DomainPause.domain)).all() == ["example.net"]
 
 
-def test_classify_refuses_a_status_that_is_no_enhanced_code():
-    with pytest.raises(ValidationError, match="not an enhanced status code"):
-        classify("550")
+def test_a_report_about_our_sender_is_recorded_and_changes_nothing_for_the_reader(
+        session, sent_run):
+    raw = sample(HARD_5_1_1, **{
+        "Status: 5.1.1": "Status: 5.1.8",
+        "Diagnostic-Code: smtp; 550 5.1.1": "Diagnostic-Code: smtp; 553 5.1.8 Sender address "
+                                            "rejected: Domain not found;"})
+    outcome = process(session, raw)
+    assert (outcome.kind, outcome.status_code, outcome.suppressed) == ("sender", "5.1.8", False)
+    assert "check the sending set-up" in outcome.reason
+    assert state(session, "gone@example.net") == ("active", 0, None)
+    assert session.get(Delivery, 101).status == "sent"
+    assert session.scalar(select(func.count()).select_from(DomainPause)) == 0
+    assert session.scalars(select(Bounce.kind)).all() == ["sender"]
 
 
 def test_a_generic_status_gives_way_to_the_precise_code_in_the_diagnostic():
@@ -372,8 +393,8 @@ def test_an_encoded_delivery_status_part_reads_as_the_plain_report(session, sent
 
 
 def test_unreadable_bounce_messages_raise_clear_errors_and_write_nothing(session, sent_run):
-    no_status_part = sample(HARD_5_1_1, **{"Content-Type: message/delivery-status":
-                                           "Content-Type: text/plain"})
+    boundary = HARD_5_1_1.read_text().split('boundary="')[1].split('"')[0]
+    wrong_boundary = sample(HARD_5_1_1, **{f'boundary="{boundary}"': 'boundary="nothing-like-it"'})
     no_recipient = sample(HARD_5_1_1, **{"Action: failed\n": "", "Status: 5.1.1\n": ""})
     bad_base64 = _encode_status_part(HARD_5_1_1, "base64").replace(b"UmVwb3J0aW5n", b"UmVwb3J0aW5", 1)
     cases = [
@@ -381,7 +402,9 @@ def test_unreadable_bounce_messages_raise_clear_errors_and_write_nothing(session
         (b"", "empty"),
         (b"   \r\n", "empty"),
         (b"X" * (MAX_BOUNCE_BYTES + 1), "more than"),
-        (no_status_part, "no message/delivery-status part"),
+        (wrong_boundary, "MIME boundary does not match its body"),
+        (b"\x00\x01\xff\xfe" * 64, "binary data"),
+        (b"just some notes\nnothing more\n", "not an email message"),
         (no_recipient, "no recipient block"),
     ]
     for raw, message in cases:
@@ -401,28 +424,30 @@ def counts(report) -> tuple[int, ...]:
 
 def test_maildir_is_processed_and_a_second_run_changes_nothing(session, settings, sent_run):
     report = process_mailbox(DATA / "maildir")
-    assert counts(report) == (5, 2, 1, 1, 1, 0, 0)
+    # The delay warning (4.2.2, Action: delayed) is no failure: unmatched, like the autoreply.
+    assert counts(report) == (5, 2, 0, 1, 2, 0, 0)
     assert sorted(report.suppressed) == ["gone@example.net", "moved@example.net"]
     assert [o.email for o in report.policy_rejections] == ["strict@example.org"]
-    assert "2 hard, 1 soft, 1 policy, 1 unmatched" in report.summary()
+    assert "2 hard, 0 soft, 1 policy, 0 about our sender, 2 unmatched" in report.summary()
     again = process_mailbox(DATA / "maildir", "maildir")
-    assert counts(again) == (5, 0, 0, 0, 1, 4, 0)
-    assert bounce_count(session) == 4
+    assert counts(again) == (5, 0, 0, 0, 2, 3, 0)
+    assert bounce_count(session) == 3
 
 
 def test_mbox_gives_the_same_result_and_the_same_reports_in_a_maildir_are_duplicates(
         session, settings, sent_run):
     report = process_mailbox(DATA / "bounces.mbox")
-    assert counts(report) == (5, 2, 1, 1, 1, 0, 0)
+    assert counts(report) == (5, 2, 0, 1, 2, 0, 0)
     assert state(session, "gone@example.net") == ("suppressed", 0, "hard_bounce")
-    assert state(session, "full@example.com") == ("active", 1, None)
-    assert counts(process_mailbox(DATA / "maildir")) == (5, 0, 0, 0, 1, 4, 0)
+    assert state(session, "full@example.com") == ("active", 0, None)
+    assert counts(process_mailbox(DATA / "maildir")) == (5, 0, 0, 0, 2, 3, 0)
 
 
 def test_a_broken_message_in_a_mailbox_is_listed_and_the_others_are_processed(
         session, settings, sent_run, tmp_path):
-    broken = sample(POLICY_5_7_1, **{"Content-Type: message/delivery-status":
-                                     "Content-Type: text/plain"}).decode()
+    boundary = POLICY_5_7_1.read_text().split('boundary="')[1].split('"')[0]
+    broken = sample(POLICY_5_7_1, **{f'boundary="{boundary}"': 'boundary="not-in-the-body"'}
+                    ).decode()
     good = HARD_5_1_1.read_text()
     box = tmp_path / "mixed.mbox"
     box.write_text(f"From MAILER-DAEMON Tue Oct 14 07:30:15 2025\n{broken}\n"
@@ -430,23 +455,20 @@ def test_a_broken_message_in_a_mailbox_is_listed_and_the_others_are_processed(
     report = process_mailbox(box, "mbox")
     assert (report.processed, report.hard, len(report.errors)) == (2, 1, 1)
     key, reason = report.errors[0]
-    assert key == "0" and "no message/delivery-status part" in reason
+    assert key == "mixed.mbox#1" and "MIME boundary does not match its body" in reason
     assert state(session, "strict@example.org") == ("active", 0, None)
     assert bounce_count(session) == 1
 
 
 def test_paths_that_are_no_mailbox_raise_clear_errors(session, settings, sent_run, tmp_path):
-    not_mbox = tmp_path / "notes.txt"
-    not_mbox.write_text("just some notes\n")
     plain_dir = tmp_path / "plain"
     plain_dir.mkdir()
     cases = [
         ((tmp_path / "missing",), BounceError, "no such file or folder"),
         ((plain_dir,), BounceError, "not a Maildir: it needs 'cur' and 'new'"),
-        ((not_mbox,), BounceError, "not an mbox file"),
-        ((DATA / "maildir", "mbox"), BounceError, "is a folder, not an mbox file"),
+        ((DATA / "maildir", "mbox"), BounceError, "is a folder, not an mbox or message file"),
         ((DATA / "bounces.mbox", "maildir"), BounceError, "not a Maildir"),
-        ((DATA / "bounces.mbox", "eml"), ValidationError, "choose one of auto, maildir, mbox"),
+        ((DATA / "bounces.mbox", "eml"), ValidationError, "choose one of auto, maildir, mbox, file"),
     ]
     for args, error, message in cases:
         with pytest.raises(error, match=message):
