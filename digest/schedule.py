@@ -25,7 +25,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, and_, delete, false, func, or_, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    delete,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from digest.errors import ValidationError
@@ -115,12 +126,13 @@ def _due_in(zones: list[str], frequency: str, slot: datetime) -> ColumnElement[b
     branches = []
     for zone in zones:
         hours = due_local_hours(zone, slot - HOUR, slot)
+        if not hours:
+            continue  # the hour that clocks going back repeat
         if frequency == Frequency.weekly.value:
             wanted = or_(*(and_(Subscriber.weekday == d, Subscriber.hour == h) for d, h in hours))
         else:
             wanted = Subscriber.hour.in_(sorted({h for _, h in hours}))
-        if hours:
-            branches.append(and_(Subscriber.timezone == zone, wanted))
+        branches.append(and_(Subscriber.timezone == zone, wanted))
     return or_(*branches) if branches else false()
 
 
@@ -309,10 +321,11 @@ class CancelledRun:
 CANCELLABLE = (RunStatus.held.value, RunStatus.planned.value, RunStatus.sending.value)
 
 
-def cancel_run(session: Session, run_id: int, reason: str) -> CancelledRun:
+def cancel_run(session: Session, run_id: int, reason: str,
+               settings: Settings | None = None) -> CancelledRun:
     """An operator drops a run (a held one, typically): its unsent rows are cancelled, and what
     they would have carried goes to those readers' next digest instead (``give_back_items``)."""
-    from digest.delivery.states import cancel_run as cancel_rows
+    from digest.delivery import cancel_run as cancel_rows
 
     run = _run(session, run_id)
     if run.dry_run or run.status not in CANCELLABLE:
@@ -320,14 +333,15 @@ def cancel_run(session: Session, run_id: int, reason: str) -> CancelledRun:
         raise ValidationError(f"run {run_id} is {what}: only a held, planned or sending run can "
                               "be cancelled")
     cancelled = cancel_rows(session, run_id, reason)
-    given_back = give_back_items(session, run_id)
+    given_back = give_back_items(session, run_id, settings)
     session.expire(run)
     return CancelledRun(cancelled, given_back)
 
 
-def give_back_items(session: Session, run_id: int) -> int:
+def give_back_items(session: Session, run_id: int, settings: Settings | None = None) -> int:
     """Release the ledger rows of the run's cancelled deliveries and put those readers'
-    watermark back to their previous scheduled digest, so the items are not lost for them.
+    watermark back where this run's window started for them (their previous scheduled digest,
+    or the first digest's look-back), so the items are not lost for them.
 
     Safe against a second copy: the ledger still holds every item another digest carries, so
     a window that reaches back further only brings back what was given back. Returns how many
@@ -342,7 +356,8 @@ def give_back_items(session: Session, run_id: int) -> int:
         readers = select(Delivery.subscriber_id).where(
             Delivery.run_id == run_id, Delivery.status == DeliveryStatus.cancelled.value)
         # Each reader's previous window end: their latest other scheduled delivery that was not
-        # cancelled, before this run; none (a first digest) gives back the first look-back.
+        # cancelled, before this run; none: this was their first digest, with its look-back.
+        first_start = window_for(run.cutoff, settings).default_start
         previous = (
             select(func.max(DigestRun.cutoff))
             .join(Delivery, Delivery.run_id == DigestRun.id)
@@ -352,8 +367,8 @@ def give_back_items(session: Session, run_id: int) -> int:
                    Delivery.status != DeliveryStatus.cancelled.value,
                    DigestRun.cutoff < run.cutoff)
             .scalar_subquery())
-        session.execute(update(Subscriber).where(Subscriber.id.in_(readers))
-                        .values(watermark=previous))
+        session.execute(update(Subscriber).where(Subscriber.id.in_(readers)).values(
+            watermark=func.coalesce(previous, literal(first_start, Subscriber.watermark.type))))
     return released
 
 
