@@ -17,6 +17,7 @@ import hashlib
 import html
 import json
 import re
+import xml.parsers.expat
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -64,6 +65,7 @@ class IngestReport:
     backfill_ids: list[int] = field(default_factory=list)  # new items too old to be mailed
     created: dict[str, list[str]] = field(default_factory=dict)  # facet -> new names
     duplicates_in_batch: int = 0  # items repeated inside the document (last one kept)
+    rejected: list[str] = field(default_factory=list)  # entries left out, with the reason
 
     def summary(self) -> str:
         parts = [
@@ -75,6 +77,8 @@ class IngestReport:
             parts.append(f"{len(self.backfill_ids)} backfill (not mailed)")
         if self.duplicates_in_batch:
             parts.append(f"{self.duplicates_in_batch} duplicates skipped")
+        if self.rejected:
+            parts.append(f"{len(self.rejected)} rejected ({'; '.join(self.rejected[:5])})")
         line = ", ".join(parts)
         created = [
             f"{facet.replace('_', ' ')}: {', '.join(names)}"
@@ -351,13 +355,53 @@ def _as_utf8(text: str) -> bytes:
     return _XML_DECL_TEXT.sub(r"\1utf-8\3", text, count=1).encode("utf-8")
 
 
+def _refuse_entity_declaration(name: str, *_args: object) -> None:
+    raise IngestError(
+        f"feed declares the entity {name!r} in a DOCTYPE; refused: entity declarations are "
+        "how billion-laughs and external-entity (XXE) attacks work, and feeds need none"
+    )
+
+
+def _check_xml(document: bytes) -> None:
+    """Well-formed XML without entity declarations, or IngestError naming line, column and
+    the text found there (feedparser's own errors count lines of a document it rewrote)."""
+    parser = xml.parsers.expat.ParserCreate()
+    parser.EntityDeclHandler = _refuse_entity_declaration
+    try:
+        parser.Parse(document, True)
+    except xml.parsers.expat.ExpatError as exc:
+        lines = document.decode("utf-8").splitlines() or [""]
+        line = lines[min(exc.lineno, len(lines)) - 1]
+        near = line[max(exc.offset - 10, 0):exc.offset + 30]
+        raise IngestError(
+            f"malformed feed: line {exc.lineno}, column {exc.offset + 1}: "
+            f"{xml.parsers.expat.errors.messages[exc.code]}, near {near!r}"
+        ) from None
+
+
+# Dates outside these years are typing errors or placeholders; the item keeps no date.
+_SANE_YEARS = range(1900, 3000)
+
+
 def parse_feed(
     data: bytes,
     known_facets: Mapping[str, str] | None = None,
     *,
     http_charset: str | None = None,
 ) -> list[ItemIn]:
-    """Items from an RSS 2.0 or Atom document (bytes, never a URL: fetch() reads URLs).
+    """Items from an RSS 2.0 or Atom document (see ``read_feed``; rejected entries are
+    left out)."""
+    return read_feed(data, known_facets, http_charset=http_charset)[0]
+
+
+def read_feed(
+    data: bytes,
+    known_facets: Mapping[str, str] | None = None,
+    *,
+    http_charset: str | None = None,
+) -> tuple[list[ItemIn], list[str]]:
+    """Items from an RSS 2.0 or Atom document (bytes, never a URL: fetch() reads URLs), and
+    the reasons entries were rejected (an entry without a title; the others are kept).
 
     The bytes are decoded by ``decode_feed`` (``http_charset``: the charset the HTTP
     response declared). Each category goes to the facet its scheme/domain names; without a
@@ -367,7 +411,9 @@ def parse_feed(
     """
     if not isinstance(data, (bytes, bytearray)):
         raise TypeError("parse_feed takes the document's bytes; use fetch() for a URL")
-    parsed = feedparser.parse(_as_utf8(decode_feed(data, http_charset)))
+    document = _as_utf8(decode_feed(data, http_charset))
+    _check_xml(document)
+    parsed = feedparser.parse(document)
     problem = parsed.get("bozo_exception") if parsed.get("bozo") else None
     if problem is not None:
         raise IngestError(f"malformed feed: {type(problem).__name__}: {problem}")
@@ -376,13 +422,25 @@ def parse_feed(
 
     known = known_facets or {}
     items = []
-    for entry in parsed.entries:
+    rejected: list[str] = []
+    for number, entry in enumerate(parsed.entries, 1):
         title = to_plain_text(entry.get("title"))
         summary = to_plain_text(entry.get("summary") or "")
         link = (entry.get("link") or "").strip()
         url = link if _is_web_url(link) else None  # no javascript: links in a digest
+        if not title:  # a digest cannot show an item without a heading
+            named = (entry.get("id") or link or "").strip()[:200]
+            rejected.append(
+                f"entry {number}{f' ({named!r})' if named else ''}: no title "
+                f"(raw title {(entry.get('title') or '')[:80]!r}); skipped"
+            )
+            continue
         stamp = entry.get("published_parsed") or entry.get("updated_parsed")
-        published_at = datetime(*stamp[:6], tzinfo=timezone.utc) if stamp else None
+        published_at = (
+            datetime(*stamp[:6], tzinfo=timezone.utc)
+            if stamp and stamp[0] in _SANE_YEARS
+            else None
+        )
 
         facets: dict[str, list[str]] = {facet: [] for facet in FACETS}
         for tag in entry.get("tags") or []:
@@ -406,7 +464,7 @@ def parse_feed(
                 locations=_names(facets["location"]),
             )
         )
-    return items
+    return items, rejected
 
 
 # --- JSON -----------------------------------------------------------------------------------
@@ -716,10 +774,14 @@ def ingest_feed(
     # Read before any transaction; a file has no HTTP charset, only its BOM and declaration.
     fetched = fetch_document(source) if is_url else Fetched(_read(source, text=False), None)
     with session_scope() as session:
-        items = parse_feed(fetched.body, load_known_facets(session), http_charset=fetched.charset)
-        return store_items(
+        items, rejected = read_feed(
+            fetched.body, load_known_facets(session), http_charset=fetched.charset
+        )
+        report = store_items(
             session, items, source=f"feed:{source}", now=now, max_age_days=max_age_days
         )
+    report.rejected = rejected
+    return report
 
 
 def ingest_json(
