@@ -35,14 +35,20 @@ def enqueue_deliveries(delivery_ids: list[int]) -> int:
 
 @app.task(name="digest.tick", **TASK_OPTIONS)
 def tick(now: str | None = None) -> dict:
-    """Plan the weekly and daily runs due in this hour and send them."""
+    """Plan the weekly and daily slots due (this hour's and any missed since the last one
+    planned) and send them; a run past its send-by deadline is held for an operator."""
+    from digest import schedule
+
     planned = {}
     for frequency in ("weekly", "daily"):
         with session_scope() as session:
-            run = select.plan_scheduled_run(session, frequency, now=_when(now))
-        enqueue_deliveries(run.pending_ids)
-        planned[frequency] = {"run_id": run.run_id, "created": run.created, "pending": run.planned,
-                              "skipped": run.skipped}
+            plans = schedule.plan_due_slots(session, frequency, now=_when(now))
+        for plan in plans:
+            enqueue_deliveries(plan.run.pending_ids)
+        slots = [{"slot": p.slot.isoformat(), "run_id": p.run.run_id, "created": p.run.created,
+                  "pending": p.run.planned, "skipped": p.run.skipped, "held": p.held}
+                 for p in plans]
+        planned[frequency] = {**slots[-1], "slots": slots}  # the current slot's, and every slot's
     return planned
 
 
