@@ -396,6 +396,16 @@ def import_csv(session: Session, text: str) -> ImportReport:
 
 
 def export_csv(session: Session) -> str:
+    """Every subscriber, one row per filter, in the format ``import_csv`` reads.
+
+    A cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or CR gets a leading ``'``
+    (OWASP CSV injection): a spreadsheet would run it as a formula. Addresses and taxonomy
+    names may legally start with those characters.
+    """
+    def cell(value: object) -> object:
+        text = str(value)
+        return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -408,11 +418,12 @@ def export_csv(session: Session) -> str:
         base = {"email": sub.email, "frequency": sub.frequency, "timezone": sub.timezone,
                 "weekday": WEEKDAYS[sub.weekday], "hour": sub.hour, "status": sub.status}
         for f in sub.filters or [None]:
-            writer.writerow(base | ({
+            row = base | ({
                 "themes": "|".join(t.name for t in f.themes),
                 "locations": "|".join(loc.name for loc in f.locations),
                 "content_types": "|".join(c.name for c in f.content_types),
-            } if f else {"themes": "", "locations": "", "content_types": ""}))
+            } if f else {"themes": "", "locations": "", "content_types": ""})
+            writer.writerow({key: cell(value) for key, value in row.items()})
     return out.getvalue()
 
 
