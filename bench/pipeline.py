@@ -227,7 +227,7 @@ def configure(url: str, smtp_port: int, tmpdir: Path) -> None:
         del os.environ[key]  # the shell's settings (DKIM, batch size...) must not skew figures
     os.environ.update({
         "DIGEST_DATABASE_URL": url, "DIGEST_BROKER_URL": "", "DIGEST_SMTP_HOST": "127.0.0.1",
-        "DIGEST_SMTP_PORT": str(smtp_port), "DIGEST_SECRET_KEY": "bench-secret",
+        "DIGEST_SMTP_PORT": str(smtp_port), "DIGEST_SECRET_KEY": secrets.token_urlsafe(32),
         "DIGEST_PUBLIC_BASE_URL": "https://digest.example.org",
         "DIGEST_VAR_DIR": str(tmpdir / "var"),
     })

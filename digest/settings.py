@@ -9,6 +9,10 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The demo's database and key; outside that file the key must be set (check_secrets).
+BUILTIN_DATABASE_URL = "sqlite:///./var/digest.db"
+BUILTIN_SECRET_KEY = "change-me-in-production"
+MIN_SECRET_KEY_LENGTH = 32
 
 
 class Settings(BaseSettings):
@@ -16,7 +20,7 @@ class Settings(BaseSettings):
 
     # Storage and broker
     database_url: str = Field(
-        default="sqlite:///./var/digest.db",
+        default=BUILTIN_DATABASE_URL,
         description="SQLAlchemy URL. SQLite file by default; postgresql+psycopg://... in production.",
     )
     broker_url: str | None = Field(
@@ -52,7 +56,7 @@ class Settings(BaseSettings):
     newsroom_name: str = Field(
         default="OSCE Newsroom", description="Shown in email subjects, the wordmark and footers."
     )
-    secret_key: SecretStr = SecretStr("change-me-in-production")
+    secret_key: SecretStr = SecretStr(BUILTIN_SECRET_KEY)
     old_secret_keys: list[SecretStr] = Field(
         default_factory=list, description="Previous secret keys still accepted while rotating."
     )
@@ -118,6 +122,48 @@ class Settings(BaseSettings):
         from email.utils import parseaddr
 
         return parseaddr(self.from_address)[1].rpartition("@")[2] or "localhost"
+
+
+def uses_builtin_database(settings: Settings) -> bool:
+    """Whether the database is the built-in SQLite file (./var/digest.db, the demo's).
+
+    Only that file counts as a trial set-up: any other database, another SQLite file too,
+    may hold real subscribers, whose links and admin sessions the secret key signs.
+    """
+    url = settings.database_url
+    if url == BUILTIN_DATABASE_URL:
+        return True
+    if not url.startswith("sqlite:///"):
+        return False
+    path = url.removeprefix("sqlite:///").partition("?")[0]
+    return bool(path) and Path(path).resolve() == Path("var/digest.db").resolve()
+
+
+def check_secrets(settings: Settings) -> None:
+    """Refuse to run with a secret key anyone can know, outside the built-in SQLite file.
+
+    The key signs every link in the emails (confirm, manage, unsubscribe) and the admin's
+    session: with the built-in one, or a short one, anyone can forge them. Raises
+    ConfigError with one line that says what to do.
+    """
+    from digest.errors import ConfigError
+
+    if uses_builtin_database(settings):
+        return
+    key = settings.secret_key.get_secret_value()
+    if key == BUILTIN_SECRET_KEY:
+        what = "the built-in default"
+    elif not key.strip():
+        what = "empty"
+    elif len(key) < MIN_SECRET_KEY_LENGTH:
+        what = f"only {len(key)} characters long"
+    else:
+        return
+    raise ConfigError(
+        f"DIGEST_SECRET_KEY is {what}; set it to a random value of at least "
+        f"{MIN_SECRET_KEY_LENGTH} characters "
+        '(python -c "import secrets; print(secrets.token_urlsafe(48))")'
+    )
 
 
 @lru_cache

@@ -94,7 +94,7 @@ def _apply_settings(monkeypatch, tmp_path, url: str, **extra: str):
     monkeypatch.setenv("DIGEST_DATABASE_URL", url)
     monkeypatch.setenv("DIGEST_VAR_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("DIGEST_BROKER_URL", "")
-    monkeypatch.setenv("DIGEST_SECRET_KEY", "test-secret")
+    monkeypatch.setenv("DIGEST_SECRET_KEY", "test-secret-key-not-for-production-0123")
     monkeypatch.setenv("DIGEST_PUBLIC_BASE_URL", "https://digest.example.org")
     for key, value in extra.items():
         monkeypatch.setenv(f"DIGEST_{key.upper()}", value)

@@ -51,7 +51,7 @@ def worker(request, sink, tmp_path_factory):
         "DIGEST_TASK_QUEUE": queue,
         "DIGEST_SMTP_HOST": sink.host,
         "DIGEST_SMTP_PORT": str(sink.port),
-        "DIGEST_SECRET_KEY": "test-secret",
+        "DIGEST_SECRET_KEY": "test-secret-key-not-for-production-0123",
         "DIGEST_PUBLIC_BASE_URL": "https://digest.example.org",
         "DIGEST_RETRY_BASE_SECONDS": "0",
         "DIGEST_BATCH_SIZE": "2",

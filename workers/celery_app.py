@@ -12,7 +12,7 @@ after the visibility timeout.
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, signals
 from celery.schedules import crontab
 
 from digest.settings import Settings, get_settings
@@ -74,3 +74,19 @@ def _drop_connections() -> None:
 
 
 configure()
+
+
+@signals.celeryd_init.connect
+def _refuse_known_secret_key(**_kwargs) -> None:
+    """A worker signs the links in every email: it does not start with a key anyone knows
+    (one line, exit 1, like the CLI), outside the built-in SQLite file."""
+    import sys
+
+    from digest.errors import ConfigError
+    from digest.settings import check_secrets
+
+    try:
+        check_secrets(get_settings())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from digest.errors import DeliveryError, DigestError
 from digest.notify import EmailRateLimiter
-from digest.settings import Settings, get_settings
+from digest.settings import Settings, check_secrets, get_settings
 from digest.web import admin, api, pages
 from digest.web.errors import (
     CONFLICT_DETAIL,
@@ -49,6 +49,11 @@ HEADINGS = {429: "Please wait a little", 503: "We could not send the email just 
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """Without ``settings`` (how uvicorn's factory calls it) the environment's settings, and
+    a known or short secret key outside the built-in SQLite file is refused (ConfigError);
+    tests and the demo pass their own settings."""
+    if settings is None:
+        check_secrets(get_settings())
     s = settings or get_settings()
     app = FastAPI(
         title=f"{s.newsroom_name} digest API",

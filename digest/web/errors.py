@@ -1,7 +1,9 @@
 """The one place where the project's errors become HTTP answers.
 
 API routes get JSON (``{"detail": ...}`` plus fields that help a client fix the request);
-pages get the error page. Anything that is not a ``DigestError`` is a bug and stays a 500.
+pages get the error page. A write refused by a unique constraint (two requests at the same
+moment) is a 409 (``conflict_problem``); anything else that is not a ``DigestError`` is a
+bug and stays a 500.
 """
 
 from __future__ import annotations
@@ -66,3 +68,18 @@ def problem(exc: DigestError) -> dict[str, Any]:
     elif isinstance(exc, RateLimitError):
         body["retry_after"] = exc.retry_after
     return body
+
+
+# A unique constraint that refused a write another request made at the same moment. The
+# writes that race on purpose (sign-ups, imports, taxonomy) are upserts; anything that still
+# ends here is a conflict the client can resolve by sending the request again, not a bug
+# to show as a 500.
+CONFLICT_DETAIL = (
+    "another request changed the same record at the same moment, so this one was not "
+    "saved; send it again"
+)
+
+
+def conflict_problem() -> dict[str, Any]:
+    """The JSON body of a 409 for a write refused by a unique constraint."""
+    return {"detail": CONFLICT_DETAIL}
