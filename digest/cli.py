@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError as PydanticValidationError
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from digest import db
 from digest.errors import DigestError, ValidationError
-from digest.settings import get_settings
+from digest.settings import describe_invalid, get_settings
 
 app = typer.Typer(help="Digest: newsroom digests by email.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -273,13 +274,38 @@ def _plan(fn):
 
 
 def _send_scheduled(frequency: str, now: bool, dry_run: bool, as_of: Optional[str]) -> None:
-    from digest.select import plan_scheduled_run
+    from digest.schedule import plan_due_slots, plan_scheduled_run
 
     _ensure_db()
     clock = parse_when(as_of)
-    planned = _plan(lambda s: plan_scheduled_run(s, frequency, now=clock, everyone=now,
-                                                 dry_run=dry_run))
-    _report_run(planned, dry_run)
+    if now:
+        planned = _plan(lambda s: plan_scheduled_run(s, frequency, now=clock, everyone=True,
+                                                     dry_run=dry_run))
+        _report_run(planned, dry_run)
+        return
+    # This hour's slot and any missed since the last one planned, in one transaction.
+    plans = _plan(lambda s: plan_due_slots(s, frequency, now=clock, dry_run=dry_run))
+    for plan in plans:
+        _report_slot(plan, dry_run)
+
+
+def _report_slot(plan, dry_run: bool) -> None:
+    run = plan.run
+    say = f"slot {plan.slot:%Y-%m-%d %H:00} UTC: run #{run.run_id}"
+    if not run.created:
+        console.print(f"{say} already exists: nothing new planned.", markup=False, highlight=False)
+    elif plan.held:
+        verb = "would be held" if dry_run else "held"
+        console.print(f"{say} {verb}: {run.planned} digest(s) past the send-by deadline "
+                      f"(DIGEST_SEND_BY_HOURS); send them with 'digest runs release {run.run_id}' "
+                      f"or drop them with 'digest runs cancel {run.run_id}'.",
+                      markup=False, highlight=False)
+    else:
+        verb = "would send" if dry_run else "sending"
+        console.print(f"{say}: {verb} {run.planned} digest(s); {run.skipped} empty digest(s) "
+                      "skipped.", markup=False, highlight=False)
+        if not dry_run:
+            _queue().deliver(run.pending_ids)
 
 
 @send_app.command("weekly")
@@ -288,7 +314,8 @@ def send_weekly(
     dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be sent; change nothing."),
     as_of: Optional[str] = typer.Option(None, help="Pretend the clock is this (ISO date/time)."),
 ) -> None:
-    """Plan and send the weekly digest of this hour's slot."""
+    """Plan and send the weekly digests of this hour's slot and of any slot missed since the
+    last one planned (DIGEST_CATCH_UP_HOURS back); late ones are held."""
     _send_scheduled("weekly", now, dry_run, as_of)
 
 
@@ -298,7 +325,7 @@ def send_daily(
     dry_run: bool = typer.Option(False, "--dry-run"),
     as_of: Optional[str] = typer.Option(None),
 ) -> None:
-    """Plan and send the daily digest of this hour's slot."""
+    """Plan and send the daily digests of this hour's slot and of any missed (as weekly)."""
     _send_scheduled("daily", now, dry_run, as_of)
 
 
@@ -610,11 +637,96 @@ def domains_resume(
                   markup=False, highlight=False)
 
 
+# --- runs -------------------------------------------------------------------------------------
+
+runs_app = typer.Typer(help="Digest runs: list them; release or cancel a held one.",
+                       invoke_without_command=True)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.callback()
+def runs_list(
+    ctx: typer.Context,
+    status: Optional[str] = typer.Option(
+        None, "--status", help="planned, sending, done, held, cancelled"),
+    limit: int = typer.Option(20, min=1, help="Show at most this many runs."),
+) -> None:
+    """The recent runs, newest first: kind, slot, status and what each delivery came to."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from digest.delivery import describe_progress, runs_progress
+    from digest.models import DigestRun, RunStatus
+    from digest.subscribers import check_choice
+
+    _ensure_db()
+    if status:
+        check_choice("status", status, [s.value for s in RunStatus])
+    with db.session_scope() as session:
+        q = select(DigestRun).order_by(DigestRun.id.desc()).limit(limit)
+        if status:
+            q = q.where(DigestRun.status == status)
+        runs = session.scalars(q).all()
+        progress = runs_progress(session, [r.id for r in runs])
+        table = Table("id", "kind", "slot", "status", "planned", "skipped", "deliveries",
+                      "created (UTC)")
+        for r in runs:
+            table.add_row(str(r.id), r.kind + (" (dry run)" if r.dry_run else ""), r.slot_key,
+                          r.status, str(r.planned_count), str(r.skipped_count),
+                          describe_progress(progress[r.id]), f"{r.created_at:%Y-%m-%d %H:%M}")
+        console.print(table)
+        held = [r.id for r in runs if r.status == RunStatus.held.value]
+    for run_id in held:
+        console.print(f"run #{run_id} is held: 'digest runs release {run_id}' sends it, "
+                      f"'digest runs cancel {run_id}' drops it.", markup=False, highlight=False)
+
+
+@runs_app.command("release")
+def runs_release(run_id: int = typer.Argument(..., help="The held run's id.")) -> None:
+    """Send a held run after all (its readers get the digest planned for its slot)."""
+    from digest.schedule import release_run
+
+    _ensure_db()
+    with db.session_scope() as session:
+        ids = release_run(session, run_id)
+    console.print(f"run #{run_id} released: sending {len(ids)} digest(s).",
+                  markup=False, highlight=False)
+    _queue().deliver(ids)  # after the commit, so the workers see the run as sending
+
+
+@runs_app.command("cancel")
+def runs_cancel(
+    run_id: int = typer.Argument(..., help="The run's id (a held one, typically)."),
+    reason: str = typer.Option("cancelled by an operator", "--reason",
+                               help="Kept in each cancelled delivery's log line."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Drop a run: its unsent digests never go, and what they carried goes to each reader's
+    next digest instead."""
+    from digest.models import DigestRun
+    from digest.schedule import cancel_run
+
+    _ensure_db()
+    with db.session_scope() as session:
+        run = session.get(DigestRun, run_id)
+        if run is None:
+            raise ValidationError(f"no run with id {run_id}; 'digest runs' lists the recent ones")
+        if not yes and not typer.confirm(
+                f"Cancel run #{run_id} ({run.kind}, {run.slot_key}, {run.status})?"):
+            raise typer.Exit(1)
+        result = cancel_run(session, run_id, reason)
+    console.print(f"run #{run_id} cancelled: {result.deliveries} digest(s) will not go out; "
+                  f"{result.items_given_back} item(s) go to those readers' next digest instead.",
+                  markup=False, highlight=False)
+
+
 def main() -> None:
     try:
         app()
     except DigestError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except PydanticValidationError as exc:  # the settings did not load
+        err.print(f"error: {describe_invalid(exc)}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -40,6 +40,21 @@ class BounceReport:
     duplicates: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
     outcomes: list[tuple[str, BounceOutcome]] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)  # every message's source, as read
+
+    def as_json_lines(self) -> list[dict]:
+        """One object per message, in mailbox order: its recipients and what was (or would
+        be) done, or what is wrong with it."""
+        outcomes, errors = dict(self.outcomes), dict(self.errors)
+        lines = []
+        for source in self.order:
+            if source in errors:
+                lines.append({"source": source, "error": errors[source]})
+                continue
+            o = outcomes[source]
+            action = o.reason if o.delivery_id is None else f"delivery #{o.delivery_id}: {o.reason}"
+            lines.append({"source": source, "recipients": o.recipients, "action": action})
+        return lines
 
     @property
     def suppressed(self) -> list[str]:
@@ -128,6 +143,7 @@ def process_mailbox(path: str | Path, fmt: str = "auto", *, settings: Settings |
     try:
         for source, raw, problem in _messages(box):
             report.processed += 1
+            report.order.append(source)
             if problem is not None:
                 report.errors.append((source, problem))
                 continue
