@@ -79,8 +79,22 @@ _INTERPOLATION = re.compile(r"\$\$|\$\{(?P<name>\w+)(?:(?P<op>:?[-?+])(?P<arg>[^
                             r"|\$(?P<bare>\w+)")
 
 
+# What an operator must set for ${VAR:?message}: values that pass the app's own checks.
+REQUIRED_VALUES = {
+    "DIGEST_SECRET_KEY": "an-operator-chosen-random-secret-key-0123456789",
+    "DIGEST_API_TOKEN": "an-operator-chosen-api-token-0123456789",
+}
+
+
+def required_variables(value: str) -> list[str]:
+    """The variables ${VAR:?message} (or ${VAR?message}) makes compose refuse to start without."""
+    return [m.group("name") for m in _INTERPOLATION.finditer(value)
+            if m.group("op") in (":?", "?")]
+
+
 def interpolate(value: str) -> str:
-    """Compose's ${VAR:-default} with nothing set in the environment: the default."""
+    """Compose's ${VAR:-default} with nothing set in the environment: the default; a
+    required ${VAR:?message} gets the value an operator would set (REQUIRED_VALUES)."""
     def one(m: re.Match) -> str:
         if m.group(0) == "$$":
             return "$"
@@ -88,8 +102,10 @@ def interpolate(value: str) -> str:
         if op in (":-", "-"):
             return arg
         if op in (":?", "?"):
-            raise AssertionError(f"{m.group(0)} requires a variable the tests cannot know; "
-                                 "give it a default with ${VAR:-default}")
+            assert m.group("name") in REQUIRED_VALUES, (
+                f"{m.group(0)} requires a variable the tests do not know a value for; "
+                "add it to REQUIRED_VALUES")
+            return REQUIRED_VALUES[m.group("name")]
         return ""  # unset ${VAR}, $VAR or ${VAR:+x}: compose substitutes an empty string
 
     return _INTERPOLATION.sub(one, value)
@@ -409,6 +425,32 @@ def test_compose_values_build_valid_settings_for_each_app_service(monkeypatch):
             build_settings(variables, monkeypatch)
         except Exception as exc:  # pydantic's ValidationError names the field and the value
             pytest.fail(f"service {name}: its DIGEST_* values are not valid Settings: {exc}")
+
+
+def test_compose_requires_the_secret_key_and_api_token_with_no_default():
+    for name, service in app_services(load_compose()).items():
+        env = service.get("environment") or {}
+        assert isinstance(env, dict), f"service {name}: use the mapping form of environment"
+        for variable in ("DIGEST_SECRET_KEY", "DIGEST_API_TOKEN"):
+            raw = str(env.get(variable, ""))
+            assert required_variables(raw) == [variable] and raw.startswith("${"), (
+                f"service {name}: {variable} must be ${{{variable}:?message}} (required, no "
+                f"default); it is {raw!r}")
+
+
+def test_required_variable_parser_tells_required_from_defaulted():
+    assert required_variables("${DIGEST_SECRET_KEY:?set it}") == ["DIGEST_SECRET_KEY"]
+    assert required_variables("${DIGEST_SECRET_KEY:-change-me}") == []
+    assert interpolate("${DIGEST_API_TOKEN:?set it}") == REQUIRED_VALUES["DIGEST_API_TOKEN"]
+
+
+def test_compose_secrets_pass_the_apps_start_up_check(monkeypatch):
+    from digest.settings import check_secrets
+
+    for name, service in app_services(load_compose()).items():
+        variables = {k: v for k, v in (dockerfile_env() | service_env(service)).items()
+                     if is_settings_variable(k) and v is not None}
+        check_secrets(build_settings(variables, monkeypatch))  # raises ConfigError if refused
 
 
 def test_app_services_share_one_digest_configuration():
