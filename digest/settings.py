@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -117,11 +119,48 @@ class Settings(BaseSettings):
         "Counted in Redis when DIGEST_BROKER_URL is redis://, else in the web process.",
     )
 
+    @model_validator(mode="after")
+    def _smtp_settings_agree(self) -> Settings:
+        """Cross-field rules, checked when the settings load: before any row is claimed."""
+        if self.smtp_ssl and self.smtp_starttls:
+            raise ValueError(
+                "DIGEST_SMTP_SSL (implicit TLS, usually port 465) and DIGEST_SMTP_STARTTLS "
+                "(usually port 587) exclude each other; set only one")
+        if self.smtp_user and not (self.smtp_ssl or self.smtp_starttls) \
+                and not is_loopback(self.smtp_host):
+            raise ValueError(
+                f"DIGEST_SMTP_USER is set but neither DIGEST_SMTP_STARTTLS nor DIGEST_SMTP_SSL: "
+                f"the password would cross the network to {self.smtp_host} in clear; "
+                "turn one of them on")
+        return self
+
     @property
     def from_domain(self) -> str:
         from email.utils import parseaddr
 
         return parseaddr(self.from_address)[1].rpartition("@")[2] or "localhost"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def describe_invalid(exc: Exception) -> str:
+    """One line for a pydantic ValidationError of the settings: which variable, what is wrong."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    parts = []
+    for e in errors():
+        field = "".join(str(p) for p in e.get("loc", ()))
+        message = str(e.get("msg", "")).removeprefix("Value error, ")
+        parts.append(f"DIGEST_{field.upper()}: {message}" if field else message)
+    return "invalid settings: " + "; ".join(parts)
 
 
 def uses_builtin_database(settings: Settings) -> bool:

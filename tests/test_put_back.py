@@ -1,0 +1,137 @@
+"""One put-back policy: every failure that is about us puts the batch back as deferred (its
+attempt given back) and raises for the operator; none fails a row or suppresses anyone.
+And the sweep: pending rows whose task was lost are found again, and only those.
+
+Real parts: SQLite and PostgreSQL, an SMTP server that keeps what it receives.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+
+import pytest
+from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy import select, update
+
+from digest.delivery import put_back, send_deliveries, sweep
+from digest.errors import SendSetupError
+from digest.models import Delivery, DigestRun, Suppression, utcnow
+from digest.select import plan_scheduled_run
+from digest.settings import PROJECT_ROOT, Settings
+from tests.factories import T0, Taxo, make_item, make_subscriber
+
+
+@pytest.fixture
+def planned(session, smtp_sink):
+    t = Taxo(session)
+    make_item(session, "Police reform", themes=[t.policing])
+    for address in ("one@example.org", "two@example.org", "three@example.org"):
+        make_subscriber(session, address)
+    session.commit()
+    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True)
+    session.commit()
+    return run
+
+
+def _rows(session) -> list[Delivery]:
+    session.expire_all()
+    return list(session.scalars(select(Delivery).order_by(Delivery.id)))
+
+
+def _assert_put_back(session, smtp_sink, words: str) -> None:
+    rows = _rows(session)
+    assert {d.status for d in rows} == {"deferred"}
+    assert {d.attempts for d in rows} == {0}  # the attempt is given back: never runs out
+    assert all(words in d.smtp_reply and "put back" in d.smtp_reply for d in rows)
+    assert all(d.next_attempt_at > utcnow() for d in rows)
+    assert session.scalars(select(Suppression)).all() == []
+    assert smtp_sink.messages == []
+
+
+def test_an_unreadable_dkim_key_puts_the_batch_back_and_names_the_setting(
+        session, settings, smtp_sink, planned, monkeypatch, tmp_path):
+    monkeypatch.setattr(settings, "dkim_selector", "s1")
+    monkeypatch.setattr(settings, "dkim_private_key_path", tmp_path / "missing.pem")
+    with pytest.raises(SendSetupError, match="3 deliveries put back") as raised:
+        send_deliveries(planned.pending_ids, settings=settings)
+    assert "DKIM" in str(raised.value)
+    _assert_put_back(session, smtp_sink, "DKIM")
+
+
+def test_a_template_that_fails_to_render_puts_the_batch_back_instead_of_failing_each_row(
+        session, settings, smtp_sink, planned, monkeypatch, tmp_path):
+    templates = tmp_path / "templates"
+    shutil.copytree(PROJECT_ROOT / "templates", templates)
+    (templates / "email" / "digest" / "subject.txt").write_text("{{ no_such_value.title }}")
+    monkeypatch.setattr(settings, "templates_dir", templates)
+    with pytest.raises(SendSetupError, match="template .digest. needs a value"):
+        send_deliveries(planned.pending_ids, settings=settings)
+    _assert_put_back(session, smtp_sink, "no_such_value")
+    # The operator mends the template: the next retry sends every one of them.
+    monkeypatch.setattr(settings, "templates_dir", PROJECT_ROOT / "templates")
+    result = send_deliveries(planned.pending_ids, settings=settings,
+                             now=utcnow() + timedelta(hours=1))
+    assert result.sent == 3 and len(smtp_sink.wait_for(3)) == 3
+
+
+def test_contradictory_smtp_settings_changed_after_loading_put_the_batch_back(
+        session, settings, smtp_sink, planned, monkeypatch):
+    monkeypatch.setattr(settings, "smtp_ssl", True)
+    monkeypatch.setattr(settings, "smtp_starttls", True)
+    with pytest.raises(SendSetupError, match="exclude each other"):
+        send_deliveries(planned.pending_ids, settings=settings)
+    _assert_put_back(session, smtp_sink, "exclude each other")
+
+
+@pytest.mark.parametrize(("values", "words"), [
+    ({"smtp_ssl": True, "smtp_starttls": True}, "exclude each other"),
+    ({"smtp_user": "digest", "smtp_host": "mail.example.org"}, "in clear"),
+], ids=["ssl-and-starttls", "password-in-clear"])
+def test_contradictory_smtp_settings_are_refused_when_the_settings_load(values, words):
+    with pytest.raises(PydanticValidationError, match=words):
+        Settings(**values)
+
+
+def test_a_login_over_loopback_without_tls_is_allowed_when_the_settings_load():
+    assert Settings(smtp_user="digest", smtp_host="127.0.0.1").smtp_user == "digest"
+
+
+def test_put_back_never_fails_a_row_however_often_it_happens(session, settings, planned):
+    ids = planned.pending_ids
+    for _ in range(settings.max_attempts + 2):
+        session.execute(update(Delivery).where(Delivery.id.in_(ids))
+                        .values(status="sending", attempts=Delivery.attempts + 1))
+        session.commit()
+        assert put_back(session, ids, "not sent, put back: our server is down", settings) == 3
+    assert {(d.status, d.attempts) for d in _rows(session)} == {("deferred", 0)}
+
+
+def test_the_sweep_finds_pending_rows_whose_task_was_lost_and_only_those(session, settings,
+                                                                         planned):
+    ids = planned.pending_ids
+    now = utcnow()
+    # Just planned: their tasks may still be on their way, so the sweep leaves them alone.
+    assert sweep(session, settings, now=now).orphaned == []
+    later = now + timedelta(seconds=settings.orphan_after_seconds + 1)
+    assert sweep(session, settings, now=later).orphaned == ids
+    session.commit()
+    # Stamped when found: the next sweep does not enqueue them a second time at once.
+    assert sweep(session, settings, now=later + timedelta(seconds=1)).orphaned == []
+    # A held run's rows wait for the operator; the sweep never sends them.
+    session.execute(update(DigestRun).where(DigestRun.id == planned.run_id).values(status="held"))
+    session.commit()
+    much_later = later + timedelta(hours=1)
+    assert sweep(session, settings, now=much_later).orphaned == []
+    session.execute(update(DigestRun).where(DigestRun.id == planned.run_id)
+                    .values(status="sending"))
+    session.commit()
+    assert sweep(session, settings, now=much_later).orphaned == ids
+
+
+def test_the_sweep_closes_a_run_whose_rows_are_all_final(session, settings, planned):
+    session.execute(update(Delivery).values(status="sent"))
+    session.commit()
+    assert sweep(session, settings).runs_finished == [planned.run_id]
+    session.commit()
+    assert session.get(DigestRun, planned.run_id).status == "done"
