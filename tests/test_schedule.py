@@ -353,7 +353,8 @@ def test_the_cli_plans_missed_slots_lists_held_runs_and_releases_or_cancels_them
     lines = later.stdout.splitlines()
     assert len(lines) == 48 and lines[-1].startswith("slot 2025-10-15 07:00 UTC")
     held = [line for line in lines if " held: " in line]
-    assert [line[:26] for line in held] == ["slot 2025-10-13 09:00 UTC:", "slot 2025-10-13 10:00 UTC:"]
+    assert [line[:26] for line in held] == ["slot 2025-10-13 09:00 UTC:",
+                                            "slot 2025-10-13 10:00 UTC:"]
     nine, ten = (re.search(r"run #(\d+) held: 1 digest\(s\)", line).group(1) for line in held)
     assert f"'digest runs release {nine}'" in held[0] and f"'digest runs cancel {ten}'" in held[1]
     assert smtp_sink.messages == []
