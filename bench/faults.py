@@ -202,11 +202,17 @@ class Campaign:
         self.pg_started = True
 
     def pg_ctl(self, *args: str) -> None:
-        proc = subprocess.run(self.as_pg_owner(
-            [pg_bin("pg_ctl"), "-D", str(self.pg_dir), "-w", "-t", "60", *args]),
-            capture_output=True, text=True, timeout=90)
-        if proc.returncode != 0:
-            raise CampaignError(f"pg_ctl {args[0]} failed: {proc.stderr.strip() or proc.stdout}")
+        # Output to a file, not a pipe: the server pg_ctl starts would hold a pipe open.
+        log = self.tmp / "pg_ctl.log"
+        with log.open("ab") as out:
+            start = out.tell()
+            code = subprocess.run(self.as_pg_owner(
+                [pg_bin("pg_ctl"), "-D", str(self.pg_dir), "-w", "-t", "60", *args]),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                timeout=150).returncode
+        if code != 0:
+            said = log.read_bytes()[start:].decode(errors="replace").strip()
+            raise CampaignError(f"pg_ctl {args[0]} failed: {said[-500:]}")
 
     def start_redis(self) -> None:
         redis = shutil.which("redis-server")
@@ -431,7 +437,7 @@ class Campaign:
             self.start_redis()
             return "Redis killed and restarted (queue emptied)"
         if fault == "restart-postgres":
-            self.pg_ctl("restart", "-m", "fast")
+            self.pg_ctl("restart", "-m", "fast", "-l", str(self.pg_dir / "postgres.log"))
             return "pg_ctl restart -m fast"
         if fault == "second-beat":
             self.start_beat("beat2")
@@ -480,17 +486,15 @@ class Campaign:
         when = self.base + timedelta(days=7 * (round_no - 1))
         self.ingest(round_no, when)
         self.top_up_subscribers()
-        if fault == "mail-from-5xx":
-            os.kill(self.children["smtp"].pid, signal.SIGUSR1)
-            while not any(e["event"] == "mail-from-window" and e["t"] > time.time() - 30
-                          for e in read_events(self.record)[-50:]):
-                time.sleep(0.05)
-            row.fault = f"mail-from-5xx: {a.mail_from_seconds:g} s of 554 5.7.1 at MAIL FROM"
         out = self.digest_cli("send", "weekly", "--now", "--as-of", when.isoformat())
         match = re.search(r"run #(\d+)", out)
         if not match:
             raise CampaignError(f"digest send weekly planned no run: {out.strip()}")
         run_id = int(match.group(1))
+        if fault == "mail-from-5xx":
+            # Opened as the send starts: the batches are queued and the workers take them.
+            os.kill(self.children["smtp"].pid, signal.SIGUSR1)
+            row.fault = f"mail-from-5xx: {a.mail_from_seconds:g} s of 554 5.7.1 at MAIL FROM"
         if fault != "mail-from-5xx":
             # Unsubscribing is while digests are pending: early in the send.
             low, high = (0.0, 0.2) if fault == "unsubscribe" else (0.05, 0.6)
