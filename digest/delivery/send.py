@@ -10,6 +10,7 @@ suppresses anyone.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -234,8 +235,7 @@ def _describe(exc: BaseException) -> str:
 def _send_batch(session: Session, owned: list[int], transport: Transport | None,
                 settings: Settings, result: BatchResult, clock: Callable[[], datetime]) -> None:
     deliveries = load_batch(session, owned)
-    suppressed = set(session.scalars(
-        select(Suppression.email).where(Suppression.email.in_({d.email for d, _ in deliveries}))))
+    leavers = _Leavers(session, [d for d, _ in deliveries])
     # Loaded once; a pause that starts during the batch is added to it by _send_one.
     pauses = active_pauses(session, {recipient_domain(d.email) for d, _ in deliveries}, clock())
     # Built inside the put-back guard: a bad DKIM key or contradictory SMTP settings put the
@@ -247,7 +247,7 @@ def _send_batch(session: Session, owned: list[int], transport: Transport | None,
     # never contacts the server.
     with conn:
         for delivery, items in deliveries:
-            outcome = _send_one(session, conn, factory, delivery, items, suppressed, settings,
+            outcome = _send_one(session, conn, factory, delivery, items, leavers, settings,
                                 pauses, clock)
             result.outcomes[delivery.id] = outcome
             setattr(result, outcome, getattr(result, outcome) + 1)
@@ -256,18 +256,51 @@ def _send_batch(session: Session, owned: list[int], transport: Transport | None,
     session.commit()
 
 
+class _Leavers:
+    """Who of a batch has left (unsubscribed, suppressed) since it was planned, read again at
+    most every ``RECHECK_SECONDS`` while the batch is sending: one query a second, not one a
+    message, and a reader who leaves mid-batch is mailed at most that long afterwards."""
+
+    RECHECK_SECONDS = 1.0
+
+    def __init__(self, session: Session, deliveries: Sequence[Delivery]):
+        self.session = session
+        self.subscriber_ids = {d.subscriber_id for d in deliveries}
+        self.emails = {d.email for d in deliveries}
+        self.read_at = 0.0
+        self.status: dict[int, str] = {}
+        self.suppressed: set[str] = set()
+
+    def why_not(self, delivery: Delivery) -> str | None:
+        """None while the reader may be mailed; else the note of the cancellation."""
+        if time.monotonic() - self.read_at >= self.RECHECK_SECONDS:
+            self._read()
+        status = self.status.get(delivery.subscriber_id, "erased")
+        if status != SubscriberStatus.active.value:
+            return f"cancelled: subscriber is {status}"
+        if delivery.email in self.suppressed:
+            return "cancelled: address suppressed"
+        return None
+
+    def _read(self) -> None:
+        self.status = dict(self.session.execute(
+            select(Subscriber.id, Subscriber.status).where(Subscriber.id.in_(self.subscriber_ids))
+        ).tuples().all())
+        self.suppressed = set(self.session.scalars(
+            select(Suppression.email).where(Suppression.email.in_(self.emails))))
+        self.session.commit()  # end the read's transaction: the next read sees new commits
+        self.read_at = time.monotonic()
+
+
 def _send_one(session: Session, conn: Transport, factory: MessageFactory, delivery: Delivery,
-              items: list[RenderItem], suppressed: set[str], settings: Settings,
+              items: list[RenderItem], leavers: _Leavers, settings: Settings,
               pauses: dict[str, Pause], clock: Callable[[], datetime]) -> str:
     from digest.subscribers import suppress
 
-    sub = delivery.subscriber
     # Checked again at send time: someone may have left after the run was planned.
-    if sub.status != SubscriberStatus.active.value or delivery.email in suppressed:
-        states.cancel_claimed(session, delivery.id,
-                              f"cancelled: subscriber is {sub.status}"
-                              if sub.status != SubscriberStatus.active.value
-                              else "cancelled: address suppressed")
+    note = leavers.why_not(delivery)
+    if note is not None:
+        states.cancel_claimed(session, delivery.id, note)
         return "cancelled"
     domain = recipient_domain(delivery.email)
     pause = pauses.get(domain)
