@@ -135,3 +135,32 @@ def test_the_sweep_closes_a_run_whose_rows_are_all_final(session, settings, plan
     assert sweep(session, settings).runs_finished == [planned.run_id]
     session.commit()
     assert session.get(DigestRun, planned.run_id).status == "done"
+
+
+def test_a_reader_who_unsubscribes_while_their_batch_is_sending_is_not_mailed(
+        session, settings, planned, monkeypatch):
+    from digest import db as digest_db
+    from digest.delivery import send as sending
+    from digest.models import Subscriber
+    from digest.subscribers import unsubscribe
+    from digest.transport import InMemoryTransport
+
+    monkeypatch.setattr(sending._Leavers, "RECHECK_SECONDS", 0.0)
+
+    class LeavesDuringTheBatch(InMemoryTransport):
+        def send(self, mail_from, rcpt, data):
+            if not self.sent:  # while the first message goes, the last reader clicks "leave"
+                with digest_db._sessionmaker(settings.database_url)() as other:
+                    sub = other.scalars(select(Subscriber).where(
+                        Subscriber.email == "three@example.org")).one()
+                    unsubscribe(other, sub)
+                    other.commit()
+            return super().send(mail_from, rcpt, data)
+
+    transport = LeavesDuringTheBatch()
+    result = send_deliveries(planned.pending_ids, transport=transport, settings=settings)
+    assert sorted(rcpt for _, rcpt, _ in transport.sent) == ["one@example.org", "two@example.org"]
+    assert (result.sent, result.cancelled) == (2, 1)
+    rows = {d.email: d for d in _rows(session)}
+    assert rows["three@example.org"].status == "cancelled"
+    assert "unsubscribed" in rows["three@example.org"].smtp_reply
