@@ -358,7 +358,7 @@ def import_csv(session: Session, text: str) -> ImportReport:
     rows: dict[str, tuple[int, dict, list[FilterSpec]]] = {}
     for row in reader:
         line = reader.line_num
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k}
+        row = {(k or "").strip(): _unquote_cell((v or "").strip()) for k, v in row.items() if k}
         try:
             address = canonical_email(row.get("email", ""))
             spec = FilterSpec(_split(row.get("themes")), _split(row.get("locations")),
@@ -395,6 +395,15 @@ def import_csv(session: Session, text: str) -> ImportReport:
     return report
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _unquote_cell(value: str) -> str:
+    """Undo the ``'`` that ``export_csv`` puts before a cell a spreadsheet would run, so an
+    export imports back unchanged."""
+    return value[1:] if value[:1] == "'" and value[1:2] in _FORMULA_STARTS else value
+
+
 def export_csv(session: Session) -> str:
     """Every subscriber, one row per filter, in the format ``import_csv`` reads.
 
@@ -404,7 +413,7 @@ def export_csv(session: Session) -> str:
     """
     def cell(value: object) -> object:
         text = str(value)
-        return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+        return "'" + text if text[:1] in _FORMULA_STARTS else value
 
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")

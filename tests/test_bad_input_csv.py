@@ -127,3 +127,16 @@ def test_export_quotes_cells_a_spreadsheet_would_run_as_formulas(
     plain = exported["plain@example.org"]
     assert (plain["email"], plain["themes"], plain["hour"]) == ("plain@example.org", "Policing",
                                                                 "8")
+
+
+@pytest.mark.parametrize(("email", "spec", "column", "cell"), EXPORTED)
+def test_an_export_with_quoted_cells_imports_back_unchanged(
+    session, taxonomy, email, spec, column, cell
+):
+    upsert_subscriber(session, email, filters=[spec])
+    session.commit()
+    before = export_csv(session)
+    report = import_csv(session, before)
+    session.commit()
+    assert report.errors == [] and report.added == 0
+    assert export_csv(session) == before

@@ -661,17 +661,17 @@ def list_deliveries(
     tags=["deliveries"],
     responses={404: {"description": "No such delivery, or it carries nothing (skipped)"}},
 )
-def delivery_message(delivery_id: IdPath, session: SessionDep):
+def delivery_message(delivery_id: IdPath, session: SessionDep, settings: SettingsDep):
     """The message of a delivery as it is (or would be) mailed: subject, HTML and text.
 
     For a dry run's deliveries this is the preview of an ad-hoc send before it is made.
     """
-    delivery = session.get(Delivery, delivery_id)
-    rendered = delivery.render_delivery(session, delivery_id) if delivery else None
-    if delivery is None or rendered is None:
+    row = session.get(Delivery, delivery_id)
+    rendered = delivery.render_delivery(session, delivery_id, settings=settings) if row else None
+    if row is None or rendered is None:
         raise HTTPException(404, f"no delivery with id {delivery_id} that carries items")
-    return DeliveryMessage(delivery_id=delivery.id, run_id=delivery.run_id, email=delivery.email,
-                           status=delivery.status, item_count=delivery.item_count,
+    return DeliveryMessage(delivery_id=row.id, run_id=row.run_id, email=row.email,
+                           status=row.status, item_count=row.item_count,
                            subject=rendered.subject, html=rendered.html, text=rendered.text)
 
 
