@@ -164,3 +164,26 @@ def test_a_reader_who_unsubscribes_while_their_batch_is_sending_is_not_mailed(
     rows = {d.email: d for d in _rows(session)}
     assert rows["three@example.org"].status == "cancelled"
     assert "unsubscribed" in rows["three@example.org"].smtp_reply
+
+
+def test_a_run_no_worker_could_start_before_its_send_by_deadline_is_held_not_sent_late(
+        session, settings, planned):
+    run = session.get(DigestRun, planned.run_id)
+    late = run.created_at + timedelta(hours=settings.send_by_hours, minutes=1)
+    assert sweep(session, settings, now=late - timedelta(minutes=2)).runs_held == []
+    found = sweep(session, settings, now=late)
+    assert found.runs_held == [planned.run_id] and found.orphaned == []
+    session.commit()
+    session.expire_all()
+    assert session.get(DigestRun, planned.run_id).status == "held"
+    assert {d.status for d in _rows(session)} == {"pending"}  # on record, for the operator
+
+
+def test_a_run_that_has_begun_sending_is_not_held_halfway(session, settings, planned):
+    first = planned.pending_ids[0]
+    session.execute(update(Delivery).where(Delivery.id == first).values(status="sent"))
+    session.commit()
+    run = session.get(DigestRun, planned.run_id)
+    late = run.created_at + timedelta(hours=settings.send_by_hours, minutes=1)
+    found = sweep(session, settings, now=late)
+    assert found.runs_held == [] and found.orphaned == planned.pending_ids[1:]

@@ -48,7 +48,8 @@ def configure(settings: Settings | None = None) -> Celery:
         # Longer than any task's hard time limit, so a running task is not redelivered.
         broker_transport_options={"visibility_timeout": 3600},
         beat_schedule={
-            # Plans the slot of the current hour; unique slot keys make extra ticks harmless.
+            # Plans this hour's slot and any missed since the last one planned; unique slot keys
+            # make extra ticks (a second beat) harmless.
             "tick": {"task": "digest.tick", "schedule": crontab(minute="*/5")},
             "retry-deferred": {"task": "digest.retry_deferred",
                                "schedule": float(s.retry_sweep_seconds)},

@@ -83,7 +83,7 @@ def sweep() -> dict:
         found = delivery.sweep(session, settings)
     enqueue_deliveries(found.recovered + found.orphaned)
     return {"recovered": len(found.recovered), "orphaned": len(found.orphaned),
-            "runs_finished": len(found.runs_finished)}
+            "runs_finished": len(found.runs_finished), "runs_held": len(found.runs_held)}
 
 
 @app.task(name="digest.purge_unconfirmed", **TASK_OPTIONS)

@@ -283,9 +283,8 @@ class _Leavers:
         return None
 
     def _read(self) -> None:
-        self.status = dict(self.session.execute(
-            select(Subscriber.id, Subscriber.status).where(Subscriber.id.in_(self.subscriber_ids))
-        ).tuples().all())
+        self.status = {sub_id: status for sub_id, status in self.session.execute(
+            select(Subscriber.id, Subscriber.status).where(Subscriber.id.in_(self.subscriber_ids)))}
         self.suppressed = set(self.session.scalars(
             select(Suppression.email).where(Suppression.email.in_(self.emails))))
         self.session.commit()  # end the read's transaction: the next read sees new commits

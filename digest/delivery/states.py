@@ -264,17 +264,40 @@ def finish_done_runs(session: Session) -> list[int]:
     return ids
 
 
+def hold_late_runs(session: Session, now: datetime, send_by: timedelta) -> list[int]:
+    """Scheduled runs that could not start before their send-by deadline (planned on time,
+    but no worker took a row since): held for an operator instead of going out days late.
+    A run that has begun sending is finished, not held halfway."""
+    started = exists().where(Delivery.run_id == DigestRun.id,
+                             Delivery.status.not_in((DeliveryStatus.pending.value,
+                                                     DeliveryStatus.skipped.value,
+                                                     DeliveryStatus.cancelled.value)))
+    ids = list(session.scalars(select(DigestRun.id).where(
+        DigestRun.status == RunStatus.sending.value, ~DigestRun.dry_run,
+        DigestRun.kind.in_(("weekly", "daily")), DigestRun.created_at < now - send_by,
+        ~started)))
+    if ids:
+        session.execute(update(DigestRun).where(DigestRun.id.in_(ids),
+                                                DigestRun.status == RunStatus.sending.value)
+                        .values(status="held"))
+    return ids
+
+
 @dataclass
 class Swept:
     recovered: list[int] = field(default_factory=list)  # expired leases, now deferred and due
     orphaned: list[int] = field(default_factory=list)  # pending rows whose task was lost
     runs_finished: list[int] = field(default_factory=list)
+    runs_held: list[int] = field(default_factory=list)  # past their send-by deadline
 
 
 def sweep(session: Session, settings: Settings, now: datetime | None = None) -> Swept:
     """One pass of the periodic sweep (the caller commits, then enqueues what it found)."""
     now = now or utcnow()
+    # Held first: the rows of a run too late to start are not swept up and sent days late.
+    held = hold_late_runs(session, now, timedelta(hours=settings.send_by_hours))
     return Swept(
+        runs_held=held,
         recovered=recover_expired_leases(session, now),
         orphaned=orphaned_pending(session, now, timedelta(seconds=settings.orphan_after_seconds)),
         runs_finished=finish_done_runs(session),
