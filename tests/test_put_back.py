@@ -187,3 +187,27 @@ def test_a_run_that_has_begun_sending_is_not_held_halfway(session, settings, pla
     late = run.created_at + timedelta(hours=settings.send_by_hours, minutes=1)
     found = sweep(session, settings, now=late)
     assert found.runs_held == [] and found.orphaned == planned.pending_ids[1:]
+
+
+def test_a_real_servers_refusal_at_mail_from_puts_the_batch_back_and_the_retry_sends_it(
+        session, settings, planned, monkeypatch, tmp_path):
+    from digest.devtools.faultsmtp import FaultPlan, FaultySMTPServer, read_events
+
+    record = tmp_path / "events.jsonl"
+    plan = FaultPlan(temp_share=0, drop_share=0, unknown_share=0)
+    with FaultySMTPServer(record, plan) as server:
+        monkeypatch.setattr(settings, "smtp_host", server.host)
+        monkeypatch.setattr(settings, "smtp_port", server.port)
+        server.refuse_mail_from(60)
+        with pytest.raises(SendSetupError, match="MAIL FROM: 554 5.7.1"):
+            send_deliveries(planned.pending_ids, settings=settings)
+        rows = _rows(session)
+        # 5.7.1 at MAIL FROM is about our sender: no domain pause, nobody failed or suppressed.
+        assert {(d.status, d.attempts) for d in rows} == {("deferred", 0)}
+        assert session.scalars(select(Suppression)).all() == []
+        server.refuse_mail_from(0)
+        again = send_deliveries(planned.pending_ids, settings=settings,
+                                now=utcnow() + timedelta(minutes=5))
+        assert again.sent == 3
+    accepted = [e["rcpt"] for e in read_events(record) if e["event"] == "accepted"]
+    assert sorted(accepted) == ["one@example.org", "three@example.org", "two@example.org"]
