@@ -1,7 +1,7 @@
 """Who gets what: set-based selection of (subscriber, item) pairs and run planning.
 
 Everything here is one SQL statement per step for the whole run, never one query per
-subscriber. The rules (ARCHITECTURE.md): within a facet any value matches, across facets
+subscriber. The rules (docs/architecture.md): within a facet any value matches, across facets
 all must match, an empty facet matches anything, several filters are a union, a region
 covers its places; a subscriber with no filter at all takes everything. The window of a
 scheduled digest is by ``ingested_at``: (watermark, cutoff]; the ``sent_items`` ledger makes
