@@ -207,9 +207,13 @@ def test_starttls_against_a_server_without_it_is_a_configuration_error(sink):
             transport.send(SENDER, "reader@example.org", MESSAGE)
 
 
-def test_ssl_and_starttls_together_are_refused():
+def test_ssl_and_starttls_together_are_refused_even_when_set_after_the_settings_loaded():
+    # Loading such settings is refused already (tests/test_put_back.py); an object changed
+    # afterwards is still refused by the transport, before it connects.
+    settings = smtp_settings(25, smtp_ssl=True)
+    settings.smtp_starttls = True
     with pytest.raises(ConfigError, match="exclude each other"):
-        SMTPTransport(smtp_settings(25, smtp_ssl=True, smtp_starttls=True))
+        SMTPTransport(settings)
 
 
 # --- TLS and AUTH against a real TLS server ---------------------------------------------
@@ -293,8 +297,11 @@ def test_an_unreadable_ca_file_is_a_configuration_error(tmp_path, sink):
 
 
 def test_a_password_is_never_sent_in_clear_to_a_remote_server():
-    settings = Settings(smtp_host="smtp.example.net", smtp_port=587, smtp_user="digest",
+    # Refused when the settings load (tests/test_put_back.py), and by the transport for an
+    # object changed after loading.
+    settings = Settings(smtp_host="127.0.0.1", smtp_port=587, smtp_user="digest",
                         smtp_password="s3cret")
+    settings = settings.model_copy(update={"smtp_host": "smtp.example.net"})
     with pytest.raises(ConfigError, match="DIGEST_SMTP_STARTTLS.*in clear"):
         SMTPTransport(settings)
     # Over TLS, or to this machine's own relay, it is fine.
