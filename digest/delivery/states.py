@@ -5,7 +5,8 @@ State machine of a ``deliveries`` row::
     (planning) --> pending | skipped (nothing matched) | dry_run (a dry run's row)
     pending/deferred --claim--> sending (under a lease)
     sending --250--> sent --hard bounce report later--> failed (the address is suppressed)
-    sending --4xx, dropped, soft 5xx--> deferred (back-off) ... --out of attempts--> failed
+    sending --4xx, dropped connection--> deferred (back-off) ... --out of attempts--> failed
+    sending --5xx we cannot tie to the mailbox--> failed (the address is kept)
     sending --5.1.x at RCPT TO/DATA--> failed (the address is suppressed)
     sending --5.7.x (policy)--> deferred until the domain's pause ends
     sending --our set-up or sender refused (connect, EHLO, TLS, AUTH, MAIL FROM, DKIM key,
@@ -36,7 +37,7 @@ CLAIMABLE = (DeliveryStatus.pending.value, DeliveryStatus.deferred.value)
 UNFINISHED = (DeliveryStatus.pending.value, DeliveryStatus.sending.value,
               DeliveryStatus.deferred.value)
 # Runs whose rows wait for an operator (held) or will never go (cancelled) are not sent.
-_STOPPED_RUNS = ("held", "cancelled")
+_STOPPED_RUNS = (RunStatus.held.value, RunStatus.cancelled.value)
 
 _TABLE = Delivery.__table__
 
@@ -169,7 +170,7 @@ def cancel_run(session: Session, run_id: int, reason: str) -> int:
         .values(status=DeliveryStatus.cancelled.value, updated_at=now,
                 smtp_reply=f"cancelled: {reason}")).rowcount or 0
     session.execute(update(DigestRun).where(DigestRun.id == run_id)
-                    .values(status="cancelled", finished_at=now))
+                    .values(status=RunStatus.cancelled.value, finished_at=now))
     return count
 
 
@@ -279,7 +280,7 @@ def hold_late_runs(session: Session, now: datetime, send_by: timedelta) -> list[
     if ids:
         session.execute(update(DigestRun).where(DigestRun.id.in_(ids),
                                                 DigestRun.status == RunStatus.sending.value)
-                        .values(status="held"))
+                        .values(status=RunStatus.held.value))
     return ids
 
 
