@@ -219,7 +219,7 @@ def test_runs_show_progress_counts_and_deliveries_filter_by_status_and_reply(
 def test_requeue_action_sends_failed_deliveries_again(admin, db_session, taxo, people, smtp_sink):
     from tests.factories import make_item
 
-    smtp_sink.script("bob@example.org", "554 5.2.1 Mailbox disabled")
+    smtp_sink.script("bob@example.org", "552 5.3.4 Message too big for this system")
     item = make_item(
         db_session,
         "Second chance",
