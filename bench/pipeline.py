@@ -74,7 +74,7 @@ from digest.render import get_renderer
 from digest.select import delivery_contents, plan_scheduled_run, preview_items
 from digest.settings import get_settings, reset_settings_cache
 from digest.taxonomy import slugify
-from digest.transport import SendResult, SMTPTransport
+from digest.delivery import SendResult, SMTPTransport
 
 SEED = 20251013
 BASELINE_SAMPLE = 500
@@ -123,7 +123,7 @@ ZONES = ["UTC", "Europe/Vienna", "Europe/Belgrade", "Europe/Kyiv", "Asia/Almaty"
 
 SINK_CODE = r"""
 import sys
-from digest.mailsink import MailSink
+from digest.devtools import MailSink
 
 class CountingSink(MailSink):
     # Counts and drops: 10,000 digests kept in memory would only measure the sink's RAM.

@@ -530,7 +530,7 @@ def demo(
     var: Path = typer.Option(Path("var"), help="Folder for the SQLite file and the outbox."),
 ) -> None:
     """Run the whole pipeline on the embedded default and show what was delivered."""
-    from digest.demo import run_demo
+    from digest.devtools import run_demo
 
     run_demo(var, console)
 

@@ -32,7 +32,7 @@ from digest.render import Recipient, get_renderer
 from digest.settings import Settings, get_settings
 from digest.subscribers import describe_filter, with_filters
 from digest.tokens import links_for, subscriber_token
-from digest.transport import Transport, transport_from_settings
+from digest.delivery import Transport, transport_from_settings
 
 _NAMESPACE = "digest-email"
 

@@ -134,7 +134,7 @@ def smtp_sink(tmp_path, monkeypatch, request):
     here, and a ``settings``/``sqlite_settings`` object already created for this test is
     updated too.
     """
-    from digest.mailsink import MailSink
+    from digest.devtools import MailSink
 
     earlier = [
         request.getfixturevalue(name)

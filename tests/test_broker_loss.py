@@ -22,7 +22,7 @@ import redis
 from sqlalchemy import func, select
 
 from digest import db as digest_db
-from digest.mailsink import MailSink
+from digest.devtools import MailSink
 from digest.models import Delivery
 from digest.queue import BrokerQueue
 from digest.select import plan_scheduled_run

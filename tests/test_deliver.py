@@ -26,7 +26,7 @@ from digest.errors import ConfigError, PermanentDeliveryError, SendSetupError
 from digest.models import Delivery, DigestRun, DomainPause, Subscriber, Suppression, utcnow
 from digest.select import plan_scheduled_run
 from digest.subscribers import unsubscribe
-from digest.transport import InMemoryTransport
+from digest.devtools import InMemoryTransport
 from tests.factories import T0, Taxo, make_item, make_subscriber
 
 
@@ -133,7 +133,7 @@ def test_connection_refused_defers_everything_and_loses_nothing(session, setting
 
 def test_a_refused_login_puts_the_batch_back_with_the_reason_and_raises(
         session, settings, planned, monkeypatch, tls_files, server_tls_context):
-    from digest.mailsink import MailSink
+    from digest.devtools import MailSink
 
     with MailSink(tls_context=server_tls_context, logins={"digest": "s3cret"}) as tls_sink:
         for name, value in {"smtp_port": tls_sink.port, "smtp_starttls": True,
@@ -474,7 +474,7 @@ def test_a_digest_to_a_utf8_address_goes_out_with_smtputf8_and_is_logged_sent(
 
 def test_a_server_without_smtputf8_fails_the_utf8_address_only_and_suppresses_nothing(
         session, utf8_planned, monkeypatch):
-    from digest.mailsink import MailSink
+    from digest.devtools import MailSink
     from digest.settings import reset_settings_cache
 
     with MailSink(smtputf8=False) as plain_sink:

@@ -22,9 +22,9 @@ import pytest
 
 from digest import db, ingest
 from digest.delivery import send_deliveries
-from digest.demo import DEMO_LISTING, demo_clock
+from digest.devtools import DEMO_LISTING, demo_clock
 from digest.mail import DEFAULT_SIGNED_HEADERS, DkimSigner
-from digest.mailsink import ReceivedMessage
+from digest.devtools import ReceivedMessage
 from digest.select import plan_scheduled_run
 from digest.settings import reset_settings_cache
 from digest.subscribers import upsert_subscriber

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from digest.errors import ValidationError
-from digest.mailsink import MailSink
+from digest.devtools import MailSink
 from digest.settings import get_settings
 
 MESSAGE = (

@@ -143,7 +143,7 @@ def test_a_reader_who_unsubscribes_while_their_batch_is_sending_is_not_mailed(
     from digest.delivery import send as sending
     from digest.models import Subscriber
     from digest.subscribers import unsubscribe
-    from digest.transport import InMemoryTransport
+    from digest.devtools import InMemoryTransport
 
     monkeypatch.setattr(sending._Leavers, "RECHECK_SECONDS", 0.0)
 

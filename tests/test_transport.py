@@ -16,14 +16,9 @@ from digest.errors import (
     ValidationError,
 )
 from digest.mail import DkimSigner, build_message, make_message_id
-from digest.mailsink import MailSink
+from digest.delivery import SendResult, SMTPTransport, transport_from_settings
+from digest.devtools import InMemoryTransport, MailSink
 from digest.settings import Settings
-from digest.transport import (
-    InMemoryTransport,
-    SendResult,
-    SMTPTransport,
-    transport_from_settings,
-)
 
 SENDER = "bounces@newsroom.example.org"
 MESSAGE = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n"

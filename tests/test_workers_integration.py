@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select, update
 
 from digest import db as digest_db
-from digest.mailsink import MailSink
+from digest.devtools import MailSink
 from digest.models import Delivery, DeliveryStatus
 from digest.settings import reset_settings_cache
 from tests.conftest import REDIS_URL, _truncate_pg

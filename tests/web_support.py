@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from digest import db
-from digest.mailsink import MailSink
+from digest.devtools import MailSink
 from digest.settings import get_settings, reset_settings_cache
 from digest.web import create_app
 from digest.web.admin import hash_password

@@ -16,6 +16,13 @@ from digest.delivery.send import (
     send_deliveries,
 )
 from digest.queue import batches
+from digest.delivery.transport import (
+    SendResult,
+    SMTPTransport,
+    Transport,
+    error_for,
+    transport_from_settings,
+)
 from digest.delivery.states import (
     CLAIMABLE,
     UNFINISHED,
@@ -36,7 +43,8 @@ from digest.delivery.states import (
 )
 
 __all__ = [
-    "CLAIMABLE", "UNFINISHED", "BatchResult", "Fault", "MessageFactory", "Pause", "Verdict",
+    "CLAIMABLE", "UNFINISHED", "BatchResult", "Fault", "MessageFactory", "Pause", "SMTPTransport",
+    "SendResult", "Transport", "Verdict", "error_for", "transport_from_settings",
     "active_pauses", "batches", "cancel_for_subscriber", "cancel_run", "claim", "classify_dsn",
     "classify_smtp", "describe_progress", "due_for_retry", "enhanced_status", "finish_done_runs",
     "finish_run_if_done", "load_batch", "mark_bounced", "mark_planned", "orphaned_pending",

@@ -53,7 +53,7 @@ from digest.render import (
 )
 from digest.settings import Settings, get_settings
 from digest.tokens import links_for, make_token
-from digest.transport import Transport, transport_from_settings
+from digest.delivery.transport import Transport, transport_from_settings
 
 
 @dataclass

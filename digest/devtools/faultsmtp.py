@@ -1,7 +1,7 @@
 """A faulty SMTP server for the fault campaign (``bench/faults.py``) and for trying things out.
 
-Built on aiosmtpd like ``digest.mailsink``. Its faults are decided by a hash of the seed and the
-message, so a rerun with the same seed behaves alike:
+Built on aiosmtpd like the mail sink (``digest.devtools.mailsink``). Its faults are decided by a
+hash of the seed and the message, so a rerun with the same seed behaves alike:
 
 - RCPT TO: a fixed share of addresses (``unknown_share``) gets ``550 5.1.1`` on every attempt;
 - DATA: each attempt of a message (the n-th time this server sees its Message-ID) gets
@@ -34,7 +34,7 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 
 from digest.errors import ValidationError
-from digest.mailsink import DATA_SIZE_LIMIT
+from digest.devtools.mailsink import DATA_SIZE_LIMIT
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", re.I | re.M)
 _DELIVERY = re.compile(rb"^X-Digest-Delivery:[ \t]*(\d+)", re.I | re.M)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
-DEMO_LISTING = Path(__file__).resolve().parent / "data" / "demo-newsroom.txt"
+DEMO_LISTING = Path(__file__).resolve().parents[1] / "data" / "demo-newsroom.txt"
 
 # (email, frequency, time zone, weekday, hour, group by, filters)
 DEMO_SUBSCRIBERS = [
@@ -59,7 +59,7 @@ def _use_demo_environment(var: Path, smtp_port: int) -> None:
 
 def run_demo(var: Path, console: Console) -> None:
     from digest import db, ingest
-    from digest.mailsink import MailSink
+    from digest.devtools.mailsink import MailSink
     from digest.models import Delivery, DigestRun
     from digest.select import plan_scheduled_run
     from digest.subscribers import parse_filter, upsert_subscriber

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import smtplib
 import ssl
-from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -185,7 +184,7 @@ class SMTPTransport:
             ) from exc
         except smtplib.SMTPResponseException as exc:
             _close_quietly(conn)
-            error = _error_for(exc.smtp_code)
+            error = error_for(exc.smtp_code)
             words = f"{exc.smtp_code} {_text(exc.smtp_error)}"
             raise error(f"{self._where()} refused the session: {words}", exc.smtp_code,
                         step="session", reply=words) from exc
@@ -214,7 +213,7 @@ class SMTPTransport:
     def _refused(self, step: str, code: int, reply: bytes | str, rcpt: str) -> None:
         """Raise for a non-success reply, leaving the connection clean for the next send."""
         self._reset()
-        error = _error_for(code)
+        error = error_for(code)
         words = f"{code} {_text(reply)}"
         raise error(f"{self._where()} refused {rcpt} at {step}: {words}", code, step=step,
                     reply=words)
@@ -233,48 +232,6 @@ class SMTPTransport:
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
         _close_quietly(conn)
-
-
-class InMemoryTransport:
-    """A transport for unit tests: remembers what was sent and plays scripted replies.
-
-    ``script(rcpt, *replies)`` queues replies for a recipient, consumed one per send, in the
-    same form as the mail sink: ``"451 4.3.0 Try again later"``, ``"550 5.1.1 No such user"``
-    or ``"drop"`` (a lost connection). Unscripted sends succeed.
-    """
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, bytes]] = []
-        self._scripts: dict[str, deque[str]] = defaultdict(deque)
-
-    def __enter__(self) -> InMemoryTransport:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
-
-    def script(self, rcpt: str, *replies: str) -> None:
-        for reply in replies:
-            if reply != "drop" and not (reply[:3].isdigit() and reply[0] in "2345"):
-                raise ValidationError(
-                    f"scripted reply {reply!r} must be 'drop' or start with an SMTP code "
-                    "such as '451 4.3.0 Try again later'"
-                )
-        self._scripts[rcpt.lower()].extend(replies)
-
-    def send(self, mail_from: str, rcpt: str, data: bytes) -> SendResult:
-        queue = self._scripts.get(rcpt.lower())
-        reply = queue.popleft() if queue else None
-        if reply == "drop":
-            raise TemporaryDeliveryError(f"connection lost at RCPT TO for {rcpt} (scripted)")
-        if reply is not None:
-            code = int(reply[:3])
-            if code >= 400:
-                error = _error_for(code)
-                raise error(f"in-memory transport refused {rcpt} at RCPT TO: {reply}", code,
-                            step="RCPT TO", reply=reply)
-        self.sent.append((mail_from, rcpt, data))
-        return SendResult(250, f"2.0.0 Ok: queued as {len(self.sent)}")
 
 
 def transport_from_settings(settings: Settings | None = None) -> Transport:
@@ -303,7 +260,7 @@ def _envelope(address: str, role: str, smtputf8: bool) -> tuple[str, bool]:
     return utf8_address(address), True
 
 
-def _error_for(code: int) -> type[TemporaryDeliveryError] | type[PermanentDeliveryError]:
+def error_for(code: int) -> type[TemporaryDeliveryError] | type[PermanentDeliveryError]:
     # Anything that is neither 4xx nor 5xx is a protocol surprise: retrying is the safe side.
     return PermanentDeliveryError if 500 <= code < 600 else TemporaryDeliveryError
 
