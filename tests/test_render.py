@@ -9,7 +9,6 @@ from html.parser import HTMLParser
 
 import pytest
 
-from digest import render
 from digest.errors import TemplateError, ValidationError
 from digest.render import (
     EmailRenderer,
@@ -18,6 +17,7 @@ from digest.render import (
     get_renderer,
     render_items_from_models,
 )
+from digest.render import renderer as render  # its mjml2html is patched
 from digest.settings import PROJECT_ROOT, Settings
 
 NEWSROOM = "https://newsroom.example.org/news"

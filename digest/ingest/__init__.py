@@ -1,0 +1,43 @@
+"""Ingest stage: listing text, RSS/Atom and JSON in, de-duplicated ``items`` rows out."""
+
+from digest.ingest.store import (
+    MAX_FETCH_BYTES,
+    MAX_FILE_BYTES,
+    Fetched,
+    IngestReport,
+    ItemIn,
+    charset_of,
+    decode_feed,
+    fetch,
+    fetch_document,
+    ingest_feed,
+    ingest_json,
+    ingest_listing,
+    parse_feed,
+    parse_json_items,
+    parse_listing,
+    read_feed,
+    store_items,
+    to_plain_text,
+)
+
+__all__ = [
+    "MAX_FETCH_BYTES",
+    "MAX_FILE_BYTES",
+    "Fetched",
+    "IngestReport",
+    "ItemIn",
+    "charset_of",
+    "decode_feed",
+    "fetch",
+    "fetch_document",
+    "ingest_feed",
+    "ingest_json",
+    "ingest_listing",
+    "parse_feed",
+    "parse_json_items",
+    "parse_listing",
+    "read_feed",
+    "store_items",
+    "to_plain_text",
+]
