@@ -70,7 +70,7 @@ def main() -> int:
         db.upgrade(url)
 
         from digest.web import create_app
-        from digest.web.csrf import make_csrf
+        from digest.web.pages import make_csrf
 
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                                                log_level="warning", lifespan="off"))

@@ -21,7 +21,7 @@ from digest import db
 from digest.models import Subscriber, SubscriberFilter
 from digest.settings import get_settings, reset_settings_cache
 from digest.tokens import subscriber_token
-from digest.web.csrf import make_csrf, subject_for
+from digest.web.pages import make_csrf, subject_for
 from tests.factories import Taxo
 from tests.web_support import API_TOKEN
 

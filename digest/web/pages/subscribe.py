@@ -41,11 +41,11 @@ from digest.subscribers import (
 )
 from digest.subscribers import canonical_email as normalise_address
 from digest.tokens import links_for, read_token, subscriber_from_token, subscriber_token
-from digest.web.csrf import check_csrf, make_csrf, subject_for
+from digest.web.pages.csrf import check_csrf, make_csrf, subject_for
 from digest.web.deps import FormDep, SessionDep, get_settings
-from digest.web.forms import PrefsForm, load_choices
+from digest.web.pages.forms import PrefsForm, load_choices
 
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / "templates"))
 PREVIEW_DAYS = 28
 PREVIEW_LIMIT = 30
 ACTIVE, PENDING = SubscriberStatus.active.value, SubscriberStatus.pending.value

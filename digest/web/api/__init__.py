@@ -1,0 +1,3 @@
+from digest.web.api.subscribers import router
+
+__all__ = ["router"]
