@@ -33,7 +33,7 @@ from digest.models import (
     Suppression,
     utcnow,
 )
-from digest.select import plan_scheduled_run
+from digest.selection import plan_scheduled_run
 from tests.factories import T0, Taxo, make_item, make_subscriber
 
 DATA = Path(__file__).parent / "data" / "bounces"

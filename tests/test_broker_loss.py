@@ -25,7 +25,7 @@ from digest import db as digest_db
 from digest.devtools import MailSink
 from digest.models import Delivery
 from digest.queue import BrokerQueue
-from digest.select import plan_scheduled_run
+from digest.selection import plan_scheduled_run
 from digest.settings import Settings
 from tests.factories import T0, Taxo, make_item, make_subscriber
 

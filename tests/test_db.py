@@ -57,7 +57,7 @@ def test_0004_removes_the_ledger_copies_from_delivery_items_and_gives_them_back(
     from alembic import command
 
     from digest.models import Delivery, DigestRun, SentItem, delivery_items
-    from digest.select import delivery_contents
+    from digest.selection import delivery_contents
     from tests.factories import T0, make_item, make_subscriber
 
     db.upgrade(empty_url, "0003")

@@ -24,7 +24,7 @@ from digest.delivery import (
 )
 from digest.errors import ConfigError, PermanentDeliveryError, SendSetupError
 from digest.models import Delivery, DigestRun, DomainPause, Subscriber, Suppression, utcnow
-from digest.select import plan_scheduled_run
+from digest.selection import plan_scheduled_run
 from digest.subscribers import unsubscribe
 from digest.devtools import InMemoryTransport
 from tests.factories import T0, Taxo, make_item, make_subscriber
@@ -219,7 +219,7 @@ def test_enhanced_status_code_is_read_from_the_reply():
 
 
 def test_a_dry_runs_rows_are_never_sent(session, smtp_sink):
-    from digest.select import AdhocQuery, plan_adhoc_run
+    from digest.selection import AdhocQuery, plan_adhoc_run
 
     t = Taxo(session)
     make_item(session, "p", themes=[t.policing])

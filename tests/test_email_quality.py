@@ -25,7 +25,7 @@ from digest.delivery import send_deliveries
 from digest.devtools import DEMO_LISTING, demo_clock
 from digest.mail import DEFAULT_SIGNED_HEADERS, DkimSigner
 from digest.devtools import ReceivedMessage
-from digest.select import plan_scheduled_run
+from digest.selection import plan_scheduled_run
 from digest.settings import reset_settings_cache
 from digest.subscribers import upsert_subscriber
 

@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from digest.delivery import put_back, send_deliveries, sweep
 from digest.errors import SendSetupError
 from digest.models import Delivery, DigestRun, Suppression, utcnow
-from digest.select import plan_scheduled_run
+from digest.selection import plan_scheduled_run
 from digest.settings import PROJECT_ROOT, Settings
 from tests.factories import T0, Taxo, make_item, make_subscriber
 

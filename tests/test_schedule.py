@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from digest.delivery import send_deliveries
 from digest.errors import ValidationError
 from digest.models import Delivery, DigestRun, SentItem, Subscriber
-from digest.schedule import (
+from digest.selection import (
     cancel_run,
     due_local_hours,
     plan_due_slots,

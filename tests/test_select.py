@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from digest.models import Delivery, DigestRun, SentItem, Subscriber
-from digest.select import (
+from digest.selection import (
     AdhocQuery,
     delivery_contents,
     plan_adhoc_run,

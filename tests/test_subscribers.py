@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from digest.errors import ValidationError
 from digest.models import Bounce, Delivery, SentItem, Subscriber, SubscriberFilter, Suppression
-from digest.select import delivery_contents, plan_scheduled_run
+from digest.selection import delivery_contents, plan_scheduled_run
 from digest.subscribers import erase_subscriber, find_subscriber, suppress
 from tests.factories import T0, Taxo, make_item, make_subscriber
 

@@ -376,7 +376,7 @@ def test_bounce_webhook_ties_a_dsn_to_its_delivery_and_suppresses_the_address(
 
     from digest.delivery import send_deliveries
     from digest.models import Delivery
-    from digest.select import plan_scheduled_run
+    from digest.selection import plan_scheduled_run
     from tests.factories import T0, make_subscriber
 
     make_item(db_session, "x", themes=[taxo.policing], ingested_at=T0 - timedelta(hours=1))

@@ -61,7 +61,7 @@ def run_demo(var: Path, console: Console) -> None:
     from digest import db, ingest
     from digest.devtools.mailsink import MailSink
     from digest.models import Delivery, DigestRun
-    from digest.select import plan_scheduled_run
+    from digest.selection import plan_scheduled_run
     from digest.subscribers import parse_filter, upsert_subscriber
     from digest.queue import queue_for
     from digest.settings import get_settings

@@ -22,7 +22,7 @@ readers' next slot carries the items, since a digest's window starts at the read
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
@@ -51,14 +51,14 @@ from digest.models import (
     SubscriberStatus,
     utcnow,
 )
-from digest.select import (
+from digest.selection.matching import window_for
+from digest.selection.planning import (
     PlannedRun,
     _finish_planning,
     _get_or_create_run,
     _insert_deliveries,
     _insert_ledger,
     _insert_unsent_items,
-    window_for,
 )
 from digest.settings import Settings, get_settings
 
@@ -70,7 +70,7 @@ SCHEDULED = (Frequency.weekly.value, Frequency.daily.value)
 
 def slot_start(now: datetime) -> datetime:
     """The UTC hour containing ``now``."""
-    return now.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    return now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def slot_key(frequency: str, slot: datetime) -> str:
@@ -85,7 +85,7 @@ def first_instant(wall: datetime, zone: ZoneInfo) -> datetime:
     """The first UTC instant at which the zone's clock reads ``wall`` (naive) or later: the
     wall time itself; its first occurrence when clocks go back; the end of the gap when they
     jump over it."""
-    moment = wall.replace(tzinfo=zone, fold=0).astimezone(timezone.utc)
+    moment = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
     if _local(moment, zone) == wall:
         return moment  # fold=0 is the first of two occurrences
     # In a gap, fold=0 reads the wall with the offset before the change (at or after the gap's
@@ -95,11 +95,11 @@ def first_instant(wall: datetime, zone: ZoneInfo) -> datetime:
     hi = int(moment.timestamp())
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if _local(datetime.fromtimestamp(mid, timezone.utc), zone) >= wall:
+        if _local(datetime.fromtimestamp(mid, UTC), zone) >= wall:
             hi = mid
         else:
             lo = mid
-    return datetime.fromtimestamp(hi, timezone.utc)
+    return datetime.fromtimestamp(hi, UTC)
 
 
 def due_local_hours(zone: str, after: datetime, until: datetime) -> set[tuple[int, int]]:
@@ -205,7 +205,7 @@ def plan_scheduled_run(session: Session, frequency: str, *, now: datetime | None
     now = now or utcnow()
     slot = slot_start(now)
     if everyone:
-        key = f"{frequency}:all:{now.astimezone(timezone.utc):%Y-%m-%dT%H:%M}"
+        key = f"{frequency}:all:{now.astimezone(UTC):%Y-%m-%dT%H:%M}"
         who: ColumnElement[bool] = true()
     else:
         key = slot_key(frequency, slot)
@@ -222,7 +222,7 @@ def last_planned_slot(session: Session, frequency: str) -> datetime | None:
         DigestRun.slot_key >= f"{frequency}:0", DigestRun.slot_key < f"{frequency}::"))
     if key is None:
         return None
-    return datetime.strptime(key.partition(":")[2], "%Y-%m-%dT%H").replace(tzinfo=timezone.utc)
+    return datetime.strptime(key.partition(":")[2], "%Y-%m-%dT%H").replace(tzinfo=UTC)
 
 
 def due_slots(session: Session, frequency: str, now: datetime,

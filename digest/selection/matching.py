@@ -1,0 +1,204 @@
+"""The selection rule, twice: one SQL condition per (item, subscriber) and one set-based join
+for a whole run.
+
+``item_matches_subscriber`` (EXISTS subqueries) serves alerts and previews, where one side is
+fixed; ``run_pairs`` (joins and a count of facets hit) serves planning, where PostgreSQL
+would run the EXISTS form row by row. They are kept equal to each other and to a plain
+reading of the rule by a property test over random taxonomies, filters and items
+(tests/unit/selection/test_matching_rule.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import (
+    ColumnElement,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    union,
+    union_all,
+)
+from sqlalchemy.orm import Session, aliased
+
+from digest.models import (
+    Delivery,
+    DigestRun,
+    Item,
+    Location,
+    Subscriber,
+    SubscriberFilter,
+    Suppression,
+    filter_content_types,
+    filter_locations,
+    filter_themes,
+    item_locations,
+    item_themes,
+)
+from digest.settings import Settings, get_settings
+
+# --- the window of a scheduled digest ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Window:
+    cutoff: datetime
+    default_start: datetime  # for subscribers without a watermark (first digest)
+
+
+def window_for(cutoff: datetime, settings: Settings | None = None) -> Window:
+    s = settings or get_settings()
+    return Window(cutoff, cutoff - timedelta(days=s.first_digest_lookback_days))
+
+
+
+
+# --- one item, one subscriber: EXISTS ------------------------------------------------------
+
+def _facet_ok(link_table, link_col: str, item_match) -> ColumnElement[bool]:
+    """Empty facet (no rows for this filter) or a row that the item satisfies."""
+    f = SubscriberFilter.__table__.c
+    has_any = exists().where(link_table.c.filter_id == f.id).correlate_except(link_table)
+    matched = exists().where(link_table.c.filter_id == f.id, item_match(link_table.c[link_col]))
+    # Explicit: the item and the filter live two or three levels up.
+    return or_(~has_any, matched.correlate_except(link_table))
+
+
+def item_matches_subscriber(item, subscriber_id) -> ColumnElement[bool]:
+    """SQL condition: the row of ``item`` (the items table, in the enclosing FROM) matches one
+    of the subscriber's filters, or the subscriber has no filter at all.
+
+    The matcher for one item (alerts) or one subscriber (previews); ``run_pairs`` is the one
+    for a whole run."""
+    f = SubscriberFilter.__table__.c
+    loc = aliased(Location)
+
+    def theme_match(theme_col):
+        return exists().where(item_themes.c.item_id == item.c.id,
+                              item_themes.c.theme_id == theme_col).correlate_except(item_themes)
+
+    def location_match(location_col):
+        # the item's place itself, or the region it belongs to
+        return exists().where(
+            item_locations.c.item_id == item.c.id,
+            loc.id == item_locations.c.location_id,
+            or_(loc.id == location_col, loc.parent_id == location_col),
+        ).correlate_except(item_locations, loc)
+
+    def type_match(type_col):
+        return item.c.content_type_id == type_col
+
+    any_filter = exists().where(
+        f.subscriber_id == subscriber_id,
+        _facet_ok(filter_themes, "theme_id", theme_match),
+        _facet_ok(filter_locations, "location_id", location_match),
+        _facet_ok(filter_content_types, "content_type_id", type_match),
+    ).correlate_except(SubscriberFilter.__table__)
+    no_filter = ~exists().where(f.subscriber_id == subscriber_id)
+    return or_(no_filter, any_filter)
+
+
+def not_suppressed(email_col) -> ColumnElement[bool]:
+    return ~exists().where(Suppression.email == email_col)
+
+
+# --- a whole run: joins ------------------------------------------------------------------------
+
+def run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool],
+               window: Window | None, *, include_backfill: bool = False):
+    """SELECT (subscriber_id, item_id, delivery_id) for every item each delivery of the run
+    should carry.
+
+    Set-based and linear: every facet becomes a set of (filter, item) hits built with joins;
+    a filter matches an item when the number of distinct facets it hits equals the number of
+    facets it constrains (an empty facet is not counted, so it matches anything). No OR over
+    subqueries, which PostgreSQL would evaluate row by row once the pair sets outgrow
+    work_mem. It must accept exactly what ``item_matches_subscriber`` accepts.
+    """
+    d = Delivery.__table__.c
+    s = Subscriber.__table__.c
+    i = Item.__table__.c
+    f = SubscriberFilter.__table__.c
+    loc = Location.__table__.c
+
+    # Archive backfill is never mailed on its own; an operator may pick it for an ad-hoc send.
+    item_conds = [item_filter] if include_backfill else [~i.is_backfill, item_filter]
+    if window is not None:
+        # The earliest window start of anyone in this run bounds the candidate items.
+        default_start = literal(window.default_start, Subscriber.watermark.type)
+        lowest = session.scalar(
+            select(func.min(func.coalesce(s.watermark, default_start)))
+            .select_from(Delivery.__table__.join(Subscriber.__table__, s.id == d.subscriber_id))
+            .where(d.run_id == run.id))
+        item_conds.append(i.ingested_at <= window.cutoff)
+        if lowest is not None:
+            item_conds.append(i.ingested_at > lowest)
+    candidates = select(i.id).where(*item_conds)
+
+    # How many facets each filter constrains, counted once per filter in one grouped pass
+    # (as a per-row expression PostgreSQL re-ran it for every candidate pair).
+    constrained = union_all(
+        select(filter_themes.c.filter_id, literal(1).label("facet")).distinct(),
+        select(filter_locations.c.filter_id, literal(2)).distinct(),
+        select(filter_content_types.c.filter_id, literal(3)).distinct(),
+    ).subquery("constrained")
+    required = (
+        select(constrained.c.filter_id, func.count().label("required"))
+        .group_by(constrained.c.filter_id)
+    ).subquery("required")
+    run_filters = (
+        select(f.id.label("filter_id"), d.subscriber_id, d.id.label("delivery_id"),
+               func.coalesce(required.c.required, 0).label("required"))
+        .join(Delivery.__table__, d.subscriber_id == f.subscriber_id)
+        .outerjoin(required, required.c.filter_id == f.id)
+        .where(d.run_id == run.id)
+    ).subquery("run_filters")
+
+    covers = union_all(  # a place is covered by itself and by its region
+        select(loc.id.label("place_id"), loc.id.label("covered_by")),
+        select(loc.id, loc.parent_id).where(loc.parent_id.is_not(None)),
+    ).subquery("covers")
+    hits = union_all(
+        select(filter_themes.c.filter_id, item_themes.c.item_id, literal(1).label("facet"))
+        .join(item_themes, item_themes.c.theme_id == filter_themes.c.theme_id)
+        .where(item_themes.c.item_id.in_(candidates)),
+        select(filter_locations.c.filter_id, item_locations.c.item_id, literal(2))
+        .join(covers, covers.c.covered_by == filter_locations.c.location_id)
+        .join(item_locations, item_locations.c.location_id == covers.c.place_id)
+        .where(item_locations.c.item_id.in_(candidates)),
+        select(filter_content_types.c.filter_id, i.id, literal(3))
+        .join(Item.__table__, i.content_type_id == filter_content_types.c.content_type_id)
+        .where(i.id.in_(candidates)),
+    ).subquery("hits")
+
+    by_facets = (
+        select(run_filters.c.subscriber_id, hits.c.item_id, run_filters.c.delivery_id)
+        .join(hits, hits.c.filter_id == run_filters.c.filter_id)
+        .group_by(run_filters.c.subscriber_id, hits.c.item_id, run_filters.c.delivery_id,
+                  run_filters.c.filter_id, run_filters.c.required)
+        .having(func.count(hits.c.facet.distinct()) == run_filters.c.required)
+    )
+    candidate_items = candidates.subquery("candidate_items")
+    blank_filter = (  # a filter with no facet at all takes everything
+        select(run_filters.c.subscriber_id, candidate_items.c.id, run_filters.c.delivery_id)
+        .join(candidate_items, true()).where(run_filters.c.required == 0)
+    )
+    no_filter = (  # so does a subscriber without any filter
+        select(d.subscriber_id, candidate_items.c.id, d.id)
+        .join(candidate_items, true())
+        .where(d.run_id == run.id, ~exists().where(f.subscriber_id == d.subscriber_id))
+    )
+    matched = union(by_facets, blank_filter, no_filter).subquery("matched")
+    final = (
+        select(matched.c.subscriber_id, matched.c.item_id, matched.c.delivery_id)
+        .join(Subscriber.__table__, s.id == matched.c.subscriber_id)
+        .join(Item.__table__, i.id == matched.c.item_id)
+    )
+    if window is not None:
+        start = func.coalesce(s.watermark, literal(window.default_start, Subscriber.watermark.type))
+        final = final.where(i.ingested_at > start)
+    return final.subquery("pairs")
