@@ -1,43 +1,34 @@
-"""Ingest stage: listing text, RSS/Atom and JSON in, de-duplicated ``items`` rows out."""
+"""Ingest: read items from a listing text, an RSS/Atom feed or JSON, and store them.
 
-from digest.ingest.store import (
-    MAX_FETCH_BYTES,
-    MAX_FILE_BYTES,
-    Fetched,
-    IngestReport,
-    ItemIn,
-    charset_of,
-    decode_feed,
-    fetch,
-    fetch_document,
-    ingest_feed,
-    ingest_json,
-    ingest_listing,
-    parse_feed,
-    parse_json_items,
-    parse_listing,
-    read_feed,
-    store_items,
-    to_plain_text,
-)
+Parsers are pure (text in, ``ItemIn`` list out): ``listing``, ``feeds`` (with ``decode``,
+the strict charset rules), ``json_items``. ``store.store_items`` de-duplicates and writes;
+the ``ingest_*`` entry points (``sources``) read, parse and store in one transaction, so a
+bad document writes nothing. Nothing here dispatches events: the caller sends
+``item_published`` for ``report.new_item_ids`` once the transaction has committed.
+
+Titles and summaries are stored as plain text (tags stripped, entities decoded); whatever
+shows them escapes them again.
+"""
+
+from digest.ingest.feeds import parse_feed
+from digest.ingest.fetch import fetch
+from digest.ingest.json_items import parse_json_items
+from digest.ingest.listing import parse_listing
+from digest.ingest.parsed import ItemIn, to_plain_text
+from digest.ingest.sources import MAX_FILE_BYTES, ingest_feed, ingest_json, ingest_listing
+from digest.ingest.store import IngestReport, store_items
 
 __all__ = [
-    "MAX_FETCH_BYTES",
     "MAX_FILE_BYTES",
-    "Fetched",
     "IngestReport",
     "ItemIn",
-    "charset_of",
-    "decode_feed",
     "fetch",
-    "fetch_document",
     "ingest_feed",
     "ingest_json",
     "ingest_listing",
     "parse_feed",
     "parse_json_items",
     "parse_listing",
-    "read_feed",
     "store_items",
     "to_plain_text",
 ]

@@ -1,0 +1,89 @@
+"""The entry points: read a file or fetch a URL, parse, and store in one transaction, so a
+bad document writes nothing."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from digest.db import session_scope
+from digest.errors import IngestError
+from digest.ingest.feeds import read_feed
+from digest.ingest.fetch import MAX_FETCH_BYTES, Fetched, fetch_document
+from digest.ingest.json_items import parse_json_items
+from digest.ingest.listing import parse_listing
+from digest.ingest.store import IngestReport, store_items
+from digest.taxonomy import known_facets as load_known_facets
+
+MAX_FILE_BYTES = MAX_FETCH_BYTES  # listing, feed and JSON files read from disk
+
+
+def _read(path: str | Path, *, text: bool) -> str | bytes:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:  # never load a huge file to find out it is too big
+            raise IngestError(
+                f"cannot read {path}: it is {size} bytes, over the {MAX_FILE_BYTES}-byte limit; "
+                "split it into smaller files"
+            )
+        return path.read_text(encoding="utf-8") if text else path.read_bytes()
+    except FileNotFoundError:
+        reason = "no such file"
+    except IsADirectoryError:
+        reason = "it is a directory, not a file"
+    except PermissionError:
+        reason = "permission denied"
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text (byte {exc.start})"
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    raise IngestError(f"cannot read {path}: {reason}")
+
+
+def ingest_listing(
+    path: str | Path, *, now: datetime | None = None, max_age_days: int | None = None
+) -> IngestReport:
+    """Read a listing text file and store its items."""
+    items = parse_listing(_read(path, text=True))
+    with session_scope() as session:
+        return store_items(
+            session, items, source=f"listing:{Path(path).name}", now=now,
+            max_age_days=max_age_days,
+        )
+
+
+def ingest_feed(
+    source: str | Path, *, now: datetime | None = None, max_age_days: int | None = None
+) -> IngestReport:
+    """Fetch (http/https URL) or read (path) an RSS/Atom feed and store its items."""
+    is_url = isinstance(source, str) and re.match(r"^[a-z][a-z0-9+.-]*://", source, re.I)
+    # Read before any transaction; a file has no HTTP charset, only its BOM and declaration.
+    fetched = fetch_document(source) if is_url else Fetched(_read(source, text=False), None)
+    with session_scope() as session:
+        items, rejected = read_feed(
+            fetched.body, load_known_facets(session), http_charset=fetched.charset
+        )
+        report = store_items(
+            session, items, source=f"feed:{source}", now=now, max_age_days=max_age_days
+        )
+    report.rejected = rejected
+    return report
+
+
+def ingest_json(
+    path_or_text: str | bytes | Path,
+    *,
+    now: datetime | None = None,
+    max_age_days: int | None = None,
+) -> IngestReport:
+    """Store items from JSON given as text/bytes (starting with '{' or '[') or a file path."""
+    data: Any = path_or_text
+    is_document = isinstance(data, (str, bytes)) and data.lstrip()[:1] in ("{", "[", b"{", b"[")
+    if not is_document:
+        data = _read(path_or_text, text=True)
+    items = parse_json_items(data)
+    with session_scope() as session:
+        return store_items(session, items, source="json", now=now, max_age_days=max_age_days)
