@@ -15,211 +15,30 @@ Subject header.
 
 from __future__ import annotations
 
-import re
-import textwrap
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime, timezone
-from functools import lru_cache
-from html import unescape
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from collections.abc import Sequence
+from typing import Any
 
 import jinja2
-import nh3
 from mjml import mjml2html
 
 from digest.errors import TemplateError, ValidationError
+from digest.render.dates import local_date, period_text, zone_info
+from digest.render.items import (
+    Group,
+    ItemView,
+    Recipient,
+    RenderedEmail,
+    RenderItem,
+    group_key,
+    item_view,
+    newest_first,
+)
+from digest.render.text import safe_url, tidy_text, wrap_text
 from digest.settings import Settings, get_settings
 
-if TYPE_CHECKING:
-    from digest import models
-
-__all__ = [
-    "EmailRenderer",
-    "Recipient",
-    "RenderItem",
-    "RenderedEmail",
-    "get_renderer",
-    "render_items_from_models",
-]
-
 GROUP_BY = ("theme", "location")
-SUMMARY_LIMIT = 300  # characters of an item's summary shown in an email
-TEXT_WIDTH = 72
 OTHER_GROUP = "Other news"
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
-           "September", "October", "November", "December")
-
-
-@dataclass(frozen=True)
-class RenderItem:
-    id: int
-    title: str
-    url: str | None
-    summary: str
-    published_at: datetime | None
-    content_type: str | None
-    themes: tuple[str, ...]
-    locations: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Recipient:
-    subscriber_id: int
-    email: str
-    group_by: str = "theme"  # or "location"
-    manage_url: str = ""
-    unsubscribe_url: str = ""
-    view_url: str | None = None
-    timezone: str = "UTC"
-    # The themes/locations the subscriber chose (names, any filter). Optional: they decide
-    # which group an item with several themes goes under, and the "of your themes" wording.
-    themes: tuple[str, ...] = ()
-    locations: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class RenderedEmail:
-    subject: str
-    html: str
-    text: str
-
-
-@dataclass(frozen=True)
-class _ItemView:
-    """An item as templates see it: links checked, dates local, text cut and wrapped."""
-
-    id: int
-    title: str
-    url: str
-    date_text: str
-    content_type: str
-    themes: tuple[str, ...]
-    locations: tuple[str, ...]
-    summary: str
-    meta_line: str  # date · type · locations
-    labels_line: str  # themes
-    # Pre-wrapped for the text part (wrapping is the costly part; items repeat across people).
-    title_text: str
-    meta_text: str
-    summary_text: str
-    labels_text: str
-
-
-@dataclass(frozen=True)
-class _Group:
-    name: str
-    items: list[_ItemView]
-
-
-def _wrap(text: str, width: int = TEXT_WIDTH, indent: str = "",
-          subsequent: str | None = None) -> str:
-    # URLs and long words stay whole: a broken link is worse than a long line.
-    return textwrap.fill(
-        str(text), width=width, initial_indent=indent,
-        subsequent_indent=indent if subsequent is None else subsequent,
-        break_long_words=False, break_on_hyphens=False,
-    )
-
-
-def _plain(text: str) -> str:
-    """Summaries may carry (sanitised) HTML from feeds: keep the words, drop the tags."""
-    if "<" in text or "&" in text:
-        text = unescape(nh3.clean(text, tags=set()))
-    return " ".join(text.split())
-
-
-def _truncate(text: str, limit: int = SUMMARY_LIMIT) -> str:
-    if len(text) <= limit:
-        return text
-    cut = text[: limit + 1].rsplit(None, 1)[0] if " " in text[: limit + 1] else text[:limit]
-    return cut.rstrip(" ,;:.-\u2013\u2014") + "\u2026"
-
-
-def _safe_url(url: str | None, fallback: str) -> str:
-    # Only web links: a feed's "javascript:" or relative URL becomes the newsroom link.
-    if url and urlsplit(url.strip()).scheme in ("http", "https"):
-        return url.strip()
-    return fallback
-
-
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValidationError(
-            f"unknown time zone {name!r}; use an IANA name such as 'Europe/Vienna' or 'UTC'"
-        ) from None
-
-
-def _day(d: date) -> str:
-    return f"{d.day} {_MONTHS[d.month - 1]} {d.year}"
-
-
-def _local_date(value: date | datetime, zone: ZoneInfo) -> date:
-    if isinstance(value, datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return aware.astimezone(zone).date()
-    return value
-
-
-def _period(start: date | None, end: date | None, short: bool = False) -> str:
-    """'2–9 October 2025', '28 September – 5 October 2025'; short months for subjects."""
-    if start is None and end is None:
-        return ""
-    start, end = start or end, end or start
-    if start > end:
-        raise ValidationError(f"period_start {start} is after period_end {end}; swap them")
-
-    def month(d: date) -> str:
-        return _MONTHS[d.month - 1][:3] if short else _MONTHS[d.month - 1]
-
-    if start == end:
-        return f"{end.day} {month(end)} {end.year}"
-    if (start.year, start.month) == (end.year, end.month):
-        return f"{start.day}\u2013{end.day} {month(end)} {end.year}"
-    if start.year == end.year:
-        return f"{start.day} {month(start)} \u2013 {end.day} {month(end)} {end.year}"
-    return f"{start.day} {month(start)} {start.year} \u2013 {end.day} {month(end)} {end.year}"
-
-
-@lru_cache(maxsize=8192)
-def _item_view(item: RenderItem, zone_name: str, fallback_url: str) -> _ItemView:
-    # Cached: in a run the same items go to many subscribers in few time zones.
-    title = " ".join(item.title.split())
-    date_text = ""
-    if item.published_at is not None:
-        date_text = _day(_local_date(item.published_at, ZoneInfo(zone_name)))
-    content_type = item.content_type or ""
-    parts = (date_text, content_type, ", ".join(item.locations))
-    meta_line = " \u00b7 ".join(p for p in parts if p)
-    labels_line = ", ".join(item.themes)
-    summary = _truncate(_plain(item.summary or ""))
-    return _ItemView(
-        id=item.id, title=title, url=_safe_url(item.url, fallback_url), date_text=date_text,
-        content_type=content_type, themes=item.themes, locations=item.locations,
-        summary=summary, meta_line=meta_line, labels_line=labels_line,
-        title_text=_wrap(title), meta_text=_wrap(meta_line),
-        summary_text=_wrap(summary),
-        labels_text=_wrap(f"Themes: {labels_line}") if labels_line else "",
-    )
-
-
-def _group_key(item: RenderItem, group_by: str, chosen: frozenset[str]) -> str | None:
-    labels = item.themes if group_by == "theme" else item.locations
-    # An item with several themes (or locations) is listed once, under the first of its
-    # labels the reader chose, else under its first label, so nobody reads it twice.
-    for label in labels:
-        if label.casefold() in chosen:
-            return label
-    return labels[0] if labels else None
-
-
-def _newest_first(item: RenderItem) -> tuple[bool, float]:
-    return (item.published_at is None, -(item.published_at.timestamp() if item.published_at else 0))
 
 
 class EmailRenderer:
@@ -249,7 +68,7 @@ class EmailRenderer:
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
             auto_reload=False,
         )
-        self._env.filters["wrap"] = _wrap
+        self._env.filters["wrap"] = wrap_text
         # Layout tags use other delimiters so the message tags pass through untouched.
         layout_env = jinja2.Environment(
             loader=loader, autoescape=True, undefined=jinja2.StrictUndefined, auto_reload=False,
@@ -325,28 +144,28 @@ class EmailRenderer:
             raise ValidationError(
                 f"the {self.name} email carries exactly one item, got {len(items)}"
             )
-        zone = _zone(recipient.timezone)
+        zone = zone_info(recipient.timezone)
 
         # Newest first, then the cap; groups keep that order inside.
-        ordered = sorted(items, key=_newest_first)
+        ordered = sorted(items, key=newest_first)
         cap = max(s.max_items_per_digest, 0)
         shown, hidden = ordered[:cap], len(ordered) - min(len(ordered), cap)
         picked = recipient.themes if recipient.group_by == "theme" else recipient.locations
         chosen = frozenset(v.casefold() for v in picked)
-        keys = [_group_key(it, recipient.group_by, chosen) for it in ordered]
-        buckets: dict[str | None, list[_ItemView]] = {}
-        for item, key in zip(shown, keys):
-            buckets.setdefault(key, []).append(_item_view(item, recipient.timezone, s.newsroom_url))
-        groups = [_Group(k, v) for k, v in sorted(
+        keys = [group_key(it, recipient.group_by, chosen) for it in ordered]
+        buckets: dict[str | None, list[ItemView]] = {}
+        for item, key in zip(shown, keys, strict=False):  # keys cover the hidden ones too
+            buckets.setdefault(key, []).append(item_view(item, recipient.timezone, s.newsroom_url))
+        groups = [Group(k, v) for k, v in sorted(
             ((k, v) for k, v in buckets.items() if k is not None), key=lambda kv: kv[0].casefold()
         )]
         if None in buckets:
-            groups.append(_Group(OTHER_GROUP, buckets[None]))
+            groups.append(Group(OTHER_GROUP, buckets[None]))
 
         start, end = context.pop("period_start", None), context.pop("period_end", None)
-        start = _local_date(start, zone) if start is not None else None
-        end = _local_date(end, zone) if end is not None else None
-        period, period_short = _period(start, end), _period(start, end, short=True)
+        start = local_date(start, zone) if start is not None else None
+        end = local_date(end, zone) if end is not None else None
+        period, period_short = period_text(start, end), period_text(start, end, short=True)
         summary_line = self._summary_line(
             len(ordered), len({k for k in keys if k is not None}), recipient.group_by,
             bool(chosen), period,
@@ -363,7 +182,7 @@ class EmailRenderer:
             "total_count": len(ordered),
             "shown_count": len(shown),
             "more_count": hidden,
-            "more_url": _safe_url(context.get("more_url"), s.newsroom_url),
+            "more_url": safe_url(context.get("more_url"), s.newsroom_url),
             "period": period,
             "period_short": period_short,
             "summary_line": summary_line,
@@ -384,7 +203,7 @@ class EmailRenderer:
             ) from None
         if not subject:
             raise TemplateError(f"{self.name}/subject.txt rendered an empty subject")
-        return RenderedEmail(subject=subject, html=html, text=_tidy_text(text))
+        return RenderedEmail(subject=subject, html=html, text=tidy_text(text))
 
     @staticmethod
     def _summary_line(total: int, groups: int, group_by: str, chosen: bool, period: str) -> str:
@@ -394,14 +213,6 @@ class EmailRenderer:
             noun = group_by if groups == 1 and not chosen else f"{group_by}s"
             line += f" in {groups}{' of your' if chosen else ''} {noun}"
         return f"{line}, {period}" if period else line
-
-
-_BLANK_RUNS = re.compile(r"\n{3,}")
-
-
-def _tidy_text(text: str) -> str:
-    # Templates stay readable; the mail gets at most one blank line in a row.
-    return _BLANK_RUNS.sub("\n\n", text).strip() + "\n"
 
 
 _renderers: dict[tuple[str, str, int], EmailRenderer] = {}
@@ -422,20 +233,3 @@ def get_renderer(name: str = "digest", settings: Settings | None = None) -> Emai
                     _renderers.clear()
                 renderer = _renderers[key] = EmailRenderer(name, settings)
     return renderer
-
-
-def render_items_from_models(items: Iterable[models.Item]) -> list[RenderItem]:
-    """Plain, hashable snapshots of ORM items (load themes, locations, content_type first)."""
-    return [
-        RenderItem(
-            id=item.id,
-            title=item.title,
-            url=item.url,
-            summary=item.summary or "",
-            published_at=item.published_at,
-            content_type=item.content_type.name if item.content_type is not None else None,
-            themes=tuple(t.name for t in item.themes),
-            locations=tuple(loc.name for loc in item.locations),
-        )
-        for item in items
-    ]
