@@ -5,11 +5,16 @@ Other stages call these names; none of them writes a delivery's status itself.
 """
 
 from digest.delivery.classify import Fault, Verdict, classify_dsn, classify_smtp, enhanced_status
+from digest.delivery.confirmations import (
+    EmailRateLimiter,
+    build_confirmation,
+    limit_storage_url,
+    send_confirmation,
+)
 from digest.delivery.pauses import Pause, active_pauses, pause_domain, recipient_domain, resume_domain
 from digest.delivery.progress import describe_progress, run_progress, runs_progress
 from digest.delivery.send import (
     BatchResult,
-    MessageFactory,
     load_batch,
     render_delivery,
     render_for_browser,
@@ -43,7 +48,8 @@ from digest.delivery.states import (
 )
 
 __all__ = [
-    "CLAIMABLE", "UNFINISHED", "BatchResult", "Fault", "MessageFactory", "Pause", "SMTPTransport",
+    "CLAIMABLE", "UNFINISHED", "BatchResult", "EmailRateLimiter", "Fault", "Pause",
+    "SMTPTransport", "build_confirmation", "limit_storage_url", "send_confirmation",
     "SendResult", "Transport", "Verdict", "error_for", "transport_from_settings",
     "active_pauses", "batches", "cancel_for_subscriber", "cancel_run", "claim", "classify_dsn",
     "classify_smtp", "describe_progress", "due_for_retry", "enhanced_status", "finish_done_runs",

@@ -15,7 +15,6 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from urllib.parse import urlencode
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -32,27 +31,18 @@ from digest.errors import (
     PermanentDeliveryError,
     SendSetupError,
 )
-from digest.mail import DkimSigner, build_message, make_message_id
+from digest.mail import MessageFactory
 from digest.models import (
     Delivery,
-    DigestRun,
     Item,
-    RunKind,
     Subscriber,
     SubscriberFilter,
     SubscriberStatus,
     Suppression,
     utcnow,
 )
-from digest.render import (
-    Recipient,
-    RenderedEmail,
-    RenderItem,
-    get_renderer,
-    render_items_from_models,
-)
+from digest.render import RenderedEmail, RenderItem, render_items_from_models
 from digest.settings import Settings, get_settings
-from digest.tokens import links_for, make_token
 from digest.delivery.transport import Transport, transport_from_settings
 
 
@@ -64,71 +54,6 @@ class BatchResult:
     failed: int = 0
     cancelled: int = 0
     outcomes: dict[int, str] = field(default_factory=dict)
-
-
-def _view_url(settings: Settings, delivery_id: int) -> str:
-    return f"{settings.public_base_url.rstrip('/')}/view/{make_token('view', {'d': delivery_id}, settings)}"
-
-
-class MessageFactory:
-    """Everything that is the same for every message of a batch is prepared once here."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.dkim = DkimSigner.from_settings(settings)
-        self.domain = settings.from_domain
-        self.feedback_id = f"digest:{settings.list_id.split('<')[-1].strip('> ')}:newsroom"
-
-    def render(self, delivery: Delivery, run: DigestRun, items: Sequence[RenderItem], *,
-               in_browser: bool = False, links: dict[str, str] | None = None) -> RenderedEmail:
-        """The personal part: the reader's links, choices and items in the run's template."""
-        s = self.settings
-        sub = delivery.subscriber
-        links = links or links_for(sub.id, s)
-        themes = tuple(dict.fromkeys(t.name for f in sub.filters for t in f.themes))
-        places = tuple(dict.fromkeys(loc.name for f in sub.filters for loc in f.locations))
-        recipient = Recipient(subscriber_id=sub.id, email=delivery.email, group_by=sub.group_by,
-                              manage_url=links["manage_url"], unsubscribe_url=links["unsubscribe_url"],
-                              view_url=None if in_browser else _view_url(s, delivery.id),
-                              timezone=sub.timezone, themes=themes, locations=places)
-        template = "alert" if run.kind == RunKind.immediate.value and len(items) == 1 else "digest"
-        context = {}
-        dates = [it.published_at.date() for it in items if it.published_at]
-        if template == "digest":
-            context["more_url"] = self.more_url(themes, places)
-            if dates:
-                context |= {"period_start": min(dates), "period_end": max(dates)}
-        return get_renderer(template, s).render(recipient, items, **context)
-
-    def build(self, delivery: Delivery, run: DigestRun,
-              items: Sequence[RenderItem]) -> tuple[str, bytes]:
-        """(Message-ID, the bytes to send) for one delivery, signed when DKIM is configured."""
-        s = self.settings
-        links = links_for(delivery.subscriber_id, s)  # signed once, used in body and headers
-        rendered = self.render(delivery, run, items, links=links)
-        unsubscribe_url = links["unsubscribe_url"]
-        # Stable per delivery: a retried send carries the same Message-ID.
-        message_id = make_message_id(f"digest.{run.id}.{delivery.id}", self.domain)
-        data = build_message(
-            from_addr=s.from_address, to_addr=delivery.email, subject=rendered.subject,
-            html=rendered.html, text=rendered.text, message_id=message_id, list_id=s.list_id,
-            unsubscribe_url=unsubscribe_url,
-            unsubscribe_mailto=f"mailto:unsubscribe@{self.domain}?subject=unsubscribe%20{delivery.subscriber_id}",
-            feedback_id=self.feedback_id, reply_to=s.reply_to,
-            extra_headers={"X-Digest-Delivery": str(delivery.id)}, smtputf8=s.smtputf8,
-        )
-        if self.dkim is not None:
-            data = self.dkim.sign(data)
-        return message_id, data
-
-    def more_url(self, themes: tuple[str, ...], places: tuple[str, ...]) -> str:
-        """The newsroom listing filtered to the reader's choices ("and K more")."""
-        query = urlencode([("theme", t) for t in themes] + [("location", p) for p in places])
-        return f"{self.settings.newsroom_url}?{query}" if query else self.settings.newsroom_url
-
-    def return_path(self, delivery_id: int) -> str:
-        # VERP: a bounce to this address names its delivery.
-        return f"bounces+{delivery_id}@{self.domain}"
 
 
 def load_batch(session: Session, ids: list[int]) -> list[tuple[Delivery, list[RenderItem]]]:

@@ -1,4 +1,4 @@
-"""One digest email as bytes: headers, text/plain and text/html parts, a DKIM signature.
+"""One email as bytes: headers, text/plain and text/html parts (DKIM is ``dkim.py``'s).
 
 The message is assembled by hand instead of with ``email.message.EmailMessage``: the
 standard library's generator costs ~3 ms per message, more than rendering it. What the
@@ -23,21 +23,19 @@ import base64
 import binascii
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from functools import lru_cache
-from pathlib import Path
 
-import dkim
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
-from dkim import RE_BTAG, HashThrough, fold, hash_headers
-from dkim.crypto import UnparsableKeyError, parse_pem_private_key
-from email_validator import EmailNotValidError, validate_email
+from digest.errors import ValidationError
+from digest.mail.addresses import (
+    _ascii_addr_spec,
+    _smtputf8_setting,
+    _utf8_addr_spec,
+    check_header_value,
+)
 
-from digest.errors import ConfigError, HeaderInjectionError, ValidationError
+__all__ = ["CRLF", "DEFAULT_SIGNED_HEADERS", "build_message", "make_message_id"]
 
 CRLF = "\r\n"
 # RFC 5322 2.1.1: lines SHOULD be <= 78 characters and MUST be <= 998.
@@ -79,48 +77,6 @@ _MSG_ID_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+")
 _Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
 _Q_CHAR = ["_" if b == 0x20 else chr(b) if b in _Q_SAFE else f"={b:02X}" for b in range(256)]
 _Q_COST = [len(c) for c in _Q_CHAR]
-
-
-def check_header_value(name: str, value: str) -> str:
-    """Return ``value`` unchanged, or refuse it if it could start a new header line."""
-    if "\r" in value or "\n" in value:
-        raise HeaderInjectionError(f"{name} contains a line break (CR or LF); refusing to send")
-    return value
-
-
-def normalise_address(addr: str, *, smtputf8: bool | None = None) -> str:
-    """The normalised form of an email address, or ValidationError with the reason.
-
-    No DNS lookups. Internationalised domains are fine (sent in IDNA form). A non-ASCII
-    local part (normalised to NFC) is accepted only with ``smtputf8``, which defaults to
-    the DIGEST_SMTPUTF8 setting: such addresses can only be reached over SMTPUTF8.
-    """
-    if smtputf8 is None:
-        smtputf8 = not addr.isascii() and _smtputf8_setting()
-    return _validated(addr, smtputf8, hint=True).normalized
-
-
-def ascii_address(addr: str) -> str:
-    """``addr`` as SMTP and headers carry it without SMTPUTF8: the domain in IDNA form;
-    ValidationError for a non-ASCII local part or an invalid address."""
-    return _ascii_addr_spec(addr)
-
-
-def utf8_address(addr: str) -> str:
-    """``addr`` as SMTPUTF8 and RFC 6532 headers carry it: the local part in UTF-8 (NFC),
-    the domain in IDNA form; an ASCII local part gives the same as ``ascii_address``."""
-    return _utf8_addr_spec(addr)
-
-
-def needs_smtputf8(addr: str) -> bool:
-    """True when ``addr`` is a valid address only with SMTPUTF8 (a non-ASCII local part)."""
-    if addr.rpartition("@")[0].isascii():
-        return False
-    try:
-        validate_email(addr, check_deliverability=False, allow_smtputf8=True)
-    except EmailNotValidError:
-        return False
-    return True
 
 
 def make_message_id(local: str, domain: str) -> str:
@@ -248,148 +204,7 @@ def build_message(
     )
 
 
-class DkimSigner:
-    """Signs finished messages (relaxed/relaxed, rsa-sha256) with one key."""
-
-    def __init__(
-        self,
-        selector: str,
-        domain: str,
-        private_key_pem: bytes,
-        headers: Sequence[str] = DEFAULT_SIGNED_HEADERS,
-    ):
-        try:
-            parse_pem_private_key(private_key_pem)
-        except (UnparsableKeyError, ValueError) as exc:  # ValueError: broken base64
-            raise ConfigError(
-                f"the DKIM private key is not a PEM RSA private key ({exc}); "
-                "check DIGEST_DKIM_PRIVATE_KEY_PATH"
-            ) from exc
-        if not any(h.lower() == "from" for h in headers):
-            raise ConfigError("DKIM must sign the From header; add it to the signed headers")
-        try:
-            openssl_key = serialization.load_pem_private_key(private_key_pem, password=None)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise ConfigError(
-                f"the DKIM private key cannot be loaded ({exc}); it must be an unencrypted PEM "
-                "RSA key: check DIGEST_DKIM_PRIVATE_KEY_PATH"
-            ) from exc
-        if not isinstance(openssl_key, rsa.RSAPrivateKey):
-            raise ConfigError("the DKIM private key is not an RSA key; rsa-sha256 needs one")
-        self.selector = selector
-        self.domain = domain
-        self._key = private_key_pem
-        self._openssl_key = openssl_key
-        self._selector = selector.encode("ascii")
-        self._domain = domain.encode("ascii")
-        self._headers = [h.encode("ascii") for h in headers]
-
-    def sign(self, message: bytes) -> bytes:
-        """``DKIM-Signature: ...`` followed by ``message``: send exactly these bytes."""
-        try:
-            signer = _OpenSSLDKIM(message, signature_algorithm=b"rsa-sha256", linesep=b"\r\n")
-            signer.openssl_key = self._openssl_key
-            signature = signer.sign(
-                self._selector,
-                self._domain,
-                self._key,
-                canonicalize=(b"relaxed", b"relaxed"),
-                include_headers=self._headers,
-            )
-        except dkim.DKIMException as exc:
-            raise ValidationError(f"DKIM signing failed: {exc}") from exc
-        return signature + message
-
-    @classmethod
-    def from_settings(cls, settings=None) -> DkimSigner | None:
-        """A signer when ``dkim_selector`` and ``dkim_private_key_path`` are set, else None."""
-        if settings is None:
-            from digest.settings import get_settings
-
-            settings = get_settings()
-        if not (settings.dkim_selector and settings.dkim_private_key_path):
-            return None
-        path = Path(settings.dkim_private_key_path)
-        try:
-            pem = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the DKIM private key {path}: {exc.strerror}; "
-                "fix DIGEST_DKIM_PRIVATE_KEY_PATH or unset DIGEST_DKIM_SELECTOR"
-            ) from exc
-        return cls(settings.dkim_selector, settings.dkim_domain or settings.from_domain, pem)
-
-
-class _OpenSSLDKIM(dkim.DKIM):
-    """dkimpy's signer with the RSA private-key operation done by OpenSSL.
-
-    dkimpy computes RSA in pure Python (``pow`` on 1024-bit halves), ~6 ms of its ~9 ms per
-    message; OpenSSL through ``cryptography`` takes ~0.3 ms. Parsing, canonicalisation,
-    header selection and folding stay dkimpy's: this is its ``gen_header`` (dkimpy 1.1,
-    non-standardised path) with only the signing call replaced. RSASSA-PKCS1-v1_5 is
-    deterministic, so the result is byte-for-byte what dkimpy itself would produce (a test
-    compares the two).
-    """
-
-    openssl_key: rsa.RSAPrivateKey
-
-    def gen_header(self, fields, include_headers, canon_policy, header_name, pk, standardize=False):
-        if standardize or self.signature_algorithm != b"rsa-sha256":  # not a path we use
-            return super().gen_header(fields, include_headers, canon_policy, header_name, pk,
-                                      standardize)
-        header_value = b"; ".join(b"=".join(x) for x in fields)
-        header_value = fold(header_value, namelen=len(header_name), linesep=b"\r\n")
-        header_value = RE_BTAG.sub(b"\\1", header_value)
-        h = HashThrough(self.hasher(), self.debug_content)
-        headers = canon_policy.canonicalize_headers(self.headers)
-        self.signed_headers = hash_headers(h, canon_policy, headers, include_headers,
-                                           (header_name, b" " + header_value), dict(fields))
-        signature = self.openssl_key.sign(h.digest(), padding.PKCS1v15(),
-                                          utils.Prehashed(hashes.SHA256()))
-        index = [i for i, (tag, _) in enumerate(fields) if tag == b"b"][0]
-        fields[index] = (b"b", base64.b64encode(signature))
-        header_value = b"; ".join(b"=".join(x) for x in fields) + self.linesep
-        return fold(header_value, namelen=len(header_name), linesep=self.linesep)
-
-
-# --- addresses and structured values -------------------------------------------------
-
-
-SMTPUTF8_HINT = (
-    "setting DIGEST_SMTPUTF8=true enables addresses with non-ASCII characters before the @ "
-    "(the SMTP server must then offer SMTPUTF8)"
-)
-
-
-def _smtputf8_setting() -> bool:
-    from digest.settings import get_settings
-
-    return get_settings().smtputf8
-
-
-def _validated(addr: str, smtputf8: bool = False, *, hint: bool = False):
-    """email-validator's result; ``hint``: say how to enable an address refused only for
-    want of SMTPUTF8 (for subscribers' addresses, not for the operator's From)."""
-    try:
-        return validate_email(addr, check_deliverability=False, allow_smtputf8=smtputf8)
-    except EmailNotValidError as exc:
-        reason = str(exc)
-        if hint and not smtputf8 and needs_smtputf8(addr):
-            reason = f"{reason.rstrip('.')}; {SMTPUTF8_HINT}"
-        raise ValidationError(f"invalid email address {addr!r}: {reason}") from exc
-
-
-@lru_cache(maxsize=64)  # From and Reply-To are the same for every message of a run
-def _ascii_addr_spec(addr: str, hint: bool = False) -> str:
-    result = _validated(addr, hint=hint)
-    return result.ascii_email or result.normalized
-
-
-@lru_cache(maxsize=64)
-def _utf8_addr_spec(addr: str) -> str:
-    result = _validated(addr, smtputf8=True)
-    # email-validator refuses quoted local parts, so a UTF-8 one is a dot-atom (RFC 6532 3.2).
-    return result.ascii_email or f"{result.local_part}@{result.ascii_domain}"
+# --- mailboxes and structured values -------------------------------------------------
 
 
 def _mailbox(header: str, value: str, *, smtputf8: bool = False, hint: bool = False) -> str:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import secrets
 import time
-from email.utils import parseaddr
 
 from limits import parse_many
 from limits.storage import storage_from_string
@@ -25,14 +23,13 @@ from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import select
 
 from digest import db
+from digest.delivery.transport import Transport, transport_from_settings
 from digest.errors import ConfigError, RateLimitError
-from digest.mail import build_message, make_message_id
+from digest.mail import MessageFactory
 from digest.models import Subscriber, SubscriberStatus, Suppression
-from digest.render import Recipient, get_renderer
 from digest.settings import Settings, get_settings
-from digest.subscribers import describe_filter, with_filters
-from digest.tokens import links_for, subscriber_token
-from digest.delivery import Transport, transport_from_settings
+
+__all__ = ["EmailRateLimiter", "build_confirmation", "limit_storage_url", "send_confirmation"]
 
 _NAMESPACE = "digest-email"
 
@@ -81,44 +78,16 @@ def _minutes(seconds: int) -> str:
     return f"{math.ceil(seconds / 60)} minutes"
 
 
-def confirm_url(subscriber_id: int, settings: Settings | None = None) -> str:
-    s = settings or get_settings()
-    token = subscriber_token("confirm", subscriber_id, s)
-    return f"{s.public_base_url.rstrip('/')}/confirm/{token}"
+def build_confirmation(sub: Subscriber, settings: Settings | None = None,
+                       factory: MessageFactory | None = None) -> tuple[str, str, bytes]:
+    """(envelope sender, Message-ID, message bytes) of the confirmation email, composed by
+    the same path as every digest (so DKIM-signed when configured); ``sub.filters`` loaded."""
+    # At call time: subscribers imports delivery (leaving cancels planned rows).
+    from digest.subscribers import describe_filter
 
-
-def build_confirmation(sub: Subscriber, settings: Settings | None = None) -> tuple[str, bytes]:
-    """(Message-ID, message bytes) of the confirmation email; ``sub.filters`` loaded."""
-    s = settings or get_settings()
-    links = links_for(sub.id, s)
-    recipient = Recipient(
-        subscriber_id=sub.id,
-        email=sub.email,
-        group_by=sub.group_by,
-        manage_url=links["manage_url"],
-        unsubscribe_url=links["unsubscribe_url"],
-        timezone=sub.timezone,
-    )
-    rendered = get_renderer("confirm", s).render(
-        recipient,
-        (),
-        confirm_url=confirm_url(sub.id, s),
-        filters=[describe_filter(f) for f in sub.filters],
-    )
-    # Unique per email: two confirmations are two messages, not a retry of one.
-    message_id = make_message_id(f"confirm.{sub.id}.{secrets.token_hex(8)}", s.from_domain)
-    data = build_message(
-        from_addr=s.from_address,
-        to_addr=sub.email,
-        subject=rendered.subject,
-        html=rendered.html,
-        text=rendered.text,
-        message_id=message_id,
-        reply_to=s.reply_to,
-        precedence_bulk=False,
-        smtputf8=s.smtputf8,
-    )
-    return message_id, data
+    factory = factory or MessageFactory(settings or get_settings())
+    headers, data = factory.confirmation(sub, [describe_filter(f) for f in sub.filters])
+    return headers.mail_from, headers.message_id, data
 
 
 def send_confirmation(
@@ -126,6 +95,8 @@ def send_confirmation(
 ) -> str | None:
     """Send the confirmation email; the Message-ID, or None when nothing may be sent
     (no such subscriber, or the address is suppressed). Delivery errors propagate."""
+    from digest.subscribers import with_filters
+
     s = settings or get_settings()
     with db._sessionmaker(s.database_url)() as session:
         sub = session.scalars(
@@ -139,9 +110,8 @@ def send_confirmation(
             return None
         if session.scalar(select(Suppression.id).where(Suppression.email == sub.email)):
             return None
-        message_id, data = build_confirmation(sub, s)
+        mail_from, message_id, data = build_confirmation(sub, s)
         address = sub.email
-    mail_from = parseaddr(s.from_address)[1]
     with transport or transport_from_settings(s) as conn:
         conn.send(mail_from, address, data)
     return message_id

@@ -1,0 +1,103 @@
+"""Email addresses as SMTP and headers carry them: validation (no DNS), IDNA domains,
+SMTPUTF8 local parts, and the CR/LF check every header value passes first.
+
+An internationalised domain is always written in its IDNA form. A non-ASCII local part is
+accepted only with SMTPUTF8 (``DIGEST_SMTPUTF8``): such an address can only be reached over
+SMTPUTF8, and is then written in UTF-8 as RFC 6532 allows.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from email_validator import EmailNotValidError, validate_email
+
+from digest.errors import HeaderInjectionError, ValidationError
+
+__all__ = [
+    "SMTPUTF8_HINT",
+    "ascii_address",
+    "check_header_value",
+    "needs_smtputf8",
+    "normalise_address",
+    "utf8_address",
+]
+
+
+def check_header_value(name: str, value: str) -> str:
+    """Return ``value`` unchanged, or refuse it if it could start a new header line."""
+    if "\r" in value or "\n" in value:
+        raise HeaderInjectionError(f"{name} contains a line break (CR or LF); refusing to send")
+    return value
+
+
+def normalise_address(addr: str, *, smtputf8: bool | None = None) -> str:
+    """The normalised form of an email address, or ValidationError with the reason.
+
+    No DNS lookups. Internationalised domains are fine (sent in IDNA form). A non-ASCII
+    local part (normalised to NFC) is accepted only with ``smtputf8``, which defaults to
+    the DIGEST_SMTPUTF8 setting: such addresses can only be reached over SMTPUTF8.
+    """
+    if smtputf8 is None:
+        smtputf8 = not addr.isascii() and _smtputf8_setting()
+    return _validated(addr, smtputf8, hint=True).normalized
+
+
+def ascii_address(addr: str) -> str:
+    """``addr`` as SMTP and headers carry it without SMTPUTF8: the domain in IDNA form;
+    ValidationError for a non-ASCII local part or an invalid address."""
+    return _ascii_addr_spec(addr)
+
+
+def utf8_address(addr: str) -> str:
+    """``addr`` as SMTPUTF8 and RFC 6532 headers carry it: the local part in UTF-8 (NFC),
+    the domain in IDNA form; an ASCII local part gives the same as ``ascii_address``."""
+    return _utf8_addr_spec(addr)
+
+
+def needs_smtputf8(addr: str) -> bool:
+    """True when ``addr`` is a valid address only with SMTPUTF8 (a non-ASCII local part)."""
+    if addr.rpartition("@")[0].isascii():
+        return False
+    try:
+        validate_email(addr, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError:
+        return False
+    return True
+
+
+SMTPUTF8_HINT = (
+    "setting DIGEST_SMTPUTF8=true enables addresses with non-ASCII characters before the @ "
+    "(the SMTP server must then offer SMTPUTF8)"
+)
+
+
+def _smtputf8_setting() -> bool:
+    from digest.settings import get_settings
+
+    return get_settings().smtputf8
+
+
+def _validated(addr: str, smtputf8: bool = False, *, hint: bool = False):
+    """email-validator's result; ``hint``: say how to enable an address refused only for
+    want of SMTPUTF8 (for subscribers' addresses, not for the operator's From)."""
+    try:
+        return validate_email(addr, check_deliverability=False, allow_smtputf8=smtputf8)
+    except EmailNotValidError as exc:
+        reason = str(exc)
+        if hint and not smtputf8 and needs_smtputf8(addr):
+            reason = f"{reason.rstrip('.')}; {SMTPUTF8_HINT}"
+        raise ValidationError(f"invalid email address {addr!r}: {reason}") from exc
+
+
+@lru_cache(maxsize=64)  # From and Reply-To are the same for every message of a run
+def _ascii_addr_spec(addr: str, hint: bool = False) -> str:
+    result = _validated(addr, hint=hint)
+    return result.ascii_email or result.normalized
+
+
+@lru_cache(maxsize=64)
+def _utf8_addr_spec(addr: str) -> str:
+    result = _validated(addr, smtputf8=True)
+    # email-validator refuses quoted local parts, so a UTF-8 one is a dot-atom (RFC 6532 3.2).
+    return result.ascii_email or f"{result.local_part}@{result.ascii_domain}"

@@ -1,0 +1,222 @@
+"""The one composition path: every mail Digest sends, and every rendering of one.
+
+Digests, alerts, confirmations, previews and "view in browser" all go through
+``MessageFactory``: one recipient builder (the reader's links and choices), one template
+choice, one header builder (Message-ID, List-*, Feedback-ID, the VERP envelope sender) and
+one signer. So every mail is DKIM-signed when DKIM is configured, and a preview is the
+message the reader would get, only without links that need a delivery row.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parseaddr
+from typing import TYPE_CHECKING
+from urllib.parse import urlencode
+
+from digest.mail.dkim import DkimSigner
+from digest.mail.mime import build_message, make_message_id
+from digest.models import Delivery, DigestRun, RunKind, Subscriber
+from digest.render import (
+    Recipient,
+    RenderedEmail,
+    RenderItem,
+    get_renderer,
+    render_items_from_models,
+)
+from digest.settings import Settings, get_settings
+from digest.tokens import links_for, make_token, subscriber_token
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+__all__ = [
+    "Headers",
+    "MessageFactory",
+    "Preview",
+    "confirm_url",
+    "preview",
+    "preview_view_url",
+    "view_url",
+]
+
+
+def view_url(settings: Settings, delivery_id: int) -> str:
+    """The "view in browser" link of one delivery."""
+    token = make_token("view", {"d": delivery_id}, settings)
+    return f"{settings.public_base_url.rstrip('/')}/view/{token}"
+
+
+def preview_view_url(settings: Settings) -> str:
+    """Where a preview's "view in browser" link points: the real one needs the delivery row,
+    which only planning creates; the link is kept so the preview has the mail's layout."""
+    return f"{settings.public_base_url.rstrip('/')}/view/preview"
+
+
+def confirm_url(subscriber_id: int, settings: Settings | None = None) -> str:
+    s = settings or get_settings()
+    token = subscriber_token("confirm", subscriber_id, s)
+    return f"{s.public_base_url.rstrip('/')}/confirm/{token}"
+
+
+@dataclass(frozen=True)
+class Headers:
+    """What a message carries besides its rendered content, from ``MessageFactory.headers``."""
+
+    mail_from: str  # the envelope sender (SMTP MAIL FROM)
+    message_id: str
+    list_id: str | None = None
+    unsubscribe_url: str | None = None
+    unsubscribe_mailto: str | None = None
+    feedback_id: str | None = None
+    precedence_bulk: bool = True
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class MessageFactory:
+    """Everything that is the same for every message of a batch is prepared once here."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        # Read once per factory: a key that cannot be read is a ConfigError here, before
+        # anything is sent.
+        self.dkim = DkimSigner.from_settings(settings)
+        self.domain = settings.from_domain
+        self.feedback_id = f"digest:{settings.list_id.split('<')[-1].strip('> ')}:newsroom"
+
+    # --- the reader and the content ------------------------------------------------------
+
+    def recipient(self, sub: Subscriber, email: str, *, links: dict[str, str] | None = None,
+                  view_url: str | None = None) -> Recipient:
+        """The reader as templates see them: links, grouping, time zone and choices."""
+        links = links or links_for(sub.id, self.settings)
+        themes = tuple(dict.fromkeys(t.name for f in sub.filters for t in f.themes))
+        places = tuple(dict.fromkeys(loc.name for f in sub.filters for loc in f.locations))
+        return Recipient(subscriber_id=sub.id, email=email, group_by=sub.group_by,
+                         manage_url=links["manage_url"],
+                         unsubscribe_url=links["unsubscribe_url"], view_url=view_url,
+                         timezone=sub.timezone, themes=themes, locations=places)
+
+    @staticmethod
+    def template_for(kind: str, items: Sequence[RenderItem]) -> str:
+        """An immediate run's single item is an alert; everything else is a digest."""
+        return "alert" if kind == RunKind.immediate.value and len(items) == 1 else "digest"
+
+    def render_for(self, sub: Subscriber, email: str, kind: str, items: Sequence[RenderItem],
+                   *, links: dict[str, str] | None = None,
+                   view_url: str | None = None) -> RenderedEmail:
+        """The personal part of a digest or alert of a run of ``kind``: the reader's links,
+        choices and items in the template the kind and the items call for."""
+        recipient = self.recipient(sub, email, links=links, view_url=view_url)
+        # By id first: the renderer orders newest first and keeps ties in the order given,
+        # so a preview and the mail list items published at the same moment alike.
+        items = sorted(items, key=lambda it: it.id)
+        template = self.template_for(kind, items)
+        context = {}
+        if template == "digest":
+            context["more_url"] = self.more_url(recipient.themes, recipient.locations)
+            dates = [it.published_at.date() for it in items if it.published_at]
+            if dates:
+                context |= {"period_start": min(dates), "period_end": max(dates)}
+        return get_renderer(template, self.settings).render(recipient, items, **context)
+
+    def render(self, delivery: Delivery, run: DigestRun, items: Sequence[RenderItem], *,
+               in_browser: bool = False, links: dict[str, str] | None = None) -> RenderedEmail:
+        """One delivery's subject, HTML and text; ``in_browser``: without the link to itself."""
+        view = None if in_browser else view_url(self.settings, delivery.id)
+        return self.render_for(delivery.subscriber, delivery.email, run.kind, items,
+                               links=links, view_url=view)
+
+    # --- headers and bytes -----------------------------------------------------------------
+
+    def headers(self, subscriber_id: int, *, delivery: Delivery | None = None,
+                unsubscribe_url: str | None = None, purpose: str = "confirm") -> Headers:
+        """The one header builder. A delivery (a digest or an alert) is list mail: a
+        Message-ID stable per delivery, List-Id, List-Unsubscribe (one-click), Feedback-ID
+        and a VERP envelope sender that names the delivery. Anything else is a transactional
+        mail to one reader (``purpose``, e.g. a confirmation): a Message-ID unique per email
+        and none of the list headers."""
+        s = self.settings
+        if delivery is None:
+            # Unique per email: two confirmations are two messages, not a retry of one.
+            local = f"{purpose}.{subscriber_id}.{secrets.token_hex(8)}"
+            return Headers(mail_from=parseaddr(s.from_address)[1],
+                           message_id=make_message_id(local, self.domain),
+                           precedence_bulk=False)
+        return Headers(
+            mail_from=self.return_path(delivery.id),
+            # Stable per delivery: a retried send carries the same Message-ID.
+            message_id=make_message_id(f"digest.{delivery.run_id}.{delivery.id}", self.domain),
+            list_id=s.list_id, unsubscribe_url=unsubscribe_url,
+            unsubscribe_mailto=(f"mailto:unsubscribe@{self.domain}"
+                                f"?subject=unsubscribe%20{subscriber_id}"),
+            feedback_id=self.feedback_id, extra={"X-Digest-Delivery": str(delivery.id)},
+        )
+
+    def seal(self, to_addr: str, rendered: RenderedEmail, headers: Headers) -> bytes:
+        """The bytes to send: the one place a message is assembled, and signed when DKIM
+        is configured. Nothing may touch them afterwards."""
+        s = self.settings
+        data = build_message(
+            from_addr=s.from_address, to_addr=to_addr, subject=rendered.subject,
+            html=rendered.html, text=rendered.text, message_id=headers.message_id,
+            list_id=headers.list_id, unsubscribe_url=headers.unsubscribe_url,
+            unsubscribe_mailto=headers.unsubscribe_mailto, feedback_id=headers.feedback_id,
+            reply_to=s.reply_to, precedence_bulk=headers.precedence_bulk,
+            extra_headers=headers.extra or None, smtputf8=s.smtputf8,
+        )
+        return self.dkim.sign(data) if self.dkim is not None else data
+
+    def build(self, delivery: Delivery, run: DigestRun,
+              items: Sequence[RenderItem]) -> tuple[str, bytes]:
+        """(Message-ID, the bytes to send) for one delivery, signed when DKIM is configured."""
+        links = links_for(delivery.subscriber_id, self.settings)  # signed once: body and headers
+        rendered = self.render(delivery, run, items, links=links)
+        headers = self.headers(delivery.subscriber_id, delivery=delivery,
+                               unsubscribe_url=links["unsubscribe_url"])
+        return headers.message_id, self.seal(delivery.email, rendered, headers)
+
+    def confirmation(self, sub: Subscriber, filters: Sequence[str]) -> tuple[Headers, bytes]:
+        """The double opt-in email (also the "send me my link" email) for ``sub``, whose
+        ``filters`` are described in words; (its headers, the bytes to send)."""
+        rendered = get_renderer("confirm", self.settings).render(
+            self.recipient(sub, sub.email), (), confirm_url=confirm_url(sub.id, self.settings),
+            filters=list(filters))
+        headers = self.headers(sub.id, purpose="confirm")
+        return headers, self.seal(sub.email, rendered, headers)
+
+    def more_url(self, themes: tuple[str, ...], places: tuple[str, ...]) -> str:
+        """The newsroom listing filtered to the reader's choices ("and K more")."""
+        query = urlencode([("theme", t) for t in themes] + [("location", p) for p in places])
+        return f"{self.settings.newsroom_url}?{query}" if query else self.settings.newsroom_url
+
+    def return_path(self, delivery_id: int) -> str:
+        # VERP: a bounce to this address names its delivery.
+        return f"bounces+{delivery_id}@{self.domain}"
+
+
+@dataclass(frozen=True)
+class Preview:
+    rendered: RenderedEmail
+    item_count: int
+
+
+def preview(session: Session, sub: Subscriber, *, as_of: datetime | None = None,
+            settings: Settings | None = None) -> Preview:
+    """The next scheduled digest of ``sub`` at ``as_of``, rendered as it would be mailed
+    (same items, template, themes, period and "more" link); writes and sends nothing.
+
+    An immediate subscriber's one waiting item previews as the alert they would get.
+    """
+    # At call time: selection imports delivery, whose sending imports this module.
+    from digest.selection import preview_items
+
+    s = settings or get_settings()
+    items = render_items_from_models(preview_items(session, sub, as_of=as_of, settings=s))
+    factory = MessageFactory(s)
+    rendered = factory.render_for(sub, sub.email, sub.frequency, items,
+                                  view_url=preview_view_url(s))
+    return Preview(rendered, len(items))
