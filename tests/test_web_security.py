@@ -13,7 +13,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from digest.errors import RateLimitError
 from digest.models import Subscriber, utcnow
-from digest.notify import EmailRateLimiter
+from digest.delivery import EmailRateLimiter
 from digest.settings import get_settings, reset_settings_cache
 from digest.subscribers import FilterSpec, upsert_subscriber
 from digest.tokens import subscriber_token
