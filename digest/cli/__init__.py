@@ -1,5 +1,62 @@
-"""The operator's entry point: ``digest ...``."""
+"""The operator's entry point: ``digest ...`` (Typer + rich), one module per command group.
 
-from digest.cli.subscribers import app, main
+Bad input ends in a one-line ``error: ...`` and exit code 1 (2 for usage errors), never a
+traceback. Typer declares options as parameter defaults, hence the ``noqa: B008`` where
+ruff takes one for a shared mutable default.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from pydantic import ValidationError as PydanticValidationError
+
+from digest.cli import (
+    bounces,
+    db,
+    deliveries,
+    demo,
+    domains,
+    ingest,
+    preview,
+    runs,
+    send,
+    subscribers,
+    web,
+)
+from digest.cli._common import err
+from digest.errors import DigestError
+from digest.settings import describe_invalid
 
 __all__ = ["app", "main"]
+
+app = typer.Typer(help="Digest: newsroom digests by email.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+# In this order: it is the order of `digest --help`.
+app.add_typer(db.app, name="db")
+app.add_typer(ingest.app, name="ingest")
+app.add_typer(subscribers.app, name="subscribers")
+app.add_typer(send.app, name="send")
+app.command("preview")(preview.preview)
+app.command("deliveries")(deliveries.deliveries)
+app.command("web")(web.web)
+app.command("hash-password")(web.hash_password_command)
+app.command("demo")(demo.demo)
+app.add_typer(bounces.app, name="bounces")
+app.add_typer(domains.app, name="domains")
+app.add_typer(runs.app, name="runs")
+
+
+def main() -> None:
+    try:
+        app()
+    except DigestError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except PydanticValidationError as exc:  # the settings did not load
+        err.print(f"error: {describe_invalid(exc)}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

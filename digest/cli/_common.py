@@ -1,0 +1,47 @@
+"""What every command group shares: the consoles, dates, the session and the queue."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time
+
+from rich.console import Console
+from sqlalchemy.orm import Session
+
+from digest import db
+from digest.errors import ValidationError
+from digest.settings import get_settings
+
+__all__ = ["console", "ensure_db", "err", "new_session", "parse_when", "task_queue"]
+
+console = Console()
+err = Console(stderr=True)
+
+
+def parse_when(value: str | None, *, end_of_day: bool = False) -> datetime | None:
+    """ISO date or datetime; a date means its start (or end) in UTC."""
+    if not value:
+        return None
+    try:
+        if len(value) == 10:
+            day = datetime.fromisoformat(value).date()
+            return datetime.combine(day, time.max if end_of_day else time.min, tzinfo=UTC)
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValidationError(
+            f"bad date {value!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM[+00:00]") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def task_queue():
+    """Where the CLI's work goes: the broker when one is configured, else this process."""
+    from digest.queue import queue_for
+
+    return queue_for(get_settings())
+
+
+def new_session() -> Session:
+    return db._sessionmaker(get_settings().database_url)()
+
+
+def ensure_db() -> None:
+    db.upgrade()

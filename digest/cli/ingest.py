@@ -1,0 +1,51 @@
+"""``digest ingest``: bring items in."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from digest.cli._common import console, ensure_db, task_queue
+
+app = typer.Typer(help="Bring items in.", no_args_is_help=True)
+
+
+def _after_ingest(report) -> None:
+    console.print(report.summary())
+    task_queue().publish_items(report.new_item_ids)
+
+
+@app.command("listing")
+def ingest_listing(
+    source: Path = typer.Argument(..., help="A newsroom listing text file."),  # noqa: B008
+) -> None:
+    """Ingest a newsroom listing in the seed's text format."""
+    from digest import ingest
+
+    ensure_db()
+    _after_ingest(ingest.ingest_listing(source))
+
+
+@app.command("feed")
+def ingest_feed(
+    source: str = typer.Argument(..., help="RSS/Atom file path or http(s) URL."),
+) -> None:
+    """Ingest an RSS 2.0 or Atom feed."""
+    from digest import ingest
+
+    ensure_db()
+    _after_ingest(ingest.ingest_feed(source))
+
+
+@app.command("json")
+def ingest_json(
+    source: str = typer.Argument(..., help="A JSON file ('-' for standard input)."),
+) -> None:
+    """Ingest items given as JSON (an object or a list of objects)."""
+    from digest import ingest
+
+    ensure_db()
+    text = sys.stdin.read() if source == "-" else source
+    _after_ingest(ingest.ingest_json(text))

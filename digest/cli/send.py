@@ -1,0 +1,122 @@
+"""``digest send``: plan and send the weekly, daily and ad-hoc digests."""
+
+from __future__ import annotations
+
+import typer
+
+from digest.cli._common import console, ensure_db, new_session, parse_when, task_queue
+
+app = typer.Typer(help="Plan and send digests.", no_args_is_help=True)
+
+
+def _report_run(planned, dry_run: bool) -> None:
+    if not planned.created:
+        console.print(f"run #{planned.run_id} already exists for this slot: nothing new planned.")
+        return
+    verb = "would send" if dry_run else "sending"
+    console.print(f"run #{planned.run_id}: {verb} {planned.planned} digest(s); "
+                  f"{planned.skipped} empty digest(s) skipped.")
+    if dry_run:
+        if planned.pending_ids:
+            console.print(f"see them with 'digest deliveries --run {planned.run_id}' and "
+                          f"'digest preview --delivery {planned.pending_ids[0]}'; nothing was sent",
+                          markup=False, highlight=False)
+        return
+    task_queue().deliver(planned.pending_ids)
+
+
+def _plan(fn):
+    # A dry run is kept too: its rows (status dry_run) are what an operator previews.
+    session = new_session()
+    try:
+        planned = fn(session)
+        session.commit()
+        return planned
+    finally:
+        session.close()
+
+
+def _send_scheduled(frequency: str, now: bool, dry_run: bool, as_of: str | None) -> None:
+    from digest.selection import plan_due_slots, plan_scheduled_run
+
+    ensure_db()
+    clock = parse_when(as_of)
+    if now:
+        planned = _plan(lambda s: plan_scheduled_run(s, frequency, now=clock, everyone=True,
+                                                     dry_run=dry_run))
+        _report_run(planned, dry_run)
+        return
+    # This hour's slot and any missed since the last one planned, in one transaction.
+    plans = _plan(lambda s: plan_due_slots(s, frequency, now=clock, dry_run=dry_run))
+    for plan in plans:
+        _report_slot(plan, dry_run)
+
+
+def _report_slot(plan, dry_run: bool) -> None:
+    run = plan.run
+    say = f"slot {plan.slot:%Y-%m-%d %H:00} UTC: run #{run.run_id}"
+    if not run.created:
+        console.print(f"{say} already exists: nothing new planned.", markup=False, highlight=False)
+    elif plan.held:
+        verb = "would be held" if dry_run else "held"
+        console.print(f"{say} {verb}: {run.planned} digest(s) past the send-by deadline "
+                      f"(DIGEST_SEND_BY_HOURS); send them with 'digest runs release {run.run_id}' "
+                      f"or drop them with 'digest runs cancel {run.run_id}'.",
+                      markup=False, highlight=False)
+    else:
+        verb = "would send" if dry_run else "sending"
+        console.print(f"{say}: {verb} {run.planned} digest(s); {run.skipped} empty digest(s) "
+                      "skipped.", markup=False, highlight=False)
+        if not dry_run:
+            task_queue().deliver(run.pending_ids)
+
+
+@app.command("weekly")
+def send_weekly(
+    now: bool = typer.Option(False, "--now", help="Everyone weekly, not only those due this hour."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Count what would be sent; change nothing."),
+    as_of: str | None = typer.Option(None, help="Pretend the clock is this (ISO date/time)."),
+) -> None:
+    """Plan and send the weekly digests of this hour's slot and of any slot missed since the
+    last one planned (DIGEST_CATCH_UP_HOURS back); late ones are held."""
+    _send_scheduled("weekly", now, dry_run, as_of)
+
+
+@app.command("daily")
+def send_daily(
+    now: bool = typer.Option(False, "--now"),
+    dry_run: bool = typer.Option(False, "--dry-run"),
+    as_of: str | None = typer.Option(None),
+) -> None:
+    """Plan and send the daily digests of this hour's slot and of any missed (as weekly)."""
+    _send_scheduled("daily", now, dry_run, as_of)
+
+
+@app.command("adhoc")
+def send_adhoc(
+    theme: list[str] = typer.Option([], "--theme"),  # noqa: B008
+    location: list[str] = typer.Option([], "--location"),  # noqa: B008
+    content_type: list[str] = typer.Option([], "--type"),  # noqa: B008
+    date_from: str | None = typer.Option(None, "--from",
+                                         help="Published on or after (YYYY-MM-DD)."),
+    date_to: str | None = typer.Option(None, "--to", help="Published on or before (YYYY-MM-DD)."),
+    item: list[int] = typer.Option([], "--item", help="Item id (repeatable)."),  # noqa: B008
+    frequency: list[str] = typer.Option([], "--frequency",  # noqa: B008
+                                        help="Only subscribers of this frequency."),
+    key: str | None = typer.Option(None, help="A new key to send the same selection again."),
+    dry_run: bool = typer.Option(False, "--dry-run"),
+) -> None:
+    """Send chosen items now to every subscriber whose preferences they match."""
+    from digest.selection import AdhocQuery, plan_adhoc_run
+    from digest.subscribers import check_choice
+
+    ensure_db()
+    for f in frequency:
+        check_choice("frequency", f, ["immediate", "daily", "weekly"])
+    query = AdhocQuery(tuple(theme), tuple(location), tuple(content_type), parse_when(date_from),
+                       parse_when(date_to, end_of_day=True), tuple(item), tuple(frequency))
+    planned = _plan(lambda s: plan_adhoc_run(s, query, dry_run=dry_run,
+                                             slot_key=f"adhoc:{key}" if key else None))
+    _report_run(planned, dry_run)
+
