@@ -1,0 +1,3 @@
+"""Subscribers and their filters (split into modules next)."""
+
+from digest.subscribers.manage import *  # noqa: F403
