@@ -52,7 +52,8 @@ from sqlalchemy import create_engine, event, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 
 from digest import db
-from digest.delivery import MessageFactory, batches, load_batch, send_deliveries
+from digest.delivery import batches, load_batch, send_deliveries
+from digest.mail import MessageFactory
 from digest.models import (
     ContentType,
     Delivery,
@@ -71,7 +72,7 @@ from digest.models import (
     item_themes,
 )
 from digest.render import get_renderer
-from digest.select import delivery_contents, plan_scheduled_run, preview_items
+from digest.selection import delivery_contents, plan_scheduled_run, preview_items
 from digest.settings import get_settings, reset_settings_cache
 from digest.taxonomy import slugify
 from digest.delivery import SendResult, SMTPTransport

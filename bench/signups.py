@@ -43,7 +43,7 @@ def main() -> int:
     from sqlalchemy.engine import make_url
 
     from digest import db
-    from digest.mailsink import MailSink
+    from digest.devtools import MailSink
     from digest.models import Subscriber
     from digest.settings import get_settings, reset_settings_cache
 

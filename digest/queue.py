@@ -64,7 +64,7 @@ class InProcessQueue:
             self.deliver(announce_item(int(item_id)))
 
     def send_confirmation(self, subscriber_id: int) -> None:
-        from digest.notify import send_confirmation
+        from digest.delivery import send_confirmation
 
         send_confirmation(int(subscriber_id), settings=self.settings)
 
@@ -72,7 +72,7 @@ class InProcessQueue:
 def announce_item(item_id: int) -> list[int]:
     """Plan the alert of a new item (committed); the delivery ids to send."""
     from digest.db import session_scope
-    from digest.select import plan_immediate_run
+    from digest.selection import plan_immediate_run
 
     with session_scope() as session:
         run = plan_immediate_run(session, item_id)

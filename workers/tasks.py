@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from digest import delivery, ingest, select, subscribers
+from digest import delivery, ingest, selection, subscribers
 from digest.db import session_scope
 from digest.queue import (
     TASK_DELIVER_BATCH,
@@ -37,12 +37,10 @@ def enqueue_deliveries(delivery_ids: list[int]) -> int:
 def tick(now: str | None = None) -> dict:
     """Plan the weekly and daily slots due (this hour's and any missed since the last one
     planned) and send them; a run past its send-by deadline is held for an operator."""
-    from digest import schedule
-
     planned = {}
     for frequency in ("weekly", "daily"):
         with session_scope() as session:
-            plans = schedule.plan_due_slots(session, frequency, now=_when(now))
+            plans = selection.plan_due_slots(session, frequency, now=_when(now))
         for plan in plans:
             enqueue_deliveries(plan.run.pending_ids)
         slots = [{"slot": p.slot.isoformat(), "run_id": p.run.run_id, "created": p.run.created,
@@ -55,7 +53,7 @@ def tick(now: str | None = None) -> dict:
 @app.task(name="digest.send_weekly_now", **TASK_OPTIONS)
 def send_weekly_now(now: str | None = None, frequency: str = "weekly") -> dict:
     with session_scope() as session:
-        run = select.plan_scheduled_run(session, frequency, now=_when(now), everyone=True)
+        run = selection.plan_scheduled_run(session, frequency, now=_when(now), everyone=True)
     enqueue_deliveries(run.pending_ids)
     return {"run_id": run.run_id, "created": run.created, "pending": run.planned, "skipped": run.skipped}
 
@@ -114,6 +112,4 @@ def ingest_feed(source: str) -> dict:
 @app.task(name=TASK_SEND_CONFIRMATION, **TASK_OPTIONS)
 def send_confirmation(subscriber_id: int) -> str | None:
     """The double opt-in email (also the "send me a new link" email) to one subscriber."""
-    from digest import notify
-
-    return notify.send_confirmation(int(subscriber_id))
+    return delivery.send_confirmation(int(subscriber_id))
