@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import IntegrityError
 
+from digest.delivery import EmailRateLimiter
 from digest.errors import DeliveryError, DigestError
-from digest.notify import EmailRateLimiter
 from digest.settings import Settings, check_secrets, get_settings
 from digest.web import admin, api, pages
 from digest.web.errors import (
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("sending failed on %s: %s", request.url.path, exc)
             message = "Please try again in a few minutes."
         else:
-            message = pages._message(str(exc))
+            message = pages.as_sentence(str(exc))
         response = pages.page(
             request,
             "message.html",
@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if request.url.path.startswith("/api/"):
             return JSONResponse(conflict_problem(), status_code=409)
         return pages.page(request, "message.html", 409, heading="Please try again",
-                          message=pages._message(CONFLICT_DETAIL))
+                          message=pages.as_sentence(CONFLICT_DETAIL))
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):

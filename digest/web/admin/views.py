@@ -1,40 +1,17 @@
-"""The admin UI (sqladmin) at /admin, behind a login from settings.
-
-``DIGEST_ADMIN_USERNAME`` and ``DIGEST_ADMIN_PASSWORD_HASH`` (an argon2 hash, made with
-``digest hash-password``) are the only credentials; without a hash nobody can sign in, and
-each client address gets 10 sign-in attempts a minute.
-Every admin page but the login answers 401 to a visitor without a session. The session
-cookie is SameSite=Strict: sqladmin runs actions as GET links, and a strict cookie is not
-sent when another site links or redirects to them.
-
-Views are read-mostly: changes go through the project's functions (suppress, unsuppress,
-re-queue, lift a domain's pause) or the subscriber's own preferences page, so the same validation applies
-everywhere.
-"""
+"""The admin's views, one per table. Read-mostly: changes go through the project's functions
+(suppress, unsuppress, erase, re-queue, lift a domain's pause), so the same validation and
+the same state rules apply as everywhere else."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from html import escape
-
 import anyio
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
-from fastapi import FastAPI
-from limits import parse
-from limits.storage import storage_from_string
-from limits.strategies import MovingWindowRateLimiter
-from sqladmin import Admin, ModelView, action
-from sqladmin.authentication import AuthenticationBackend
+from sqladmin import ModelView, action
 from sqladmin.filters import OperationColumnFilter, StaticValuesFilter
 from sqlalchemy import select
-from sqlalchemy.orm import sessionmaker
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from digest import db, delivery, subscribers
-from digest.queue import queue_for
+from digest import delivery, subscribers
 from digest.models import (
     Delivery,
     DeliveryStatus,
@@ -45,81 +22,9 @@ from digest.models import (
     SubscriberStatus,
     Suppression,
 )
-from digest.notify import limit_storage_url
+from digest.queue import queue_for
 from digest.settings import Settings
 from digest.tokens import links_for
-
-SESSION_MAX_AGE = 8 * 3600
-LOGIN_LIMIT = parse("10/minute")
-_hasher = PasswordHasher()
-
-
-def hash_password(password: str) -> str:
-    """The value for DIGEST_ADMIN_PASSWORD_HASH."""
-    return _hasher.hash(password)
-
-
-def check_credentials(settings: Settings, username: str, password: str) -> bool:
-    stored = settings.admin_password_hash
-    if not stored:
-        return False
-    try:
-        password_ok = _hasher.verify(stored, password)
-    except (VerificationError, InvalidHashError):
-        password_ok = False
-    # Both checks always run, so the time taken does not tell which one failed.
-    user_ok = hmac.compare_digest(username.encode(), settings.admin_username.encode())
-    return password_ok and user_ok
-
-
-class AdminAuth(AuthenticationBackend):
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        # A key of its own, derived from the secret key: a link token is never a session.
-        key = hmac.new(
-            settings.secret_key.get_secret_value().encode(), b"digest.admin-session", hashlib.sha256
-        ).hexdigest()
-        super().__init__(
-            secret_key=key,
-            session_cookie="digest_admin",
-            same_site="strict",
-            https_only=settings.public_base_url.startswith("https://"),
-            max_age=SESSION_MAX_AGE,
-        )
-        self._attempts = MovingWindowRateLimiter(storage_from_string(limit_storage_url(settings)))
-
-    async def login(self, request: Request) -> Response | bool:
-        # Password guessing: a few tries a minute per client address, wherever they fail.
-        client = request.client.host if request.client else "unknown"
-        if not self._attempts.hit(LOGIN_LIMIT, "digest-admin-login", client):
-            return HTMLResponse(
-                "<!doctype html><title>Too many attempts</title><h1>Too many "
-                "sign-in attempts</h1><p>Wait a minute and try again.</p>",
-                status_code=429,
-                headers={"Retry-After": "60"},
-            )
-        form = await request.form()
-        username, password = str(form.get("username") or ""), str(form.get("password") or "")
-        ok = await anyio.to_thread.run_sync(check_credentials, self.settings, username, password)
-        if ok:
-            request.session.clear()
-            request.session.update({"user_id": self.settings.admin_username, "admin": True})
-        return ok
-
-    async def logout(self, request: Request) -> bool:
-        request.session.clear()
-        return True
-
-    async def authenticate(self, request: Request) -> Response | bool:
-        if request.session.get("admin") is True:
-            return True
-        login = escape(str(request.url_for("admin:login")))
-        return HTMLResponse(
-            f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign in required'
-            f'</title></head><body><h1>Sign in required</h1><p><a href="{login}">Sign in to the '
-            f"admin</a></p></body></html>",
-            status_code=401,
-        )
 
 
 def _ids(request: Request) -> list[int]:
@@ -210,7 +115,7 @@ class SubscriberAdmin(ModelView, model=Subscriber):
         name="erase",
         label="Erase (delete all their data)",
         confirmation_message="Erase the selected subscribers, their filters, delivery log and "
-                             "bounce reports? Their addresses stay suppressed. This cannot be undone.",
+        "bounce reports? Their addresses stay suppressed. This cannot be undone.",
     )
     async def erase(self, request: Request) -> Response:
         return await _change_addresses(
@@ -476,20 +381,3 @@ async def _change_addresses(view, request: Request, model, change) -> Response:
 
 
 VIEWS = [SubscriberAdmin, ItemAdmin, RunAdmin, DeliveryAdmin, SuppressionAdmin, DomainPauseAdmin]
-
-
-def mount_admin(app: FastAPI, settings: Settings) -> Admin:
-    # sqladmin reconfigures the session factory it is given (autoflush off): give it its own.
-    factory = sessionmaker(db.engine_for(settings.database_url), expire_on_commit=False)
-    admin = Admin(
-        app,
-        session_maker=factory,
-        base_url="/admin",
-        title=f"{settings.newsroom_name} digest admin",
-        authentication_backend=AdminAuth(settings),
-    )
-    for view in VIEWS:
-        # sqladmin stores the session factory on the view class: one subclass per app, so
-        # two apps in one process (tests) never share a database.
-        admin.add_view(type(view.__name__, (view,), {"digest_settings": settings}))
-    return admin
