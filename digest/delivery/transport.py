@@ -12,6 +12,7 @@ server that offers SMTPUTF8 (RFC 6531); messages to ASCII addresses never use it
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import smtplib
 import ssl
@@ -284,7 +285,5 @@ def _is_loopback(host: str) -> bool:
 
 def _close_quietly(conn: smtplib.SMTP | None) -> None:
     if conn is not None:
-        try:
+        with contextlib.suppress(OSError):
             conn.close()
-        except OSError:
-            pass

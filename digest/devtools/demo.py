@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import email
 import os
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from email import policy
 from pathlib import Path
 
@@ -39,7 +39,7 @@ DEMO_SUBSCRIBERS = [
 def demo_clock(published: list[datetime]) -> datetime:
     """The morning after the newest item of the listing."""
     newest = max(published)
-    return datetime.combine(newest.date() + timedelta(days=1), time(9, 0), tzinfo=timezone.utc)
+    return datetime.combine(newest.date() + timedelta(days=1), time(9, 0), tzinfo=UTC)
 
 
 def _use_demo_environment(var: Path, smtp_port: int) -> None:
@@ -61,10 +61,10 @@ def run_demo(var: Path, console: Console) -> None:
     from digest import db, ingest
     from digest.devtools.mailsink import MailSink
     from digest.models import Delivery, DigestRun
-    from digest.selection import plan_scheduled_run
-    from digest.subscribers import parse_filter, upsert_subscriber
     from digest.queue import queue_for
+    from digest.selection import plan_scheduled_run
     from digest.settings import get_settings
+    from digest.subscribers import parse_filter, upsert_subscriber
 
     var = var.resolve()
     outbox = var / "outbox"
@@ -77,7 +77,8 @@ def run_demo(var: Path, console: Console) -> None:
                       f"(the week of the demo listing)")
 
         with db.session_scope() as session:
-            last_run = session.scalar(select(DigestRun.id).order_by(DigestRun.id.desc()).limit(1)) or 0
+            newest_run = select(DigestRun.id).order_by(DigestRun.id.desc()).limit(1)
+            last_run = session.scalar(newest_run) or 0
             for address, freq, zone, weekday, hour, group_by, filters in DEMO_SUBSCRIBERS:
                 upsert_subscriber(session, address, filters=[parse_filter(f) for f in filters],
                                   frequency=freq, timezone=zone, weekday=weekday, hour=hour,
@@ -97,7 +98,8 @@ def run_demo(var: Path, console: Console) -> None:
         with db.session_scope() as session:
             rows = session.scalars(select(Delivery).where(Delivery.run_id > last_run)
                                    .order_by(Delivery.run_id, Delivery.id)).all()
-            runs = {r.id: r for r in session.scalars(select(DigestRun).where(DigestRun.id > last_run))}
+            new_runs = select(DigestRun).where(DigestRun.id > last_run)
+            runs = {r.id: r for r in session.scalars(new_runs)}
             received = {m.parsed()["Message-ID"]: m for m in sink.messages}
             if not rows:
                 console.print("\n[bold]Nothing new to send:[/] no new items since the last run "

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
-from digest.errors import ValidationError
 from digest.devtools.mailsink import DATA_SIZE_LIMIT
+from digest.errors import ValidationError
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", re.I | re.M)
 _DELIVERY = re.compile(rb"^X-Digest-Delivery:[ \t]*(\d+)", re.I | re.M)
