@@ -4,12 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install services bench clean
+.PHONY: demo test lint install services bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[web,test]'
+	$(BIN)/python -m pip install --quiet -e '.[web,test,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +22,11 @@ services:
 
 test: $(STAMP) services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The gates: ruff's rule set and mypy, both configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check digest workers bench
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
