@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
     DateTime,
+    Dialect,
+    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -24,31 +27,31 @@ from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column; attach a time zone")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         if dialect.name == "sqlite":
             return value.replace(tzinfo=None)
         return value
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 NAMING = {
@@ -65,27 +68,27 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
 
 
-class Frequency(str, enum.Enum):
+class Frequency(enum.StrEnum):
     immediate = "immediate"
     daily = "daily"
     weekly = "weekly"
 
 
-class SubscriberStatus(str, enum.Enum):
+class SubscriberStatus(enum.StrEnum):
     pending = "pending"  # asked to subscribe, not confirmed yet
     active = "active"
     unsubscribed = "unsubscribed"
     suppressed = "suppressed"  # hard bounce or admin action
 
 
-class RunKind(str, enum.Enum):
+class RunKind(enum.StrEnum):
     weekly = "weekly"
     daily = "daily"
     immediate = "immediate"
     adhoc = "adhoc"
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     planned = "planned"
     sending = "sending"
     done = "done"
@@ -93,7 +96,7 @@ class RunStatus(str, enum.Enum):
     cancelled = "cancelled"  # an operator cancelled it; its unsent rows never go
 
 
-class DeliveryStatus(str, enum.Enum):
+class DeliveryStatus(enum.StrEnum):
     pending = "pending"
     sending = "sending"
     sent = "sent"
@@ -104,7 +107,20 @@ class DeliveryStatus(str, enum.Enum):
     dry_run = "dry_run"  # a dry run's row: what would have been sent; nothing sends it
 
 
+def _stored_as_text(enum_class: type[enum.StrEnum]) -> Enum:
+    """The column type of a status or kind: the same VARCHAR(20) as before (no CHECK, no
+    native enum, so no migration), read back as the enum member, stored as its value."""
+    return Enum(
+        enum_class,
+        native_enum=False,
+        create_constraint=False,
+        length=20,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
 # --- taxonomy -----------------------------------------------------------------------------
+
 
 class Theme(Base):
     __tablename__ = "themes"
@@ -166,17 +182,24 @@ class Item(Base):
 
     content_type: Mapped[ContentType | None] = relationship()
     themes: Mapped[list[Theme]] = relationship(secondary=item_themes, order_by=Theme.name)
-    locations: Mapped[list[Location]] = relationship(secondary=item_locations, order_by=Location.name)
+    locations: Mapped[list[Location]] = relationship(
+        secondary=item_locations, order_by=Location.name
+    )
 
 
 # --- subscribers ----------------------------------------------------------------------------
+
 
 class Subscriber(Base):
     __tablename__ = "subscribers"
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)  # normalised
-    status: Mapped[str] = mapped_column(String(20), default=SubscriberStatus.active.value, index=True)
-    frequency: Mapped[str] = mapped_column(String(20), default=Frequency.weekly.value, index=True)
+    status: Mapped[SubscriberStatus] = mapped_column(
+        _stored_as_text(SubscriberStatus), default=SubscriberStatus.active, index=True
+    )
+    frequency: Mapped[Frequency] = mapped_column(
+        _stored_as_text(Frequency), default=Frequency.weekly, index=True
+    )
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     weekday: Mapped[int] = mapped_column(Integer, default=0)  # 0 = Monday, local time
     hour: Mapped[int] = mapped_column(Integer, default=8)  # 0-23, local time
@@ -223,7 +246,9 @@ class SubscriberFilter(Base):
     )
     subscriber: Mapped[Subscriber] = relationship(back_populates="filters")
     themes: Mapped[list[Theme]] = relationship(secondary=filter_themes, order_by=Theme.name)
-    locations: Mapped[list[Location]] = relationship(secondary=filter_locations, order_by=Location.name)
+    locations: Mapped[list[Location]] = relationship(
+        secondary=filter_locations, order_by=Location.name
+    )
     content_types: Mapped[list[ContentType]] = relationship(
         secondary=filter_content_types, order_by=ContentType.name
     )
@@ -235,22 +260,25 @@ class Suppression(Base):
     __tablename__ = "suppressions"
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
-    reason: Mapped[str] = mapped_column(String(50))  # hard_bounce | soft_bounces | complaint | admin
+    reason: Mapped[str] = mapped_column(
+        String(50)
+    )  # hard_bounce | soft_bounces | complaint | admin
     detail: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # --- runs and deliveries --------------------------------------------------------------------
 
+
 class DigestRun(Base):
     __tablename__ = "digest_runs"
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[RunKind] = mapped_column(_stored_as_text(RunKind))
     # One run per schedule slot: a second beat, a retried tick or a double click adds nothing.
     slot_key: Mapped[str] = mapped_column(String(200), unique=True)
     cutoff: Mapped[datetime]
-    status: Mapped[str] = mapped_column(String(20), default=RunStatus.planned.value)
-    params: Mapped[dict] = mapped_column(JSON, default=dict)
+    status: Mapped[RunStatus] = mapped_column(_stored_as_text(RunStatus), default=RunStatus.planned)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
     planned_count: Mapped[int] = mapped_column(Integer, default=0)
     skipped_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -272,7 +300,9 @@ class Delivery(Base):
         ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
     )
     email: Mapped[str] = mapped_column(String(320))  # the address at planning time
-    status: Mapped[str] = mapped_column(String(20), default=DeliveryStatus.pending.value)
+    status: Mapped[DeliveryStatus] = mapped_column(
+        _stored_as_text(DeliveryStatus), default=DeliveryStatus.pending
+    )
     item_count: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
@@ -306,7 +336,9 @@ class SentItem(Base):
     subscriber_id: Mapped[int] = mapped_column(
         ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True
     )
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    item_id: Mapped[int] = mapped_column(
+        ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
+    )
     delivery_id: Mapped[int] = mapped_column(
         ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
     )
