@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import CursorResult, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import Delete, Update
 
 from digest.settings import get_settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: object) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")
@@ -59,7 +64,13 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
-def alembic_config(url: str | None = None):
+def rowcount(session: Session, stmt: Update | Delete) -> int:
+    """Run an UPDATE or DELETE; how many rows it matched (its result is a cursor's, which
+    SQLAlchemy's types do not say)."""
+    return cast(CursorResult[Any], session.execute(stmt)).rowcount or 0
+
+
+def alembic_config(url: str | None = None) -> Config:
     from alembic.config import Config
 
     cfg = Config()

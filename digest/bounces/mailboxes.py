@@ -10,6 +10,7 @@ import mailbox
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from sqlalchemy.exc import IntegrityError
 
@@ -42,11 +43,11 @@ class BounceReport:
     outcomes: list[tuple[str, BounceOutcome]] = field(default_factory=list)
     order: list[str] = field(default_factory=list)  # every message's source, as read
 
-    def as_json_lines(self) -> list[dict]:
+    def as_json_lines(self) -> list[dict[str, Any]]:
         """One object per message, in mailbox order: its recipients and what was (or would
         be) done, or what is wrong with it."""
         outcomes, errors = dict(self.outcomes), dict(self.errors)
-        lines = []
+        lines: list[dict[str, Any]] = []
         for source in self.order:
             if source in errors:
                 lines.append({"source": source, "error": errors[source]})
@@ -144,8 +145,8 @@ def process_mailbox(path: str | Path, fmt: str = "auto", *, settings: Settings |
         for source, raw, problem in _messages(box):
             report.processed += 1
             report.order.append(source)
-            if problem is not None:
-                report.errors.append((source, problem))
+            if problem is not None or raw is None:  # raw is None exactly when there is a problem
+                report.errors.append((source, problem or "cannot read the message"))
                 continue
             session = make_session()
             try:
@@ -168,7 +169,8 @@ def process_mailbox(path: str | Path, fmt: str = "auto", *, settings: Settings |
                 session.close()
             report.outcomes.append((source, outcome))
             if outcome.result == RECORDED:
-                setattr(report, outcome.kind, getattr(report, outcome.kind) + 1)
+                kind = cast(str, outcome.kind)  # a recorded bounce always has one
+                setattr(report, kind, getattr(report, kind) + 1)
             elif outcome.result == DUPLICATE:
                 report.duplicates += 1
             else:

@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import getaddresses
+from typing import cast
 
 from digest.delivery.classify import Fault, Verdict, classify_dsn, enhanced_status
 from digest.errors import BounceError
@@ -163,19 +164,25 @@ def _mime_problem(msg: Message) -> str | None:
     return None
 
 
+def _subparts(part: Message) -> list[Message]:
+    """A multipart part's payload: its parts. (Typed as any payload; a part that is not
+    multipart after all fails further on with AttributeError, read as a damaged message.)"""
+    return cast(list[Message], part.get_payload())
+
+
 def _find_report(msg: Message) -> Message | None:
     # Only a report that carries its status part; any other is read as text (flufl.bounce).
     for part in msg.walk():
         if (part.get_content_type() == "multipart/report"
                 and str(part.get_param("report-type") or "").lower() == "delivery-status"
-                and any(p.get_content_type() in _STATUS_TYPES for p in part.get_payload())):
+                and any(p.get_content_type() in _STATUS_TYPES for p in _subparts(part))):
             return part
     return None
 
 
 def _status_blocks(report: Message, raw: bytes) -> list[Message]:
     """Per-message fields first, then one block per recipient."""
-    for part in report.get_payload():
+    for part in _subparts(report):
         if part.get_content_type() not in _STATUS_TYPES:
             continue
         payload = part.get_payload()
@@ -185,7 +192,7 @@ def _status_blocks(report: Message, raw: bytes) -> list[Message]:
             # the still-encoded text into bogus blocks, so decode the part's raw body instead.
             text = _decode_transfer(_raw_part_body(raw, report.get_boundary(), part), encoding)
         elif isinstance(payload, list):  # the parser splits message/delivery-status into blocks
-            return payload
+            return cast(list[Message], payload)
         else:
             text = payload if isinstance(payload, str) else ""
         parser = email.parser.HeaderParser(policy=email.policy.compat32)
@@ -256,14 +263,14 @@ def _hash_blocks(blocks: list[Message]) -> str:
 
 def _returned_headers(report: Message) -> Message | None:
     """Headers of the returned original message, if the report includes them."""
-    for part in report.get_payload()[1:]:
+    for part in _subparts(report)[1:]:
         ctype = part.get_content_type()
         if ctype in ("message/rfc822", "message/global"):
             inner = part.get_payload()
             if isinstance(inner, list) and inner:
-                return inner[0]
+                return cast(Message, inner[0])
         elif ctype in ("text/rfc822-headers", "message/global-headers"):
-            data = part.get_payload(decode=True) or b""
+            data = cast(bytes, part.get_payload(decode=True) or b"")
             return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(data)
     return None
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
+from typing import Any, cast
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -61,10 +62,10 @@ class BounceOutcome:
     matched_by: str | None = None  # verp | message-id | x-digest-delivery
     suppressed: bool = False
     # Every recipient the bounce names: {"address", "status", "class"}.
-    recipients: list[dict] = field(default_factory=list)
+    recipients: list[dict[str, str | None]] = field(default_factory=list)
     dry_run: bool = False
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -169,9 +170,10 @@ def _would(failure: RecipientStatus, delivery: Delivery, settings: Settings) -> 
 
 def _recorded_before(session: Session, delivery_id: int, failure: RecipientStatus,
                      report: DeliveryStatusReport) -> bool:
-    return session.scalar(select(func.count()).select_from(Bounce).where(
+    count = session.scalar(select(func.count()).select_from(Bounce).where(
         Bounce.delivery_id == delivery_id, Bounce.status_code == (failure.status or ""),
-        Bounce.report_hash == report.report_hash)) > 0
+        Bounce.report_hash == report.report_hash))
+    return bool(count)
 
 
 def _find_delivery(session: Session, report: DeliveryStatusReport,
@@ -198,10 +200,11 @@ def _pick(failures: list[RecipientStatus], address: str) -> RecipientStatus:
     """The block about the address we sent to (any block if it was forwarded), worst first."""
     address = address.lower()
     own = [f for f in failures if address in (f.final_recipient, f.original_recipient)]
-    return sorted(own or failures, key=lambda f: _WORST_FIRST[f.kind])[0]
+    # A failure always has a kind (``kind`` is None only for a delivered or delayed block).
+    return sorted(own or failures, key=lambda f: _WORST_FIRST[cast(str, f.kind)])[0]
 
 
-def _insert_once(session: Session, **values) -> int | None:
+def _insert_once(session: Session, **values: object) -> int | None:
     """Insert the bounce unless the same one exists; its id, or None for a duplicate."""
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert

@@ -32,8 +32,10 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Iterable
 from email.message import Message
 from email.utils import getaddresses
+from typing import Any, cast
 
 from digest.bounces.parse import (
     OUR_MESSAGE_ID,
@@ -102,14 +104,16 @@ def _ses_notification(text: str, msg: Message, raw: bytes) -> DeliveryStatusRepo
     recipients = [r for r in recipients if r.final_recipient]
     if not recipients:
         return None
-    mail = data.get("mail") if isinstance(data.get("mail"), dict) else {}
+    mail = data.get("mail")
+    if not isinstance(mail, dict):
+        mail = {}
     headers = [f"{h.get('name')}: {h.get('value')}" for h in mail.get("headers") or []
                if isinstance(h, dict)]
     extra = [str(mail.get("source") or "")]
     return _report(recipients, "amazon-ses", msg, "\n".join(headers), extra=extra)
 
 
-def _ses_recipient(entry: dict, bounce_type: str, subtype: str) -> RecipientStatus:
+def _ses_recipient(entry: dict[str, Any], bounce_type: str, subtype: str) -> RecipientStatus:
     addr = address(str(entry.get("emailAddress") or ""))
     status = clean(str(entry.get("status") or "")) or None
     diagnostic = clean(str(entry.get("diagnosticCode") or ""))
@@ -169,7 +173,7 @@ def _mail_system_notice(msg: Message, text: str, raw: bytes) -> DeliveryStatusRe
     return _report(recipients, "plain-text", msg, original or text)
 
 
-def _reply_recipient(addr: str, notice: str, reply: re.Match) -> RecipientStatus:
+def _reply_recipient(addr: str, notice: str, reply: re.Match[str]) -> RecipientStatus:
     """The recipient judged by ``reply`` and the indented lines that continue it."""
     first, *rest = notice[reply.start():].splitlines()
     lines = [first]
@@ -209,7 +213,7 @@ def _flufl_addresses(msg: Message) -> tuple[set[str], set[str]]:
         log.debug("flufl.bounce could not read the message", exc_info=True)
         return set(), set()
 
-    def decode(found) -> set[str]:
+    def decode(found: Iterable[object]) -> set[str]:
         values = (a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a) for a in found)
         return {address(v) for v in values if "@" in v}
 
@@ -261,7 +265,8 @@ def _body_text(msg: Message) -> str:
         if part.get_content_type() in ("message/rfc822", "text/rfc822-headers"):
             inner = part.get_payload()
             if isinstance(inner, list) and inner:
-                chunks.append("\n".join(f"{k}: {v}" for k, v in inner[0].items()))
+                headers = cast(Message, inner[0])  # a message/rfc822 part holds one message
+                chunks.append("\n".join(f"{k}: {v}" for k, v in headers.items()))
                 continue
         if part.get_content_maintype() not in ("text", "message") and part is not msg:
             continue

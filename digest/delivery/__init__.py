@@ -11,7 +11,13 @@ from digest.delivery.confirmations import (
     limit_storage_url,
     send_confirmation,
 )
-from digest.delivery.pauses import Pause, active_pauses, pause_domain, recipient_domain, resume_domain
+from digest.delivery.pauses import (
+    Pause,
+    active_pauses,
+    pause_domain,
+    recipient_domain,
+    resume_domain,
+)
 from digest.delivery.progress import describe_progress, run_progress, runs_progress
 from digest.delivery.send import (
     BatchResult,
@@ -19,14 +25,6 @@ from digest.delivery.send import (
     render_delivery,
     render_for_browser,
     send_deliveries,
-)
-from digest.queue import batches
-from digest.delivery.transport import (
-    SendResult,
-    SMTPTransport,
-    Transport,
-    error_for,
-    transport_from_settings,
 )
 from digest.delivery.states import (
     CLAIMABLE,
@@ -46,6 +44,14 @@ from digest.delivery.states import (
     retry_delay,
     sweep,
 )
+from digest.delivery.transport import (
+    SendResult,
+    SMTPTransport,
+    Transport,
+    error_for,
+    transport_from_settings,
+)
+from digest.queue import batches
 
 __all__ = [
     "CLAIMABLE", "UNFINISHED", "BatchResult", "EmailRateLimiter", "Fault", "Pause",

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 
 
-class Fault(str, enum.Enum):
+class Fault(enum.StrEnum):
     """Whose fault a failure is."""
 
     hard = "hard"  # the recipient's mailbox does not exist / is disabled: suppress

@@ -106,7 +106,7 @@ def send_confirmation(
                 *with_filters()
             )
         ).one_or_none()
-        if sub is None or sub.status == SubscriberStatus.suppressed.value:
+        if sub is None or sub.status == SubscriberStatus.suppressed:
             return None
         if session.scalar(select(Suppression.id).where(Suppression.email == sub.email)):
             return None

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import case, select, update
+from sqlalchemy import Table, case, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from digest.db import rowcount
 from digest.errors import ConfigError
 from digest.models import Delivery, DeliveryStatus, DomainPause, utcnow
 
@@ -34,8 +36,9 @@ def active_pauses(session: Session, domains: set[str], now: datetime) -> dict[st
     """The domains among ``domains`` paused at ``now``: one query for a whole batch."""
     if not domains:
         return {}
-    rows = session.execute(select(DomainPause.domain, DomainPause.paused_until, DomainPause.reason)
-                           .where(DomainPause.domain.in_(domains), DomainPause.paused_until > now))
+    rows = session.execute(
+        select(DomainPause.domain, DomainPause.paused_until, DomainPause.reason)
+        .where(DomainPause.domain.in_(domains), DomainPause.paused_until > now))
     return {domain: Pause(until, reason) for domain, until, reason in rows}
 
 
@@ -47,12 +50,12 @@ def pause_domain(session: Session, domain: str, until: datetime, reason: str, *,
     dialect = session.get_bind().dialect.name
     if dialect not in ("postgresql", "sqlite"):
         raise ConfigError(f"domain pauses need PostgreSQL or SQLite, not {dialect}")
-    table = DomainPause.__table__
+    table = cast(Table, DomainPause.__table__)
     stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).values(
         domain=recipient_domain(domain), paused_until=until, reason=reason, created_at=now,
         delivery_id=delivery_id)
     new = stmt.excluded
-    stmt = stmt.on_conflict_do_update(index_elements=[table.c.domain], set_={
+    upsert = stmt.on_conflict_do_update(index_elements=[table.c.domain], set_={
         "paused_until": case((table.c.paused_until > new.paused_until, table.c.paused_until),
                              else_=new.paused_until),
         "reason": new.reason,
@@ -61,7 +64,8 @@ def pause_domain(session: Session, domain: str, until: datetime, reason: str, *,
         "created_at": case((table.c.paused_until <= now, new.created_at),
                            else_=table.c.created_at),
     }).returning(table.c.paused_until)
-    return session.execute(stmt).scalar_one()
+    paused_until: datetime = session.execute(upsert).scalar_one()
+    return paused_until
 
 
 def _domain_forms(domain: str) -> list[str]:
@@ -88,13 +92,13 @@ def resume_domain(session: Session, domain: str,
         DomainPause.domain.in_(_domain_forms(domain)))).first()
     if pause is None:
         return None
-    table = Delivery.__table__
-    due = session.execute(
+    table = cast(Table, Delivery.__table__)
+    due = rowcount(session,
         update(table)
-        .where(table.c.status == DeliveryStatus.deferred.value,
+        .where(table.c.status == DeliveryStatus.deferred,
                table.c.email.endswith(f"@{pause.domain}", autoescape=True),
                table.c.next_attempt_at > now, table.c.next_attempt_at <= pause.paused_until)
-        .values(next_attempt_at=now, updated_at=now)).rowcount or 0
+        .values(next_attempt_at=now, updated_at=now))
     key = pause.domain
     session.delete(pause)
     session.flush()

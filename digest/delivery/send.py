@@ -21,9 +21,10 @@ from sqlalchemy.orm import Session, selectinload
 
 from digest import db
 from digest.delivery import states
-from digest.delivery.contents import delivery_contents
 from digest.delivery.classify import Fault, classify_smtp
+from digest.delivery.contents import delivery_contents
 from digest.delivery.pauses import Pause, active_pauses, pause_domain, recipient_domain
+from digest.delivery.transport import Transport, transport_from_settings
 from digest.errors import (
     ConfigError,
     DeliveryError,
@@ -43,7 +44,6 @@ from digest.models import (
 )
 from digest.render import RenderedEmail, RenderItem, render_items_from_models
 from digest.settings import Settings, get_settings
-from digest.delivery.transport import Transport, transport_from_settings
 
 
 @dataclass
@@ -79,7 +79,7 @@ def load_batch(session: Session, ids: list[int]) -> list[tuple[Delivery, list[Re
         .options(selectinload(Item.themes), selectinload(Item.locations),
                  selectinload(Item.content_type))
     ).all()
-    snapshots = dict(zip((it.id for it in items), render_items_from_models(items)))
+    snapshots = dict(zip((it.id for it in items), render_items_from_models(items), strict=True))
     per_delivery: dict[int, list[RenderItem]] = defaultdict(list)
     for delivery_id, item_id in carried:
         per_delivery[delivery_id].append(snapshots[item_id])
@@ -201,7 +201,7 @@ class _Leavers:
         if time.monotonic() - self.read_at >= self.RECHECK_SECONDS:
             self._read()
         status = self.status.get(delivery.subscriber_id, "erased")
-        if status != SubscriberStatus.active.value:
+        if status != SubscriberStatus.active:
             return f"cancelled: subscriber is {status}"
         if delivery.email in self.suppressed:
             return "cancelled: address suppressed"
@@ -276,14 +276,15 @@ def _refused(session: Session, delivery: Delivery, exc: DeliveryError, message_i
         domain = recipient_domain(delivery.email)
         now = clock()
         reply = exc.reply or str(exc)
-        until = pause_domain(session, domain, now + timedelta(minutes=settings.policy_pause_minutes),
+        until = pause_domain(session, domain,
+                             now + timedelta(minutes=settings.policy_pause_minutes),
                              reply, delivery_id=delivery.id, now=now)
         pauses[domain] = Pause(until, reply)
         outcome = states.retry_or_give_up(delivery.attempts, settings, str(exc), until,
                                           smtp_code=exc.code, message_id=message_id)
         # Same transaction as the pause (``record`` commits): both or neither.
         states.record(session, delivery.id, **outcome)
-        return outcome["status"]
+        return str(outcome["status"])
     if verdict.fault is Fault.hard:
         states.record(session, delivery.id, status="failed", smtp_code=exc.code,
                       smtp_reply=str(exc), message_id=message_id)
@@ -300,4 +301,4 @@ def _refused(session: Session, delivery: Delivery, exc: DeliveryError, message_i
         utcnow() + states.retry_delay(delivery.attempts, settings),
         smtp_code=exc.code, message_id=message_id)
     states.record(session, delivery.id, **outcome)
-    return outcome["status"]
+    return str(outcome["status"])

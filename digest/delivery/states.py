@@ -26,35 +26,40 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import ColumnElement, Table, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from digest.models import Delivery, DeliveryStatus, DigestRun, RunStatus, utcnow
+from digest.db import rowcount
+from digest.models import Delivery, DeliveryStatus, DigestRun, RunKind, RunStatus, utcnow
 from digest.settings import Settings
 
-CLAIMABLE = (DeliveryStatus.pending.value, DeliveryStatus.deferred.value)
-UNFINISHED = (DeliveryStatus.pending.value, DeliveryStatus.sending.value,
-              DeliveryStatus.deferred.value)
+CLAIMABLE = (DeliveryStatus.pending, DeliveryStatus.deferred)
+UNFINISHED = (DeliveryStatus.pending, DeliveryStatus.sending, DeliveryStatus.deferred)
 # Runs whose rows wait for an operator (held) or will never go (cancelled) are not sent.
-_STOPPED_RUNS = (RunStatus.held.value, RunStatus.cancelled.value)
+_STOPPED_RUNS = (RunStatus.held, RunStatus.cancelled)
 
-_TABLE = Delivery.__table__
+# The Core table, for UPDATEs without ORM synchronisation (SQLAlchemy types it FromClause).
+_TABLE = cast(Table, Delivery.__table__)
 
 
-def _sendable_run() -> object:
+def _sendable_run() -> ColumnElement[bool]:
     """SQL: the row's run is neither a dry run nor held/cancelled."""
     return ~exists().where(DigestRun.id == Delivery.run_id,
                            DigestRun.dry_run | DigestRun.status.in_(_STOPPED_RUNS))
 
 
 def retry_delay(attempts: int, settings: Settings) -> timedelta:
-    return timedelta(seconds=min(settings.retry_base_seconds * 2 ** max(attempts - 1, 0), 6 * 3600))
+    seconds = settings.retry_base_seconds * 2 ** max(attempts - 1, 0)
+    return timedelta(seconds=min(seconds, 6 * 3600))
 
 
 # --- sending ----------------------------------------------------------------------------------
 
-def claim(session: Session, delivery_ids: list[int], now: datetime, settings: Settings) -> list[int]:
+def claim(
+    session: Session, delivery_ids: list[int], now: datetime, settings: Settings
+) -> list[int]:
     """Move due pending/deferred rows to ``sending`` under a lease; returns the ids we own."""
     if not delivery_ids:
         return []
@@ -63,7 +68,7 @@ def claim(session: Session, delivery_ids: list[int], now: datetime, settings: Se
         .where(Delivery.id.in_(delivery_ids), Delivery.status.in_(CLAIMABLE),
                (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now),
                _sendable_run())
-        .values(status=DeliveryStatus.sending.value, attempts=Delivery.attempts + 1,
+        .values(status=DeliveryStatus.sending, attempts=Delivery.attempts + 1,
                 lease_until=now + timedelta(seconds=settings.lease_seconds), updated_at=now)
         .returning(Delivery.id)
     )
@@ -76,19 +81,19 @@ def record(session: Session, delivery_id: int, **values: object) -> None:
     values.setdefault("updated_at", utcnow())
     # Core UPDATE: no ORM session synchronisation per message.
     session.execute(update(_TABLE).where(_TABLE.c.id == delivery_id,
-                                         _TABLE.c.status == DeliveryStatus.sending.value)
+                                         _TABLE.c.status == DeliveryStatus.sending)
                     .values(lease_until=None, **values))
     session.commit()
 
 
 def retry_or_give_up(attempts: int, settings: Settings, reason: str,
-                     next_attempt_at: datetime, **values: object) -> dict:
+                     next_attempt_at: datetime, **values: object) -> dict[str, object]:
     """The outcome of a try that may be repeated: deferred to ``next_attempt_at``, or failed
     once the delivery has used its ``max_attempts``."""
     if attempts >= settings.max_attempts:
-        return {"status": DeliveryStatus.failed.value,
+        return {"status": DeliveryStatus.failed,
                 "smtp_reply": f"gave up after {attempts} attempts: {reason}", **values}
-    return {"status": DeliveryStatus.deferred.value, "smtp_reply": reason,
+    return {"status": DeliveryStatus.deferred, "smtp_reply": reason,
             "next_attempt_at": next_attempt_at, **values}
 
 
@@ -96,7 +101,7 @@ def defer_without_attempt(session: Session, delivery_id: int, until: datetime,
                           note: str) -> None:
     """Not tried at all (its domain is paused): deferred, and the claim's attempt given back,
     so a long pause never makes a delivery run out of attempts."""
-    record(session, delivery_id, status=DeliveryStatus.deferred.value, next_attempt_at=until,
+    record(session, delivery_id, status=DeliveryStatus.deferred, next_attempt_at=until,
            attempts=_TABLE.c.attempts - 1, smtp_reply=note)
 
 
@@ -112,20 +117,22 @@ def put_back(session: Session, delivery_ids: Iterable[int], note: str, settings:
     if not ids:
         return 0
     now = now or utcnow()
-    count = session.execute(
-        update(_TABLE).where(_TABLE.c.id.in_(ids), _TABLE.c.status == DeliveryStatus.sending.value)
-        .values(status=DeliveryStatus.deferred.value, lease_until=None, updated_at=now,
+    count = rowcount(session,
+        update(_TABLE).where(_TABLE.c.id.in_(ids), _TABLE.c.status == DeliveryStatus.sending)
+        .values(status=DeliveryStatus.deferred, lease_until=None, updated_at=now,
                 attempts=_less_one(session) if give_back_attempt else _TABLE.c.attempts,
                 next_attempt_at=now + timedelta(seconds=settings.retry_base_seconds),
-                smtp_reply=note)).rowcount or 0
+                smtp_reply=note))
     session.commit()
     return count
 
 
-def _less_one(session: Session) -> object:
+def _less_one(session: Session) -> ColumnElement[int]:
     less = _TABLE.c.attempts - 1
     # SQLite's two-argument max() is PostgreSQL's greatest().
-    return func.max(less, 0) if session.get_bind().dialect.name == "sqlite" else func.greatest(less, 0)
+    if session.get_bind().dialect.name == "sqlite":
+        return func.max(less, 0)
+    return func.greatest(less, 0)
 
 
 # --- planning ---------------------------------------------------------------------------------
@@ -136,41 +143,40 @@ def mark_planned(session: Session, run_id: int, *, dry_run: bool) -> None:
     session.execute(
         update(Delivery)
         .where(Delivery.run_id == run_id, Delivery.item_count == 0,
-               Delivery.status == DeliveryStatus.pending.value)
-        .values(status=DeliveryStatus.skipped.value, smtp_reply="skipped: no new items matched"))
+               Delivery.status == DeliveryStatus.pending)
+        .values(status=DeliveryStatus.skipped, smtp_reply="skipped: no new items matched"))
     if dry_run:
         session.execute(
             update(Delivery)
-            .where(Delivery.run_id == run_id, Delivery.status == DeliveryStatus.pending.value)
-            .values(status=DeliveryStatus.dry_run.value, smtp_reply="dry run: would have been sent"))
+            .where(Delivery.run_id == run_id, Delivery.status == DeliveryStatus.pending)
+            .values(status=DeliveryStatus.dry_run, smtp_reply="dry run: would have been sent"))
 
 
 # --- cancelling -------------------------------------------------------------------------------
 
 def cancel_for_subscriber(session: Session, subscriber_id: int, note: str) -> int:
     """Deliveries planned but not sent yet to this subscriber will not go out."""
-    return session.execute(
+    return rowcount(session,
         update(Delivery)
         .where(Delivery.subscriber_id == subscriber_id, Delivery.status.in_(CLAIMABLE))
-        .values(status=DeliveryStatus.cancelled.value, updated_at=utcnow(), smtp_reply=note)
-    ).rowcount or 0
+        .values(status=DeliveryStatus.cancelled, updated_at=utcnow(), smtp_reply=note))
 
 
 def cancel_claimed(session: Session, delivery_id: int, note: str) -> None:
     """A claimed row whose reader left or whose address was suppressed since planning."""
-    record(session, delivery_id, status=DeliveryStatus.cancelled.value, smtp_reply=note)
+    record(session, delivery_id, status=DeliveryStatus.cancelled, smtp_reply=note)
 
 
 def cancel_run(session: Session, run_id: int, reason: str) -> int:
     """An operator's decision: the run's rows not sent yet never go; the run is cancelled.
     Returns how many rows were cancelled (the caller commits)."""
     now = utcnow()
-    count = session.execute(
+    count = rowcount(session,
         update(Delivery).where(Delivery.run_id == run_id, Delivery.status.in_(CLAIMABLE))
-        .values(status=DeliveryStatus.cancelled.value, updated_at=now,
-                smtp_reply=f"cancelled: {reason}")).rowcount or 0
+        .values(status=DeliveryStatus.cancelled, updated_at=now,
+                smtp_reply=f"cancelled: {reason}"))
     session.execute(update(DigestRun).where(DigestRun.id == run_id)
-                    .values(status=RunStatus.cancelled.value, finished_at=now))
+                    .values(status=RunStatus.cancelled, finished_at=now))
     return count
 
 
@@ -180,13 +186,13 @@ def mark_bounced(session: Session, delivery_id: int, reply: str) -> bool:
     """A sent digest that bounced later (a hard bounce report) is failed; when it was sent
     and what SMTP said at the time stay, the report's words are added."""
     row = session.execute(select(_TABLE.c.smtp_reply).where(
-        _TABLE.c.id == delivery_id, _TABLE.c.status == DeliveryStatus.sent.value)).first()
+        _TABLE.c.id == delivery_id, _TABLE.c.status == DeliveryStatus.sent)).first()
     if row is None:
         return False
     note = f"bounced after it was accepted: {reply}".strip()
     session.execute(update(_TABLE).where(_TABLE.c.id == delivery_id,
-                                         _TABLE.c.status == DeliveryStatus.sent.value)
-                    .values(status=DeliveryStatus.failed.value, updated_at=utcnow(),
+                                         _TABLE.c.status == DeliveryStatus.sent)
+                    .values(status=DeliveryStatus.failed, updated_at=utcnow(),
                             smtp_reply=f"{row[0]} | {note}" if row[0] else note))
     return True
 
@@ -194,11 +200,10 @@ def mark_bounced(session: Session, delivery_id: int, reply: str) -> bool:
 def requeue_failed(session: Session, delivery_ids: list[int]) -> int:
     """An admin's second chance for failed deliveries (deferred, due now)."""
     now = utcnow()
-    res = session.execute(update(Delivery).where(Delivery.id.in_(delivery_ids),
-                                                 Delivery.status == DeliveryStatus.failed.value)
-                          .values(status=DeliveryStatus.deferred.value, next_attempt_at=now,
-                                  attempts=0, updated_at=now))
-    return res.rowcount or 0
+    return rowcount(session, update(Delivery).where(Delivery.id.in_(delivery_ids),
+                                                     Delivery.status == DeliveryStatus.failed)
+                     .values(status=DeliveryStatus.deferred, next_attempt_at=now,
+                             attempts=0, updated_at=now))
 
 
 def finish_run_if_done(session: Session, run_id: int) -> bool:
@@ -207,18 +212,20 @@ def finish_run_if_done(session: Session, run_id: int) -> bool:
     if open_rows:
         return False
     session.execute(update(DigestRun).where(DigestRun.id == run_id,
-                                            DigestRun.status == RunStatus.sending.value)
-                    .values(status=RunStatus.done.value, finished_at=utcnow()))
+                                            DigestRun.status == RunStatus.sending)
+                    .values(status=RunStatus.done, finished_at=utcnow()))
     return True
 
 
 # --- recovery ---------------------------------------------------------------------------------
 
-def due_for_retry(session: Session, now: datetime | None = None, limit: int = 10_000) -> list[int]:
+def due_for_retry(
+    session: Session, now: datetime | None = None, limit: int = 10_000
+) -> list[int]:
     """Deferred deliveries whose next attempt is due (the periodic retry task sends them)."""
     now = now or utcnow()
     return list(session.scalars(
-        select(Delivery.id).where(Delivery.status == DeliveryStatus.deferred.value,
+        select(Delivery.id).where(Delivery.status == DeliveryStatus.deferred,
                                   Delivery.next_attempt_at <= now, _sendable_run())
         .order_by(Delivery.id).limit(limit)))
 
@@ -228,8 +235,8 @@ def recover_expired_leases(session: Session, now: datetime | None = None) -> lis
     now = now or utcnow()
     return sorted(session.scalars(
         update(Delivery)
-        .where(Delivery.status == DeliveryStatus.sending.value, Delivery.lease_until < now)
-        .values(status=DeliveryStatus.deferred.value, next_attempt_at=now, lease_until=None,
+        .where(Delivery.status == DeliveryStatus.sending, Delivery.lease_until < now)
+        .values(status=DeliveryStatus.deferred, next_attempt_at=now, lease_until=None,
                 smtp_reply="lease expired: the worker stopped before recording a result",
                 updated_at=now)
         .returning(Delivery.id)
@@ -243,12 +250,12 @@ def orphaned_pending(session: Session, now: datetime, older_than: timedelta,
     stamped now, so the next sweep leaves them alone while the new task is on its way; a
     task that was not lost after all finds them claimed and does nothing."""
     ids = list(session.scalars(
-        select(Delivery.id).where(Delivery.status == DeliveryStatus.pending.value,
+        select(Delivery.id).where(Delivery.status == DeliveryStatus.pending,
                                   Delivery.updated_at < now - older_than, _sendable_run())
         .order_by(Delivery.id).limit(limit)))
     if ids:
         session.execute(update(Delivery).where(Delivery.id.in_(ids),
-                                               Delivery.status == DeliveryStatus.pending.value)
+                                               Delivery.status == DeliveryStatus.pending)
                         .values(updated_at=now))
     return ids
 
@@ -258,10 +265,10 @@ def finish_done_runs(session: Session) -> list[int]:
     last one died before closing the run): closed now. Returns their ids."""
     open_rows = exists().where(Delivery.run_id == DigestRun.id, Delivery.status.in_(UNFINISHED))
     ids = list(session.scalars(select(DigestRun.id).where(
-        DigestRun.status == RunStatus.sending.value, ~open_rows)))
+        DigestRun.status == RunStatus.sending, ~open_rows)))
     if ids:
         session.execute(update(DigestRun).where(DigestRun.id.in_(ids))
-                        .values(status=RunStatus.done.value, finished_at=utcnow()))
+                        .values(status=RunStatus.done, finished_at=utcnow()))
     return ids
 
 
@@ -270,17 +277,17 @@ def hold_late_runs(session: Session, now: datetime, send_by: timedelta) -> list[
     but no worker took a row since): held for an operator instead of going out days late.
     A run that has begun sending is finished, not held halfway."""
     started = exists().where(Delivery.run_id == DigestRun.id,
-                             Delivery.status.not_in((DeliveryStatus.pending.value,
-                                                     DeliveryStatus.skipped.value,
-                                                     DeliveryStatus.cancelled.value)))
+                             Delivery.status.not_in((DeliveryStatus.pending,
+                                                     DeliveryStatus.skipped,
+                                                     DeliveryStatus.cancelled)))
     ids = list(session.scalars(select(DigestRun.id).where(
-        DigestRun.status == RunStatus.sending.value, ~DigestRun.dry_run,
-        DigestRun.kind.in_(("weekly", "daily")), DigestRun.created_at < now - send_by,
+        DigestRun.status == RunStatus.sending, ~DigestRun.dry_run,
+        DigestRun.kind.in_((RunKind.weekly, RunKind.daily)), DigestRun.created_at < now - send_by,
         ~started)))
     if ids:
         session.execute(update(DigestRun).where(DigestRun.id.in_(ids),
-                                                DigestRun.status == RunStatus.sending.value)
-                        .values(status=RunStatus.held.value))
+                                                DigestRun.status == RunStatus.sending)
+                        .values(status=RunStatus.held))
     return ids
 
 

@@ -10,11 +10,16 @@ reading of the rule by a property test over random taxonomies, filters and items
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    FromClause,
+    Subquery,
+    Table,
     exists,
     func,
     literal,
@@ -59,7 +64,11 @@ def window_for(cutoff: datetime, settings: Settings | None = None) -> Window:
 
 # --- one item, one subscriber: EXISTS ------------------------------------------------------
 
-def _facet_ok(link_table, link_col: str, item_match) -> ColumnElement[bool]:
+# Given a filter's column of one facet (a theme, a place, a type id): does the item have it?
+_ItemMatch = Callable[[ColumnElement[Any]], ColumnElement[bool]]
+
+
+def _facet_ok(link_table: Table, link_col: str, item_match: _ItemMatch) -> ColumnElement[bool]:
     """Empty facet (no rows for this filter) or a row that the item satisfies."""
     f = SubscriberFilter.__table__.c
     has_any = exists().where(link_table.c.filter_id == f.id).correlate_except(link_table)
@@ -68,7 +77,9 @@ def _facet_ok(link_table, link_col: str, item_match) -> ColumnElement[bool]:
     return or_(~has_any, matched.correlate_except(link_table))
 
 
-def item_matches_subscriber(item, subscriber_id) -> ColumnElement[bool]:
+def item_matches_subscriber(
+    item: FromClause, subscriber_id: int | ColumnElement[int]
+) -> ColumnElement[bool]:
     """SQL condition: the row of ``item`` (the items table, in the enclosing FROM) matches one
     of the subscriber's filters, or the subscriber has no filter at all.
 
@@ -77,11 +88,11 @@ def item_matches_subscriber(item, subscriber_id) -> ColumnElement[bool]:
     f = SubscriberFilter.__table__.c
     loc = aliased(Location)
 
-    def theme_match(theme_col):
+    def theme_match(theme_col: ColumnElement[Any]) -> ColumnElement[bool]:
         return exists().where(item_themes.c.item_id == item.c.id,
                               item_themes.c.theme_id == theme_col).correlate_except(item_themes)
 
-    def location_match(location_col):
+    def location_match(location_col: ColumnElement[Any]) -> ColumnElement[bool]:
         # the item's place itself, or the region it belongs to
         return exists().where(
             item_locations.c.item_id == item.c.id,
@@ -89,7 +100,7 @@ def item_matches_subscriber(item, subscriber_id) -> ColumnElement[bool]:
             or_(loc.id == location_col, loc.parent_id == location_col),
         ).correlate_except(item_locations, loc)
 
-    def type_match(type_col):
+    def type_match(type_col: ColumnElement[Any]) -> ColumnElement[bool]:
         return item.c.content_type_id == type_col
 
     any_filter = exists().where(
@@ -102,14 +113,14 @@ def item_matches_subscriber(item, subscriber_id) -> ColumnElement[bool]:
     return or_(no_filter, any_filter)
 
 
-def not_suppressed(email_col) -> ColumnElement[bool]:
+def not_suppressed(email_col: ColumnElement[str]) -> ColumnElement[bool]:
     return ~exists().where(Suppression.email == email_col)
 
 
 # --- a whole run: joins ------------------------------------------------------------------------
 
 def run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool],
-               window: Window | None, *, include_backfill: bool = False):
+               window: Window | None, *, include_backfill: bool = False) -> Subquery:
     """SELECT (subscriber_id, item_id, delivery_id) for every item each delivery of the run
     should carry.
 

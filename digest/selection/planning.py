@@ -11,9 +11,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
+    Table,
     and_,
     exists,
     func,
@@ -72,14 +75,14 @@ class PlannedRun:
     dry_run: bool = False
 
 
-def _get_or_create_run(session: Session, *, kind: str, slot_key: str, cutoff: datetime,
-                       params: dict, dry_run: bool) -> tuple[DigestRun, bool]:
+def _get_or_create_run(session: Session, *, kind: RunKind, slot_key: str, cutoff: datetime,
+                       params: dict[str, Any], dry_run: bool) -> tuple[DigestRun, bool]:
     by_key = select(DigestRun).where(DigestRun.slot_key == slot_key)
     existing = session.scalars(by_key).one_or_none()
     if existing is not None:
         return existing, False
     run = DigestRun(kind=kind, slot_key=slot_key, cutoff=cutoff, params=params, dry_run=dry_run,
-                    status=RunStatus.planned.value, created_at=utcnow())
+                    status=RunStatus.planned, created_at=utcnow())
     try:
         with session.begin_nested():
             session.add(run)
@@ -96,18 +99,18 @@ def _finish_planning(session: Session, run: DigestRun) -> PlannedRun:
         contents.c.delivery_id == Delivery.id).scalar_subquery()
     session.execute(update(Delivery).where(Delivery.run_id == run.id).values(item_count=counts))
     delivery_states.mark_planned(session, run.id, dry_run=run.dry_run)
-    wanted = DeliveryStatus.dry_run.value if run.dry_run else DeliveryStatus.pending.value
+    wanted = DeliveryStatus.dry_run if run.dry_run else DeliveryStatus.pending
     pending_ids = list(session.scalars(
         select(Delivery.id).where(Delivery.run_id == run.id, Delivery.status == wanted)
         .order_by(Delivery.id)
     ))
     skipped = session.scalar(select(func.count()).where(
-        Delivery.run_id == run.id, Delivery.status == DeliveryStatus.skipped.value))
+        Delivery.run_id == run.id, Delivery.status == DeliveryStatus.skipped))
     run.planned_count = len(pending_ids)
     run.skipped_count = skipped or 0
     sending = pending_ids and not run.dry_run
-    run.status = RunStatus.sending.value if sending else RunStatus.done.value
-    if run.status == RunStatus.done.value:
+    run.status = RunStatus.sending if sending else RunStatus.done
+    if run.status == RunStatus.done:
         run.finished_at = utcnow()
     session.flush()
     return PlannedRun(run.id, True, len(pending_ids), run.skipped_count, pending_ids, run.dry_run)
@@ -121,12 +124,12 @@ def _tune_for_planning(session: Session) -> None:
         session.execute(text(f"SET LOCAL work_mem = '{PLANNING_WORK_MEM}'"))
 
 
-def _insert_ignoring_duplicates(session: Session, table, cols: list[str], rows) -> None:
+def _insert_ignoring_duplicates(session: Session, table: Table, cols: list[str],
+                                rows: Select[Any]) -> None:
     if session.get_bind().dialect.name == "postgresql":
-        stmt = postgresql.insert(table).from_select(cols, rows).on_conflict_do_nothing()
+        session.execute(postgresql.insert(table).from_select(cols, rows).on_conflict_do_nothing())
     else:
-        stmt = insert(table).from_select(cols, rows).prefix_with("OR IGNORE")
-    session.execute(stmt)
+        session.execute(insert(table).from_select(cols, rows).prefix_with("OR IGNORE"))
 
 
 def _insert_ledger(session: Session, run: DigestRun, item_filter: ColumnElement[bool],
@@ -140,7 +143,8 @@ def _insert_ledger(session: Session, run: DigestRun, item_filter: ColumnElement[
     _tune_for_planning(session)
     pairs = run_pairs(session, run, item_filter, window)
     _insert_ignoring_duplicates(
-        session, SentItem.__table__, ["subscriber_id", "item_id", "delivery_id", "created_at"],
+        session, cast(Table, SentItem.__table__),
+        ["subscriber_id", "item_id", "delivery_id", "created_at"],
         select(pairs.c.subscriber_id, pairs.c.item_id, pairs.c.delivery_id,
                literal(utcnow(), SentItem.created_at.type)),
     )
@@ -163,10 +167,11 @@ def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool
         insert(Delivery).from_select(
             ["run_id", "subscriber_id", "email", "status", "attempts", "item_count",
              "created_at", "updated_at"],
-            select(literal(run.id), s.id, s.email, literal(DeliveryStatus.pending.value),
-                   literal(0), literal(0), literal(run.created_at, Delivery.created_at.type),
+            select(literal(run.id), s.id, s.email,
+                   literal(DeliveryStatus.pending, Delivery.status.type), literal(0), literal(0),
+                   literal(run.created_at, Delivery.created_at.type),
                    literal(run.created_at, Delivery.updated_at.type))
-            .where(s.status == SubscriberStatus.active.value, not_suppressed(s.email), who),
+            .where(s.status == SubscriberStatus.active, not_suppressed(s.email), who),
         )
     )
 
@@ -179,11 +184,11 @@ def plan_immediate_run(session: Session, item_id: int) -> PlannedRun:
     s = Subscriber.__table__.c
     i = Item.__table__
     wanted = exists().where(i.c.id == item_id, ~i.c.is_backfill, item_matches_subscriber(i, s.id))
-    who = and_(s.frequency == Frequency.immediate.value,
-               s.status == SubscriberStatus.active.value, wanted)
+    who = and_(s.frequency == Frequency.immediate,
+               s.status == SubscriberStatus.active, wanted)
     if not session.scalar(select(exists().where(who))):
         return PlannedRun(None, False)  # nobody wants this one at once: no run at all
-    run, created = _get_or_create_run(session, kind=RunKind.immediate.value,
+    run, created = _get_or_create_run(session, kind=RunKind.immediate,
                                       slot_key=f"immediate:item:{item_id}", cutoff=utcnow(),
                                       params={"item_id": item_id}, dry_run=False)
     if not created:
@@ -207,7 +212,7 @@ class AdhocQuery:
         body = json.dumps(self.as_params(), sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
-    def as_params(self) -> dict:
+    def as_params(self) -> dict[str, Any]:
         return {
             "themes": list(self.themes), "locations": list(self.locations),
             "content_types": list(self.content_types),
@@ -258,7 +263,7 @@ def plan_adhoc_run(session: Session, query: AdhocQuery, *, dry_run: bool = False
     key = slot_key or f"adhoc:{query.key()}"
     if dry_run:
         key = f"dry-run:{key}:{utcnow().timestamp()}"
-    run, created = _get_or_create_run(session, kind=RunKind.adhoc.value, slot_key=key,
+    run, created = _get_or_create_run(session, kind=RunKind.adhoc, slot_key=key,
                                       cutoff=utcnow(), params=query.as_params(), dry_run=dry_run)
     if not created:
         return PlannedRun(run.id, False)

@@ -39,12 +39,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from digest.db import rowcount
 from digest.errors import ValidationError
 from digest.models import (
     Delivery,
     DeliveryStatus,
     DigestRun,
     Frequency,
+    RunKind,
     RunStatus,
     SentItem,
     Subscriber,
@@ -63,7 +65,8 @@ from digest.selection.planning import (
 from digest.settings import Settings, get_settings
 
 HOUR = timedelta(hours=1)
-SCHEDULED = (Frequency.weekly.value, Frequency.daily.value)
+SCHEDULED = (Frequency.weekly, Frequency.daily)
+SCHEDULED_KINDS = (RunKind.weekly, RunKind.daily)  # the runs of those frequencies
 
 
 # --- slots and who is due -------------------------------------------------------------------
@@ -119,7 +122,7 @@ def due_local_hours(zone: str, after: datetime, until: datetime) -> set[tuple[in
 def _zones(session: Session, frequency: str) -> list[str]:
     return list(session.scalars(
         select(Subscriber.timezone).distinct().where(
-            Subscriber.frequency == frequency, Subscriber.status == SubscriberStatus.active.value)))
+            Subscriber.frequency == frequency, Subscriber.status == SubscriberStatus.active)))
 
 
 def _due_in(zones: list[str], frequency: str, slot: datetime) -> ColumnElement[bool]:
@@ -128,7 +131,7 @@ def _due_in(zones: list[str], frequency: str, slot: datetime) -> ColumnElement[b
         hours = due_local_hours(zone, slot - HOUR, slot)
         if not hours:
             continue  # the hour that clocks going back repeat
-        if frequency == Frequency.weekly.value:
+        if frequency == Frequency.weekly:
             wanted = or_(*(and_(Subscriber.weekday == d, Subscriber.hour == h) for d, h in hours))
         else:
             wanted = Subscriber.hour.in_(sorted({h for _, h in hours}))
@@ -161,7 +164,7 @@ def _plan(session: Session, frequency: str, *, key: str, now: datetime,
           ) -> PlannedRun:
     if dry_run:
         key = f"dry-run:{key}:{utcnow().timestamp()}"
-    run, created = _get_or_create_run(session, kind=frequency, slot_key=key, cutoff=now,
+    run, created = _get_or_create_run(session, kind=RunKind(frequency), slot_key=key, cutoff=now,
                                       params={"everyone": everyone}, dry_run=dry_run)
     if not created:
         return PlannedRun(run.id, False)
@@ -274,10 +277,10 @@ def _hold(session: Session, run: PlannedRun) -> bool:
     """A late run with something to send waits for an operator; a dry run only says so."""
     if run.dry_run:
         return bool(run.pending_ids)
-    held = session.execute(
+    held = rowcount(session,
         update(DigestRun).where(DigestRun.id == run.run_id,
-                                DigestRun.status == RunStatus.sending.value)
-        .values(status=RunStatus.held.value)).rowcount
+                                DigestRun.status == RunStatus.sending)
+        .values(status=RunStatus.held))
     return bool(held)
 
 
@@ -294,19 +297,19 @@ def release_run(session: Session, run_id: int) -> list[int]:
     """A held run is sent after all: it goes to ``sending`` and its pending delivery ids are
     returned, for the caller to enqueue after it commits."""
     run = _run(session, run_id)
-    if run.status != RunStatus.held.value:
+    if run.status != RunStatus.held:
         raise ValidationError(f"run {run_id} is {run.status}, not held: only a held run can be "
                               "released ('digest runs' shows each run's status)")
     ids = list(session.scalars(select(Delivery.id).where(
-        Delivery.run_id == run_id, Delivery.status == DeliveryStatus.pending.value)
+        Delivery.run_id == run_id, Delivery.status == DeliveryStatus.pending)
         .order_by(Delivery.id)))
-    values: dict = {"status": RunStatus.sending.value if ids else RunStatus.done.value}
+    values: dict[str, object] = {"status": RunStatus.sending if ids else RunStatus.done}
     if not ids:
         values["finished_at"] = utcnow()  # everyone left or was suppressed while it waited
     # Conditional, so two operators releasing at once enqueue it once.
-    if not session.execute(update(DigestRun).where(
-            DigestRun.id == run_id, DigestRun.status == RunStatus.held.value)
-            .values(**values)).rowcount:
+    if not rowcount(session, update(DigestRun).where(
+            DigestRun.id == run_id, DigestRun.status == RunStatus.held)
+            .values(**values)):
         raise ValidationError(f"run {run_id} was released or cancelled meanwhile")
     session.expire(run)
     return ids
@@ -318,7 +321,7 @@ class CancelledRun:
     items_given_back: int  # ledger rows released, so the readers' next digest carries them
 
 
-CANCELLABLE = (RunStatus.held.value, RunStatus.planned.value, RunStatus.sending.value)
+CANCELLABLE = (RunStatus.held, RunStatus.planned, RunStatus.sending)
 
 
 def cancel_run(session: Session, run_id: int, reason: str,
@@ -349,12 +352,11 @@ def give_back_items(session: Session, run_id: int, settings: Settings | None = N
     """
     run = _run(session, run_id)
     cancelled = select(Delivery.id).where(Delivery.run_id == run_id,
-                                          Delivery.status == DeliveryStatus.cancelled.value)
-    released = session.execute(
-        delete(SentItem).where(SentItem.delivery_id.in_(cancelled))).rowcount or 0
-    if run.kind in SCHEDULED:
+                                          Delivery.status == DeliveryStatus.cancelled)
+    released = rowcount(session, delete(SentItem).where(SentItem.delivery_id.in_(cancelled)))
+    if run.kind in SCHEDULED_KINDS:
         readers = select(Delivery.subscriber_id).where(
-            Delivery.run_id == run_id, Delivery.status == DeliveryStatus.cancelled.value)
+            Delivery.run_id == run_id, Delivery.status == DeliveryStatus.cancelled)
         # Each reader's previous window end: their latest other scheduled delivery that was not
         # cancelled, before this run; none: this was their first digest, with its look-back.
         first_start = window_for(run.cutoff, settings).default_start
@@ -362,9 +364,9 @@ def give_back_items(session: Session, run_id: int, settings: Settings | None = N
             select(func.max(DigestRun.cutoff))
             .join(Delivery, Delivery.run_id == DigestRun.id)
             .where(Delivery.subscriber_id == Subscriber.id, DigestRun.id != run_id,
-                   DigestRun.kind.in_(SCHEDULED), DigestRun.dry_run.is_(False),
-                   DigestRun.status != RunStatus.cancelled.value,
-                   Delivery.status != DeliveryStatus.cancelled.value,
+                   DigestRun.kind.in_(SCHEDULED_KINDS), DigestRun.dry_run.is_(False),
+                   DigestRun.status != RunStatus.cancelled,
+                   Delivery.status != DeliveryStatus.cancelled,
                    DigestRun.cutoff < run.cutoff)
             .scalar_subquery())
         session.execute(update(Subscriber).where(Subscriber.id.in_(readers)).values(
