@@ -4,7 +4,6 @@ import pytest
 
 from digest.delivery.classify import Fault, Verdict, classify_dsn, classify_smtp, enhanced_status
 
-
 # --- enhanced_status -----------------------------------------------------------------------
 
 
