@@ -3,8 +3,6 @@ and PostgreSQL."""
 
 from __future__ import annotations
 
-import re
-from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -15,7 +13,6 @@ from digest.errors import ValidationError
 from digest.models import Delivery, DigestRun, SentItem, Subscriber
 from digest.selection import (
     cancel_run,
-    due_local_hours,
     plan_due_slots,
     plan_scheduled_run,
     release_run,
@@ -53,52 +50,6 @@ def items_of(session, email) -> set[str]:
         select(Item.title).join(SentItem, SentItem.item_id == Item.id)
         .join(Subscriber, Subscriber.id == SentItem.subscriber_id)
         .where(Subscriber.email == email)))
-
-
-# --- which local hours a UTC slot takes (no database) ----------------------------------------
-
-def slot_hours(zone: str, slot: datetime) -> list[tuple[int, int]]:
-    return sorted(due_local_hours(zone, slot - HOUR, slot))
-
-
-@pytest.mark.parametrize("zone, slot, due", [
-    # Vienna springs forward 02:00 -> 03:00 on Sunday 2025-03-30 (01:00 UTC): 02:00 goes with 03:00
-    ("Europe/Vienna", datetime(2025, 3, 30, 0, tzinfo=UTC), [(6, 1)]),
-    ("Europe/Vienna", datetime(2025, 3, 30, 1, tzinfo=UTC), [(6, 2), (6, 3)]),
-    ("Europe/Vienna", datetime(2025, 3, 30, 2, tzinfo=UTC), [(6, 4)]),
-    # ... and falls back 03:00 -> 02:00 on 2025-10-26: 02:00 counts the first time only
-    ("Europe/Vienna", datetime(2025, 10, 26, 0, tzinfo=UTC), [(6, 2)]),
-    ("Europe/Vienna", datetime(2025, 10, 26, 1, tzinfo=UTC), []),
-    ("Europe/Vienna", datetime(2025, 10, 26, 2, tzinfo=UTC), [(6, 3)]),
-    ("America/New_York", datetime(2025, 3, 9, 7, tzinfo=UTC), [(6, 2), (6, 3)]),
-    ("America/New_York", datetime(2025, 11, 2, 5, tzinfo=UTC), [(6, 1)]),
-    ("America/New_York", datetime(2025, 11, 2, 6, tzinfo=UTC), []),
-    # +05:45: 08:00 in Kathmandu is 02:15 UTC, planned at 03:00 UTC (never early)
-    ("Asia/Kathmandu", datetime(2025, 10, 13, 2, tzinfo=UTC), [(0, 7)]),
-    ("Asia/Kathmandu", datetime(2025, 10, 13, 3, tzinfo=UTC), [(0, 8)]),
-    # Lord Howe's 30-minute shifts: 02:00 -> 02:30 on 2025-10-05, 02:00 -> 01:30 on 2025-04-06
-    ("Australia/Lord_Howe", datetime(2025, 10, 4, 16, tzinfo=UTC), [(6, 2), (6, 3)]),
-    ("Australia/Lord_Howe", datetime(2025, 4, 5, 15, tzinfo=UTC), []),
-    ("Australia/Lord_Howe", datetime(2025, 4, 5, 16, tzinfo=UTC), [(6, 2)]),
-])
-def test_a_slot_takes_the_local_hours_that_first_come_round_in_its_hour(zone, slot, due):
-    assert slot_hours(zone, slot) == due
-
-
-@pytest.mark.parametrize("zone", ["Europe/Vienna", "America/New_York", "Asia/Kathmandu",
-                                  "Australia/Lord_Howe", "UTC"])
-def test_over_a_year_every_local_weekday_and_hour_is_due_once_a_week(zone):
-    seen: dict[tuple[int, int], list[datetime]] = defaultdict(list)
-    slot = datetime(2025, 1, 1, tzinfo=UTC)
-    while slot < datetime(2026, 1, 1, tzinfo=UTC):
-        for pair in due_local_hours(zone, slot - HOUR, slot):
-            seen[pair].append(slot)
-        slot += HOUR
-    assert len(seen) == 7 * 24
-    for slots in seen.values():
-        gaps = {b - a for a, b in zip(slots, slots[1:])}
-        # a week, give or take the daylight-saving change (30 minutes on Lord Howe: one slot)
-        assert gaps <= {timedelta(hours=h) for h in (167, 168, 169)}, gaps
 
 
 # --- catch-up --------------------------------------------------------------------------------
@@ -305,79 +256,3 @@ def test_cancelling_puts_the_watermark_back_to_the_previous_digest(session, taxo
         select(Subscriber).where(Subscriber.email == "reader@example.org")).one()
     assert reader.watermark == T0
     assert items_of(session, "reader@example.org") == {"old"}
-
-
-# --- the operator's commands, as a real process ----------------------------------------------
-
-@pytest.fixture
-def digest_cli(tmp_path, smtp_sink):
-    """``digest ...`` in its own process, on its own SQLite file, sending to ``smtp_sink``."""
-    import os
-    import subprocess
-    import sys
-
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    env.update(DIGEST_DATABASE_URL=url, DIGEST_VAR_DIR=str(tmp_path / "cli-var"),
-               DIGEST_SECRET_KEY="a-test-secret-key-of-32-characters-or-more",
-               DIGEST_SMTP_HOST=smtp_sink.host, DIGEST_SMTP_PORT=str(smtp_sink.port),
-               DIGEST_CATCH_UP_HOURS="72", COLUMNS="250")
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "digest.cli", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
-
-    run.url = url
-    return run
-
-
-def test_the_cli_plans_missed_slots_lists_held_runs_and_releases_or_cancels_them(
-        digest_cli, smtp_sink):
-    from sqlalchemy import create_engine
-    from sqlalchemy.orm import Session
-
-    assert digest_cli("db", "upgrade").returncode == 0
-    engine = create_engine(digest_cli.url)
-    with Session(engine) as s:
-        make_item(s, "news", ingested_at=T0 - timedelta(days=1))
-        make_subscriber(s, "nine@example.org", weekday=0, hour=9)
-        make_subscriber(s, "ten@example.org", weekday=0, hour=10)
-        s.commit()
-
-    first = digest_cli("send", "weekly", "--as-of", T0.isoformat())
-    assert first.returncode == 0, first.stderr
-    assert "slot 2025-10-13 07:00 UTC: run #1: sending 0 digest(s)" in first.stdout
-    # Two days later (the beat was down): 47 missed slots; Monday 09:00 and 10:00 are held.
-    later = digest_cli("send", "weekly", "--as-of", (T0 + timedelta(days=2)).isoformat())
-    assert later.returncode == 0, later.stderr
-    lines = later.stdout.splitlines()
-    assert len(lines) == 48 and lines[-1].startswith("slot 2025-10-15 07:00 UTC")
-    held = [line for line in lines if " held: " in line]
-    assert [line[:26] for line in held] == ["slot 2025-10-13 09:00 UTC:",
-                                            "slot 2025-10-13 10:00 UTC:"]
-    nine, ten = (re.search(r"run #(\d+) held: 1 digest\(s\)", line).group(1) for line in held)
-    assert f"'digest runs release {nine}'" in held[0] and f"'digest runs cancel {ten}'" in held[1]
-    assert smtp_sink.messages == []
-
-    listed = digest_cli("runs", "--status", "held")
-    assert listed.returncode == 0, listed.stderr
-    assert "weekly:2025-10-13T09" in listed.stdout and "weekly:2025-10-13T10" in listed.stdout
-    assert "weekly:2025-10-13T08" not in listed.stdout
-
-    released = digest_cli("runs", "release", nine)
-    assert released.returncode == 0, released.stderr
-    assert f"run #{nine} released: sending 1 digest(s)" in released.stdout
-    assert [m.rcpt_tos for m in smtp_sink.wait_for(1)] == [["nine@example.org"]]
-
-    cancelled = digest_cli("runs", "cancel", ten, "--yes")
-    assert cancelled.returncode == 0, cancelled.stderr
-    assert f"run #{ten} cancelled: 1 digest(s) will not go out; 1 item(s)" in cancelled.stdout
-    again = digest_cli("runs", "release", ten)
-    assert again.returncode == 1 and again.stderr.startswith(f"error: run {ten} is cancelled")
-    assert "Traceback" not in again.stderr
-    missing = digest_cli("runs", "cancel", "99", "--yes")
-    assert missing.returncode == 1 and "no run with id 99" in missing.stderr
-    everything = digest_cli("runs", "--limit", "100")
-    assert everything.returncode == 0 and "cancelled" in everything.stdout
-    assert len(smtp_sink.messages) == 1
-    engine.dispose()

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from digest.models import DigestRun, Item, Subscriber
-from tests.web_support import (  # noqa: F401 (fixtures)
+from tests.integration.web.support import (  # noqa: F401 (fixtures)
     api,
     client,
     db_session,

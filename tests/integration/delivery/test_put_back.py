@@ -11,14 +11,13 @@ import shutil
 from datetime import timedelta
 
 import pytest
-from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select, update
 
 from digest.delivery import put_back, send_deliveries, sweep
 from digest.errors import SendSetupError
 from digest.models import Delivery, DigestRun, Suppression, utcnow
 from digest.selection import plan_scheduled_run
-from digest.settings import PROJECT_ROOT, Settings
+from digest.settings import PROJECT_ROOT
 from tests.factories import T0, Taxo, make_item, make_subscriber
 
 
@@ -84,19 +83,6 @@ def test_contradictory_smtp_settings_changed_after_loading_put_the_batch_back(
     _assert_put_back(session, smtp_sink, "exclude each other")
 
 
-@pytest.mark.parametrize(("values", "words"), [
-    ({"smtp_ssl": True, "smtp_starttls": True}, "exclude each other"),
-    ({"smtp_user": "digest", "smtp_host": "mail.example.org"}, "in clear"),
-], ids=["ssl-and-starttls", "password-in-clear"])
-def test_contradictory_smtp_settings_are_refused_when_the_settings_load(values, words):
-    with pytest.raises(PydanticValidationError, match=words):
-        Settings(**values)
-
-
-def test_a_login_over_loopback_without_tls_is_allowed_when_the_settings_load():
-    assert Settings(smtp_user="digest", smtp_host="127.0.0.1").smtp_user == "digest"
-
-
 def test_put_back_never_fails_a_row_however_often_it_happens(session, settings, planned):
     ids = planned.pending_ids
     for _ in range(settings.max_attempts + 2):
@@ -141,9 +127,9 @@ def test_a_reader_who_unsubscribes_while_their_batch_is_sending_is_not_mailed(
         session, settings, planned, monkeypatch):
     from digest import db as digest_db
     from digest.delivery import send as sending
+    from digest.devtools import InMemoryTransport
     from digest.models import Subscriber
     from digest.subscribers import unsubscribe
-    from digest.devtools import InMemoryTransport
 
     monkeypatch.setattr(sending._Leavers, "RECHECK_SECONDS", 0.0)
 

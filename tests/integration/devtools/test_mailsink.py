@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from digest.errors import ValidationError
 from digest.devtools import MailSink
+from digest.errors import ValidationError
 from digest.settings import get_settings
 
 MESSAGE = (

@@ -6,20 +6,18 @@ over HTTP come from a real local server. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import http.server
-import subprocess
-import sys
 import threading
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from digest.errors import IngestError
-from digest.ingest import MAX_FILE_BYTES, ingest_feed
+from digest.ingest import ingest_feed
 from digest.models import Item
+from tests.conftest import TEST_DATA
 
-DATA = Path(__file__).parent / "data"
+DATA = TEST_DATA
 NOW = datetime(2025, 10, 12, 9, 0, tzinfo=timezone.utc)
 BIG = 50 * 1024 * 1024
 
@@ -284,40 +282,3 @@ def test_a_50_mb_feed_over_http_is_refused_by_the_size_cap(
     with pytest.raises(IngestError, match=r"5242880-byte limit") as caught:
         ingest_feed(f"{server}{path}", now=NOW)
     assert path in str(caught.value)
-
-
-def test_a_50_mb_feed_file_is_refused_before_it_is_read(sqlite_settings, tmp_path):
-    path = tmp_path / "huge.rss"
-    with path.open("wb") as f:  # sparse: 50 MB by size, nothing much on disk
-        f.write(GOOD)
-        f.truncate(BIG)
-    with pytest.raises(IngestError) as caught:
-        ingest_feed(path, now=NOW)
-    assert str(caught.value) == (
-        f"cannot read {path}: it is {BIG} bytes, over the {MAX_FILE_BYTES}-byte limit; "
-        "split it into smaller files"
-    )
-
-
-# --- the CLI: one line, no traceback -----------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("document", "fragment"),
-    [
-        pytest.param(rss(entry(CYRILLIC, "c")).encode("cp1251"), "byte offset 60",
-                     id="cli-undeclared-windows-1251"),
-        pytest.param(LAUGHS.encode(), "entity 'lol'", id="cli-billion-laughs"),
-    ],
-)
-def test_the_cli_prints_one_error_line_for_a_bad_feed(tmp_path, document, fragment):
-    path = tmp_path / "bad.rss"
-    path.write_bytes(document)
-    env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'digest.db'}",
-           "DIGEST_VAR_DIR": str(tmp_path / "var"), "PATH": "/usr/bin:/bin", "COLUMNS": "300"}
-    proc = subprocess.run([sys.executable, "-m", "digest.cli", "ingest", "feed", str(path)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from digest.models import Delivery, DigestRun, Subscriber, utcnow
 from digest.tokens import links_for, make_token, subscriber_token
 from tests.factories import make_item
-from tests.web_support import (  # noqa: F401 (fixtures)
+from tests.integration.web.support import (  # noqa: F401 (fixtures)
     client,
     db_session,
     link_in,

@@ -13,8 +13,9 @@ from digest.models import Subscriber, Suppression, utcnow
 from digest.settings import get_settings, reset_settings_cache
 from digest.tokens import subscriber_token
 from digest.web import create_app
+from tests.conftest import TEST_DATA
 from tests.factories import make_item
-from tests.web_support import (  # noqa: F401 (fixtures)
+from tests.integration.web.support import (  # noqa: F401 (fixtures)
     API_TOKEN,
     api,
     client,
@@ -372,7 +373,6 @@ def test_out_of_range_ids_and_nul_characters_are_4xx_not_database_errors(api, ta
 
 def test_bounce_webhook_ties_a_dsn_to_its_delivery_and_suppresses_the_address(
         api, db_session, taxo, smtp_sink):
-    from pathlib import Path
 
     from digest.delivery import send_deliveries
     from digest.models import Delivery
@@ -386,7 +386,7 @@ def test_bounce_webhook_ties_a_dsn_to_its_delivery_and_suppresses_the_address(
     db_session.commit()
     send_deliveries(planned.pending_ids)
     delivery = db_session.scalars(select(Delivery)).one()
-    dsn = (Path(__file__).parent / "data/bounces/postfix-5.1.1-user-unknown.eml").read_text()
+    dsn = (TEST_DATA / "bounces/postfix-5.1.1-user-unknown.eml").read_text()
     dsn = dsn.replace("bounces+101@newsroom.example.org", f"bounces+{delivery.id}@newsroom.example.org")
     headers = {"Content-Type": "message/rfc822"}
     first = api.post(f"{V1}/bounces", content=dsn.encode(), headers=headers)

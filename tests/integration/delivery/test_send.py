@@ -12,9 +12,6 @@ from sqlalchemy import select, update
 
 from digest.delivery import (
     due_for_retry,
-    Fault,
-    classify_smtp,
-    enhanced_status,
     pause_domain,
     recover_expired_leases,
     requeue_failed,
@@ -22,11 +19,11 @@ from digest.delivery import (
     run_progress,
     send_deliveries,
 )
+from digest.devtools import InMemoryTransport
 from digest.errors import ConfigError, PermanentDeliveryError, SendSetupError
 from digest.models import Delivery, DigestRun, DomainPause, Subscriber, Suppression, utcnow
 from digest.selection import plan_scheduled_run
 from digest.subscribers import unsubscribe
-from digest.devtools import InMemoryTransport
 from tests.factories import T0, Taxo, make_item, make_subscriber
 
 
@@ -213,11 +210,6 @@ def test_expired_lease_goes_back_to_deferred_and_admin_can_requeue_failures(sess
     assert run_progress(session, planned.run_id) == {"deferred": 2, "total": 2}
 
 
-def test_enhanced_status_code_is_read_from_the_reply():
-    assert enhanced_status("550 5.1.1 <x@y>: Recipient address rejected") == "5.1.1"
-    assert enhanced_status("451 Try again") is None
-
-
 def test_a_dry_runs_rows_are_never_sent(session, smtp_sink):
     from digest.selection import AdhocQuery, plan_adhoc_run
 
@@ -378,21 +370,6 @@ def test_unknown_user_still_suppresses_and_pauses_nothing(session, smtp_sink, mi
     assert _pause(session) is None
     assert session.scalars(select(Suppression.email)).all() == [first.email]
     assert _rows(session)[first.email].status == "failed"
-
-
-def test_only_the_servers_reply_to_rcpt_or_data_decides_a_policy_pause():
-    def fault(step, reply):
-        return classify_smtp(int(reply[:3]), reply, step).fault
-
-    assert fault("RCPT TO", "550 5.7.1 Blocked") is Fault.policy
-    assert fault("DATA", "550 5.7.1 Unfortunately, messages from [198.51.100.7] weren't sent. "
-                         "Please contact your Internet service provider ... block list (S3150)"
-                 ) is Fault.policy
-    # The session or MAIL FROM refused: our server's affair, no recipient domain to pause.
-    assert fault("session", "554 5.7.1 go away") is Fault.sender
-    assert fault("MAIL FROM", "553 5.7.1 Sender rejected") is Fault.sender
-    assert fault("RCPT TO", "550 5.2.1 disabled") is Fault.hard
-    assert fault("RCPT TO", "550 5.1.1 no such user") is Fault.hard
 
 
 def test_pausing_a_paused_domain_extends_it_and_never_shortens_it(session):

@@ -11,16 +11,16 @@ import pytest
 from fastapi.testclient import TestClient
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
+from digest.delivery import EmailRateLimiter
 from digest.errors import RateLimitError
 from digest.models import Subscriber, utcnow
-from digest.delivery import EmailRateLimiter
 from digest.settings import get_settings, reset_settings_cache
 from digest.subscribers import FilterSpec, upsert_subscriber
 from digest.tokens import subscriber_token
 from digest.web import create_app
 from tests.conftest import REDIS_URL
 from tests.factories import make_item
-from tests.web_support import (  # noqa: F401 (fixtures)
+from tests.integration.web.support import (  # noqa: F401 (fixtures)
     client,
     db_session,
     link_in,

@@ -23,7 +23,7 @@ from digest.settings import get_settings, reset_settings_cache
 from digest.tokens import subscriber_token
 from digest.web.pages import make_csrf, subject_for
 from tests.factories import Taxo
-from tests.web_support import API_TOKEN
+from tests.integration.web.support import API_TOKEN
 
 PARALLEL = 20
 ALLOWED = {200, 429}

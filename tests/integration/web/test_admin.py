@@ -12,7 +12,7 @@ from digest.settings import get_settings, reset_settings_cache
 from digest.subscribers import FilterSpec, upsert_subscriber
 from digest.web import create_app
 from digest.web.admin import check_credentials, hash_password
-from tests.web_support import (  # noqa: F401 (fixtures)
+from tests.integration.web.support import (  # noqa: F401 (fixtures)
     ADMIN_PASSWORD,
     client,
     db_session,

@@ -9,8 +9,6 @@ schemathesis' fixture loader does not run on pytest 9.)
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,10 +17,11 @@ from schemathesis.checks import not_a_server_error
 
 from digest import db
 from digest.settings import get_settings, reset_settings_cache
+from tests.conftest import TEST_DATA
 from tests.factories import Taxo
 
 TOKEN = "fuzz-token-0123456789"
-BOUNCES = Path(__file__).parent / "data" / "bounces"
+BOUNCES = TEST_DATA / "bounces"
 
 # Bounce reports are raw messages: fuzz with real samples, their mutations and random bytes.
 schemathesis.openapi.media_type(
