@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from digest.models import Delivery, Item
+from tests.conftest import ROOT, TEST_DATA
 
-DATA = Path(__file__).parent / "data"
+DATA = TEST_DATA
 
 
 @pytest.fixture
@@ -63,10 +63,10 @@ def test_malformed_feed_is_a_one_line_error_and_writes_nothing(cli):
 
 
 def test_listing_ingest_reports_counts(cli):
-    proc = cli("ingest", "listing", str(Path(__file__).parents[1] / "digest/data/demo-newsroom.txt"))
+    proc = cli("ingest", "listing", str(ROOT / "digest/data/demo-newsroom.txt"))
     assert proc.returncode == 0, proc.stderr
     assert "18 new" in proc.stdout
-    again = cli("ingest", "listing", str(Path(__file__).parents[1] / "digest/data/demo-newsroom.txt"))
+    again = cli("ingest", "listing", str(ROOT / "digest/data/demo-newsroom.txt"))
     assert "0 new" in again.stdout and count(cli.db_url, Item) == 18
 
 
@@ -98,7 +98,7 @@ def test_csv_import_reports_bad_rows_by_line_and_is_idempotent(cli):
 
 
 def test_adhoc_dry_run_counts_sends_nothing_and_can_be_previewed(cli):
-    cli("ingest", "listing", str(Path(__file__).parents[1] / "digest/data/demo-newsroom.txt"))
+    cli("ingest", "listing", str(ROOT / "digest/data/demo-newsroom.txt"))
     assert cli("subscribers", "add", "p@example.org", "--theme", "Policing").returncode == 0
     proc = cli("send", "adhoc", "--theme", "Policing", "--from", "2025-09-01", "--dry-run")
     assert proc.returncode == 0, proc.stderr
@@ -123,7 +123,7 @@ def test_adhoc_dry_run_counts_sends_nothing_and_can_be_previewed(cli):
 
 def test_preview_writes_html_and_text_and_sends_nothing(cli):
     # The 2025 listing is older than the default maximum age today: allow it for this test.
-    cli("ingest", "listing", str(Path(__file__).parents[1] / "digest/data/demo-newsroom.txt"),
+    cli("ingest", "listing", str(ROOT / "digest/data/demo-newsroom.txt"),
         max_item_age_days="100000")
     cli("subscribers", "add", "p@example.org", "--theme", "Policing")
     proc = cli("preview", "p@example.org")

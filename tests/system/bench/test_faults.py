@@ -7,11 +7,12 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "faults.py"
+from tests.conftest import ROOT
+
+SCRIPT = ROOT / "bench" / "faults.py"
 
 
 @pytest.mark.integration

@@ -27,8 +27,8 @@ from typer.testing import CliRunner
 
 from digest import cli
 from digest.settings import Settings
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

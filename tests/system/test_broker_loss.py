@@ -27,10 +27,11 @@ from digest.models import Delivery
 from digest.queue import BrokerQueue
 from digest.selection import plan_scheduled_run
 from digest.settings import Settings
+from tests.conftest import ROOT
 from tests.factories import T0, Taxo, make_item, make_subscriber
 
 pytestmark = pytest.mark.integration
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = ROOT
 SECRET = "broker-loss-test-secret-0123456789abcdef"
 
 

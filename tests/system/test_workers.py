@@ -21,11 +21,11 @@ from digest import db as digest_db
 from digest.devtools import MailSink
 from digest.models import Delivery, DeliveryStatus
 from digest.settings import reset_settings_cache
-from tests.conftest import REDIS_URL, _truncate_pg
+from tests.conftest import REDIS_URL, ROOT, _truncate_pg
 from tests.factories import T0, Taxo, make_item, make_subscriber
 
 pytestmark = pytest.mark.integration
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = ROOT
 
 
 @pytest.fixture(scope="module")

@@ -12,28 +12,24 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import dkim
 import pytest
 
 from digest import db, ingest
 from digest.delivery import send_deliveries
-from digest.devtools import DEMO_LISTING, demo_clock
+from digest.devtools import DEMO_LISTING, ReceivedMessage, demo_clock
 from digest.mail import DEFAULT_SIGNED_HEADERS, DkimSigner
-from digest.devtools import ReceivedMessage
 from digest.selection import plan_scheduled_run
 from digest.settings import reset_settings_cache
 from digest.subscribers import upsert_subscriber
+from tests.conftest import ROOT
 
-OUT = Path(__file__).resolve().parents[1] / "test-output"
+OUT = ROOT / "test-output"
 SELECTOR = "digest2025"
 DOMAIN = "newsroom.example.org"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SPAMASSASSIN = shutil.which("spamassassin")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--no-first-run", "--disable-sync",
                "--disable-dev-shm-usage"]
@@ -137,9 +133,7 @@ def _check_stacked(layout: dict, width: int) -> None:
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                    reason="Debian's chromium is not installed (apt-get install chromium)")
-def test_demo_digest_reads_on_a_phone_and_a_desktop_in_light_and_dark_mode(demo_digest):
+def test_demo_digest_reads_on_a_phone_and_a_desktop_in_light_and_dark_mode(chromium, demo_digest):
     from playwright.sync_api import sync_playwright
 
     shots = OUT / "email"
@@ -147,7 +141,7 @@ def test_demo_digest_reads_on_a_phone_and_a_desktop_in_light_and_dark_mode(demo_
     page_file = shots / "demo-digest.html"
     page_file.write_text(html_of(demo_digest), encoding="utf-8")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=LAUNCH_ARGS)
         try:
             for width, height, mobile in ((375, 812, True), (1280, 900, False)):
                 context = browser.new_context(viewport={"width": width, "height": height},
@@ -189,13 +183,11 @@ def test_demo_digest_reads_on_a_phone_and_a_desktop_in_light_and_dark_mode(demo_
 # --- a spam filter's verdict -----------------------------------------------------------------
 
 
-@pytest.mark.skipif(SPAMASSASSIN is None,
-                    reason="Debian's spamassassin is not installed (apt-get install spamassassin)")
-def test_spamassassin_scores_the_sent_demo_digest_below_2(demo_digest, tmp_path):
+def test_spamassassin_scores_the_sent_demo_digest_below_2(spamassassin, demo_digest, tmp_path):
     # -L: local tests only, nothing looked up on the network; -t: append the report.
     # Bayes off and HOME in tmp: no state read or written, the same verdict every run.
     proc = subprocess.run(
-        [SPAMASSASSIN, "-L", "-t", "--cf=use_bayes 0", "--cf=bayes_auto_learn 0"],
+        [spamassassin, "-L", "-t", "--cf=use_bayes 0", "--cf=bayes_auto_learn 0"],
         input=demo_digest.data, capture_output=True, timeout=120,
         env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
     )

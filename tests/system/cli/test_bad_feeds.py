@@ -1,0 +1,92 @@
+"""Bad-input corpus, feeds through the CLI as a process: one error line, nothing stored."""
+
+from __future__ import annotations
+
+import http.server
+import subprocess
+import sys
+import threading
+
+import pytest
+
+
+def rss(*items: str, decl: str = "") -> str:
+    body = "".join(f"<item>{item}</item>" for item in items)
+    return f"{decl}<rss version=\"2.0\"><channel><title>Feed</title>{body}</channel></rss>"
+
+
+def entry(title: str, guid: str, extra: str = "") -> str:
+    return f"<title>{title}</title><guid>{guid}</guid>{extra}"
+
+
+def decl(encoding: str) -> str:
+    return f'<?xml version="1.0" encoding="{encoding}"?>\n'
+CYRILLIC = "Новости дня: выборы"
+LAUGHS = (
+    '<?xml version="1.0"?>\n<!DOCTYPE rss [\n <!ENTITY lol "lol">\n'
+    + "".join(
+        f' <!ENTITY lol{n} "{("&lol" + (str(n - 1) if n > 2 else "") + ";") * 10}">\n'
+        for n in range(2, 10)
+    )
+    + "]>\n" + rss(entry("&lol9;", "laugh"))
+)
+
+
+# --- encodings and size over real HTTP ------------------------------------------------------------
+
+ROUTES: dict[str, tuple[bytes, str]] = {}
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body, content_type = ROUTES.get(self.path, (b"not here", "text/plain"))
+        chunked = self.path.startswith("/stream")
+        self.send_response(200 if self.path in ROUTES else 404)
+        self.send_header("Content-Type", content_type)
+        if chunked:  # no Content-Length: only the streamed size cap can stop it
+            self.send_header("Connection", "close")
+        else:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for start in range(0, len(body), 1 << 20):
+                self.wfile.write(body[start:start + (1 << 20)])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+# --- the CLI: one line, no traceback -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("document", "fragment"),
+    [
+        pytest.param(rss(entry(CYRILLIC, "c")).encode("cp1251"), "byte offset 60",
+                     id="cli-undeclared-windows-1251"),
+        pytest.param(LAUGHS.encode(), "entity 'lol'", id="cli-billion-laughs"),
+    ],
+)
+def test_the_cli_prints_one_error_line_for_a_bad_feed(tmp_path, document, fragment):
+    path = tmp_path / "bad.rss"
+    path.write_bytes(document)
+    env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'digest.db'}",
+           "DIGEST_VAR_DIR": str(tmp_path / "var"), "PATH": "/usr/bin:/bin", "COLUMNS": "300"}
+    proc = subprocess.run([sys.executable, "-m", "digest.cli", "ingest", "feed", str(path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines

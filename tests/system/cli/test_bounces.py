@@ -1,0 +1,163 @@
+"""digest bounces as a process: a maildir processed, a dry run, an unreadable mailbox."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+from digest.bounces import (
+    process_bounce_message,
+)
+from digest.models import (
+    Bounce,
+    Delivery,
+    DigestRun,
+    DomainPause,
+    Subscriber,
+    Suppression,
+)
+from tests.conftest import TEST_DATA
+from tests.factories import T0, make_subscriber
+
+DATA = TEST_DATA / "bounces"
+HARD_5_1_1 = DATA / "postfix-5.1.1-user-unknown.eml"
+ADDRESSES = {101: "gone@example.net", 102: "full@example.com", 103: "strict@example.org",
+             104: "moved@example.net"}
+
+
+def sample(path: Path, **replace: str) -> bytes:
+    text = path.read_text()
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text.encode()
+
+
+def add_sent_delivery(session: Session, run_id: int, delivery_id: int, sub: Subscriber) -> Delivery:
+    if session.get(DigestRun, run_id) is None:
+        session.add(DigestRun(id=run_id, kind="weekly", slot_key=f"weekly:test-{run_id}",
+                              cutoff=T0 + timedelta(days=7 * (run_id - 7)), status="done"))
+        session.flush()
+    delivery = Delivery(id=delivery_id, run_id=run_id, subscriber_id=sub.id, email=sub.email,
+                        status="sent", attempts=1, item_count=4, smtp_code=250,
+                        smtp_reply="250 2.0.0 OK: queued as 1",
+                        message_id=f"<digest.{run_id}.{delivery_id}@newsroom.example.org>",
+                        sent_at=T0 + timedelta(minutes=30))
+    session.add(delivery)
+    session.flush()
+    return delivery
+
+
+def seed_sample_deliveries(session: Session) -> dict[str, Subscriber]:
+    subs = {}
+    for delivery_id, address in ADDRESSES.items():
+        subs[address] = make_subscriber(session, address)
+        add_sent_delivery(session, 7, delivery_id, subs[address])
+    session.commit()
+    return subs
+
+
+def process(session: Session, raw: bytes, **kw):
+    outcome = process_bounce_message(session, raw, **kw)
+    session.commit()
+    session.expire_all()
+    return outcome
+
+
+# --- the CLI, as a real process ------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(tmp_path):
+    db_path = tmp_path / "var" / "digest.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update(DIGEST_DATABASE_URL=f"sqlite:///{db_path}", DIGEST_VAR_DIR=str(tmp_path / "var"),
+               COLUMNS="200")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "digest.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    run.db_url = f"sqlite:///{db_path}"
+    return run
+
+
+def test_cli_processes_a_maildir_and_prints_the_report(cli):
+    assert cli("db", "upgrade").returncode == 0
+    engine = create_engine(cli.db_url)
+    with Session(engine) as session:
+        seed_sample_deliveries(session)
+    proc = cli("bounces", "process", str(DATA / "maildir"))
+    assert proc.returncode == 0, proc.stderr
+    assert "5 message(s): 2 hard, 0 soft, 1 policy, 0 about our sender, 2 unmatched" in proc.stdout
+    assert "policy rejection (not suppressed): strict@example.org delivery #103 5.7.1" in proc.stdout
+    assert "suppressed: gone@example.net" in proc.stdout
+    again = cli("bounces", "process", str(DATA / "bounces.mbox"), "--format", "mbox")
+    assert again.returncode == 0 and "3 already processed" in again.stdout
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Bounce)) == 3
+    engine.dispose()
+
+
+def test_cli_dry_run_json_prints_one_object_per_message_and_changes_nothing(cli, tmp_path):
+    import json
+
+    assert cli("db", "upgrade").returncode == 0
+    engine = create_engine(cli.db_url)
+    with Session(engine) as session:
+        seed_sample_deliveries(session)
+
+    def snapshot():
+        with Session(engine) as session:
+            return (session.scalar(select(func.count()).select_from(Bounce)),
+                    session.scalar(select(func.count()).select_from(Suppression)),
+                    session.scalar(select(func.count()).select_from(DomainPause)),
+                    sorted(session.execute(select(Delivery.id, Delivery.status)).all()),
+                    sorted(session.execute(select(Subscriber.email, Subscriber.status,
+                                                  Subscriber.soft_bounces)).all()))
+
+    before = snapshot()
+    proc = cli("bounces", "process", str(DATA / "bounces.mbox"), "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["source"] for line in lines] == [f"bounces.mbox#{n}" for n in range(1, 6)]
+    by_address = {r["address"]: (r["status"], r["class"], line["action"])
+                  for line in lines for r in line.get("recipients", [])}
+    assert by_address["gone@example.net"][:2] == ("5.1.1", "hard")
+    assert "would suppress gone@example.net" in by_address["gone@example.net"][2]
+    assert by_address["strict@example.org"][:2] == ("5.7.1", "policy")
+    assert "would pause example.org" in by_address["strict@example.org"][2]
+    assert by_address["full@example.com"][1] == "none"
+    assert snapshot() == before
+    # A damaged message and a single message file: the error form, in words, exit 1.
+    boundary = HARD_5_1_1.read_text().split('boundary="')[1].split('"')[0]
+    damaged = tmp_path / "damaged.eml"
+    damaged.write_bytes(sample(HARD_5_1_1, **{f'boundary="{boundary}"': 'boundary="x"'}))
+    proc = cli("bounces", "process", str(damaged), "--dry-run", "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    assert json.loads(proc.stdout) == {
+        "source": "damaged.eml",
+        "error": "the message's MIME boundary does not match its body (damaged or truncated in "
+                 "transit), so its parts cannot be read; it was not processed"}
+    assert snapshot() == before
+    engine.dispose()
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (("no-such-mailbox",), "cannot read no-such-mailbox: no such file or folder"),
+    ((str(DATA / "maildir"), "--format", "mbox"), "is a folder, not an mbox or message file"),
+    ((str(DATA / "maildir"), "--format", "eml"), "bad format 'eml'"),
+])
+def test_cli_unreadable_mailbox_is_a_one_line_error(cli, args, fragment):
+    proc = cli("bounces", "process", *args)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
