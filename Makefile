@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install services bench clean
+.PHONY: demo test test-unit lint install services bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ demo: $(STAMP)
 services:
 	bash scripts/ensure-services.sh
 
+# The whole suite: tests/unit, tests/integration and tests/system (README's test command).
 test: $(STAMP) services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast loop: no services started or needed, under a minute.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # The gates: ruff's rule set and mypy, both configured in pyproject.toml.
 lint: $(STAMP)

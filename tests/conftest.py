@@ -24,7 +24,12 @@ PG_ADMIN_URL = os.environ.get(
     "DIGEST_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("DIGEST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-SEED_LISTING = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "osce-newsroom-2025-10.txt"
+# Paths for every tier: test files sit at different depths, so they import these.
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+TEST_DATA = TESTS / "data"
+# A copy of a real newsroom listing, kept in the repo so its test runs on a fresh clone.
+SEED_LISTING = TEST_DATA / "osce-newsroom-2025-10.txt"
 
 
 @pytest.fixture(scope="session")
