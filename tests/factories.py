@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
 from digest.models import ContentType, Item, Location, Subscriber, SubscriberFilter, Theme
 
-T0 = datetime(2025, 10, 13, 7, 0, tzinfo=timezone.utc)  # a Monday
+T0 = datetime(2025, 10, 13, 7, 0, tzinfo=UTC)  # a Monday
 
 
 class Taxo:

@@ -129,7 +129,7 @@ def _check_stacked(layout: dict, width: int) -> None:
     for above, below in zip(items, items[1:]):
         assert below["top"] >= above["bottom"] - 0.5, (above, below)  # one per row
     for item in items:
-        assert 0 <= item["left"] and item["right"] <= width + 0.5, item
+        assert item["left"] >= 0 and item["right"] <= width + 0.5, item
 
 
 @pytest.mark.browser

@@ -174,7 +174,7 @@ def test_smtp_sink_fixture_alone_points_settings_at_the_sink_and_its_outbox(smtp
 UTF8_MESSAGE = (
     "From: a@example.org\r\nTo: =?utf-8?q?Zo=C3=AB?= <zoë@example.org>\r\nSubject: hi\r\n"
     "\r\nbody\r\n"
-).encode("utf-8")
+).encode()
 
 
 def test_smtputf8_is_offered_by_default_and_a_utf8_envelope_and_header_arrive_intact(sink):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import http.server
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select
@@ -18,7 +18,7 @@ from digest.models import Item
 from tests.conftest import TEST_DATA
 
 DATA = TEST_DATA
-NOW = datetime(2025, 10, 12, 9, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 10, 12, 9, 0, tzinfo=UTC)
 BIG = 50 * 1024 * 1024
 
 
@@ -161,8 +161,8 @@ def test_a_bad_entry_is_left_out_or_cleaned_and_the_rest_of_the_feed_is_stored(
     report = ingest_feed(path, now=NOW)
     session.rollback()
     rows = {i.title: i for i in session.scalars(select(Item))}
-    assert rows["Good item"].published_at.replace(tzinfo=timezone.utc) == datetime(
-        2025, 10, 9, 8, 0, tzinfo=timezone.utc
+    assert rows["Good item"].published_at.replace(tzinfo=UTC) == datetime(
+        2025, 10, 9, 8, 0, tzinfo=UTC
     )
     if rejected:
         assert len(rows) == 1 and len(report.rejected) == 1

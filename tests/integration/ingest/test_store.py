@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.server
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import event, func, select
@@ -27,7 +27,6 @@ from tests.conftest import ROOT, TEST_DATA
 
 DATA = TEST_DATA
 DEMO = ROOT / "digest" / "data" / "demo-newsroom.txt"
-UTC = timezone.utc
 NOW = datetime(2025, 10, 12, 9, 0, tzinfo=UTC)
 
 

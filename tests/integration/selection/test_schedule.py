@@ -3,7 +3,7 @@ and PostgreSQL."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -19,7 +19,6 @@ from digest.selection import (
 )
 from tests.factories import T0, Taxo, make_item, make_subscriber
 
-UTC = timezone.utc
 HOUR = timedelta(hours=1)
 
 

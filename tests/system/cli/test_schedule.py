@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta, timezone
+from datetime import timedelta
 
 import pytest
 
@@ -11,8 +11,6 @@ from digest.selection import (
     plan_due_slots,
 )
 from tests.factories import T0, Taxo, make_item, make_subscriber
-
-UTC = timezone.utc
 
 
 @pytest.fixture

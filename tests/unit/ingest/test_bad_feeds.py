@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import http.server
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from digest.errors import IngestError
 from digest.ingest import MAX_FILE_BYTES, ingest_feed
 
-NOW = datetime(2025, 10, 12, 9, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 10, 12, 9, 0, tzinfo=UTC)
 BIG = 50 * 1024 * 1024
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -19,7 +19,6 @@ from tests.conftest import ROOT, SEED_LISTING, TEST_DATA
 
 DATA = TEST_DATA
 DEMO = ROOT / "digest" / "data" / "demo-newsroom.txt"
-UTC = timezone.utc
 
 
 def demo_items() -> list[ItemIn]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from html.parser import HTMLParser
 
 import pytest
@@ -20,7 +20,7 @@ from digest.render import renderer as render  # its mjml2html is patched
 from digest.settings import PROJECT_ROOT, Settings
 
 NEWSROOM = "https://newsroom.example.org/news"
-START = datetime(2025, 10, 9, 12, tzinfo=timezone.utc)
+START = datetime(2025, 10, 9, 12, tzinfo=UTC)
 NASTY_TITLE = '<script>alert(1)</script> & "quotes"'
 SHARED_FOOTER = "Sent by the OSCE Newsroom digest service."
 
@@ -259,7 +259,7 @@ def test_reversed_period_is_a_clear_error(rsettings):
 
 
 def test_item_shows_date_in_readers_time_zone_type_location_and_themes(rsettings):
-    item = make_item(1, published_at=datetime(2025, 10, 9, 23, 30, tzinfo=timezone.utc),
+    item = make_item(1, published_at=datetime(2025, 10, 9, 23, 30, tzinfo=UTC),
                      content_type="Press release", themes=("Policing", "Youth"))
     renderer = EmailRenderer("digest", rsettings)
     vienna = renderer.render(recipient(timezone="Europe/Vienna"), [item])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,7 +13,6 @@ from digest.selection import (
 )
 from tests.factories import T0, Taxo, make_item, make_subscriber
 
-UTC = timezone.utc
 HOUR = timedelta(hours=1)
 
 
