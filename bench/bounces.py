@@ -44,7 +44,8 @@ def fetch_corpus(into: Path) -> Path:
 def messages(folders: list[Path]):
     for folder in folders:
         for path in sorted(folder.rglob("*")):
-            if path.is_file() and path.suffix in (".txt", ".eml", "") and path.name != "__init__.py":
+            wanted = path.suffix in (".txt", ".eml", "") and path.name != "__init__.py"
+            if path.is_file() and wanted:
                 yield path
 
 

@@ -23,6 +23,8 @@ Exit status 1 on any lost, non-final or mailed-after-unsubscribing delivery.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import pwd
@@ -162,17 +164,13 @@ class Campaign:
         proc = self.children.pop(name, None)
         if proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait(5)
 
     def as_pg_owner(self, argv: list[str]) -> list[str]:
@@ -333,10 +331,8 @@ class Campaign:
         for name in list(self.children):
             self.stop_child(name, grace=5)
         if self.pg_started:
-            try:
+            with contextlib.suppress(CampaignError, subprocess.TimeoutExpired, OSError):
                 self.pg_ctl("stop", "-m", "immediate")
-            except (CampaignError, subprocess.TimeoutExpired, OSError):
-                pass
         if self.args.keep:
             print(f"kept: {self.tmp}")
         else:
@@ -576,7 +572,7 @@ class Campaign:
                 conn.commit()
                 commits.append(time.perf_counter() - t0)
         reply = [(at.timestamp() - first[did]) for did, at in sent if did in first and at]
-        cycle = [b - a for ts in by_peer.values() for a, b in zip(ts, ts[1:]) if b - a < 5]
+        cycle = [b - a for ts in by_peer.values() for a, b in itertools.pairwise(ts) if b - a < 5]
         w50, c50, m50 = pct(reply, 0.5) * 1000, pct(commits, 0.5) * 1000, pct(cycle, 0.5) * 1000
         return (f"  duplicate window: server's 250 -> worker stamps 'sent' p50 {w50:.2f} ms, "
                 f"p99 {pct(reply, 0.99) * 1000:.2f} ms; + one UPDATE and commit p50 {c50:.2f} ms"

@@ -16,10 +16,10 @@ import timeit
 from datetime import UTC, datetime
 from email import message_from_bytes
 from email.charset import QP, Charset
+from email.header import Header
 from email.message import EmailMessage
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.header import Header
 from email.policy import SMTP, compat32, default
 from email.utils import format_datetime, formataddr, parseaddr
 from pathlib import Path
@@ -177,7 +177,8 @@ def main() -> None:
                              signature_algorithm=b"rsa-sha256", include_headers=signer._headers)
 
         for name, func in (("DKIM sign, dkimpy alone (pure-Python RSA)", pure_python),
-                           ("DKIM sign, DkimSigner (dkimpy + OpenSSL RSA)", lambda: signer.sign(built))):
+                           ("DKIM sign, DkimSigner (dkimpy + OpenSSL RSA)",
+                            lambda: signer.sign(built))):
             print(f"  {name:<44} {ms_per_call(func):7.3f} ms/message   (rsa-sha256, 2048-bit)")
 
 

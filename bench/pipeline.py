@@ -52,7 +52,7 @@ from sqlalchemy import create_engine, event, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 
 from digest import db
-from digest.delivery import batches, load_batch, send_deliveries
+from digest.delivery import SendResult, SMTPTransport, batches, load_batch, send_deliveries
 from digest.mail import MessageFactory
 from digest.models import (
     ContentType,
@@ -75,7 +75,6 @@ from digest.render import get_renderer
 from digest.selection import delivery_contents, plan_scheduled_run, preview_items
 from digest.settings import get_settings, reset_settings_cache
 from digest.taxonomy import slugify
-from digest.delivery import SendResult, SMTPTransport
 
 SEED = 20251013
 BASELINE_SAMPLE = 500
@@ -619,7 +618,7 @@ class Bench:
                 select(func.avg(Delivery.item_count), func.min(Delivery.item_count),
                        func.max(Delivery.item_count))
                 .where(Delivery.run_id == self.run_id,
-                       Delivery.status == DeliveryStatus.pending.value)).one()
+                       Delivery.status == DeliveryStatus.pending)).one()
             chosen: dict[int, set[int]] = {s: set() for s in self.previews}
             contents = delivery_contents()
             for sub_id, item_id in session.execute(
@@ -740,7 +739,7 @@ class Bench:
         expected = len(self.pending)
         with self.Session() as session:
             sent_rows = session.scalar(select(func.count()).where(
-                Delivery.run_id == self.run_id, Delivery.status == DeliveryStatus.sent.value))
+                Delivery.run_id == self.run_id, Delivery.status == DeliveryStatus.sent))
         problems = []
         if row.count != expected or sent_rows != expected:
             problems.append(f"{sent_rows} of {expected} rows sent")
@@ -755,12 +754,12 @@ def reset_run(Session, run_id: int) -> None:
     """Put a sent run back to pending, as if just planned (items and ledger stay)."""
     with Session() as session:
         session.execute(update(Delivery).where(Delivery.run_id == run_id,
-                                               Delivery.status == DeliveryStatus.sent.value)
-                        .values(status=DeliveryStatus.pending.value, attempts=0, lease_until=None,
+                                               Delivery.status == DeliveryStatus.sent)
+                        .values(status=DeliveryStatus.pending, attempts=0, lease_until=None,
                                 next_attempt_at=None, smtp_code=None, smtp_reply=None,
                                 message_id=None, sent_at=None))
         session.execute(update(DigestRun).where(DigestRun.id == run_id)
-                        .values(status=RunStatus.sending.value, finished_at=None))
+                        .values(status=RunStatus.sending, finished_at=None))
         session.commit()
 
 

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -27,7 +27,7 @@ from digest.settings import Settings  # noqa: E402
 
 
 def make_items(n: int) -> list[RenderItem]:
-    start = datetime(2025, 10, 9, 12, tzinfo=timezone.utc)
+    start = datetime(2025, 10, 9, 12, tzinfo=UTC)
     return [
         RenderItem(
             id=i, title=f"OSCE Mission supports regional forensic conference number {i}",

@@ -16,15 +16,19 @@ from digest.errors import ConfigError
 
 
 def insert_ignoring_conflict(session: Session, model: Any, values: dict[str, Any],
-                             conflict: list[str]):
+                             conflict: list[str]) -> Any:
     """An INSERT of one row that does nothing if ``conflict`` (a unique key) is taken."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise ConfigError(
-            f"database {dialect!r} is not supported; use PostgreSQL or SQLite in DIGEST_DATABASE_URL"
-        )
-    return insert(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(model).values(**values).on_conflict_do_nothing(
+            index_elements=conflict)
+    raise ConfigError(
+        f"database {dialect!r} is not supported; use PostgreSQL or SQLite in "
+        "DIGEST_DATABASE_URL"
+    )

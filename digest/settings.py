@@ -6,7 +6,6 @@ import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
-
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -23,13 +22,16 @@ class Settings(BaseSettings):
     # Storage and broker
     database_url: str = Field(
         default=BUILTIN_DATABASE_URL,
-        description="SQLAlchemy URL. SQLite file by default; postgresql+psycopg://... in production.",
+        description="SQLAlchemy URL. SQLite file by default; postgresql+psycopg://... in "
+        "production.",
     )
     broker_url: str | None = Field(
         default=None,
         description="Celery broker (redis://...). Empty: tasks run in-process, no worker needed.",
     )
-    result_backend: str | None = Field(default=None, description="Celery result backend (optional).")
+    result_backend: str | None = Field(
+        default=None, description="Celery result backend (optional)."
+    )
     task_queue: str = Field(default="digest", description="Celery queue the tasks go to.")
 
     # SMTP

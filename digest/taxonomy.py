@@ -8,9 +8,10 @@ A location may have a parent region (itself a location); the known pairs ship in
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal, cast
 
 from slugify import slugify as _slugify
 from sqlalchemy import select
@@ -22,7 +23,7 @@ from digest.models import ContentType, Location, Theme
 
 Facet = Literal["theme", "location", "content_type"]
 FACETS: tuple[Facet, ...] = ("theme", "location", "content_type")
-TaxonomyModel = Union[Theme, Location, ContentType]
+TaxonomyModel = Theme | Location | ContentType
 
 MODELS: dict[str, type[TaxonomyModel]] = {
     "theme": Theme,
@@ -62,6 +63,13 @@ def region_of() -> dict[str, str]:
         if not region.startswith("_")
         for place in places
     }
+
+
+def _by_slug(session: Session, model: type[TaxonomyModel],
+             slugs: Iterable[str]) -> Iterable[TaxonomyModel]:
+    # select() of a union of models is typed as any row; these are rows of ``model``.
+    return cast(Iterable[TaxonomyModel],
+                session.scalars(select(model).where(model.slug.in_(slugs))))
 
 
 def _model(facet: str) -> type[TaxonomyModel]:
@@ -127,8 +135,9 @@ def resolve(session: Session, facet: Facet, names: list[str], create: bool) -> R
     needed_regions = {slugify(regions[s]): regions[s] for s in wanted if s in regions}
     lookup = set(wanted) | set(needed_regions)
     # Pending objects first: several calls in one transaction must not create a slug twice.
-    found = {obj.slug: obj for obj in session.new if isinstance(obj, model)}
-    for obj in session.scalars(select(model).where(model.slug.in_(lookup))):
+    pending = cast(list[TaxonomyModel], [obj for obj in session.new if isinstance(obj, model)])
+    found = {obj.slug: obj for obj in pending}
+    for obj in _by_slug(session, model, lookup):
         found[obj.slug] = obj
 
     missing = [slug for slug in wanted if slug not in found]
@@ -164,14 +173,15 @@ def resolve(session: Session, facet: Facet, names: list[str], create: bool) -> R
         region_name = regions.get(slug)
         region_slug = slugify(region_name) if region_name else slug
         # The region's row first (the place points at it); listed after the place.
+        # region_slug differs from slug only when the place has a region (region_name).
         new_region = (region_slug != slug and region_slug not in found
-                      and region_slug not in raced and add(region_slug, region_name))
+                      and region_slug not in raced and add(region_slug, cast(str, region_name)))
         if add(slug, wanted[slug], region_slug if region_slug != slug else None):
             created.append(wanted[slug])
         if new_region:
-            created.append(region_name)
+            created.append(cast(str, region_name))
     if raced:
-        for obj in session.scalars(select(model).where(model.slug.in_(raced))):
+        for obj in _by_slug(session, model, raced):
             found[obj.slug] = obj
 
     return Resolved([found[s] for s in wanted], created)

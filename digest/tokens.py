@@ -46,7 +46,9 @@ def read_token(purpose: Purpose, token: str, settings: Settings | None = None,
     except SignatureExpired as exc:
         raise TokenError("this link has expired; ask for a new one") from exc
     except BadSignature as exc:
-        raise TokenError("this link is not valid (it may be incomplete or meant for something else)") from exc
+        raise TokenError(
+            "this link is not valid (it may be incomplete or meant for something else)"
+        ) from exc
     if not isinstance(payload, dict):
         raise TokenError("this link is not valid")
     return payload
@@ -68,7 +70,9 @@ def links_for(subscriber_id: int, settings: Settings | None = None) -> dict[str,
     """Absolute URLs for the footer of every email sent to this subscriber."""
     s = settings or get_settings()
     base = s.public_base_url.rstrip("/")
+    manage = subscriber_token("manage", subscriber_id, s)
+    unsubscribe = subscriber_token("unsubscribe", subscriber_id, s)
     return {
-        "manage_url": f"{base}/preferences/{subscriber_token('manage', subscriber_id, s)}",
-        "unsubscribe_url": f"{base}/unsubscribe/{subscriber_token('unsubscribe', subscriber_id, s)}",
+        "manage_url": f"{base}/preferences/{manage}",
+        "unsubscribe_url": f"{base}/unsubscribe/{unsubscribe}",
     }

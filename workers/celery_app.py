@@ -68,7 +68,7 @@ def _drop_connections() -> None:
     from kombu import pools
 
     pools.reset()
-    app._pool = None
+    app._pool = None  # type: ignore[attr-defined]  # the pool cache; not in the stubs
     amqp = app.__dict__.get("amqp")
     if amqp is not None:
         amqp._producer_pool = None

@@ -21,7 +21,7 @@ from digest.queue import (
 from digest.settings import get_settings
 from workers.celery_app import app
 
-TASK_OPTIONS = {"max_retries": 3}
+MAX_RETRIES = 3
 
 
 def _when(value: str | None) -> datetime | None:
@@ -33,7 +33,7 @@ def enqueue_deliveries(delivery_ids: list[int]) -> int:
     return queue_for(get_settings()).deliver(delivery_ids)
 
 
-@app.task(name="digest.tick", **TASK_OPTIONS)
+@app.task(name="digest.tick", max_retries=MAX_RETRIES)
 def tick(now: str | None = None) -> dict:
     """Plan the weekly and daily slots due (this hour's and any missed since the last one
     planned) and send them; a run past its send-by deadline is held for an operator."""
@@ -50,29 +50,30 @@ def tick(now: str | None = None) -> dict:
     return planned
 
 
-@app.task(name="digest.send_weekly_now", **TASK_OPTIONS)
+@app.task(name="digest.send_weekly_now", max_retries=MAX_RETRIES)
 def send_weekly_now(now: str | None = None, frequency: str = "weekly") -> dict:
     with session_scope() as session:
         run = selection.plan_scheduled_run(session, frequency, now=_when(now), everyone=True)
     enqueue_deliveries(run.pending_ids)
-    return {"run_id": run.run_id, "created": run.created, "pending": run.planned, "skipped": run.skipped}
+    return {"run_id": run.run_id, "created": run.created, "pending": run.planned,
+            "skipped": run.skipped}
 
 
-@app.task(name=TASK_DELIVER_BATCH, **TASK_OPTIONS)
+@app.task(name=TASK_DELIVER_BATCH, max_retries=MAX_RETRIES)
 def deliver_batch(delivery_ids: list[int]) -> dict:
     result = delivery.send_deliveries([int(i) for i in delivery_ids])
     return {"claimed": result.claimed, "sent": result.sent, "deferred": result.deferred,
             "failed": result.failed, "cancelled": result.cancelled}
 
 
-@app.task(name="digest.retry_deferred", **TASK_OPTIONS)
+@app.task(name="digest.retry_deferred", max_retries=MAX_RETRIES)
 def retry_deferred() -> int:
     with session_scope() as session:
         due = delivery.due_for_retry(session)
     return enqueue_deliveries(due)
 
 
-@app.task(name="digest.sweep", **TASK_OPTIONS)
+@app.task(name="digest.sweep", max_retries=MAX_RETRIES)
 def sweep() -> dict:
     """Find lost work again: rows of a dead worker, rows whose task the broker lost, runs
     left open. The database is the record, so this needs nothing from the broker."""
@@ -84,13 +85,13 @@ def sweep() -> dict:
             "runs_finished": len(found.runs_finished), "runs_held": len(found.runs_held)}
 
 
-@app.task(name="digest.purge_unconfirmed", **TASK_OPTIONS)
+@app.task(name="digest.purge_unconfirmed", max_retries=MAX_RETRIES)
 def purge_unconfirmed() -> int:
     with session_scope() as session:
         return subscribers.purge_unconfirmed(session)
 
 
-@app.task(name=TASK_ITEM_PUBLISHED, **TASK_OPTIONS)
+@app.task(name=TASK_ITEM_PUBLISHED, max_retries=MAX_RETRIES)
 def item_published(item_id: int) -> dict:
     """The event for a new item: alerts to subscribers who want every item at once."""
     pending = announce_item(int(item_id))
@@ -102,14 +103,14 @@ def publish_items(item_ids: list[int]) -> None:
     queue_for(get_settings()).publish_items(item_ids)
 
 
-@app.task(name="digest.ingest_feed", **TASK_OPTIONS)
+@app.task(name="digest.ingest_feed", max_retries=MAX_RETRIES)
 def ingest_feed(source: str) -> dict:
     report = ingest.ingest_feed(source)
     publish_items(report.new_item_ids)
     return {"new": len(report.new_item_ids), "updated": len(report.updated_item_ids)}
 
 
-@app.task(name=TASK_SEND_CONFIRMATION, **TASK_OPTIONS)
+@app.task(name=TASK_SEND_CONFIRMATION, max_retries=MAX_RETRIES)
 def send_confirmation(subscriber_id: int) -> str | None:
     """The double opt-in email (also the "send me a new link" email) to one subscriber."""
     return delivery.send_confirmation(int(subscriber_id))

@@ -40,6 +40,7 @@ def preview(
                                       "'digest deliveries'")
             stem, count = f"delivery-{delivery}", _delivery_item_count(session, delivery)
         else:
+            assert email is not None  # exactly one of the two was given (checked above)
             address = canonical_email(email)
             sub = session.scalars(
                 select(Subscriber).where(Subscriber.email == address)).one_or_none()

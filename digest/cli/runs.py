@@ -44,7 +44,7 @@ def runs_list(
                           r.status, str(r.planned_count), str(r.skipped_count),
                           describe_progress(progress[r.id]), f"{r.created_at:%Y-%m-%d %H:%M}")
         console.print(table)
-        held = [r.id for r in runs if r.status == RunStatus.held.value]
+        held = [r.id for r in runs if r.status == RunStatus.held]
     for run_id in held:
         console.print(f"run #{run_id} is held: 'digest runs release {run_id}' sends it, "
                       f"'digest runs cancel {run_id}' drops it.", markup=False, highlight=False)

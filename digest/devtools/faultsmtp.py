@@ -30,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 from aiosmtpd.controller import Controller
 
@@ -148,7 +149,7 @@ class FaultySMTPServer:
         self._attempts: dict[str, int] = {}
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
-        self._file = None
+        self._file: TextIO | None = None
         self._controller: Controller | None = None
 
     def start(self) -> FaultySMTPServer:
@@ -204,9 +205,9 @@ class _Controller(Controller):
         return super()._trigger_server()
 
 
-def read_events(record: Path) -> list[dict]:
+def read_events(record: Path) -> list[dict[str, Any]]:
     """The record file's events (a line cut short by a crash is skipped)."""
-    events = []
+    events: list[dict[str, Any]] = []
     try:
         lines = Path(record).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:

@@ -116,12 +116,13 @@ def read_feed(
                 f"(raw title {(entry.get('title') or '')[:80]!r}); skipped"
             )
             continue
-        stamp = entry.get("published_parsed") or entry.get("updated_parsed")
-        published_at = (
-            datetime(*stamp[:6], tzinfo=UTC)
-            if stamp and stamp[0] in _SANE_YEARS
-            else None
-        )
+        # A time.struct_time (UTC); its first six fields are year to second.
+        stamp: tuple[int, ...] | None = (
+            entry.get("published_parsed") or entry.get("updated_parsed"))
+        published_at = None
+        if stamp and stamp[0] in _SANE_YEARS:
+            year, month, day, hour, minute, second = stamp[:6]
+            published_at = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
         facets: dict[str, list[str]] = {facet: [] for facet in FACETS}
         for tag in entry.get("tags") or []:

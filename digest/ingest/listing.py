@@ -80,7 +80,9 @@ def parse_listing(text: str) -> list[ItemIn]:
         end = starts[k + 1] if k + 1 < len(starts) else len(lines)
         title = to_plain_text(lines[start][1])
         date_lineno, date_line = lines[start + 1]
-        published_at = _listing_date(_DATE_LINE.match(date_line).group(1), date_lineno)
+        date_match = _DATE_LINE.match(date_line)
+        assert date_match is not None  # a start is a line followed by a date line
+        published_at = _listing_date(date_match.group(1), date_lineno)
 
         meta: dict[str, str] = {}
         pos = start + 2

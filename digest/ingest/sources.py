@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, overload
 
 from digest.db import session_scope
 from digest.errors import IngestError
@@ -18,6 +18,12 @@ from digest.ingest.store import IngestReport, store_items
 from digest.taxonomy import known_facets as load_known_facets
 
 MAX_FILE_BYTES = MAX_FETCH_BYTES  # listing, feed and JSON files read from disk
+
+
+@overload
+def _read(path: str | Path, *, text: Literal[True]) -> str: ...
+@overload
+def _read(path: str | Path, *, text: Literal[False]) -> bytes: ...
 
 
 def _read(path: str | Path, *, text: bool) -> str | bytes:
@@ -59,9 +65,11 @@ def ingest_feed(
     source: str | Path, *, now: datetime | None = None, max_age_days: int | None = None
 ) -> IngestReport:
     """Fetch (http/https URL) or read (path) an RSS/Atom feed and store its items."""
-    is_url = isinstance(source, str) and re.match(r"^[a-z][a-z0-9+.-]*://", source, re.I)
     # Read before any transaction; a file has no HTTP charset, only its BOM and declaration.
-    fetched = fetch_document(source) if is_url else Fetched(_read(source, text=False), None)
+    if isinstance(source, str) and re.match(r"^[a-z][a-z0-9+.-]*://", source, re.I):
+        fetched = fetch_document(source)
+    else:
+        fetched = Fetched(_read(source, text=False), None)
     with session_scope() as session:
         items, rejected = read_feed(
             fetched.body, load_known_facets(session), http_charset=fetched.charset
@@ -83,7 +91,8 @@ def ingest_json(
     data: Any = path_or_text
     is_document = isinstance(data, (str, bytes)) and data.lstrip()[:1] in ("{", "[", b"{", b"[")
     if not is_document:
-        data = _read(path_or_text, text=True)
+        # Bytes that are not a document are refused by Path, as before.
+        data = _read(cast("str | Path", path_or_text), text=True)
     items = parse_json_items(data)
     with session_scope() as session:
         return store_items(session, items, source="json", now=now, max_age_days=max_age_days)

@@ -103,7 +103,7 @@ class MessageFactory:
     @staticmethod
     def template_for(kind: str, items: Sequence[RenderItem]) -> str:
         """An immediate run's single item is an alert; everything else is a digest."""
-        return "alert" if kind == RunKind.immediate.value and len(items) == 1 else "digest"
+        return "alert" if kind == RunKind.immediate and len(items) == 1 else "digest"
 
     def render_for(self, sub: Subscriber, email: str, kind: str, items: Sequence[RenderItem],
                    *, links: dict[str, str] | None = None,
@@ -115,7 +115,7 @@ class MessageFactory:
         # so a preview and the mail list items published at the same moment alike.
         items = sorted(items, key=lambda it: it.id)
         template = self.template_for(kind, items)
-        context = {}
+        context: dict[str, object] = {}
         if template == "digest":
             context["more_url"] = self.more_url(recipient.themes, recipient.locations)
             dates = [it.published_at.date() for it in items if it.published_at]

@@ -33,9 +33,12 @@ def local_date(value: date | datetime, zone: ZoneInfo) -> date:
 
 def period_text(start: date | None, end: date | None, short: bool = False) -> str:
     """'2–9 October 2025', '28 September – 5 October 2025'; short months for subjects."""
-    if start is None and end is None:
-        return ""
-    start, end = start or end, end or start
+    if start is None:
+        if end is None:
+            return ""
+        start = end
+    elif end is None:
+        end = start
     if start > end:
         raise ValidationError(f"period_start {start} is after period_end {end}; swap them")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import jinja2
 from mjml import mjml2html
@@ -81,6 +81,11 @@ class EmailRenderer:
         self._subject = self._load(f"{name}/subject.txt")
         self._preheader = self._load(f"{name}/preheader.txt", optional=True)
         self._reason = self._load(f"{name}/reason.txt", optional=True)
+
+    @overload
+    def _load(self, path: str, optional: Literal[False] = False) -> jinja2.Template: ...
+    @overload
+    def _load(self, path: str, optional: Literal[True]) -> jinja2.Template | None: ...
 
     def _load(self, path: str, optional: bool = False) -> jinja2.Template | None:
         try:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from digest import taxonomy
 from digest.errors import ValidationError
-from digest.models import Frequency, Subscriber, SubscriberStatus
+from digest.models import Frequency, Subscriber, SubscriberFilter, SubscriberStatus
 from digest.subscribers.filters import FilterSpec, with_filters
 from digest.subscribers.manage import upsert_subscriber
 from digest.subscribers.validate import (
@@ -52,7 +53,7 @@ def import_csv(session: Session, text: str) -> ImportReport:
     if not reader.fieldnames or "email" not in [f.strip() for f in reader.fieldnames]:
         raise ValidationError("the CSV needs a header row with at least 'email'; "
                               f"columns: {', '.join(CSV_FIELDS)}")
-    rows: dict[str, tuple[int, dict, list[FilterSpec]]] = {}
+    rows: dict[str, tuple[int, dict[str, Any], list[FilterSpec]]] = {}
     for row in reader:
         line = reader.line_num
         row = {(k or "").strip(): _unquote_cell((v or "").strip()) for k, v in row.items() if k}
@@ -60,10 +61,12 @@ def import_csv(session: Session, text: str) -> ImportReport:
             address = canonical_email(row.get("email", ""))
             spec = FilterSpec(_split(row.get("themes")), _split(row.get("locations")),
                               _split(row.get("content_types")))
-            for facet, names in (("theme", spec.themes), ("location", spec.locations),
-                                 ("content_type", spec.content_types)):
+            facets: list[tuple[taxonomy.Facet, list[str]]] = [
+                ("theme", spec.themes), ("location", spec.locations),
+                ("content_type", spec.content_types)]
+            for facet, names in facets:
                 taxonomy.resolve(session, facet, names, create=False)
-            options = {
+            options: dict[str, Any] = {
                 "frequency": check_choice("frequency", row.get("frequency") or "weekly",
                                           [f.value for f in Frequency]),
                 "timezone": check_timezone(row.get("timezone") or "UTC"),
@@ -123,7 +126,8 @@ def export_csv(session: Session) -> str:
     for sub in subs:
         base = {"email": sub.email, "frequency": sub.frequency, "timezone": sub.timezone,
                 "weekday": WEEKDAYS[sub.weekday], "hour": sub.hour, "status": sub.status}
-        for f in sub.filters or [None]:
+        filters: list[SubscriberFilter | None] = list(sub.filters) or [None]
+        for f in filters:
             row = base | ({
                 "themes": "|".join(t.name for t in f.themes),
                 "locations": "|".join(loc.name for loc in f.locations),

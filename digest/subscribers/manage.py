@@ -9,6 +9,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from digest.conflicts import insert_ignoring_conflict
+from digest.db import rowcount
 from digest.delivery import states as delivery_states
 from digest.errors import ValidationError
 from digest.models import (
@@ -36,11 +37,11 @@ def upsert_subscriber(
     email: str,
     *,
     filters: list[FilterSpec] | None = None,
-    frequency: str = Frequency.weekly.value,
+    frequency: str = Frequency.weekly,
     timezone: str = "UTC",
     weekday: int | str = 0,
     hour: int | str = 8,
-    status: str = SubscriberStatus.active.value,
+    status: str = SubscriberStatus.active,
     group_by: str = "theme",
     create_taxonomy: bool = False,
 ) -> tuple[Subscriber, bool]:
@@ -107,11 +108,11 @@ def _write_row(session: Session, address: str, fields: dict, status: str) -> tup
 
 def set_status(session: Session, sub: Subscriber, status: str) -> None:
     now = utcnow()
-    sub.status = status
-    if status == SubscriberStatus.active.value:
+    sub.status = SubscriberStatus(status)
+    if status == SubscriberStatus.active:
         sub.confirmed_at = sub.confirmed_at or now
         sub.unsubscribed_at = None
-    elif status in (SubscriberStatus.unsubscribed.value, SubscriberStatus.suppressed.value):
+    elif status in (SubscriberStatus.unsubscribed, SubscriberStatus.suppressed):
         sub.unsubscribed_at = sub.unsubscribed_at or now
         if sub.id is not None:
             cancel_planned(session, sub.id)
@@ -130,11 +131,8 @@ def purge_unconfirmed(session: Session, older_than: timedelta = timedelta(days=8
     Keeping them would keep personal data nobody consented to; they can simply ask again.
     """
     cutoff = (now or utcnow()) - older_than
-    result = session.execute(
-        delete(Subscriber).where(Subscriber.status == SubscriberStatus.pending.value,
-                                 Subscriber.created_at < cutoff)
-    )
-    return result.rowcount or 0
+    return rowcount(session, delete(Subscriber).where(
+        Subscriber.status == SubscriberStatus.pending, Subscriber.created_at < cutoff))
 
 
 def find_subscriber(session: Session, email: str) -> Subscriber:
@@ -163,11 +161,11 @@ def erase_subscriber(session: Session, sub: Subscriber) -> Erased:
     """
     delivery_ids = select(Delivery.id).where(Delivery.subscriber_id == sub.id)
     deliveries = session.scalar(select(func.count()).select_from(delivery_ids.subquery())) or 0
-    bounces = session.execute(delete(Bounce).where(
-        or_(Bounce.email == sub.email, Bounce.delivery_id.in_(delivery_ids)))).rowcount or 0
+    bounces = rowcount(session, delete(Bounce).where(
+        or_(Bounce.email == sub.email, Bounce.delivery_id.in_(delivery_ids))))
     # Deliveries, the ledger and delivery items go by the foreign keys' ON DELETE CASCADE.
     session.execute(delete(Delivery).where(Delivery.subscriber_id == sub.id))
-    kept = session.scalar(select(func.count()).where(Suppression.email == sub.email)) > 0
+    kept = bool(session.scalar(select(func.count()).where(Suppression.email == sub.email)))
     email = sub.email
     session.delete(sub)
     session.flush()
@@ -175,7 +173,7 @@ def erase_subscriber(session: Session, sub: Subscriber) -> Erased:
 
 
 def unsubscribe(session: Session, sub: Subscriber) -> None:
-    set_status(session, sub, SubscriberStatus.unsubscribed.value)
+    set_status(session, sub, SubscriberStatus.unsubscribed)
 
 
 def suppress(session: Session, email: str, reason: str, detail: str = "") -> Suppression:
@@ -186,8 +184,8 @@ def suppress(session: Session, email: str, reason: str, detail: str = "") -> Sup
         row = Suppression(email=address, reason=reason, detail=detail, created_at=utcnow())
         session.add(row)
     sub = session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
-    if sub is not None and sub.status != SubscriberStatus.suppressed.value:
-        set_status(session, sub, SubscriberStatus.suppressed.value)
+    if sub is not None and sub.status != SubscriberStatus.suppressed:
+        set_status(session, sub, SubscriberStatus.suppressed)
     session.flush()
     return row
 
@@ -199,8 +197,8 @@ def unsuppress(session: Session, email: str) -> bool:
         return False
     session.delete(row)
     sub = session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
-    if sub is not None and sub.status == SubscriberStatus.suppressed.value:
-        set_status(session, sub, SubscriberStatus.active.value)
+    if sub is not None and sub.status == SubscriberStatus.suppressed:
+        set_status(session, sub, SubscriberStatus.active)
     session.flush()
     return True
 

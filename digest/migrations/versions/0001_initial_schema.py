@@ -4,10 +4,10 @@ Revision ID: 0001
 Revises: 
 Create Date: 2026-11-28 22:39:42.404338
 """
-from alembic import op
 import sqlalchemy as sa
-import digest.models
+from alembic import op
 
+import digest.models
 
 revision = '0001'
 down_revision = None

@@ -3,10 +3,10 @@
 Revision ID: 0003
 Revises: 0002
 """
-from alembic import op
 import sqlalchemy as sa
-import digest.models
+from alembic import op
 
+import digest.models
 
 revision = '0003'
 down_revision = '0002'

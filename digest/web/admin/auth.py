@@ -37,6 +37,7 @@ def check_credentials(settings: Settings, username: str, password: str) -> bool:
     stored = settings.admin_password_hash
     if not stored:
         return False
+    password_ok: bool
     try:
         password_ok = _hasher.verify(stored, password)
     except (VerificationError, InvalidHashError):

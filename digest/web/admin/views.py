@@ -214,7 +214,8 @@ class RunAdmin(ModelView, model=DigestRun):
         with _session(self) as session:
             progress = delivery.runs_progress(session, [r.id for r in runs])
         for run in runs:
-            run._progress = progress[run.id]
+            # Not a column: read by the "progress" formatter of this page only.
+            run._progress = progress[run.id]  # type: ignore[attr-defined]
 
     async def list(self, request: Request):
         pagination = await super().list(request)
@@ -229,6 +230,7 @@ class RunAdmin(ModelView, model=DigestRun):
 
 
 class DeliveryAdmin(ModelView, model=Delivery):
+    digest_settings: Settings  # set by mount_admin, as for SubscriberAdmin
     name, name_plural, icon = "Delivery", "Deliveries", "fa-solid fa-envelope"
     can_create = can_edit = can_delete = False
     column_list = [

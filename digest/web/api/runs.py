@@ -44,7 +44,7 @@ def create_run(body: RunIn, response: Response, session: SessionDep, settings: S
     if planned.created and not body.dry_run:
         queue_for(settings).deliver(planned.pending_ids)
     response.status_code = 201 if planned.created else 200
-    run = session.get(DigestRun, planned.run_id)
+    run = session.get_one(DigestRun, planned.run_id)
     session.refresh(run)
     return RunOut.of(run, delivery.run_progress(session, run.id), created=planned.created)
 

@@ -132,12 +132,12 @@ def _sync_suppression(
 ) -> None:
     """Status "suppressed" set over the API also puts the address on the suppression list
     (which is what the pipeline checks), and leaving it takes the address off again."""
-    if now is SubscriberStatus.suppressed and was != SubscriberStatus.suppressed.value:
+    if now is SubscriberStatus.suppressed and was != SubscriberStatus.suppressed:
         suppress(session, email, "admin", "suppressed over the API")
     elif (
         now is not None
         and now is not SubscriberStatus.suppressed
-        and (was == SubscriberStatus.suppressed.value)
+        and (was == SubscriberStatus.suppressed)
     ):
         unsuppress(session, email)
 

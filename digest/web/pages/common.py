@@ -19,8 +19,8 @@ from digest.web.pages.csrf import make_csrf
 
 # The templates stay in digest/web/templates, beside the static files.
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / "templates"))
-ACTIVE, PENDING = SubscriberStatus.active.value, SubscriberStatus.pending.value
-UNSUBSCRIBED, SUPPRESSED = SubscriberStatus.unsubscribed.value, SubscriberStatus.suppressed.value
+ACTIVE, PENDING = SubscriberStatus.active, SubscriberStatus.pending
+UNSUBSCRIBED, SUPPRESSED = SubscriberStatus.unsubscribed, SubscriberStatus.suppressed
 
 
 def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:

@@ -31,9 +31,11 @@ def make_csrf(settings: Settings, subject: str) -> str:
     return _serializer(settings).dumps(subject)
 
 
-def check_csrf(settings: Settings, token: str | None, subject: str) -> None:
+def check_csrf(settings: Settings, token: object, subject: str) -> None:
+    """``token``: the form's value as sent (missing, or a file upload: refused as invalid)."""
     try:
-        signed = _serializer(settings).loads(token or "", max_age=MAX_AGE)
+        signed = _serializer(settings).loads(token if isinstance(token, str) else "",
+                                             max_age=MAX_AGE)
     except SignatureExpired as exc:
         raise TokenError("this form is more than a day old; reload the page and try again") from exc
     except BadSignature as exc:

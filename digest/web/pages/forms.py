@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import groupby
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,12 +24,12 @@ from digest.subscribers import WEEKDAYS, FilterSpec, timezone_names
 MAX_FILTERS = 20
 FREQUENCIES = [
     (
-        Frequency.immediate.value,
+        Frequency.immediate,
         "As soon as something is published",
         "One email for each new item.",
     ),
-    (Frequency.daily.value, "Once a day", "At the hour you choose below."),
-    (Frequency.weekly.value, "Once a week", "On the day and at the hour you choose below."),
+    (Frequency.daily, "Once a day", "At the hour you choose below."),
+    (Frequency.weekly, "Once a week", "On the day and at the hour you choose below."),
 ]
 GROUP_BY = [("theme", "By theme"), ("location", "By location")]
 
@@ -68,7 +69,7 @@ def load_choices(session: Session) -> Choices:
         LocationGroup(names[rid], sorted(places, key=str.casefold))
         for rid, places in children.items()
     ]
-    groups.sort(key=lambda g: g.region.casefold())
+    groups.sort(key=lambda g: (g.region or "").casefold())  # every group here has a region
     loose = sorted(
         (row.name for row in rows if row.parent_id is None and row.id not in children),
         key=str.casefold,
@@ -111,7 +112,7 @@ class PrefsForm:
     email: str = ""
     mode: str = "chosen"  # "everything" or "chosen"
     filters: list[FilterState] = field(default_factory=list)
-    frequency: str = Frequency.weekly.value
+    frequency: str = Frequency.weekly
     weekday: str = "0"
     hour: str = "8"
     timezone: str = "UTC"
@@ -141,7 +142,8 @@ class PrefsForm:
     @classmethod
     def from_form(cls, form: FormData) -> PrefsForm:
         try:
-            count = int(form.get("filter_count") or 1)
+            raw = form.get("filter_count")
+            count = int(raw) if isinstance(raw, str) and raw else 1  # a file upload: the default
         except ValueError:
             count = 1
         filters = []
@@ -159,7 +161,7 @@ class PrefsForm:
             email=_text(form, "email"),
             mode="everything" if form.get("mode") == "everything" else "chosen",
             filters=[f for f in filters if not f.is_empty()],
-            frequency=_text(form, "frequency") or Frequency.weekly.value,
+            frequency=_text(form, "frequency") or Frequency.weekly,
             weekday=_text(form, "weekday") or "0",
             hour=_text(form, "hour") or "8",
             timezone=_text(form, "timezone") or "UTC",
@@ -176,7 +178,7 @@ class PrefsForm:
             )
         return [FilterSpec(f.themes, f.locations, f.content_types) for f in self.filters]
 
-    def options(self) -> dict[str, str]:
+    def options(self) -> dict[str, Any]:
         return {
             "frequency": self.frequency,
             "weekday": self.weekday,

@@ -73,11 +73,12 @@ def _send_confirmation(request: Request, subscriber_id: int) -> None:
 def _validate_only(session: Session, prefs: PrefsForm) -> None:
     """The checks upsert_subscriber makes, without writing (for addresses we do not change)."""
     for spec in prefs.specs():
-        for facet, names in (
+        facets: list[tuple[taxonomy.Facet, list[str]]] = [
             ("theme", spec.themes),
             ("location", spec.locations),
             ("content_type", spec.content_types),
-        ):
+        ]
+        for facet, names in facets:
             taxonomy.resolve(session, facet, names, create=False)
     check_choice("frequency", prefs.frequency, ["immediate", "daily", "weekly"])
     check_choice("group_by", prefs.group_by, ["theme", "location"])
@@ -163,7 +164,8 @@ def subscribe_submit(request: Request, form: FormDep, session: SessionDep):
 def send_new_link(request: Request, form: FormDep, session: SessionDep):
     """From an expired or broken link: email a fresh confirmation link, if we know the address."""
     s = get_settings(request)
-    email = (form.get("email") or "").strip() if isinstance(form.get("email"), str) else ""
+    raw = form.get("email")
+    email = raw.strip() if isinstance(raw, str) else ""
     try:
         check_csrf(s, form.get("csrf"), "links")
         address = canonical_email(email)
