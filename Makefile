@@ -30,7 +30,7 @@ test-unit: $(STAMP)
 
 # The gates: ruff's rule set and mypy, both configured in pyproject.toml.
 lint: $(STAMP)
-	$(BIN)/ruff check digest workers bench
+	$(BIN)/ruff check digest workers bench tests
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -447,7 +447,7 @@ def test_required_variable_parser_tells_required_from_defaulted():
 def test_compose_secrets_pass_the_apps_start_up_check(monkeypatch):
     from digest.settings import check_secrets
 
-    for name, service in app_services(load_compose()).items():
+    for _name, service in app_services(load_compose()).items():
         variables = {k: v for k, v in (dockerfile_env() | service_env(service)).items()
                      if is_settings_variable(k) and v is not None}
         check_secrets(build_settings(variables, monkeypatch))  # raises ConfigError if refused

@@ -126,7 +126,7 @@ def contrast(fg: str, bg: str) -> float:
 def _check_stacked(layout: dict, width: int) -> None:
     items = layout["items"]
     assert len(items) == 18, layout["titles"]  # every demo item, none lost to the layout
-    for above, below in zip(items, items[1:]):
+    for above, below in zip(items, items[1:], strict=False):
         assert below["top"] >= above["bottom"] - 0.5, (above, below)  # one per row
     for item in items:
         assert item["left"] >= 0 and item["right"] <= width + 0.5, item
@@ -150,7 +150,7 @@ def test_demo_digest_reads_on_a_phone_and_a_desktop_in_light_and_dark_mode(chrom
                 page = context.new_page()
                 # Nothing outside the file may load: an email cannot count on it.
                 outside: list[str] = []
-                page.on("request", lambda r: outside.append(r.url)
+                page.on("request", lambda r, outside=outside: outside.append(r.url)
                         if not r.url.startswith(("file:", "data:")) else None)
                 page.goto(page_file.as_uri())
                 layout = page.evaluate(_LAYOUT_JS)

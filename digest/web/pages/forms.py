@@ -22,7 +22,7 @@ from digest.models import Frequency, Location, Subscriber
 from digest.subscribers import WEEKDAYS, FilterSpec, timezone_names
 
 MAX_FILTERS = 20
-FREQUENCIES = [
+FREQUENCIES: list[tuple[str, str, str]] = [
     (
         Frequency.immediate,
         "As soon as something is published",
