@@ -319,7 +319,7 @@ class Delivery(Base):
 
 
 # What an ad-hoc or dry-run delivery carries; scheduled digests and alerts keep that in the
-# ledger below instead (digest.select.delivery_contents reads both).
+# ledger below instead (digest.delivery.contents.delivery_contents reads both).
 delivery_items = Table(
     "delivery_items",
     Base.metadata,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from digest import delivery, ingest, selection, subscribers
+from digest import delivery, selection, subscribers
 from digest.db import session_scope
 from digest.queue import (
     TASK_DELIVER_BATCH,
@@ -97,17 +97,6 @@ def item_published(item_id: int) -> dict:
     pending = announce_item(int(item_id))
     enqueue_deliveries(pending)
     return {"pending": len(pending)}
-
-
-def publish_items(item_ids: list[int]) -> None:
-    queue_for(get_settings()).publish_items(item_ids)
-
-
-@app.task(name="digest.ingest_feed", max_retries=MAX_RETRIES)
-def ingest_feed(source: str) -> dict:
-    report = ingest.ingest_feed(source)
-    publish_items(report.new_item_ids)
-    return {"new": len(report.new_item_ids), "updated": len(report.updated_item_ids)}
 
 
 @app.task(name=TASK_SEND_CONFIRMATION, max_retries=MAX_RETRIES)
