@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -29,42 +27,6 @@ def decl(encoding: str) -> str:
 
 
 GOOD = rss(entry("Already stored", "good-1")).encode()
-
-
-# --- encodings and size over real HTTP ------------------------------------------------------------
-
-ROUTES: dict[str, tuple[bytes, str]] = {}
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        body, content_type = ROUTES.get(self.path, (b"not here", "text/plain"))
-        chunked = self.path.startswith("/stream")
-        self.send_response(200 if self.path in ROUTES else 404)
-        self.send_header("Content-Type", content_type)
-        if chunked:  # no Content-Length: only the streamed size cap can stop it
-            self.send_header("Connection", "close")
-        else:
-            self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        try:
-            for start in range(0, len(body), 1 << 20):
-                self.wfile.write(body[start:start + (1 << 20)])
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-
-@pytest.fixture(scope="module")
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def test_a_50_mb_feed_file_is_refused_before_it_is_read(sqlite_settings, tmp_path):
