@@ -16,26 +16,15 @@ from digest.errors import IngestError
 from digest.ingest import ingest_feed
 from digest.models import Item
 from tests.conftest import TEST_DATA
+from tests.feeds import BIG, GOOD, NOW, decl, entry, rss
 
 DATA = TEST_DATA
-NOW = datetime(2025, 10, 12, 9, 0, tzinfo=UTC)
-BIG = 50 * 1024 * 1024
 
 
-def rss(*items: str, decl: str = "") -> str:
-    body = "".join(f"<item>{item}</item>" for item in items)
-    return f"{decl}<rss version=\"2.0\"><channel><title>Feed</title>{body}</channel></rss>"
 
 
-def entry(title: str, guid: str, extra: str = "") -> str:
-    return f"<title>{title}</title><guid>{guid}</guid>{extra}"
 
 
-def decl(encoding: str) -> str:
-    return f'<?xml version="1.0" encoding="{encoding}"?>\n'
-
-
-GOOD = rss(entry("Already stored", "good-1")).encode()
 CYRILLIC = "Новости дня: выборы"
 CHINESE = "中文新闻：选举观察"
 LAUGHS = (

@@ -7,18 +7,8 @@ import sys
 
 import pytest
 
+from tests.feeds import entry, rss
 
-def rss(*items: str, decl: str = "") -> str:
-    body = "".join(f"<item>{item}</item>" for item in items)
-    return f"{decl}<rss version=\"2.0\"><channel><title>Feed</title>{body}</channel></rss>"
-
-
-def entry(title: str, guid: str, extra: str = "") -> str:
-    return f"<title>{title}</title><guid>{guid}</guid>{extra}"
-
-
-def decl(encoding: str) -> str:
-    return f'<?xml version="1.0" encoding="{encoding}"?>\n'
 CYRILLIC = "Новости дня: выборы"
 LAUGHS = (
     '<?xml version="1.0"?>\n<!DOCTYPE rss [\n <!ENTITY lol "lol">\n'

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from digest.delivery import SMTPTransport
-from digest.devtools import InMemoryTransport, MailSink
+from digest.devtools import InMemoryTransport
 from digest.errors import (
     ConfigError,
     PermanentDeliveryError,
@@ -18,20 +18,8 @@ SENDER = "bounces@newsroom.example.org"
 MESSAGE = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
 
 
-@pytest.fixture
-def sink():
-    with MailSink() as running:
-        yield running
-
-
 def smtp_settings(port: int, **extra) -> Settings:
     return Settings(smtp_host="127.0.0.1", smtp_port=port, smtp_timeout=5, **extra)
-
-
-@pytest.fixture
-def transport(sink):
-    with SMTPTransport(smtp_settings(sink.port)) as t:
-        yield t
 
 
 def test_ssl_and_starttls_together_are_refused_even_when_set_after_the_settings_loaded():
