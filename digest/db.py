@@ -1,4 +1,5 @@
-"""Engine and session factory, one per database URL, and schema upgrades via Alembic."""
+"""Engine and session factory, one per database URL, the dialect-aware statements every
+module shares (a rowcount, an INSERT that ignores a conflict), and schema upgrades via Alembic."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import Delete, Update
 
+from digest.errors import ConfigError
 from digest.settings import get_settings
 
 if TYPE_CHECKING:
@@ -68,6 +70,31 @@ def rowcount(session: Session, stmt: Update | Delete) -> int:
     """Run an UPDATE or DELETE; how many rows it matched (its result is a cursor's, which
     SQLAlchemy's types do not say)."""
     return cast(CursorResult[Any], session.execute(stmt)).rowcount or 0
+
+
+def insert_ignoring_conflict(session: Session, model: Any, values: dict[str, Any],
+                             conflict: list[str]) -> Any:
+    """An INSERT of one row that does nothing if ``conflict`` (a unique key) is taken.
+
+    A look-up followed by an INSERT races: both requests find nothing, both insert, and the
+    unique constraint refuses the second one. This is the dialect's ``INSERT ... ON CONFLICT
+    DO NOTHING`` (PostgreSQL and SQLite both have it): the loser of the race inserts nothing
+    instead of failing, and reads the winner's row afterwards.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(model).values(**values).on_conflict_do_nothing(
+            index_elements=conflict)
+    raise ConfigError(
+        f"database {dialect!r} is not supported; use PostgreSQL or SQLite in "
+        "DIGEST_DATABASE_URL"
+    )
 
 
 def alembic_config(url: str | None = None) -> Config:

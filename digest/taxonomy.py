@@ -17,7 +17,7 @@ from slugify import slugify as _slugify
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from digest.conflicts import insert_ignoring_conflict
+from digest.db import insert_ignoring_conflict
 from digest.errors import UnknownTaxonomyError, ValidationError
 from digest.models import ContentType, Location, Theme
 

@@ -8,8 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from digest.conflicts import insert_ignoring_conflict
-from digest.db import rowcount
+from digest.db import insert_ignoring_conflict, rowcount
 from digest.delivery import states as delivery_states
 from digest.errors import ValidationError
 from digest.models import (
