@@ -28,10 +28,12 @@ test: $(STAMP) services
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-# The gates: ruff's rule set and mypy, both configured in pyproject.toml.
+# The gates: ruff's rule set, mypy and the dependency rule (import-linter's contracts),
+# all configured in pyproject.toml.
 lint: $(STAMP)
 	$(BIN)/ruff check digest workers bench tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache --no-logo
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
