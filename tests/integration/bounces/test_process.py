@@ -1,7 +1,7 @@
 """Bounces: RFC 3464 reports tied to their deliveries, on SQLite and PostgreSQL.
 
-The sample reports in tests/data/bounces are written as real MTAs write them (Postfix,
-Outlook, Sendmail) about run 7, deliveries 101-104; ``sent_run`` creates exactly those rows.
+The sample reports (tests/bounce_reports.py) are about run 7, deliveries 101-104;
+``sent_run`` creates exactly those rows.
 """
 
 from __future__ import annotations
@@ -24,58 +24,28 @@ from digest.errors import BounceError, ValidationError
 from digest.models import (
     Bounce,
     Delivery,
-    DigestRun,
     DomainPause,
     Subscriber,
     Suppression,
     utcnow,
 )
 from digest.selection import plan_scheduled_run
-from tests.conftest import TEST_DATA
+from tests.bounce_reports import (
+    ADDRESSES,
+    DATA,
+    HARD_5_1_1,
+    add_sent_delivery,
+    sample,
+    seed_sample_deliveries,
+)
 from tests.factories import T0, Taxo, make_item, make_subscriber
 
-DATA = TEST_DATA / "bounces"
-HARD_5_1_1 = DATA / "postfix-5.1.1-user-unknown.eml"
 DELAYED_4_2_2 = DATA / "postfix-4.2.2-delayed.eml"
 POLICY_5_7_1 = DATA / "outlook-5.7.1-policy.eml"
 BY_MESSAGE_ID = DATA / "sendmail-5.1.1-message-id-only.eml"
 AUTOREPLY = DATA / "autoreply-out-of-office.eml"
 QMAIL_PLAIN = DATA / "qmail-5.1.1-plain-text.eml"
 EXIM_PLAIN = DATA / "exim-4.4.7-plain-text.eml"
-ADDRESSES = {101: "gone@example.net", 102: "full@example.com", 103: "strict@example.org",
-             104: "moved@example.net"}
-
-
-def sample(path: Path, **replace: str) -> bytes:
-    text = path.read_text()
-    for old, new in replace.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    return text.encode()
-
-
-def add_sent_delivery(session: Session, run_id: int, delivery_id: int, sub: Subscriber) -> Delivery:
-    if session.get(DigestRun, run_id) is None:
-        session.add(DigestRun(id=run_id, kind="weekly", slot_key=f"weekly:test-{run_id}",
-                              cutoff=T0 + timedelta(days=7 * (run_id - 7)), status="done"))
-        session.flush()
-    delivery = Delivery(id=delivery_id, run_id=run_id, subscriber_id=sub.id, email=sub.email,
-                        status="sent", attempts=1, item_count=4, smtp_code=250,
-                        smtp_reply="250 2.0.0 OK: queued as 1",
-                        message_id=f"<digest.{run_id}.{delivery_id}@newsroom.example.org>",
-                        sent_at=T0 + timedelta(minutes=30))
-    session.add(delivery)
-    session.flush()
-    return delivery
-
-
-def seed_sample_deliveries(session: Session) -> dict[str, Subscriber]:
-    subs = {}
-    for delivery_id, address in ADDRESSES.items():
-        subs[address] = make_subscriber(session, address)
-        add_sent_delivery(session, 7, delivery_id, subs[address])
-    session.commit()
-    return subs
 
 
 @pytest.fixture

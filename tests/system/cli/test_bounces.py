@@ -5,71 +5,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from digest.bounces import (
-    process_bounce_message,
-)
 from digest.models import (
     Bounce,
     Delivery,
-    DigestRun,
     DomainPause,
     Subscriber,
     Suppression,
 )
-from tests.conftest import TEST_DATA
-from tests.factories import T0, make_subscriber
-
-DATA = TEST_DATA / "bounces"
-HARD_5_1_1 = DATA / "postfix-5.1.1-user-unknown.eml"
-ADDRESSES = {101: "gone@example.net", 102: "full@example.com", 103: "strict@example.org",
-             104: "moved@example.net"}
-
-
-def sample(path: Path, **replace: str) -> bytes:
-    text = path.read_text()
-    for old, new in replace.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    return text.encode()
-
-
-def add_sent_delivery(session: Session, run_id: int, delivery_id: int, sub: Subscriber) -> Delivery:
-    if session.get(DigestRun, run_id) is None:
-        session.add(DigestRun(id=run_id, kind="weekly", slot_key=f"weekly:test-{run_id}",
-                              cutoff=T0 + timedelta(days=7 * (run_id - 7)), status="done"))
-        session.flush()
-    delivery = Delivery(id=delivery_id, run_id=run_id, subscriber_id=sub.id, email=sub.email,
-                        status="sent", attempts=1, item_count=4, smtp_code=250,
-                        smtp_reply="250 2.0.0 OK: queued as 1",
-                        message_id=f"<digest.{run_id}.{delivery_id}@newsroom.example.org>",
-                        sent_at=T0 + timedelta(minutes=30))
-    session.add(delivery)
-    session.flush()
-    return delivery
-
-
-def seed_sample_deliveries(session: Session) -> dict[str, Subscriber]:
-    subs = {}
-    for delivery_id, address in ADDRESSES.items():
-        subs[address] = make_subscriber(session, address)
-        add_sent_delivery(session, 7, delivery_id, subs[address])
-    session.commit()
-    return subs
-
-
-def process(session: Session, raw: bytes, **kw):
-    outcome = process_bounce_message(session, raw, **kw)
-    session.commit()
-    session.expire_all()
-    return outcome
-
+from tests.bounce_reports import DATA, HARD_5_1_1, sample, seed_sample_deliveries
 
 # --- the CLI, as a real process ------------------------------------------------------------
 

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from digest.bounces import (
     parse_report,
 )
-from tests.conftest import TEST_DATA
-
-DATA = TEST_DATA / "bounces"
-HARD_5_1_1 = DATA / "postfix-5.1.1-user-unknown.eml"
-
-
-def sample(path: Path, **replace: str) -> bytes:
-    text = path.read_text()
-    for old, new in replace.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    return text.encode()
+from tests.bounce_reports import HARD_5_1_1, sample
 
 
 def test_a_generic_status_gives_way_to_the_precise_code_in_the_diagnostic():
