@@ -16,14 +16,7 @@ from digest.selection import (
     plan_scheduled_run,
     preview_items,
 )
-from tests.factories import T0, Taxo, make_item, make_subscriber
-
-
-@pytest.fixture
-def taxo(session):
-    t = Taxo(session)
-    session.commit()
-    return t
+from tests.factories import T0, make_item, make_subscriber
 
 
 def carried(session, run_id: int) -> dict[str, set[str]]:

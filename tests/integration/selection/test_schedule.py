@@ -17,16 +17,9 @@ from digest.selection import (
     plan_scheduled_run,
     release_run,
 )
-from tests.factories import T0, Taxo, make_item, make_subscriber
+from tests.factories import T0, make_item, make_subscriber
 
 HOUR = timedelta(hours=1)
-
-
-@pytest.fixture
-def taxo(session):
-    t = Taxo(session)
-    session.commit()
-    return t
 
 
 def tick(session, when, settings, frequency="weekly"):

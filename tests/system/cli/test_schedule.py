@@ -7,43 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from digest.selection import (
-    plan_due_slots,
-)
-from tests.factories import T0, Taxo, make_item, make_subscriber
-
-
-@pytest.fixture
-def taxo(session):
-    t = Taxo(session)
-    session.commit()
-    return t
-
-
-def tick(session, when, settings, frequency="weekly"):
-    plans = plan_due_slots(session, frequency, now=when, settings=settings)
-    session.commit()
-    return plans
-
-
-# --- held runs ------------------------------------------------------------------------------------
-
-@pytest.fixture
-def late(settings):
-    """Three days of catch-up, a day to send by: an outage of two days leaves held runs."""
-    return settings.model_copy(update={"catch_up_hours": 72, "send_by_hours": 24})
-
-
-@pytest.fixture
-def held(session, taxo, late):
-    make_item(session, "news", ingested_at=T0 - timedelta(days=1))
-    make_subscriber(session, "late@example.org", weekday=0, hour=9)  # Monday 09:00: two days back
-    make_subscriber(session, "timely@example.org", weekday=2, hour=6)  # Wednesday 06:00: today
-    session.commit()
-    tick(session, T0, late)
-    plans = tick(session, T0 + timedelta(days=2, minutes=30), late)
-    return {p.slot: p for p in plans}
-
+from tests.factories import T0, make_item, make_subscriber
 
 # --- the operator's commands, as a real process ----------------------------------------------
 

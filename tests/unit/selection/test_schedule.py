@@ -7,26 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from digest.selection import (
-    due_local_hours,
-    plan_due_slots,
-)
-from tests.factories import T0, Taxo, make_item, make_subscriber
+from digest.selection import due_local_hours
 
 HOUR = timedelta(hours=1)
-
-
-@pytest.fixture
-def taxo(session):
-    t = Taxo(session)
-    session.commit()
-    return t
-
-
-def tick(session, when, settings, frequency="weekly"):
-    plans = plan_due_slots(session, frequency, now=when, settings=settings)
-    session.commit()
-    return plans
 
 
 # --- which local hours a UTC slot takes (no database) ----------------------------------------
@@ -73,22 +56,3 @@ def test_over_a_year_every_local_weekday_and_hour_is_due_once_a_week(zone):
         gaps = {b - a for a, b in zip(slots, slots[1:], strict=False)}
         # a week, give or take the daylight-saving change (30 minutes on Lord Howe: one slot)
         assert gaps <= {timedelta(hours=h) for h in (167, 168, 169)}, gaps
-
-
-# --- held runs ------------------------------------------------------------------------------------
-
-@pytest.fixture
-def late(settings):
-    """Three days of catch-up, a day to send by: an outage of two days leaves held runs."""
-    return settings.model_copy(update={"catch_up_hours": 72, "send_by_hours": 24})
-
-
-@pytest.fixture
-def held(session, taxo, late):
-    make_item(session, "news", ingested_at=T0 - timedelta(days=1))
-    make_subscriber(session, "late@example.org", weekday=0, hour=9)  # Monday 09:00: two days back
-    make_subscriber(session, "timely@example.org", weekday=2, hour=6)  # Wednesday 06:00: today
-    session.commit()
-    tick(session, T0, late)
-    plans = tick(session, T0 + timedelta(days=2, minutes=30), late)
-    return {p.slot: p for p in plans}
