@@ -1,4 +1,5 @@
-"""Small builders for test data written straight through the models."""
+"""Small builders for test data: rows written straight through the models, and the plain
+objects a stage takes (a render recipient, settings for a local SMTP server)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.orm import Session
 
 from digest.models import ContentType, Item, Location, Subscriber, SubscriberFilter, Theme
+from digest.render import Recipient
+from digest.settings import Settings
 
 T0 = datetime(2025, 10, 13, 7, 0, tzinfo=UTC)  # a Monday
 
@@ -70,3 +73,26 @@ def make_subscriber(session: Session, email: str, *filters, frequency: str = "we
     session.add(sub)
     session.flush()
     return sub
+
+
+# --- plain objects, no database ------------------------------------------------------------
+
+
+def recipient(**kw) -> Recipient:
+    """A reader as the renderer sees one; ``kw`` replaces any field."""
+    values = dict(subscriber_id=7, email="reader@example.org",
+                  manage_url="https://digest.example.org/manage/tok-m",
+                  unsubscribe_url="https://digest.example.org/unsubscribe/tok-u",
+                  view_url="https://digest.example.org/view/tok-v")
+    values.update(kw)
+    return Recipient(**values)
+
+
+# The envelope sender and a minimal message for the SMTP transport's tests.
+SENDER = "bounces@newsroom.example.org"
+MESSAGE = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+def smtp_settings(port: int, **extra) -> Settings:
+    """Settings for an SMTP server on 127.0.0.1:``port``, with a short timeout."""
+    return Settings(smtp_host="127.0.0.1", smtp_port=port, smtp_timeout=5, **extra)

@@ -18,20 +18,14 @@ from digest.errors import (
     ValidationError,
 )
 from digest.mail import DkimSigner, build_message, make_message_id
-from digest.settings import Settings
-
-SENDER = "bounces@newsroom.example.org"
-MESSAGE = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
+from digest.settings import Settings, get_settings
+from tests.factories import MESSAGE, SENDER, smtp_settings
 
 
 @pytest.fixture
 def sink():
     with MailSink() as running:
         yield running
-
-
-def smtp_settings(port: int, **extra) -> Settings:
-    return Settings(smtp_host="127.0.0.1", smtp_port=port, smtp_timeout=5, **extra)
 
 
 @pytest.fixture
@@ -283,7 +277,8 @@ def test_an_unreadable_ca_file_is_a_configuration_error(tmp_path, sink):
 
 
 def test_transport_from_settings_reaches_the_smtp_sink_fixture(smtp_sink):
-    with transport_from_settings() as transport:
+    # The fixture points DIGEST_SMTP_* at the sink: the settings read from them reach it.
+    with transport_from_settings(get_settings()) as transport:
         assert transport.send(SENDER, "reader@example.org", MESSAGE).code == 250
     [received] = smtp_sink.wait_for(1)
     assert received.path is not None and received.path.read_bytes() == MESSAGE

@@ -6,20 +6,10 @@ from datetime import UTC, datetime
 
 from digest.render import (
     EmailRenderer,
-    Recipient,
     RenderItem,
     render_items_from_models,
 )
-
-
-def recipient(**kw) -> Recipient:
-    values = dict(subscriber_id=7, email="reader@example.org",
-                  manage_url="https://digest.example.org/manage/tok-m",
-                  unsubscribe_url="https://digest.example.org/unsubscribe/tok-u",
-                  view_url="https://digest.example.org/view/tok-v")
-    values.update(kw)
-    return Recipient(**values)
-
+from tests.factories import recipient
 
 # --- from the database -------------------------------------------------------------------------
 

@@ -13,13 +13,7 @@ from digest.errors import (
     ValidationError,
 )
 from digest.settings import Settings
-
-SENDER = "bounces@newsroom.example.org"
-MESSAGE = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
-
-
-def smtp_settings(port: int, **extra) -> Settings:
-    return Settings(smtp_host="127.0.0.1", smtp_port=port, smtp_timeout=5, **extra)
+from tests.factories import MESSAGE, SENDER, smtp_settings
 
 
 def test_ssl_and_starttls_together_are_refused_even_when_set_after_the_settings_loaded():

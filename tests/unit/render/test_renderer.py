@@ -12,12 +12,12 @@ import pytest
 from digest.errors import TemplateError, ValidationError
 from digest.render import (
     EmailRenderer,
-    Recipient,
     RenderItem,
     get_renderer,
 )
 from digest.render import renderer as render  # its mjml2html is patched
 from digest.settings import PROJECT_ROOT, Settings
+from tests.factories import recipient
 
 NEWSROOM = "https://newsroom.example.org/news"
 START = datetime(2025, 10, 9, 12, tzinfo=UTC)
@@ -54,15 +54,6 @@ def make_item(i: int, *, title: str | None = None, url: str | None = "default",
         themes=tuple(themes),
         locations=tuple(locations),
     )
-
-
-def recipient(**kw) -> Recipient:
-    values = dict(subscriber_id=7, email="reader@example.org",
-                  manage_url="https://digest.example.org/manage/tok-m",
-                  unsubscribe_url="https://digest.example.org/unsubscribe/tok-u",
-                  view_url="https://digest.example.org/view/tok-v")
-    values.update(kw)
-    return Recipient(**values)
 
 
 class Parsed(HTMLParser):
