@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,23 +28,18 @@ from digest.selection import plan_scheduled_run
 from digest.settings import Settings
 from tests.conftest import ROOT
 from tests.factories import T0, Taxo, make_item, make_subscriber
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 PROJECT = ROOT
 SECRET = "broker-loss-test-secret-0123456789abcdef"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class OwnRedis:
     """A redis-server of this test's own, without persistence, that it may restart."""
 
     def __init__(self, directory: Path):
-        self.port = _free_port()
+        self.port = free_port()
         self.directory = directory
         self.proc: subprocess.Popen | None = None
 

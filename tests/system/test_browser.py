@@ -6,7 +6,6 @@ each step; screenshots of every page go to test-output/browser/."""
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 
@@ -18,6 +17,7 @@ from digest.models import Subscriber
 from digest.settings import get_settings, reset_settings_cache
 from tests.conftest import ROOT
 from tests.factories import Taxo
+from tests.helpers import free_port
 
 SHOTS = ROOT / "test-output" / "browser"
 LAUNCH_ARGS = [
@@ -35,12 +35,6 @@ EMAIL = "browser.walk@example.org"
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served(sqlite_settings, smtp_sink, monkeypatch):
     """The app on a real uvicorn server on 127.0.0.1, links in emails pointing at it."""
@@ -48,7 +42,7 @@ def served(sqlite_settings, smtp_sink, monkeypatch):
 
     from digest.web import create_app
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("DIGEST_PUBLIC_BASE_URL", base)
     reset_settings_cache()

@@ -8,21 +8,16 @@ import pytest
 
 from digest.errors import IngestError
 from digest.ingest import (
-    ItemIn,
     parse_feed,
     parse_json_items,
     parse_listing,
     to_plain_text,
 )
 from digest.taxonomy import slugify
-from tests.conftest import ROOT, SEED_LISTING, TEST_DATA
+from tests.conftest import SEED_LISTING, TEST_DATA
+from tests.feeds import demo_items
 
 DATA = TEST_DATA
-DEMO = ROOT / "digest" / "data" / "demo-newsroom.txt"
-
-
-def demo_items() -> list[ItemIn]:
-    return parse_listing(DEMO.read_text(encoding="utf-8"))
 
 
 # --- taxonomy -----------------------------------------------------------------------------
