@@ -107,14 +107,37 @@ class DeliveryStatus(enum.StrEnum):
     dry_run = "dry_run"  # a dry run's row: what would have been sent; nothing sends it
 
 
-def _stored_as_text(enum_class: type[enum.StrEnum]) -> Enum:
-    """The column type of a status or kind: the same VARCHAR(20) as before (no CHECK, no
+class Fault(enum.StrEnum):
+    """Whose fault a failure is: the classes of ``digest.delivery.classify``, which decides
+    them, and the ``kind`` a bounce is recorded with (never ``none``). Defined here, with
+    the other stored enums, because the shared top imports no stage."""
+
+    hard = "hard"  # the recipient's mailbox does not exist / is disabled: suppress
+    soft = "soft"  # the recipient's side, for now (full mailbox, 4xx, dropped): retry, count
+    policy = "policy"  # policy or reputation (block list, spam filter, DMARC): pause the domain
+    sender = "sender"  # our sender or set-up (5.1.7/5.1.8/5.1.0 sender, refusal at MAIL FROM,
+    #                    greeting/EHLO/AUTH, 5.5.x protocol): put the batch back, tell ops
+    none = "none"  # not a failure (delivered, relayed, expanded, a delay warning)
+
+
+class SuppressionReason(enum.StrEnum):
+    """Why an address is on the suppression list (the words of it are in ``detail``)."""
+
+    hard_bounce = "hard_bounce"  # a hard refusal at sending time or a hard bounce report
+    soft_bounces = "soft_bounces"  # DIGEST_SOFT_BOUNCE_THRESHOLD soft bounces in the window
+    # Nothing records complaints (feedback loops) yet; kept so rows that carry it still load.
+    complaint = "complaint"
+    admin = "admin"  # an operator's decision (admin UI, API, CLI)
+
+
+def _stored_as_text(enum_class: type[enum.StrEnum], length: int = 20) -> Enum:
+    """The column type of a status or kind: the same VARCHAR as before (no CHECK, no
     native enum, so no migration), read back as the enum member, stored as its value."""
     return Enum(
         enum_class,
         native_enum=False,
         create_constraint=False,
-        length=20,
+        length=length,
         values_callable=lambda members: [m.value for m in members],
     )
 
@@ -260,9 +283,7 @@ class Suppression(Base):
     __tablename__ = "suppressions"
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
-    reason: Mapped[str] = mapped_column(
-        String(50)
-    )  # hard_bounce | soft_bounces | complaint | admin
+    reason: Mapped[SuppressionReason] = mapped_column(_stored_as_text(SuppressionReason, 50))
     detail: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -308,7 +329,12 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime | None]
     lease_until: Mapped[datetime | None]
     smtp_code: Mapped[int | None]
+    # What the server answered the last time it was asked (None: no answer, a dropped
+    # connection or a timeout); never our own words, which go to ``note``.
     smtp_reply: Mapped[str | None] = mapped_column(Text)
+    # Our own word on the latest status change ("gave up after 3 attempts", "cancelled: ...",
+    # "not sent, put back: ..."); None when there is nothing to add (sent).
+    note: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[str | None] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -357,7 +383,7 @@ class Bounce(Base):
     )
     email: Mapped[str] = mapped_column(String(320))
     status_code: Mapped[str] = mapped_column(String(20))  # enhanced code, e.g. 5.1.1
-    kind: Mapped[str] = mapped_column(String(20))  # hard | soft | policy
+    kind: Mapped[Fault] = mapped_column(_stored_as_text(Fault))  # never Fault.none
     diagnostic: Mapped[str] = mapped_column(Text, default="")
     # SHA-256 of the report's machine-readable part, whitespace normalised (digest.bounces).
     report_hash: Mapped[str] = mapped_column(String(64), default="")

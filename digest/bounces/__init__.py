@@ -15,18 +15,14 @@ from digest.bounces.parse import (
 )
 from digest.bounces.process import (
     DUPLICATE,
-    HARD,
-    POLICY,
     RECORDED,
-    SENDER,
-    SOFT,
     UNMATCHED,
     BounceOutcome,
     process_bounce_message,
 )
 
 __all__ = [
-    "DUPLICATE", "FORMATS", "HARD", "MAX_BOUNCE_BYTES", "POLICY", "RECORDED", "SENDER", "SOFT",
-    "UNMATCHED", "BounceOutcome", "BounceReport", "DeliveryStatusReport", "RecipientStatus",
+    "DUPLICATE", "FORMATS", "MAX_BOUNCE_BYTES", "RECORDED", "UNMATCHED", "BounceOutcome",
+    "BounceReport", "DeliveryStatusReport", "RecipientStatus",
     "open_mailbox", "parse_report", "process_bounce_message", "process_mailbox",
 ]

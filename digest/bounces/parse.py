@@ -57,9 +57,9 @@ class RecipientStatus:
     verdict: Verdict
 
     @property
-    def kind(self) -> str | None:
+    def kind(self) -> Fault | None:
         """hard | soft | policy | sender; None: not a failure (delivered, a delay warning)."""
-        return None if self.verdict.fault is Fault.none else self.verdict.fault.value
+        return None if self.verdict.fault is Fault.none else self.verdict.fault
 
 
 @dataclass(frozen=True)

@@ -25,20 +25,14 @@ suppresses a reader on a guess, nor holds a whole batch for one reader's address
 
 from __future__ import annotations
 
-import enum
 import re
 from dataclasses import dataclass
 
+# The classes are defined with the stored enums (a bounce row keeps its class); this module
+# is what decides them.
+from digest.models import Fault
 
-class Fault(enum.StrEnum):
-    """Whose fault a failure is."""
-
-    hard = "hard"  # the recipient's mailbox does not exist / is disabled: suppress
-    soft = "soft"  # the recipient's side, for now (full mailbox, 4xx, dropped): retry, count
-    policy = "policy"  # policy or reputation (block list, spam filter, DMARC): pause the domain
-    sender = "sender"  # our sender or set-up (5.1.7/5.1.8/5.1.0 sender, refusal at MAIL FROM,
-    #                    greeting/EHLO/AUTH, 5.5.x protocol): put the batch back, tell ops
-    none = "none"  # not a failure (delivered, relayed, expanded, a delay warning)
+__all__ = ["Fault", "Verdict", "classify_dsn", "classify_smtp", "enhanced_status"]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,10 @@ Every change is a conditional UPDATE on the status it expects, so a task that ru
 (redelivered by the broker, retried after a worker was lost, swept up as orphaned) finds
 nothing left to claim and sends nothing twice. The database, not the broker, is the record
 of what was sent: other modules call these functions and never write ``status`` themselves.
+
+Each change writes our own word on it to ``note``; ``smtp_code`` and ``smtp_reply`` are only
+what the SMTP server answered the last time it was asked (written with an attempt's
+outcome), never our words.
 """
 
 from __future__ import annotations
@@ -92,8 +96,8 @@ def retry_or_give_up(attempts: int, settings: Settings, reason: str,
     once the delivery has used its ``max_attempts``."""
     if attempts >= settings.max_attempts:
         return {"status": DeliveryStatus.failed,
-                "smtp_reply": f"gave up after {attempts} attempts: {reason}", **values}
-    return {"status": DeliveryStatus.deferred, "smtp_reply": reason,
+                "note": f"gave up after {attempts} attempts: {reason}", **values}
+    return {"status": DeliveryStatus.deferred, "note": reason,
             "next_attempt_at": next_attempt_at, **values}
 
 
@@ -102,7 +106,7 @@ def defer_without_attempt(session: Session, delivery_id: int, until: datetime,
     """Not tried at all (its domain is paused): deferred, and the claim's attempt given back,
     so a long pause never makes a delivery run out of attempts."""
     record(session, delivery_id, status=DeliveryStatus.deferred, next_attempt_at=until,
-           attempts=_TABLE.c.attempts - 1, smtp_reply=note)
+           attempts=_TABLE.c.attempts - 1, note=note)
 
 
 def put_back(session: Session, delivery_ids: Iterable[int], note: str, settings: Settings,
@@ -122,7 +126,7 @@ def put_back(session: Session, delivery_ids: Iterable[int], note: str, settings:
         .values(status=DeliveryStatus.deferred, lease_until=None, updated_at=now,
                 attempts=_less_one(session) if give_back_attempt else _TABLE.c.attempts,
                 next_attempt_at=now + timedelta(seconds=settings.retry_base_seconds),
-                smtp_reply=note))
+                note=note))
     session.commit()
     return count
 
@@ -144,12 +148,12 @@ def mark_planned(session: Session, run_id: int, *, dry_run: bool) -> None:
         update(Delivery)
         .where(Delivery.run_id == run_id, Delivery.item_count == 0,
                Delivery.status == DeliveryStatus.pending)
-        .values(status=DeliveryStatus.skipped, smtp_reply="skipped: no new items matched"))
+        .values(status=DeliveryStatus.skipped, note="skipped: no new items matched"))
     if dry_run:
         session.execute(
             update(Delivery)
             .where(Delivery.run_id == run_id, Delivery.status == DeliveryStatus.pending)
-            .values(status=DeliveryStatus.dry_run, smtp_reply="dry run: would have been sent"))
+            .values(status=DeliveryStatus.dry_run, note="dry run: would have been sent"))
 
 
 # --- cancelling -------------------------------------------------------------------------------
@@ -159,12 +163,12 @@ def cancel_for_subscriber(session: Session, subscriber_id: int, note: str) -> in
     return rowcount(session,
         update(Delivery)
         .where(Delivery.subscriber_id == subscriber_id, Delivery.status.in_(CLAIMABLE))
-        .values(status=DeliveryStatus.cancelled, updated_at=utcnow(), smtp_reply=note))
+        .values(status=DeliveryStatus.cancelled, updated_at=utcnow(), note=note))
 
 
 def cancel_claimed(session: Session, delivery_id: int, note: str) -> None:
     """A claimed row whose reader left or whose address was suppressed since planning."""
-    record(session, delivery_id, status=DeliveryStatus.cancelled, smtp_reply=note)
+    record(session, delivery_id, status=DeliveryStatus.cancelled, note=note)
 
 
 def cancel_run(session: Session, run_id: int, reason: str) -> int:
@@ -173,8 +177,7 @@ def cancel_run(session: Session, run_id: int, reason: str) -> int:
     now = utcnow()
     count = rowcount(session,
         update(Delivery).where(Delivery.run_id == run_id, Delivery.status.in_(CLAIMABLE))
-        .values(status=DeliveryStatus.cancelled, updated_at=now,
-                smtp_reply=f"cancelled: {reason}"))
+        .values(status=DeliveryStatus.cancelled, updated_at=now, note=f"cancelled: {reason}"))
     session.execute(update(DigestRun).where(DigestRun.id == run_id)
                     .values(status=RunStatus.cancelled, finished_at=now))
     return count
@@ -184,17 +187,11 @@ def cancel_run(session: Session, run_id: int, reason: str) -> int:
 
 def mark_bounced(session: Session, delivery_id: int, reply: str) -> bool:
     """A sent digest that bounced later (a hard bounce report) is failed; when it was sent
-    and what SMTP said at the time stay, the report's words are added."""
-    row = session.execute(select(_TABLE.c.smtp_reply).where(
-        _TABLE.c.id == delivery_id, _TABLE.c.status == DeliveryStatus.sent)).first()
-    if row is None:
-        return False
-    note = f"bounced after it was accepted: {reply}".strip()
-    session.execute(update(_TABLE).where(_TABLE.c.id == delivery_id,
-                                         _TABLE.c.status == DeliveryStatus.sent)
-                    .values(status=DeliveryStatus.failed, updated_at=utcnow(),
-                            smtp_reply=f"{row[0]} | {note}" if row[0] else note))
-    return True
+    and what SMTP said at the time stay, the report's words are the note."""
+    return bool(rowcount(session, update(_TABLE).where(_TABLE.c.id == delivery_id,
+                                                       _TABLE.c.status == DeliveryStatus.sent)
+                         .values(status=DeliveryStatus.failed, updated_at=utcnow(),
+                                 note=f"bounced after it was accepted: {reply}".strip())))
 
 
 def requeue_failed(session: Session, delivery_ids: list[int]) -> int:
@@ -237,7 +234,7 @@ def recover_expired_leases(session: Session, now: datetime | None = None) -> lis
         update(Delivery)
         .where(Delivery.status == DeliveryStatus.sending, Delivery.lease_until < now)
         .values(status=DeliveryStatus.deferred, next_attempt_at=now, lease_until=None,
-                smtp_reply="lease expired: the worker stopped before recording a result",
+                note="lease expired: the worker stopped before recording a result",
                 updated_at=now)
         .returning(Delivery.id)
     ).all())

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import create_engine, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 
 from digest import db
@@ -56,7 +56,7 @@ def empty_url(request, tmp_path):
 def test_0004_removes_the_ledger_copies_from_delivery_items_and_gives_them_back(empty_url):
     from alembic import command
 
-    from digest.models import Delivery, DigestRun, SentItem, delivery_items
+    from digest.models import DigestRun, SentItem, delivery_items
     from digest.selection import delivery_contents
     from tests.factories import T0, make_item, make_subscriber
 
@@ -68,19 +68,17 @@ def test_0004_removes_the_ledger_copies_from_delivery_items_and_gives_them_back(
         adhoc = DigestRun(kind="adhoc", slot_key="adhoc:x", cutoff=T0, status="done")
         session.add_all([weekly, adhoc])
         session.flush()
-        scheduled = Delivery(run_id=weekly.id, subscriber_id=sub.id, email=sub.email)
-        chosen = Delivery(run_id=adhoc.id, subscriber_id=sub.id, email=sub.email)
-        session.add_all([scheduled, chosen])
-        session.flush()
+        scheduled = _old_delivery(session, weekly.id, sub)
+        chosen = _old_delivery(session, adhoc.id, sub)
         # As planning wrote them before 0004: the ledger, and a copy of it in delivery_items.
-        session.add_all([SentItem(subscriber_id=sub.id, item_id=i.id, delivery_id=scheduled.id)
+        session.add_all([SentItem(subscriber_id=sub.id, item_id=i.id, delivery_id=scheduled)
                          for i in (first, second)])
         session.execute(delivery_items.insert(), [
-            {"delivery_id": scheduled.id, "item_id": first.id},
-            {"delivery_id": scheduled.id, "item_id": second.id},
-            {"delivery_id": chosen.id, "item_id": first.id}])
+            {"delivery_id": scheduled, "item_id": first.id},
+            {"delivery_id": scheduled, "item_id": second.id},
+            {"delivery_id": chosen, "item_id": first.id}])
         session.commit()
-        ids = (scheduled.id, chosen.id, first.id, second.id)
+        ids = (scheduled, chosen, first.id, second.id)
 
     def rows(query):
         with db._sessionmaker(empty_url)() as session:
@@ -96,3 +94,71 @@ def test_0004_removes_the_ledger_copies_from_delivery_items_and_gives_them_back(
     command.downgrade(db.alembic_config(empty_url), "0003")
     assert rows(select(delivery_items)) == sorted(
         [(scheduled_id, first_id), (scheduled_id, second_id), (chosen_id, first_id)])
+
+
+def _old_delivery(session, run_id, sub, **values):
+    """A deliveries row written with the columns of an older schema only: the models have
+    columns a revision before theirs does not (an ORM object would write them all)."""
+    from digest.models import Delivery
+
+    return session.execute(insert(Delivery).values(
+        run_id=run_id, subscriber_id=sub.id, email=sub.email, **values).returning(Delivery.id)
+    ).scalar_one()
+
+
+# What the code before 0005 wrote to smtp_reply, and where 0005 puts each part.
+_MIXED_REPLIES = [
+    ("gave up after 3 attempts: SMTP server mx.example.org:25 refused ann@example.org at "
+     "RCPT TO: 451 4.7.1 Greylisted, try again",
+     "451 4.7.1 Greylisted, try again", "own"),
+    ("SMTP server mx.example.org:25 refused bob@example.org at RCPT TO: 550 5.1.1 no such user",
+     "550 5.1.1 no such user", "own"),
+    ("cancelled: subscriber left or was suppressed", None, "own"),
+    ("not sent, put back: SMTP server mx.example.org:25 refused cy@example.org at MAIL FROM: "
+     "553 5.1.8 bad sender domain (refused our sender address: check the envelope sender's "
+     "domain)", None, "own"),
+    ("connection to SMTP server mx.example.org:25 lost at DATA for di@example.org: timed out; "
+     "the message was not accepted, try again later", None, "own"),
+    ("skipped: no new items matched", None, "own"),
+    ("2.0.0 Ok: queued as 4F2A | bounced after it was accepted: 5.1.1 user unknown",
+     "2.0.0 Ok: queued as 4F2A", "bounced after it was accepted: 5.1.1 user unknown"),
+    ("2.0.0 Ok: queued as 9C1B", "2.0.0 Ok: queued as 9C1B", None),
+    (None, None, None),
+]
+
+
+def test_0005_moves_our_notes_out_of_smtp_reply_and_puts_them_back(empty_url):
+    from alembic import command
+
+    from digest.models import Delivery, DigestRun, delivery_items
+    from tests.factories import T0, make_item, make_subscriber
+
+    db.upgrade(empty_url, "0004")
+    with db._sessionmaker(empty_url)() as session:
+        item = make_item(session, "one")
+        run = DigestRun(kind="weekly", slot_key="weekly:x", cutoff=T0, status="done")
+        session.add(run)
+        session.flush()
+        ids = [_old_delivery(session, run.id, make_subscriber(session, f"r{n}@example.org"),
+                             smtp_reply=old)
+               for n, (old, _, _) in enumerate(_MIXED_REPLIES)]
+        session.execute(delivery_items.insert(), [{"delivery_id": ids[0], "item_id": item.id}])
+        session.commit()
+
+    def columns(*names):
+        table = Delivery.__table__
+        with db.engine_for(empty_url).connect() as conn:
+            return [tuple(row) for row in conn.execute(
+                select(*(table.c[n] for n in names)).order_by(table.c.id))]
+
+    db.upgrade(empty_url)
+    expected = [(reply, old if note == "own" else note) for old, reply, note in _MIXED_REPLIES]
+    assert columns("smtp_reply", "note") == expected
+
+    command.downgrade(db.alembic_config(empty_url), "0004")
+    assert "note" not in {c["name"] for c in inspect(db.engine_for(empty_url)).get_columns(
+        "deliveries")}
+    assert columns("smtp_reply") == [(old,) for old, _, _ in _MIXED_REPLIES]
+    # The column went without copying the table: nothing cascaded from deliveries.
+    with db.engine_for(empty_url).connect() as conn:
+        assert conn.execute(select(delivery_items)).all() == [(ids[0], item.id)]

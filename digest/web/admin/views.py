@@ -21,6 +21,7 @@ from digest.models import (
     Subscriber,
     SubscriberStatus,
     Suppression,
+    SuppressionReason,
 )
 from digest.queue import queue_for
 from digest.settings import Settings
@@ -104,7 +105,7 @@ class SubscriberAdmin(ModelView, model=Subscriber):
     async def suppress(self, request: Request) -> Response:
         return await _change_addresses(
             self, request, Subscriber,
-            lambda session, email: subscribers.suppress(session, email, "admin",
+            lambda session, email: subscribers.suppress(session, email, SuppressionReason.admin,
                                                         "suppressed in the admin"))
 
     @action(name="unsuppress", label="Unsuppress")
@@ -242,6 +243,7 @@ class DeliveryAdmin(ModelView, model=Delivery):
         Delivery.attempts,
         Delivery.smtp_code,
         Delivery.smtp_reply,
+        Delivery.note,
         Delivery.sent_at,
     ]
     column_details_list = [
@@ -255,17 +257,22 @@ class DeliveryAdmin(ModelView, model=Delivery):
         Delivery.next_attempt_at,
         Delivery.smtp_code,
         Delivery.smtp_reply,
+        Delivery.note,
         Delivery.message_id,
         Delivery.created_at,
         Delivery.updated_at,
         Delivery.sent_at,
     ]
-    column_searchable_list = [Delivery.email, Delivery.smtp_reply, Delivery.message_id]
+    # The server's words and ours side by side (states.py says who writes which).
+    column_labels = {Delivery.smtp_reply: "SMTP reply", Delivery.note: "Note"}
+    column_searchable_list = [Delivery.email, Delivery.smtp_reply, Delivery.note,
+                              Delivery.message_id]
     column_sortable_list = [Delivery.id, Delivery.run_id, Delivery.status, Delivery.sent_at]
     column_default_sort = [(Delivery.id, True)]
     column_filters = [
         StaticValuesFilter(Delivery.status, [(s.value, s.value) for s in DeliveryStatus]),
         OperationColumnFilter(Delivery.smtp_reply, title="SMTP reply"),
+        OperationColumnFilter(Delivery.note, title="Note"),
         OperationColumnFilter(Delivery.smtp_code, title="SMTP code"),
         OperationColumnFilter(Delivery.run_id, title="Run"),
     ]
@@ -325,7 +332,7 @@ class SuppressionAdmin(ModelView, model=Suppression):
     column_filters = [
         StaticValuesFilter(
             Suppression.reason,
-            [(r, r) for r in ("hard_bounce", "soft_bounces", "complaint", "admin")],
+            [(r.value, r.value) for r in SuppressionReason],
         )
     ]
 

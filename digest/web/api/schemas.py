@@ -219,7 +219,8 @@ class DeliveryOut(BaseModel):
     item_count: int
     attempts: int
     smtp_code: int | None
-    smtp_reply: str | None
+    smtp_reply: str | None  # the SMTP server's own words, the last time it was asked
+    note: str | None  # ours: why the row is in its status (gave up, cancelled, put back...)
     message_id: str | None
     created_at: datetime
     sent_at: datetime | None
