@@ -109,3 +109,19 @@ def test_cli_unreadable_mailbox_is_a_one_line_error(cli, args, fragment):
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
+
+
+def test_cli_deliveries_shows_the_servers_reply_and_our_note_apart(cli):
+    assert cli("db", "upgrade").returncode == 0
+    engine = create_engine(cli.db_url)
+    with Session(engine) as session:
+        seed_sample_deliveries(session)
+    engine.dispose()
+    assert cli("bounces", "process", str(DATA / "maildir")).returncode == 0
+    proc = cli("deliveries", "--run", "7", "--status", "failed")
+    assert proc.returncode == 0, proc.stderr
+    header = next(line for line in proc.stdout.splitlines() if "SMTP reply" in line)
+    assert "note" in header
+    # The send's 250 stays the reply; the bounce is our note, in its own column.
+    row = next(line for line in proc.stdout.splitlines() if "gone@example.net" in line)
+    assert "250 2.0.0 OK: queued as 1" in row and "bounced after it was" in row
