@@ -5,6 +5,7 @@ from __future__ import annotations
 from digest.bounces import (
     parse_report,
 )
+from digest.models import Fault
 from tests.bounce_reports import HARD_5_1_1, sample
 
 
@@ -15,4 +16,4 @@ def test_a_generic_status_gives_way_to_the_precise_code_in_the_diagnostic():
                                       "Diagnostic-Code: smtp; 550 5.1.1": "Diagnostic-Code: smtp; 550"})
     recipient = parse_report(no_status).recipients[0]
     # Read from the bare reply code; "User unknown" in the text makes 5.0.0 a hard bounce.
-    assert (recipient.status, recipient.kind) == ("5.0.0", "hard")
+    assert (recipient.status, recipient.kind) == ("5.0.0", Fault.hard)

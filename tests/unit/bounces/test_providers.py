@@ -5,6 +5,7 @@ import json
 import pytest
 
 from digest.bounces import parse_report
+from digest.models import Fault
 
 
 def ses_mail(bounce_type: str, subtype: str, status: str | None = None,
@@ -26,22 +27,22 @@ def ses_mail(bounce_type: str, subtype: str, status: str | None = None,
 
 
 @pytest.mark.parametrize(("args", "kind"), [
-    (("Permanent", "General"), "hard"),
-    (("Permanent", "NoEmail"), "hard"),
-    (("Permanent", "Suppressed"), "sender"),
-    (("Transient", "MailboxFull"), "soft"),
-    (("Transient", "ContentRejected"), "policy"),
-    (("Transient", "General"), "soft"),
+    (("Permanent", "General"), Fault.hard),
+    (("Permanent", "NoEmail"), Fault.hard),
+    (("Permanent", "Suppressed"), Fault.sender),
+    (("Transient", "MailboxFull"), Fault.soft),
+    (("Transient", "ContentRejected"), Fault.policy),
+    (("Transient", "General"), Fault.soft),
     # The receiver's own reply, wrapped by SES, wins over SES's "Permanent/General".
     (("Permanent", "General", "5.7.1", "smtp; 550 5.7.1 Service unavailable, blocked using "
-      "Spamhaus"), "policy"),
-    (("Transient", "General", "5.1.1", "smtp; 550 5.1.1 user unknown"), "soft"),
+      "Spamhaus"), Fault.policy),
+    (("Transient", "General", "5.1.1", "smtp; 550 5.1.1 user unknown"), Fault.soft),
 ])
 def test_an_ses_notification_is_classified_and_tied_to_its_delivery(args, kind):
     report = parse_report(ses_mail(*args))
     assert report.source == "amazon-ses"
     (recipient,) = report.recipients
-    assert (recipient.final_recipient, recipient.kind) == ("reader@example.net", kind)
+    assert recipient.final_recipient == "reader@example.net" and recipient.kind is kind
     assert report.verp_ids == [101] and report.message_id_ids == (7, 101)
 
 
