@@ -42,6 +42,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from digest.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -147,6 +151,7 @@ class Campaign:
         self.unsubscribed: dict[int, float] = {}  # subscriber id -> when it committed
         self.beat_note = ""
         self.engine = None
+        self.settings: Settings  # this process's, from the parts' DIGEST_* (start_parts)
 
     # --- parts -------------------------------------------------------------------------
 
@@ -276,7 +281,7 @@ class Campaign:
             return "(no log)"
 
     def start_parts(self) -> None:
-        from digest.settings import Settings, reset_settings_cache
+        from digest.settings import Settings
 
         a = self.args
         self.start_postgres()
@@ -305,8 +310,9 @@ class Campaign:
         env.update({f"DIGEST_{name.upper()}": str(v) for name, v in wanted.items()})
         self.beat_note = ", ".join(f"DIGEST_{name.upper()}={v}" for name, v in wanted.items())
         self.env = env
-        os.environ.update({k: v for k, v in env.items() if k.startswith("DIGEST_")})
-        reset_settings_cache()
+        # The parts get these as their environment; this process, as its Settings object.
+        self.settings = Settings(**{k[len("DIGEST_"):].lower(): v for k, v in env.items()
+                                    if k.startswith("DIGEST_")})
         self.digest_cli("db", "upgrade")
         self.start_workers(1, 2)
         self.start_beat("beat")
@@ -349,7 +355,8 @@ class Campaign:
                   "content_type": "News", "themes": [theme]}
                  for i, theme in enumerate(THEMES)]
         # ingested_at is the round's clock, so the weekly window (watermark, as-of] holds them.
-        ingest.ingest_json(json.dumps(items), now=when - timedelta(hours=1))
+        ingest.ingest_json(json.dumps(items), settings=self.settings,
+                           now=when - timedelta(hours=1))
 
     def top_up_subscribers(self) -> None:
         """Active weekly subscribers back up to --subscribers (unsubscribes and bounces leave)."""
@@ -361,7 +368,7 @@ class Campaign:
 
         # An hour far from now, so the beat's own tick never plans these subscribers' slot.
         hour = (datetime.now(UTC).hour + 12) % 24
-        with session_scope() as session:
+        with session_scope(self.settings.database_url) as session:
             active = session.scalar(select(func.count()).where(Subscriber.status == "active"))
             missing = self.args.subscribers - active
             if missing <= 0:
@@ -373,7 +380,8 @@ class Campaign:
                 themes = ("" if i % 3 == 0 else THEMES[i % 4] if i % 3 == 1
                           else f"{THEMES[i % 4]}|{THEMES[(i + 1) % 4]}")
                 lines.append(f"reader{i}@example.org,weekly,UTC,0,{hour},{themes},active")
-            report = import_csv(session, "\n".join(lines) + "\n")
+            report = import_csv(session, "\n".join(lines) + "\n",
+                                smtputf8=self.settings.smtputf8)
             if report.errors:
                 raise CampaignError(f"subscriber import refused rows: {report.errors[:3]}")
 
@@ -457,7 +465,7 @@ class Campaign:
         from digest.models import Delivery, Subscriber
         from digest.subscribers import unsubscribe
 
-        with session_scope() as session:
+        with session_scope(self.settings.database_url) as session:
             # Locked, so "pending" stays true until the unsubscribe has committed.
             pending = session.scalars(
                 select(Delivery.subscriber_id).where(Delivery.run_id == run_id,
@@ -519,7 +527,9 @@ class Campaign:
                 accepted[int(e["delivery"])].append(e["t"])
         with self.engine.connect() as conn:
             rows = conn.execute(text(
-                "SELECT d.id, d.subscriber_id, d.email, d.status, d.smtp_reply, s.status "
+                # Our note says why a row ended as it did; else the server's reply.
+                "SELECT d.id, d.subscriber_id, d.email, d.status, "
+                "COALESCE(d.note, d.smtp_reply), s.status "
                 "FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id "
                 "WHERE d.run_id = :r"), {"r": run_id}).all()
         lost_reasons: Counter = Counter()

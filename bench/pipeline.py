@@ -73,7 +73,7 @@ from digest.models import (
 )
 from digest.render import get_renderer
 from digest.selection import delivery_contents, plan_scheduled_run, preview_items
-from digest.settings import get_settings, reset_settings_cache
+from digest.settings import Settings
 from digest.taxonomy import slugify
 
 SEED = 20251013
@@ -221,17 +221,22 @@ def bench_database(url: str | None, tmpdir: Path):
         progress(f"dropped database {name}")
 
 
-def configure(url: str, smtp_port: int, tmpdir: Path) -> None:
-    """The workers read settings from DIGEST_* like a real deployment, children included."""
-    for key in [k for k in os.environ if k.startswith("DIGEST_")]:
-        del os.environ[key]  # the shell's settings (DKIM, batch size...) must not skew figures
-    os.environ.update({
-        "DIGEST_DATABASE_URL": url, "DIGEST_BROKER_URL": "", "DIGEST_SMTP_HOST": "127.0.0.1",
-        "DIGEST_SMTP_PORT": str(smtp_port), "DIGEST_SECRET_KEY": secrets.token_urlsafe(32),
-        "DIGEST_PUBLIC_BASE_URL": "https://digest.example.org",
-        "DIGEST_VAR_DIR": str(tmpdir / "var"),
-    })
-    reset_settings_cache()
+class GivenSettings(Settings):
+    """Settings from the values given only: the shell's DIGEST_* and .env (DKIM, batch
+    size...) must not skew the figures."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_environment_sources):
+        return (init_settings,)
+
+
+def configure(url: str, smtp_port: int, tmpdir: Path) -> Settings:
+    """The settings of every step, passed to the worker processes too."""
+    return GivenSettings(
+        database_url=url, broker_url="", smtp_host="127.0.0.1", smtp_port=smtp_port,
+        secret_key=secrets.token_urlsafe(32), public_base_url="https://digest.example.org",
+        var_dir=tmpdir / "var",
+    )
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -434,13 +439,12 @@ def _transport(smtp: str):
 
 # --- worker processes (together, P processes) ---------------------------------------------------
 
-def _worker(jobs, results, barrier, smtp: str) -> None:
+def _worker(jobs, results, barrier, smtp: str, settings: Settings) -> None:
     """One prefork-like worker: warm up (engine, renderer), then send batches until None."""
     try:
-        settings = get_settings()
         with db.engine_for(settings.database_url).connect():
             pass
-        get_renderer("digest")
+        get_renderer("digest", settings)
         barrier.wait()
         totals = {"pid": os.getpid(), "batches": 0, "claimed": 0, "sent": 0, "busy": 0.0}
         cpu0 = time.process_time()
@@ -458,7 +462,7 @@ def _worker(jobs, results, barrier, smtp: str) -> None:
 
 
 def send_in_processes(ids: list[int], batch_size: int, processes: int,
-                      smtp: str) -> tuple[float, list[dict]]:
+                      smtp: str, settings: Settings) -> tuple[float, list[dict]]:
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # no engine, pool or SQLite handle inherited through fork
@@ -468,7 +472,8 @@ def send_in_processes(ids: list[int], batch_size: int, processes: int,
         jobs.put(batch)
     for _ in range(processes):
         jobs.put(None)
-    workers = [ctx.Process(target=_worker, args=(jobs, results, barrier, smtp), daemon=True)
+    workers = [ctx.Process(target=_worker, args=(jobs, results, barrier, smtp, settings),
+                           daemon=True)
                for _ in range(processes)]
     for w in workers:
         w.start()
@@ -510,6 +515,7 @@ class Report:
     facts: list[tuple[str, str]] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    batch_size: int | None = None  # known once the settings are
 
 
 @contextmanager
@@ -534,12 +540,12 @@ def profiled(directory: Path | None, name: str):
 class Bench:
     """The steps of one run, in order; each appends its row to the report."""
 
-    def __init__(self, args, report: Report, watchdog: Watchdog, url: str,
+    def __init__(self, args, report: Report, watchdog: Watchdog, settings: Settings,
                  sink: SinkProcess | None):
         self.args, self.report, self.watchdog = args, report, watchdog
-        self.url, self.sink = url, sink
-        self.Session = db._sessionmaker(url)
-        self.settings = get_settings()
+        self.url, self.sink = settings.database_url, sink
+        self.Session = db._sessionmaker(self.url)
+        self.settings = settings
         self.batch_size = self.settings.batch_size
         self.now = datetime.now(UTC).replace(second=0, microsecond=0)
         self.rng = random.Random(SEED)
@@ -596,7 +602,7 @@ class Bench:
             t0 = time.perf_counter()
             with profiled(self.args.profile, "baseline"):
                 for sub in sample:
-                    items = preview_items(session, sub, as_of=self.now)
+                    items = preview_items(session, sub, as_of=self.now, settings=self.settings)
                     self.previews[sub.id] = {i.id for i in items}
             seconds = time.perf_counter() - t0
         row = Row(f"baseline: 1 query/subscriber ({n} sampled)", n, seconds, "subs/s")
@@ -610,7 +616,8 @@ class Bench:
         with self.Session() as session:
             t0 = time.perf_counter()
             with profiled(self.args.profile, "select"):
-                planned = plan_scheduled_run(session, "weekly", now=self.now, everyone=True)
+                planned = plan_scheduled_run(session, "weekly", now=self.now, everyone=True,
+                                             settings=self.settings)
                 session.commit()
             seconds = time.perf_counter() - t0
             self.pending, self.run_id = planned.pending_ids, planned.run_id
@@ -650,7 +657,7 @@ class Bench:
         """Load as send_deliveries does, then MessageFactory.build; the two timed apart."""
         self.step("render")
         factory = MessageFactory(self.settings)
-        get_renderer("digest")  # built once per process, as in a worker
+        get_renderer("digest", self.settings)  # built once per process, as in a worker
         load_s = build_s = 0.0
         total_bytes = 0
         with profiled(self.args.profile, "render"):
@@ -723,7 +730,8 @@ class Bench:
         self.step(f"together, {p} processes")
         before = self.sink.count()[0] if self.sink else 0
         sink_cpu = self.sink_cpu()
-        seconds, reports = send_in_processes(self.pending, self.batch_size, p, self.args.smtp)
+        seconds, reports = send_in_processes(self.pending, self.batch_size, p, self.args.smtp,
+                                             self.settings)
         row = Row(f"together: send_deliveries, {p} process{'es' if p > 1 else ''}",
                   sum(r["sent"] for r in reports), seconds)
         row.note = (f"x{one.seconds / seconds:.2f} vs 1 process; batches "
@@ -757,7 +765,7 @@ def reset_run(Session, run_id: int) -> None:
                                                Delivery.status == DeliveryStatus.sent)
                         .values(status=DeliveryStatus.pending, attempts=0, lease_until=None,
                                 next_attempt_at=None, smtp_code=None, smtp_reply=None,
-                                message_id=None, sent_at=None))
+                                note=None, message_id=None, sent_at=None))
         session.execute(update(DigestRun).where(DigestRun.id == run_id)
                         .values(status=RunStatus.sending, finished_at=None))
         session.commit()
@@ -769,8 +777,9 @@ def run(args, report: Report, watchdog: Watchdog, tmpdir: Path) -> None:
         try:
             if args.smtp == "sink":
                 sink = SinkProcess()
-            configure(url, sink.port if sink else 1, tmpdir)
-            bench = Bench(args, report, watchdog, url, sink)
+            settings = configure(url, sink.port if sink else 1, tmpdir)
+            report.batch_size = settings.batch_size
+            bench = Bench(args, report, watchdog, settings, sink)
             bench.setup()
             data = bench.generate()
             baseline = bench.baseline(data)
@@ -793,7 +802,7 @@ def print_report(report: Report, args) -> None:
         print(f"  {key + ':':<9} {value}")
     smtp = ("MailSink (aiosmtpd) in its own process, counting only" if args.smtp == "sink"
             else "none (messages accepted without SMTP)")
-    print(f"  {'smtp:':<9} {smtp}; batch_size={get_settings().batch_size}")
+    print(f"  {'smtp:':<9} {smtp}; batch_size={report.batch_size}")
     print(f"  {'step':<46} {'count':>7} {'seconds':>8} {'rate':>9}")
     for r in report.rows:
         print(f"  {r.step:<46} {r.count:>7} {r.seconds:>8.2f} {r.rate:>9.0f} {r.unit:<6} {r.note}")

@@ -45,7 +45,7 @@ def main() -> int:
     from digest import db
     from digest.devtools import MailSink
     from digest.models import Subscriber
-    from digest.settings import get_settings, reset_settings_cache
+    from digest.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="digest-signups-"))
     admin = pg_name = None
@@ -59,14 +59,12 @@ def main() -> int:
     sink = MailSink(outbox=tmp / "outbox").start()
     try:
         port = free_port()
-        os.environ.update({
-            "DIGEST_DATABASE_URL": url, "DIGEST_BROKER_URL": "", "DIGEST_VAR_DIR": str(tmp),
-            "DIGEST_SMTP_HOST": sink.host, "DIGEST_SMTP_PORT": str(sink.port),
-            "DIGEST_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        })
-        os.environ.setdefault("DIGEST_SECRET_KEY", __import__("secrets").token_urlsafe(32))
-        reset_settings_cache()
-        settings = get_settings()
+        given = {"database_url": url, "broker_url": "", "var_dir": tmp,
+                 "smtp_host": sink.host, "smtp_port": sink.port,
+                 "public_base_url": f"http://127.0.0.1:{port}"}
+        settings = Settings(**given)
+        if "secret_key" not in settings.model_fields_set:  # none in DIGEST_*: a random one
+            settings = Settings(**given, secret_key=__import__("secrets").token_urlsafe(32))
         db.upgrade(url)
 
         from digest.web import create_app

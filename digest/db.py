@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import Delete, Update
 
 from digest.errors import ConfigError
-from digest.settings import get_settings
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -43,19 +42,16 @@ def engine_for(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
-def get_engine() -> Engine:
-    return engine_for(get_settings().database_url)
-
-
 @lru_cache(maxsize=16)
 def _sessionmaker(url: str) -> sessionmaker[Session]:
     return sessionmaker(engine_for(url), expire_on_commit=False)
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """A session whose transaction commits on success and rolls back on any error."""
-    session = _sessionmaker(get_settings().database_url)()
+def session_scope(url: str) -> Iterator[Session]:
+    """A session on the database at ``url`` (``settings.database_url``) whose transaction
+    commits on success and rolls back on any error."""
+    session = _sessionmaker(url)()
     try:
         yield session
         session.commit()
@@ -97,18 +93,17 @@ def insert_ignoring_conflict(session: Session, model: Any, values: dict[str, Any
     )
 
 
-def alembic_config(url: str | None = None) -> Config:
+def alembic_config(url: str) -> Config:
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("sqlalchemy.url", (url or get_settings().database_url).replace("%", "%%"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
-def upgrade(url: str | None = None, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "head") -> None:
     from alembic import command
 
-    url = url or get_settings().database_url
     engine_for(url)  # creates the SQLite folder
     command.upgrade(alembic_config(url), revision)

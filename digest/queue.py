@@ -61,7 +61,7 @@ class InProcessQueue:
 
     def publish_items(self, item_ids: Sequence[int]) -> None:
         for item_id in item_ids:
-            self.deliver(announce_item(int(item_id)))
+            self.deliver(announce_item(int(item_id), self.settings))
 
     def send_confirmation(self, subscriber_id: int) -> None:
         from digest.delivery import send_confirmation
@@ -69,12 +69,12 @@ class InProcessQueue:
         send_confirmation(int(subscriber_id), settings=self.settings)
 
 
-def announce_item(item_id: int) -> list[int]:
+def announce_item(item_id: int, settings: Settings) -> list[int]:
     """Plan the alert of a new item (committed); the delivery ids to send."""
     from digest.db import session_scope
     from digest.selection import plan_immediate_run
 
-    with session_scope() as session:
+    with session_scope(settings.database_url) as session:
         run = plan_immediate_run(session, item_id)
     return run.pending_ids
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from digest.errors import TokenError
-from digest.settings import Settings, get_settings
+from digest.settings import Settings
 
 Purpose = Literal["confirm", "manage", "unsubscribe", "view"]
 
@@ -32,17 +32,17 @@ def _serializer(purpose: Purpose, settings: Settings) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(keys, salt=f"digest.{purpose}")
 
 
-def make_token(purpose: Purpose, payload: dict[str, Any], settings: Settings | None = None) -> str:
-    return _serializer(purpose, settings or get_settings()).dumps(payload)
+def make_token(purpose: Purpose, payload: dict[str, Any], settings: Settings) -> str:
+    return _serializer(purpose, settings).dumps(payload)
 
 
-def read_token(purpose: Purpose, token: str, settings: Settings | None = None,
+def read_token(purpose: Purpose, token: str, settings: Settings,
                max_age: int | None = -1) -> dict[str, Any]:
     """The payload of a valid token; ``TokenError`` saying why otherwise."""
     if max_age == -1:
         max_age = MAX_AGE[purpose]
     try:
-        payload = _serializer(purpose, settings or get_settings()).loads(token, max_age=max_age)
+        payload = _serializer(purpose, settings).loads(token, max_age=max_age)
     except SignatureExpired as exc:
         raise TokenError("this link has expired; ask for a new one") from exc
     except BadSignature as exc:
@@ -54,11 +54,11 @@ def read_token(purpose: Purpose, token: str, settings: Settings | None = None,
     return payload
 
 
-def subscriber_token(purpose: Purpose, subscriber_id: int, settings: Settings | None = None) -> str:
+def subscriber_token(purpose: Purpose, subscriber_id: int, settings: Settings) -> str:
     return make_token(purpose, {"s": subscriber_id}, settings)
 
 
-def subscriber_from_token(purpose: Purpose, token: str, settings: Settings | None = None) -> int:
+def subscriber_from_token(purpose: Purpose, token: str, settings: Settings) -> int:
     payload = read_token(purpose, token, settings)
     sid = payload.get("s")
     if not isinstance(sid, int):
@@ -66,12 +66,11 @@ def subscriber_from_token(purpose: Purpose, token: str, settings: Settings | Non
     return sid
 
 
-def links_for(subscriber_id: int, settings: Settings | None = None) -> dict[str, str]:
+def links_for(subscriber_id: int, settings: Settings) -> dict[str, str]:
     """Absolute URLs for the footer of every email sent to this subscriber."""
-    s = settings or get_settings()
-    base = s.public_base_url.rstrip("/")
-    manage = subscriber_token("manage", subscriber_id, s)
-    unsubscribe = subscriber_token("unsubscribe", subscriber_id, s)
+    base = settings.public_base_url.rstrip("/")
+    manage = subscriber_token("manage", subscriber_id, settings)
+    unsubscribe = subscriber_token("unsubscribe", subscriber_id, settings)
     return {
         "manage_url": f"{base}/preferences/{manage}",
         "unsubscribe_url": f"{base}/unsubscribe/{unsubscribe}",

@@ -1,5 +1,7 @@
 """Thin tasks: parse arguments, call a ``digest`` function, enqueue follow-ups, return.
 
+A task is an edge: it reads the settings once (``get_settings()``) and passes them down.
+
 Every task is safe to run twice: planning is unique per slot, sending claims rows first.
 Follow-up tasks are enqueued (through ``digest.queue``, under the names it defines) only
 after the transaction that created their rows committed.
@@ -18,7 +20,7 @@ from digest.queue import (
     announce_item,
     queue_for,
 )
-from digest.settings import get_settings
+from digest.settings import Settings, get_settings
 from workers.celery_app import app
 
 MAX_RETRIES = 3
@@ -28,21 +30,23 @@ def _when(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def enqueue_deliveries(delivery_ids: list[int]) -> int:
+def enqueue_deliveries(delivery_ids: list[int], settings: Settings) -> int:
     """One deliver_batch task per batch of ids (each batch shares one SMTP connection)."""
-    return queue_for(get_settings()).deliver(delivery_ids)
+    return queue_for(settings).deliver(delivery_ids)
 
 
 @app.task(name="digest.tick", max_retries=MAX_RETRIES)
 def tick(now: str | None = None) -> dict:
     """Plan the weekly and daily slots due (this hour's and any missed since the last one
     planned) and send them; a run past its send-by deadline is held for an operator."""
+    settings = get_settings()
     planned = {}
     for frequency in ("weekly", "daily"):
-        with session_scope() as session:
-            plans = selection.plan_due_slots(session, frequency, now=_when(now))
+        with session_scope(settings.database_url) as session:
+            plans = selection.plan_due_slots(session, frequency, now=_when(now),
+                                             settings=settings)
         for plan in plans:
-            enqueue_deliveries(plan.run.pending_ids)
+            enqueue_deliveries(plan.run.pending_ids, settings)
         slots = [{"slot": p.slot.isoformat(), "run_id": p.run.run_id, "created": p.run.created,
                   "pending": p.run.planned, "skipped": p.run.skipped, "held": p.held}
                  for p in plans]
@@ -50,27 +54,19 @@ def tick(now: str | None = None) -> dict:
     return planned
 
 
-@app.task(name="digest.send_weekly_now", max_retries=MAX_RETRIES)
-def send_weekly_now(now: str | None = None, frequency: str = "weekly") -> dict:
-    with session_scope() as session:
-        run = selection.plan_scheduled_run(session, frequency, now=_when(now), everyone=True)
-    enqueue_deliveries(run.pending_ids)
-    return {"run_id": run.run_id, "created": run.created, "pending": run.planned,
-            "skipped": run.skipped}
-
-
 @app.task(name=TASK_DELIVER_BATCH, max_retries=MAX_RETRIES)
 def deliver_batch(delivery_ids: list[int]) -> dict:
-    result = delivery.send_deliveries([int(i) for i in delivery_ids])
+    result = delivery.send_deliveries([int(i) for i in delivery_ids], settings=get_settings())
     return {"claimed": result.claimed, "sent": result.sent, "deferred": result.deferred,
             "failed": result.failed, "cancelled": result.cancelled}
 
 
 @app.task(name="digest.retry_deferred", max_retries=MAX_RETRIES)
 def retry_deferred() -> int:
-    with session_scope() as session:
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
         due = delivery.due_for_retry(session)
-    return enqueue_deliveries(due)
+    return enqueue_deliveries(due, settings)
 
 
 @app.task(name="digest.sweep", max_retries=MAX_RETRIES)
@@ -78,28 +74,29 @@ def sweep() -> dict:
     """Find lost work again: rows of a dead worker, rows whose task the broker lost, runs
     left open. The database is the record, so this needs nothing from the broker."""
     settings = get_settings()
-    with session_scope() as session:
+    with session_scope(settings.database_url) as session:
         found = delivery.sweep(session, settings)
-    enqueue_deliveries(found.recovered + found.orphaned)
+    enqueue_deliveries(found.recovered + found.orphaned, settings)
     return {"recovered": len(found.recovered), "orphaned": len(found.orphaned),
             "runs_finished": len(found.runs_finished), "runs_held": len(found.runs_held)}
 
 
 @app.task(name="digest.purge_unconfirmed", max_retries=MAX_RETRIES)
 def purge_unconfirmed() -> int:
-    with session_scope() as session:
+    with session_scope(get_settings().database_url) as session:
         return subscribers.purge_unconfirmed(session)
 
 
 @app.task(name=TASK_ITEM_PUBLISHED, max_retries=MAX_RETRIES)
 def item_published(item_id: int) -> dict:
     """The event for a new item: alerts to subscribers who want every item at once."""
-    pending = announce_item(int(item_id))
-    enqueue_deliveries(pending)
+    settings = get_settings()
+    pending = announce_item(int(item_id), settings)
+    enqueue_deliveries(pending, settings)
     return {"pending": len(pending)}
 
 
 @app.task(name=TASK_SEND_CONFIRMATION, max_retries=MAX_RETRIES)
 def send_confirmation(subscriber_id: int) -> str | None:
     """The double opt-in email (also the "send me a new link" email) to one subscriber."""
-    return delivery.send_confirmation(int(subscriber_id))
+    return delivery.send_confirmation(int(subscriber_id), settings=get_settings())

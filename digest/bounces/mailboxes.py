@@ -17,13 +17,13 @@ from sqlalchemy.exc import IntegrityError
 from digest import db
 from digest.bounces.process import (
     DUPLICATE,
-    POLICY,
     RECORDED,
     BounceOutcome,
     process_bounce_message,
 )
 from digest.errors import BounceError, DigestError, ValidationError
-from digest.settings import Settings, get_settings
+from digest.models import Fault
+from digest.settings import Settings
 
 FORMATS = ("auto", "maildir", "mbox", "file")
 
@@ -63,11 +63,11 @@ class BounceReport:
 
     @property
     def policy_rejections(self) -> list[BounceOutcome]:
-        return [o for _, o in self.outcomes if o.result == RECORDED and o.kind == POLICY]
+        return [o for _, o in self.outcomes if o.result == RECORDED and o.kind is Fault.policy]
 
     @property
     def sender_problems(self) -> list[BounceOutcome]:
-        return [o for _, o in self.outcomes if o.result == RECORDED and o.kind == "sender"]
+        return [o for _, o in self.outcomes if o.result == RECORDED and o.kind is Fault.sender]
 
     def summary(self) -> str:
         return (f"{self.processed} message(s): {self.hard} hard, {self.soft} soft, "
@@ -128,7 +128,7 @@ def _messages(box: mailbox.Mailbox | Path) -> Iterator[tuple[str, bytes | None, 
             yield source, None, "cannot read the message: it was removed or is unreadable"
 
 
-def process_mailbox(path: str | Path, fmt: str = "auto", *, settings: Settings | None = None,
+def process_mailbox(path: str | Path, fmt: str = "auto", *, settings: Settings,
                     dry_run: bool = False) -> BounceReport:
     """Process every message of a Maildir, an mbox or a message file; each one in its own
     transaction (with ``dry_run``, none is written: each outcome says what would be done).
@@ -137,7 +137,6 @@ def process_mailbox(path: str | Path, fmt: str = "auto", *, settings: Settings |
     not a bounce is counted as unmatched; one that cannot be read or parsed is listed in
     ``errors`` and nothing is written for it. A path that is no mailbox raises BounceError.
     """
-    settings = settings or get_settings()
     box = open_mailbox(path, fmt)
     report = BounceReport()
     make_session = db._sessionmaker(settings.database_url)
@@ -169,7 +168,8 @@ def process_mailbox(path: str | Path, fmt: str = "auto", *, settings: Settings |
                 session.close()
             report.outcomes.append((source, outcome))
             if outcome.result == RECORDED:
-                kind = cast(str, outcome.kind)  # a recorded bounce always has one
+                # A recorded bounce always has a kind; the counters are named after them.
+                kind = cast(Fault, outcome.kind).value
                 setattr(report, kind, getattr(report, kind) + 1)
             elif outcome.result == DUPLICATE:
                 report.duplicates += 1

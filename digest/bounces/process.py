@@ -37,15 +37,14 @@ from digest.bounces.parse import (
     verp_ids,
 )
 from digest.delivery import mark_bounced, pause_domain, recipient_domain
-from digest.models import Bounce, Delivery, Subscriber, utcnow
-from digest.settings import Settings, get_settings
+from digest.models import Bounce, Delivery, Fault, Subscriber, SuppressionReason, utcnow
+from digest.settings import Settings
 from digest.subscribers import suppress
 
 log = logging.getLogger(__name__)
 
-HARD, SOFT, POLICY, SENDER = "hard", "soft", "policy", "sender"
 RECORDED, DUPLICATE, UNMATCHED = "recorded", "duplicate", "unmatched"
-_WORST_FIRST = {HARD: 0, POLICY: 1, SENDER: 2, SOFT: 3}
+_WORST_FIRST = {Fault.hard: 0, Fault.policy: 1, Fault.sender: 2, Fault.soft: 3}
 
 
 @dataclass
@@ -54,7 +53,7 @@ class BounceOutcome:
 
     result: str  # recorded | duplicate | unmatched
     reason: str
-    kind: str | None = None  # hard | soft | policy | sender
+    kind: Fault | None = None  # the classifier's verdict; never Fault.none
     delivery_id: int | None = None
     email: str | None = None
     status_code: str | None = None
@@ -70,7 +69,7 @@ class BounceOutcome:
 
 
 def process_bounce_message(session: Session, raw: bytes, *, envelope_to: str | None = None,
-                           settings: Settings | None = None,
+                           settings: Settings,
                            dry_run: bool = False) -> BounceOutcome:
     """Record one bounce message and act on it; the caller commits.
 
@@ -78,13 +77,12 @@ def process_bounce_message(session: Session, raw: bytes, *, envelope_to: str | N
     provider passes it apart from the message); it is tried as a VERP address first.
     Raises BounceError for input that is not a readable message (nothing is written).
     """
-    settings = settings or get_settings()
     report = parse_report(raw)
     if report is None:
         return BounceOutcome(UNMATCHED, "not a bounce (no delivery-status report, no failure "
                              "notice): nothing to do", dry_run=dry_run)
     listed = [{"address": r.final_recipient or None, "status": r.status,
-               "class": r.verdict.fault.value} for r in report.recipients]
+               "class": r.verdict.fault} for r in report.recipients]
     if not report.failures:
         return BounceOutcome(UNMATCHED, "the report has no failed recipient (delivered, "
                              "relayed or a delay warning): nothing to do", recipients=listed,
@@ -121,15 +119,15 @@ def process_bounce_message(session: Session, raw: bytes, *, envelope_to: str | N
         outcome.result = DUPLICATE
         outcome.reason = "this report was processed before: nothing changed"
         return outcome
-    if failure.kind == HARD:
-        suppress(session, delivery.email, "hard_bounce", detail)
+    if failure.kind is Fault.hard:
+        suppress(session, delivery.email, SuppressionReason.hard_bounce, detail)
         mark_bounced(session, delivery.id, detail)
         outcome.suppressed = True
         outcome.reason = "the address does not exist: suppressed"
-    elif failure.kind == SOFT:
+    elif failure.kind is Fault.soft:
         outcome.reason, outcome.suppressed = _count_soft(session, sub, delivery, bounce_id,
                                                          detail, settings)
-    elif failure.kind == POLICY:
+    elif failure.kind is Fault.policy:
         domain = recipient_domain(delivery.email)
         now = utcnow()
         until = pause_domain(session, domain,
@@ -155,13 +153,13 @@ def verp_ids_of(envelope_to: str | None) -> list[int]:
 
 def _would(failure: RecipientStatus, delivery: Delivery, settings: Settings) -> str:
     """What processing would do, in words (a dry run)."""
-    if failure.kind == HARD:
+    if failure.kind is Fault.hard:
         return f"would suppress {delivery.email} and fail delivery #{delivery.id}"
-    if failure.kind == SOFT:
+    if failure.kind is Fault.soft:
         return (f"would count a soft bounce for {delivery.email} (suppressed at "
                 f"{settings.soft_bounce_threshold} within {settings.soft_bounce_window_days} "
                 "days)")
-    if failure.kind == POLICY:
+    if failure.kind is Fault.policy:
         return (f"would pause {recipient_domain(delivery.email)} for "
                 f"{settings.policy_pause_minutes} minutes; {delivery.email} is not suppressed")
     return (f"would change nothing for {delivery.email} and tell the operator: "
@@ -201,7 +199,7 @@ def _pick(failures: list[RecipientStatus], address: str) -> RecipientStatus:
     address = address.lower()
     own = [f for f in failures if address in (f.final_recipient, f.original_recipient)]
     # A failure always has a kind (``kind`` is None only for a delivered or delayed block).
-    return sorted(own or failures, key=lambda f: _WORST_FIRST[cast(str, f.kind)])[0]
+    return sorted(own or failures, key=lambda f: _WORST_FIRST[cast(Fault, f.kind)])[0]
 
 
 def _insert_once(session: Session, **values: object) -> int | None:
@@ -217,7 +215,7 @@ def _count_soft(session: Session, sub: Subscriber, delivery: Delivery, bounce_id
     """(what happened, whether the address was suppressed now)."""
     # One digest that is delayed, then given up on, is one soft bounce, not two.
     earlier = session.scalar(select(func.count()).where(
-        Bounce.delivery_id == delivery.id, Bounce.kind == SOFT, Bounce.id != bounce_id))
+        Bounce.delivery_id == delivery.id, Bounce.kind == Fault.soft, Bounce.id != bounce_id))
     if earlier:
         return "a soft bounce of a digest already counted: not counted again", False
     # Counted afresh from the reports of the window, not incremented: a reader whose mailbox
@@ -226,12 +224,13 @@ def _count_soft(session: Session, sub: Subscriber, delivery: Delivery, bounce_id
     recent = session.scalar(
         select(func.count(func.distinct(Bounce.delivery_id)))
         .join(Delivery, Delivery.id == Bounce.delivery_id)
-        .where(Delivery.subscriber_id == sub.id, Bounce.kind == SOFT, Bounce.created_at >= since))
+        .where(Delivery.subscriber_id == sub.id, Bounce.kind == Fault.soft,
+               Bounce.created_at >= since))
     session.execute(update(Subscriber).where(Subscriber.id == sub.id).values(soft_bounces=recent))
     session.refresh(sub, ["soft_bounces"])
     threshold = settings.soft_bounce_threshold
     if sub.soft_bounces >= threshold:
-        suppress(session, delivery.email, "soft_bounces",
+        suppress(session, delivery.email, SuppressionReason.soft_bounces,
                   f"{sub.soft_bounces} soft bounces; last: {detail}")
         return f"soft bounce {sub.soft_bounces} of {threshold}: suppressed", True
     return f"soft bounce {sub.soft_bounces} of {threshold}: counted", False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, time
 
 from rich.console import Console
@@ -11,7 +12,8 @@ from digest import db
 from digest.errors import ValidationError
 from digest.settings import get_settings
 
-__all__ = ["console", "ensure_db", "err", "new_session", "parse_when", "task_queue"]
+__all__ = ["console", "ensure_db", "err", "new_session", "parse_when", "session_scope",
+           "task_queue"]
 
 console = Console()
 err = Console(stderr=True)
@@ -43,5 +45,10 @@ def new_session() -> Session:
     return db._sessionmaker(get_settings().database_url)()
 
 
+def session_scope() -> AbstractContextManager[Session]:
+    """A session on the configured database that commits on success (``db.session_scope``)."""
+    return db.session_scope(get_settings().database_url)
+
+
 def ensure_db() -> None:
-    db.upgrade()
+    db.upgrade(get_settings().database_url)

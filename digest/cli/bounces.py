@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from digest.cli._common import console, ensure_db, err
+from digest.settings import get_settings
 
 app = typer.Typer(help="Bounce reports (RFC 3464 delivery-status notifications).",
                   no_args_is_help=True)
@@ -32,7 +33,7 @@ def bounces_process(
     from digest.bounces import process_mailbox
 
     ensure_db()
-    report = process_mailbox(path, fmt, dry_run=dry_run)
+    report = process_mailbox(path, fmt, settings=get_settings(), dry_run=dry_run)
     if as_json:
         for line in report.as_json_lines():
             typer.echo(json.dumps(line, ensure_ascii=False))

@@ -14,5 +14,6 @@ app = typer.Typer(help="Database schema.", no_args_is_help=True)
 @app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the schema to the latest version."""
-    db.upgrade()
-    console.print(f"database at the latest schema: {get_settings().database_url}")
+    url = get_settings().database_url
+    db.upgrade(url)
+    console.print(f"database at the latest schema: {url}")

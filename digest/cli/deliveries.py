@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import typer
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import func, select
 
-from digest import db
-from digest.cli._common import console, ensure_db
+from digest.cli._common import console, ensure_db, session_scope
 from digest.errors import ValidationError
 
 
@@ -35,19 +35,23 @@ def deliveries(
     if watch:
         _watch_run(run, interval, timeout)
         return
-    with db.session_scope() as session:
+    with session_scope() as session:
         q = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
         if run is not None:
             q = q.where(Delivery.run_id == run)
         if status:
             q = q.where(Delivery.status == status)
         rows = session.scalars(q).all()
-        table = Table("id", "run", "email", "status", "items", "tries", "SMTP", "Message-ID",
-                      "updated")
+        # The server's reply and our note apart: whose words they are is part of the story.
+        table = Table("id", "run", "email", "status", "items", "tries", "SMTP reply", "note",
+                      "Message-ID", "updated")
         for d in rows:
+            reply = d.smtp_reply or ""
+            if d.smtp_code is not None and not reply.startswith(str(d.smtp_code)):
+                reply = f"{d.smtp_code} {reply}".strip()
+            # Neither is rich markup: a reply may hold "[...]".
             table.add_row(str(d.id), str(d.run_id), d.email, d.status, str(d.item_count),
-                          str(d.attempts),
-                          f"{d.smtp_code or ''} {(d.smtp_reply or '')[:40]}".strip(),
+                          str(d.attempts), Text(reply[:60]), Text((d.note or "")[:60]),
                           d.message_id or "", f"{d.updated_at:%Y-%m-%d %H:%M:%S}")
         console.print(table)
         run_ids = sorted({d.run_id for d in rows}, reverse=True)[:10]
@@ -69,7 +73,7 @@ def _watch_run(run_id: int | None, interval: float, timeout: float | None) -> No
     from digest.delivery import UNFINISHED, describe_progress, run_progress
     from digest.models import DigestRun
 
-    with db.session_scope() as session:
+    with session_scope() as session:
         if run_id is None:
             run_id = session.scalar(select(func.max(DigestRun.id)))
             if run_id is None:
@@ -83,7 +87,7 @@ def _watch_run(run_id: int | None, interval: float, timeout: float | None) -> No
     with Progress(*columns, console=console, transient=not console.is_terminal) as bar:
         task = bar.add_task("", total=None, counts="")
         while True:
-            with db.session_scope() as session:
+            with session_scope() as session:
                 progress = run_progress(session, run_id)
             waiting = sum(progress.get(s, 0) for s in UNFINISHED)
             bar.update(task, total=progress["total"], completed=progress["total"] - waiting,

@@ -6,8 +6,7 @@ import typer
 from rich.table import Table
 from sqlalchemy import select
 
-from digest import db
-from digest.cli._common import console, ensure_db
+from digest.cli._common import console, ensure_db, session_scope
 from digest.errors import ValidationError
 
 app = typer.Typer(help="Recipient domains paused after a policy refusal (5.7.x).",
@@ -22,7 +21,7 @@ def domains_paused() -> None:
     from digest.models import DomainPause, utcnow
 
     ensure_db()
-    with db.session_scope() as session:
+    with session_scope() as session:
         pauses = session.scalars(select(DomainPause).where(DomainPause.paused_until > utcnow())
                                  .order_by(DomainPause.paused_until, DomainPause.domain)).all()
         if not pauses:
@@ -45,7 +44,7 @@ def domains_resume(
     from digest.delivery import resume_domain
 
     ensure_db()
-    with db.session_scope() as session:
+    with session_scope() as session:
         resumed = resume_domain(session, domain)
     if resumed is None:
         raise ValidationError(f"{domain.strip()!r} is not paused; see 'digest domains paused'")

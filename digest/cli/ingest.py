@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from digest.cli._common import console, ensure_db, task_queue
+from digest.settings import get_settings
 
 app = typer.Typer(help="Bring items in.", no_args_is_help=True)
 
@@ -25,7 +26,7 @@ def ingest_listing(
     from digest import ingest
 
     ensure_db()
-    _after_ingest(ingest.ingest_listing(source))
+    _after_ingest(ingest.ingest_listing(source, settings=get_settings()))
 
 
 @app.command("feed")
@@ -36,7 +37,7 @@ def ingest_feed(
     from digest import ingest
 
     ensure_db()
-    _after_ingest(ingest.ingest_feed(source))
+    _after_ingest(ingest.ingest_feed(source, settings=get_settings()))
 
 
 @app.command("json")
@@ -48,4 +49,4 @@ def ingest_json(
 
     ensure_db()
     text = sys.stdin.read() if source == "-" else source
-    _after_ingest(ingest.ingest_json(text))
+    _after_ingest(ingest.ingest_json(text, settings=get_settings()))

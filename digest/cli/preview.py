@@ -8,8 +8,7 @@ import typer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from digest import db
-from digest.cli._common import console, ensure_db, parse_when
+from digest.cli._common import console, ensure_db, parse_when, session_scope
 from digest.errors import ValidationError
 from digest.settings import get_settings
 
@@ -32,16 +31,16 @@ def preview(
         raise ValidationError("give a subscriber's address or --delivery ID (one of the two)")
     ensure_db()
     settings = get_settings()
-    with db.session_scope() as session:
+    with session_scope() as session:
         if delivery is not None:
-            rendered = render_delivery(session, delivery)
+            rendered = render_delivery(session, delivery, settings=settings)
             if rendered is None:
                 raise ValidationError(f"no delivery {delivery} that carries items; see "
                                       "'digest deliveries'")
             stem, count = f"delivery-{delivery}", _delivery_item_count(session, delivery)
         else:
             assert email is not None  # exactly one of the two was given (checked above)
-            address = canonical_email(email)
+            address = canonical_email(email, smtputf8=settings.smtputf8)
             sub = session.scalars(
                 select(Subscriber).where(Subscriber.email == address)).one_or_none()
             if sub is None:

@@ -6,8 +6,7 @@ import typer
 from rich.table import Table
 from sqlalchemy import select
 
-from digest import db
-from digest.cli._common import console, ensure_db, task_queue
+from digest.cli._common import console, ensure_db, session_scope, task_queue
 from digest.errors import ValidationError
 
 app = typer.Typer(help="Digest runs: list them; release or cancel a held one.",
@@ -31,7 +30,7 @@ def runs_list(
     ensure_db()
     if status:
         check_choice("status", status, [s.value for s in RunStatus])
-    with db.session_scope() as session:
+    with session_scope() as session:
         q = select(DigestRun).order_by(DigestRun.id.desc()).limit(limit)
         if status:
             q = q.where(DigestRun.status == status)
@@ -56,7 +55,7 @@ def runs_release(run_id: int = typer.Argument(..., help="The held run's id.")) -
     from digest.selection import release_run
 
     ensure_db()
-    with db.session_scope() as session:
+    with session_scope() as session:
         ids = release_run(session, run_id)
     console.print(f"run #{run_id} released: sending {len(ids)} digest(s).",
                   markup=False, highlight=False)
@@ -74,16 +73,17 @@ def runs_cancel(
     next digest instead."""
     from digest.models import DigestRun
     from digest.selection import cancel_run
+    from digest.settings import get_settings
 
     ensure_db()
-    with db.session_scope() as session:
+    with session_scope() as session:
         run = session.get(DigestRun, run_id)
         if run is None:
             raise ValidationError(f"no run with id {run_id}; 'digest runs' lists the recent ones")
         if not yes and not typer.confirm(
                 f"Cancel run #{run_id} ({run.kind}, {run.slot_key}, {run.status})?"):
             raise typer.Exit(1)
-        result = cancel_run(session, run_id, reason)
+        result = cancel_run(session, run_id, reason, get_settings())
     console.print(f"run #{run_id} cancelled: {result.deliveries} digest(s) will not go out; "
                   f"{result.items_given_back} item(s) go to those readers' next digest instead.",
                   markup=False, highlight=False)

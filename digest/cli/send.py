@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from digest.cli._common import console, ensure_db, new_session, parse_when, task_queue
+from digest.settings import get_settings
 
 app = typer.Typer(help="Plan and send digests.", no_args_is_help=True)
 
@@ -40,14 +41,16 @@ def _send_scheduled(frequency: str, now: bool, dry_run: bool, as_of: str | None)
     from digest.selection import plan_due_slots, plan_scheduled_run
 
     ensure_db()
+    settings = get_settings()
     clock = parse_when(as_of)
     if now:
         planned = _plan(lambda s: plan_scheduled_run(s, frequency, now=clock, everyone=True,
-                                                     dry_run=dry_run))
+                                                     dry_run=dry_run, settings=settings))
         _report_run(planned, dry_run)
         return
     # This hour's slot and any missed since the last one planned, in one transaction.
-    plans = _plan(lambda s: plan_due_slots(s, frequency, now=clock, dry_run=dry_run))
+    plans = _plan(lambda s: plan_due_slots(s, frequency, now=clock, dry_run=dry_run,
+                                           settings=settings))
     for plan in plans:
         _report_slot(plan, dry_run)
 

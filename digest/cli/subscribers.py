@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 from sqlalchemy import select
 
-from digest import db
-from digest.cli._common import console, ensure_db, err
+from digest.cli._common import console, ensure_db, err, session_scope
 from digest.errors import ValidationError
+from digest.settings import get_settings
 
 app = typer.Typer(help="Manage subscribers.", no_args_is_help=True)
 
@@ -38,8 +38,9 @@ def subscribers_add(
     specs = [parse_filter(f) for f in filter_]
     if theme or location or content_type:
         specs.append(FilterSpec(list(theme), list(location), list(content_type)))
-    with db.session_scope() as session:
-        sub, created = upsert_subscriber(session, email, filters=specs, frequency=frequency,
+    with session_scope() as session:
+        sub, created = upsert_subscriber(session, email, smtputf8=get_settings().smtputf8,
+                                         filters=specs, frequency=frequency,
                                          timezone=tz, weekday=weekday, hour=hour,
                                          group_by=group_by, create_taxonomy=create_taxonomy)
         console.print(f"{'added' if created else 'updated'} subscriber #{sub.id} {sub.email}")
@@ -53,7 +54,7 @@ def subscribers_list() -> None:
 
     ensure_db()
     table = Table("id", "email", "status", "frequency", "when (local)", "filters")
-    with db.session_scope() as session:
+    with session_scope() as session:
         for sub in session.scalars(select(Subscriber).order_by(Subscriber.id).options(
                 *with_filters())):
             when = f"{WEEKDAYS[sub.weekday][:3]} {sub.hour:02d}:00 {sub.timezone}"
@@ -68,7 +69,7 @@ def subscribers_unsubscribe(email: str) -> None:
     from digest.subscribers import find_subscriber, unsubscribe
 
     ensure_db()
-    with db.session_scope() as session:
+    with session_scope() as session:
         sub = find_subscriber(session, email)
         unsubscribe(session, sub)
         console.print(f"unsubscribed {sub.email}", markup=False, highlight=False)
@@ -80,11 +81,14 @@ def subscribers_suppress(
     note: str = typer.Option("", "--note", help="Why (kept with the suppression)."),
 ) -> None:
     """Never send to this address again, whether or not it is a subscriber."""
+    from digest.models import SuppressionReason
     from digest.subscribers import canonical_email, suppress
 
     ensure_db()
-    with db.session_scope() as session:
-        row = suppress(session, canonical_email(email), "admin", note or "suppressed from the CLI")
+    with session_scope() as session:
+        address = canonical_email(email, smtputf8=get_settings().smtputf8)
+        row = suppress(session, address, SuppressionReason.admin,
+                       note or "suppressed from the CLI")
         console.print(f"suppressed {row.email}", markup=False, highlight=False)
 
 
@@ -94,7 +98,7 @@ def subscribers_unsuppress(email: str) -> None:
     from digest.subscribers import unsuppress
 
     ensure_db()
-    with db.session_scope() as session:
+    with session_scope() as session:
         if not unsuppress(session, email):
             raise ValidationError(f"{email.strip()!r} is not suppressed")
         console.print(f"unsuppressed {email.strip()}", markup=False, highlight=False)
@@ -110,7 +114,7 @@ def subscribers_erase(
     from digest.subscribers import erase_subscriber, find_subscriber
 
     ensure_db()
-    with db.session_scope() as session:
+    with session_scope() as session:
         sub = find_subscriber(session, email)
         if not yes and not typer.confirm(f"Erase {sub.email} and their delivery log?"):
             raise typer.Exit(1)
@@ -131,8 +135,8 @@ def subscribers_import(source: Path) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else exc
         raise ValidationError(f"cannot read {source}: {reason}") from exc
-    with db.session_scope() as session:
-        report = import_csv(session, text)
+    with session_scope() as session:
+        report = import_csv(session, text, smtputf8=get_settings().smtputf8)
     for line, reason in report.errors:
         err.print(f"line {line}: {reason}", markup=False, highlight=False)
     console.print(report.summary())
@@ -146,5 +150,5 @@ def subscribers_export() -> None:
     from digest.subscribers import export_csv
 
     ensure_db()
-    with db.session_scope() as session:
+    with session_scope() as session:
         sys.stdout.write(export_csv(session))

@@ -27,7 +27,7 @@ from digest.delivery.transport import Transport, transport_from_settings
 from digest.errors import ConfigError, RateLimitError
 from digest.mail import MessageFactory
 from digest.models import Subscriber, SubscriberStatus, Suppression
-from digest.settings import Settings, get_settings
+from digest.settings import Settings
 
 __all__ = ["EmailRateLimiter", "build_confirmation", "limit_storage_url", "send_confirmation"]
 
@@ -43,16 +43,15 @@ def limit_storage_url(settings: Settings) -> str:
 class EmailRateLimiter:
     """Moving-window limits per address; ``check`` raises ``RateLimitError`` past them."""
 
-    def __init__(self, settings: Settings | None = None, storage_url: str | None = None):
-        s = settings or get_settings()
+    def __init__(self, settings: Settings, storage_url: str | None = None):
         try:
-            self.limits = parse_many(s.email_rate_limit)
+            self.limits = parse_many(settings.email_rate_limit)
         except ValueError as exc:
             raise ConfigError(
-                f"DIGEST_EMAIL_RATE_LIMIT {s.email_rate_limit!r} is not a rate limit: write "
-                "for example '4/minute;11/hour'"
+                f"DIGEST_EMAIL_RATE_LIMIT {settings.email_rate_limit!r} is not a rate limit: "
+                "write for example '4/minute;11/hour'"
             ) from exc
-        self.storage = storage_from_string(storage_url or limit_storage_url(s))
+        self.storage = storage_from_string(storage_url or limit_storage_url(settings))
         self._limiter = MovingWindowRateLimiter(self.storage)
 
     def check(self, address: str) -> None:
@@ -78,26 +77,26 @@ def _minutes(seconds: int) -> str:
     return f"{math.ceil(seconds / 60)} minutes"
 
 
-def build_confirmation(sub: Subscriber, settings: Settings | None = None,
+def build_confirmation(sub: Subscriber, settings: Settings,
                        factory: MessageFactory | None = None) -> tuple[str, str, bytes]:
     """(envelope sender, Message-ID, message bytes) of the confirmation email, composed by
     the same path as every digest (so DKIM-signed when configured); ``sub.filters`` loaded."""
     # At call time: subscribers imports delivery (leaving cancels planned rows).
     from digest.subscribers import describe_filter
 
-    factory = factory or MessageFactory(settings or get_settings())
+    factory = factory or MessageFactory(settings)
     headers, data = factory.confirmation(sub, [describe_filter(f) for f in sub.filters])
     return headers.mail_from, headers.message_id, data
 
 
 def send_confirmation(
-    subscriber_id: int, *, settings: Settings | None = None, transport: Transport | None = None
+    subscriber_id: int, *, settings: Settings, transport: Transport | None = None
 ) -> str | None:
     """Send the confirmation email; the Message-ID, or None when nothing may be sent
     (no such subscriber, or the address is suppressed). Delivery errors propagate."""
     from digest.subscribers import with_filters
 
-    s = settings or get_settings()
+    s = settings
     with db._sessionmaker(s.database_url)() as session:
         sub = session.scalars(
             select(Subscriber)

@@ -35,15 +35,17 @@ from digest.errors import (
 from digest.mail import MessageFactory
 from digest.models import (
     Delivery,
+    DeliveryStatus,
     Item,
     Subscriber,
     SubscriberFilter,
     SubscriberStatus,
     Suppression,
+    SuppressionReason,
     utcnow,
 )
 from digest.render import RenderedEmail, RenderItem, render_items_from_models
-from digest.settings import Settings, get_settings
+from digest.settings import Settings
 
 
 @dataclass
@@ -87,7 +89,7 @@ def load_batch(session: Session, ids: list[int]) -> list[tuple[Delivery, list[Re
 
 
 def render_delivery(session: Session, delivery_id: int, *, in_browser: bool = False,
-                    settings: Settings | None = None) -> RenderedEmail | None:
+                    settings: Settings) -> RenderedEmail | None:
     """A delivery's subject, HTML and text as they are (or would be) mailed, from the same
     code that sends them; None if there is no such delivery or it carries nothing. Works for
     a dry run's rows: that is how an operator previews an ad-hoc send before making it."""
@@ -95,12 +97,12 @@ def render_delivery(session: Session, delivery_id: int, *, in_browser: bool = Fa
     if not loaded or not loaded[0][1]:
         return None
     delivery, items = loaded[0]
-    return MessageFactory(settings or get_settings()).render(
+    return MessageFactory(settings).render(
         delivery, delivery.run, items, in_browser=in_browser)
 
 
 def render_for_browser(session: Session, delivery_id: int,
-                       settings: Settings | None = None) -> str | None:
+                       settings: Settings) -> str | None:
     """The HTML of a delivery as it was mailed ("view in your browser"); None if it carried
     nothing."""
     rendered = render_delivery(session, delivery_id, in_browser=True, settings=settings)
@@ -116,9 +118,8 @@ class _SenderRefused(Exception):
 
 
 def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = None,
-                    now: datetime | None = None, settings: Settings | None = None) -> BatchResult:
+                    now: datetime | None = None, settings: Settings) -> BatchResult:
     """Claim, render, send and record a batch over one SMTP connection. Safe to run twice."""
-    settings = settings or get_settings()
     now = now or utcnow()
     # The batch's clock: ``now`` as given (tests move it), advancing with real time.
     offset = now - utcnow()
@@ -241,7 +242,7 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory, delive
     except DigestError as exc:
         # This reader's data cannot make a valid message (e.g. a header with CR/LF): never
         # sent half-right, and nobody is suppressed for it.
-        states.record(session, delivery.id, status="failed", smtp_reply=f"not sent: {exc}")
+        states.record(session, delivery.id, status=DeliveryStatus.failed, note=f"not sent: {exc}")
         return "failed"
     try:
         reply = conn.send(factory.return_path(delivery.id), delivery.email, data)
@@ -250,11 +251,11 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory, delive
     except ConfigError:
         raise  # login refused, untrusted certificate...: the whole batch goes back
     except DigestError as exc:  # an address the transport cannot carry (SMTPUTF8 off)
-        states.record(session, delivery.id, status="failed", smtp_reply=f"not sent: {exc}",
+        states.record(session, delivery.id, status=DeliveryStatus.failed, note=f"not sent: {exc}",
                       message_id=message_id)
         return "failed"
-    states.record(session, delivery.id, status="sent", smtp_code=reply.code,
-                  smtp_reply=reply.reply, message_id=message_id, sent_at=utcnow(),
+    states.record(session, delivery.id, status=DeliveryStatus.sent, smtp_code=reply.code,
+                  smtp_reply=reply.reply, note=None, message_id=message_id, sent_at=utcnow(),
                   next_attempt_at=None)
     return "sent"
 
@@ -266,7 +267,7 @@ def _refused(session: Session, delivery: Delivery, exc: DeliveryError, message_i
     if isinstance(exc, PermanentDeliveryError) and exc.code is None:
         # Refused before any command (e.g. the server cannot carry this address): this
         # recipient only, with the reason; nobody is suppressed.
-        states.record(session, delivery.id, status="failed", smtp_reply=str(exc),
+        states.record(session, delivery.id, status=DeliveryStatus.failed, note=str(exc),
                       message_id=message_id)
         return "failed"
     verdict = classify_smtp(exc.code, exc.reply, exc.step)
@@ -281,24 +282,25 @@ def _refused(session: Session, delivery: Delivery, exc: DeliveryError, message_i
                              reply, delivery_id=delivery.id, now=now)
         pauses[domain] = Pause(until, reply)
         outcome = states.retry_or_give_up(delivery.attempts, settings, str(exc), until,
-                                          smtp_code=exc.code, message_id=message_id)
+                                          smtp_code=exc.code, smtp_reply=exc.reply,
+                                          message_id=message_id)
         # Same transaction as the pause (``record`` commits): both or neither.
         states.record(session, delivery.id, **outcome)
         return str(outcome["status"])
     if verdict.fault is Fault.hard:
-        states.record(session, delivery.id, status="failed", smtp_code=exc.code,
-                      smtp_reply=str(exc), message_id=message_id)
-        suppress(session, delivery.email, "hard_bounce", str(exc))
+        states.record(session, delivery.id, status=DeliveryStatus.failed, smtp_code=exc.code,
+                      smtp_reply=exc.reply, note=str(exc), message_id=message_id)
+        suppress(session, delivery.email, SuppressionReason.hard_bounce, str(exc))
         session.commit()
         return "failed"
     if verdict.permanent:
         # Permanent, but nothing says the mailbox is gone: fail this one, keep the address.
-        states.record(session, delivery.id, status="failed", smtp_code=exc.code,
-                      smtp_reply=str(exc), message_id=message_id)
+        states.record(session, delivery.id, status=DeliveryStatus.failed, smtp_code=exc.code,
+                      smtp_reply=exc.reply, note=str(exc), message_id=message_id)
         return "failed"
     outcome = states.retry_or_give_up(
         delivery.attempts, settings, str(exc),
         utcnow() + states.retry_delay(delivery.attempts, settings),
-        smtp_code=exc.code, message_id=message_id)
+        smtp_code=exc.code, smtp_reply=exc.reply, message_id=message_id)
     states.record(session, delivery.id, **outcome)
     return str(outcome["status"])

@@ -32,7 +32,7 @@ from digest.mail import (
     needs_smtputf8,
     utf8_address,
 )
-from digest.settings import Settings, get_settings
+from digest.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ class SMTPTransport:
     so the connection is closed with QUIT. Not thread-safe: one transport per worker.
     """
 
-    def __init__(self, settings: Settings | None = None):
-        self.settings = settings or get_settings()
+    def __init__(self, settings: Settings):
+        self.settings = settings
         if self.settings.smtp_ssl and self.settings.smtp_starttls:
             raise ConfigError(
                 "DIGEST_SMTP_SSL (implicit TLS, usually port 465) and DIGEST_SMTP_STARTTLS "
@@ -235,7 +235,7 @@ class SMTPTransport:
         _close_quietly(conn)
 
 
-def transport_from_settings(settings: Settings | None = None) -> Transport:
+def transport_from_settings(settings: Settings) -> Transport:
     """The SMTP transport for the configured server."""
     return SMTPTransport(settings)
 

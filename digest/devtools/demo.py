@@ -8,14 +8,17 @@ week of the demo listing so its items are fresh.
 from __future__ import annotations
 
 import email
-import os
 from datetime import UTC, datetime, time, timedelta
 from email import policy
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
+
+if TYPE_CHECKING:
+    from digest.settings import Settings
 
 DEMO_LISTING = Path(__file__).resolve().parents[1] / "data" / "demo-newsroom.txt"
 
@@ -42,19 +45,21 @@ def demo_clock(published: list[datetime]) -> datetime:
     return datetime.combine(newest.date() + timedelta(days=1), time(9, 0), tzinfo=UTC)
 
 
-def _use_demo_environment(var: Path, smtp_port: int) -> None:
-    from digest.settings import reset_settings_cache
+def demo_settings(var: Path, smtp_port: int) -> Settings:
+    """The environment's settings (DIGEST_*, .env) with the demo's own on top: tasks in
+    this process, mail to the local server on ``smtp_port``, files under ``var``. The
+    database is a SQLite file under ``var`` unless DIGEST_DATABASE_URL names one."""
+    from digest.settings import Settings
 
-    var.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("DIGEST_DATABASE_URL", f"sqlite:///{var / 'digest.db'}")
-    os.environ["DIGEST_VAR_DIR"] = str(var)
-    os.environ["DIGEST_BROKER_URL"] = ""  # the demo runs the tasks in-process
-    os.environ["DIGEST_SMTP_HOST"] = "127.0.0.1"
-    os.environ["DIGEST_SMTP_PORT"] = str(smtp_port)
-    os.environ["DIGEST_SMTP_STARTTLS"] = "false"
-    os.environ["DIGEST_SMTP_SSL"] = "false"
-    os.environ.pop("DIGEST_SMTP_USER", None)
-    reset_settings_cache()
+    demo: dict[str, Any] = {
+        "var_dir": var, "broker_url": "",  # no broker: the demo runs the tasks in-process
+        "smtp_host": "127.0.0.1", "smtp_port": smtp_port, "smtp_starttls": False,
+        "smtp_ssl": False, "smtp_user": None,
+    }
+    settings = Settings(**demo)  # validated like any settings
+    if "database_url" in settings.model_fields_set:
+        return settings
+    return Settings(**demo, database_url=f"sqlite:///{var / 'digest.db'}")
 
 
 def run_demo(var: Path, console: Console) -> None:
@@ -63,39 +68,42 @@ def run_demo(var: Path, console: Console) -> None:
     from digest.models import Delivery, DigestRun
     from digest.queue import queue_for
     from digest.selection import plan_scheduled_run
-    from digest.settings import get_settings
     from digest.subscribers import parse_filter, upsert_subscriber
 
     var = var.resolve()
     outbox = var / "outbox"
+    var.mkdir(parents=True, exist_ok=True)
     with MailSink(outbox=outbox) as sink:
-        _use_demo_environment(var, sink.port)
-        db.upgrade()
+        settings = demo_settings(var, sink.port)
+        db.upgrade(settings.database_url)
         items = ingest.parse_listing(DEMO_LISTING.read_text(encoding="utf-8"))
         clock = demo_clock([i.published_at for i in items if i.published_at])
         console.print(f"[bold]Demo clock:[/] {clock:%A %d %B %Y %H:%M} UTC "
                       f"(the week of the demo listing)")
 
-        with db.session_scope() as session:
+        with db.session_scope(settings.database_url) as session:
             newest_run = select(DigestRun.id).order_by(DigestRun.id.desc()).limit(1)
             last_run = session.scalar(newest_run) or 0
             for address, freq, zone, weekday, hour, group_by, filters in DEMO_SUBSCRIBERS:
-                upsert_subscriber(session, address, filters=[parse_filter(f) for f in filters],
+                upsert_subscriber(session, address, smtputf8=settings.smtputf8,
+                                  filters=[parse_filter(f) for f in filters],
                                   frequency=freq, timezone=zone, weekday=weekday, hour=hour,
                                   group_by=group_by, create_taxonomy=True)
         console.print(f"{len(DEMO_SUBSCRIBERS)} subscribers ready")
 
-        with db.session_scope() as session:
-            report = ingest.store_items(session, items, source=str(DEMO_LISTING.name), now=clock)
+        with db.session_scope(settings.database_url) as session:
+            report = ingest.store_items(session, items, source=str(DEMO_LISTING.name), now=clock,
+                                        max_age_days=settings.max_item_age_days)
         console.print(f"ingest: {report.summary()}")
-        queue = queue_for(get_settings())  # in-process: the demo configures no broker
+        queue = queue_for(settings)  # in-process: the demo configures no broker
         queue.publish_items(report.new_item_ids)  # immediate alerts
 
-        with db.session_scope() as session:
-            planned = plan_scheduled_run(session, "weekly", now=clock, everyone=True)
+        with db.session_scope(settings.database_url) as session:
+            planned = plan_scheduled_run(session, "weekly", now=clock, everyone=True,
+                                         settings=settings)
         queue.deliver(planned.pending_ids)
 
-        with db.session_scope() as session:
+        with db.session_scope(settings.database_url) as session:
             rows = session.scalars(select(Delivery).where(Delivery.run_id > last_run)
                                    .order_by(Delivery.run_id, Delivery.id)).all()
             new_runs = select(DigestRun).where(DigestRun.id > last_run)

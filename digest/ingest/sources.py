@@ -15,6 +15,7 @@ from digest.ingest.fetch import MAX_FETCH_BYTES, Fetched, fetch_document
 from digest.ingest.json_items import parse_json_items
 from digest.ingest.listing import parse_listing
 from digest.ingest.store import IngestReport, store_items
+from digest.settings import Settings
 from digest.taxonomy import known_facets as load_known_facets
 
 MAX_FILE_BYTES = MAX_FETCH_BYTES  # listing, feed and JSON files read from disk
@@ -50,19 +51,21 @@ def _read(path: str | Path, *, text: bool) -> str | bytes:
 
 
 def ingest_listing(
-    path: str | Path, *, now: datetime | None = None, max_age_days: int | None = None
+    path: str | Path, *, settings: Settings, now: datetime | None = None,
+    max_age_days: int | None = None,
 ) -> IngestReport:
     """Read a listing text file and store its items."""
     items = parse_listing(_read(path, text=True))
-    with session_scope() as session:
+    with session_scope(settings.database_url) as session:
         return store_items(
             session, items, source=f"listing:{Path(path).name}", now=now,
-            max_age_days=max_age_days,
+            max_age_days=_max_age(settings, max_age_days),
         )
 
 
 def ingest_feed(
-    source: str | Path, *, now: datetime | None = None, max_age_days: int | None = None
+    source: str | Path, *, settings: Settings, now: datetime | None = None,
+    max_age_days: int | None = None,
 ) -> IngestReport:
     """Fetch (http/https URL) or read (path) an RSS/Atom feed and store its items."""
     # Read before any transaction; a file has no HTTP charset, only its BOM and declaration.
@@ -70,12 +73,13 @@ def ingest_feed(
         fetched = fetch_document(source)
     else:
         fetched = Fetched(_read(source, text=False), None)
-    with session_scope() as session:
+    with session_scope(settings.database_url) as session:
         items, rejected = read_feed(
             fetched.body, load_known_facets(session), http_charset=fetched.charset
         )
         report = store_items(
-            session, items, source=f"feed:{source}", now=now, max_age_days=max_age_days
+            session, items, source=f"feed:{source}", now=now,
+            max_age_days=_max_age(settings, max_age_days),
         )
     report.rejected = rejected
     return report
@@ -84,6 +88,7 @@ def ingest_feed(
 def ingest_json(
     path_or_text: str | bytes | Path,
     *,
+    settings: Settings,
     now: datetime | None = None,
     max_age_days: int | None = None,
 ) -> IngestReport:
@@ -94,5 +99,11 @@ def ingest_json(
         # Bytes that are not a document are refused by Path, as before.
         data = _read(cast("str | Path", path_or_text), text=True)
     items = parse_json_items(data)
-    with session_scope() as session:
-        return store_items(session, items, source="json", now=now, max_age_days=max_age_days)
+    with session_scope(settings.database_url) as session:
+        return store_items(session, items, source="json", now=now,
+                           max_age_days=_max_age(settings, max_age_days))
+
+
+def _max_age(settings: Settings, max_age_days: int | None) -> int:
+    # An explicit age (a test, a back-fill) beats the configured one.
+    return settings.max_item_age_days if max_age_days is None else max_age_days

@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session, selectinload
 
 from digest.ingest.parsed import ItemIn, title_date_guid
 from digest.models import Item, utcnow
-from digest.settings import get_settings
 from digest.taxonomy import resolve, slugify
 
 _IN_CHUNK = 500  # bound parameters per IN (...) query
@@ -94,22 +93,20 @@ def store_items(
     items: list[ItemIn],
     *,
     source: str,
+    max_age_days: int,
     now: datetime | None = None,
-    max_age_days: int | None = None,
 ) -> IngestReport:
     """Insert new items and update known ones (matched by GUID, else URL); flushes, the
     caller commits.
 
     A known item keeps its ``ingested_at``, so an update is never mailed again. A new item
-    published more than ``max_age_days`` (default: settings.max_item_age_days) before
+    published more than ``max_age_days`` (``settings.max_item_age_days``) before
     ``now`` is archive backfill (``is_backfill``), stored but never mailed. Unknown
     taxonomy names are created and listed in the report.
     """
     now = utcnow() if now is None else now
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    if max_age_days is None:
-        max_age_days = get_settings().max_item_age_days
     oldest_fresh = now - timedelta(days=max_age_days)
     report = IngestReport()
     items, report.duplicates_in_batch = _dedupe(items)

@@ -31,15 +31,13 @@ def check_header_value(name: str, value: str) -> str:
     return value
 
 
-def normalise_address(addr: str, *, smtputf8: bool | None = None) -> str:
+def normalise_address(addr: str, *, smtputf8: bool) -> str:
     """The normalised form of an email address, or ValidationError with the reason.
 
     No DNS lookups. Internationalised domains are fine (sent in IDNA form). A non-ASCII
-    local part (normalised to NFC) is accepted only with ``smtputf8``, which defaults to
-    the DIGEST_SMTPUTF8 setting: such addresses can only be reached over SMTPUTF8.
+    local part (normalised to NFC) is accepted only with ``smtputf8`` (the DIGEST_SMTPUTF8
+    setting, passed by the caller): such addresses can only be reached over SMTPUTF8.
     """
-    if smtputf8 is None:
-        smtputf8 = not addr.isascii() and _smtputf8_setting()
     return _validated(addr, smtputf8, hint=True).normalized
 
 
@@ -70,12 +68,6 @@ SMTPUTF8_HINT = (
     "setting DIGEST_SMTPUTF8=true enables addresses with non-ASCII characters before the @ "
     "(the SMTP server must then offer SMTPUTF8)"
 )
-
-
-def _smtputf8_setting() -> bool:
-    from digest.settings import get_settings
-
-    return get_settings().smtputf8
 
 
 def _validated(addr: str, smtputf8: bool = False, *, hint: bool = False):

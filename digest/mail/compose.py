@@ -27,7 +27,7 @@ from digest.render import (
     get_renderer,
     render_items_from_models,
 )
-from digest.settings import Settings, get_settings
+from digest.settings import Settings
 from digest.tokens import links_for, make_token, subscriber_token
 
 if TYPE_CHECKING:
@@ -56,10 +56,9 @@ def preview_view_url(settings: Settings) -> str:
     return f"{settings.public_base_url.rstrip('/')}/view/preview"
 
 
-def confirm_url(subscriber_id: int, settings: Settings | None = None) -> str:
-    s = settings or get_settings()
-    token = subscriber_token("confirm", subscriber_id, s)
-    return f"{s.public_base_url.rstrip('/')}/confirm/{token}"
+def confirm_url(subscriber_id: int, settings: Settings) -> str:
+    token = subscriber_token("confirm", subscriber_id, settings)
+    return f"{settings.public_base_url.rstrip('/')}/confirm/{token}"
 
 
 @dataclass(frozen=True)
@@ -205,7 +204,7 @@ class Preview:
 
 
 def preview(session: Session, sub: Subscriber, *, as_of: datetime | None = None,
-            settings: Settings | None = None) -> Preview:
+            settings: Settings) -> Preview:
     """The next scheduled digest of ``sub`` at ``as_of``, rendered as it would be mailed
     (same items, template, themes, period and "more" link); writes and sends nothing.
 
@@ -214,7 +213,7 @@ def preview(session: Session, sub: Subscriber, *, as_of: datetime | None = None,
     # At call time: selection imports delivery, whose sending imports this module.
     from digest.selection import preview_items
 
-    s = settings or get_settings()
+    s = settings
     items = render_items_from_models(preview_items(session, sub, as_of=as_of, settings=s))
     factory = MessageFactory(s)
     rendered = factory.render_for(sub, sub.email, sub.frequency, items,

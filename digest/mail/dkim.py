@@ -19,6 +19,7 @@ from dkim.crypto import UnparsableKeyError, parse_pem_private_key
 
 from digest.errors import ConfigError, ValidationError
 from digest.mail.mime import DEFAULT_SIGNED_HEADERS
+from digest.settings import Settings
 
 __all__ = ["DkimSigner"]
 
@@ -76,12 +77,8 @@ class DkimSigner:
         return signature + message
 
     @classmethod
-    def from_settings(cls, settings=None) -> DkimSigner | None:
+    def from_settings(cls, settings: Settings) -> DkimSigner | None:
         """A signer when ``dkim_selector`` and ``dkim_private_key_path`` are set, else None."""
-        if settings is None:
-            from digest.settings import get_settings
-
-            settings = get_settings()
         if not (settings.dkim_selector and settings.dkim_private_key_path):
             return None
         path = Path(settings.dkim_private_key_path)

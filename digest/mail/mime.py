@@ -30,7 +30,6 @@ from email.utils import format_datetime
 from digest.errors import ValidationError
 from digest.mail.addresses import (
     _ascii_addr_spec,
-    _smtputf8_setting,
     _utf8_addr_spec,
     check_header_value,
 )
@@ -106,13 +105,14 @@ def build_message(
     date: datetime | None = None,
     precedence_bulk: bool = True,
     extra_headers: Mapping[str, str] | None = None,
-    smtputf8: bool | None = None,
+    smtputf8: bool = False,
 ) -> bytes:
     """The complete message (RFC 5322 + MIME) as the bytes to hand to SMTP.
 
     ``from_addr``, ``to_addr`` and ``reply_to`` are ``addr@domain`` or ``Name <addr@domain>``.
     A ``to_addr`` with a non-ASCII local part is written in UTF-8 (RFC 6532) when
-    ``smtputf8`` (default: the DIGEST_SMTPUTF8 setting) allows it, and refused otherwise.
+    ``smtputf8`` (the DIGEST_SMTPUTF8 setting; off unless passed) allows it, and refused
+    otherwise.
     Raises HeaderInjectionError for CR/LF in any header value and ValidationError for an
     invalid address, URL or header name; nothing is built in either case.
     """
@@ -145,9 +145,6 @@ def build_message(
     elif date.tzinfo is None:
         raise ValidationError("date must be timezone-aware (all datetimes are UTC-aware)")
 
-    if smtputf8 is None:
-        # Only a non-ASCII To can need it: ASCII messages never look the setting up.
-        smtputf8 = not to_addr.isascii() and _smtputf8_setting()
     to_header = _mailbox("To", to_addr, smtputf8=smtputf8, hint=True)
     headers: list[str] = [
         _fold("From", _mailbox("From", from_addr)),

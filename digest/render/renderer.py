@@ -35,7 +35,7 @@ from digest.render.items import (
     newest_first,
 )
 from digest.render.text import safe_url, tidy_text, wrap_text
-from digest.settings import Settings, get_settings
+from digest.settings import Settings
 
 GROUP_BY = ("theme", "location")
 OTHER_GROUP = "Other news"
@@ -47,9 +47,9 @@ class EmailRenderer:
     # Templates that carry exactly one item (exposed to them as ``item``).
     SINGLE_ITEM = frozenset({"alert"})
 
-    def __init__(self, name: str = "digest", settings: Settings | None = None):
+    def __init__(self, name: str, settings: Settings):
         self.name = name
-        self.settings = settings or get_settings()
+        self.settings = settings
         email_dir = self.settings.templates_dir / "email"
         if not (email_dir / name / "body.mjml").is_file():
             raise TemplateError(
@@ -224,9 +224,8 @@ _renderers: dict[tuple[str, str, int], EmailRenderer] = {}
 _renderers_lock = threading.Lock()
 
 
-def get_renderer(name: str = "digest", settings: Settings | None = None) -> EmailRenderer:
+def get_renderer(name: str, settings: Settings) -> EmailRenderer:
     """The renderer for ``name``, built (and its MJML compiled) once per process and settings."""
-    settings = settings or get_settings()
     key = (name, str(settings.templates_dir), id(settings))
     renderer = _renderers.get(key)
     # The renderer holds its settings, so an id in the key cannot be reused while cached.

@@ -45,7 +45,7 @@ from digest.models import (
     item_locations,
     item_themes,
 )
-from digest.settings import Settings, get_settings
+from digest.settings import Settings
 
 # --- the window of a scheduled digest ----------------------------------------------------------
 
@@ -55,9 +55,8 @@ class Window:
     default_start: datetime  # for subscribers without a watermark (first digest)
 
 
-def window_for(cutoff: datetime, settings: Settings | None = None) -> Window:
-    s = settings or get_settings()
-    return Window(cutoff, cutoff - timedelta(days=s.first_digest_lookback_days))
+def window_for(cutoff: datetime, settings: Settings) -> Window:
+    return Window(cutoff, cutoff - timedelta(days=settings.first_digest_lookback_days))
 
 
 

@@ -17,7 +17,7 @@ from digest.settings import Settings
 
 
 def preview_items(session: Session, subscriber: Subscriber, *, as_of: datetime | None = None,
-                  since: datetime | None = None, settings: Settings | None = None) -> list[Item]:
+                  since: datetime | None = None, settings: Settings) -> list[Item]:
     """What the subscriber's next scheduled digest would carry at ``as_of``; writes nothing."""
     as_of = as_of or utcnow()
     window = window_for(as_of, settings)

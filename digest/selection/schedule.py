@@ -62,7 +62,7 @@ from digest.selection.planning import (
     _insert_ledger,
     _insert_unsent_items,
 )
-from digest.settings import Settings, get_settings
+from digest.settings import Settings
 
 HOUR = timedelta(hours=1)
 SCHEDULED = (Frequency.weekly, Frequency.daily)
@@ -195,7 +195,7 @@ def _not_covered_up_to(now: datetime) -> ColumnElement[bool]:
 
 def plan_scheduled_run(session: Session, frequency: str, *, now: datetime | None = None,
                        everyone: bool = False, dry_run: bool = False,
-                       settings: Settings | None = None) -> PlannedRun:
+                       settings: Settings) -> PlannedRun:
     """Plan the weekly or daily digest of the slot containing ``now`` (only that slot; the
     scheduler calls ``plan_due_slots``, which also catches up on missed ones).
 
@@ -204,7 +204,6 @@ def plan_scheduled_run(session: Session, frequency: str, *, now: datetime | None
     nothing and returns the existing run.
     """
     _check_frequency(frequency)
-    settings = settings or get_settings()
     now = now or utcnow()
     slot = slot_start(now)
     if everyone:
@@ -248,7 +247,7 @@ def due_slots(session: Session, frequency: str, now: datetime,
 
 
 def plan_due_slots(session: Session, frequency: str, *, now: datetime | None = None,
-                   dry_run: bool = False, settings: Settings | None = None) -> list[SlotPlan]:
+                   dry_run: bool = False, settings: Settings) -> list[SlotPlan]:
     """Plan every due slot (``due_slots``) in this transaction; one ``SlotPlan`` per slot, oldest
     first, including the current slot when it was planned already (``run.created`` False).
 
@@ -258,7 +257,6 @@ def plan_due_slots(session: Session, frequency: str, *, now: datetime | None = N
     of the same catch-up gets the timely one.
     """
     _check_frequency(frequency)
-    settings = settings or get_settings()
     now = now or utcnow()
     zones = _zones(session, frequency)
     plans: list[SlotPlan] = []
@@ -325,7 +323,7 @@ CANCELLABLE = (RunStatus.held, RunStatus.planned, RunStatus.sending)
 
 
 def cancel_run(session: Session, run_id: int, reason: str,
-               settings: Settings | None = None) -> CancelledRun:
+               settings: Settings) -> CancelledRun:
     """An operator drops a run (a held one, typically): its unsent rows are cancelled, and what
     they would have carried goes to those readers' next digest instead (``give_back_items``)."""
     from digest.delivery import cancel_run as cancel_rows
@@ -341,7 +339,7 @@ def cancel_run(session: Session, run_id: int, reason: str,
     return CancelledRun(cancelled, given_back)
 
 
-def give_back_items(session: Session, run_id: int, settings: Settings | None = None) -> int:
+def give_back_items(session: Session, run_id: int, settings: Settings) -> int:
     """Release the ledger rows of the run's cancelled deliveries and put those readers'
     watermark back where this run's window started for them (their previous scheduled digest,
     or the first digest's look-back), so the items are not lost for them.

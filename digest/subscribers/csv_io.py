@@ -42,11 +42,12 @@ def _split(cell: str | None) -> list[str]:
     return [v.strip() for v in (cell or "").split("|") if v.strip()]
 
 
-def import_csv(session: Session, text: str) -> ImportReport:
+def import_csv(session: Session, text: str, *, smtputf8: bool) -> ImportReport:
     """Import subscribers, one filter per row (several rows for one address add filters).
 
     Every row is validated on its own: a bad row is reported with its line number and
     reason and the good ones are imported. Importing the same file twice changes nothing.
+    ``smtputf8`` (the DIGEST_SMTPUTF8 setting): whether a non-ASCII local part is accepted.
     """
     report = ImportReport()
     reader = csv.DictReader(io.StringIO(text))
@@ -58,7 +59,7 @@ def import_csv(session: Session, text: str) -> ImportReport:
         line = reader.line_num
         row = {(k or "").strip(): _unquote_cell((v or "").strip()) for k, v in row.items() if k}
         try:
-            address = canonical_email(row.get("email", ""))
+            address = canonical_email(row.get("email", ""), smtputf8=smtputf8)
             spec = FilterSpec(_split(row.get("themes")), _split(row.get("locations")),
                               _split(row.get("content_types")))
             facets: list[tuple[taxonomy.Facet, list[str]]] = [
@@ -87,7 +88,8 @@ def import_csv(session: Session, text: str) -> ImportReport:
     for address in sorted(rows):
         _line, options, specs = rows[address]
         _sub, created = upsert_subscriber(
-            session, address, filters=[s for s in specs if s != FilterSpec()], **options)
+            session, address, smtputf8=smtputf8, filters=[s for s in specs if s != FilterSpec()],
+            **options)
         if created:
             report.added += 1
         else:

@@ -18,6 +18,7 @@ from digest.models import (
     Subscriber,
     SubscriberStatus,
     Suppression,
+    SuppressionReason,
     utcnow,
 )
 from digest.subscribers.filters import FilterSpec, build_filters
@@ -35,6 +36,7 @@ def upsert_subscriber(
     session: Session,
     email: str,
     *,
+    smtputf8: bool,
     filters: list[FilterSpec] | None = None,
     frequency: str = Frequency.weekly,
     timezone: str = "UTC",
@@ -47,9 +49,10 @@ def upsert_subscriber(
     """Add a subscriber or update the one with that address. Returns (subscriber, created).
 
     Everything is validated before anything is written; unknown themes, locations or types
-    raise ``UnknownTaxonomyError`` unless ``create_taxonomy``.
+    raise ``UnknownTaxonomyError`` unless ``create_taxonomy``. ``smtputf8`` (the
+    DIGEST_SMTPUTF8 setting) says whether a non-ASCII local part is accepted.
     """
-    address = canonical_email(email)
+    address = canonical_email(email, smtputf8=smtputf8)
     check_choice("frequency", frequency, [f.value for f in Frequency])
     check_choice("status", status, [s.value for s in SubscriberStatus])
     check_choice("group_by", group_by, ["theme", "location"])
@@ -175,7 +178,8 @@ def unsubscribe(session: Session, sub: Subscriber) -> None:
     set_status(session, sub, SubscriberStatus.unsubscribed)
 
 
-def suppress(session: Session, email: str, reason: str, detail: str = "") -> Suppression:
+def suppress(session: Session, email: str, reason: SuppressionReason,
+             detail: str = "") -> Suppression:
     """Put an address on the suppression list and stop its subscriber's pending mail."""
     address = lookup_form(email)
     row = session.scalars(select(Suppression).where(Suppression.email == address)).one_or_none()

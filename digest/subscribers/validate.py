@@ -16,23 +16,24 @@ from digest.mail import normalise_address
 WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 
 
-def canonical_email(addr: str) -> str:
+def canonical_email(addr: str, *, smtputf8: bool) -> str:
     """The one form an address is stored, compared and suppressed in.
 
     Local parts are case-sensitive in theory and never in practice; treating
     ``Ana@Example.org`` and ``ana@example.org`` as two people would let one of them escape
-    a suppression or subscribe twice. A non-ASCII local part (only with DIGEST_SMTPUTF8) is
-    kept in NFC.
+    a suppression or subscribe twice. A non-ASCII local part (only with ``smtputf8``, the
+    DIGEST_SMTPUTF8 setting) is kept in NFC.
     """
-    address = normalise_address(addr).lower()
+    address = normalise_address(addr, smtputf8=smtputf8).lower()
     # Lower-casing can leave NFC ("H" + U+0331 lowers to "h" + U+0331, which composes).
     return address if address.isascii() else unicodedata.normalize("NFC", address)
 
 
 def lookup_form(addr: str) -> str:
-    # Bounce reports and admins may hand us addresses we would not accept as new ones.
+    # Bounce reports and admins may hand us addresses we would not accept as new ones: a
+    # look-up accepts every form an address may be stored in, whatever DIGEST_SMTPUTF8 says.
     try:
-        return canonical_email(addr)
+        return canonical_email(addr, smtputf8=True)
     except ValidationError:
         return addr.strip().lower()
 

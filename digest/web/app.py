@@ -52,9 +52,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Without ``settings`` (how uvicorn's factory calls it) the environment's settings, and
     a known or short secret key outside the built-in SQLite file is refused (ConfigError);
     tests and the demo pass their own settings."""
-    if settings is None:
-        check_secrets(get_settings())
-    s = settings or get_settings()
+    if settings is None:  # the edge: the environment's settings, read once
+        settings = get_settings()
+        check_secrets(settings)
+    s = settings
     app = FastAPI(
         title=f"{s.newsroom_name} digest API",
         version="1",

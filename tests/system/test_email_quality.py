@@ -23,7 +23,6 @@ from digest.delivery import send_deliveries
 from digest.devtools import DEMO_LISTING, ReceivedMessage, demo_clock
 from digest.mail import DEFAULT_SIGNED_HEADERS, DkimSigner
 from digest.selection import plan_scheduled_run
-from digest.settings import reset_settings_cache
 from digest.subscribers import upsert_subscriber
 from tests.conftest import ROOT
 
@@ -45,22 +44,24 @@ def fake_dns(record: bytes):
 
 
 @pytest.fixture
-def demo_digest(sqlite_settings, smtp_sink, dkim_key, tmp_path, monkeypatch) -> ReceivedMessage:
+def demo_digest(sqlite_settings, smtp_sink, dkim_key, tmp_path) -> ReceivedMessage:
     """The demo listing's digest for a reader who takes everything, as the SMTP server got it."""
     key_path = tmp_path / "dkim.pem"
     key_path.write_bytes(dkim_key[0])
-    monkeypatch.setenv("DIGEST_DKIM_SELECTOR", SELECTOR)
-    monkeypatch.setenv("DIGEST_DKIM_PRIVATE_KEY_PATH", str(key_path))
-    reset_settings_cache()
+    settings = sqlite_settings.model_copy(
+        update={"dkim_selector": SELECTOR, "dkim_private_key_path": key_path})
     items = ingest.parse_listing(DEMO_LISTING.read_text(encoding="utf-8"))
     clock = demo_clock([i.published_at for i in items if i.published_at])
-    with db.session_scope() as session:
-        ingest.store_items(session, items, source=DEMO_LISTING.name, now=clock)
-    with db.session_scope() as session:
-        upsert_subscriber(session, "reader@example.org", timezone="Europe/Vienna")
-    with db.session_scope() as session:
-        planned = plan_scheduled_run(session, "weekly", now=clock, everyone=True)
-    assert send_deliveries(planned.pending_ids).sent == 1
+    with db.session_scope(settings.database_url) as session:
+        ingest.store_items(session, items, source=DEMO_LISTING.name, now=clock,
+                           max_age_days=settings.max_item_age_days)
+    with db.session_scope(settings.database_url) as session:
+        upsert_subscriber(session, "reader@example.org", timezone="Europe/Vienna",
+                          smtputf8=settings.smtputf8)
+    with db.session_scope(settings.database_url) as session:
+        planned = plan_scheduled_run(session, "weekly", now=clock, everyone=True,
+                                     settings=settings)
+    assert send_deliveries(planned.pending_ids, settings=settings).sent == 1
     (received,) = smtp_sink.wait_for(1)
     return received
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from digest.web.deps import SessionDep
+from digest.web.deps import SessionDep, SettingsDep
 
 router = APIRouter()
 
@@ -22,7 +22,7 @@ router = APIRouter()
     "address; soft bounces count toward the threshold; 5.7.x is recorded only. Sending the "
     "same report twice records nothing new.",
 )
-async def receive_bounce(request: Request, session: SessionDep,
+async def receive_bounce(request: Request, session: SessionDep, settings: SettingsDep,
                          envelope_to: str | None = Query(default=None, max_length=320)):
     from starlette.concurrency import run_in_threadpool
 
@@ -33,7 +33,8 @@ async def receive_bounce(request: Request, session: SessionDep,
         raise HTTPException(413, f"bounce larger than {MAX_BOUNCE_BYTES // (1024 * 1024)} MB")
 
     def work() -> dict:
-        outcome = process_bounce_message(session, raw, envelope_to=envelope_to)
+        outcome = process_bounce_message(session, raw, envelope_to=envelope_to,
+                                         settings=settings)
         session.commit()
         return outcome.as_dict()
 

@@ -26,7 +26,8 @@ def publish_items(body: ItemPayload | list[ItemPayload], session: SessionDep,
     items = ingest.parse_json_items(
         json.dumps([p.model_dump(mode="json", exclude_none=True) for p in payload])
     )
-    report = ingest.store_items(session, items, source="api")
+    report = ingest.store_items(session, items, source="api",
+                                max_age_days=settings.max_item_age_days)
     session.commit()
     # After the commit, so the worker sees the rows.
     queue_for(settings).publish_items(report.new_item_ids)

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from digest.errors import ValidationError
-from digest.models import Frequency, Subscriber, SubscriberStatus
+from digest.models import Frequency, Subscriber, SubscriberStatus, SuppressionReason
 from digest.subscribers import (
     FilterSpec,
     canonical_email,
@@ -34,7 +34,7 @@ from digest.web.api.schemas import (
     SubscriberPatch,
     no_nul_query,
 )
-from digest.web.deps import SessionDep
+from digest.web.deps import SessionDep, SettingsDep
 
 MAX_CSV_BYTES = 5 * 1024 * 1024
 
@@ -93,14 +93,15 @@ def list_subscribers(
     tags=["subscribers"],
     responses={409: {"description": "A subscriber with this address exists"}},
 )
-def create_subscriber(body: SubscriberIn, session: SessionDep):
-    address = canonical_email(body.email)
+def create_subscriber(body: SubscriberIn, session: SessionDep, settings: SettingsDep):
+    address = canonical_email(body.email, smtputf8=settings.smtputf8)
     existing = session.scalar(select(Subscriber.id).where(Subscriber.email == address))
     if existing is not None:
         _exists(existing)
     sub, created = upsert_subscriber(
         session,
         address,
+        smtputf8=settings.smtputf8,
         filters=_specs(body.filters),
         frequency=body.frequency.value,
         timezone=body.timezone,
@@ -133,7 +134,7 @@ def _sync_suppression(
     """Status "suppressed" set over the API also puts the address on the suppression list
     (which is what the pipeline checks), and leaving it takes the address off again."""
     if now is SubscriberStatus.suppressed and was != SubscriberStatus.suppressed:
-        suppress(session, email, "admin", "suppressed over the API")
+        suppress(session, email, SuppressionReason.admin, "suppressed over the API")
     elif (
         now is not None
         and now is not SubscriberStatus.suppressed
@@ -171,7 +172,7 @@ def export_subscribers(session: SessionDep) -> Response:
     "locations, content_types, status; values in a cell separated by '|'). Good rows "
     "are imported, bad rows reported with their line number. Safe to run twice.",
 )
-async def import_subscribers(request: Request, session: SessionDep):
+async def import_subscribers(request: Request, session: SessionDep, settings: SettingsDep):
     raw = await request.body()
     if len(raw) > MAX_CSV_BYTES:
         raise HTTPException(413, f"CSV larger than {MAX_CSV_BYTES // (1024 * 1024)} MB; split it")
@@ -186,7 +187,7 @@ async def import_subscribers(request: Request, session: SessionDep):
     from starlette.concurrency import run_in_threadpool
 
     def work() -> ImportResult:
-        report = import_csv(session, text)
+        report = import_csv(session, text, smtputf8=settings.smtputf8)
         session.commit()
         return ImportResult(
             added=report.added,
@@ -213,13 +214,15 @@ def get_subscriber(subscriber_id: IdPath, session: SessionDep):
     tags=["subscribers"],
     responses={404: {"description": "No such subscriber"}},
 )
-def update_subscriber(subscriber_id: IdPath, body: SubscriberPatch, session: SessionDep):
+def update_subscriber(subscriber_id: IdPath, body: SubscriberPatch, session: SessionDep,
+                      settings: SettingsDep):
     sub = _load(session, subscriber_id)
     current = SubscriberOut.of(sub)
     was = sub.status
     upsert_subscriber(
         session,
         sub.email,
+        smtputf8=settings.smtputf8,
         filters=_specs(body.filters if body.filters is not None else current.filters),
         frequency=(body.frequency or Frequency(sub.frequency)).value,
         timezone=body.timezone if body.timezone is not None else sub.timezone,

@@ -136,7 +136,8 @@ def preferences_submit(request: Request, token: str, form: FormDep, session: Ses
         return RedirectResponse(f"/preferences/{token}?saved=resubscribed", status_code=303)
     try:
         upsert_subscriber(
-            session, sub.email, filters=prefs.specs(), status=sub.status, **prefs.options()
+            session, sub.email, smtputf8=s.smtputf8, filters=prefs.specs(), status=sub.status,
+            **prefs.options()
         )
     except ValidationError as exc:
         session.rollback()

@@ -134,13 +134,14 @@ def subscribe_submit(request: Request, form: FormDep, session: SessionDep):
     except TokenError as exc:
         return again([as_sentence(str(exc))], 403)
     try:
-        address = canonical_email(prefs.email)
+        address = canonical_email(prefs.email, smtputf8=s.smtputf8)
         existing = _by_address(session, address)
         if existing is not None:
             address = existing.email
         if existing is None or existing.status in (PENDING, UNSUBSCRIBED):
             sub, _ = upsert_subscriber(
-                session, address, filters=prefs.specs(), status=PENDING, **prefs.options()
+                session, address, smtputf8=s.smtputf8, filters=prefs.specs(), status=PENDING,
+                **prefs.options()
             )
         else:
             _validate_only(session, prefs)
@@ -168,7 +169,7 @@ def send_new_link(request: Request, form: FormDep, session: SessionDep):
     email = raw.strip() if isinstance(raw, str) else ""
     try:
         check_csrf(s, form.get("csrf"), "links")
-        address = canonical_email(email)
+        address = canonical_email(email, smtputf8=s.smtputf8)
     except (TokenError, ValidationError) as exc:
         return link_problem(
             request, None, email=email, errors=[as_sentence(str(exc))], status_code=422

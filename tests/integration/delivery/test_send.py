@@ -21,21 +21,29 @@ from digest.delivery import (
 )
 from digest.devtools import InMemoryTransport
 from digest.errors import ConfigError, PermanentDeliveryError, SendSetupError
-from digest.models import Delivery, DigestRun, DomainPause, Subscriber, Suppression, utcnow
+from digest.models import (
+    Delivery,
+    DigestRun,
+    DomainPause,
+    Subscriber,
+    Suppression,
+    SuppressionReason,
+    utcnow,
+)
 from digest.selection import plan_scheduled_run
 from digest.subscribers import unsubscribe
 from tests.factories import T0, Taxo, make_item, make_subscriber
 
 
 @pytest.fixture
-def planned(session, smtp_sink):
+def planned(session, smtp_sink, settings):
     """Two subscribers, one policing item each would get; a weekly run planned."""
     t = Taxo(session)
     make_item(session, "<script>alert(1)</script>Police & courts", themes=[t.policing])
     make_subscriber(session, "one@example.org", {"themes": [t.policing]})
     make_subscriber(session, "two@example.org")
     session.commit()
-    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True)
+    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings)
     session.commit()
     return run
 
@@ -45,8 +53,8 @@ def _rows(session):
     return {d.email: d for d in session.scalars(select(Delivery))}
 
 
-def test_sent_messages_are_well_formed_and_logged(session, smtp_sink, planned):
-    result = send_deliveries(planned.pending_ids)
+def test_sent_messages_are_well_formed_and_logged(session, smtp_sink, planned, settings):
+    result = send_deliveries(planned.pending_ids, settings=settings)
     assert (result.claimed, result.sent) == (2, 2)
     rows = _rows(session)
     for received in smtp_sink.wait_for(2):
@@ -67,32 +75,34 @@ def test_sent_messages_are_well_formed_and_logged(session, smtp_sink, planned):
     assert session.get(DigestRun, planned.run_id).status == "done"
 
 
-def test_running_the_same_batch_twice_sends_each_message_once(session, smtp_sink, planned):
-    send_deliveries(planned.pending_ids)
-    again = send_deliveries(planned.pending_ids)
+def test_running_the_same_batch_twice_sends_each_message_once(session, smtp_sink, planned, settings):
+    send_deliveries(planned.pending_ids, settings=settings)
+    again = send_deliveries(planned.pending_ids, settings=settings)
     assert again.claimed == 0
     assert len(smtp_sink.wait_for(2)) == 2
 
 
-def test_4xx_is_deferred_with_backoff_then_sent_when_due(session, smtp_sink, planned):
+def test_4xx_is_deferred_with_backoff_then_sent_when_due(session, smtp_sink, planned, settings):
     smtp_sink.script("one@example.org", "451 4.7.1 Greylisted, come back later")
-    first = send_deliveries(planned.pending_ids)
+    first = send_deliveries(planned.pending_ids, settings=settings)
     row = _rows(session)["one@example.org"]
     assert first.outcomes[row.id] == "deferred"
     assert row.status == "deferred" and row.smtp_code == 451 and "Greylisted" in row.smtp_reply
+    # The server's words alone in smtp_reply; ours (which step, which server) in the note.
+    assert row.smtp_reply.startswith("451 ") and "at RCPT TO: 451 " in row.note
     assert row.next_attempt_at > utcnow()
     # Not due yet: nothing is claimed.
-    assert send_deliveries([row.id]).claimed == 0
+    assert send_deliveries([row.id], settings=settings).claimed == 0
     later = row.next_attempt_at + timedelta(seconds=1)
-    assert send_deliveries([row.id], now=later).sent == 1
+    assert send_deliveries([row.id], now=later, settings=settings).sent == 1
     row = _rows(session)["one@example.org"]
     assert row.status == "sent" and row.attempts == 2
 
 
-def test_5xx_fails_with_its_code_and_unknown_user_is_suppressed(session, smtp_sink, planned):
+def test_5xx_fails_with_its_code_and_unknown_user_is_suppressed(session, smtp_sink, planned, settings):
     smtp_sink.script("one@example.org", "550 5.1.1 <one@example.org>: user unknown")
     smtp_sink.script("two@example.org", "552 5.3.4 Message size exceeds fixed limit")
-    send_deliveries(planned.pending_ids)
+    send_deliveries(planned.pending_ids, settings=settings)
     rows = _rows(session)
     assert rows["one@example.org"].status == "failed" and rows["one@example.org"].smtp_code == 550
     assert rows["two@example.org"].status == "failed" and rows["two@example.org"].smtp_code == 552
@@ -104,9 +114,9 @@ def test_5xx_fails_with_its_code_and_unknown_user_is_suppressed(session, smtp_si
     assert smtp_sink.messages == []
 
 
-def test_dropped_connection_is_deferred_and_the_rest_of_the_batch_still_goes(session, smtp_sink, planned):
+def test_dropped_connection_is_deferred_and_the_rest_of_the_batch_still_goes(session, smtp_sink, planned, settings):
     smtp_sink.script("one@example.org", "drop")
-    result = send_deliveries(planned.pending_ids)
+    result = send_deliveries(planned.pending_ids, settings=settings)
     rows = _rows(session)
     assert rows["one@example.org"].status == "deferred" and rows["one@example.org"].smtp_code is None
     assert rows["two@example.org"].status == "sent"
@@ -142,7 +152,7 @@ def test_a_refused_login_puts_the_batch_back_with_the_reason_and_raises(
         rows = _rows(session)
         # Not stuck in 'sending' until the lease lapses: back in the queue, reason logged.
         assert {d.status for d in rows.values()} == {"deferred"}
-        assert all("refused the login of 'digest'" in d.smtp_reply for d in rows.values())
+        assert all("refused the login of 'digest'" in d.note for d in rows.values())
         assert all(d.next_attempt_at > utcnow() for d in rows.values())
         # Once the operator fixes the password, the retry sends them.
         monkeypatch.setattr(settings, "smtp_password", SecretStr("s3cret"))
@@ -161,44 +171,45 @@ def test_gives_up_after_the_maximum_attempts(session, smtp_sink, planned, settin
     send_deliveries([row_id], settings=settings)
     send_deliveries([row_id], now=utcnow() + timedelta(days=1), settings=settings)
     row = _rows(session)["one@example.org"]
-    assert row.status == "failed" and "gave up after 2 attempts" in row.smtp_reply
+    assert row.status == "failed" and row.note.startswith("gave up after 2 attempts: ")
+    assert row.smtp_reply == "421 4.3.2 busy"  # the server's last answer, as it said it
 
 
-def test_unsubscribing_after_planning_cancels_the_unsent_digest(session, smtp_sink, planned):
+def test_unsubscribing_after_planning_cancels_the_unsent_digest(session, smtp_sink, planned, settings):
     sub = session.scalars(select(Subscriber).where(Subscriber.email == "one@example.org")).one()
     unsubscribe(session, sub)
     session.commit()
-    send_deliveries(planned.pending_ids)
+    send_deliveries(planned.pending_ids, settings=settings)
     rows = _rows(session)
     assert rows["one@example.org"].status == "cancelled"
     assert [m.rcpt_tos for m in smtp_sink.wait_for(1)] == [["two@example.org"]]
 
 
-def test_suppression_is_checked_again_at_send_time(session, smtp_sink, planned):
+def test_suppression_is_checked_again_at_send_time(session, smtp_sink, planned, settings):
     # Suppressed behind the subscriber's back (row only), after planning.
-    session.add(Suppression(email="two@example.org", reason="complaint", detail="", created_at=utcnow()))
+    session.add(Suppression(email="two@example.org", reason=SuppressionReason.complaint, detail="", created_at=utcnow()))
     session.commit()
-    send_deliveries(planned.pending_ids)
+    send_deliveries(planned.pending_ids, settings=settings)
     assert _rows(session)["two@example.org"].status == "cancelled"
     assert [m.rcpt_tos for m in smtp_sink.wait_for(1)] == [["one@example.org"]]
 
 
-def test_address_with_a_line_break_is_refused_and_nothing_is_sent(session, smtp_sink, planned):
+def test_address_with_a_line_break_is_refused_and_nothing_is_sent(session, smtp_sink, planned, settings):
     row = _rows(session)["one@example.org"]
     # Planted directly: validation never lets such an address in through the front door.
     session.execute(update(Delivery).where(Delivery.id == row.id)
                     .values(email="one@example.org\r\nBcc: victim@example.org"))
     session.commit()
-    send_deliveries(planned.pending_ids)
+    send_deliveries(planned.pending_ids, settings=settings)
     row = _rows(session)["one@example.org\r\nBcc: victim@example.org"]
-    assert row.status == "failed" and "line break" in row.smtp_reply
+    assert row.status == "failed" and "line break" in row.note and row.smtp_reply is None
     assert [m.rcpt_tos for m in smtp_sink.wait_for(1)] == [["two@example.org"]]
 
 
-def test_expired_lease_goes_back_to_deferred_and_admin_can_requeue_failures(session, planned):
+def test_expired_lease_goes_back_to_deferred_and_admin_can_requeue_failures(session, planned, settings):
     transport = InMemoryTransport()
     transport.script("one@example.org", "550 5.2.2 mailbox full")
-    send_deliveries(planned.pending_ids, transport=transport)
+    send_deliveries(planned.pending_ids, transport=transport, settings=settings)
     rows = _rows(session)
     session.execute(update(Delivery).where(Delivery.id == rows["two@example.org"].id).values(
         status="sending", lease_until=utcnow() - timedelta(seconds=1)))
@@ -210,7 +221,7 @@ def test_expired_lease_goes_back_to_deferred_and_admin_can_requeue_failures(sess
     assert run_progress(session, planned.run_id) == {"deferred": 2, "total": 2}
 
 
-def test_a_dry_runs_rows_are_never_sent(session, smtp_sink):
+def test_a_dry_runs_rows_are_never_sent(session, smtp_sink, settings):
     from digest.selection import AdhocQuery, plan_adhoc_run
 
     t = Taxo(session)
@@ -220,7 +231,7 @@ def test_a_dry_runs_rows_are_never_sent(session, smtp_sink):
     planned = plan_adhoc_run(session, AdhocQuery(themes=("Policing",)), dry_run=True)
     session.commit()
     assert planned.planned == 1
-    assert send_deliveries(planned.pending_ids).claimed == 0
+    assert send_deliveries(planned.pending_ids, settings=settings).claimed == 0
     assert session.get(DigestRun, planned.run_id).status == "done"
     assert smtp_sink.messages == []
     # Progress and the log say what would have gone out, not that something is waiting.
@@ -241,7 +252,7 @@ BLOCKED = "550 5.7.1 Service unavailable, client host [192.0.2.10] blocked using
 
 
 @pytest.fixture
-def mixed(session, smtp_sink):
+def mixed(session, smtp_sink, settings):
     """Three subscribers at blocked.example, one at open.example; a weekly run planned."""
     t = Taxo(session)
     make_item(session, "Police reform", themes=[t.policing])
@@ -249,7 +260,7 @@ def mixed(session, smtp_sink):
                     "a3@blocked.example"):
         make_subscriber(session, address)
     session.commit()
-    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True)
+    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings)
     session.commit()
     return run
 
@@ -266,11 +277,11 @@ def _pause(session) -> DomainPause | None:
 
 
 def test_a_policy_refusal_defers_the_row_and_pauses_its_domain_for_the_rest_of_the_batch(
-        session, smtp_sink, mixed):
+        session, smtp_sink, mixed, settings):
     first, *rest = _blocked(session)
     smtp_sink.script(first.email, BLOCKED)
     before = utcnow()
-    result = send_deliveries(mixed.pending_ids)
+    result = send_deliveries(mixed.pending_ids, settings=settings)
     after = utcnow()
 
     pause = _pause(session)
@@ -279,14 +290,16 @@ def test_a_policy_refusal_defers_the_row_and_pauses_its_domain_for_the_rest_of_t
     rows = _rows(session)
     refused = rows[first.email]
     assert (refused.status, refused.smtp_code, refused.attempts) == ("deferred", 550, 1)
-    assert BLOCKED in refused.smtp_reply and refused.next_attempt_at == pause.paused_until
+    assert refused.smtp_reply == BLOCKED and refused.next_attempt_at == pause.paused_until
+    assert f"at RCPT TO: {BLOCKED}" in refused.note
     # The next rows of that domain never reached the server, and it did not cost them a try.
     until = f"{pause.paused_until:%Y-%m-%dT%H:%M:%SZ}"
     for d in rest:
         row = rows[d.email]
         assert (row.status, row.attempts, row.next_attempt_at) == (
             "deferred", 0, pause.paused_until)
-        assert row.smtp_reply == (f"not sent: blocked.example is paused until {until} after it "
+        assert row.smtp_reply is None  # never asked
+        assert row.note == (f"not sent: blocked.example is paused until {until} after it "
                                   f"refused us: {BLOCKED}")
     # Another domain in the same batch still gets its mail.
     assert rows["b1@open.example"].status == "sent"
@@ -298,30 +311,30 @@ def test_a_policy_refusal_defers_the_row_and_pauses_its_domain_for_the_rest_of_t
 
 
 def test_a_later_batch_during_the_pause_does_not_contact_the_server_and_all_go_once_after(
-        session, smtp_sink, mixed):
+        session, smtp_sink, mixed, settings):
     first, *rest = _blocked(session)
     smtp_sink.script(first.email, BLOCKED)
-    send_deliveries([first.id, _rows(session)["b1@open.example"].id])
+    send_deliveries([first.id, _rows(session)["b1@open.example"].id], settings=settings)
     pause = _pause(session)
     connections = smtp_sink.sessions
     assert connections == 1
 
     # Rows of the domain not tried yet, in a batch of their own ten minutes later: the pause
     # is read from the database, and the server is not even connected to.
-    result = send_deliveries([d.id for d in rest], now=utcnow() + timedelta(minutes=10))
+    result = send_deliveries([d.id for d in rest], now=utcnow() + timedelta(minutes=10), settings=settings)
     assert (result.claimed, result.deferred) == (2, 2)
     assert smtp_sink.sessions == connections
     rows = _rows(session)
     for d in rest:
         assert (rows[d.email].status, rows[d.email].attempts) == ("deferred", 0)
-        assert rows[d.email].smtp_reply.startswith("not sent: blocked.example is paused until ")
+        assert rows[d.email].note.startswith("not sent: blocked.example is paused until ")
 
     # Nothing is due before the pause ends; at its end all three are, and go out once.
     ids = [first.id, *(d.id for d in rest)]
     assert due_for_retry(session, now=pause.paused_until - timedelta(seconds=1)) == []
     assert due_for_retry(session, now=pause.paused_until) == ids
-    assert send_deliveries(ids, now=pause.paused_until - timedelta(seconds=1)).claimed == 0
-    after = send_deliveries(ids, now=pause.paused_until + timedelta(seconds=1))
+    assert send_deliveries(ids, now=pause.paused_until - timedelta(seconds=1), settings=settings).claimed == 0
+    after = send_deliveries(ids, now=pause.paused_until + timedelta(seconds=1), settings=settings)
     assert (after.claimed, after.sent) == (3, 3)
     received = smtp_sink.wait_for(4)
     assert sorted(m.rcpt_tos[0] for m in received) == [
@@ -330,7 +343,7 @@ def test_a_later_batch_during_the_pause_does_not_contact_the_server_and_all_go_o
     assert {rows[d.email].status for d in (first, *rest)} == {"sent"}
     assert [rows[d.email].attempts for d in (first, *rest)] == [2, 1, 1]
     assert session.get(DigestRun, mixed.run_id).status == "done"
-    assert send_deliveries(ids, now=pause.paused_until + timedelta(hours=1)).claimed == 0
+    assert send_deliveries(ids, now=pause.paused_until + timedelta(hours=1), settings=settings).claimed == 0
 
 
 def test_policy_refusals_count_toward_max_attempts_but_paused_skips_never_do(
@@ -350,8 +363,8 @@ def test_policy_refusals_count_toward_max_attempts_but_paused_skips_never_do(
     assert pause.paused_until <= first_end + timedelta(minutes=61)
     rows = _rows(session)
     assert rows[first.email].status == "failed"
-    assert rows[first.email].smtp_reply.startswith("gave up after 2 attempts: ")
-    assert BLOCKED in rows[first.email].smtp_reply
+    assert rows[first.email].note.startswith("gave up after 2 attempts: ")
+    assert rows[first.email].smtp_reply == BLOCKED
     assert [(rows[d.email].status, rows[d.email].attempts) for d in rest] == [("deferred", 0)] * 2
 
     # Skipped twice, they still have every attempt: after the second pause they go out.
@@ -362,10 +375,10 @@ def test_policy_refusals_count_toward_max_attempts_but_paused_skips_never_do(
     assert session.scalars(select(Suppression)).all() == []
 
 
-def test_unknown_user_still_suppresses_and_pauses_nothing(session, smtp_sink, mixed):
+def test_unknown_user_still_suppresses_and_pauses_nothing(session, smtp_sink, mixed, settings):
     first, *rest = _blocked(session)
     smtp_sink.script(first.email, "550 5.1.1 <a1@blocked.example>: Recipient address rejected")
-    result = send_deliveries(mixed.pending_ids)
+    result = send_deliveries(mixed.pending_ids, settings=settings)
     assert (result.failed, result.sent) == (1, 3)
     assert _pause(session) is None
     assert session.scalars(select(Suppression.email)).all() == [first.email]
@@ -397,17 +410,17 @@ def test_pausing_a_paused_domain_extends_it_and_never_shortens_it(session):
 
 
 def test_resuming_a_domain_lifts_the_pause_and_its_waiting_deliveries_go_at_once(
-        session, smtp_sink, mixed):
+        session, smtp_sink, mixed, settings):
     first, *rest = _blocked(session)
     smtp_sink.script(first.email, BLOCKED)
-    send_deliveries(mixed.pending_ids)
+    send_deliveries(mixed.pending_ids, settings=settings)
     assert resume_domain(session, "open.example") is None
     assert resume_domain(session, " Blocked.Example ") == ("blocked.example", 3)
     session.commit()
     assert _pause(session) is None
     due = due_for_retry(session, now=utcnow())
     assert due == [first.id, *(d.id for d in rest)]
-    assert send_deliveries(due).sent == 3
+    assert send_deliveries(due, settings=settings).sent == 3
     assert len(smtp_sink.wait_for(4)) == 4
 
 
@@ -415,28 +428,26 @@ def test_resuming_a_domain_lifts_the_pause_and_its_waiting_deliveries_go_at_once
 
 
 @pytest.fixture
-def utf8_planned(session, smtp_sink, monkeypatch):
+def utf8_planned(session, smtp_sink, monkeypatch, settings):
     """DIGEST_SMTPUTF8 on; Zoë (stored in canonical form) and Ann get a weekly digest."""
-    from digest.settings import reset_settings_cache
     from digest.subscribers import canonical_email
 
-    monkeypatch.setenv("DIGEST_SMTPUTF8", "true")
-    reset_settings_cache()
+    monkeypatch.setattr(settings, "smtputf8", True)
     t = Taxo(session)
     make_item(session, "Police & courts", themes=[t.policing])
-    zoe = canonical_email("Zoe\u0308@Example.ORG")
+    zoe = canonical_email("Zoe\u0308@Example.ORG", smtputf8=settings.smtputf8)
     make_subscriber(session, zoe)
     make_subscriber(session, "ann@example.org")
     session.commit()
-    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True)
+    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings)
     session.commit()
     assert zoe == "zoë@example.org" and len(run.pending_ids) == 2
     return run
 
 
 def test_a_digest_to_a_utf8_address_goes_out_with_smtputf8_and_is_logged_sent(
-        session, smtp_sink, utf8_planned):
-    result = send_deliveries(utf8_planned.pending_ids)
+        session, smtp_sink, utf8_planned, settings):
+    result = send_deliveries(utf8_planned.pending_ids, settings=settings)
     assert result.sent == 2
     received = {tuple(m.rcpt_tos): m for m in smtp_sink.wait_for(2)}
     zoe, ann = received[("zoë@example.org",)], received[("ann@example.org",)]
@@ -450,27 +461,25 @@ def test_a_digest_to_a_utf8_address_goes_out_with_smtputf8_and_is_logged_sent(
 
 
 def test_a_server_without_smtputf8_fails_the_utf8_address_only_and_suppresses_nothing(
-        session, utf8_planned, monkeypatch):
+        session, utf8_planned, monkeypatch, settings):
     from digest.devtools import MailSink
-    from digest.settings import reset_settings_cache
 
     with MailSink(smtputf8=False) as plain_sink:
-        monkeypatch.setenv("DIGEST_SMTP_PORT", str(plain_sink.port))
-        reset_settings_cache()
-        result = send_deliveries(utf8_planned.pending_ids)
+        monkeypatch.setattr(settings, "smtp_port", plain_sink.port)
+        result = send_deliveries(utf8_planned.pending_ids, settings=settings)
         assert (result.sent, result.failed) == (1, 1)
         assert [m.rcpt_tos for m in plain_sink.wait_for(1)] == [["ann@example.org"]]
         assert plain_sink.sessions == 1  # the refusal did not cost the connection
     rows = _rows(session)
     zoe = rows["zoë@example.org"]
     assert zoe.status == "failed" and zoe.smtp_code is None
-    assert "does not offer SMTPUTF8, which the address zoë@example.org needs" in zoe.smtp_reply
+    assert "does not offer SMTPUTF8, which the address zoë@example.org needs" in zoe.note
     assert rows["ann@example.org"].status == "sent"
     # The address is fine; the server is not: nothing is suppressed.
     assert session.scalars(select(Suppression.email)).all() == []
 
 
-def test_a_5_1_x_refusal_of_our_sender_at_mail_from_suppresses_no_reader(session, planned):
+def test_a_5_1_x_refusal_of_our_sender_at_mail_from_suppresses_no_reader(session, planned, settings):
     class SenderRefused:
         """A server that refuses our envelope sender (5.1.8: bad sender domain)."""
 
@@ -487,8 +496,8 @@ def test_a_5_1_x_refusal_of_our_sender_at_mail_from_suppresses_no_reader(session
 
     # A refusal at MAIL FROM is about us: the batch goes back, the operator is told.
     with pytest.raises(SendSetupError, match="MAIL FROM: 553 5.1.8"):
-        send_deliveries(planned.pending_ids, transport=SenderRefused())
+        send_deliveries(planned.pending_ids, transport=SenderRefused(), settings=settings)
     assert session.scalars(select(Suppression.email)).all() == []
     rows = _rows(session).values()
     assert {d.status for d in rows} == {"deferred"} and {d.attempts for d in rows} == {0}
-    assert all("put back" in d.smtp_reply and "5.1.8" in d.smtp_reply for d in rows)
+    assert all("put back" in d.note and "5.1.8" in d.note for d in rows)

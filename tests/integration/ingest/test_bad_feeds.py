@@ -105,11 +105,11 @@ def test_a_bad_feed_document_is_refused_naming_the_bad_value_and_writes_nothing(
 ):
     good = tmp_path / "good.rss"
     good.write_bytes(GOOD)
-    ingest_feed(good, now=NOW)
+    ingest_feed(good, now=NOW, settings=settings)
     bad = tmp_path / "bad.rss"
     bad.write_bytes(document)
     with pytest.raises(IngestError) as caught:
-        ingest_feed(bad, now=NOW)
+        ingest_feed(bad, now=NOW, settings=settings)
     message = str(caught.value)
     assert "\n" not in message  # one line for the CLI's "error: ..."
     for fragment in fragments:
@@ -147,7 +147,7 @@ def test_a_bad_entry_is_left_out_or_cleaned_and_the_rest_of_the_feed_is_stored(
     path = tmp_path / "mixed.rss"
     good = entry("Good item", "good", "<pubDate>Thu, 09 Oct 2025 08:00:00 +0000</pubDate>")
     path.write_text(rss(good, bad_entry), encoding="utf-8")
-    report = ingest_feed(path, now=NOW)
+    report = ingest_feed(path, now=NOW, settings=settings)
     session.rollback()
     rows = {i.title: i for i in session.scalars(select(Item))}
     assert rows["Good item"].published_at.replace(tzinfo=UTC) == datetime(
@@ -224,7 +224,7 @@ def test_a_feed_in_a_declared_encoding_is_stored_in_its_own_letters(
     settings, session, server, body, content_type, title
 ):
     ROUTES["/enc.xml"] = (body, content_type)
-    report = ingest_feed(f"{server}/enc.xml", now=NOW)
+    report = ingest_feed(f"{server}/enc.xml", now=NOW, settings=settings)
     assert len(report.new_item_ids) == 1
     assert titles(session) == [title]
 
@@ -249,7 +249,7 @@ def test_a_fetched_feed_that_does_not_decode_is_refused_not_stored_garbled(
 ):
     ROUTES["/bad-enc.xml"] = (body, content_type)
     with pytest.raises(IngestError) as caught:
-        ingest_feed(f"{server}/bad-enc.xml", now=NOW)
+        ingest_feed(f"{server}/bad-enc.xml", now=NOW, settings=settings)
     for fragment in fragments:
         assert fragment in str(caught.value)
     assert item_count(session) == 0
@@ -269,5 +269,5 @@ def test_a_50_mb_feed_over_http_is_refused_by_the_size_cap(
 ):
     ROUTES[path] = (fifty_megabytes, "application/rss+xml")
     with pytest.raises(IngestError, match=r"5242880-byte limit") as caught:
-        ingest_feed(f"{server}{path}", now=NOW)
+        ingest_feed(f"{server}{path}", now=NOW, settings=sqlite_settings)
     assert path in str(caught.value)

@@ -9,6 +9,7 @@ from digest.ingest import (
     fetch,
     ingest_feed,
 )
+from digest.settings import Settings
 from tests.conftest import TEST_DATA
 
 DATA = TEST_DATA
@@ -39,7 +40,7 @@ def test_fetch_errors_name_the_url_and_the_cause(feed_server):
     with pytest.raises(IngestError, match="only http:// and https://"):
         fetch("file:///etc/passwd")
     with pytest.raises(IngestError, match="only http:// and https://"):
-        ingest_feed("ftp://127.0.0.1/feed.xml")
+        ingest_feed("ftp://127.0.0.1/feed.xml", settings=Settings(_env_file=None))
     closed_port = feed_server.rsplit(":", 1)[0] + ":1"
     with pytest.raises(IngestError, match="ConnectError"):
         fetch(f"{closed_port}/feed.xml", timeout=2)

@@ -18,7 +18,6 @@ from digest.ingest import (
     store_items,
 )
 from digest.models import ContentType, Item, Location, Theme
-from digest.settings import reset_settings_cache
 from digest.taxonomy import known_facets, list_names, resolve
 from tests.conftest import ROOT, TEST_DATA
 
@@ -170,7 +169,7 @@ def test_duplicates_within_one_batch_are_stored_once_and_the_last_copy_wins(sess
     again = ItemIn(guid="g-1", url="https://newsroom.example.org/items/a", title="New title")
     same_url = ItemIn(guid="g-2", url="https://newsroom.example.org/items/a", title="Newest")
     other = ItemIn(guid="g-3", url=None, title="Other")
-    report = store_items(session, [first, again, same_url, other], source="t", now=NOW)
+    report = store_items(session, [first, again, same_url, other], source="t", now=NOW, max_age_days=30)
     session.commit()
     assert len(report.new_item_ids) == 2 and report.duplicates_in_batch == 2
     titles = sorted(session.scalars(select(Item.title)))
@@ -195,7 +194,7 @@ def test_changed_item_is_updated_but_keeps_ingested_at(session):
         guid="g-1", url="https://newsroom.example.org/items/a", title="First wording",
         summary="s", published_at=datetime(2025, 10, 1, tzinfo=UTC), themes=["Youth"],
     )
-    first = store_items(session, [original], source="t", now=NOW)
+    first = store_items(session, [original], source="t", now=NOW, max_age_days=30)
     session.commit()
     later = NOW + timedelta(days=3)
     edited = ItemIn(
@@ -203,7 +202,7 @@ def test_changed_item_is_updated_but_keeps_ingested_at(session):
         summary="s2", published_at=datetime(2025, 10, 1, tzinfo=UTC),
         themes=["Youth", "Elections"], locations=["OSCE Mission to Serbia"], content_type="News",
     )
-    report = store_items(session, [edited], source="t", now=later)
+    report = store_items(session, [edited], source="t", now=later, max_age_days=30)
     session.commit()
 
     assert report.new_item_ids == [] and report.updated_item_ids == first.new_item_ids
@@ -224,11 +223,11 @@ def test_changed_item_is_updated_but_keeps_ingested_at(session):
 def test_item_known_by_url_under_another_guid_is_the_same_item(session):
     listing = ItemIn(guid="https://newsroom.example.org/items/a",
                      url="https://newsroom.example.org/items/a", title="From the listing")
-    store_items(session, [listing], source="listing", now=NOW)
+    store_items(session, [listing], source="listing", now=NOW, max_age_days=30)
     session.commit()
     from_feed = ItemIn(guid="tag:feed,2025:42", url="https://newsroom.example.org/items/a",
                        title="From the feed")
-    report = store_items(session, [from_feed], source="feed", now=NOW)
+    report = store_items(session, [from_feed], source="feed", now=NOW, max_age_days=30)
     session.commit()
     assert report.new_item_ids == [] and len(report.updated_item_ids) == 1
     assert counts(session)["items"] == 1
@@ -248,29 +247,28 @@ def test_items_older_than_the_maximum_age_are_backfill(session):
     assert "8 backfill (not mailed)" in report.summary()
 
 
-def test_maximum_age_defaults_to_the_setting(session, monkeypatch):
-    monkeypatch.setenv("DIGEST_MAX_ITEM_AGE_DAYS", "3")
-    reset_settings_cache()
+def test_the_entry_points_take_the_maximum_age_from_the_settings_passed(settings, session):
+    three_days = settings.model_copy(update={"max_item_age_days": 3})
     now = datetime(2025, 10, 10, tzinfo=UTC)
-    report = store_items(session, demo_items(), source="demo", now=now)
+    report = ingest_listing(DEMO, settings=three_days, now=now)
     # Fresh: published on or after 7 October (10, 9, 8, 7 October).
     assert len(report.new_item_ids) - len(report.backfill_ids) == 4
 
 
 def test_naive_now_is_refused(session):
     with pytest.raises(ValueError, match="timezone-aware"):
-        store_items(session, demo_items(), source="demo", now=datetime(2025, 10, 10))
+        store_items(session, demo_items(), source="demo", now=datetime(2025, 10, 10), max_age_days=30)
 
 
 # --- entry points: one transaction, nothing half-written ------------------------------------
 
 
 def test_ingest_listing_json_and_feed_files_store_everything(settings, session):
-    listing = ingest_listing(DEMO, now=NOW)
-    json_report = ingest_json(DATA / "ingest-items.json", now=NOW)
-    text_report = ingest_json('{"title": "Pushed as text", "guid": "pushed-1"}', now=NOW)
-    rss = ingest_feed(DATA / "ingest-feed.rss", now=NOW)
-    atom = ingest_feed(str(DATA / "ingest-feed.atom"), now=NOW)
+    listing = ingest_listing(DEMO, now=NOW, settings=settings)
+    json_report = ingest_json(DATA / "ingest-items.json", now=NOW, settings=settings)
+    text_report = ingest_json('{"title": "Pushed as text", "guid": "pushed-1"}', now=NOW, settings=settings)
+    rss = ingest_feed(DATA / "ingest-feed.rss", now=NOW, settings=settings)
+    atom = ingest_feed(str(DATA / "ingest-feed.atom"), now=NOW, settings=settings)
     assert [len(r.new_item_ids) for r in (listing, json_report, text_report, rss, atom)] == [
         18, 2, 1, 3, 2
     ]
@@ -283,7 +281,7 @@ def test_ingest_listing_json_and_feed_files_store_everything(settings, session):
 def test_feed_category_known_in_the_database_keeps_its_facet(settings, session):
     resolve(session, "location", ["OSCE Mission to Skopje"], create=True)
     session.commit()
-    ingest_feed(DATA / "ingest-feed.rss", now=NOW)
+    ingest_feed(DATA / "ingest-feed.rss", now=NOW, settings=settings)
     item = session.scalar(select(Item).where(Item.guid == "rss-item-1"))
     assert [loc.name for loc in item.locations] == [
         "OSCE Mission to Serbia", "OSCE Mission to Skopje"
@@ -292,16 +290,16 @@ def test_feed_category_known_in_the_database_keeps_its_facet(settings, session):
 
 
 def test_malformed_feed_writes_nothing(settings, session):
-    ingest_listing(DEMO, now=NOW)
+    ingest_listing(DEMO, now=NOW, settings=settings)
     before = counts(session)
     with pytest.raises(IngestError, match="malformed feed"):
-        ingest_feed(DATA / "ingest-malformed.rss")
+        ingest_feed(DATA / "ingest-malformed.rss", settings=settings)
     assert counts(session) == before
 
 
 def test_bad_json_writes_nothing(settings, session):
     with pytest.raises(IngestError, match="item 1: field 'published_at'"):
-        ingest_json('[{"title": "good", "themes": ["Youth"]}, {"title": "b", "published_at": "x"}]')
+        ingest_json('[{"title": "good", "themes": ["Youth"]}, {"title": "b", "published_at": "x"}]', settings=settings)
     assert counts(session) == {"items": 0, "themes": 0, "locations": 0, "content_types": 0}
 
 
@@ -315,12 +313,12 @@ def test_unreadable_listing_names_the_path_and_the_reason(settings, session, tmp
     ]
     for path, reason in cases:
         with pytest.raises(IngestError, match=reason) as caught:
-            ingest_listing(path)
+            ingest_listing(path, settings=settings)
         assert str(path) in str(caught.value)
     with pytest.raises(IngestError, match="no such file"):
-        ingest_feed(tmp_path / "missing.rss")
+        ingest_feed(tmp_path / "missing.rss", settings=settings)
     with pytest.raises(IngestError, match="no such file"):
-        ingest_json(tmp_path / "missing.json")
+        ingest_json(tmp_path / "missing.json", settings=settings)
     assert counts(session)["items"] == 0
 
 
@@ -328,6 +326,6 @@ def test_unreadable_listing_names_the_path_and_the_reason(settings, session, tmp
 
 
 def test_ingest_feed_from_an_http_url(settings, session, feed_server):
-    report = ingest_feed(f"{feed_server}/feed.xml", now=NOW)
+    report = ingest_feed(f"{feed_server}/feed.xml", now=NOW, settings=settings)
     assert len(report.new_item_ids) == 3
     assert counts(session)["items"] == 3

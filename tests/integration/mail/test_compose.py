@@ -27,12 +27,11 @@ def fake_dns(record: bytes):
     return dnsfunc
 
 
-def configure_dkim(monkeypatch, tmp_path, pem: bytes) -> None:
+def configure_dkim(settings, monkeypatch, tmp_path, pem: bytes) -> None:
     key_path = tmp_path / "dkim.pem"
     key_path.write_bytes(pem)
-    monkeypatch.setenv("DIGEST_DKIM_SELECTOR", SELECTOR)
-    monkeypatch.setenv("DIGEST_DKIM_PRIVATE_KEY_PATH", str(key_path))
-    reset_settings_cache()
+    monkeypatch.setattr(settings, "dkim_selector", SELECTOR)
+    monkeypatch.setattr(settings, "dkim_private_key_path", key_path)
 
 
 def signed_headers(data: bytes) -> set[str]:
@@ -43,12 +42,12 @@ def signed_headers(data: bytes) -> set[str]:
 
 def test_a_confirmation_is_dkim_signed_when_dkim_is_configured(
         sqlite_settings, smtp_sink, dkim_key, tmp_path, monkeypatch):
-    configure_dkim(monkeypatch, tmp_path, dkim_key[0])
-    with db.session_scope() as session:
+    configure_dkim(sqlite_settings, monkeypatch, tmp_path, dkim_key[0])
+    with db.session_scope(sqlite_settings.database_url) as session:
         sub = make_subscriber(session, "new@example.org", status="pending")
         sub_id = sub.id
 
-    message_id = send_confirmation(sub_id)
+    message_id = send_confirmation(sub_id, settings=sqlite_settings)
 
     (received,) = smtp_sink.wait_for(1)
     assert received.data.startswith(b"DKIM-Signature: ")
@@ -63,9 +62,9 @@ def test_a_confirmation_is_dkim_signed_when_dkim_is_configured(
 
 
 def test_a_confirmation_is_unsigned_without_dkim(sqlite_settings, smtp_sink):
-    with db.session_scope() as session:
+    with db.session_scope(sqlite_settings.database_url) as session:
         sub_id = make_subscriber(session, "new@example.org", status="pending").id
-    send_confirmation(sub_id)
+    send_confirmation(sub_id, settings=sqlite_settings)
     (received,) = smtp_sink.wait_for(1)
     assert b"DKIM-Signature" not in received.data
 
@@ -87,11 +86,13 @@ def _parts(received: ReceivedMessage) -> tuple[str, str, str]:
 
 def test_preview_is_the_digest_the_reader_is_then_sent(
         sqlite_settings, smtp_sink, tmp_path, monkeypatch):
-    # Three items for a cap of two: the preview must show the "and 1 more" link too.
+    # Three items for a cap of two: the preview must show the "and 1 more" link too. Set
+    # where the CLI reads it (the environment); the sending below gets the same settings.
     monkeypatch.setenv("DIGEST_MAX_ITEMS_PER_DIGEST", "2")
     reset_settings_cache()
+    settings = get_settings()
     as_of = T0
-    with db.session_scope() as session:
+    with db.session_scope(sqlite_settings.database_url) as session:
         taxo = Taxo(session)
         for n, (themes, places) in enumerate([
             ([taxo.policing], [taxo.montenegro]),
@@ -113,9 +114,10 @@ def test_preview_is_the_digest_the_reader_is_then_sent(
     html = (out / "reader_at_example.org.html").read_text(encoding="utf-8")
     text = (out / "reader_at_example.org.txt").read_text(encoding="utf-8")
 
-    with db.session_scope() as session:
-        planned = plan_scheduled_run(session, "weekly", now=as_of, everyone=True)
-    assert send_deliveries(planned.pending_ids).sent == 1
+    with db.session_scope(sqlite_settings.database_url) as session:
+        planned = plan_scheduled_run(session, "weekly", now=as_of, everyone=True,
+                                     settings=settings)
+    assert send_deliveries(planned.pending_ids, settings=settings).sent == 1
     (received,) = smtp_sink.wait_for(1)
     subject, sent_html, sent_text = _parts(received)
 
@@ -124,7 +126,7 @@ def test_preview_is_the_digest_the_reader_is_then_sent(
     assert _same_links(html) == _same_links(sent_html)
     assert _same_links(text) == _same_links(sent_text)
     # What the old preview left out: the period, the reader's themes, the "more" link.
-    newsroom = get_settings().newsroom_url
+    newsroom = settings.newsroom_url
     assert "10\u201312 October 2025" in text
     assert "of your themes" in text
     more = f"{newsroom}?theme=Gender+equality&theme=Policing&location=South-Eastern+Europe"

@@ -187,7 +187,7 @@ def held(session, taxo, late):
     return {p.slot: p for p in plans}
 
 
-def test_a_run_past_its_send_by_deadline_is_held_and_not_sent(session, smtp_sink, held):
+def test_a_run_past_its_send_by_deadline_is_held_and_not_sent(session, smtp_sink, held, settings):
     late_plan, timely_plan = held[T0 + 2 * HOUR], held[T0 + timedelta(hours=47)]
     assert late_plan.held and late_plan.run.pending_ids == [] and late_plan.run.planned == 1
     assert not timely_plan.held and len(timely_plan.run.pending_ids) == 1
@@ -196,24 +196,24 @@ def test_a_run_past_its_send_by_deadline_is_held_and_not_sent(session, smtp_sink
     # Who and what are on record, and a worker given its rows sends nothing.
     row = session.scalars(select(Delivery).where(Delivery.email == "late@example.org")).one()
     assert (row.status, row.item_count) == ("pending", 1)
-    assert send_deliveries([row.id]).claimed == 0
+    assert send_deliveries([row.id], settings=settings).claimed == 0
     assert smtp_sink.messages == []
 
 
-def test_releasing_a_held_run_sends_it(session, smtp_sink, held):
+def test_releasing_a_held_run_sends_it(session, smtp_sink, held, settings):
     run_id = held[T0 + 2 * HOUR].run.run_id
     ids = release_run(session, run_id)
     session.commit()
     assert session.get(DigestRun, run_id).status == "sending"
-    assert send_deliveries(ids).sent == 1
+    assert send_deliveries(ids, settings=settings).sent == 1
     assert [m.rcpt_tos for m in smtp_sink.wait_for(1)] == [["late@example.org"]]
     with pytest.raises(ValidationError, match="not held"):
         release_run(session, run_id)
 
 
-def test_cancelling_a_held_run_gives_its_items_to_the_readers_next_digest(session, held, late):
+def test_cancelling_a_held_run_gives_its_items_to_the_readers_next_digest(session, held, late, settings):
     run_id = held[T0 + 2 * HOUR].run.run_id
-    result = cancel_run(session, run_id, "too late")
+    result = cancel_run(session, run_id, "too late", settings)
     session.commit()
     assert (result.deliveries, result.items_given_back) == (1, 1)
     session.expire_all()
@@ -231,7 +231,7 @@ def test_cancelling_a_held_run_gives_its_items_to_the_readers_next_digest(sessio
     assert items_of(session, "late@example.org") == {"news"}
 
 
-def test_cancelling_puts_the_watermark_back_to_the_previous_digest(session, taxo, late):
+def test_cancelling_puts_the_watermark_back_to_the_previous_digest(session, taxo, late, settings):
     make_subscriber(session, "reader@example.org", weekday=0, hour=9)
     make_item(session, "old", ingested_at=T0 - timedelta(days=1))
     session.commit()
@@ -241,7 +241,7 @@ def test_cancelling_puts_the_watermark_back_to_the_previous_digest(session, taxo
     tick(session, T0 + timedelta(days=7), late)
     plans = tick(session, T0 + timedelta(days=9), late)  # Monday 09:00 is two days back: held
     run_id = next(p.run.run_id for p in plans if p.held)
-    cancel_run(session, run_id, "too late")
+    cancel_run(session, run_id, "too late", settings)
     session.commit()
     session.expire_all()
     reader = session.scalars(

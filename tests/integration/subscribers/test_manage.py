@@ -6,7 +6,16 @@ import pytest
 from sqlalchemy import func, select
 
 from digest.errors import ValidationError
-from digest.models import Bounce, Delivery, SentItem, Subscriber, SubscriberFilter, Suppression
+from digest.models import (
+    Bounce,
+    Delivery,
+    Fault,
+    SentItem,
+    Subscriber,
+    SubscriberFilter,
+    Suppression,
+    SuppressionReason,
+)
 from digest.selection import delivery_contents, plan_scheduled_run
 from digest.subscribers import erase_subscriber, find_subscriber, suppress
 from tests.factories import T0, Taxo, make_item, make_subscriber
@@ -24,21 +33,21 @@ def counts(session) -> dict[str, int]:
     }
 
 
-def test_erasing_a_subscriber_leaves_nothing_about_them_but_the_suppression(session):
+def test_erasing_a_subscriber_leaves_nothing_about_them_but_the_suppression(session, settings):
     t = Taxo(session)
     make_item(session, "policing", themes=[t.policing])
     make_item(session, "elections", themes=[t.elections])
     gone = make_subscriber(session, "gone@example.org", {"themes": [t.policing]})
     make_subscriber(session, "stays@example.org", {"themes": [t.elections]})
     session.commit()
-    plan_scheduled_run(session, "weekly", now=T0, everyone=True)
+    plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings)
     session.commit()
     delivery = session.scalars(select(Delivery).where(Delivery.subscriber_id == gone.id)).one()
     session.add(Bounce(delivery_id=delivery.id, email=gone.email, status_code="4.2.2",
-                       kind="soft", report_hash="a" * 64))
-    session.add(Bounce(delivery_id=None, email=gone.email, status_code="5.1.1", kind="hard",
+                       kind=Fault.soft, report_hash="a" * 64))
+    session.add(Bounce(delivery_id=None, email=gone.email, status_code="5.1.1", kind=Fault.hard,
                        report_hash="b" * 64))  # a report whose delivery row is already gone
-    suppress(session, gone.email, "admin", "asked to be forgotten")
+    suppress(session, gone.email, SuppressionReason.admin, "asked to be forgotten")
     session.commit()
     assert counts(session) == {"subscribers": 2, "filters": 2, "deliveries": 2, "ledger": 2,
                                "contents": 2, "bounces": 2}

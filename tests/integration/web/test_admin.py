@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from digest.models import Delivery, DigestRun, Subscriber, Suppression, utcnow
+from digest.models import Delivery, DigestRun, Subscriber, Suppression, SuppressionReason, utcnow
 from digest.settings import get_settings, reset_settings_cache
 from digest.subscribers import FilterSpec, upsert_subscriber
 from digest.web import create_app
@@ -41,9 +41,9 @@ def people(db_session, taxo):
     ann, _ = upsert_subscriber(
         db_session,
         "ann@example.org",
-        filters=[FilterSpec(["Policing"], ["OSCE Mission to Montenegro"])],
+        filters=[FilterSpec(["Policing"], ["OSCE Mission to Montenegro"])], smtputf8=False,
     )
-    bob, _ = upsert_subscriber(db_session, "bob@example.org", filters=[])
+    bob, _ = upsert_subscriber(db_session, "bob@example.org", filters=[], smtputf8=False)
     db_session.commit()
     return ann, bob
 
@@ -160,7 +160,7 @@ def test_suppress_and_unsuppress_actions_change_status_list_and_planned_mail(
 def test_suppression_list_action_removes_an_address(admin, db_session, people):
     from digest.subscribers import suppress
 
-    row = suppress(db_session, "bob@example.org", "hard_bounce", "550 5.1.1")
+    row = suppress(db_session, "bob@example.org", SuppressionReason.hard_bounce, "550 5.1.1")
     db_session.commit()
     admin.get(f"/admin/suppression/action/unsuppress?pks={row.id}")
     db_session.expire_all()
@@ -214,6 +214,11 @@ def test_runs_show_progress_counts_and_deliveries_filter_by_status_and_reply(
         "/admin/delivery/list", params={"smtp_reply": "5.2.1", "smtp_reply_op": "contains"}
     ).text
     assert "bob@example.org" in by_reply and "ann@example.org" not in by_reply
+    # Our note is a column (and a filter) of its own: which step, which server.
+    by_note = admin.get(
+        "/admin/delivery/list", params={"note": "at RCPT TO", "note_op": "contains"}
+    ).text
+    assert "bob@example.org" in by_note and "ann@example.org" not in by_note
 
 
 def test_requeue_action_sends_failed_deliveries_again(admin, db_session, taxo, people, smtp_sink):

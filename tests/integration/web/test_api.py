@@ -61,7 +61,7 @@ def test_every_api_route_answers_401_without_or_with_a_wrong_token(client, web_s
 def test_a_subscriber_link_token_is_no_api_credential(client, db_session, taxo, web_settings):
     from digest.subscribers import upsert_subscriber
 
-    sub, _ = upsert_subscriber(db_session, "ann@example.org")
+    sub, _ = upsert_subscriber(db_session, "ann@example.org", smtputf8=False)
     db_session.commit()
     for purpose in ("manage", "unsubscribe", "confirm"):
         token = subscriber_token(purpose, sub.id, web_settings)
@@ -184,8 +184,8 @@ def test_post_items_stores_them_and_the_event_alerts_immediate_subscribers(
 
     upsert_subscriber(
         db_session, "now@example.org", frequency="immediate", filters=[FilterSpec(["Policing"])]
-    )
-    upsert_subscriber(db_session, "weekly@example.org", filters=[FilterSpec(["Policing"])])
+    , smtputf8=False)
+    upsert_subscriber(db_session, "weekly@example.org", filters=[FilterSpec(["Policing"])], smtputf8=False)
     db_session.commit()
     item = {
         "guid": "api-1",
@@ -217,8 +217,8 @@ def test_adhoc_run_dry_run_counts_then_sends_and_reports_progress(api, db_sessio
     from digest.subscribers import FilterSpec, upsert_subscriber
 
     for i in range(3):
-        upsert_subscriber(db_session, f"r{i}@example.org", filters=[FilterSpec(["Policing"])])
-    upsert_subscriber(db_session, "other@example.org", filters=[FilterSpec(["Elections"])])
+        upsert_subscriber(db_session, f"r{i}@example.org", filters=[FilterSpec(["Policing"])], smtputf8=False)
+    upsert_subscriber(db_session, "other@example.org", filters=[FilterSpec(["Elections"])], smtputf8=False)
     item = make_item(
         db_session,
         "Border police training",
@@ -260,7 +260,7 @@ def test_a_dry_run_delivery_message_is_the_preview_of_an_adhoc_send(api, db_sess
                                                                      smtp_sink):
     from digest.subscribers import FilterSpec, upsert_subscriber
 
-    upsert_subscriber(db_session, "ops-check@example.org", filters=[FilterSpec(["Policing"])])
+    upsert_subscriber(db_session, "ops-check@example.org", filters=[FilterSpec(["Policing"])], smtputf8=False)
     item = make_item(db_session, "Border <script>x</script> training", themes=[taxo.policing],
                      ingested_at=utcnow() - timedelta(hours=1))
     db_session.commit()
@@ -285,8 +285,8 @@ def test_deliveries_filter_by_run_subscriber_status_and_time(api, db_session, ta
     from digest.subscribers import FilterSpec, upsert_subscriber
 
     smtp_sink.script("bad@example.org", "550 5.1.1 No such user")
-    good, _ = upsert_subscriber(db_session, "good@example.org", filters=[FilterSpec(["Policing"])])
-    bad, _ = upsert_subscriber(db_session, "bad@example.org", filters=[FilterSpec(["Policing"])])
+    good, _ = upsert_subscriber(db_session, "good@example.org", filters=[FilterSpec(["Policing"])], smtputf8=False)
+    bad, _ = upsert_subscriber(db_session, "bad@example.org", filters=[FilterSpec(["Policing"])], smtputf8=False)
     item = make_item(db_session, "Item", themes=[taxo.policing], ingested_at=utcnow())
     db_session.commit()
     run_id = api.post(f"{V1}/runs", json={"item_ids": [item.id]}).json()["id"]
@@ -300,7 +300,10 @@ def test_deliveries_filter_by_run_subscriber_status_and_time(api, db_session, ta
     assert ids(status="failed") == [bad.id]
     assert ids(status="sent", subscriber_id=good.id) == [good.id]
     failed = api.get(f"{V1}/deliveries", params={"status": "failed"}).json()["items"][0]
-    assert failed["smtp_code"] == 550 and "5.1.1" in failed["smtp_reply"]
+    assert failed["smtp_code"] == 550 and failed["smtp_reply"].startswith("550 5.1.1")
+    assert "at RCPT TO: 550 5.1.1" in failed["note"]  # ours, apart from the server's words
+    sent = api.get(f"{V1}/deliveries", params={"status": "sent"}).json()["items"][0]
+    assert sent["smtp_reply"] and sent["note"] is None
     hour_ago = (utcnow() - timedelta(hours=1)).isoformat()
     assert ids(since=hour_ago) == sorted([good.id, bad.id])
     assert ids(until=hour_ago) == []
@@ -372,7 +375,7 @@ def test_out_of_range_ids_and_nul_characters_are_4xx_not_database_errors(api, ta
 
 
 def test_bounce_webhook_ties_a_dsn_to_its_delivery_and_suppresses_the_address(
-        api, db_session, taxo, smtp_sink):
+        api, db_session, taxo, smtp_sink, web_settings):
 
     from digest.delivery import send_deliveries
     from digest.models import Delivery
@@ -382,9 +385,10 @@ def test_bounce_webhook_ties_a_dsn_to_its_delivery_and_suppresses_the_address(
     make_item(db_session, "x", themes=[taxo.policing], ingested_at=T0 - timedelta(hours=1))
     make_subscriber(db_session, "gone@example.net")
     db_session.commit()
-    planned = plan_scheduled_run(db_session, "weekly", now=T0, everyone=True)
+    planned = plan_scheduled_run(db_session, "weekly", now=T0, everyone=True,
+                                 settings=web_settings)
     db_session.commit()
-    send_deliveries(planned.pending_ids)
+    send_deliveries(planned.pending_ids, settings=web_settings)
     delivery = db_session.scalars(select(Delivery)).one()
     dsn = (TEST_DATA / "bounces/postfix-5.1.1-user-unknown.eml").read_text()
     dsn = dsn.replace("bounces+101@newsroom.example.org", f"bounces+{delivery.id}@newsroom.example.org")

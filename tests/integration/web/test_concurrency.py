@@ -174,7 +174,7 @@ def test_two_preference_changes_of_one_subscriber_at_once_both_save_and_leave_on
         from digest.subscribers import FilterSpec, upsert_subscriber
 
         subs = [upsert_subscriber(session, f"prefs{n}@example.org",
-                                  filters=[FilterSpec(["Policing"])])[0] for n in range(10)]
+                                  filters=[FilterSpec(["Policing"])], smtputf8=False)[0] for n in range(10)]
         session.commit()
         ids = [sub.id for sub in subs]
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from digest.models import Delivery, DigestRun, Subscriber, utcnow
+from digest.models import Delivery, DigestRun, Subscriber, SuppressionReason, utcnow
 from digest.tokens import links_for, make_token, subscriber_token
 from tests.factories import make_item
 from tests.integration.web.support import (  # noqa: F401 (fixtures)
@@ -113,7 +113,7 @@ def test_suppressed_address_is_sent_nothing_and_sees_the_same_page(
 
     subscribe(client)
     wait_for_mail(smtp_sink, 1)
-    suppress(db_session, ANN, "hard_bounce")
+    suppress(db_session, ANN, SuppressionReason.hard_bounce)
     db_session.commit()
     smtp_sink.clear()
     response = subscribe(client)
@@ -361,7 +361,7 @@ def test_pages_are_labelled_for_assistive_technology(client, taxo):
 def _active(client, db_session) -> Subscriber:
     from digest.subscribers import FilterSpec, upsert_subscriber
 
-    sub, _ = upsert_subscriber(db_session, ANN, filters=[FilterSpec(["Policing"])])
+    sub, _ = upsert_subscriber(db_session, ANN, filters=[FilterSpec(["Policing"])], smtputf8=False)
     db_session.commit()
     return sub
 

@@ -35,7 +35,7 @@ def csrf_of(html: str) -> str:
 
 
 def make_sub(session, email="ann@example.org", status="active"):
-    sub, _ = upsert_subscriber(session, email, filters=[FilterSpec(["Policing"])], status=status)
+    sub, _ = upsert_subscriber(session, email, filters=[FilterSpec(["Policing"])], status=status, smtputf8=False)
     session.commit()
     return sub
 
@@ -210,7 +210,7 @@ def test_user_and_feed_text_is_escaped_on_every_page(client, db_session, taxo, w
     db_session.commit()
     sub, _ = upsert_subscriber(
         db_session, "ann@example.org", filters=[FilterSpec([f"Evil {evil}"])]
-    )
+    , smtputf8=False)
     make_item(
         db_session,
         f"Title {evil}<img src=x onerror=alert(1)>",

@@ -15,7 +15,7 @@ def test_a_50_mb_feed_file_is_refused_before_it_is_read(sqlite_settings, tmp_pat
         f.write(GOOD)
         f.truncate(BIG)
     with pytest.raises(IngestError) as caught:
-        ingest_feed(path, now=NOW)
+        ingest_feed(path, now=NOW, settings=sqlite_settings)
     assert str(caught.value) == (
         f"cannot read {path}: it is {BIG} bytes, over the {MAX_FILE_BYTES}-byte limit; "
         "split it into smaller files"

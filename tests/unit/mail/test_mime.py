@@ -311,14 +311,14 @@ def test_dates_in_other_zones_are_written_with_their_offset():
 
 
 def test_normalise_address_normalises_without_dns_and_explains_refusals():
-    assert normalise_address("Reader@Example.ORG") == "Reader@example.org"
-    assert normalise_address("a@no-such-domain-for-digest-tests.com") == (
+    assert normalise_address("Reader@Example.ORG", smtputf8=False) == "Reader@example.org"
+    assert normalise_address("a@no-such-domain-for-digest-tests.com", smtputf8=False) == (
         "a@no-such-domain-for-digest-tests.com"
     )
     with pytest.raises(ValidationError, match="An email address must have an @-sign"):
-        normalise_address("reader.example.org")
+        normalise_address("reader.example.org", smtputf8=False)
     with pytest.raises(ValidationError, match="Internationalized characters"):
-        normalise_address("zoë@example.org")
+        normalise_address("zoë@example.org", smtputf8=False)
 
 
 def test_ascii_address_gives_the_idna_form_or_refuses():
@@ -469,17 +469,16 @@ def test_with_smtputf8_off_a_non_ascii_to_is_refused_naming_the_setting():
     assert "DIGEST_SMTPUTF8" not in str(wrong.value)
 
 
-def test_build_message_follows_the_setting_when_not_told(monkeypatch):
+def test_build_message_takes_smtputf8_from_its_caller_never_from_the_environment(monkeypatch):
     from digest.settings import reset_settings_cache
 
     monkeypatch.setenv("DIGEST_SMTPUTF8", "true")
     reset_settings_cache()
     try:
-        assert "To: zoë@example.org".encode() in header_lines(build(to_addr="zoë@example.org"))
-        monkeypatch.setenv("DIGEST_SMTPUTF8", "false")
-        reset_settings_cache()
         with pytest.raises(ValidationError, match="DIGEST_SMTPUTF8"):
-            build(to_addr="zoë@example.org")
+            build(to_addr="zoë@example.org")  # not told: off, whatever the environment says
+        assert "To: zoë@example.org".encode() in header_lines(
+            build(to_addr="zoë@example.org", smtputf8=True))
     finally:
         reset_settings_cache()
 
