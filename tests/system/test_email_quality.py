@@ -25,22 +25,14 @@ from digest.mail import DEFAULT_SIGNED_HEADERS, DkimSigner
 from digest.selection import plan_scheduled_run
 from digest.subscribers import upsert_subscriber
 from tests.conftest import ROOT
+from tests.helpers import DOMAIN, SELECTOR, fake_dns
 
 OUT = ROOT / "test-output"
-SELECTOR = "digest2025"
-DOMAIN = "newsroom.example.org"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--no-first-run", "--disable-sync",
                "--disable-dev-shm-usage"]
 REQUIRED_SIGNED = ["from", "to", "subject", "date", "message-id", "list-id", "list-unsubscribe",
                    "list-unsubscribe-post", "feedback-id"]
-
-
-def fake_dns(record: bytes):
-    """dkimpy's DNS lookup, answered offline for our selector only."""
-    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
-        return record if name == f"{SELECTOR}._domainkey.{DOMAIN}.".encode() else None
-    return dnsfunc
 
 
 @pytest.fixture

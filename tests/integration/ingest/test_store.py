@@ -14,15 +14,14 @@ from digest.ingest import (
     ingest_feed,
     ingest_json,
     ingest_listing,
-    parse_listing,
     store_items,
 )
 from digest.models import ContentType, Item, Location, Theme
 from digest.taxonomy import known_facets, list_names, resolve
-from tests.conftest import ROOT, TEST_DATA
+from tests.conftest import TEST_DATA
+from tests.feeds import DEMO, demo_items
 
 DATA = TEST_DATA
-DEMO = ROOT / "digest" / "data" / "demo-newsroom.txt"
 NOW = datetime(2025, 10, 12, 9, 0, tzinfo=UTC)
 
 
@@ -32,10 +31,6 @@ def counts(session) -> dict[str, int]:
         model.__tablename__: session.scalar(select(func.count()).select_from(model))
         for model in (Item, Theme, Location, ContentType)
     }
-
-
-def demo_items() -> list[ItemIn]:
-    return parse_listing(DEMO.read_text(encoding="utf-8"))
 
 
 class SelectCounter:

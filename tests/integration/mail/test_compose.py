@@ -15,16 +15,7 @@ from digest.devtools import ReceivedMessage
 from digest.selection import plan_scheduled_run
 from digest.settings import get_settings, reset_settings_cache
 from tests.factories import T0, Taxo, make_item, make_subscriber
-
-SELECTOR = "digest2025"
-DOMAIN = "newsroom.example.org"  # the default From's domain, so DKIM's d=
-
-
-def fake_dns(record: bytes):
-    """dkimpy's DNS lookup, answered offline for our selector only."""
-    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
-        return record if name == f"{SELECTOR}._domainkey.{DOMAIN}.".encode() else None
-    return dnsfunc
+from tests.helpers import DOMAIN, SELECTOR, fake_dns
 
 
 def configure_dkim(settings, monkeypatch, tmp_path, pem: bytes) -> None:

@@ -57,6 +57,11 @@ def taxo(db_session):
     return t
 
 
+def csrf_of(html: str) -> str:
+    """The CSRF token of a page's form."""
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
 def link_in(message, path: str) -> str:
     """The path of the first ``/path/<token>`` link in a received email's text part."""
     text = message.parsed().get_body(preferencelist=("plain",)).get_content()

@@ -7,7 +7,6 @@ would (2xx, 409 for an API create of an existing address, 429 past the email lim
 from __future__ import annotations
 
 import random
-import socket
 import threading
 import time
 from collections import Counter
@@ -23,16 +22,11 @@ from digest.settings import get_settings, reset_settings_cache
 from digest.tokens import subscriber_token
 from digest.web.pages import make_csrf, subject_for
 from tests.factories import Taxo
+from tests.helpers import free_port
 from tests.integration.web.support import API_TOKEN
 
 PARALLEL = 20
 ALLOWED = {200, 429}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -48,7 +42,7 @@ def served(settings, smtp_sink, monkeypatch):
     with db._sessionmaker(s.database_url)() as session:
         Taxo(session)
         session.commit()
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(s), host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)

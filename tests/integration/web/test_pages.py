@@ -14,6 +14,7 @@ from digest.tokens import links_for, make_token, subscriber_token
 from tests.factories import make_item
 from tests.integration.web.support import (  # noqa: F401 (fixtures)
     client,
+    csrf_of,
     db_session,
     link_in,
     taxo,
@@ -22,10 +23,6 @@ from tests.integration.web.support import (  # noqa: F401 (fixtures)
 )
 
 ANN = "ann@example.org"
-
-
-def csrf_of(html: str) -> str:
-    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
 
 
 def subscribe(client, email=ANN, **fields):

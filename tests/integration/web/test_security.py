@@ -3,7 +3,6 @@ that do not mix, form tokens tied to one subscriber, key rotation, escaping, rat
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 
@@ -22,16 +21,13 @@ from tests.conftest import REDIS_URL
 from tests.factories import make_item
 from tests.integration.web.support import (  # noqa: F401 (fixtures)
     client,
+    csrf_of,
     db_session,
     link_in,
     taxo,
     wait_for_mail,
     web_settings,
 )
-
-
-def csrf_of(html: str) -> str:
-    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
 
 
 def make_sub(session, email="ann@example.org", status="active"):
