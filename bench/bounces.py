@@ -24,6 +24,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from digest.bounces.parse import parse_report
+from digest.models import Fault
 from digest.bounces.text import _flufl_addresses
 from digest.errors import BounceError
 
@@ -73,7 +74,7 @@ def main() -> None:
             by_flufl += flufl_found
             either += found or flufl_found
             for r in report.recipients if report else []:
-                if r.kind == "hard":
+                if r.kind is Fault.hard:
                     hard += 1
                     if SUSPECT.search(r.diagnostic):
                         suspects.append(f"{path.name}: {r.status} {r.diagnostic[:120]}")
