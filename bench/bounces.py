@@ -24,9 +24,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 from digest.bounces.parse import parse_report
-from digest.models import Fault
 from digest.bounces.text import _flufl_addresses
 from digest.errors import BounceError
+from digest.models import Fault
 
 ROOT = Path(__file__).resolve().parent.parent
 SUSPECT = re.compile(r"sender|black ?list|block ?list|spam|policy|reputation|dmarc|spf", re.I)
