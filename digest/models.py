@@ -89,6 +89,7 @@ class RunKind(enum.StrEnum):
 
 
 class RunStatus(enum.StrEnum):
+    planning = "planning"  # chunks committed up to planned_through; resumed from there
     planned = "planned"
     sending = "sending"
     done = "done"
@@ -303,6 +304,9 @@ class DigestRun(Base):
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
     planned_count: Mapped[int] = mapped_column(Integer, default=0)
     skipped_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Chunked planning: every subscriber with an id up to this one is planned (None: nobody
+    # yet). While the run is ``planning`` the next chunk starts after it.
+    planned_through: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
 
@@ -356,15 +360,16 @@ delivery_items = Table(
 
 class SentItem(Base):
     """The ledger: an item goes to a subscriber in at most one scheduled digest, ever; the
-    row names the delivery that carries it."""
+    row names the delivery that carries it.
+
+    Only ``delivery_id`` is a foreign key (migration 0006): the subscriber is the delivery's,
+    and a subscriber's deliveries cascade away with them, taking these rows along; checking
+    subscriber and item again cost a lookup each for millions of rows per run. Nothing in the
+    code deletes items; whoever does must delete the item's rows here too."""
 
     __tablename__ = "sent_items"
-    subscriber_id: Mapped[int] = mapped_column(
-        ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True
-    )
-    item_id: Mapped[int] = mapped_column(
-        ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
-    )
+    subscriber_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     delivery_id: Mapped[int] = mapped_column(
         ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
     )

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, insert, inspect, select, text
+from sqlalchemy import create_engine, func, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 
 from digest import db
@@ -56,7 +56,7 @@ def empty_url(request, tmp_path):
 def test_0004_removes_the_ledger_copies_from_delivery_items_and_gives_them_back(empty_url):
     from alembic import command
 
-    from digest.models import DigestRun, SentItem, delivery_items
+    from digest.models import SentItem, delivery_items
     from digest.selection import delivery_contents
     from tests.factories import T0, make_item, make_subscriber
 
@@ -64,12 +64,8 @@ def test_0004_removes_the_ledger_copies_from_delivery_items_and_gives_them_back(
     with db._sessionmaker(empty_url)() as session:
         first, second = make_item(session, "one"), make_item(session, "two")
         sub = make_subscriber(session, "ann@example.org")
-        weekly = DigestRun(kind="weekly", slot_key="weekly:x", cutoff=T0, status="done")
-        adhoc = DigestRun(kind="adhoc", slot_key="adhoc:x", cutoff=T0, status="done")
-        session.add_all([weekly, adhoc])
-        session.flush()
-        scheduled = _old_delivery(session, weekly.id, sub)
-        chosen = _old_delivery(session, adhoc.id, sub)
+        scheduled = _old_delivery(session, _old_run(session, "weekly", T0), sub)
+        chosen = _old_delivery(session, _old_run(session, "adhoc", T0), sub)
         # As planning wrote them before 0004: the ledger, and a copy of it in delivery_items.
         session.add_all([SentItem(subscriber_id=sub.id, item_id=i.id, delivery_id=scheduled)
                          for i in (first, second)])
@@ -94,6 +90,16 @@ def test_0004_removes_the_ledger_copies_from_delivery_items_and_gives_them_back(
     command.downgrade(db.alembic_config(empty_url), "0003")
     assert rows(select(delivery_items)) == sorted(
         [(scheduled_id, first_id), (scheduled_id, second_id), (chosen_id, first_id)])
+
+
+def _old_run(session, kind, cutoff):
+    """A digest_runs row with the columns every revision has (see ``_old_delivery``)."""
+    from digest.models import DigestRun
+
+    return session.execute(insert(DigestRun).values(
+        kind=kind, slot_key=f"{kind}:x", cutoff=cutoff, status="done", params={}, dry_run=False,
+        planned_count=0, skipped_count=0, created_at=cutoff).returning(DigestRun.id)
+    ).scalar_one()
 
 
 def _old_delivery(session, run_id, sub, **values):
@@ -130,16 +136,14 @@ _MIXED_REPLIES = [
 def test_0005_moves_our_notes_out_of_smtp_reply_and_puts_them_back(empty_url):
     from alembic import command
 
-    from digest.models import Delivery, DigestRun, delivery_items
+    from digest.models import Delivery, delivery_items
     from tests.factories import T0, make_item, make_subscriber
 
     db.upgrade(empty_url, "0004")
     with db._sessionmaker(empty_url)() as session:
         item = make_item(session, "one")
-        run = DigestRun(kind="weekly", slot_key="weekly:x", cutoff=T0, status="done")
-        session.add(run)
-        session.flush()
-        ids = [_old_delivery(session, run.id, make_subscriber(session, f"r{n}@example.org"),
+        run_id = _old_run(session, "weekly", T0)
+        ids = [_old_delivery(session, run_id, make_subscriber(session, f"r{n}@example.org"),
                              smtp_reply=old)
                for n, (old, _, _) in enumerate(_MIXED_REPLIES)]
         session.execute(delivery_items.insert(), [{"delivery_id": ids[0], "item_id": item.id}])
@@ -162,3 +166,44 @@ def test_0005_moves_our_notes_out_of_smtp_reply_and_puts_them_back(empty_url):
     # The column went without copying the table: nothing cascaded from deliveries.
     with db.engine_for(empty_url).connect() as conn:
         assert conn.execute(select(delivery_items)).all() == [(ids[0], item.id)]
+
+
+def test_0006_keeps_the_ledger_rows_and_checks_only_their_delivery_then_puts_the_checks_back(
+        empty_url):
+    from alembic import command
+
+    from digest.models import DigestRun, SentItem
+    from tests.factories import T0, make_item, make_subscriber
+
+    db.upgrade(empty_url, "0005")
+    with db._sessionmaker(empty_url)() as session:
+        item = make_item(session, "one")
+        sub = make_subscriber(session, "ann@example.org")
+        delivery = _old_delivery(session, _old_run(session, "weekly", T0), sub)
+        session.add(SentItem(subscriber_id=sub.id, item_id=item.id, delivery_id=delivery))
+        session.commit()
+        row = (sub.id, item.id, delivery)
+
+    def ledger():
+        with db.engine_for(empty_url).connect() as conn:
+            return conn.execute(select(SentItem.subscriber_id, SentItem.item_id,
+                                       SentItem.delivery_id)).all()
+
+    def checked_tables():
+        return sorted(fk["referred_table"]
+                      for fk in inspect(db.engine_for(empty_url)).get_foreign_keys("sent_items"))
+
+    assert checked_tables() == ["deliveries", "items", "subscribers"]
+    db.upgrade(empty_url)
+    assert checked_tables() == ["deliveries"]
+    assert ledger() == [row]  # the SQLite copy of sent_items cascaded nothing
+    assert "planned_through" in {c["name"] for c in inspect(db.engine_for(empty_url))
+                                 .get_columns("digest_runs")}
+
+    command.downgrade(db.alembic_config(empty_url), "0005")
+    assert checked_tables() == ["deliveries", "items", "subscribers"]
+    assert ledger() == [row]
+    assert "planned_through" not in {c["name"] for c in inspect(db.engine_for(empty_url))
+                                     .get_columns("digest_runs")}
+    with db.engine_for(empty_url).connect() as conn:
+        assert conn.execute(select(func.count()).select_from(DigestRun)).scalar() == 1
