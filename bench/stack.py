@@ -42,6 +42,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -135,25 +136,46 @@ def peak_rss_mb(pids: list[int]) -> float:
     return peak / 1024
 
 
-def postgres_cpu() -> float:
-    """Every postgres process's CPU; the postmaster's reaped children count the backends
-    that already exited."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if (entry / "comm").read_text().strip() == "postgres":
-                fields = _stat(int(entry.name))
-                if fields is None:
+class PostgresCpu:
+    """CPU of the PostgreSQL backends serving one database, sampled every half second.
+
+    The server is shared (other clients' backends are not counted): a backend is ours when
+    its title names our database. A backend's CPU is kept at its last reading, so one that
+    exits between readings (the command's, when it ends) loses at most half a second."""
+
+    def __init__(self, database: str):
+        self.marker = f" {database} ".encode()
+        self.seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> PostgresCpu:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self.sample()
+
+    def sample(self) -> float:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_bytes().strip() != b"postgres":
                     continue
-                parent_is_pg = False
-                with contextlib.suppress(OSError):
-                    ppid = int(fields[1])
-                    parent_is_pg = Path(f"/proc/{ppid}/comm").read_text().strip() == "postgres"
-                # A backend's own time, or the postmaster's own time plus its reaped children.
-                total += cpu_seconds(int(entry.name), reaped_children=not parent_is_pg)
-    return total
+                if self.marker in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
+                    pid = int(entry.name)
+                    self.seen[pid] = cpu_seconds(pid, reaped_children=False)
+        return self.total()
+
+    def total(self) -> float:
+        return sum(self.seen.values())
 
 
 # --- the parts --------------------------------------------------------------------------------
@@ -384,7 +406,9 @@ def measure(args, n: int, sink_path: str) -> Figures:
             _wait_ready(parts, worker, env)
             progress("worker ready; running 'digest send weekly --now'")
 
-            pg0, redis0, sink0, worker0 = (postgres_cpu(), cpu_seconds(
+            pg = PostgresCpu(make_url(url).database or "")
+            pg.__enter__()
+            pg0, redis0, sink0, worker0 = (pg.total(), cpu_seconds(
                 parts.children["redis"].pid), cpu_seconds(sink.proc.pid), tree_cpu(worker.pid))
             usage0 = os.times()
             t0 = time.time()
@@ -399,10 +423,13 @@ def measure(args, n: int, sink_path: str) -> Figures:
                                  f"{out.strip()[-600:]}")
             usage1 = os.times()
             fig.planning_s = t_planned - t0
-            pg_plan = postgres_cpu() - pg0
-            fig.cpu["planning: the command"] = ((usage1.children_user + usage1.children_system)
-                                               - (usage0.children_user + usage0.children_system))
-            fig.cpu["planning: PostgreSQL"] = pg_plan
+            pg_plan = pg.sample() - pg0
+            worker_plan = tree_cpu(worker.pid) - worker0
+            command_cpu = ((usage1.children_user + usage1.children_system)
+                           - (usage0.children_user + usage0.children_system))
+            fig.cpu["until queued: the command"] = command_cpu
+            fig.cpu["until queued: PostgreSQL"] = pg_plan
+            fig.cpu["until queued: worker"] = worker_plan
             progress(f"planned and queued in {fig.planning_s:.1f} s; waiting for the worker")
 
             with engine.connect() as conn:
@@ -420,10 +447,13 @@ def measure(args, n: int, sink_path: str) -> Figures:
             last = last_sent.replace(tzinfo=UTC).timestamp() if last_sent else time.time()
             fig.send_s = last - first_claim
             fig.e2e_s = last - t0
-            fig.cpu["sending: worker"] = tree_cpu(worker.pid) - worker0
-            fig.cpu["sending: PostgreSQL"] = postgres_cpu() - pg0 - pg_plan
-            fig.cpu["sending: Redis"] = cpu_seconds(parts.children["redis"].pid) - redis0
-            fig.cpu["sending: smtp-sink"] = cpu_seconds(sink.proc.pid) - sink0
+            worker_all = tree_cpu(worker.pid) - worker0
+            fig.cpu["after queued: worker"] = worker_all - worker_plan
+            pg.__exit__()
+            fig.cpu["after queued: PostgreSQL"] = pg.sample() - pg0 - pg_plan
+            fig.cpu["worker, whole run"] = worker_all
+            fig.cpu["Redis, whole run"] = cpu_seconds(parts.children["redis"].pid) - redis0
+            fig.cpu["smtp-sink, whole run"] = cpu_seconds(sink.proc.pid) - sink0
             fig.worker_rss_mb = peak_rss_mb([worker.pid, *descendants(worker.pid)])
             fig.sink_received = sink.wait_for(fig.sent)
             parts.stop("worker")
@@ -518,7 +548,7 @@ def report(figures: list[Figures], args) -> None:
     rows += [(f"CPU, {stage}", (lambda s: lambda f: f"{f.cpu.get(s, 0):.1f} s")(stage))
              for stage in stages]
     rows.append(("worker CPU per message",
-                 lambda f: f"{1000 * f.cpu.get('sending: worker', 0) / max(f.sent, 1):.2f} ms"))
+                 lambda f: f"{1000 * f.cpu.get('worker, whole run', 0) / max(f.sent, 1):.2f} ms"))
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for label, cell in rows:
