@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_ssl: bool = False
     smtp_timeout: float = 30.0
+    smtp_idle_seconds: float = Field(
+        default=30.0, ge=0,
+        description="A worker process keeps its SMTP connection open between batches and closes "
+                    "it after this many seconds without a send (before the server's own timeout); "
+                    "0: a connection per batch.")
     smtp_tls_ca_file: Path | None = Field(
         default=None,
         description="PEM file of the CA(s) that signed the SMTP server's certificate; "
@@ -83,10 +88,24 @@ class Settings(BaseSettings):
         default=24, ge=1,
         description="A scheduled run planned more than this many hours after its slot is held "
                     "for an operator ('digest runs release|cancel N') instead of sent late.")
+    planning_chunk_size: int = Field(
+        default=10_000, ge=1,
+        description="A scheduled run is planned this many subscribers (by id) at a time, each "
+                    "chunk its own transaction, enqueued as soon as it commits; a planner that "
+                    "stops half-way is resumed from the last chunk committed.")
 
     # Delivery
     batch_size: int = 100
     lease_seconds: int = 300
+    record_every: int = Field(
+        default=50, ge=1,
+        description="Outcomes of a batch are written to the database in groups of this many "
+                    "(one statement, one commit): a worker killed in between sends at most this "
+                    "many messages again after lease recovery.")
+    record_ms: int = Field(
+        default=250, ge=1,
+        description="...or once the oldest unwritten outcome is this many milliseconds old, "
+                    "whichever comes first.")
     max_attempts: int = 6
     retry_base_seconds: int = 60
     soft_bounce_threshold: int = 3
@@ -134,6 +153,12 @@ class Settings(BaseSettings):
                 f"DIGEST_SMTP_USER is set but neither DIGEST_SMTP_STARTTLS nor DIGEST_SMTP_SSL: "
                 f"the password would cross the network to {self.smtp_host} in clear; "
                 "turn one of them on")
+        if self.record_ms >= self.lease_seconds * 1000:
+            # An outcome still waiting when the lease ends would be refused (the sweep took
+            # the row back) and the message sent again.
+            raise ValueError(
+                f"DIGEST_RECORD_MS ({self.record_ms}) must be shorter than DIGEST_LEASE_SECONDS "
+                f"({self.lease_seconds} s)")
         return self
 
     @property

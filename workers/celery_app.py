@@ -91,3 +91,12 @@ def _refuse_known_secret_key(**_kwargs) -> None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+@signals.worker_process_shutdown.connect
+def _close_kept_smtp_connection(**_kwargs) -> None:
+    """A pool process keeps its SMTP connection across batches: QUIT it on the way out
+    (max tasks per child reached, warm shutdown)."""
+    from digest.delivery.transport import close_kept_connection
+
+    close_kept_connection()

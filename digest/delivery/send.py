@@ -24,7 +24,7 @@ from digest.delivery import states
 from digest.delivery.classify import Fault, classify_smtp
 from digest.delivery.contents import delivery_contents
 from digest.delivery.pauses import Pause, active_pauses, pause_domain, recipient_domain
-from digest.delivery.transport import Transport, transport_from_settings
+from digest.delivery.transport import Transport, kept_transport
 from digest.errors import (
     ConfigError,
     DeliveryError,
@@ -119,10 +119,12 @@ class _SenderRefused(Exception):
 
 def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = None,
                     now: datetime | None = None, settings: Settings) -> BatchResult:
-    """Claim, render, send and record a batch over one SMTP connection. Safe to run twice."""
-    now = now or utcnow()
+    """Claim, render, send and record a batch over the process's kept SMTP connection (or
+    ``transport``). Safe to run twice. Outcomes are written in groups (``states.Recorder``)."""
     # The batch's clock: ``now`` as given (tests move it), advancing with real time.
-    offset = now - utcnow()
+    offset = now - utcnow() if now is not None else None
+    now = now or utcnow()
+    clock: Callable[[], datetime] = utcnow if offset is None else lambda: utcnow() + offset
     result = BatchResult()
     session = db._sessionmaker(settings.database_url)()
     try:
@@ -131,12 +133,19 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
         result.claimed = len(owned)
         if not owned:
             return result
+        recorder = states.Recorder(session, settings)
         try:
-            _send_batch(session, owned, transport, settings, result, lambda: utcnow() + offset)
+            _send_batch(session, owned, transport, settings, result, recorder, clock)
         except BaseException as exc:
             # Whatever stopped the batch, the rows it had not finished go back (never failed):
-            # a set-up error, a refusal that is about us, or a crash of our own code.
+            # a set-up error, a refusal that is about us, or a crash of our own code. The
+            # outcomes already known are written first.
             reason = exc.reason if isinstance(exc, _SenderRefused) else _describe(exc)
+            try:
+                session.rollback()
+                recorder.flush()
+            except Exception:  # the database is gone: those rows wait for lease recovery
+                session.rollback()
             left = [i for i in owned if i not in result.outcomes]
             try:
                 session.rollback()
@@ -159,7 +168,8 @@ def _describe(exc: BaseException) -> str:
 
 
 def _send_batch(session: Session, owned: list[int], transport: Transport | None,
-                settings: Settings, result: BatchResult, clock: Callable[[], datetime]) -> None:
+                settings: Settings, result: BatchResult, recorder: states.Recorder,
+                clock: Callable[[], datetime]) -> None:
     deliveries = load_batch(session, owned)
     leavers = _Leavers(session, [d for d, _ in deliveries])
     # Loaded once; a pause that starts during the batch is added to it by _send_one.
@@ -167,16 +177,17 @@ def _send_batch(session: Session, owned: list[int], transport: Transport | None,
     # Built inside the put-back guard: a bad DKIM key or contradictory SMTP settings put the
     # batch back instead of leaving it in ``sending`` until the lease runs out.
     factory = MessageFactory(settings)
-    conn = transport or transport_from_settings(settings)
+    conn = transport or kept_transport(settings)
     run_ids = {d.run_id for d, _ in deliveries}
     # The connection opens on the first send: a batch that only meets paused domains
     # never contacts the server.
     with conn:
         for delivery, items in deliveries:
             outcome = _send_one(session, conn, factory, delivery, items, leavers, settings,
-                                pauses, clock)
+                                pauses, clock, recorder)
             result.outcomes[delivery.id] = outcome
             setattr(result, outcome, getattr(result, outcome) + 1)
+    recorder.flush()
     for run_id in run_ids:
         states.finish_run_if_done(session, run_id)
     session.commit()
@@ -219,22 +230,24 @@ class _Leavers:
 
 def _send_one(session: Session, conn: Transport, factory: MessageFactory, delivery: Delivery,
               items: list[RenderItem], leavers: _Leavers, settings: Settings,
-              pauses: dict[str, Pause], clock: Callable[[], datetime]) -> str:
+              pauses: dict[str, Pause], clock: Callable[[], datetime],
+              recorder: states.Recorder) -> str:
     from digest.subscribers import suppress
 
     # Checked again at send time: someone may have left after the run was planned.
     note = leavers.why_not(delivery)
     if note is not None:
-        states.cancel_claimed(session, delivery.id, note)
+        recorder.add(delivery.id, **states.cancelled_claimed(note))
         return "cancelled"
-    domain = recipient_domain(delivery.email)
-    pause = pauses.get(domain)
-    if pause is not None and pause.until > clock():
-        states.defer_without_attempt(
-            session, delivery.id, pause.until,
-            f"not sent: {domain} is paused until {pause.until:%Y-%m-%dT%H:%M:%SZ} after it "
-            f"refused us: {pause.reason}")
-        return "deferred"
+    if pauses:
+        domain = recipient_domain(delivery.email)
+        pause = pauses.get(domain)
+        if pause is not None and pause.until > clock():
+            recorder.add(delivery.id, **states.deferred_without_attempt(
+                pause.until,
+                f"not sent: {domain} is paused until {pause.until:%Y-%m-%dT%H:%M:%SZ} after "
+                f"it refused us: {pause.reason}"))
+            return "deferred"
     try:
         message_id, data = factory.build(delivery, delivery.run, items)
     except ConfigError:
@@ -242,33 +255,36 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory, delive
     except DigestError as exc:
         # This reader's data cannot make a valid message (e.g. a header with CR/LF): never
         # sent half-right, and nobody is suppressed for it.
-        states.record(session, delivery.id, status=DeliveryStatus.failed, note=f"not sent: {exc}")
+        recorder.add(delivery.id, status=DeliveryStatus.failed, note=f"not sent: {exc}")
         return "failed"
+    # Outcomes never wait longer than DIGEST_RECORD_MS because one server reply was slow.
+    recorder.flush_if_due()
     try:
         reply = conn.send(factory.return_path(delivery.id), delivery.email, data)
     except DeliveryError as exc:
-        return _refused(session, delivery, exc, message_id, pauses, settings, clock, suppress)
+        return _refused(session, delivery, exc, message_id, pauses, settings, clock, suppress,
+                        recorder)
     except ConfigError:
         raise  # login refused, untrusted certificate...: the whole batch goes back
     except DigestError as exc:  # an address the transport cannot carry (SMTPUTF8 off)
-        states.record(session, delivery.id, status=DeliveryStatus.failed, note=f"not sent: {exc}",
-                      message_id=message_id)
+        recorder.add(delivery.id, status=DeliveryStatus.failed, note=f"not sent: {exc}",
+                     message_id=message_id)
         return "failed"
-    states.record(session, delivery.id, status=DeliveryStatus.sent, smtp_code=reply.code,
-                  smtp_reply=reply.reply, note=None, message_id=message_id, sent_at=utcnow(),
-                  next_attempt_at=None)
+    recorder.add(delivery.id, status=DeliveryStatus.sent, smtp_code=reply.code,
+                 smtp_reply=reply.reply, note=None, message_id=message_id, sent_at=utcnow(),
+                 next_attempt_at=None)
     return "sent"
 
 
 def _refused(session: Session, delivery: Delivery, exc: DeliveryError, message_id: str,
              pauses: dict[str, Pause], settings: Settings, clock: Callable[[], datetime],
-             suppress: Callable[..., object]) -> str:
+             suppress: Callable[..., object], recorder: states.Recorder) -> str:
     """What a refusal means, by whose fault it is (``classify_smtp``)."""
     if isinstance(exc, PermanentDeliveryError) and exc.code is None:
         # Refused before any command (e.g. the server cannot carry this address): this
         # recipient only, with the reason; nobody is suppressed.
-        states.record(session, delivery.id, status=DeliveryStatus.failed, note=str(exc),
-                      message_id=message_id)
+        recorder.add(delivery.id, status=DeliveryStatus.failed, note=str(exc),
+                     message_id=message_id)
         return "failed"
     verdict = classify_smtp(exc.code, exc.reply, exc.step)
     if verdict.fault is Fault.sender:
@@ -284,23 +300,23 @@ def _refused(session: Session, delivery: Delivery, exc: DeliveryError, message_i
         outcome = states.retry_or_give_up(delivery.attempts, settings, str(exc), until,
                                           smtp_code=exc.code, smtp_reply=exc.reply,
                                           message_id=message_id)
-        # Same transaction as the pause (``record`` commits): both or neither.
-        states.record(session, delivery.id, **outcome)
+        # Same transaction as the pause (the flush commits): both or neither.
+        recorder.flush_with(delivery.id, **outcome)
         return str(outcome["status"])
     if verdict.fault is Fault.hard:
-        states.record(session, delivery.id, status=DeliveryStatus.failed, smtp_code=exc.code,
-                      smtp_reply=exc.reply, note=str(exc), message_id=message_id)
         suppress(session, delivery.email, SuppressionReason.hard_bounce, str(exc))
-        session.commit()
+        # The failed row and the suppression commit together.
+        recorder.flush_with(delivery.id, status=DeliveryStatus.failed, smtp_code=exc.code,
+                            smtp_reply=exc.reply, note=str(exc), message_id=message_id)
         return "failed"
     if verdict.permanent:
         # Permanent, but nothing says the mailbox is gone: fail this one, keep the address.
-        states.record(session, delivery.id, status=DeliveryStatus.failed, smtp_code=exc.code,
-                      smtp_reply=exc.reply, note=str(exc), message_id=message_id)
+        recorder.add(delivery.id, status=DeliveryStatus.failed, smtp_code=exc.code,
+                     smtp_reply=exc.reply, note=str(exc), message_id=message_id)
         return "failed"
     outcome = states.retry_or_give_up(
         delivery.attempts, settings, str(exc),
         utcnow() + states.retry_delay(delivery.attempts, settings),
         smtp_code=exc.code, smtp_reply=exc.reply, message_id=message_id)
-    states.record(session, delivery.id, **outcome)
+    recorder.add(delivery.id, **outcome)
     return str(outcome["status"])

@@ -27,12 +27,13 @@ outcome), never our words.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, exists, func, select, update
+from sqlalchemy import ColumnElement, Table, Update, bindparam, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from digest.db import rowcount
@@ -79,15 +80,107 @@ def claim(
     return sorted(session.scalars(stmt).all())
 
 
+# An outcome's value for "the claim's attempt is given back" (attempts - 1 in SQL).
+GIVE_BACK_ATTEMPT = "give_back_attempt"
+
+# One UPDATE per set of columns an outcome writes, built once per process: most of a batch
+# is "sent" with the same columns, so a flush is one executemany of one cached statement.
+_RECORD_STATEMENTS: dict[tuple[str, ...], Update] = {}
+
+
+def _record_statement(columns: tuple[str, ...]) -> Update:
+    stmt = _RECORD_STATEMENTS.get(columns)
+    if stmt is None:
+        # Bind names are prefixed: SQLAlchemy reserves the bare column names in SET.
+        values: dict[str, Any] = {c: bindparam(f"v_{c}") for c in columns if c != GIVE_BACK_ATTEMPT}
+        if GIVE_BACK_ATTEMPT in columns:
+            values["attempts"] = _TABLE.c.attempts - 1
+        # Guarded by 'sending': a row the sweep took back (lease expired) is not overwritten.
+        stmt = (update(_TABLE)
+                .where(_TABLE.c.id == bindparam("v_row_id"),
+                       _TABLE.c.status == DeliveryStatus.sending)
+                .values(lease_until=None, **values))
+        _RECORD_STATEMENTS[columns] = stmt
+    return stmt
+
+
+def record_many(session: Session, outcomes: Sequence[tuple[int, Mapping[str, object]]],
+                now: datetime | None = None) -> None:
+    """Write the outcomes of claimed rows, one executemany per set of columns written, and
+    commit once. ``updated_at`` is the time of this write (when the row became the record).
+
+    Each outcome is (delivery id, column values); ``give_back_attempt=True`` among the values
+    gives the claim's attempt back. Only rows still in ``sending`` are written."""
+    if not outcomes:
+        return
+    now = now or utcnow()
+    groups: dict[tuple[str, ...], list[dict[str, object]]] = {}
+    for delivery_id, values in outcomes:
+        columns = tuple(sorted({"updated_at", *values}))
+        params = {f"v_{c}": v for c, v in values.items() if c != GIVE_BACK_ATTEMPT}
+        params.setdefault("v_updated_at", now)
+        params["v_row_id"] = delivery_id
+        groups.setdefault(columns, []).append(params)
+    for columns, rows in groups.items():
+        session.execute(_record_statement(columns), rows)
+    session.commit()
+
+
 def record(session: Session, delivery_id: int, **values: object) -> None:
     """Write one outcome of a claimed row and commit it at once: the row, not the broker,
     says what was sent."""
-    values.setdefault("updated_at", utcnow())
-    # Core UPDATE: no ORM session synchronisation per message.
-    session.execute(update(_TABLE).where(_TABLE.c.id == delivery_id,
-                                         _TABLE.c.status == DeliveryStatus.sending)
-                    .values(lease_until=None, **values))
-    session.commit()
+    record_many(session, [(delivery_id, values)])
+
+
+class Recorder:
+    """The outcomes of a batch, written in groups: ``record_many`` every ``record_every``
+    outcomes or once the oldest waiting one is ``record_ms`` old, whichever comes first, and
+    whenever the sender calls ``flush`` (end of batch, before a put-back or a raise).
+
+    The price is the duplicate window: a worker that dies loses the outcomes not yet
+    written; their rows stay ``sending`` until lease recovery, which sends them again (with
+    the same Message-ID). At most ``record_every`` messages, or ``record_ms`` of sending
+    plus the message in flight, per crashed worker process (ADR 0016)."""
+
+    def __init__(self, session: Session, settings: Settings):
+        self.session = session
+        self.every = settings.record_every
+        self.max_age = settings.record_ms / 1000
+        self.waiting: list[tuple[int, dict[str, object]]] = []
+        self._oldest = 0.0
+
+    def add(self, delivery_id: int, **values: object) -> None:
+        """Buffer one outcome; writes the group when it is full or old enough."""
+        if not self.waiting:
+            self._oldest = time.monotonic()
+        self.waiting.append((delivery_id, values))
+        if len(self.waiting) >= self.every:
+            self.flush()
+        else:
+            self.flush_if_due()
+
+    def flush_if_due(self) -> None:
+        """Write the group if its oldest outcome has waited ``record_ms`` (called before each
+        send too, so a slow server does not hold outcomes longer)."""
+        if self.waiting and time.monotonic() - self._oldest >= self.max_age:
+            self.flush()
+
+    def flush_with(self, delivery_id: int, **values: object) -> None:
+        """This outcome and those waiting, written now in the session's open transaction (a
+        domain's pause, a suppression): they commit together, or none of them does."""
+        self.waiting.append((delivery_id, values))
+        self.flush()
+
+    def flush(self) -> None:
+        """Write and commit what is waiting. Kept waiting if the write fails, so the caller
+        may try again after a rollback."""
+        if self.waiting:
+            record_many(self.session, self.waiting)
+            self.waiting = []
+
+    @property
+    def waiting_ids(self) -> set[int]:
+        return {delivery_id for delivery_id, _ in self.waiting}
 
 
 def retry_or_give_up(attempts: int, settings: Settings, reason: str,
@@ -105,8 +198,13 @@ def defer_without_attempt(session: Session, delivery_id: int, until: datetime,
                           note: str) -> None:
     """Not tried at all (its domain is paused): deferred, and the claim's attempt given back,
     so a long pause never makes a delivery run out of attempts."""
-    record(session, delivery_id, status=DeliveryStatus.deferred, next_attempt_at=until,
-           attempts=_TABLE.c.attempts - 1, note=note)
+    record(session, delivery_id, **deferred_without_attempt(until, note))
+
+
+def deferred_without_attempt(until: datetime, note: str) -> dict[str, object]:
+    """The values of ``defer_without_attempt``, for a ``Recorder``."""
+    return {"status": DeliveryStatus.deferred, "next_attempt_at": until, "note": note,
+            GIVE_BACK_ATTEMPT: True}
 
 
 def put_back(session: Session, delivery_ids: Iterable[int], note: str, settings: Settings,
@@ -168,7 +266,12 @@ def cancel_for_subscriber(session: Session, subscriber_id: int, note: str) -> in
 
 def cancel_claimed(session: Session, delivery_id: int, note: str) -> None:
     """A claimed row whose reader left or whose address was suppressed since planning."""
-    record(session, delivery_id, status=DeliveryStatus.cancelled, note=note)
+    record(session, delivery_id, **cancelled_claimed(note))
+
+
+def cancelled_claimed(note: str) -> dict[str, object]:
+    """The values of ``cancel_claimed``, for a ``Recorder``."""
+    return {"status": DeliveryStatus.cancelled, "note": note}
 
 
 def cancel_run(session: Session, run_id: int, reason: str) -> int:

@@ -8,15 +8,25 @@ because it returns refused recipients instead of raising; the low-level ``mail()
 
 An address with a non-ASCII local part goes out only with DIGEST_SMTPUTF8 on and over a
 server that offers SMTPUTF8 (RFC 6531); messages to ASCII addresses never use it.
+
+A worker process keeps one connection open across batches (``kept_transport``), keyed by
+the SMTP settings, closed after ``DIGEST_SMTP_IDLE_SECONDS`` without a send and when the
+process ends. A kept connection the server has closed meanwhile is noticed by the next
+MAIL FROM failing (no reply, or 421) and opened again once: nothing was sent on it yet. A
+connection lost after DATA is never retried: the message may have been accepted.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ipaddress
+import os
 import smtplib
 import ssl
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from digest.errors import (
@@ -73,6 +83,9 @@ class SMTPTransport:
             )
         self._conn: smtplib.SMTP | None = None
         self._context: ssl.SSLContext | None = None
+        # Whether the open connection has answered a transaction already (a kept one the
+        # server may have closed since); a fresh one that fails is not tried again.
+        self._answered = False
         self.connections_opened = 0
 
     def __enter__(self) -> SMTPTransport:
@@ -80,6 +93,10 @@ class SMTPTransport:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def forget(self) -> None:
+        """Close our socket without a QUIT (a forked child's copy of its parent's)."""
+        self._discard()
 
     def close(self) -> None:
         """QUIT and close the connection if one is open (errors on the way out are ignored)."""
@@ -98,6 +115,17 @@ class SMTPTransport:
         smtputf8 = self.settings.smtputf8
         mail_from, sender_utf8 = _envelope(mail_from, "envelope sender", smtputf8)
         rcpt, rcpt_utf8 = _envelope(rcpt, "recipient", smtputf8)
+        try:
+            return self._transaction(mail_from, rcpt, data, sender_utf8, rcpt_utf8)
+        except _ClosedBeforeData:
+            # A reused connection the server closed while it was idle: nothing was sent on
+            # it for this message, so a new one carries it (once: a new connection that
+            # fails the same way raises).
+            return self._transaction(mail_from, rcpt, data, sender_utf8, rcpt_utf8)
+
+    def _transaction(self, mail_from: str, rcpt: str, data: bytes, sender_utf8: bool,
+                     rcpt_utf8: bool) -> SendResult:
+        retry_allowed = self._conn is not None and self._answered
         conn = self._connection()
         options = [f"SIZE={len(data)}"] if conn.has_extn("size") else []
         if sender_utf8 or rcpt_utf8:
@@ -106,6 +134,11 @@ class SMTPTransport:
         try:
             # With SMTPUTF8 among the options smtplib sends the commands in UTF-8.
             code, reply = conn.mail(mail_from, options)
+            if code == 421 and retry_allowed:
+                # The server's idle timeout ("421 ... timeout exceeded"), then it hangs up.
+                self._discard()
+                raise _ClosedBeforeData
+            self._answered = True
             if code != 250:
                 self._refused(step, code, reply, rcpt)
             step = "RCPT TO"
@@ -120,6 +153,8 @@ class SMTPTransport:
             self._refused(step, exc.smtp_code, exc.smtp_error, rcpt)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._discard()
+            if step == "MAIL FROM" and retry_allowed:
+                raise _ClosedBeforeData from exc
             raise TemporaryDeliveryError(
                 f"connection to {self._where()} lost at {step} for {rcpt}: {_describe(exc)}; "
                 "the message was not accepted, try again later"
@@ -197,6 +232,7 @@ class SMTPTransport:
                 "check DIGEST_SMTP_HOST/DIGEST_SMTP_PORT or try again later", step="session"
             ) from exc
         self._conn = conn
+        self._answered = False
         self.connections_opened += 1
         return conn
 
@@ -235,9 +271,149 @@ class SMTPTransport:
         _close_quietly(conn)
 
 
+class _ClosedBeforeData(Exception):
+    """A reused connection failed at MAIL FROM: the server closed it; nothing was sent."""
+
+
 def transport_from_settings(settings: Settings) -> Transport:
-    """The SMTP transport for the configured server."""
+    """The SMTP transport for the configured server: its own connection, closed on exit."""
     return SMTPTransport(settings)
+
+
+# --- the connection a worker process keeps between batches ----------------------------------
+
+def _smtp_key(s: Settings) -> tuple[object, ...]:
+    """What a connection depends on: another value is another connection."""
+    password = s.smtp_password.get_secret_value() if s.smtp_password else None
+    return (s.smtp_host, s.smtp_port, s.smtp_user, password, s.smtp_starttls, s.smtp_ssl,
+            s.smtp_timeout, str(s.smtp_tls_ca_file or ""), s.smtputf8)
+
+
+@dataclass
+class _Kept:
+    key: tuple[object, ...]
+    transport: SMTPTransport
+    busy: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+    timer: threading.Timer | None = None
+
+
+_kept_lock = threading.Lock()
+_kept: _Kept | None = None
+
+
+def kept_transport(settings: Settings) -> Transport:
+    """A transport over this process's kept connection: leaving the ``with`` block gives it
+    back open (closed instead if the block raised: its state is unknown). With
+    DIGEST_SMTP_IDLE_SECONDS=0, or while another thread holds the kept one, a connection of
+    its own, closed on exit."""
+    if settings.smtp_idle_seconds <= 0:
+        return SMTPTransport(settings)
+    return _KeptLease(settings)
+
+
+class _KeptLease:
+    def __init__(self, settings: Settings):
+        SMTPTransport(settings)  # the settings are checked now, as for a transport of its own
+        self.settings = settings
+        self._transport: SMTPTransport | None = None
+        self._kept = False
+
+    def __enter__(self) -> _KeptLease:
+        self._transport, self._kept = _take(self.settings)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        transport, self._transport = self._transport, None
+        if transport is None:
+            return
+        if self._kept:
+            _give_back(transport, self.settings.smtp_idle_seconds,
+                       broken=bool(exc_info) and exc_info[0] is not None)
+        else:
+            transport.close()
+
+    def send(self, mail_from: str, rcpt: str, data: bytes) -> SendResult:
+        if self._transport is None:
+            raise RuntimeError("use the kept transport inside a with block")
+        return self._transport.send(mail_from, rcpt, data)
+
+
+def _take(settings: Settings) -> tuple[SMTPTransport, bool]:
+    global _kept
+    key = _smtp_key(settings)
+    stale: SMTPTransport | None = None
+    with _kept_lock:
+        kept = _kept
+        if kept is not None and kept.busy:
+            return SMTPTransport(settings), False  # another thread is sending on it
+        if kept is not None and kept.key != key:
+            stale, kept = kept.transport, None  # other settings (tests build several)
+        if kept is not None:
+            if kept.timer is not None:
+                kept.timer.cancel()
+                kept.timer = None
+            if time.monotonic() - kept.last_used >= settings.smtp_idle_seconds:
+                kept.transport.close()  # idle too long: the server may be about to drop it
+        else:
+            kept = _Kept(key, SMTPTransport(settings))
+        kept.busy = True
+        _kept = kept
+    if stale is not None:
+        stale.close()
+    return kept.transport, True
+
+
+def _give_back(transport: SMTPTransport, idle_seconds: float, *, broken: bool) -> None:
+    with _kept_lock:
+        kept = _kept
+        if kept is None or kept.transport is not transport:
+            transport.close()
+            return
+        if broken:
+            transport.close()  # next batch connects again
+        kept.busy = False
+        kept.last_used = time.monotonic()
+        kept.timer = threading.Timer(idle_seconds, _close_if_idle, (transport, idle_seconds))
+        kept.timer.daemon = True
+        kept.timer.start()
+
+
+def _close_if_idle(transport: SMTPTransport, idle_seconds: float) -> None:
+    """Timer: QUIT a kept connection nobody used for ``idle_seconds`` (it stays kept, and
+    opens again on the next send)."""
+    with _kept_lock:
+        kept = _kept
+        if (kept is None or kept.transport is not transport or kept.busy
+                or time.monotonic() - kept.last_used < idle_seconds * 0.99):
+            return
+        kept.timer = None
+        transport.close()
+
+
+def close_kept_connection() -> None:
+    """QUIT and forget this process's kept connection (a worker process shutting down)."""
+    global _kept
+    with _kept_lock:
+        kept, _kept = _kept, None
+        if kept is None:
+            return
+        if kept.timer is not None:
+            kept.timer.cancel()
+    kept.transport.close()
+
+
+def _forget_after_fork() -> None:
+    """In a forked child the parent's connection is not ours: its socket is dropped without
+    a QUIT (which would end the parent's session), and the child opens its own."""
+    global _kept, _kept_lock
+    kept, _kept, _kept_lock = _kept, None, threading.Lock()
+    if kept is not None:
+        kept.transport.forget()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+atexit.register(close_kept_connection)
 
 
 def _envelope(address: str, role: str, smtputf8: bool) -> tuple[str, bool]:
