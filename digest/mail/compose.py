@@ -76,10 +76,17 @@ class Headers:
 
 
 class MessageFactory:
-    """Everything that is the same for every message of a batch is prepared once here."""
+    """Everything that is the same for every message of a batch is prepared once here.
 
-    def __init__(self, settings: Settings):
+    Rendered item blocks and their encoded bytes are cached by the process's renderers
+    (``get_renderer``), not here: a factory lives for one batch, the renderer for all the
+    batches of a worker, which share the week's items. ``fragments=False`` renders and
+    encodes every block for every message (the plain path the cached one must equal).
+    """
+
+    def __init__(self, settings: Settings, *, fragments: bool = True):
         self.settings = settings
+        self.fragments = fragments
         # Read once per factory: a key that cannot be read is a ConfigError here, before
         # anything is sent.
         self.dkim = DkimSigner.from_settings(settings)
@@ -120,7 +127,8 @@ class MessageFactory:
             dates = [it.published_at.date() for it in items if it.published_at]
             if dates:
                 context |= {"period_start": min(dates), "period_end": max(dates)}
-        return get_renderer(template, self.settings).render(recipient, items, **context)
+        renderer = get_renderer(template, self.settings, fragments=self.fragments)
+        return renderer.render(recipient, items, **context)
 
     def render(self, delivery: Delivery, run: DigestRun, items: Sequence[RenderItem], *,
                in_browser: bool = False, links: dict[str, str] | None = None) -> RenderedEmail:
@@ -166,6 +174,7 @@ class MessageFactory:
             unsubscribe_mailto=headers.unsubscribe_mailto, feedback_id=headers.feedback_id,
             reply_to=s.reply_to, precedence_bulk=headers.precedence_bulk,
             extra_headers=headers.extra or None, smtputf8=s.smtputf8,
+            html_fragments=rendered.html_fragments, text_fragments=rendered.text_fragments,
         )
         return self.dkim.sign(data) if self.dkim is not None else data
 
@@ -181,7 +190,7 @@ class MessageFactory:
     def confirmation(self, sub: Subscriber, filters: Sequence[str]) -> tuple[Headers, bytes]:
         """The double opt-in email (also the "send me my link" email) for ``sub``, whose
         ``filters`` are described in words; (its headers, the bytes to send)."""
-        rendered = get_renderer("confirm", self.settings).render(
+        rendered = get_renderer("confirm", self.settings, fragments=self.fragments).render(
             self.recipient(sub, sub.email), (), confirm_url=confirm_url(sub.id, self.settings),
             filters=list(filters))
         headers = self.headers(sub.id, purpose="confirm")

@@ -6,6 +6,9 @@ generator would give us for free is done here explicitly:
 
 - CRLF line ends everywhere and no line over 998 characters (MJML's HTML is one line);
 - both parts quoted-printable in UTF-8 (``binascii.b2a_qp`` is C code), so the body is 7-bit;
+  a block the renderer reuses across messages (a fragment) is encoded once and its bytes
+  reused wherever a line starts in it: quoted-printable starts afresh after every line break,
+  so the bytes are the same as encoding the whole body (``_quoted_printable``);
 - header values with anything but printable ASCII become RFC 2047 encoded-words, each at
   most 75 characters; header lines are folded at whitespace near 78 characters;
 - addresses are ASCII, an internationalised domain in its IDNA form; the one exception is
@@ -23,9 +26,11 @@ import base64
 import binascii
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from functools import lru_cache
+from typing import Protocol
 
 from digest.errors import ValidationError
 from digest.mail.addresses import (
@@ -78,6 +83,16 @@ _Q_CHAR = ["_" if b == 0x20 else chr(b) if b in _Q_SAFE else f"={b:02X}" for b i
 _Q_COST = [len(c) for c in _Q_CHAR]
 
 
+class Fragment(Protocol):
+    """A block of a body that recurs across messages (``digest.render.fragments.Fragment``):
+    its text, and where its encodings are kept once computed."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def encoded(self) -> dict[int, bytes]: ...
+
+
 def make_message_id(local: str, domain: str) -> str:
     """``<local@domain>``; both parts must be dot-atom text (no spaces, brackets or '@')."""
     for part_name, part in (("local part", local), ("domain", domain)):
@@ -106,13 +121,16 @@ def build_message(
     precedence_bulk: bool = True,
     extra_headers: Mapping[str, str] | None = None,
     smtputf8: bool = False,
+    html_fragments: Sequence[Fragment] = (),
+    text_fragments: Sequence[Fragment] = (),
 ) -> bytes:
     """The complete message (RFC 5322 + MIME) as the bytes to hand to SMTP.
 
     ``from_addr``, ``to_addr`` and ``reply_to`` are ``addr@domain`` or ``Name <addr@domain>``.
     A ``to_addr`` with a non-ASCII local part is written in UTF-8 (RFC 6532) when
     ``smtputf8`` (the DIGEST_SMTPUTF8 setting; off unless passed) allows it, and refused
-    otherwise.
+    otherwise. ``html_fragments``/``text_fragments``: blocks of ``html``/``text``, in the
+    order they occur, whose encoding may be reused (a hint: the bytes are the same without).
     Raises HeaderInjectionError for CR/LF in any header value and ValidationError for an
     invalid address, URL or header name; nothing is built in either case.
     """
@@ -170,8 +188,8 @@ def build_message(
     for name, value in extra.items():
         headers.append(_unstructured(name, value))
 
-    text_qp = _quoted_printable(text)
-    html_qp = _quoted_printable(html)
+    text_qp = _quoted_printable(text, text_fragments)
+    html_qp = _quoted_printable(html, html_fragments)
     # '=' in QP is always followed by two hex digits or a line break, so '=_' never occurs
     # in an encoded body: the boundary cannot collide with the content.
     boundary = "=_digest_" + secrets.token_hex(12)
@@ -287,6 +305,7 @@ def _needs_encoding(value: str) -> bool:
     return not _PLAIN_HEADER_TEXT.fullmatch(value) or "=?" in value
 
 
+@lru_cache(maxsize=512)  # a run's subjects repeat (the count and the period vary little)
 def _unstructured(name: str, value: str) -> str:
     """``Name: value`` for free text: plain and folded, or RFC 2047 encoded-words."""
     # Folding cannot split a word; a word too long for a line is encoded (and so split).
@@ -355,8 +374,52 @@ def _fold(name: str, value: str) -> str:
 # --- bodies --------------------------------------------------------------------------
 
 
-def _quoted_printable(body: str) -> bytes:
-    """UTF-8 quoted-printable with CRLF line ends (hard and soft), lines <= 76 characters."""
+def _quoted_printable(body: str, fragments: Sequence[Fragment] = ()) -> bytes:
+    """UTF-8 quoted-printable with CRLF line ends (hard and soft), lines <= 76 characters.
+
+    ``fragments`` are blocks of ``body`` in the order they occur; from the first line that
+    starts in a fragment to its end, the fragment's encoding (computed once, kept on it) is
+    used. The encoder's state (line length, what ends a line) starts afresh after each line
+    break, so a piece of the body that starts after a line break and ends with one encodes
+    alone to exactly the bytes it gets inside the whole body. A fragment that is not found
+    in order, does not end with a line break, has no line starting in it or holds a CR
+    (whose normalising could join it to its neighbour) is simply encoded with the rest.
+    """
+    if not fragments:
+        return _qp(body)
+    pieces: list[bytes] = []
+    done = 0  # body[:done] is encoded
+    for fragment in fragments:
+        text = fragment.text
+        if not text.endswith("\n") or "\r" in text:
+            continue
+        # Found by a short probe, then compared whole: cheaper than searching for 2 KB.
+        probe = text[:_PROBE]
+        at = body.find(probe, done)
+        while at >= 0 and not body.startswith(text, at):
+            at = body.find(probe, at + 1)
+        if at < 0:
+            continue
+        # Where the first line that starts inside the fragment begins.
+        skip = 0 if at == 0 or body[at - 1] == "\n" else text.find("\n") + 1
+        if skip >= len(text):
+            continue
+        encoded = fragment.encoded.get(skip)
+        if encoded is None:
+            encoded = fragment.encoded[skip] = _qp(text[skip:])
+        if at + skip > done:
+            pieces.append(_qp(body[done:at + skip]))
+        pieces.append(encoded)
+        done = at + len(text)
+    if done < len(body):
+        pieces.append(_qp(body[done:]))
+    return b"".join(pieces)
+
+
+_PROBE = 64
+
+
+def _qp(body: str) -> bytes:
     # Line breaks in the text become CRLF, MIME's canonical form for text.
     normalised = body.replace("\r\n", "\n").replace("\r", "\n")
     encoded = binascii.b2a_qp(normalised.encode("utf-8"), quotetabs=False, istext=True)

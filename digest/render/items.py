@@ -4,21 +4,42 @@ and the item views templates see, grouped and cached."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from digest.render.dates import day_text, local_date
+from digest.render.fragments import Fragment
 from digest.render.text import plain_text, safe_url, truncate, wrap_text
 
 if TYPE_CHECKING:
     from digest import models
 
 
+class _HashedOnce:
+    """A frozen dataclass's hash, computed on first use and kept: items and their views are
+    looked up in caches for every message that shows them (``item_view``, the fragment
+    cache). Not pickled: string hashes differ from process to process. (Each dataclass
+    names ``__hash__`` in its body, else the decorator writes its own.)"""
+
+    def __hash__(self) -> int:
+        cached: int | None = self.__dict__.get("_hash")
+        if cached is None:
+            fields = self.__dataclass_fields__  # type: ignore[attr-defined]
+            cached = hash(tuple(getattr(self, name) for name in fields))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
+
 @dataclass(frozen=True)
-class RenderItem:
+class RenderItem(_HashedOnce):
+    __hash__ = _HashedOnce.__hash__
+
     id: int
     title: str
     url: str | None
@@ -49,11 +70,17 @@ class RenderedEmail:
     subject: str
     html: str
     text: str
+    # The cached blocks each part was composed from, in order (see fragments.py): the mail
+    # stage reuses their encodings. Not part of the email's value.
+    html_fragments: tuple[Fragment, ...] = field(default=(), compare=False, repr=False)
+    text_fragments: tuple[Fragment, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
-class ItemView:
+class ItemView(_HashedOnce):
     """An item as templates see it: links checked, dates local, text cut and wrapped."""
+
+    __hash__ = _HashedOnce.__hash__
 
     id: int
     title: str

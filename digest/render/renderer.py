@@ -11,6 +11,10 @@ templates with autoescaping off. See ``templates/email/README.md`` for the templ
 The subject is rendered, stripped, and every whitespace run in it (newlines from the
 template or CR/LF from data alike) collapsed to one space, so no line break can reach the
 Subject header.
+
+Blocks that are the same for many readers (an item in a time zone) are marked in the
+templates with ``{% call fragment(key) %}`` and rendered once per renderer (``fragments.py``);
+``EmailRenderer(..., fragments=False)`` renders every block every time, for comparison.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from mjml import mjml2html
 
 from digest.errors import TemplateError, ValidationError
 from digest.render.dates import local_date, period_text, zone_info
+from digest.render.fragments import USED, Fragment, FragmentCache, fragment_helper
 from digest.render.items import (
     Group,
     ItemView,
@@ -47,9 +52,12 @@ class EmailRenderer:
     # Templates that carry exactly one item (exposed to them as ``item``).
     SINGLE_ITEM = frozenset({"alert"})
 
-    def __init__(self, name: str, settings: Settings):
+    def __init__(self, name: str, settings: Settings, *, fragments: bool = True):
         self.name = name
         self.settings = settings
+        # One cache per part: a block's HTML and its text are different outputs of one key.
+        self.html_fragments = FragmentCache() if fragments else None
+        self.text_fragments = FragmentCache() if fragments else None
         email_dir = self.settings.templates_dir / "email"
         if not (email_dir / name / "body.mjml").is_file():
             raise TemplateError(
@@ -77,7 +85,9 @@ class EmailRenderer:
             comment_start_string="[#", comment_end_string="#]",
         )
         self._html = self._compile(layout_env, f"{name}/body.mjml")
+        self._html.globals["fragment"] = fragment_helper(self.html_fragments)
         self._text = self._load(f"{name}/body.txt")
+        self._text.globals["fragment"] = fragment_helper(self.text_fragments)
         self._subject = self._load(f"{name}/subject.txt")
         self._preheader = self._load(f"{name}/preheader.txt", optional=True)
         self._reason = self._load(f"{name}/reason.txt", optional=True)
@@ -199,8 +209,10 @@ class EmailRenderer:
                 " ".join(self._preheader.render(values).split()) if self._preheader else subject
             )
             values["reason"] = " ".join(self._reason.render(values).split()) if self._reason else ""
-            html = self._html.render(values)
-            text = self._text.render(values)
+            html_used: list[Fragment] = []
+            text_used: list[Fragment] = []
+            html = self._html.render(values, **{USED: html_used})
+            text = self._text.render(values, **{USED: text_used})
         except jinja2.UndefinedError as e:
             raise TemplateError(
                 f"email template {self.name!r} needs a value it was not given ({e.message}); "
@@ -208,7 +220,8 @@ class EmailRenderer:
             ) from None
         if not subject:
             raise TemplateError(f"{self.name}/subject.txt rendered an empty subject")
-        return RenderedEmail(subject=subject, html=html, text=tidy_text(text))
+        return RenderedEmail(subject=subject, html=html, text=tidy_text(text),
+                             html_fragments=tuple(html_used), text_fragments=tuple(text_used))
 
     @staticmethod
     def _summary_line(total: int, groups: int, group_by: str, chosen: bool, period: str) -> str:
@@ -220,13 +233,14 @@ class EmailRenderer:
         return f"{line}, {period}" if period else line
 
 
-_renderers: dict[tuple[str, str, int], EmailRenderer] = {}
+_renderers: dict[tuple[str, str, int, bool], EmailRenderer] = {}
 _renderers_lock = threading.Lock()
 
 
-def get_renderer(name: str, settings: Settings) -> EmailRenderer:
-    """The renderer for ``name``, built (and its MJML compiled) once per process and settings."""
-    key = (name, str(settings.templates_dir), id(settings))
+def get_renderer(name: str, settings: Settings, *, fragments: bool = True) -> EmailRenderer:
+    """The renderer for ``name``, built (and its MJML compiled) once per process and settings;
+    it keeps its rendered fragments as long (bounded, see fragments.py)."""
+    key = (name, str(settings.templates_dir), id(settings), fragments)
     renderer = _renderers.get(key)
     # The renderer holds its settings, so an id in the key cannot be reused while cached.
     if renderer is None or renderer.settings is not settings:
@@ -235,5 +249,5 @@ def get_renderer(name: str, settings: Settings) -> EmailRenderer:
             if renderer is None or renderer.settings is not settings:
                 if len(_renderers) >= 32:
                     _renderers.clear()
-                renderer = _renderers[key] = EmailRenderer(name, settings)
+                renderer = _renderers[key] = EmailRenderer(name, settings, fragments=fragments)
     return renderer

@@ -3,8 +3,8 @@ cutting, web-only links, blank-line tidying."""
 
 from __future__ import annotations
 
-import re
 import textwrap
+from functools import lru_cache
 from html import unescape
 from urllib.parse import urlsplit
 
@@ -14,8 +14,17 @@ SUMMARY_LIMIT = 300  # characters of an item's summary shown in an email
 TEXT_WIDTH = 72
 
 
+_WRAP_WHITESPACE = frozenset("\t\n\x0b\x0c\r")  # what textwrap turns into spaces
+
+
+@lru_cache(maxsize=1024)  # the footer's lines are the same in every message
 def wrap_text(text: str, width: int = TEXT_WIDTH, indent: str = "",
               subsequent: str | None = None) -> str:
+    text = str(text)
+    # A line that already fits comes back unchanged, without textwrap's regex work.
+    if (not indent and len(text) <= width and text == text.strip()
+            and _WRAP_WHITESPACE.isdisjoint(text)):
+        return text
     # URLs and long words stay whole: a broken link is worse than a long line.
     return textwrap.fill(
         str(text), width=width, initial_indent=indent,
@@ -45,9 +54,10 @@ def safe_url(url: str | None, fallback: str) -> str:
     return fallback
 
 
-_BLANK_RUNS = re.compile(r"\n{3,}")
-
-
 def tidy_text(text: str) -> str:
-    # Templates stay readable; the mail gets at most one blank line in a row.
-    return _BLANK_RUNS.sub("\n\n", text).strip() + "\n"
+    # Templates stay readable; the mail gets at most one blank line in a row. str.replace
+    # finds the runs much faster than the regex scans 10 KB (each pass shortens every run
+    # of n >= 3 by n // 3, so passes are few), with the same result.
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text.strip() + "\n"
