@@ -89,7 +89,7 @@ class Settings(BaseSettings):
         description="A scheduled run planned more than this many hours after its slot is held "
                     "for an operator ('digest runs release|cancel N') instead of sent late.")
     planning_chunk_size: int = Field(
-        default=10_000, ge=1,
+        default=2_500, ge=1,
         description="A scheduled run is planned this many subscribers (by id) at a time, each "
                     "chunk its own transaction, enqueued as soon as it commits; a planner that "
                     "stops half-way is resumed from the last chunk committed.")

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Subquery,
     Table,
     exists,
+    false,
     func,
     literal,
     or_,
@@ -119,9 +120,12 @@ def not_suppressed(email_col: ColumnElement[str]) -> ColumnElement[bool]:
 # --- a whole run: joins ------------------------------------------------------------------------
 
 def run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool],
-               window: Window | None, *, include_backfill: bool = False) -> Subquery:
+               window: Window | None, *, include_backfill: bool = False,
+               chunk: Callable[[ColumnElement[int]], ColumnElement[bool]] | None = None,
+               ) -> Subquery:
     """SELECT (subscriber_id, item_id, delivery_id) for every item each delivery of the run
-    should carry.
+    should carry; with ``chunk`` (a condition on a subscriber id column) only the deliveries
+    of the subscribers it accepts.
 
     Set-based and linear: every facet becomes a set of (filter, item) hits built with joins;
     a filter matches an item when the number of distinct facets it hits equals the number of
@@ -134,6 +138,25 @@ def run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool]
     i = Item.__table__.c
     f = SubscriberFilter.__table__.c
     loc = Location.__table__.c
+    of_run = [d.run_id == run.id, *([chunk(d.subscriber_id)] if chunk is not None else [])]
+    # The chunk on the filters too: PostgreSQL has no statistics of the deliveries just
+    # inserted (it takes them for one row) but has the filters', and plans by them.
+    of_chunk = [chunk(f.subscriber_id)] if chunk is not None else []
+    filter_bounds: list[Any] = []
+    if chunk is not None:
+        # Hits of the chunk's filters only, or every chunk would join every reader's. As a
+        # range of filter ids (a superset when ids are not in subscriber order; the join to
+        # run_filters below is exact), which PostgreSQL estimates well, unlike an IN list.
+        filter_bounds = list(session.execute(
+            select(func.min(f.id), func.max(f.id)).where(chunk(f.subscriber_id))).one())
+
+    def chunk_filters(column: ColumnElement[int]) -> list[ColumnElement[bool]]:
+        if chunk is None:
+            return []
+        low, high = filter_bounds
+        if low is None:
+            return [false()]
+        return [column.between(low, high)]
 
     # Archive backfill is never mailed on its own; an operator may pick it for an ad-hoc send.
     item_conds = [item_filter] if include_backfill else [~i.is_backfill, item_filter]
@@ -143,7 +166,7 @@ def run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool]
         lowest = session.scalar(
             select(func.min(func.coalesce(s.watermark, default_start)))
             .select_from(Delivery.__table__.join(Subscriber.__table__, s.id == d.subscriber_id))
-            .where(d.run_id == run.id))
+            .where(*of_run))
         item_conds.append(i.ingested_at <= window.cutoff)
         if lowest is not None:
             item_conds.append(i.ingested_at > lowest)
@@ -165,7 +188,7 @@ def run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool]
                func.coalesce(required.c.required, 0).label("required"))
         .join(Delivery.__table__, d.subscriber_id == f.subscriber_id)
         .outerjoin(required, required.c.filter_id == f.id)
-        .where(d.run_id == run.id)
+        .where(*of_run, *of_chunk)
     ).subquery("run_filters")
 
     covers = union_all(  # a place is covered by itself and by its region
@@ -175,14 +198,15 @@ def run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool]
     hits = union_all(
         select(filter_themes.c.filter_id, item_themes.c.item_id, literal(1).label("facet"))
         .join(item_themes, item_themes.c.theme_id == filter_themes.c.theme_id)
-        .where(item_themes.c.item_id.in_(candidates)),
+        .where(item_themes.c.item_id.in_(candidates), *chunk_filters(filter_themes.c.filter_id)),
         select(filter_locations.c.filter_id, item_locations.c.item_id, literal(2))
         .join(covers, covers.c.covered_by == filter_locations.c.location_id)
         .join(item_locations, item_locations.c.location_id == covers.c.place_id)
-        .where(item_locations.c.item_id.in_(candidates)),
+        .where(item_locations.c.item_id.in_(candidates),
+               *chunk_filters(filter_locations.c.filter_id)),
         select(filter_content_types.c.filter_id, i.id, literal(3))
         .join(Item.__table__, i.content_type_id == filter_content_types.c.content_type_id)
-        .where(i.id.in_(candidates)),
+        .where(i.id.in_(candidates), *chunk_filters(filter_content_types.c.filter_id)),
     ).subquery("hits")
 
     by_facets = (
@@ -200,7 +224,7 @@ def run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool]
     no_filter = (  # so does a subscriber without any filter
         select(d.subscriber_id, candidate_items.c.id, d.id)
         .join(candidate_items, true())
-        .where(d.run_id == run.id, ~exists().where(f.subscriber_id == d.subscriber_id))
+        .where(*of_run, ~exists().where(f.subscriber_id == d.subscriber_id))
     )
     matched = union(by_facets, blank_filter, no_filter).subquery("matched")
     final = (

@@ -55,12 +55,10 @@ from digest.models import (
 )
 from digest.selection.matching import window_for
 from digest.selection.planning import (
+    ChunkSent,
     PlannedRun,
-    _finish_planning,
     _get_or_create_run,
-    _insert_deliveries,
-    _insert_ledger,
-    _insert_unsent_items,
+    plan_in_chunks,
 )
 from digest.settings import Settings
 
@@ -161,29 +159,42 @@ def _check_frequency(frequency: str) -> None:
 
 def _plan(session: Session, frequency: str, *, key: str, now: datetime,
           who: ColumnElement[bool], everyone: bool, dry_run: bool, settings: Settings,
-          ) -> PlannedRun:
+          late: bool = False, on_chunk: ChunkSent | None = None) -> PlannedRun:
+    """Create the slot's run and plan it in chunks (``plan_in_chunks``); a run of this key
+    left half-planned is planned to the end instead; a finished one is left alone.
+
+    A ``late`` run (to be held) is planned in the caller's one transaction: none of its rows
+    may be seen, let alone swept up and sent, before it is held.
+    """
     if dry_run:
         key = f"dry-run:{key}:{utcnow().timestamp()}"
     run, created = _get_or_create_run(session, kind=RunKind(frequency), slot_key=key, cutoff=now,
-                                      params={"everyone": everyone}, dry_run=dry_run)
-    if not created:
+                                      params={"everyone": everyone}, dry_run=dry_run,
+                                      status=RunStatus.planning)
+    if not created and run.status != RunStatus.planning:
         return PlannedRun(run.id, False)
-    _insert_deliveries(session, run, and_(Subscriber.frequency == frequency, who))
-    window = window_for(now, settings)
-    if dry_run:
-        # Counts only: the ledger and the watermarks stay as they are for the real run.
-        _insert_unsent_items(session, run, true(), window)
-        return _finish_planning(session, run)
-    _insert_ledger(session, run, true(), window)
-    planned = _finish_planning(session, run)
-    # The watermark only moves forward, and only for the people this run covered.
-    session.execute(
-        update(Subscriber)
-        .where(Subscriber.id.in_(select(Delivery.subscriber_id).where(Delivery.run_id == run.id)),
-               or_(Subscriber.watermark.is_(None), Subscriber.watermark < now))
-        .values(watermark=now)
-    )
-    return planned
+    if created and not late:
+        session.commit()  # the run is on record before its first chunk: a crash is resumed
+    return _plan_rest(session, run, who, settings, commit=not late, on_chunk=on_chunk,
+                      resumed=not created)
+
+
+def _plan_rest(session: Session, run: DigestRun, who: ColumnElement[bool], settings: Settings,
+               *, commit: bool, on_chunk: ChunkSent | None, resumed: bool) -> PlannedRun:
+    # The run's own cutoff, not the clock: a resumed run's later chunks get the same window.
+    return plan_in_chunks(session, run, and_(Subscriber.frequency == run.kind, who),
+                          window_for(run.cutoff, settings),
+                          chunk_size=settings.planning_chunk_size, commit=commit,
+                          on_chunk=on_chunk, resumed=resumed)
+
+
+def _who_of(session: Session, run: DigestRun) -> ColumnElement[bool]:
+    """Who a run is for, from its key: everyone of its frequency (``--now``), or those due in
+    its slot whose window does not reach its cutoff yet (as when it was created)."""
+    if run.params.get("everyone"):
+        return true()
+    slot = datetime.strptime(run.slot_key.partition(":")[2], "%Y-%m-%dT%H").replace(tzinfo=UTC)
+    return and_(due_condition(session, run.kind, slot), _not_covered_up_to(run.cutoff))
 
 
 def _not_covered_up_to(now: datetime) -> ColumnElement[bool]:
@@ -195,17 +206,27 @@ def _not_covered_up_to(now: datetime) -> ColumnElement[bool]:
 
 def plan_scheduled_run(session: Session, frequency: str, *, now: datetime | None = None,
                        everyone: bool = False, dry_run: bool = False,
-                       settings: Settings) -> PlannedRun:
+                       settings: Settings, on_chunk: ChunkSent | None = None) -> PlannedRun:
     """Plan the weekly or daily digest of the slot containing ``now`` (only that slot; the
-    scheduler calls ``plan_due_slots``, which also catches up on missed ones).
+    scheduler calls ``plan_due_slots``, which also catches up on missed ones), in chunks
+    committed one by one (``plan_in_chunks``; ``on_chunk`` enqueues each).
 
     Without ``everyone`` only subscribers due in this slot are; with it every active subscriber
     of that frequency is (``digest send weekly --now``). A second call for the same slot plans
-    nothing and returns the existing run.
+    nothing and returns the existing run, unless its planner stopped half-way: then it plans
+    the rest. ``--now`` again first finishes a ``--now`` run left half-planned, and is that run.
     """
     _check_frequency(frequency)
     now = now or utcnow()
     slot = slot_start(now)
+    if everyone and not dry_run:
+        left = session.scalars(select(DigestRun).where(
+            DigestRun.kind == frequency, DigestRun.status == RunStatus.planning,
+            DigestRun.dry_run.is_(False), DigestRun.slot_key.like(f"{frequency}:all:%"))
+            .order_by(DigestRun.id).limit(1)).one_or_none()
+        if left is not None:
+            return _plan_rest(session, left, true(), settings, commit=True, on_chunk=on_chunk,
+                              resumed=True)
     if everyone:
         key = f"{frequency}:all:{now.astimezone(UTC):%Y-%m-%dT%H:%M}"
         who: ColumnElement[bool] = true()
@@ -213,7 +234,7 @@ def plan_scheduled_run(session: Session, frequency: str, *, now: datetime | None
         key = slot_key(frequency, slot)
         who = and_(due_condition(session, frequency, slot), _not_covered_up_to(now))
     return _plan(session, frequency, key=key, now=now, who=who, everyone=everyone,
-                 dry_run=dry_run, settings=settings)
+                 dry_run=dry_run, settings=settings, on_chunk=on_chunk)
 
 
 def last_planned_slot(session: Session, frequency: str) -> datetime | None:
@@ -247,28 +268,44 @@ def due_slots(session: Session, frequency: str, now: datetime,
 
 
 def plan_due_slots(session: Session, frequency: str, *, now: datetime | None = None,
-                   dry_run: bool = False, settings: Settings) -> list[SlotPlan]:
-    """Plan every due slot (``due_slots``) in this transaction; one ``SlotPlan`` per slot, oldest
-    first, including the current slot when it was planned already (``run.created`` False).
+                   dry_run: bool = False, settings: Settings,
+                   on_chunk: ChunkSent | None = None) -> list[SlotPlan]:
+    """Plan every due slot (``due_slots``), and finish any slot's run left half-planned; one
+    ``SlotPlan`` per slot, oldest first, including the current slot when it was planned
+    already (``run.created`` False).
 
-    Every run's cutoff is ``now``, so a caught-up digest carries everything up to now. A run
-    whose slot's send-by deadline has passed is ``held``: planned, never enqueued.
-    The newest slots are planned first, so a daily reader due in a held slot and in a timely one
-    of the same catch-up gets the timely one.
+    Timely runs are planned in chunks, each committed (``plan_in_chunks``; ``on_chunk``
+    enqueues each). Every run's cutoff is ``now``, so a caught-up digest carries everything up
+    to now. A run whose slot's send-by deadline has passed is ``held``: planned in the caller's
+    transaction, never enqueued. The newest slots are planned first, so a daily reader due in a
+    held slot and in a timely one of the same catch-up gets the timely one.
     """
     _check_frequency(frequency)
     now = now or utcnow()
-    zones = _zones(session, frequency)
+    slots = due_slots(session, frequency, now, settings)
     plans: list[SlotPlan] = []
-    for slot in reversed(due_slots(session, frequency, now, settings)):
+    if not dry_run:
+        due_keys = {slot_key(frequency, slot) for slot in slots}
+        for left in session.scalars(select(DigestRun).where(
+                DigestRun.kind == frequency, DigestRun.status == RunStatus.planning,
+                DigestRun.dry_run.is_(False), DigestRun.slot_key.not_in(due_keys),
+                ~DigestRun.slot_key.like(f"{frequency}:all:%")).order_by(DigestRun.id)).all():
+            slot = datetime.strptime(left.slot_key.partition(":")[2],
+                                     "%Y-%m-%dT%H").replace(tzinfo=UTC)
+            plans.append(SlotPlan(slot, _plan_rest(session, left, _who_of(session, left),
+                                                   settings, commit=True, on_chunk=on_chunk,
+                                                   resumed=True)))
+    zones = _zones(session, frequency)
+    for slot in reversed(slots):
         late = now - slot > timedelta(hours=settings.send_by_hours)
         who = and_(_due_in(zones, frequency, slot), _not_covered_up_to(now))
         run = _plan(session, frequency, key=slot_key(frequency, slot), now=now, who=who,
-                    everyone=False, dry_run=dry_run, settings=settings)
-        held = late and run.created and _hold(session, run)
+                    everyone=False, dry_run=dry_run, settings=settings, late=late,
+                    on_chunk=on_chunk)
+        held = late and run.created and not run.resumed and _hold(session, run)
         plans.append(SlotPlan(slot, replace(run, pending_ids=[]) if held and not dry_run else run,
                               held))
-    return plans[::-1]
+    return sorted(plans, key=lambda plan: plan.slot)
 
 
 def _hold(session: Session, run: PlannedRun) -> bool:
