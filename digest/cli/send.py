@@ -15,6 +15,8 @@ def _report_run(planned, dry_run: bool) -> None:
         console.print(f"run #{planned.run_id} already exists for this slot: nothing new planned.")
         return
     verb = "would send" if dry_run else "sending"
+    if planned.resumed:
+        console.print(f"run #{planned.run_id} was left half-planned: planned the rest.")
     console.print(f"run #{planned.run_id}: {verb} {planned.planned} digest(s); "
                   f"{planned.skipped} empty digest(s) skipped.")
     if dry_run:
@@ -43,14 +45,18 @@ def _send_scheduled(frequency: str, now: bool, dry_run: bool, as_of: str | None)
     ensure_db()
     settings = get_settings()
     clock = parse_when(as_of)
+    # Each chunk's deliveries are enqueued as soon as its transaction commits, so workers
+    # send while the rest is planned (a dry run enqueues nothing).
+    enqueue = None if dry_run else task_queue().deliver
     if now:
         planned = _plan(lambda s: plan_scheduled_run(s, frequency, now=clock, everyone=True,
-                                                     dry_run=dry_run, settings=settings))
+                                                     dry_run=dry_run, settings=settings,
+                                                     on_chunk=enqueue))
         _report_run(planned, dry_run)
         return
-    # This hour's slot and any missed since the last one planned, in one transaction.
+    # This hour's slot and any missed since the last one planned (or left half-planned).
     plans = _plan(lambda s: plan_due_slots(s, frequency, now=clock, dry_run=dry_run,
-                                           settings=settings))
+                                           settings=settings, on_chunk=enqueue))
     for plan in plans:
         _report_slot(plan, dry_run)
 
