@@ -5,12 +5,18 @@ the same headers and quoted-printable utf-8 bodies in all three builders, measur
 same run. Run from the project root:
 
     python bench/mime.py
+
+The last rows build the same message with a line break after each item block (as the digest
+template writes them), once with the blocks passed as fragments whose quoted-printable bytes
+are kept from one message to the next (what a worker does after its first message of a
+run), once without; the bytes are the same.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
 import timeit
 from datetime import UTC, datetime
@@ -27,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from digest.mail import DkimSigner, build_message, make_message_id  # noqa: E402
+from digest.render.fragments import Fragment  # noqa: E402
 
 ITEM_HTML = (
     '<tr><td style="padding:12px 0;font-family:Arial,sans-serif;">'
@@ -63,6 +70,20 @@ def sample() -> tuple[str, str]:
 
 
 HTML, TEXT = sample()
+
+
+def sample_in_blocks() -> tuple[str, list[Fragment], str, list[Fragment]]:
+    """The sample with each item's HTML and text on its own lines, and those blocks."""
+    head, rest = HTML.split("<tr>", 1)
+    html_blocks = [f"<tr>{b}\n" for b in rest.removesuffix("</table></body></html>").split("<tr>")]
+    text_head, _, _ = TEXT.partition("* ")
+    text_blocks = [f"* {b}" for b in TEXT[len(text_head):].split("* ") if b]
+    html = head + "\n" + "".join(html_blocks) + "</table></body></html>"
+    return (html, [Fragment(b) for b in html_blocks],
+            text_head + "".join(text_blocks), [Fragment(b) for b in text_blocks])
+
+
+HTML_LINES, HTML_FRAGMENTS, TEXT_LINES, TEXT_FRAGMENTS = sample_in_blocks()
 HEADERS = dict(
     from_addr="OSCE Newsroom Digest <digest@newsroom.example.org>",
     to_addr="Zoë Reader <reader@example.org>",
@@ -78,6 +99,15 @@ HEADERS = dict(
 
 def with_build_message() -> bytes:
     return build_message(html=HTML, text=TEXT, **HEADERS)
+
+
+def blocks_without_fragments() -> bytes:
+    return build_message(html=HTML_LINES, text=TEXT_LINES, **HEADERS)
+
+
+def blocks_as_fragments() -> bytes:
+    return build_message(html=HTML_LINES, text=TEXT_LINES, html_fragments=HTML_FRAGMENTS,
+                         text_fragments=TEXT_FRAGMENTS, **HEADERS)
 
 
 def _std_headers(msg) -> None:
@@ -166,6 +196,16 @@ def main() -> None:
     }
     base = results["digest.mail.build_message"]
     for name, ms in results.items():
+        print(f"  {name:<44} {ms:7.3f} ms/message   x{ms / base:6.1f}")
+    boundary = re.compile(rb"=_digest_[0-9a-f]+")
+    assert TEXT_LINES == TEXT and HTML_LINES.replace("\n", "") == HTML
+    assert (boundary.sub(b"B", blocks_as_fragments())
+            == boundary.sub(b"B", blocks_without_fragments())), "fragments changed the bytes"
+    print(f"  item blocks on their own lines ({len(HTML_FRAGMENTS)} HTML, "
+          f"{len(TEXT_FRAGMENTS)} text):")
+    for name, func in (("build_message, no fragments", blocks_without_fragments),
+                       ("build_message, fragments' QP kept", blocks_as_fragments)):
+        ms = ms_per_call(func)
         print(f"  {name:<44} {ms:7.3f} ms/message   x{ms / base:6.1f}")
     signer = dkim_signer()
     if signer is not None:
