@@ -8,8 +8,10 @@ SMTPUTF8, and is then written in UTF-8 as RFC 6532 allows.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
+import email_validator
 from email_validator import EmailNotValidError, validate_email
 
 from digest.errors import HeaderInjectionError, ValidationError
@@ -82,14 +84,41 @@ def _validated(addr: str, smtputf8: bool = False, *, hint: bool = False):
         raise ValidationError(f"invalid email address {addr!r}: {reason}") from exc
 
 
-@lru_cache(maxsize=64)  # From and Reply-To are the same for every message of a run
+# An address email-validator would return unchanged: an ASCII dot-atom local part (at most
+# 64 characters) at a lower-case domain of letter-digit-hyphen labels (no "--", which IDNA
+# reads) whose top label is letters. Stored addresses were validated and normalised when
+# they were stored; every To of a run is new, so a cache would not help, and this check
+# keeps the guarantee that mattered at send time: no line break, nothing a header cannot
+# carry. Anything else (and the special-use domains) is validated in full.
+_PLAIN_ADDRESS = re.compile(
+    r"(?=[^@]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:(?!-)(?!..--)[a-z0-9-]{1,63}(?<!-)\.)+[a-z]{2,63}")
+
+
+def _plain(addr: str) -> bool:
+    if len(addr) > 254 or _PLAIN_ADDRESS.fullmatch(addr) is None:
+        return False
+    domain = addr.rpartition("@")[2]
+    return not any(domain == name or domain.endswith(f".{name}")
+                   for name in email_validator.SPECIAL_USE_DOMAIN_NAMES)
+
+
 def _ascii_addr_spec(addr: str, hint: bool = False) -> str:
+    return addr if _plain(addr) else _ascii_addr_spec_validated(addr, hint)
+
+
+def _utf8_addr_spec(addr: str) -> str:
+    return addr if _plain(addr) else _utf8_addr_spec_validated(addr)
+
+
+@lru_cache(maxsize=64)  # From and Reply-To are the same for every message of a run
+def _ascii_addr_spec_validated(addr: str, hint: bool = False) -> str:
     result = _validated(addr, hint=hint)
     return result.ascii_email or result.normalized
 
 
 @lru_cache(maxsize=64)
-def _utf8_addr_spec(addr: str) -> str:
+def _utf8_addr_spec_validated(addr: str) -> str:
     result = _validated(addr, smtputf8=True)
     # email-validator refuses quoted local parts, so a UTF-8 one is a dot-atom (RFC 6532 3.2).
     return result.ascii_email or f"{result.local_part}@{result.ascii_domain}"
