@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
 from digest import db
@@ -134,6 +135,7 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
         if not owned:
             return result
         recorder = states.Recorder(session, settings)
+        claimed_at = time.monotonic()
         try:
             _send_batch(session, owned, transport, settings, result, recorder, clock)
         except BaseException as exc:
@@ -141,11 +143,7 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
             # a set-up error, a refusal that is about us, or a crash of our own code. The
             # outcomes already known are written first.
             reason = exc.reason if isinstance(exc, _SenderRefused) else _describe(exc)
-            try:
-                session.rollback()
-                recorder.flush()
-            except Exception:  # the database is gone: those rows wait for lease recovery
-                session.rollback()
+            _flush_while_leased(session, recorder, claimed_at, settings)
             left = [i for i in owned if i not in result.outcomes]
             try:
                 session.rollback()
@@ -161,6 +159,26 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
         return result
     finally:
         session.close()
+
+
+def _flush_while_leased(session: Session, recorder: states.Recorder, claimed_at: float,
+                        settings: Settings) -> None:
+    """Write the outcomes already known, retrying while the database comes back (a restart
+    takes seconds) for at most half the lease: the messages were accepted, and a row left in
+    ``sending`` is sent again by lease recovery. Past that, recovery owns the rows."""
+    deadline = claimed_at + settings.lease_seconds / 2
+    while True:
+        try:
+            session.rollback()
+            recorder.flush()
+            return
+        except Exception as exc:
+            session.rollback()
+            gone = isinstance(exc, OperationalError) or (
+                isinstance(exc, DBAPIError) and exc.connection_invalidated)
+            if not gone or time.monotonic() + 0.5 >= deadline:
+                return  # those rows wait for lease recovery (the documented window)
+            time.sleep(0.5)
 
 
 def _describe(exc: BaseException) -> str:

@@ -183,3 +183,31 @@ def test_a_worker_killed_between_two_writes_leaves_the_unwritten_rows_sending_an
     assert sorted(per_id.values()) == [1, 1, 1, 1, 2]
     row = session.get(Delivery, ids[2])
     assert per_id[row.message_id] == 2
+
+
+def test_outcomes_waiting_when_the_database_drops_are_written_once_it_is_back_not_resent(
+        session, smtp_sink, settings, planned):
+    """A database restart mid-batch: the writes of the outcomes fail as a lost connection
+    does, three times (about a second of restart); the batch retries within half its lease
+    instead of leaving accepted messages in ``sending`` for lease recovery to send again."""
+    from sqlalchemy.exc import OperationalError
+
+    engine = db.engine_for(settings.database_url)
+    failures = []
+
+    def drop_first_outcome_write(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("UPDATE deliveries SET") and "sent_at" in statement \
+                and len(failures) < 3:
+            failures.append(1)
+            raise OperationalError(statement, parameters, Exception("server closed the "
+                                                                    "connection unexpectedly"))
+
+    event.listen(engine, "before_cursor_execute", drop_first_outcome_write)
+    try:
+        with pytest.raises(OperationalError):
+            send_deliveries(planned.pending_ids, settings=settings)
+    finally:
+        event.remove(engine, "before_cursor_execute", drop_first_outcome_write)
+    assert failures == [1, 1, 1]
+    assert set(_statuses(session).values()) == {"sent"}  # none left for recovery to resend
+    assert len(smtp_sink.messages) == 5
