@@ -34,15 +34,22 @@ from digest.errors import (
     SendSetupError,
 )
 from digest.mail import MessageFactory
+from digest.mail.compose import Reader
 from digest.models import (
     Delivery,
     DeliveryStatus,
+    DigestRun,
     Item,
+    Location,
+    RunKind,
     Subscriber,
     SubscriberFilter,
     SubscriberStatus,
     Suppression,
     SuppressionReason,
+    Theme,
+    filter_locations,
+    filter_themes,
     utcnow,
 )
 from digest.render import RenderedEmail, RenderItem, render_items_from_models
@@ -59,20 +66,51 @@ class BatchResult:
     outcomes: dict[int, str] = field(default_factory=dict)
 
 
-def load_batch(session: Session, ids: list[int]) -> list[tuple[Delivery, list[RenderItem]]]:
+@dataclass(frozen=True)
+class LoadedRun:
+    id: int
+    kind: RunKind
+
+
+@dataclass(frozen=True)
+class LoadedDelivery:
+    """A delivery as sending and rendering read it: plain values from one Core query (no
+    ORM identity map or relationship loading per message; the profile's largest cost)."""
+
+    id: int
+    run_id: int
+    subscriber_id: int
+    email: str
+    attempts: int
+    run: LoadedRun
+    subscriber: Reader
+
+
+def load_batch(session: Session, ids: list[int]) -> list[tuple[LoadedDelivery, list[RenderItem]]]:
     """The claimed deliveries with what each carries, in a fixed number of queries.
 
     The items of a batch are mostly shared (a digest run sends the same week's news to
     everyone), so each item is loaded and snapshotted once per batch, not once per message.
     """
-    deliveries = session.scalars(
-        select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id)
-        .options(selectinload(Delivery.subscriber).selectinload(Subscriber.filters)
-                 .selectinload(SubscriberFilter.themes),
-                 selectinload(Delivery.subscriber).selectinload(Subscriber.filters)
-                 .selectinload(SubscriberFilter.locations),
-                 selectinload(Delivery.run))
+    rows = session.execute(
+        select(Delivery.id, Delivery.run_id, Delivery.subscriber_id, Delivery.email,
+               Delivery.attempts, DigestRun.kind, Subscriber.group_by, Subscriber.timezone)
+        .join(DigestRun, DigestRun.id == Delivery.run_id)
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.id.in_(ids)).order_by(Delivery.id)
     ).all()
+    chosen = _chosen_labels(session, {row.subscriber_id for row in rows})
+    runs = {run_id: LoadedRun(run_id, kind) for _, run_id, _, _, _, kind, _, _ in rows}
+    deliveries = [
+        LoadedDelivery(
+            id=row.id, run_id=row.run_id, subscriber_id=row.subscriber_id, email=row.email,
+            attempts=row.attempts, run=runs[row.run_id],
+            subscriber=Reader(id=row.subscriber_id, group_by=row.group_by,
+                              timezone=row.timezone,
+                              themes=chosen.get(("theme", row.subscriber_id), ()),
+                              locations=chosen.get(("location", row.subscriber_id), ())))
+        for row in rows
+    ]
     contents = delivery_contents()
     carried = session.execute(
         select(contents.c.delivery_id, contents.c.item_id).where(contents.c.delivery_id.in_(ids))
@@ -87,6 +125,28 @@ def load_batch(session: Session, ids: list[int]) -> list[tuple[Delivery, list[Re
     for delivery_id, item_id in carried:
         per_delivery[delivery_id].append(snapshots[item_id])
     return [(d, per_delivery[d.id]) for d in deliveries]
+
+
+def _chosen_labels(session: Session,
+                   subscriber_ids: set[int]) -> dict[tuple[str, int], tuple[str, ...]]:
+    """Each subscriber's theme and location names over all filters, in the order
+    ``Reader.of`` reads them off the ORM (filters by id, names by name), each once."""
+    chosen: dict[tuple[str, int], dict[str, None]] = defaultdict(dict)
+    if not subscriber_ids:
+        return {}
+    for kind, label, link, link_col in (
+        ("theme", Theme, filter_themes, filter_themes.c.theme_id),
+        ("location", Location, filter_locations, filter_locations.c.location_id),
+    ):
+        for sub_id, name in session.execute(
+            select(SubscriberFilter.subscriber_id, label.name)
+            .join(link, link.c.filter_id == SubscriberFilter.id)
+            .join(label, label.id == link_col)
+            .where(SubscriberFilter.subscriber_id.in_(subscriber_ids))
+            .order_by(SubscriberFilter.subscriber_id, SubscriberFilter.id, label.name)
+        ):
+            chosen[(kind, sub_id)][name] = None
+    return {key: tuple(names) for key, names in chosen.items()}
 
 
 def render_delivery(session: Session, delivery_id: int, *, in_browser: bool = False,
@@ -218,7 +278,7 @@ class _Leavers:
 
     RECHECK_SECONDS = 1.0
 
-    def __init__(self, session: Session, deliveries: Sequence[Delivery]):
+    def __init__(self, session: Session, deliveries: Sequence[LoadedDelivery]):
         self.session = session
         self.subscriber_ids = {d.subscriber_id for d in deliveries}
         self.emails = {d.email for d in deliveries}
@@ -226,7 +286,7 @@ class _Leavers:
         self.status: dict[int, str] = {}
         self.suppressed: set[str] = set()
 
-    def why_not(self, delivery: Delivery) -> str | None:
+    def why_not(self, delivery: LoadedDelivery) -> str | None:
         """None while the reader may be mailed; else the note of the cancellation."""
         if time.monotonic() - self.read_at >= self.RECHECK_SECONDS:
             self._read()
@@ -246,7 +306,8 @@ class _Leavers:
         self.read_at = time.monotonic()
 
 
-def _send_one(session: Session, conn: Transport, factory: MessageFactory, delivery: Delivery,
+def _send_one(session: Session, conn: Transport, factory: MessageFactory,
+              delivery: LoadedDelivery,
               items: list[RenderItem], leavers: _Leavers, settings: Settings,
               pauses: dict[str, Pause], clock: Callable[[], datetime],
               recorder: states.Recorder) -> str:
@@ -294,7 +355,7 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory, delive
     return "sent"
 
 
-def _refused(session: Session, delivery: Delivery, exc: DeliveryError, message_id: str,
+def _refused(session: Session, delivery: LoadedDelivery, exc: DeliveryError, message_id: str,
              pauses: dict[str, Pause], settings: Settings, clock: Callable[[], datetime],
              suppress: Callable[..., object], recorder: states.Recorder) -> str:
     """What a refusal means, by whose fault it is (``classify_smtp``)."""

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parseaddr
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlencode
 
 from digest.mail.dkim import DkimSigner
 from digest.mail.mime import build_message, make_message_id
-from digest.models import Delivery, DigestRun, RunKind, Subscriber
+from digest.models import RunKind, Subscriber
 from digest.render import (
     Recipient,
     RenderedEmail,
@@ -37,6 +37,7 @@ __all__ = [
     "Headers",
     "MessageFactory",
     "Preview",
+    "Reader",
     "confirm_url",
     "preview",
     "preview_view_url",
@@ -59,6 +60,46 @@ def preview_view_url(settings: Settings) -> str:
 def confirm_url(subscriber_id: int, settings: Settings) -> str:
     token = subscriber_token("confirm", subscriber_id, settings)
     return f"{settings.public_base_url.rstrip('/')}/confirm/{token}"
+
+
+@dataclass(frozen=True)
+class Reader:
+    """What a message needs of its subscriber: the choices that shape it (themes and places
+    of all filters, in filter order, each once), grouping and time zone. Loaded in one query
+    per batch by ``digest.delivery.load_batch``; ``of`` reads it off an ORM subscriber."""
+
+    id: int
+    group_by: str
+    timezone: str
+    themes: tuple[str, ...]
+    locations: tuple[str, ...]
+
+    @classmethod
+    def of(cls, sub: Subscriber) -> Reader:
+        return cls(id=sub.id, group_by=sub.group_by, timezone=sub.timezone,
+                   themes=tuple(dict.fromkeys(t.name for f in sub.filters for t in f.themes)),
+                   locations=tuple(dict.fromkeys(
+                       loc.name for f in sub.filters for loc in f.locations)))
+
+
+class MailedDelivery(Protocol):
+    """A delivery as composing reads it: an ORM ``Delivery`` or ``load_batch``'s snapshot."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def run_id(self) -> int: ...
+    @property
+    def subscriber_id(self) -> int: ...
+    @property
+    def email(self) -> str: ...
+    @property
+    def subscriber(self) -> Subscriber | Reader: ...
+
+
+class MailedRun(Protocol):
+    @property
+    def kind(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -95,24 +136,25 @@ class MessageFactory:
 
     # --- the reader and the content ------------------------------------------------------
 
-    def recipient(self, sub: Subscriber, email: str, *, links: dict[str, str] | None = None,
+    def recipient(self, sub: Subscriber | Reader, email: str, *,
+                  links: dict[str, str] | None = None,
                   view_url: str | None = None) -> Recipient:
         """The reader as templates see them: links, grouping, time zone and choices."""
-        links = links or links_for(sub.id, self.settings)
-        themes = tuple(dict.fromkeys(t.name for f in sub.filters for t in f.themes))
-        places = tuple(dict.fromkeys(loc.name for f in sub.filters for loc in f.locations))
-        return Recipient(subscriber_id=sub.id, email=email, group_by=sub.group_by,
+        reader = sub if isinstance(sub, Reader) else Reader.of(sub)
+        links = links or links_for(reader.id, self.settings)
+        return Recipient(subscriber_id=reader.id, email=email, group_by=reader.group_by,
                          manage_url=links["manage_url"],
                          unsubscribe_url=links["unsubscribe_url"], view_url=view_url,
-                         timezone=sub.timezone, themes=themes, locations=places)
+                         timezone=reader.timezone, themes=reader.themes,
+                         locations=reader.locations)
 
     @staticmethod
     def template_for(kind: str, items: Sequence[RenderItem]) -> str:
         """An immediate run's single item is an alert; everything else is a digest."""
         return "alert" if kind == RunKind.immediate and len(items) == 1 else "digest"
 
-    def render_for(self, sub: Subscriber, email: str, kind: str, items: Sequence[RenderItem],
-                   *, links: dict[str, str] | None = None,
+    def render_for(self, sub: Subscriber | Reader, email: str, kind: str,
+                   items: Sequence[RenderItem], *, links: dict[str, str] | None = None,
                    view_url: str | None = None) -> RenderedEmail:
         """The personal part of a digest or alert of a run of ``kind``: the reader's links,
         choices and items in the template the kind and the items call for."""
@@ -130,7 +172,7 @@ class MessageFactory:
         renderer = get_renderer(template, self.settings, fragments=self.fragments)
         return renderer.render(recipient, items, **context)
 
-    def render(self, delivery: Delivery, run: DigestRun, items: Sequence[RenderItem], *,
+    def render(self, delivery: MailedDelivery, run: MailedRun, items: Sequence[RenderItem], *,
                in_browser: bool = False, links: dict[str, str] | None = None) -> RenderedEmail:
         """One delivery's subject, HTML and text; ``in_browser``: without the link to itself."""
         view = None if in_browser else view_url(self.settings, delivery.id)
@@ -139,7 +181,7 @@ class MessageFactory:
 
     # --- headers and bytes -----------------------------------------------------------------
 
-    def headers(self, subscriber_id: int, *, delivery: Delivery | None = None,
+    def headers(self, subscriber_id: int, *, delivery: MailedDelivery | None = None,
                 unsubscribe_url: str | None = None, purpose: str = "confirm") -> Headers:
         """The one header builder. A delivery (a digest or an alert) is list mail: a
         Message-ID stable per delivery, List-Id, List-Unsubscribe (one-click), Feedback-ID
@@ -178,7 +220,7 @@ class MessageFactory:
         )
         return self.dkim.sign(data) if self.dkim is not None else data
 
-    def build(self, delivery: Delivery, run: DigestRun,
+    def build(self, delivery: MailedDelivery, run: MailedRun,
               items: Sequence[RenderItem]) -> tuple[str, bytes]:
         """(Message-ID, the bytes to send) for one delivery, signed when DKIM is configured."""
         links = links_for(delivery.subscriber_id, self.settings)  # signed once: body and headers
