@@ -501,3 +501,31 @@ def test_a_5_1_x_refusal_of_our_sender_at_mail_from_suppresses_no_reader(session
     rows = _rows(session).values()
     assert {d.status for d in rows} == {"deferred"} and {d.attempts for d in rows} == {0}
     assert all("put back" in d.note and "5.1.8" in d.note for d in rows)
+
+
+def test_load_batch_reads_each_reader_as_the_orm_subscriber_gives_it(session, settings):
+    from digest.delivery import load_batch
+    from digest.mail.compose import Reader
+
+    t = Taxo(session)
+    make_item(session, "Police news", themes=[t.policing, t.elections], locations=[t.serbia])
+    # Two filters, names repeated across them and out of alphabetical order between them.
+    make_subscriber(session, "many@example.org",
+                    {"themes": [t.policing, t.elections], "locations": [t.serbia]},
+                    {"themes": [t.gender, t.policing], "locations": [t.bishkek, t.montenegro]},
+                    tz="Europe/Belgrade")
+    make_subscriber(session, "none@example.org")
+    session.commit()
+    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings)
+    session.commit()
+    loaded = load_batch(session, sorted(run.pending_ids))
+    assert len(loaded) == 2
+    for delivery, _items in loaded:
+        row = session.get(Delivery, delivery.id)
+        assert delivery.subscriber == Reader.of(row.subscriber)
+        assert (delivery.email, delivery.run.kind, delivery.attempts) == (
+            row.email, row.run.kind, row.attempts)
+    many = next(d for d, _ in loaded if d.email == "many@example.org")
+    assert many.subscriber.themes == ("Elections", "Policing", "Gender equality")
+    assert many.subscriber.locations == (
+        "OSCE Mission to Serbia", "OSCE Mission to Montenegro", "OSCE Programme Office in Bishkek")
