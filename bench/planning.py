@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline import analyze, bench_database, configure, generate, progress  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy import event, func, select  # noqa: E402
 from sqlalchemy.orm import Session as OrmSession  # noqa: E402
 
 from digest import db  # noqa: E402
@@ -40,6 +40,8 @@ def main() -> int:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--chunk", type=int, default=None,
                         help="subscribers per chunk (default: the setting's default)")
+    parser.add_argument("--statements", action="store_true",
+                        help="print each chunk's time per statement (the first and last chunks)")
     args = parser.parse_args()
     now = datetime(2025, 10, 13, 8, 0, tzinfo=UTC)
     with tempfile.TemporaryDirectory() as tmp, bench_database(args.database_url, Path(tmp)) as url:
@@ -53,11 +55,20 @@ def main() -> int:
             analyze(session)
         progress(f"filled: {args.subscribers} subscribers, {args.items} items")
         first: list[float] = []
+        chunks: list[tuple[float, list[tuple[str, float]]]] = []
+        statements: list[tuple[str, float]] = []
+        if args.statements:
+            time_statements(engine, statements)
         t0 = time.perf_counter()
+        last = [t0]
 
         def chunk_committed(ids: list[int]) -> None:
+            now = time.perf_counter()
             if not first:
-                first.append(time.perf_counter() - t0)
+                first.append(now - t0)
+            chunks.append((now - last[0], statements[:]))
+            statements.clear()
+            last[0] = now
 
         with OrmSession(engine) as session:
             planned = plan_scheduled_run(session, "weekly", now=now, everyone=True,
@@ -70,7 +81,30 @@ def main() -> int:
               f"planned {planned.planned} digests "
               f"({planned.skipped} skipped), {pairs} ledger rows, in {seconds:.2f} s"
               f"{first_note}")
+        if chunks:
+            times = [seconds for seconds, _ in chunks]
+            print(f"{len(chunks)} chunks: first {times[0]:.2f} s, median "
+                  f"{sorted(times)[len(times) // 2]:.2f} s, last {times[-1]:.2f} s")
+        if args.statements:
+            for n, (seconds, timed) in enumerate(chunks):
+                if 2 <= n < len(chunks) - 2:
+                    continue
+                print(f"chunk {n + 1}: {seconds:.3f} s")
+                for sql, took in timed:
+                    print(f"  {took * 1000:8.1f} ms  {sql}")
     return 0
+
+
+def time_statements(engine, into: list[tuple[str, float]]) -> None:
+    """Append (the statement's start, seconds) for every statement the engine runs."""
+    @event.listens_for(engine, "before_cursor_execute")
+    def started(conn, cursor, statement, parameters, context, executemany):
+        conn.info["statement_started"] = time.perf_counter()
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def finished(conn, cursor, statement, parameters, context, executemany):
+        took = time.perf_counter() - conn.info.pop("statement_started")
+        into.append((" ".join(statement.split())[:90], took))
 
 
 if __name__ == "__main__":

@@ -41,11 +41,16 @@ def tick(now: str | None = None) -> dict:
     planned) and send them; a run past its send-by deadline is held for an operator."""
     settings = get_settings()
     planned = {}
+
+    def enqueue_chunk(ids: list[int]) -> None:
+        # A chunk's rows go to the workers as soon as it commits, while the rest is planned.
+        enqueue_deliveries(ids, settings)
+
     for frequency in ("weekly", "daily"):
         with session_scope(settings.database_url) as session:
             plans = selection.plan_due_slots(session, frequency, now=_when(now),
-                                             settings=settings)
-        for plan in plans:
+                                             settings=settings, on_chunk=enqueue_chunk)
+        for plan in plans:  # what no chunk handed over (nothing for a held run)
             enqueue_deliveries(plan.run.pending_ids, settings)
         slots = [{"slot": p.slot.isoformat(), "run_id": p.run.run_id, "created": p.run.created,
                   "pending": p.run.planned, "skipped": p.run.skipped, "held": p.held}

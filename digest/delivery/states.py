@@ -239,18 +239,27 @@ def _less_one(session: Session) -> ColumnElement[int]:
 
 # --- planning ---------------------------------------------------------------------------------
 
-def mark_planned(session: Session, run_id: int, *, dry_run: bool) -> None:
+def mark_planned(session: Session, run_id: int, *, dry_run: bool,
+                 subscribers_after: int | None = None,
+                 subscribers_through: int | None = None) -> None:
     """After planning: an empty digest is skipped (recorded, never sent); a dry run's rows
-    are marked apart so progress counts and the delivery log never show them as waiting."""
+    are marked apart so progress counts and the delivery log never show them as waiting.
+
+    With ``subscribers_after`` / ``subscribers_through`` only the rows of subscribers in that
+    id range (after < id <= through): a planned chunk, so its cost does not grow with the run."""
+    of_range = [Delivery.run_id == run_id]
+    if subscribers_after is not None:
+        of_range.append(Delivery.subscriber_id > subscribers_after)
+    if subscribers_through is not None:
+        of_range.append(Delivery.subscriber_id <= subscribers_through)
     session.execute(
         update(Delivery)
-        .where(Delivery.run_id == run_id, Delivery.item_count == 0,
-               Delivery.status == DeliveryStatus.pending)
+        .where(*of_range, Delivery.item_count == 0, Delivery.status == DeliveryStatus.pending)
         .values(status=DeliveryStatus.skipped, note="skipped: no new items matched"))
     if dry_run:
         session.execute(
             update(Delivery)
-            .where(Delivery.run_id == run_id, Delivery.status == DeliveryStatus.pending)
+            .where(*of_range, Delivery.status == DeliveryStatus.pending)
             .values(status=DeliveryStatus.dry_run, note="dry run: would have been sent"))
 
 

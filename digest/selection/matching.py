@@ -20,6 +20,7 @@ from sqlalchemy import (
     FromClause,
     Subquery,
     Table,
+    case,
     exists,
     false,
     func,
@@ -173,11 +174,15 @@ def run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool]
     candidates = select(i.id).where(*item_conds)
 
     # How many facets each filter constrains, counted once per filter in one grouped pass
-    # (as a per-row expression PostgreSQL re-ran it for every candidate pair).
+    # (as a per-row expression PostgreSQL re-ran it for every candidate pair); of the chunk's
+    # filters only, or each chunk would count every reader's.
     constrained = union_all(
-        select(filter_themes.c.filter_id, literal(1).label("facet")).distinct(),
-        select(filter_locations.c.filter_id, literal(2)).distinct(),
-        select(filter_content_types.c.filter_id, literal(3)).distinct(),
+        select(filter_themes.c.filter_id, literal(1).label("facet"))
+        .where(*chunk_filters(filter_themes.c.filter_id)).distinct(),
+        select(filter_locations.c.filter_id, literal(2))
+        .where(*chunk_filters(filter_locations.c.filter_id)).distinct(),
+        select(filter_content_types.c.filter_id, literal(3))
+        .where(*chunk_filters(filter_content_types.c.filter_id)).distinct(),
     ).subquery("constrained")
     required = (
         select(constrained.c.filter_id, func.count().label("required"))
@@ -209,12 +214,17 @@ def run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool]
         .where(i.id.in_(candidates), *chunk_filters(filter_content_types.c.filter_id)),
     ).subquery("hits")
 
+    # The facets a (filter, item) hits, each once however many of its rows hit: a sum of one
+    # flag per facet, which PostgreSQL aggregates in a hash table (count(DISTINCT facet)
+    # made it sort every hit of the chunk).
+    theme_hit, place_hit, type_hit = (func.max(case((hits.c.facet == facet, 1), else_=0))
+                                      for facet in (1, 2, 3))
     by_facets = (
         select(run_filters.c.subscriber_id, hits.c.item_id, run_filters.c.delivery_id)
         .join(hits, hits.c.filter_id == run_filters.c.filter_id)
         .group_by(run_filters.c.subscriber_id, hits.c.item_id, run_filters.c.delivery_id,
                   run_filters.c.filter_id, run_filters.c.required)
-        .having(func.count(hits.c.facet.distinct()) == run_filters.c.required)
+        .having(theme_hit + place_hit + type_hit == run_filters.c.required)
     )
     candidate_items = candidates.subquery("candidate_items")
     blank_filter = (  # a filter with no facet at all takes everything

@@ -227,14 +227,20 @@ def _chunk_end(session: Session, after: int | None, size: int) -> int | None:
 
 
 def _plan_chunk(session: Session, run: DigestRun, who: ColumnElement[bool], window: Window,
-                chunk: Chunk) -> tuple[list[int], int]:
-    """Deliveries, ledger rows, item counts and watermarks of the subscribers ``chunk``
-    accepts (a condition on a subscriber id column); (pending ids, skipped)."""
+                after: int | None, end: int | None) -> tuple[list[int], int]:
+    """Deliveries, ledger rows, item counts and watermarks of the subscribers after ``after``
+    through ``end`` (ids); (pending ids, skipped). Every statement is bounded by that id range
+    (or by the chunk's filters), so a chunk costs the same at the start and at the end of a run."""
+    def chunk(column: ColumnElement[int]) -> ColumnElement[bool]:
+        return _subscriber_ids(column, after, end)
+
     _insert_deliveries(session, run, and_(who, chunk(Subscriber.__table__.c.id)))
     if session.get_bind().dialect.name == "postgresql":
         # Without statistics of the rows just inserted PostgreSQL takes them for one and plans
         # the pairs with nested loops (12 s instead of 0.7 s a chunk of 2,500 readers). ANALYZE
-        # counts this transaction's own rows; two columns keep it to a few milliseconds.
+        # counts this transaction's own rows; two columns keep it to 1-2 ms even at the end of
+        # 100,000 readers. Every chunk: with the first chunk's statistics only, the last chunks
+        # of that run took 5.9 s instead of 1.6 s.
         session.execute(text("ANALYZE deliveries (run_id, subscriber_id)"))
     of_chunk = chunk(Delivery.__table__.c.subscriber_id)
     if run.dry_run:
@@ -243,7 +249,8 @@ def _plan_chunk(session: Session, run: DigestRun, who: ColumnElement[bool], wind
         _count_items(session, run, chunk)
     else:
         _insert_ledger(session, run, true(), window, chunk, count_items=True)
-    delivery_states.mark_planned(session, run.id, dry_run=run.dry_run)
+    delivery_states.mark_planned(session, run.id, dry_run=run.dry_run,
+                                 subscribers_after=after, subscribers_through=end)
     wanted = DeliveryStatus.dry_run if run.dry_run else DeliveryStatus.pending
     ids = list(session.scalars(select(Delivery.id).where(
         Delivery.run_id == run.id, of_chunk, Delivery.status == wanted).order_by(Delivery.id)))
@@ -253,7 +260,8 @@ def _plan_chunk(session: Session, run: DigestRun, who: ColumnElement[bool], wind
         # The watermark only moves forward, and only for the people this run covered.
         session.execute(
             update(Subscriber)
-            .where(Subscriber.id.in_(select(Delivery.subscriber_id)
+            .where(chunk(Subscriber.id),
+                   Subscriber.id.in_(select(Delivery.subscriber_id)
                                      .where(Delivery.run_id == run.id, of_chunk)),
                    or_(Subscriber.watermark.is_(None), Subscriber.watermark < run.cutoff))
             .values(watermark=run.cutoff))
@@ -287,11 +295,7 @@ def plan_in_chunks(session: Session, run: DigestRun, who: ColumnElement[bool],
         if last:  # the rest: up to the last subscriber there is now
             end = session.scalar(select(func.max(Subscriber.id))) or after
 
-        def chunk(column: ColumnElement[int], after: int | None = after,
-                  end: int | None = end) -> ColumnElement[bool]:
-            return _subscriber_ids(column, after, end)
-
-        ids, skipped = _plan_chunk(session, run, who, window, chunk)
+        ids, skipped = _plan_chunk(session, run, who, window, after, end)
         values: dict[str, Any] = {
             "planned_through": end, "planned_count": DigestRun.planned_count + len(ids),
             "skipped_count": DigestRun.skipped_count + skipped}
