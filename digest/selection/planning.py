@@ -260,7 +260,7 @@ def _plan_chunk(session: Session, run: DigestRun, who: ColumnElement[bool], wind
         # The watermark only moves forward, and only for the people this run covered.
         session.execute(
             update(Subscriber)
-            .where(chunk(Subscriber.id),
+            .where(chunk(Subscriber.__table__.c.id),
                    Subscriber.id.in_(select(Delivery.subscriber_id)
                                      .where(Delivery.run_id == run.id, of_chunk)),
                    or_(Subscriber.watermark.is_(None), Subscriber.watermark < run.cutoff))
