@@ -125,6 +125,10 @@ class Settings(BaseSettings):
         default=60, ge=1,
         description="After a 5.7.x (policy) refusal at RCPT TO or DATA, send nothing to that "
                     "recipient domain for this many minutes.")
+    # Rate limit (issue 10): read by the forecasts of dry runs and by the sending limiter.
+    send_rate: float = Field(
+        default=0.0, ge=0,
+        description="Messages a second all workers together may send; 0: unlimited.")
 
     # Paths
     templates_dir: Path = PROJECT_ROOT / "templates"
