@@ -355,6 +355,32 @@ class AdhocQuery:
     item_ids: tuple[int, ...] = ()
     frequencies: tuple[str, ...] = ()  # target segment; empty = every active subscriber
 
+    def check(self) -> None:
+        """What every ad-hoc send needs (the API and the admin call this): chosen items, a
+        date range the right way round, known frequencies. Unknown names fail in planning."""
+        if not self.item_ids and self.published_from is None:
+            raise ValidationError(
+                "choose the items: give item_ids or published_from (and optionally "
+                "published_to)")
+        if self.published_from and self.published_to and self.published_from > self.published_to:
+            raise ValidationError("published_from is after published_to; swap them")
+        for frequency in self.frequencies:
+            if frequency not in ("immediate", "daily", "weekly"):
+                raise ValidationError(
+                    f"bad frequency {frequency!r}: choose one of immediate, daily, weekly")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> AdhocQuery:
+        """The query a run was planned with (``as_params`` read back): a dry run confirmed
+        sends exactly what it counted."""
+        def when(value: str | None) -> datetime | None:
+            return datetime.fromisoformat(value) if value else None
+
+        return cls(tuple(params.get("themes", ())), tuple(params.get("locations", ())),
+                   tuple(params.get("content_types", ())), when(params.get("published_from")),
+                   when(params.get("published_to")), tuple(params.get("item_ids", ())),
+                   tuple(params.get("frequencies", ())))
+
     def key(self) -> str:
         body = json.dumps(self.as_params(), sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]

@@ -8,7 +8,6 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from sqlalchemy import select
 
 from digest import delivery, selection
-from digest.errors import ValidationError
 from digest.models import DigestRun
 from digest.queue import queue_for
 from digest.web.api.schemas import MAX_PAGE, IdPath, RunIn, RunOut
@@ -24,12 +23,6 @@ router = APIRouter()
     responses={201: {"description": "A new run was planned", "model": RunOut}},
 )
 def create_run(body: RunIn, response: Response, session: SessionDep, settings: SettingsDep):
-    if not body.item_ids and body.published_from is None:
-        raise ValidationError(
-            "choose the items: give item_ids or published_from (and optionally published_to)"
-        )
-    if body.published_from and body.published_to and body.published_from > body.published_to:
-        raise ValidationError("published_from is after published_to; swap them")
     query = selection.AdhocQuery(
         themes=tuple(body.themes),
         locations=tuple(body.locations),
@@ -39,6 +32,7 @@ def create_run(body: RunIn, response: Response, session: SessionDep, settings: S
         item_ids=tuple(body.item_ids),
         frequencies=tuple(f.value for f in body.frequencies),
     )
+    query.check()
     planned = selection.plan_adhoc_run(session, query, dry_run=body.dry_run, slot_key=body.slot_key)
     session.commit()
     if planned.created and not body.dry_run:
