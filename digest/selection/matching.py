@@ -78,15 +78,17 @@ def _facet_ok(link_table: Table, link_col: str, item_match: _ItemMatch) -> Colum
     return or_(~has_any, matched.correlate_except(link_table))
 
 
-def item_matches_subscriber(
-    item: FromClause, subscriber_id: int | ColumnElement[int]
-) -> ColumnElement[bool]:
-    """SQL condition: the row of ``item`` (the items table, in the enclosing FROM) matches one
-    of the subscriber's filters, or the subscriber has no filter at all.
+# The three facets of a filter, in the order they are shown: (link table, its value column).
+FACETS: dict[str, tuple[Table, str]] = {
+    "theme": (filter_themes, "theme_id"),
+    "location": (filter_locations, "location_id"),
+    "content_type": (filter_content_types, "content_type_id"),
+}
 
-    The matcher for one item (alerts) or one subscriber (previews); ``run_pairs`` is the one
-    for a whole run."""
-    f = SubscriberFilter.__table__.c
+
+def item_facet_matchers(item: FromClause) -> dict[str, _ItemMatch]:
+    """Per facet: given a filter's value column, does the row of ``item`` have that value?
+    A location value takes the item's place itself or the region it belongs to."""
     loc = aliased(Location)
 
     def theme_match(theme_col: ColumnElement[Any]) -> ColumnElement[bool]:
@@ -104,11 +106,29 @@ def item_matches_subscriber(
     def type_match(type_col: ColumnElement[Any]) -> ColumnElement[bool]:
         return item.c.content_type_id == type_col
 
+    return {"theme": theme_match, "location": location_match, "content_type": type_match}
+
+
+def filter_facet_conditions(item: FromClause) -> dict[str, ColumnElement[bool]]:
+    """Per facet, the SQL condition on one ``subscriber_filters`` row (in the enclosing FROM)
+    and the row of ``item``: the facet is empty or one of its values is the item's. A filter
+    matches when all three hold; ``digest.selection.explain`` shows them one by one."""
+    matchers = item_facet_matchers(item)
+    return {name: _facet_ok(table, column, matchers[name])
+            for name, (table, column) in FACETS.items()}
+
+
+def item_matches_subscriber(
+    item: FromClause, subscriber_id: int | ColumnElement[int]
+) -> ColumnElement[bool]:
+    """SQL condition: the row of ``item`` (the items table, in the enclosing FROM) matches one
+    of the subscriber's filters, or the subscriber has no filter at all.
+
+    The matcher for one item (alerts) or one subscriber (previews); ``run_pairs`` is the one
+    for a whole run."""
+    f = SubscriberFilter.__table__.c
     any_filter = exists().where(
-        f.subscriber_id == subscriber_id,
-        _facet_ok(filter_themes, "theme_id", theme_match),
-        _facet_ok(filter_locations, "location_id", location_match),
-        _facet_ok(filter_content_types, "content_type_id", type_match),
+        f.subscriber_id == subscriber_id, *filter_facet_conditions(item).values(),
     ).correlate_except(SubscriberFilter.__table__)
     no_filter = ~exists().where(f.subscriber_id == subscriber_id)
     return or_(no_filter, any_filter)
