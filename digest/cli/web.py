@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from digest.cli._common import console, ensure_db
-from digest.errors import ValidationError
+from digest.errors import ConfigError, ValidationError
 from digest.settings import get_settings
 
 
@@ -14,6 +14,7 @@ def web(
     port: int = typer.Option(8000, help="Port to listen on."),
 ) -> None:
     """Serve the subscriber pages, the admin UI (/admin) and the JSON API (/api/v1, /docs)."""
+    require_web_extra()
     import uvicorn
 
     from digest.settings import check_secrets
@@ -24,11 +25,26 @@ def web(
                 proxy_headers=True, log_level="info")
 
 
+def require_web_extra() -> None:
+    """One `error:` line naming the extra, not a traceback, when the web libraries are missing
+    (an install of plain `digest`, or one missing a library the extra brings, like greenlet)."""
+    try:
+        import uvicorn  # noqa: F401
+
+        import digest.web  # noqa: F401  # fastapi, sqladmin and the rest of the web extra
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] == "digest":
+            raise  # a bug of ours, not a missing install
+        raise ConfigError(f"the web server needs the web extra ({exc.name} is not installed): "
+                          "pip install 'digest[web]'") from None
+
+
 def hash_password_command(
     password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True,
                                  help="The admin password (asked for when not given)."),
 ) -> None:
     """Print the argon2 hash to put in DIGEST_ADMIN_PASSWORD_HASH."""
+    require_web_extra()
     from digest.web.admin import hash_password
 
     if len(password) < 12:
