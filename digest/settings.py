@@ -130,6 +130,11 @@ class Settings(BaseSettings):
         default=0.0, ge=0,
         description="Messages a second all workers together may send; 0: unlimited.")
 
+    # Personal feed (issue 10): /feed/<token>.atom carries a reader's newest matching items.
+    feed_items: int = Field(
+        default=50, ge=1, le=500,
+        description="Items in a reader's personal Atom feed, newest first.")
+
     # Paths
     templates_dir: Path = PROJECT_ROOT / "templates"
     var_dir: Path = Path("./var")
