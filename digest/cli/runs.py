@@ -1,4 +1,5 @@
-"""``digest runs``: list the runs; release or cancel a held one."""
+"""``digest runs``: list the runs (with the ETA of a running one); forecast one; release or
+cancel a held one; resend a finished one's failed deliveries."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from sqlalchemy import select
 from digest.cli._common import console, ensure_db, session_scope, task_queue
 from digest.errors import ValidationError
 
-app = typer.Typer(help="Digest runs: list them; release or cancel a held one.",
+app = typer.Typer(help="Digest runs: list them, forecast one, release or cancel a held one, "
+                       "resend the failed deliveries of a finished one.",
                   invoke_without_command=True)
 
 
@@ -17,13 +19,16 @@ app = typer.Typer(help="Digest runs: list them; release or cancel a held one.",
 def runs_list(
     ctx: typer.Context,
     status: str | None = typer.Option(
-        None, "--status", help="planned, sending, done, held, cancelled"),
+        None, "--status", help="planning, planned, sending, done, held, cancelled"),
     limit: int = typer.Option(20, min=1, help="Show at most this many runs."),
 ) -> None:
-    """The recent runs, newest first: kind, slot, status and what each delivery came to."""
+    """The recent runs, newest first: kind, slot, status, what each delivery came to, and
+    for a run still sending how far it got and when it should be done (at its own rate)."""
     if ctx.invoked_subcommand is not None:
         return
-    from digest.delivery import describe_progress, runs_progress
+    from digest.delivery import runs_progress
+    from digest.delivery.progress import runs_eta
+    from digest.models import DeliveryStatus as D
     from digest.models import DigestRun, RunStatus
     from digest.subscribers import check_choice
 
@@ -36,17 +41,73 @@ def runs_list(
             q = q.where(DigestRun.status == status)
         runs = session.scalars(q).all()
         progress = runs_progress(session, [r.id for r in runs])
-        table = Table("id", "kind", "slot", "status", "planned", "skipped", "deliveries",
-                      "created (UTC)")
+        running = [r.id for r in runs if r.status in (RunStatus.sending, RunStatus.planning)]
+        etas = runs_eta(session, {run_id: progress[run_id] for run_id in running})
+        table = Table("id", "kind", "slot", "status", "planned", "sent", "deferred", "failed",
+                      "skipped", "cancelled", "created (UTC)", "finished (UTC)", "progress")
         for r in runs:
-            table.add_row(str(r.id), r.kind + (" (dry run)" if r.dry_run else ""), r.slot_key,
-                          r.status, str(r.planned_count), str(r.skipped_count),
-                          describe_progress(progress[r.id]), f"{r.created_at:%Y-%m-%d %H:%M}")
+            c = progress[r.id]
+            waiting = c.get(D.deferred, 0)
+            table.add_row(
+                str(r.id), r.kind + (" (dry run)" if r.dry_run else ""), r.slot_key, r.status,
+                str(r.planned_count), str(c.get(D.sent, 0)), str(waiting),
+                str(c.get(D.failed, 0)), str(r.skipped_count), str(c.get(D.cancelled, 0)),
+                f"{r.created_at:%Y-%m-%d %H:%M}",
+                f"{r.finished_at:%Y-%m-%d %H:%M}" if r.finished_at else "",
+                etas[r.id].describe() if r.id in etas else "")
         console.print(table)
         held = [r.id for r in runs if r.status == RunStatus.held]
+        with_failed = [r.id for r in runs if r.status in (RunStatus.done, RunStatus.cancelled)
+                       and not r.dry_run and progress[r.id].get(D.failed, 0)]
     for run_id in held:
         console.print(f"run #{run_id} is held: 'digest runs release {run_id}' sends it, "
                       f"'digest runs cancel {run_id}' drops it.", markup=False, highlight=False)
+    for run_id in with_failed:
+        console.print(f"run #{run_id} has failed deliveries: 'digest deliveries --run {run_id} "
+                      f"--status failed' lists them, 'digest runs resend-failed {run_id}' sends "
+                      "them once more.", markup=False, highlight=False)
+
+
+@app.command("forecast")
+def runs_forecast(run_id: int = typer.Argument(..., help="The run's id (a dry run, typically).")
+                  ) -> None:
+    """How many messages a run sends, their average size, and how long that takes at the rate
+    limit (DIGEST_SEND_RATE) and at the throughput measured lately."""
+    from digest.delivery.forecast import forecast_run
+    from digest.settings import get_settings
+
+    ensure_db()
+    with session_scope() as session:
+        forecast = forecast_run(session, run_id, get_settings())
+    print_forecast(forecast)
+
+
+def print_forecast(forecast) -> None:
+    console.print(f"forecast of run #{forecast.run_id}:", markup=False, highlight=False)
+    for line in forecast.lines():
+        console.print(f"  {line}", markup=False, highlight=False)
+
+
+@app.command("resend-failed")
+def runs_resend_failed(
+    run_id: int = typer.Argument(..., help="A finished run whose failed deliveries to resend."),
+) -> None:
+    """Send a finished run's failed deliveries once more, as a new run carrying the same items
+    to exactly those readers (not to any who left or were suppressed since). Twice plans one
+    resend: the second time names the first."""
+    from digest.selection.resend import plan_resend_failed
+
+    ensure_db()
+    with session_scope() as session:
+        planned = plan_resend_failed(session, run_id)
+    if not planned.created:
+        console.print(f"run #{run_id} was resent already as run #{planned.run_id}: nothing new "
+                      f"planned ('digest runs resend-failed {planned.run_id}' resends what "
+                      "failed again).", markup=False, highlight=False)
+        return
+    console.print(f"run #{planned.run_id}: resending {planned.planned} failed digest(s) of run "
+                  f"#{run_id}.", markup=False, highlight=False)
+    task_queue().deliver(planned.pending_ids)  # after the commit
 
 
 @app.command("release")

@@ -20,12 +20,23 @@ def _report_run(planned, dry_run: bool) -> None:
     console.print(f"run #{planned.run_id}: {verb} {planned.planned} digest(s); "
                   f"{planned.skipped} empty digest(s) skipped.")
     if dry_run:
+        _forecast(planned.run_id)
         if planned.pending_ids:
             console.print(f"see them with 'digest deliveries --run {planned.run_id}' and "
                           f"'digest preview --delivery {planned.pending_ids[0]}'; nothing was sent",
                           markup=False, highlight=False)
         return
     task_queue().deliver(planned.pending_ids)
+
+
+def _forecast(run_id: int) -> None:
+    """A dry run's forecast: messages, their size, how long the real send would take."""
+    from digest.cli._common import session_scope
+    from digest.cli.runs import print_forecast
+    from digest.delivery.forecast import forecast_run
+
+    with session_scope() as session:
+        print_forecast(forecast_run(session, run_id, get_settings()))
 
 
 def _plan(fn):
@@ -78,6 +89,8 @@ def _report_slot(plan, dry_run: bool) -> None:
                       "skipped.", markup=False, highlight=False)
         if not dry_run:
             task_queue().deliver(run.pending_ids)
+    if dry_run and run.created and run.run_id is not None:
+        _forecast(run.run_id)
 
 
 @app.command("weekly")

@@ -1,11 +1,15 @@
-"""How far runs have got: delivery counts by status, read in one grouped query."""
+"""How far runs have got: delivery counts by status, read in one grouped query, and the ETA
+of a running one."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from digest.models import Delivery
+from digest.delivery.forecast import Eta, eta_of
+from digest.models import Delivery, utcnow
 
 
 def runs_progress(session: Session, run_ids: list[int]) -> dict[int, dict[str, int]]:
@@ -26,3 +30,16 @@ def describe_progress(progress: dict[str, int]) -> str:
 
 def run_progress(session: Session, run_id: int) -> dict[str, int]:
     return runs_progress(session, [run_id])[run_id]
+
+
+def runs_eta(session: Session, progress: dict[int, dict[str, int]],
+             now: datetime | None = None) -> dict[int, Eta]:
+    """The ETA of each run in ``progress`` (``runs_progress``'s counts), from its own rate so
+    far: its first send, read for all of them in one grouped query."""
+    now = now or utcnow()
+    first_sent = dict(session.execute(
+        select(Delivery.run_id, func.min(Delivery.sent_at))
+        .where(Delivery.run_id.in_(list(progress)), Delivery.sent_at.is_not(None))
+        .group_by(Delivery.run_id)).tuples().all())
+    return {run_id: eta_of(counts, first_sent.get(run_id), now)
+            for run_id, counts in progress.items()}

@@ -1,0 +1,82 @@
+"""Resend to the failed ones only: a finished run's failed deliveries, once more, as a run
+of their own.
+
+The new run (kind ``adhoc``, or ``immediate`` for an alert, so it keeps its template; slot
+key ``resend-failed:<run id>``) carries to each reader exactly what their failed delivery
+carried, in ``delivery_items`` like an ad-hoc send: the ledger keeps its rows, so those
+items never go to the reader a third time through a scheduled digest. Readers who
+unsubscribed or whose address was suppressed since (a hard bounce among them) are left out.
+The slot key makes it idempotent: asking twice plans one resend. The failed rows of the
+first run stay as they were, the record of what happened then.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, insert, literal, select
+from sqlalchemy.orm import Session, aliased
+
+from digest.delivery.contents import delivery_contents
+from digest.errors import ValidationError
+from digest.models import (
+    Delivery,
+    DeliveryStatus,
+    DigestRun,
+    RunKind,
+    RunStatus,
+    Subscriber,
+    SubscriberStatus,
+    delivery_items,
+    utcnow,
+)
+from digest.selection.matching import not_suppressed
+from digest.selection.planning import PlannedRun, _finish_planning, _get_or_create_run
+
+FINISHED = (RunStatus.done, RunStatus.cancelled)
+
+
+def resend_key(run_id: int) -> str:
+    return f"resend-failed:{run_id}"
+
+
+def plan_resend_failed(session: Session, run_id: int) -> PlannedRun:
+    """Plan the resend of run ``run_id``'s failed deliveries (see the module's docstring);
+    the caller commits and enqueues ``pending_ids``. ``created`` is False when that run's
+    resend was planned before: nothing new."""
+    original = session.get(DigestRun, run_id)
+    if original is None:
+        raise ValidationError(f"no run with id {run_id}; 'digest runs' lists the recent ones")
+    if original.dry_run:
+        raise ValidationError(f"run #{run_id} is a dry run: it sent nothing, so nothing failed")
+    if original.status not in FINISHED:
+        raise ValidationError(
+            f"run #{run_id} is {original.status}, not finished: its failed rows may still be "
+            f"retried; resend once it is done ('digest runs' shows its progress)")
+    kind = RunKind.immediate if original.kind == RunKind.immediate else RunKind.adhoc
+    run, created = _get_or_create_run(
+        session, kind=kind, slot_key=resend_key(run_id), cutoff=utcnow(),
+        params={"resend_failed_of": run_id, "original_kind": str(original.kind)}, dry_run=False)
+    if not created:
+        return PlannedRun(run.id, False)
+
+    failed = aliased(Delivery)
+    s = Subscriber.__table__.c
+    session.execute(insert(Delivery).from_select(
+        ["run_id", "subscriber_id", "email", "status", "attempts", "item_count",
+         "created_at", "updated_at"],
+        select(literal(run.id), s.id, s.email,
+               literal(DeliveryStatus.pending, Delivery.status.type), literal(0), literal(0),
+               literal(run.created_at, Delivery.created_at.type),
+               literal(run.created_at, Delivery.updated_at.type))
+        .join(failed, failed.subscriber_id == s.id)
+        .where(failed.run_id == run_id, failed.status == DeliveryStatus.failed,
+               s.status == SubscriberStatus.active, not_suppressed(s.email))))
+    # Each new delivery carries what the reader's failed one carried (ledger or list).
+    contents = delivery_contents()
+    new = aliased(Delivery)
+    session.execute(insert(delivery_items).from_select(
+        ["delivery_id", "item_id"],
+        select(new.id, contents.c.item_id)
+        .join(failed, and_(failed.subscriber_id == new.subscriber_id, failed.run_id == run_id))
+        .join(contents, contents.c.delivery_id == failed.id)
+        .where(new.run_id == run.id)))
+    return _finish_planning(session, run)
