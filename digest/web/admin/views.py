@@ -4,6 +4,8 @@ the same state rules apply as everywhere else."""
 
 from __future__ import annotations
 
+import html
+
 import anyio
 from sqladmin import ModelView, action
 from sqladmin.filters import OperationColumnFilter, StaticValuesFilter
@@ -18,6 +20,7 @@ from digest.models import (
     DigestRun,
     DomainPause,
     Item,
+    RunStatus,
     Subscriber,
     SubscriberStatus,
     Suppression,
@@ -171,6 +174,7 @@ class ItemAdmin(ModelView, model=Item):
 
 
 class RunAdmin(ModelView, model=DigestRun):
+    digest_settings: Settings  # set by mount_admin: the forecast reads the rate limit
     name, name_plural, icon = "Run", "Runs", "fa-solid fa-paper-plane"
     can_create = can_edit = can_delete = False
     column_list = [
@@ -180,6 +184,7 @@ class RunAdmin(ModelView, model=DigestRun):
         DigestRun.status,
         DigestRun.dry_run,
         "progress",
+        "eta",
         DigestRun.created_at,
         DigestRun.finished_at,
     ]
@@ -190,6 +195,8 @@ class RunAdmin(ModelView, model=DigestRun):
         DigestRun.status,
         DigestRun.dry_run,
         "progress",
+        "eta",
+        "forecast",
         DigestRun.planned_count,
         DigestRun.skipped_count,
         DigestRun.params,
@@ -197,7 +204,7 @@ class RunAdmin(ModelView, model=DigestRun):
         DigestRun.created_at,
         DigestRun.finished_at,
     ]
-    column_labels = {"progress": "Deliveries"}
+    column_labels = {"progress": "Deliveries", "eta": "Progress / ETA", "forecast": "Forecast"}
     column_sortable_list = [DigestRun.id, DigestRun.created_at]
     column_default_sort = [(DigestRun.id, True)]
     column_filters = [
@@ -208,15 +215,28 @@ class RunAdmin(ModelView, model=DigestRun):
     ]
     column_formatters = column_formatters_detail = {
         "progress": lambda m, _a: delivery.describe_progress(getattr(m, "_progress", {})),
+        "eta": lambda m, _a: m._eta.describe() if getattr(m, "_eta", None) else "",
+        "forecast": lambda m, _a: "; ".join(m._forecast.lines())
+        if getattr(m, "_forecast", None) else "",
     }
 
-    def _attach_progress(self, runs: list[DigestRun]) -> None:
-        """One grouped query for the whole page, not one per run."""
+    def _attach_progress(self, runs: list[DigestRun], forecast: bool = False) -> None:
+        """One grouped query for the whole page, not one per run; ``forecast``: a dry run's
+        forecast too (it builds up to 50 messages: the details page only)."""
+        from digest.delivery.forecast import forecast_run
+        from digest.delivery.progress import runs_eta
+
         with _session(self) as session:
             progress = delivery.runs_progress(session, [r.id for r in runs])
-        for run in runs:
-            # Not a column: read by the "progress" formatter of this page only.
-            run._progress = progress[run.id]  # type: ignore[attr-defined]
+            etas = runs_eta(session, {r.id: progress[r.id] for r in runs
+                                      if r.status in (RunStatus.sending, RunStatus.planning)})
+            for run in runs:
+                # Not columns: read by the formatters of these pages only.
+                run._progress = progress[run.id]  # type: ignore[attr-defined]
+                run._eta = etas.get(run.id)  # type: ignore[attr-defined]
+                run._forecast = (  # type: ignore[attr-defined]
+                    forecast_run(session, run.id, self.digest_settings)
+                    if forecast and run.dry_run else None)
 
     async def list(self, request: Request):
         pagination = await super().list(request)
@@ -226,8 +246,42 @@ class RunAdmin(ModelView, model=DigestRun):
     async def get_object_for_details(self, request: Request):
         run = await super().get_object_for_details(request)
         if run is not None:
-            await anyio.to_thread.run_sync(self._attach_progress, [run])
+            await anyio.to_thread.run_sync(self._attach_progress, [run], True)
         return run
+
+    @action(
+        name="resend_failed",
+        label="Resend to the failed ones",
+        confirmation_message="Send the failed deliveries of the selected finished runs once "
+        "more (same items, to the readers still subscribed and not suppressed)?",
+    )
+    async def resend_failed(self, request: Request) -> Response:
+        from digest.errors import ValidationError
+        from digest.selection.resend import plan_resend_failed
+
+        ids = _ids(request)
+
+        def work() -> list[str]:
+            refused = []
+            for run_id in ids:
+                with _session(self) as session:
+                    try:
+                        planned = plan_resend_failed(session, run_id)
+                    except ValidationError as exc:
+                        refused.append(str(exc))
+                        continue
+                    session.commit()
+                if planned.created:  # after the commit; a repeat plans and sends nothing
+                    queue_for(self.digest_settings).deliver(planned.pending_ids)
+            return refused
+
+        refused = await anyio.to_thread.run_sync(work)
+        if refused:
+            items = "".join(f"<li>{html.escape(r)}</li>" for r in refused)
+            back = html.escape(str(request.url_for("admin:list", identity=self.identity)))
+            return HTMLResponse(f"<p>Not resent:</p><ul>{items}</ul><p><a href=\"{back}\">"
+                                "Back to the runs</a></p>", status_code=422)
+        return _back(request, self)
 
 
 class DeliveryAdmin(ModelView, model=Delivery):

@@ -1,4 +1,5 @@
-"""Ad-hoc runs (dry run supported) and every run's progress counts."""
+"""Ad-hoc runs (a dry run comes with its forecast), every run's progress counts and a running
+run's ETA, a run's forecast, and the resend of a finished run's failed deliveries."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from sqlalchemy import select
 
 from digest import delivery, selection
-from digest.models import DigestRun
+from digest.delivery.forecast import Eta, Forecast, forecast_run
+from digest.delivery.progress import runs_eta
+from digest.models import DigestRun, RunStatus
 from digest.queue import queue_for
-from digest.web.api.schemas import MAX_PAGE, IdPath, RunIn, RunOut
+from digest.selection.resend import plan_resend_failed
+from digest.web.api.schemas import MAX_PAGE, EtaOut, ForecastOut, IdPath, RunIn, RunOut
 from digest.web.deps import SessionDep, SettingsDep
 
 router = APIRouter()
@@ -40,14 +44,35 @@ def create_run(body: RunIn, response: Response, session: SessionDep, settings: S
     response.status_code = 201 if planned.created else 200
     run = session.get_one(DigestRun, planned.run_id)
     session.refresh(run)
-    return RunOut.of(run, delivery.run_progress(session, run.id), created=planned.created)
+    forecast = _forecast_out(forecast_run(session, run.id, settings)) if run.dry_run else None
+    return RunOut.of(run, delivery.run_progress(session, run.id), created=planned.created,
+                     forecast=forecast)
+
+
+def _forecast_out(forecast: Forecast) -> ForecastOut:
+    return ForecastOut.model_validate(forecast.as_dict() | {"summary": forecast.lines()})
+
+
+def _eta_out(eta: Eta) -> EtaOut:
+    return EtaOut(done=eta.done, messages=eta.messages, sent=eta.sent, rate=eta.rate,
+                  seconds_left=eta.seconds_left, summary=eta.describe())
+
+
+def _out(session, runs: list[DigestRun]) -> list[RunOut]:
+    progress = delivery.runs_progress(session, [r.id for r in runs])
+    running = {r.id: progress[r.id] for r in runs if r.status in _RUNNING}
+    etas = runs_eta(session, running) if running else {}
+    return [RunOut.of(r, progress[r.id], eta=_eta_out(etas[r.id]) if r.id in etas else None)
+            for r in runs]
+
+
+_RUNNING = (RunStatus.sending, RunStatus.planning)
 
 
 @router.get("/runs", response_model=list[RunOut], tags=["runs"])
 def list_runs(session: SessionDep, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50):
     runs = session.scalars(select(DigestRun).order_by(DigestRun.id.desc()).limit(limit)).all()
-    progress = delivery.runs_progress(session, [r.id for r in runs])
-    return [RunOut.of(r, progress[r.id]) for r in runs]
+    return _out(session, list(runs))
 
 
 @router.get(
@@ -60,4 +85,43 @@ def get_run(run_id: IdPath, session: SessionDep):
     run = session.get(DigestRun, run_id)
     if run is None:
         raise HTTPException(404, f"no run with id {run_id}")
-    return RunOut.of(run, delivery.run_progress(session, run_id))
+    return _out(session, [run])[0]
+
+
+@router.get(
+    "/runs/{run_id}/forecast",
+    response_model=ForecastOut,
+    tags=["runs"],
+    responses={404: {"description": "No such run"}},
+)
+def get_forecast(run_id: IdPath, session: SessionDep, settings: SettingsDep):
+    """What the run sends (a dry run: would send), the messages' average size, and how long
+    that takes at DIGEST_SEND_RATE and at the throughput measured lately."""
+    if session.get(DigestRun, run_id) is None:
+        raise HTTPException(404, f"no run with id {run_id}")
+    return _forecast_out(forecast_run(session, run_id, settings))
+
+
+@router.post(
+    "/runs/{run_id}/resend-failed",
+    response_model=RunOut,
+    tags=["runs"],
+    responses={201: {"description": "The resend was planned", "model": RunOut},
+               200: {"description": "This run was resent already: that resend, nothing new"},
+               404: {"description": "No such run"},
+               422: {"description": "The run is a dry run or not finished"}},
+)
+def resend_failed(run_id: IdPath, response: Response, session: SessionDep,
+                  settings: SettingsDep):
+    """A finished run's failed deliveries once more, as a new run with the same items, to
+    the readers still subscribed and not suppressed. Twice: the first resend, nothing new."""
+    if session.get(DigestRun, run_id) is None:
+        raise HTTPException(404, f"no run with id {run_id}")
+    planned = plan_resend_failed(session, run_id)
+    session.commit()
+    if planned.created:
+        queue_for(settings).deliver(planned.pending_ids)
+    response.status_code = 201 if planned.created else 200
+    run = session.get_one(DigestRun, planned.run_id)
+    session.refresh(run)
+    return RunOut.of(run, delivery.run_progress(session, run.id), created=planned.created)

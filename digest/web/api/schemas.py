@@ -179,6 +179,39 @@ class RunIn(BaseModel):
     slot_key: str | None = Field(None, min_length=1, max_length=150, pattern=r"^[A-Za-z0-9:._-]+$")
 
 
+class ThroughputOut(BaseModel):
+    rate: float = Field(description="Messages a second")
+    messages: int
+    seconds: float
+    source: str = Field(description="What it was measured over: the last hour or the last runs")
+
+
+class ForecastOut(BaseModel):
+    """A run's forecast (``digest.delivery.forecast``): what it sends and how long it takes."""
+
+    run_id: int
+    recipients: int = Field(description="Readers the run considered, empty digests included")
+    messages: int
+    sampled: int = Field(description="Messages built to measure the average size")
+    average_bytes: int | None
+    total_bytes: int | None
+    size_error: str | None
+    rate_limit: float = Field(description="DIGEST_SEND_RATE, messages a second; 0: unlimited")
+    seconds_at_limit: float | None = Field(description="None: no rate limit")
+    measured: ThroughputOut | None = Field(description="None: nothing sent recently")
+    seconds_at_measured: float | None
+    summary: list[str] = Field(description="The forecast in words, as the CLI prints it")
+
+
+class EtaOut(BaseModel):
+    done: int
+    messages: int
+    sent: int
+    rate: float | None = Field(description="The run's own messages a second so far")
+    seconds_left: float | None
+    summary: str
+
+
 class RunOut(BaseModel):
     id: int
     kind: str
@@ -191,9 +224,12 @@ class RunOut(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     progress: dict[str, int] = Field(description="Deliveries by status, and total")
+    forecast: ForecastOut | None = Field(default=None, description="A dry run's forecast")
+    eta: EtaOut | None = Field(default=None, description="A sending run's progress and ETA")
 
     @classmethod
-    def of(cls, run: DigestRun, progress: dict[str, int], created: bool = False) -> RunOut:
+    def of(cls, run: DigestRun, progress: dict[str, int], created: bool = False, *,
+           forecast: ForecastOut | None = None, eta: EtaOut | None = None) -> RunOut:
         return cls(
             id=run.id,
             kind=run.kind,
@@ -206,6 +242,8 @@ class RunOut(BaseModel):
             created_at=run.created_at,
             finished_at=run.finished_at,
             progress=progress,
+            forecast=forecast,
+            eta=eta,
         )
 
 
