@@ -6,7 +6,7 @@ import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     retry_sweep_seconds: int = Field(
         default=60, ge=1,
         description="How often the beat enqueues deferred deliveries whose retry is due.")
+    # One beat (issue 10): the Redis lock that lets only one beat process do periodic work.
+    beat_lock_seconds: int = Field(
+        default=30, ge=3,
+        description="The beat lock's time to live: the beat holding it renews it every third of "
+                    "this; a standby beat takes over at most this long after the holder died.")
     policy_pause_minutes: int = Field(
         default=60, ge=1,
         description="After a 5.7.x (policy) refusal at RCPT TO or DATA, send nothing to that "
@@ -129,7 +134,34 @@ class Settings(BaseSettings):
     send_rate: float = Field(
         default=0.0, ge=0,
         description="Messages a second all workers together may send; 0: unlimited.")
+    # Per recipient domain (issue 10): digest.delivery.limits; over a limit, rows are deferred.
+    domain_connections: int = Field(
+        default=0, ge=0,
+        description="Workers sending to one recipient domain at the same time; 0: unlimited.")
+    domain_per_minute: int = Field(
+        default=0, ge=0,
+        description="Messages a minute to one recipient domain (paced at a sixtieth of it a "
+                    "second); 0: unlimited.")
+    domain_limits: str = Field(
+        default="",
+        description="Per-domain overrides, comma-separated: DOMAIN=N/min (messages a minute) or "
+                    "DOMAIN=N (concurrent senders), e.g. 'gmail.com=600/min,example.org=2'.")
 
+    @field_validator("domain_limits")
+    @classmethod
+    def _domain_limits_parse(cls, value: str) -> str:
+        parse_domain_limits(value)  # raises ValueError with the entry at fault
+        return value
+
+    # Retention and debounced alerts (issue 10): digest.delivery.retention, alert planning.
+    retention_days: int = Field(
+        default=90, ge=1,
+        description="The nightly prune deletes final deliveries (and the ledger rows no future "
+                    "run needs) older than this many days.")
+    alert_debounce_minutes: int = Field(
+        default=10, ge=0,
+        description="Items published within this many minutes of the first one waiting go to "
+                    "an immediate subscriber as one alert; 0: each item at once.")
     # Personal feed (issue 10): /feed/<token>.atom carries a reader's newest matching items.
     feed_items: int = Field(
         default=50, ge=1, le=500,
@@ -148,6 +180,19 @@ class Settings(BaseSettings):
         description="Confirmation and preference-link emails allowed per address (limits syntax). "
         "Counted in Redis when DIGEST_BROKER_URL is redis://, else in the web process.",
     )
+
+    # Logs and metrics (issue 10): digest.logs, digest.web.metrics.
+    log_format: str = Field(
+        default="auto", pattern="^(auto|json|text)$",
+        description="json: one JSON object a line; text: plain lines; auto: text on a terminal, "
+                    "else JSON.")
+    log_level: str = Field(
+        default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$",
+        description="The least severe level written (DEBUG, INFO, WARNING, ERROR, CRITICAL).")
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token /metrics asks for; empty: /metrics is open (keep it on the "
+                    "internal network).")
 
     @model_validator(mode="after")
     def _smtp_settings_agree(self) -> Settings:
@@ -175,6 +220,35 @@ class Settings(BaseSettings):
         from email.utils import parseaddr
 
         return parseaddr(self.from_address)[1].rpartition("@")[2] or "localhost"
+
+
+def parse_domain_limits(value: str) -> dict[str, tuple[int | None, int | None]]:
+    """``DIGEST_DOMAIN_LIMITS``: {domain: (concurrent senders, messages a minute)}, None where
+    the entry leaves the default. Each entry is DOMAIN=N (senders) or DOMAIN=N/min; a domain
+    may have one of each. Raises ValueError naming the entry that is wrong."""
+    limits: dict[str, tuple[int | None, int | None]] = {}
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        domain, sep, limit = (part.strip() for part in entry.partition("="))
+        domain = domain.lower().rstrip(".")
+        if not sep or not domain or "@" in domain or " " in domain or "." not in domain:
+            raise ValueError(f"{entry!r} is not DOMAIN=LIMIT (e.g. gmail.com=600/min or "
+                             "example.org=2)")
+        number, slash, unit = limit.partition("/")
+        if not number.strip().isdigit() or (slash and unit.strip() not in ("min", "minute")):
+            raise ValueError(f"{entry!r}: the limit must be a whole number of concurrent "
+                             "senders (example.org=2) or of messages a minute (gmail.com=600/min)")
+        conns, per_minute = limits.get(domain, (None, None))
+        if (per_minute if slash else conns) is not None:
+            raise ValueError(f"{entry!r}: {domain} has two limits of the same kind")
+        if slash:
+            per_minute = int(number)
+        else:
+            conns = int(number)
+        limits[domain] = (conns, per_minute)
+    return limits
 
 
 def is_loopback(host: str) -> bool:

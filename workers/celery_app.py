@@ -47,6 +47,13 @@ def configure(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         # Longer than any task's hard time limit, so a running task is not redelivered.
         broker_transport_options={"visibility_timeout": 3600},
+        # Task events (sent, received, started, succeeded, failed) go to the broker, so Flower
+        # and `celery events` can watch the workers.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        # Exactly one beat sends periodic tasks: the one holding the Redis beat lock (ADR 0017);
+        # a second beat stands by and takes over within DIGEST_BEAT_LOCK_SECONDS.
+        beat_scheduler="workers.beat:SingleBeatScheduler",
         beat_schedule={
             # Plans this hour's slot and any missed since the last one planned; unique slot keys
             # make extra ticks (a second beat) harmless.
@@ -58,6 +65,9 @@ def configure(settings: Settings | None = None) -> Celery:
             "sweep": {"task": "digest.sweep", "schedule": float(s.sweep_seconds)},
             "purge-unconfirmed": {"task": "digest.purge_unconfirmed",
                                   "schedule": crontab(minute=17, hour=3)},
+            # Retention: final deliveries older than DIGEST_RETENTION_DAYS, and the ledger rows
+            # no future run needs; batched, so it holds no lock for long.
+            "prune": {"task": "digest.prune", "schedule": crontab(minute=43, hour=3)},
         },
     )
     return app
@@ -91,6 +101,31 @@ def _refuse_known_secret_key(**_kwargs) -> None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+@signals.setup_logging.connect
+def _log_like_the_rest(loglevel=None, **_kwargs) -> None:
+    """The worker and the beat log through digest.logs (JSON off a terminal), not Celery's
+    own set-up: connecting here is how Celery is told to leave logging alone."""
+    from digest.logs import configure_logging
+
+    s = get_settings()
+    configure_logging(s.log_format, loglevel or s.log_level)
+
+
+@signals.task_prerun.connect
+def _bind_task_id(task_id=None, task=None, **_kwargs) -> None:
+    """Every line a task writes names it (and the send path adds run and delivery ids)."""
+    from digest.logs import bind_ids
+
+    bind_ids(task_id=task_id, task=getattr(task, "name", None))
+
+
+@signals.task_postrun.connect
+def _unbind_task_id(**_kwargs) -> None:
+    from digest.logs import unbind_ids
+
+    unbind_ids("task_id", "task")
 
 
 @signals.worker_process_shutdown.connect

@@ -61,7 +61,13 @@ def tick(now: str | None = None) -> dict:
 
 @app.task(name=TASK_DELIVER_BATCH, max_retries=MAX_RETRIES)
 def deliver_batch(delivery_ids: list[int]) -> dict:
-    result = delivery.send_deliveries([int(i) for i in delivery_ids], settings=get_settings())
+    settings = get_settings()
+    result = delivery.send_deliveries([int(i) for i in delivery_ids], settings=settings)
+    # Rows a rate limit deferred go again when it allows, not at the next retry sweep.
+    if result.later:
+        queue = queue_for(settings)
+        for when, ids in result.later:
+            queue.deliver_at(ids, when)
     return {"claimed": result.claimed, "sent": result.sent, "deferred": result.deferred,
             "failed": result.failed, "cancelled": result.cancelled}
 
@@ -90,6 +96,18 @@ def sweep() -> dict:
 def purge_unconfirmed() -> int:
     with session_scope(get_settings().database_url) as session:
         return subscribers.purge_unconfirmed(session)
+
+
+@app.task(name="digest.prune", max_retries=MAX_RETRIES)
+def prune() -> dict:
+    """Nightly retention: the delivery log and the ledger, as far as is safe."""
+    from digest.delivery.retention import prune as prune_log
+
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        report = prune_log(session, settings)
+    return {"deliveries": report.deliveries, "ledger_rows": report.ledger_rows,
+            "runs": report.runs, "kept_for_ledger": report.kept_for_ledger}
 
 
 @app.task(name=TASK_ITEM_PUBLISHED, max_retries=MAX_RETRIES)

@@ -18,8 +18,10 @@ from digest.cli import (
     deliveries,
     demo,
     domains,
+    explain,
     ingest,
     preview,
+    prune,
     runs,
     send,
     subscribers,
@@ -39,6 +41,7 @@ app.add_typer(ingest.app, name="ingest")
 app.add_typer(subscribers.app, name="subscribers")
 app.add_typer(send.app, name="send")
 app.command("preview")(preview.preview)
+app.command("explain")(explain.explain)
 app.command("deliveries")(deliveries.deliveries)
 app.command("web")(web.web)
 app.command("hash-password")(web.hash_password_command)
@@ -46,10 +49,12 @@ app.command("demo")(demo.demo)
 app.add_typer(bounces.app, name="bounces")
 app.add_typer(domains.app, name="domains")
 app.add_typer(runs.app, name="runs")
+app.command("prune")(prune.prune)
 
 
 def main() -> None:
     try:
+        _configure_logging()
         app()
     except DigestError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
@@ -60,3 +65,17 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+
+
+def _configure_logging() -> None:
+    """Logs on stderr in DIGEST_LOG_FORMAT (digest.logs); settings that do not load leave the
+    error to the command that needs them, and the logs in the automatic format."""
+    from digest.logs import configure_logging
+    from digest.settings import get_settings
+
+    try:
+        settings = get_settings()
+    except PydanticValidationError:
+        configure_logging()
+        return
+    configure_logging(settings.log_format, settings.log_level)

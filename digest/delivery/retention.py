@@ -1,0 +1,178 @@
+"""Retention: the delivery log and the ledger do not grow without end.
+
+``prune`` deletes, in batches each committed on its own (no giant transaction):
+
+- deliveries in a final state created more than ``DIGEST_RETENTION_DAYS`` ago, of runs that are
+  finished (``done`` or ``cancelled``), with their ``delivery_items`` and their ledger rows;
+- runs left with no delivery, finished and as old, except the newest run of each kind (catch-up
+  and alerts read the latest one).
+
+The ledger (``sent_items``) is what keeps an item from going to a reader twice, so a delivery
+goes only when every ledger row it names is safe to forget: no scheduled run or alert still to
+come could pick that item for that reader again. A scheduled run takes the items ingested in
+``(window start, cutoff]``, the window start being the reader's watermark, or ``cutoff -
+first_digest_lookback_days`` without one (``matching.run_pairs``); the watermark only moves
+forward, except when an operator cancels a run (``schedule.give_back_items`` puts it back to
+the reader's previous digest). Alerts take items of the last ``catch_up_hours`` at most. So a
+row is safe when its item was ingested
+
+- before the retention cutoff, and
+- before the reader's watermark (when there is one), and
+- before the earliest window start any future run could have: the earliest cutoff of a
+  scheduled run still being planned (or now) minus the first digest's look-back, minus the
+  catch-up span as a margin,
+
+and the reader has no delivery in an unfinished scheduled run (a cancel could move their
+watermark back). A delivery with a row that is not safe yet is kept, and counted.
+
+Erasure is not retention's business: erasing a subscriber deletes their rows at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from digest.db import rowcount
+from digest.delivery.states import UNFINISHED
+from digest.models import (
+    Delivery,
+    DeliveryStatus,
+    DigestRun,
+    Item,
+    RunKind,
+    RunStatus,
+    SentItem,
+    Subscriber,
+    delivery_items,
+    utcnow,
+)
+from digest.settings import Settings
+
+FINAL = tuple(s for s in DeliveryStatus if s not in UNFINISHED)
+FINISHED_RUNS = (RunStatus.done, RunStatus.cancelled)
+SCHEDULED_KINDS = (RunKind.weekly, RunKind.daily)
+
+
+@dataclass
+class PruneReport:
+    deliveries: int = 0  # delivery log rows deleted (or, in a dry run, that would be)
+    ledger_rows: int = 0  # sent_items rows deleted with them
+    delivery_items: int = 0
+    runs: int = 0  # runs left empty, deleted
+    kept_for_ledger: int = 0  # old final deliveries kept: the ledger still needs a row of theirs
+    batches: int = 0
+    dry_run: bool = False
+    retention_cutoff: datetime | None = None
+    ledger_cutoff: datetime | None = None  # no ledger row of an item ingested after it goes
+
+
+def ledger_cutoff(session: Session, now: datetime, settings: Settings) -> datetime:
+    """The earliest window start any run still to come could have, minus the catch-up span:
+    an item ingested before it is out of reach of every reader without a watermark."""
+    planning = session.scalar(select(func.min(DigestRun.cutoff)).where(
+        DigestRun.status == RunStatus.planning, DigestRun.dry_run.is_(False)))
+    earliest = min(now, planning) if planning is not None else now
+    return (earliest - timedelta(days=settings.first_digest_lookback_days)
+            - timedelta(hours=settings.catch_up_hours))
+
+
+def _unsafe_ledger_row(delivery_id: ColumnElement[int], item_before: datetime
+                       ) -> ColumnElement[bool]:
+    """A ledger row of this delivery that a future run could still need."""
+    s = aliased(Subscriber)
+    open_run = aliased(DigestRun)
+    open_delivery = aliased(Delivery)
+    in_open_scheduled_run = exists().where(
+        open_delivery.subscriber_id == SentItem.subscriber_id,
+        open_run.id == open_delivery.run_id,
+        open_run.kind.in_(SCHEDULED_KINDS), open_run.dry_run.is_(False),
+        open_run.status.not_in(FINISHED_RUNS))
+    below_watermark = exists().where(
+        s.id == SentItem.subscriber_id, s.watermark.is_not(None), Item.ingested_at >= s.watermark)
+    return exists().where(
+        SentItem.delivery_id == delivery_id,
+        Item.id == SentItem.item_id,
+        or_(Item.ingested_at >= item_before, below_watermark, in_open_scheduled_run))
+
+
+def _old_final_deliveries(retention_cutoff: datetime) -> ColumnElement[bool]:
+    finished_run = exists().where(DigestRun.id == Delivery.run_id,
+                                  DigestRun.status.in_(FINISHED_RUNS))
+    return and_(Delivery.status.in_(FINAL), Delivery.created_at < retention_cutoff, finished_run)
+
+
+def _old_finished_runs(retention_cutoff: datetime) -> ColumnElement[bool]:
+    newer = aliased(DigestRun)
+    return and_(
+        DigestRun.status.in_(FINISHED_RUNS), DigestRun.created_at < retention_cutoff,
+        # The newest run of each kind stays: catch-up starts after the last planned slot.
+        exists().where(newer.kind == DigestRun.kind, newer.id > DigestRun.id))
+
+
+def _empty_old_runs(retention_cutoff: datetime) -> ColumnElement[bool]:
+    return and_(_old_finished_runs(retention_cutoff),
+                ~exists().where(Delivery.run_id == DigestRun.id))
+
+
+def prune(session: Session, settings: Settings, *, now: datetime | None = None,
+          dry_run: bool = False, batch_size: int = 1000) -> PruneReport:
+    """Prune the delivery log and the ledger as far as is safe (module doc); each batch of
+    ``batch_size`` deliveries (or runs) is its own transaction. ``dry_run``: count only."""
+    now = now or utcnow()
+    retention = now - timedelta(days=settings.retention_days)
+    item_before = min(retention, ledger_cutoff(session, now, settings))
+    report = PruneReport(dry_run=dry_run, retention_cutoff=retention, ledger_cutoff=item_before)
+    old = _old_final_deliveries(retention)
+    prunable = and_(old, ~_unsafe_ledger_row(Delivery.id, item_before))
+    report.kept_for_ledger = session.scalar(
+        select(func.count()).select_from(Delivery).where(old, ~prunable)) or 0
+    if dry_run:
+        chosen = select(Delivery.id).where(prunable)
+        report.deliveries = session.scalar(select(func.count()).select_from(chosen.subquery())) or 0
+        report.ledger_rows = session.scalar(select(func.count()).select_from(SentItem).where(
+            SentItem.delivery_id.in_(chosen))) or 0
+        report.delivery_items = session.scalar(select(func.count()).select_from(delivery_items)
+            .where(delivery_items.c.delivery_id.in_(chosen))) or 0
+        # Runs whose every delivery would go, and those already empty.
+        report.runs = session.scalar(select(func.count()).select_from(DigestRun).where(
+            _old_finished_runs(retention),
+            ~exists().where(Delivery.run_id == DigestRun.id, ~Delivery.id.in_(chosen)))) or 0
+        session.rollback()
+        return report
+
+    session.commit()
+    after = 0
+    while True:
+        # Keyset by id, so a batch's kept rows are not read again by the next one.
+        ids = list(session.scalars(select(Delivery.id).where(prunable, Delivery.id > after)
+                                   .order_by(Delivery.id).limit(batch_size)))
+        if not ids:
+            break
+        # The deliveries first: their ledger rows and items go with them (ON DELETE CASCADE),
+        # so a row re-queued meanwhile (no longer final) keeps what it carries.
+        report.ledger_rows += session.scalar(select(func.count()).select_from(SentItem).where(
+            SentItem.delivery_id.in_(ids))) or 0
+        report.delivery_items += session.scalar(select(func.count()).select_from(delivery_items)
+            .where(delivery_items.c.delivery_id.in_(ids))) or 0
+        report.deliveries += rowcount(session, delete(Delivery).where(
+            Delivery.id.in_(ids), _old_final_deliveries(retention)))
+        session.commit()
+        report.batches += 1
+        after = ids[-1]
+    while True:
+        run_ids = list(session.scalars(select(DigestRun.id).where(_empty_old_runs(retention))
+                                       .order_by(DigestRun.id).limit(batch_size)))
+        if not run_ids:
+            break
+        report.runs += rowcount(session, delete(DigestRun).where(
+            DigestRun.id.in_(run_ids), _empty_old_runs(retention)))
+        session.commit()
+        report.batches += 1
+    return report
+
+
+__all__ = ["PruneReport", "ledger_cutoff", "prune"]
