@@ -22,7 +22,8 @@ def web(
     check_secrets(get_settings())  # before anything listens: no known key in production
     ensure_db()
     uvicorn.run("digest.web:create_app", factory=True, host=host, port=port,
-                proxy_headers=True, log_level="info")
+                proxy_headers=True, log_level="info",
+                log_config=None)  # uvicorn's lines go through digest.logs like the rest
 
 
 def require_web_extra() -> None:

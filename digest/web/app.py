@@ -16,8 +16,9 @@ from sqlalchemy.exc import IntegrityError
 
 from digest.delivery import EmailRateLimiter
 from digest.errors import DeliveryError, DigestError
+from digest.logs import configure_logging
 from digest.settings import Settings, check_secrets, get_settings
-from digest.web import admin, api, pages
+from digest.web import admin, api, metrics, pages
 from digest.web.errors import (
     CONFLICT_DETAIL,
     conflict_problem,
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings is None:  # the edge: the environment's settings, read once
         settings = get_settings()
         check_secrets(settings)
+        configure_logging(settings.log_format, settings.log_level)
     s = settings
     app = FastAPI(
         title=f"{s.newsroom_name} digest API",
@@ -71,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(pages.router)
     app.include_router(api.router)
+    app.state.metrics_registry = metrics.build_registry(s)
+    app.include_router(metrics.router)  # /metrics, Prometheus text (digest.web.metrics)
     admin.mount_admin(app, s)
 
     @app.exception_handler(DigestError)
@@ -108,7 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         path = request.url.path
         if path.startswith("/view/"):
             extra = VIEW_HEADERS
-        elif path.startswith(("/api/", "/docs", "/openapi.json", "/admin", "/static/")):
+        elif path.startswith(("/api/", "/docs", "/openapi.json", "/admin", "/static/",
+                              "/metrics")):
             extra = COMMON_HEADERS
         else:
             extra = PAGE_HEADERS

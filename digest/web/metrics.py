@@ -1,0 +1,263 @@
+"""``GET /metrics``: the system's figures in Prometheus text format (prometheus-client).
+
+The figures are read from the database and the broker when Prometheus scrapes, by a custom
+collector (ADR 0017): workers are separate processes on separate machines, and the database is
+the record of what they did, so counts taken from it are the same whichever web process
+answers, and survive restarts of workers and of the web app. A handful of set-based queries a
+scrape (grouped counts over the deliveries, their runs, bounces and suppressions, and two
+MIN()s on the status index), never a query per row.
+
+Figures (``kind`` is the run kind: weekly, daily, immediate, adhoc):
+
+- ``digest_deliveries{kind,status}``: rows in the delivery log by status now (gauge);
+- ``digest_messages_sent_total{kind}``: messages the SMTP server accepted (rows with a
+  ``sent_at``, including those a bounce later failed);
+- ``digest_bounces_total{kind,fault}``: bounce reports recorded;
+- ``digest_suppressions{reason}``: addresses on the suppression list;
+- ``digest_runs{kind,status}``: runs by status; ``digest_run_duration_seconds{kind}`` and
+  ``digest_run_finished_timestamp_seconds{kind}`` of the last finished run of each kind;
+- ``digest_oldest_unsent_delivery_age_seconds``: how long the oldest row still to send has
+  waited since it was planned; ``digest_oldest_due_delivery_age_seconds``: how long the oldest
+  row a worker could send now has been due (the backlog's lag);
+- ``digest_queue_length{queue}`` and ``digest_queue_unacked``: tasks waiting in the Redis
+  broker, and tasks workers have taken but not finished (only with a redis:// broker);
+- ``digest_database_up`` and ``digest_broker_up``: 0 when that source did not answer this
+  scrape (its figures are then left out rather than shown as zeros).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from digest import db
+from digest.models import (
+    Bounce,
+    Delivery,
+    DeliveryStatus,
+    DigestRun,
+    RunStatus,
+    Suppression,
+    utcnow,
+)
+from digest.settings import Settings
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+UNSENT = (DeliveryStatus.pending, DeliveryStatus.sending, DeliveryStatus.deferred)
+# Celery's Redis transport keeps messages with a priority in lists named queue + sep + step.
+_PRIORITY_SEP, _PRIORITY_STEPS = "\x06\x16", (3, 6, 9)
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class DigestCollector(Collector):
+    """Everything is read at ``collect()``: nothing is kept between scrapes."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        try:
+            session = db._sessionmaker(self.settings.database_url)()
+            try:
+                figures = list(_database_figures(session, utcnow()))
+            finally:
+                session.close()
+        except Exception as exc:  # a scrape reports the outage instead of failing
+            log.warning("metrics: the database did not answer: %s", exc)
+            figures = []
+            yield _gauge("digest_database_up", "1 when the database answered this scrape.", 0)
+        else:
+            yield _gauge("digest_database_up", "1 when the database answered this scrape.", 1)
+        yield from figures
+        yield from _broker_figures(self.settings)
+        yield _gauge("digest_metrics_scrape_seconds",
+                     "Time this scrape took to read the database and the broker.",
+                     time.perf_counter() - started)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _database_figures(session: Session, now: datetime) -> Iterable[Metric]:
+    deliveries = GaugeMetricFamily(
+        "digest_deliveries", "Rows in the delivery log by run kind and status, now.",
+        labels=["kind", "status"])
+    sent = CounterMetricFamily(
+        "digest_messages_sent", "Messages the SMTP server accepted, by run kind (a bounce "
+        "later may have failed them).", labels=["kind"])
+    sent_by_kind: dict[str, int] = {}
+    for kind, status, rows, with_sent_at in session.execute(
+        select(DigestRun.kind, Delivery.status, func.count(), func.count(Delivery.sent_at))
+        .join(DigestRun, DigestRun.id == Delivery.run_id)
+        .group_by(DigestRun.kind, Delivery.status)
+    ):
+        deliveries.add_metric([str(kind), str(status)], rows)
+        sent_by_kind[str(kind)] = sent_by_kind.get(str(kind), 0) + with_sent_at
+    for kind_name, count in sorted(sent_by_kind.items()):
+        sent.add_metric([kind_name], count)
+    yield deliveries
+    yield sent
+
+    bounces = CounterMetricFamily(
+        "digest_bounces", "Bounce reports recorded, by the run kind of the delivery they name "
+        "(unknown: none named) and by whose fault.", labels=["kind", "fault"])
+    for bounce_kind, fault, count in session.execute(
+        select(DigestRun.kind, Bounce.kind, func.count())
+        .select_from(Bounce)
+        .outerjoin(Delivery, Delivery.id == Bounce.delivery_id)
+        .outerjoin(DigestRun, DigestRun.id == Delivery.run_id)
+        .group_by(DigestRun.kind, Bounce.kind)
+    ):
+        bounces.add_metric([str(bounce_kind) if bounce_kind is not None else "unknown",
+                            str(fault)], count)
+    yield bounces
+
+    suppressions = GaugeMetricFamily(
+        "digest_suppressions", "Addresses on the suppression list, by reason.",
+        labels=["reason"])
+    for reason, count in session.execute(
+        select(Suppression.reason, func.count()).group_by(Suppression.reason)
+    ):
+        suppressions.add_metric([str(reason)], count)
+    yield suppressions
+
+    runs = GaugeMetricFamily("digest_runs", "Runs by kind and status.",
+                             labels=["kind", "status"])
+    for run_kind, run_status, count in session.execute(
+        select(DigestRun.kind, DigestRun.status, func.count())
+        .group_by(DigestRun.kind, DigestRun.status)
+    ):
+        runs.add_metric([str(run_kind), str(run_status)], count)
+    yield runs
+    yield from _last_runs(session)
+
+    unsent_since, due_since = session.execute(
+        select(
+            func.min(Delivery.created_at),
+            func.min(func.coalesce(Delivery.next_attempt_at, Delivery.created_at)).filter(
+                or_(Delivery.status == DeliveryStatus.pending,
+                    and_(Delivery.status == DeliveryStatus.deferred,
+                         Delivery.next_attempt_at <= now))),
+        )
+        .join(DigestRun, DigestRun.id == Delivery.run_id)
+        # Held and cancelled runs wait for an operator, not for a worker.
+        .where(Delivery.status.in_(UNSENT), DigestRun.status == RunStatus.sending)
+    ).one()
+    yield _gauge("digest_oldest_unsent_delivery_age_seconds",
+                 "Seconds since the oldest delivery still to send (pending, sending, deferred) "
+                 "of a sending run was planned; 0: none.", _age(now, unsent_since))
+    yield _gauge("digest_oldest_due_delivery_age_seconds",
+                 "Seconds the oldest delivery a worker could send now (pending, or deferred and "
+                 "due) has been due; 0: none.", _age(now, due_since))
+
+
+def _last_runs(session: Session) -> Iterable[Metric]:
+    duration = GaugeMetricFamily(
+        "digest_run_duration_seconds", "From planned to every row final, of the last finished "
+        "run of each kind (dry runs left out).", labels=["kind"])
+    finished = GaugeMetricFamily(
+        "digest_run_finished_timestamp_seconds", "When the last run of each kind finished "
+        "(Unix time).", labels=["kind"])
+    last = (
+        select(DigestRun.kind, func.max(DigestRun.finished_at).label("finished_at"))
+        .where(DigestRun.status == RunStatus.done, DigestRun.dry_run.is_(False),
+               DigestRun.finished_at.is_not(None))
+        .group_by(DigestRun.kind).subquery()
+    )
+    seen: set[str] = set()
+    for kind, created_at, finished_at in session.execute(
+        select(DigestRun.kind, DigestRun.created_at, DigestRun.finished_at)
+        .join(last, and_(last.c.kind == DigestRun.kind,
+                         last.c.finished_at == DigestRun.finished_at))
+        .where(DigestRun.dry_run.is_(False), DigestRun.status == RunStatus.done)
+        .order_by(DigestRun.kind, DigestRun.id.desc())
+    ):
+        if str(kind) in seen or finished_at is None:  # two finished in the same instant
+            continue
+        seen.add(str(kind))
+        duration.add_metric([str(kind)], (finished_at - created_at).total_seconds())
+        finished.add_metric([str(kind)], _aware(finished_at).timestamp())
+    yield duration
+    yield finished
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _age(now: datetime, since: datetime | None) -> float:
+    return max((_aware(now) - _aware(since)).total_seconds(), 0.0) if since else 0.0
+
+
+def _broker_figures(settings: Settings) -> Iterable[Metric]:
+    url = settings.broker_url or ""
+    if not url.startswith(("redis://", "rediss://")):
+        return  # in-process tasks (or another broker): no queue to measure here
+    import redis
+
+    queue = settings.task_queue
+    names = [queue, *(f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS)]
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.llen(name)
+                pipe.hlen("unacked")
+                *lengths, unacked = pipe.execute()
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        log.warning("metrics: the broker did not answer: %s", exc)
+        yield _gauge("digest_broker_up", "1 when the Redis broker answered this scrape.", 0)
+        return
+    yield _gauge("digest_broker_up", "1 when the Redis broker answered this scrape.", 1)
+    length = GaugeMetricFamily("digest_queue_length", "Tasks waiting in the broker's queue.",
+                               labels=["queue"])
+    length.add_metric([queue], sum(lengths))
+    yield length
+    yield _gauge("digest_queue_unacked", "Tasks workers have taken from the broker and not "
+                 "finished yet (acknowledged late, when done).", unacked)
+
+
+def build_registry(settings: Settings) -> CollectorRegistry:
+    """One registry per app (tests build many apps): our collector only, so a scrape of one
+    web process says nothing that differs from another's."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DigestCollector(settings))
+    return registry
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request) -> Response:
+    """Prometheus scrapes this (sync: the collector's queries run in the thread pool)."""
+    settings: Settings = request.app.state.settings
+    token = settings.metrics_token
+    if token is not None:
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {token.get_secret_value()}"
+        if not secrets.compare_digest(given.encode(), expected.encode()):
+            return Response("a valid Authorization: Bearer <DIGEST_METRICS_TOKEN> is needed\n",
+                            status_code=401, media_type="text/plain",
+                            headers={"WWW-Authenticate": "Bearer"})
+    registry: CollectorRegistry = request.app.state.metrics_registry
+    if "application/openmetrics-text" in request.headers.get("accept", ""):
+        from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+
+        return Response(openmetrics(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry), media_type=TEXT_CONTENT_TYPE)
