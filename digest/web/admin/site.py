@@ -3,6 +3,8 @@ app."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI
 from sqladmin import Admin
 from sqlalchemy.orm import sessionmaker
@@ -10,7 +12,13 @@ from sqlalchemy.orm import sessionmaker
 from digest import db
 from digest.settings import Settings
 from digest.web.admin.auth import AdminAuth
+from digest.web.admin.forms import AddSubscriberPage, CsvPage
+from digest.web.admin.send import AdhocSendPage
 from digest.web.admin.views import VIEWS
+
+# Our own pages (forms, CSV, ad-hoc send): sqladmin BaseViews with templates next to them.
+PAGES = [AddSubscriberPage, CsvPage, AdhocSendPage]
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def mount_admin(app: FastAPI, settings: Settings) -> Admin:
@@ -22,9 +30,13 @@ def mount_admin(app: FastAPI, settings: Settings) -> Admin:
         base_url="/admin",
         title=f"{settings.newsroom_name} digest admin",
         authentication_backend=AdminAuth(settings),
+        templates_dir=str(TEMPLATES),
     )
     for view in VIEWS:
         # sqladmin stores the session factory on the view class: one subclass per app, so
         # two apps in one process (tests) never share a database.
         admin.add_view(type(view.__name__, (view,), {"digest_settings": settings}))
+    for page in PAGES:
+        admin.add_base_view(type(page.__name__, (page,), {"digest_settings": settings,
+                                                          "session_maker": factory}))
     return admin
