@@ -37,9 +37,10 @@ def runs_eta(session: Session, progress: dict[int, dict[str, int]],
     """The ETA of each run in ``progress`` (``runs_progress``'s counts), from its own rate so
     far: its first send, read for all of them in one grouped query."""
     now = now or utcnow()
-    first_sent = dict(session.execute(
-        select(Delivery.run_id, func.min(Delivery.sent_at))
-        .where(Delivery.run_id.in_(list(progress)), Delivery.sent_at.is_not(None))
-        .group_by(Delivery.run_id)).tuples().all())
+    first_sent: dict[int, datetime | None] = {
+        run_id: first for run_id, first in session.execute(
+            select(Delivery.run_id, func.min(Delivery.sent_at))
+            .where(Delivery.run_id.in_(list(progress)), Delivery.sent_at.is_not(None))
+            .group_by(Delivery.run_id))}
     return {run_id: eta_of(counts, first_sent.get(run_id), now)
             for run_id, counts in progress.items()}
