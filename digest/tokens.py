@@ -15,11 +15,12 @@ from itsdangerous import BadSignature, SignatureExpired, Signer, URLSafeTimedSer
 from digest.errors import TokenError
 from digest.settings import Settings
 
-Purpose = Literal["confirm", "manage", "unsubscribe", "view"]
+Purpose = Literal["confirm", "feed", "manage", "unsubscribe", "view"]
 
 # Confirmation links expire; links printed in digests keep working (they are the way out).
 MAX_AGE: dict[str, int | None] = {
     "confirm": 7 * 24 * 3600,
+    "feed": None,  # a feed reader polls the same URL for years
     "manage": None,
     "unsubscribe": None,
     "view": None,
@@ -87,4 +88,12 @@ def links_for(subscriber_id: int, settings: Settings) -> dict[str, str]:
     return {
         "manage_url": f"{base}/preferences/{manage}",
         "unsubscribe_url": f"{base}/unsubscribe/{unsubscribe}",
+        "feed_url": feed_url(subscriber_id, settings),
     }
+
+
+def feed_url(subscriber_id: int, settings: Settings) -> str:
+    """The reader's personal Atom feed; its own salt, so it opens nothing but the feed (a
+    feed URL is pasted into feed readers and shared more freely than a manage link)."""
+    base = settings.public_base_url.rstrip("/")
+    return f"{base}/feed/{subscriber_token('feed', subscriber_id, settings)}.atom"

@@ -145,6 +145,7 @@ class MessageFactory:
         return Recipient(subscriber_id=reader.id, email=email, group_by=reader.group_by,
                          manage_url=links["manage_url"],
                          unsubscribe_url=links["unsubscribe_url"], view_url=view_url,
+                         feed_url=links.get("feed_url", ""),
                          timezone=reader.timezone, themes=reader.themes,
                          locations=reader.locations)
 
@@ -232,8 +233,11 @@ class MessageFactory:
     def confirmation(self, sub: Subscriber, filters: Sequence[str]) -> tuple[Headers, bytes]:
         """The double opt-in email (also the "send me my link" email) for ``sub``, whose
         ``filters`` are described in words; (its headers, the bytes to send)."""
+        # No feed link: the feed opens once the address is confirmed.
+        links = links_for(sub.id, self.settings) | {"feed_url": ""}
         rendered = get_renderer("confirm", self.settings, fragments=self.fragments).render(
-            self.recipient(sub, sub.email), (), confirm_url=confirm_url(sub.id, self.settings),
+            self.recipient(sub, sub.email, links=links), (),
+            confirm_url=confirm_url(sub.id, self.settings),
             filters=list(filters))
         headers = self.headers(sub.id, purpose="confirm")
         return headers, self.seal(sub.email, rendered, headers)

@@ -58,6 +58,7 @@ class Recipient:
     manage_url: str = ""
     unsubscribe_url: str = ""
     view_url: str | None = None
+    feed_url: str = ""  # the personal Atom feed, linked from the footer
     timezone: str = "UTC"
     # The themes/locations the subscriber chose (names, any filter). Optional: they decide
     # which group an item with several themes goes under, and the "of your themes" wording.

@@ -14,7 +14,7 @@ from digest import selection
 from digest.errors import TokenError, ValidationError
 from digest.models import Item, Subscriber, utcnow
 from digest.subscribers import set_status, upsert_subscriber
-from digest.tokens import subscriber_from_token, subscriber_token
+from digest.tokens import feed_url, subscriber_from_token, subscriber_token
 from digest.web.deps import FormDep, SessionDep, get_settings
 from digest.web.pages.common import (
     ACTIVE,
@@ -92,6 +92,8 @@ def _preferences_page(
         preview=preview,
         preview_total=total,
         saved=saved,
+        # The feed opens only while subscribed: no link to a 404 otherwise.
+        feed_url=feed_url(sub.id, s) if sub.status == ACTIVE else None,
     )
 
 
