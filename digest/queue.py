@@ -15,7 +15,9 @@ is found again by the periodic sweep: the database, not the broker, is the recor
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from datetime import datetime
 from threading import Lock
 from typing import Any, Protocol
 
@@ -23,6 +25,7 @@ from digest.settings import Settings
 
 TASK_DELIVER_BATCH = "digest.deliver_batch"
 TASK_ITEM_PUBLISHED = "digest.item_published"
+TASK_PLAN_ALERTS = "digest.plan_alerts"
 TASK_SEND_CONFIRMATION = "digest.send_confirmation"
 
 
@@ -34,6 +37,10 @@ def batches(ids: Sequence[int], size: int) -> list[list[int]]:
 class TaskQueue(Protocol):
     def deliver(self, delivery_ids: Sequence[int]) -> int:
         """Send these deliveries, one task per batch; returns how many tasks."""
+        ...
+
+    def deliver_at(self, delivery_ids: Sequence[int], when: datetime) -> int:
+        """Send these deliveries at ``when`` (rows a rate limit deferred to then)."""
         ...
 
     def publish_items(self, item_ids: Sequence[int]) -> None:
@@ -56,12 +63,29 @@ class InProcessQueue:
 
         chunks = batches(delivery_ids, self.settings.batch_size)
         for chunk in chunks:
-            send_deliveries(chunk, settings=self.settings)
+            later = send_deliveries(chunk, settings=self.settings).later
+            # No worker will come back for rows a rate limit deferred: this process, the
+            # sender itself, waits for them (the demo, a broker-less install).
+            while later:
+                when, ids = later.pop(0)
+                later = sorted(later + self._send_at(ids, when))
         return len(chunks)
 
+    def _send_at(self, ids: list[int], when: datetime) -> list[tuple[datetime, list[int]]]:
+        from digest.delivery import send_deliveries
+        from digest.models import utcnow
+
+        time.sleep(max(0.0, (when - utcnow()).total_seconds()))
+        return send_deliveries(ids, settings=self.settings).later
+
+    def deliver_at(self, delivery_ids: Sequence[int], when: datetime) -> int:
+        later = self._send_at(list(delivery_ids), when)
+        return 1 + sum(self.deliver_at(ids, at) for at, ids in later)
+
     def publish_items(self, item_ids: Sequence[int]) -> None:
-        for item_id in item_ids:
-            self.deliver(announce_item(int(item_id), self.settings))
+        # No beat comes back later in-process: the items announced together are one alert.
+        if item_ids:
+            self.deliver(announce_item(int(max(item_ids)), self.settings, wait=False))
 
     def send_confirmation(self, subscriber_id: int) -> None:
         from digest.delivery import send_confirmation
@@ -69,14 +93,29 @@ class InProcessQueue:
         send_confirmation(int(subscriber_id), settings=self.settings)
 
 
-def announce_item(item_id: int, settings: Settings) -> list[int]:
-    """Plan the alert of a new item (committed); the delivery ids to send."""
+def announce_item(item_id: int, settings: Settings, *, wait: bool = True) -> list[int]:
+    """A new item (committed) was announced: plan the alerts whose debounce window has closed
+    (``plan_due_alerts``; ``wait=False`` closes an open one now); the delivery ids to send.
+    An item still inside its window is planned later, by the beat's alerts task."""
     from digest.db import session_scope
-    from digest.selection import plan_immediate_run
+    from digest.models import Item
+    from digest.selection import plan_due_alerts
 
     with session_scope(settings.database_url) as session:
-        run = plan_immediate_run(session, item_id)
-    return run.pending_ids
+        item = session.get(Item, item_id)
+        since = item.ingested_at if item is not None else None
+        runs = plan_due_alerts(session, settings=settings, wait=wait, since=since)
+    return [delivery_id for run in runs for delivery_id in run.pending_ids]
+
+
+def plan_alerts(settings: Settings) -> list[int]:
+    """The beat's part of debounced alerts: every window that has closed; the ids to send."""
+    from digest.db import session_scope
+    from digest.selection import plan_due_alerts
+
+    with session_scope(settings.database_url) as session:
+        runs = plan_due_alerts(session, settings=settings)
+    return [delivery_id for run in runs for delivery_id in run.pending_ids]
 
 
 class BrokerQueue:
@@ -94,6 +133,13 @@ class BrokerQueue:
         for chunk in chunks:
             self._send(TASK_DELIVER_BATCH, chunk)
         return len(chunks)
+
+    def deliver_at(self, delivery_ids: Sequence[int], when: datetime) -> int:
+        # A short countdown (a rate limit's seconds), not a long one: the retry sweep is the
+        # record, and finds the rows if this task is lost.
+        self._client.send_task(TASK_DELIVER_BATCH, args=[list(delivery_ids)],
+                               queue=self.settings.task_queue, eta=when)
+        return 1
 
     def publish_items(self, item_ids: Sequence[int]) -> None:
         for item_id in item_ids:

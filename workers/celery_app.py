@@ -58,6 +58,8 @@ def configure(settings: Settings | None = None) -> Celery:
             # Plans this hour's slot and any missed since the last one planned; unique slot keys
             # make extra ticks (a second beat) harmless.
             "tick": {"task": "digest.tick", "schedule": crontab(minute="*/5")},
+            # Debounced alerts: the alert windows (DIGEST_ALERT_DEBOUNCE_MINUTES) that closed.
+            "alerts": {"task": "digest.plan_alerts", "schedule": 60.0},
             "retry-deferred": {"task": "digest.retry_deferred",
                                "schedule": float(s.retry_sweep_seconds)},
             # Lost work is found from the database: dead workers' leases, pending rows whose

@@ -16,8 +16,10 @@ from digest.db import session_scope
 from digest.queue import (
     TASK_DELIVER_BATCH,
     TASK_ITEM_PUBLISHED,
+    TASK_PLAN_ALERTS,
     TASK_SEND_CONFIRMATION,
     announce_item,
+    plan_alerts,
     queue_for,
 )
 from digest.settings import Settings, get_settings
@@ -115,6 +117,15 @@ def item_published(item_id: int) -> dict:
     """The event for a new item: alerts to subscribers who want every item at once."""
     settings = get_settings()
     pending = announce_item(int(item_id), settings)
+    enqueue_deliveries(pending, settings)
+    return {"pending": len(pending)}
+
+
+@app.task(name=TASK_PLAN_ALERTS, max_retries=MAX_RETRIES)
+def plan_due_alerts() -> dict:
+    """Debounced alerts: plan and send every alert window that has closed."""
+    settings = get_settings()
+    pending = plan_alerts(settings)
     enqueue_deliveries(pending, settings)
     return {"pending": len(pending)}
 

@@ -19,6 +19,7 @@ from digest.selection.planning import (
     PlannedRun,
     adhoc_item_condition,
     plan_adhoc_run,
+    plan_due_alerts,
     plan_immediate_run,
 )
 from digest.selection.preview import matching_items, preview_items
@@ -43,6 +44,6 @@ __all__ = [
     "AdhocQuery", "CancelledRun", "PlannedRun", "SlotPlan", "Window", "adhoc_item_condition",
     "cancel_run", "delivery_contents", "due_condition", "due_local_hours", "due_slots",
     "first_instant", "give_back_items", "item_matches_subscriber", "last_planned_slot",
-    "matching_items", "plan_adhoc_run", "plan_due_slots", "plan_immediate_run",
+    "matching_items", "plan_adhoc_run", "plan_due_alerts", "plan_due_slots", "plan_immediate_run",
     "plan_scheduled_run", "preview_items", "release_run", "slot_key", "slot_start", "window_for",
 ]

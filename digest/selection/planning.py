@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -59,6 +59,7 @@ from digest.selection.matching import (
     not_suppressed,
     run_pairs,
 )
+from digest.settings import Settings
 
 # Which subscribers a chunk is: a condition on a subscriber id column.
 Chunk = Callable[[ColumnElement[int]], ColumnElement[bool]]
@@ -343,6 +344,58 @@ def plan_immediate_run(session: Session, item_id: int) -> PlannedRun:
     _insert_deliveries(session, run, who)
     _insert_ledger(session, run, Item.__table__.c.id == item_id, None)
     return _finish_planning(session, run)
+
+
+def plan_due_alerts(session: Session, *, settings: Settings, now: datetime | None = None,
+                    wait: bool = True, since: datetime | None = None) -> list[PlannedRun]:
+    """Debounced alerts: the items an immediate subscriber wants, one alert per window.
+
+    A window opens with the first wanted item after the last alert run's cutoff and closes
+    ``alert_debounce_minutes`` later; once closed, one run carries to each immediate reader
+    every item of the window they match (the ledger keeps each item to one alert per reader:
+    the alert template for one item, the digest's for several). An open window waits
+    (``wait``), or closes now (no scheduler to come back: the in-process queue). Items older
+    than ``catch_up_hours`` are not alerted (like missed slots), unless ``since`` (an
+    announced item's ``ingested_at``) reaches further back and no alert run is newer. An
+    item nobody wants at once opens no window and creates no run."""
+    now = now or utcnow()
+    debounce = timedelta(minutes=settings.alert_debounce_minutes)
+    s = Subscriber.__table__.c
+    i = Item.__table__.c
+    immediate = and_(s.frequency == Frequency.immediate, s.status == SubscriberStatus.active,
+                     not_suppressed(s.email))
+    if not session.scalar(select(exists().where(immediate))):
+        return []
+    horizon = now - timedelta(hours=settings.catch_up_hours) - debounce
+    if since is not None:
+        horizon = min(horizon, since - timedelta(microseconds=1))
+    last = session.scalar(select(func.max(DigestRun.cutoff)).where(
+        DigestRun.kind == RunKind.immediate, DigestRun.dry_run.is_(False)))
+    after = max(last, horizon) if last is not None else horizon
+    runs: list[PlannedRun] = []
+    while True:
+        wanted = exists().where(immediate, item_matches_subscriber(Item.__table__, s.id))
+        first = session.scalar(select(func.min(i.ingested_at)).where(
+            i.ingested_at > after, i.ingested_at <= now, ~i.is_backfill, wanted))
+        if first is None:
+            return runs
+        cutoff = first + debounce
+        if cutoff > now:
+            if wait:
+                return runs  # the window is still open
+            cutoff = now
+        in_window = and_(i.ingested_at > after, i.ingested_at <= cutoff, ~i.is_backfill)
+        who = and_(immediate, exists().where(
+            in_window, item_matches_subscriber(Item.__table__, s.id)))
+        run, created = _get_or_create_run(
+            session, kind=RunKind.immediate, slot_key=f"immediate:{cutoff.isoformat()}",
+            cutoff=cutoff, params={"after": after.isoformat(), "through": cutoff.isoformat()},
+            dry_run=False)
+        if created:
+            _insert_deliveries(session, run, who)
+            _insert_ledger(session, run, in_window, None)
+            runs.append(_finish_planning(session, run))
+        after = cutoff
 
 
 @dataclass(frozen=True)
