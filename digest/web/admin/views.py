@@ -29,6 +29,7 @@ from digest.models import (
 from digest.queue import queue_for
 from digest.settings import Settings
 from digest.tokens import links_for
+from digest.web.admin import explain as explain_pages
 
 
 def _ids(request: Request) -> list[int]:
@@ -137,6 +138,23 @@ class SubscriberAdmin(ModelView, model=Subscriber):
         # Relative: the admin may be reached on another host name than public_base_url.
         path = url[len(settings.public_base_url.rstrip("/")) :]
         return RedirectResponse(path, status_code=302)
+
+    @action(name="explain", label="Explain an item", add_in_list=False)
+    async def explain(self, request: Request) -> Response:
+        """Why an item did or did not reach this reader (digest.selection.explain)."""
+        ids = _ids(request)
+        if len(ids) != 1:
+            return _back(request, self)
+        url = str(request.url_for(f"admin:action-{self.identity}-explain"))
+
+        def work() -> tuple[int, str]:
+            with _session(self) as session:
+                return explain_pages.subscriber_page(
+                    session, self.digest_settings, ids[0],
+                    request.query_params.get("item", "")[:2000], url)
+
+        status, html = await anyio.to_thread.run_sync(work)
+        return HTMLResponse(html, status_code=status)
 
 
 class ItemAdmin(ModelView, model=Item):
@@ -250,7 +268,7 @@ class RunAdmin(ModelView, model=DigestRun):
         return run
 
     @action(
-        name="resend_failed",
+        name="resend-failed",
         label="Resend to the failed ones",
         confirmation_message="Send the failed deliveries of the selected finished runs once "
         "more (same items, to the readers still subscribed and not suppressed)?",
@@ -349,6 +367,21 @@ class DeliveryAdmin(ModelView, model=Delivery):
         await anyio.to_thread.run_sync(work)
         return _back(request, self)
 
+
+    @action(name="explain", label="Explain its items", add_in_list=False)
+    async def explain(self, request: Request) -> Response:
+        """The delivery's items, each linked to why it reached (or not) the reader."""
+        ids = _ids(request)
+        if len(ids) != 1:
+            return _back(request, self)
+        url = str(request.url_for("admin:action-subscriber-explain"))
+
+        def work() -> tuple[int, str]:
+            with _session(self) as session:
+                return explain_pages.delivery_page(session, ids[0], url)
+
+        status, html = await anyio.to_thread.run_sync(work)
+        return HTMLResponse(html, status_code=status)
 
     @action(name="message", label="Show the message", add_in_list=False)
     async def message(self, request: Request) -> Response:
