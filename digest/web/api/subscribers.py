@@ -9,7 +9,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from digest.errors import ValidationError
-from digest.models import Frequency, Subscriber, SubscriberStatus, SuppressionReason
+from digest.models import Frequency, Item, Subscriber, SubscriberStatus, SuppressionReason
+from digest.selection.explain import Explanation, explain
 from digest.subscribers import (
     FilterSpec,
     canonical_email,
@@ -32,6 +33,7 @@ from digest.web.api.schemas import (
     SubscriberOut,
     SubscriberPage,
     SubscriberPatch,
+    When,
     no_nul_query,
 )
 from digest.web.deps import SessionDep, SettingsDep
@@ -206,6 +208,24 @@ async def import_subscribers(request: Request, session: SessionDep, settings: Se
 )
 def get_subscriber(subscriber_id: IdPath, session: SessionDep):
     return SubscriberOut.of(_load(session, subscriber_id))
+
+
+@router.get(
+    "/subscribers/{subscriber_id}/explain/{item_id}",
+    response_model=Explanation,
+    tags=["subscribers"],
+    responses={404: {"description": "No such subscriber or item"}},
+)
+def explain_item(subscriber_id: IdPath, item_id: IdPath, session: SessionDep,
+                 settings: SettingsDep, as_of: When | None = None):
+    """Why the item did or did not reach the reader: the verdict, each filter's facets, the
+    window, backfill, the ledger row, the delivery that carried it (status, SMTP reply, note),
+    suppression, status and a paused domain; ``sentences`` says it in words."""
+    sub = _load(session, subscriber_id)
+    item = session.get(Item, item_id)
+    if item is None:
+        raise HTTPException(404, f"no item with id {item_id}")
+    return explain(session, sub, item, settings=settings, as_of=as_of)
 
 
 @router.patch(
