@@ -24,6 +24,7 @@ from digest import db
 from digest.delivery import states
 from digest.delivery.classify import Fault, classify_smtp
 from digest.delivery.contents import delivery_contents
+from digest.delivery.limits import Limiter, limiter_for, new_holder
 from digest.delivery.pauses import Pause, active_pauses, pause_domain, recipient_domain
 from digest.delivery.transport import Transport, kept_transport
 from digest.errors import (
@@ -33,6 +34,7 @@ from digest.errors import (
     PermanentDeliveryError,
     SendSetupError,
 )
+from digest.logs import bound_ids, get_logger
 from digest.mail import MessageFactory
 from digest.mail.compose import Reader
 from digest.models import (
@@ -55,6 +57,7 @@ from digest.models import (
 from digest.render import RenderedEmail, RenderItem, render_items_from_models
 from digest.settings import Settings
 
+log = get_logger(__name__)
 
 @dataclass
 class BatchResult:
@@ -64,6 +67,8 @@ class BatchResult:
     failed: int = 0
     cancelled: int = 0
     outcomes: dict[int, str] = field(default_factory=dict)
+    # Rows deferred by a rate limit, by when they may go: the caller enqueues each group then.
+    later: list[tuple[datetime, list[int]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -179,9 +184,12 @@ class _SenderRefused(Exception):
 
 
 def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = None,
-                    now: datetime | None = None, settings: Settings) -> BatchResult:
+                    now: datetime | None = None, settings: Settings,
+                    limiter: Limiter | None = None) -> BatchResult:
     """Claim, render, send and record a batch over the process's kept SMTP connection (or
-    ``transport``). Safe to run twice. Outcomes are written in groups (``states.Recorder``)."""
+    ``transport``). Safe to run twice. Outcomes are written in groups (``states.Recorder``).
+    Rows over a rate limit (``limiter``, else the settings') are deferred, listed in
+    ``BatchResult.later``."""
     # The batch's clock: ``now`` as given (tests move it), advancing with real time.
     offset = now - utcnow() if now is not None else None
     now = now or utcnow()
@@ -197,7 +205,8 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
         recorder = states.Recorder(session, settings)
         claimed_at = time.monotonic()
         try:
-            _send_batch(session, owned, transport, settings, result, recorder, clock)
+            _send_batch(session, owned, transport, settings, result, recorder, clock,
+                        limiter or limiter_for(settings))
         except BaseException as exc:
             # Whatever stopped the batch, the rows it had not finished go back (never failed):
             # a set-up error, a refusal that is about us, or a crash of our own code. The
@@ -211,6 +220,8 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
                                 give_back_attempt=isinstance(exc, (_SenderRefused, ConfigError)))
             except Exception:  # the database itself is gone: lease recovery brings them back
                 session.rollback()
+            log.warning("batch put back", reason=reason, put_back=len(left),
+                        done=len(result.outcomes))
             if isinstance(exc, (_SenderRefused, ConfigError)):
                 raise SendSetupError(
                     f"{len(left)} deliveries put back (deferred, not failed): {reason}; fix "
@@ -247,11 +258,69 @@ def _describe(exc: BaseException) -> str:
 
 def _send_batch(session: Session, owned: list[int], transport: Transport | None,
                 settings: Settings, result: BatchResult, recorder: states.Recorder,
-                clock: Callable[[], datetime]) -> None:
+                clock: Callable[[], datetime], limiter: Limiter | None) -> None:
     deliveries = load_batch(session, owned)
     leavers = _Leavers(session, [d for d, _ in deliveries])
     # Loaded once; a pause that starts during the batch is added to it by _send_one.
     pauses = active_pauses(session, {recipient_domain(d.email) for d, _ in deliveries}, clock())
+    if limiter is None:
+        _send_allowed(session, deliveries, transport, settings, result, recorder, clock,
+                      leavers, pauses)
+        return
+    holder = new_holder()
+    deliveries = _within_limits(deliveries, limiter, holder, pauses, settings, result,
+                                recorder, clock)
+    try:
+        _send_allowed(session, deliveries, transport, settings, result, recorder, clock,
+                      leavers, pauses)
+    finally:
+        limiter.release({recipient_domain(d.email) for d, _ in deliveries}, holder)
+
+
+def _within_limits(deliveries: list[tuple[LoadedDelivery, list[RenderItem]]],
+                   limiter: Limiter, holder: str, pauses: dict[str, Pause], settings: Settings,
+                   result: BatchResult, recorder: states.Recorder,
+                   clock: Callable[[], datetime]) -> list[tuple[LoadedDelivery, list[RenderItem]]]:
+    """The part of the batch the rate limits let go now (one ``take`` for the whole batch);
+    the rest is deferred, its attempt given back, to when the limits allow, spaced at the
+    rate, and listed in ``result.later`` by the second it is due."""
+    by_domain: dict[str, list[tuple[LoadedDelivery, list[RenderItem]]]] = defaultdict(list)
+    for entry in deliveries:
+        by_domain[recipient_domain(entry[0].email)].append(entry)
+    # A paused domain's rows are deferred by the pause, not counted against any limit.
+    wanted = {d: len(rows) for d, rows in by_domain.items() if d not in pauses}
+    if not wanted:
+        return deliveries
+    grant = limiter.take(wanted, holder, settings.lease_seconds)
+    leftovers = {d: wanted[d] - grant.allowed.get(d, 0) for d in wanted
+                 if wanted[d] > grant.allowed.get(d, 0)}
+    if not leftovers:
+        return deliveries
+    now = clock()
+    later: dict[datetime, list[int]] = defaultdict(list)
+    deferred_ids: set[int] = set()
+    for domain, delays in grant.delays(leftovers).items():
+        rows = by_domain[domain][grant.allowed.get(domain, 0):]
+        why = (f"{domain} has {limiter.limits.for_domain(domain).connections} workers sending "
+               "to it already (DIGEST_DOMAIN_CONNECTIONS)" if domain in grant.busy
+               else "the send rate is reached (DIGEST_SEND_RATE, DIGEST_DOMAIN_PER_MINUTE)")
+        for (delivery, _), delay in zip(rows, delays, strict=True):
+            due = now + timedelta(seconds=delay)
+            recorder.add(delivery.id, **states.deferred_without_attempt(
+                due, f"not sent yet: {why}; due again at {due:%H:%M:%S} UTC"))
+            result.outcomes[delivery.id] = "deferred"
+            result.deferred += 1
+            deferred_ids.add(delivery.id)
+            # Grouped by the whole second: one task a second, each due by then.
+            later[due.replace(microsecond=0) + timedelta(seconds=1)].append(delivery.id)
+    result.later = sorted(later.items())
+    return [entry for entry in deliveries if entry[0].id not in deferred_ids]
+
+
+def _send_allowed(session: Session, deliveries: list[tuple[LoadedDelivery, list[RenderItem]]],
+                  transport: Transport | None, settings: Settings, result: BatchResult,
+                  recorder: states.Recorder, clock: Callable[[], datetime], leavers: _Leavers,
+                  pauses: dict[str, Pause]) -> None:
     # Built inside the put-back guard: a bad DKIM key or contradictory SMTP settings put the
     # batch back instead of leaving it in ``sending`` until the lease runs out.
     factory = MessageFactory(settings)
@@ -261,14 +330,20 @@ def _send_batch(session: Session, owned: list[int], transport: Transport | None,
     # never contacts the server.
     with conn:
         for delivery, items in deliveries:
-            outcome = _send_one(session, conn, factory, delivery, items, leavers, settings,
-                                pauses, clock, recorder)
+            # Every line written while this message is handled names it (digest.logs).
+            with bound_ids(run_id=delivery.run_id, delivery_id=delivery.id):
+                outcome = _send_one(session, conn, factory, delivery, items, leavers,
+                                    settings, pauses, clock, recorder)
             result.outcomes[delivery.id] = outcome
             setattr(result, outcome, getattr(result, outcome) + 1)
     recorder.flush()
     for run_id in run_ids:
         states.finish_run_if_done(session, run_id)
     session.commit()
+    # One line a batch, not one a message: the log is the deliveries table.
+    log.info("batch sent", run_id=min(run_ids) if len(run_ids) == 1 else sorted(run_ids),
+             claimed=result.claimed, sent=result.sent, deferred=result.deferred,
+             failed=result.failed, cancelled=result.cancelled)
 
 
 class _Leavers:
@@ -366,6 +441,9 @@ def _refused(session: Session, delivery: LoadedDelivery, exc: DeliveryError, mes
                      message_id=message_id)
         return "failed"
     verdict = classify_smtp(exc.code, exc.reply, exc.step)
+    # A refusal is the exception, worth its own line (run_id and delivery_id are bound).
+    log.warning("delivery refused", smtp_code=exc.code, fault=str(verdict.fault),
+                reason=verdict.reason, attempts=delivery.attempts)
     if verdict.fault is Fault.sender:
         raise _SenderRefused(f"{exc} ({verdict.reason})")
     if verdict.fault is Fault.policy:
