@@ -33,11 +33,22 @@ def require_web_extra() -> None:
         import uvicorn  # noqa: F401
 
         import digest.web  # noqa: F401  # fastapi, sqladmin and the rest of the web extra
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] == "digest":
+    except ImportError as exc:
+        missing = _missing_module(exc)
+        if missing is None or missing.split(".")[0] == "digest":
             raise  # a bug of ours, not a missing install
-        raise ConfigError(f"the web server needs the web extra ({exc.name} is not installed): "
+        raise ConfigError(f"the web server needs the web extra ({missing} is not installed): "
                           "pip install 'digest[web]'") from None
+
+
+def _missing_module(exc: BaseException | None) -> str | None:
+    """The module that is not installed: the error's own, or the one behind it (SQLAlchemy's
+    asyncio raises a plain ImportError from greenlet's ModuleNotFoundError)."""
+    while exc is not None:
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            return exc.name
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def hash_password_command(
