@@ -9,7 +9,9 @@ sent when another site links or redirects to them.
 
 Views are read-mostly: changes go through the project's functions (suppress, unsuppress,
 re-queue, lift a domain's pause) or the subscriber's own preferences page, so the same
-validation applies everywhere.
+validation applies everywhere. Pages of our own (``forms``: add a subscriber, CSV import
+and export; ``send``: the ad-hoc send from dry run to progress) post forms with a signed
+CSRF token.
 """
 
 from digest.web.admin.auth import check_credentials, hash_password

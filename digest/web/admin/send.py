@@ -1,8 +1,9 @@
 """The admin's ad-hoc send: choose the items and the segment, see a dry run (counts, the
 forecast, the message one chosen reader would get), confirm, then watch the run.
 
-The steps are the API's and the CLI's: ``AdhocQuery.check``, ``plan_adhoc_run(dry_run=True)``,
-``forecast_run`` (``digest.delivery.forecast``), ``render_delivery`` of a dry-run row, and on confirm ``plan_adhoc_run`` of the same query
+The steps are the API's and the CLI's: ``AdhocQuery.check``,
+``plan_adhoc_run(dry_run=True)``, ``forecast_run`` (``digest.delivery.forecast``),
+``render_delivery`` of a dry-run row, and on confirm ``plan_adhoc_run`` of the same query
 (read back from the dry run's parameters, so what is sent is what was counted) with its rows
 enqueued through ``digest.queue`` after the commit.
 """
@@ -10,23 +11,23 @@ enqueued through ``digest.queue`` after the commit.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from typing import Any
 
+from sqladmin import expose
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from sqladmin import expose
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from digest import delivery, selection
-from digest.errors import DigestError, ValidationError
-from digest.models import Delivery, DeliveryStatus, DigestRun, RunKind
 from digest.delivery.forecast import forecast_run
 from digest.delivery.progress import runs_eta
+from digest.errors import DigestError, ValidationError
+from digest.models import Delivery, DeliveryStatus, DigestRun, RunKind
 from digest.queue import queue_for
-from digest.web.admin.forms import AdminPage, taxonomy_names, status_of, text_field
+from digest.web.admin.forms import AdminPage, status_of, taxonomy_names, text_field
 
 SEND_FIELDS = ("themes", "locations", "content_types", "published_from", "published_to",
                "item_ids", "key")
@@ -48,7 +49,7 @@ def _day(text: str, label: str, *, end: bool) -> datetime | None:
         day = date.fromisoformat(text)
     except ValueError as exc:
         raise ValidationError(f"bad {label} date {text!r}: use YYYY-MM-DD") from exc
-    return datetime.combine(day, time.max if end else time.min, tzinfo=timezone.utc)
+    return datetime.combine(day, time.max if end else time.min, tzinfo=UTC)
 
 
 def _item_ids(text: str) -> tuple[int, ...]:
@@ -83,14 +84,14 @@ class AdhocSendPage(AdminPage):
     @expose("/send", methods=["GET", "POST"], identity="adhoc-send")
     async def adhoc_send(self, request: Request) -> Response:
         """GET: the form. POST: its dry run, with the counts and the readers to preview."""
-        values = {name: "" for name in SEND_FIELDS} | {"frequencies": []}
+        values: dict[str, Any] = {name: "" for name in SEND_FIELDS} | {"frequencies": []}
         if request.method == "GET":
             return await self._form(request, values)
         try:
             form = await self.checked_form(request)
             values |= {name: text_field(form, name) for name in SEND_FIELDS}
             values["frequencies"] = [str(f) for f in form.getlist("frequencies")]
-            key = values["key"]
+            key = text_field(form, "key")
             if key and not _KEY.match(key):
                 raise ValidationError("bad key: use up to 150 letters, digits and : . _ -")
             query = query_from_form(form)
