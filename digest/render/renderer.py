@@ -19,6 +19,7 @@ templates with ``{% call fragment(key) %}`` and rendered once per renderer (``fr
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from typing import Any, Literal, overload
@@ -44,6 +45,11 @@ from digest.settings import Settings
 
 GROUP_BY = ("theme", "location")
 OTHER_GROUP = "Other news"
+# MJML labels its outer div (role="article") with the mj-title: text outside every landmark
+# (axe: region), and the subject twice for a screen reader, since <title> carries it already.
+_WRAPPER_LABEL = re.compile(r'(<div[^>]*?) aria-label="[^"]*"(?=[^>]*aria-roledescription="email")')
+# A digest with more groups than this opens with a table of contents (links to each group).
+TOC_AFTER_GROUPS = 3
 
 
 class EmailRenderer:
@@ -133,6 +139,7 @@ class EmailRenderer:
                 "or 'b > a' in a Jinja test), an unclosed or misspelt tag, or Jinja block tags "
                 "between MJML elements that are not inside <mj-raw>"
             ) from None
+        html = _WRAPPER_LABEL.sub(r"\1", html, count=1)
         try:
             return self._env.from_string(html)
         except jinja2.TemplateSyntaxError as e:
@@ -187,7 +194,7 @@ class EmailRenderer:
         )
         views = [view for group in groups for view in group.items]
         values: dict[str, Any] = {
-            "filters": (), **context,
+            "filters": (), "toc_after": TOC_AFTER_GROUPS, **context,
             "recipient": recipient,
             "newsroom_name": s.newsroom_name,
             "newsroom_url": s.newsroom_url,
