@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
@@ -80,7 +81,7 @@ def ledger_cutoff(session: Session, now: datetime, settings: Settings) -> dateti
             - timedelta(hours=settings.catch_up_hours))
 
 
-def _unsafe_ledger_row(delivery_id: ColumnElement[int], item_before: datetime
+def _unsafe_ledger_row(delivery_id: Any, item_before: datetime
                        ) -> ColumnElement[bool]:
     """A ledger row of this delivery that a future run could still need."""
     s = aliased(Subscriber)
