@@ -78,4 +78,7 @@ def _configure_logging() -> None:
     except PydanticValidationError:
         configure_logging()
         return
-    configure_logging(settings.log_format, settings.log_level)
+    # A command's own output is its report: library chatter (alembic, a batch's summary) only
+    # when DIGEST_LOG_LEVEL asks for it; warnings and errors always.
+    level = settings.log_level if "log_level" in settings.model_fields_set else "WARNING"
+    configure_logging(settings.log_format, level)
