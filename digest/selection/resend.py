@@ -15,7 +15,6 @@ from __future__ import annotations
 from sqlalchemy import and_, insert, literal, select
 from sqlalchemy.orm import Session, aliased
 
-from digest.delivery.contents import delivery_contents
 from digest.errors import ValidationError
 from digest.models import (
     Delivery,
@@ -28,6 +27,9 @@ from digest.models import (
     delivery_items,
     utcnow,
 )
+
+# delivery_contents through the package: the one import of it the layers allow selection.
+from digest.selection import delivery_contents
 from digest.selection.matching import not_suppressed
 from digest.selection.planning import PlannedRun, _finish_planning, _get_or_create_run
 
