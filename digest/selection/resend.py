@@ -15,6 +15,8 @@ from __future__ import annotations
 from sqlalchemy import and_, insert, literal, select
 from sqlalchemy.orm import Session, aliased
 
+# What a delivery carries: the exception of architecture.md's table that planning shares.
+from digest.delivery.contents import delivery_contents
 from digest.errors import ValidationError
 from digest.models import (
     Delivery,
@@ -27,9 +29,6 @@ from digest.models import (
     delivery_items,
     utcnow,
 )
-
-# delivery_contents through the package: the one import of it the layers allow selection.
-from digest.selection import delivery_contents
 from digest.selection.matching import not_suppressed
 from digest.selection.planning import PlannedRun, _finish_planning, _get_or_create_run
 
