@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -409,3 +410,20 @@ class DomainPause(Base):
     delivery_id: Mapped[int | None] = mapped_column(
         ForeignKey("deliveries.id", ondelete="SET NULL")
     )
+
+
+class PrunedTally(Base):
+    """What retention deleted, counted by what ``/metrics`` reports of it: the collector adds
+    these to the live rows, so its counters never go down when old rows are pruned."""
+
+    __tablename__ = "pruned_tallies"
+    metric: Mapped[str] = mapped_column(String(40), primary_key=True)  # a TALLY_* name
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)  # the run kind
+    label: Mapped[str] = mapped_column(String(40), primary_key=True)  # status, fault or ""
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+TALLY_DELIVERIES = "deliveries"  # label: the final status the row had
+TALLY_SENT = "messages_sent"  # rows that had a sent_at; label ""
+TALLY_BOUNCES = "bounces"  # bounce reports deleted with their delivery; label: the fault
