@@ -3,7 +3,8 @@
 ``prune`` deletes, in batches each committed on its own (no giant transaction):
 
 - deliveries in a final state created more than ``DIGEST_RETENTION_DAYS`` ago, of runs that are
-  finished (``done`` or ``cancelled``), with their ``delivery_items`` and their ledger rows;
+  finished (``done`` or ``cancelled``), with their ``delivery_items``, their ledger rows and
+  the bounce reports that name them;
 - runs left with no delivery, finished and as old, except the newest run of each kind (catch-up
   and alerts read the latest one).
 
@@ -25,6 +26,10 @@ row is safe when its item was ingested
 and the reader has no delivery in an unfinished scheduled run (a cancel could move their
 watermark back). A delivery with a row that is not safe yet is kept, and counted.
 
+What a batch deletes is added to ``pruned_tallies`` in the same transaction (deliveries by
+run kind and final status, messages sent, bounces by fault): ``/metrics`` adds the tallies to
+the live rows, so its counters never go down after a prune (ADR 0018).
+
 Erasure is not retention's business: erasing a subscriber deletes their rows at once.
 """
 
@@ -39,11 +44,17 @@ from sqlalchemy.orm import Session, aliased
 
 from digest.db import rowcount
 from digest.delivery.states import UNFINISHED
+from digest.errors import ConfigError
 from digest.models import (
+    TALLY_BOUNCES,
+    TALLY_DELIVERIES,
+    TALLY_SENT,
+    Bounce,
     Delivery,
     DeliveryStatus,
     DigestRun,
     Item,
+    PrunedTally,
     RunKind,
     RunStatus,
     SentItem,
@@ -63,6 +74,7 @@ class PruneReport:
     deliveries: int = 0  # delivery log rows deleted (or, in a dry run, that would be)
     ledger_rows: int = 0  # sent_items rows deleted with them
     delivery_items: int = 0
+    bounces: int = 0  # bounce reports of the deleted deliveries, deleted with them
     runs: int = 0  # runs left empty, deleted
     kept_for_ledger: int = 0  # old final deliveries kept: the ledger still needs a row of theirs
     batches: int = 0
@@ -119,6 +131,67 @@ def _empty_old_runs(retention_cutoff: datetime) -> ColumnElement[bool]:
                 ~exists().where(Delivery.run_id == DigestRun.id))
 
 
+def _delete_and_tally(session: Session, ids: list[int], retention: datetime
+                      ) -> tuple[int, int]:
+    """Delete these deliveries (those still old and final) and their bounce reports, and add
+    them to the tallies, in the caller's transaction; (deliveries, bounces) deleted."""
+    # Locked (PostgreSQL), so a re-queue or a second prune cannot change them meanwhile; the
+    # tallies are taken from the rows the DELETEs return, so a row is never counted twice.
+    ids = list(session.scalars(select(Delivery.id).where(
+        Delivery.id.in_(ids), _old_final_deliveries(retention)).with_for_update()))
+    if not ids:
+        return 0, 0
+    kind_of_run = dict(session.execute(select(DigestRun.id, DigestRun.kind).where(
+        DigestRun.id.in_(select(Delivery.run_id).where(Delivery.id.in_(ids))))).all())
+    tallies: dict[tuple[str, str, str], int] = {}
+
+    def tally(metric: str, kind: str, label: str) -> None:
+        tallies[metric, kind, label] = tallies.get((metric, kind, label), 0) + 1
+
+    # The bounces first: deleting a delivery would leave its reports naming none (SET NULL).
+    bounce_rows = session.execute(delete(Bounce).where(Bounce.delivery_id.in_(ids)).returning(
+        Bounce.delivery_id, Bounce.kind)).all()
+    delivery_rows = session.execute(delete(Delivery).where(Delivery.id.in_(ids)).returning(
+        Delivery.id, Delivery.run_id, Delivery.status, Delivery.sent_at)).all()
+    run_of_delivery = {row.id: row.run_id for row in delivery_rows}
+    for row in delivery_rows:
+        kind = str(kind_of_run[row.run_id])
+        tally(TALLY_DELIVERIES, kind, str(row.status))
+        if row.sent_at is not None:
+            tally(TALLY_SENT, kind, "")
+    for bounce in bounce_rows:
+        tally(TALLY_BOUNCES, str(kind_of_run[run_of_delivery[bounce.delivery_id]]),
+              str(bounce.kind))
+    _add_tallies(session, tallies)
+    return len(delivery_rows), len(bounce_rows)
+
+
+def _add_tallies(session: Session, tallies: dict[tuple[str, str, str], int]) -> None:
+    """``count += n`` per (metric, kind, label), the row made on first use (an upsert, so
+    two prunes at once do not both insert it)."""
+    if not tallies:
+        return
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    now = utcnow()
+    rows = [{"metric": metric, "kind": kind, "label": label, "count": n, "updated_at": now}
+            for (metric, kind, label), n in sorted(tallies.items())]
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        pg = postgresql.insert(PrunedTally).values(rows)
+        stmt: Any = pg.on_conflict_do_update(
+            index_elements=["metric", "kind", "label"],
+            set_={"count": PrunedTally.count + pg.excluded["count"], "updated_at": now})
+    elif dialect == "sqlite":
+        lite = sqlite.insert(PrunedTally).values(rows)
+        stmt = lite.on_conflict_do_update(
+            index_elements=["metric", "kind", "label"],
+            set_={"count": PrunedTally.count + lite.excluded["count"], "updated_at": now})
+    else:
+        raise ConfigError(f"database {dialect!r} is not supported; use PostgreSQL or SQLite")
+    session.execute(stmt)
+
+
 def prune(session: Session, settings: Settings, *, now: datetime | None = None,
           dry_run: bool = False, batch_size: int = 1000) -> PruneReport:
     """Prune the delivery log and the ledger as far as is safe (module doc); each batch of
@@ -138,6 +211,8 @@ def prune(session: Session, settings: Settings, *, now: datetime | None = None,
             SentItem.delivery_id.in_(chosen))) or 0
         report.delivery_items = session.scalar(select(func.count()).select_from(delivery_items)
             .where(delivery_items.c.delivery_id.in_(chosen))) or 0
+        report.bounces = session.scalar(select(func.count()).select_from(Bounce).where(
+            Bounce.delivery_id.in_(chosen))) or 0
         # Runs whose every delivery would go, and those already empty.
         report.runs = session.scalar(select(func.count()).select_from(DigestRun).where(
             _old_finished_runs(retention),
@@ -159,8 +234,9 @@ def prune(session: Session, settings: Settings, *, now: datetime | None = None,
             SentItem.delivery_id.in_(ids))) or 0
         report.delivery_items += session.scalar(select(func.count()).select_from(delivery_items)
             .where(delivery_items.c.delivery_id.in_(ids))) or 0
-        report.deliveries += rowcount(session, delete(Delivery).where(
-            Delivery.id.in_(ids), _old_final_deliveries(retention)))
+        deleted, bounces = _delete_and_tally(session, ids, retention)
+        report.deliveries += deleted
+        report.bounces += bounces
         session.commit()
         report.batches += 1
         after = ids[-1]

@@ -13,6 +13,9 @@ Figures (``kind`` is the run kind: weekly, daily, immediate, adhoc):
 - ``digest_messages_sent_total{kind}``: messages the SMTP server accepted (rows with a
   ``sent_at``, including those a bounce later failed);
 - ``digest_bounces_total{kind,fault}``: bounce reports recorded;
+- ``digest_deliveries_pruned_total{kind,status}``: rows retention deleted, by their status.
+  The two counters above add what retention deleted (``pruned_tallies``) to the live rows,
+  so they never go down after a prune (Prometheus would read that as a reset);
 - ``digest_suppressions{reason}``: addresses on the suppression list;
 - ``digest_runs{kind,status}``: runs by status; ``digest_run_duration_seconds{kind}`` and
   ``digest_run_finished_timestamp_seconds{kind}`` of the last finished run of each kind;
@@ -43,10 +46,14 @@ from sqlalchemy.orm import Session
 
 from digest import db
 from digest.models import (
+    TALLY_BOUNCES,
+    TALLY_DELIVERIES,
+    TALLY_SENT,
     Bounce,
     Delivery,
     DeliveryStatus,
     DigestRun,
+    PrunedTally,
     RunStatus,
     Suppression,
     utcnow,
@@ -100,7 +107,13 @@ def _database_figures(session: Session, now: datetime) -> Iterable[Metric]:
     sent = CounterMetricFamily(
         "digest_messages_sent", "Messages the SMTP server accepted, by run kind (a bounce "
         "later may have failed them).", labels=["kind"])
-    sent_by_kind: dict[str, int] = {}
+    pruned: dict[str, dict[tuple[str, ...], int]] = {}
+    for metric, tally_kind, label, tally_count in session.execute(
+        select(PrunedTally.metric, PrunedTally.kind, PrunedTally.label, PrunedTally.count)
+    ):
+        key = (tally_kind,) if metric == TALLY_SENT else (tally_kind, label)
+        pruned.setdefault(metric, {})[key] = tally_count
+    sent_by_kind: dict[str, int] = {key[0]: n for key, n in pruned.get(TALLY_SENT, {}).items()}
     for kind, status, rows, with_sent_at in session.execute(
         select(DigestRun.kind, Delivery.status, func.count(), func.count(Delivery.sent_at))
         .join(DigestRun, DigestRun.id == Delivery.run_id)
@@ -112,10 +125,17 @@ def _database_figures(session: Session, now: datetime) -> Iterable[Metric]:
         sent.add_metric([kind_name], count)
     yield deliveries
     yield sent
+    deliveries_pruned = CounterMetricFamily(
+        "digest_deliveries_pruned", "Rows of the delivery log retention deleted, by run kind "
+        "and the status they had.", labels=["kind", "status"])
+    for labels, count in sorted(pruned.get(TALLY_DELIVERIES, {}).items()):
+        deliveries_pruned.add_metric(list(labels), count)
+    yield deliveries_pruned
 
     bounces = CounterMetricFamily(
         "digest_bounces", "Bounce reports recorded, by the run kind of the delivery they name "
         "(unknown: none named) and by whose fault.", labels=["kind", "fault"])
+    bounce_counts = dict(pruned.get(TALLY_BOUNCES, {}))
     for bounce_kind, fault, count in session.execute(
         select(DigestRun.kind, Bounce.kind, func.count())
         .select_from(Bounce)
@@ -123,8 +143,10 @@ def _database_figures(session: Session, now: datetime) -> Iterable[Metric]:
         .outerjoin(DigestRun, DigestRun.id == Delivery.run_id)
         .group_by(DigestRun.kind, Bounce.kind)
     ):
-        bounces.add_metric([str(bounce_kind) if bounce_kind is not None else "unknown",
-                            str(fault)], count)
+        key = (str(bounce_kind) if bounce_kind is not None else "unknown", str(fault))
+        bounce_counts[key] = bounce_counts.get(key, 0) + count
+    for labels, count in sorted(bounce_counts.items()):
+        bounces.add_metric(list(labels), count)
     yield bounces
 
     suppressions = GaugeMetricFamily(

@@ -207,3 +207,32 @@ def test_0006_keeps_the_ledger_rows_and_checks_only_their_delivery_then_puts_the
                                      .get_columns("digest_runs")}
     with db.engine_for(empty_url).connect() as conn:
         assert conn.execute(select(func.count()).select_from(DigestRun)).scalar() == 1
+
+
+def test_0007_adds_the_pruned_tallies_and_takes_them_away(empty_url):
+    from alembic import command
+
+    from tests.factories import T0, make_subscriber
+
+    db.upgrade(empty_url, "0006")
+    with db._sessionmaker(empty_url)() as session:
+        _old_delivery(session, _old_run(session, "weekly", T0),
+                      make_subscriber(session, "ann@example.org"))
+        session.commit()
+
+    def tables():
+        return set(inspect(db.engine_for(empty_url)).get_table_names())
+
+    assert "pruned_tallies" not in tables()
+    db.upgrade(empty_url)
+    assert "pruned_tallies" in tables()
+    with db.engine_for(empty_url).begin() as conn:
+        conn.execute(text("INSERT INTO pruned_tallies (metric, kind, label, count, updated_at) "
+                          "VALUES ('messages_sent', 'weekly', '', 5000000000, :now)"),
+                     {"now": T0})
+        assert conn.execute(text("SELECT count FROM pruned_tallies")).scalar() == 5_000_000_000
+
+    command.downgrade(db.alembic_config(empty_url), "0006")
+    assert "pruned_tallies" not in tables()
+    with db.engine_for(empty_url).connect() as conn:  # nothing else went with it
+        assert conn.execute(text("SELECT count(*) FROM deliveries")).scalar() == 1

@@ -14,6 +14,7 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
+from sqlalchemy import func, select
 
 from digest.delivery import due_for_retry, send_deliveries
 from digest.logs import configure_logging
@@ -157,3 +158,50 @@ def test_a_database_that_does_not_answer_is_reported_not_a_failed_scrape(web_set
         figures = _scrape(c)
     assert figures[("digest_database_up", ())] == 0
     assert not any(name == "digest_deliveries" for name, _ in figures)
+
+
+def _counters(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text)
+            if family.type == "counter" for sample in family.samples
+            if sample.name.endswith("_total")}
+
+
+def test_counters_never_go_down_when_retention_prunes_the_rows_they_count(
+        client, sent_run, session, web_settings):
+    from digest.delivery.retention import prune
+    from digest.models import Bounce, Delivery, DeliveryStatus, Fault
+
+    later = utcnow() + timedelta(hours=1)
+    send_deliveries(due_for_retry(session, now=later), now=later, settings=web_settings)
+    session.expire_all()
+    bounced = session.scalars(select(Delivery).where(
+        Delivery.status == DeliveryStatus.sent).order_by(Delivery.id)).first()
+    session.add(Bounce(delivery_id=bounced.id, email=bounced.email, status_code="4.2.2",
+                       kind=Fault.soft, diagnostic="mailbox full"))
+    session.commit()
+    before = _counters(client)
+    assert before[("digest_messages_sent_total", (("kind", "weekly"),))] == 3
+    assert before[("digest_bounces_total", (("fault", "soft"), ("kind", "weekly")))] == 1
+
+    report = prune(session, web_settings, now=utcnow() + timedelta(days=200), batch_size=2)
+    assert (report.deliveries, report.bounces) == (4, 1)
+    assert session.scalar(select(func.count()).select_from(Delivery)) == 0
+
+    after = _counters(client)
+    for key, value in before.items():
+        assert after.get(key, 0) >= value, f"{key} went down: {value} -> {after.get(key)}"
+    assert after[("digest_messages_sent_total", (("kind", "weekly"),))] == 3
+    assert after[("digest_bounces_total", (("fault", "soft"), ("kind", "weekly")))] == 1
+    # The bounce went with its delivery: it is not counted again as naming no delivery.
+    assert not any(name == "digest_bounces_total" and ("kind", "unknown") in labels
+                   for name, labels in after)
+    pruned = {dict(labels)["status"]: value for (name, labels), value in after.items()
+              if name == "digest_deliveries_pruned_total"}
+    assert pruned == {"sent": 3, "failed": 1}
+
+    # A second prune finds nothing and adds nothing.
+    assert prune(session, web_settings, now=utcnow() + timedelta(days=200)).deliveries == 0
+    assert _counters(client) == after
