@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, time
 
@@ -15,7 +17,11 @@ from digest.settings import get_settings
 __all__ = ["console", "ensure_db", "err", "new_session", "parse_when", "session_scope",
            "task_queue"]
 
-console = Console()
+# Piped or redirected output has no terminal width to fit: Rich would assume 80 columns and
+# cut the tables' columns to a few letters, so a log file or a grep would lose the figures.
+# COLUMNS, when set, still wins.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+console = Console(width=_WIDTH)
 err = Console(stderr=True)
 
 
