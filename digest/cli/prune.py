@@ -24,7 +24,8 @@ def prune(
     assert report.retention_cutoff is not None and report.ledger_cutoff is not None
     console.print(
         f"{verb}: {report.deliveries} deliveries, {report.ledger_rows} ledger rows, "
-        f"{report.delivery_items} delivery items, {report.runs} empty runs "
+        f"{report.delivery_items} delivery items, {report.bounces} bounce reports, "
+        f"{report.runs} empty runs "
         f"(deliveries before {report.retention_cutoff:%Y-%m-%d %H:%M} UTC; ledger rows of "
         f"items ingested before {report.ledger_cutoff:%Y-%m-%d %H:%M} UTC and each reader's "
         f"watermark)", markup=False, highlight=False)
