@@ -61,7 +61,7 @@ def test_a_confirmation_is_unsigned_without_dkim(sqlite_settings, smtp_sink):
 
 
 # Links made per delivery or per signing (their tokens carry a timestamp): not compared.
-_PERSONAL_LINK = re.compile(r"(https://digest\.example\.org/(?:preferences|unsubscribe|view))/"
+_PERSONAL_LINK = re.compile(r"(https://digest\.example\.org/(?:preferences|unsubscribe|view|feed))/"
                             r"[A-Za-z0-9_.\-]+")
 
 
