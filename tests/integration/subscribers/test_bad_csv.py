@@ -108,8 +108,10 @@ EXPORTED = [
     pytest.param("ann@example.org", FilterSpec(["-Minus"]), "themes", "'-Minus",
                  id="minus-theme"),
     pytest.param("ann@example.org", FilterSpec(["+Plus"]), "themes", "'+Plus", id="plus-theme"),
+    # The names' order follows the database's collation ('=' sorts first in SQLite, is
+    # ignored by PostgreSQL's): either way only a cell that starts with '=' is quoted.
     pytest.param("ann@example.org", FilterSpec(["Policing", "=SUM(A1)"]), "themes",
-                 "Policing|=SUM(A1)", id="formula-not-first-is-kept"),
+                 ("Policing|=SUM(A1)", "'=SUM(A1)|Policing"), id="formula-not-first-is-kept"),
 ]
 
 
@@ -123,7 +125,7 @@ def test_export_quotes_cells_a_spreadsheet_would_run_as_formulas(
     rows = list(csv.DictReader(io.StringIO(export_csv(session))))
     # Only the first character counts: an inner '=' is left alone.
     exported = {row["email"].lstrip("'"): row for row in rows}
-    assert exported[email][column] == cell
+    assert exported[email][column] in (cell if isinstance(cell, tuple) else (cell,))
     plain = exported["plain@example.org"]
     assert (plain["email"], plain["themes"], plain["hour"]) == ("plain@example.org", "Policing",
                                                                 "8")
