@@ -104,7 +104,7 @@ EXPORTED = [
     pytest.param("ann@example.org", FilterSpec(["=SUM(A1)"]), "themes", "'=SUM(A1)",
                  id="equals-theme"),
     pytest.param("ann@example.org", FilterSpec(["@Risk", "Policing"]), "themes",
-                 "'@Risk|Policing", id="at-theme"),
+                 ("'@Risk|Policing", "Policing|@Risk"), id="at-theme"),
     pytest.param("ann@example.org", FilterSpec(["-Minus"]), "themes", "'-Minus",
                  id="minus-theme"),
     pytest.param("ann@example.org", FilterSpec(["+Plus"]), "themes", "'+Plus", id="plus-theme"),
