@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import literal, select, union_all
+from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.orm import Session, selectinload
 
 from digest.errors import ValidationError
@@ -49,6 +49,12 @@ from digest.settings import Settings
 
 FACET_WORDS = {"theme": "theme", "location": "location", "content_type": "content type"}
 UNFINISHED = (DeliveryStatus.pending, DeliveryStatus.sending, DeliveryStatus.deferred)
+# Why no alert carried an item to an immediate reader it matches, by the reason's code.
+NO_ALERT_WORDS = {
+    "alert_passed_you": "the alert that covered it had no message for them",
+    "alert_too_old": "it is too old to be alerted",
+    "alert_passed": "the alert planner passed it when nobody it matched was waiting for it",
+}
 
 
 class Verdict(enum.StrEnum):
@@ -59,9 +65,10 @@ class Verdict(enum.StrEnum):
     backfill = "backfill"  # archive backfill: never in a scheduled digest or an alert
     blocked = "blocked"  # suppressed, unsubscribed or not confirmed
     in_next_digest = "in_next_digest"  # in the window of the reader's next digest
+    in_next_alert = "in_next_alert"  # an immediate reader's: no alert window has closed on it
     not_yet = "not_yet"  # ingested after the clock asked about: a later digest's
     missed_window = "missed_window"  # before the window, and no digest carried it
-    no_alert = "no_alert"  # an immediate reader whom no alert carried it to
+    no_alert = "no_alert"  # an immediate reader whom no alert carried it to, and none will
 
 
 @dataclass
@@ -110,7 +117,19 @@ class CarriedBy:
     note: str | None
     sent_at: datetime | None
     next_attempt_at: datetime | None
-    ledger: bool  # True: the ledger row names it (scheduled digests, alerts)
+    ledger: bool  # True: the ledger row names it (digests, alerts, ad-hoc sends that claim)
+    also_in_digests: bool = False  # an ad-hoc send that left the reader's digests alone (H3)
+
+
+@dataclass
+class AlertCheck:
+    """Where the item stands with the alert planner (``plan_due_alerts``), for an immediate
+    reader: the alert run whose window holds it, or where the planner has got to."""
+
+    run_id: int | None  # the alert run whose window (after, through] holds the item
+    last_cutoff: datetime | None  # the end of the newest alert window planned
+    horizon: datetime  # items ingested at or before it are too old to be alerted (A3)
+    closes_by: datetime  # the latest its window can close: ingested + the debounce
 
 
 @dataclass
@@ -143,6 +162,7 @@ class Explanation:
     filters: list[FilterCheck]
     window: WindowCheck
     ledger_delivery_id: int | None
+    alert: AlertCheck | None  # an immediate reader's: where the item stands with alerts
     deliveries: list[CarriedBy]
     suppression: str | None
     paused_until: datetime | None
@@ -230,8 +250,9 @@ def _filter_checks(session: Session, sub: Subscriber, item: Item) -> list[Filter
 
 
 def _carried_by(session: Session, sub: Subscriber, item: Item) -> list[CarriedBy]:
-    """Every delivery to this reader that carries the item: the ledger's (scheduled digests,
-    alerts) and ``delivery_items``' (ad-hoc sends, dry runs)."""
+    """Every delivery to this reader that carries the item, each once: the ledger names the
+    one that claimed it (a digest, an alert, an ad-hoc send), ``delivery_items`` lists the
+    others (dry runs, resends, repeats an operator asked for: ``delivery_contents``)."""
     carrying = union_all(
         select(SentItem.delivery_id, literal(True).label("ledger"))
         .where(SentItem.subscriber_id == sub.id, SentItem.item_id == item.id),
@@ -247,7 +268,8 @@ def _carried_by(session: Session, sub: Subscriber, item: Item) -> list[CarriedBy
         delivery_id=d.id, run_id=run.id, run_kind=str(run.kind), run_status=str(run.status),
         dry_run=run.dry_run, status=str(d.status), email=d.email, item_count=d.item_count,
         attempts=d.attempts, smtp_code=d.smtp_code, smtp_reply=d.smtp_reply, note=d.note,
-        sent_at=d.sent_at, next_attempt_at=d.next_attempt_at, ledger=bool(ledger))
+        sent_at=d.sent_at, next_attempt_at=d.next_attempt_at, ledger=bool(ledger),
+        also_in_digests=bool((run.params or {}).get("also_in_digests")))
         for d, run, ledger in rows]
 
 
@@ -286,6 +308,34 @@ def _window(session: Session, sub: Subscriber, item: Item, as_of: datetime,
         upcoming = None
     return WindowCheck(str(sub.frequency), sub.watermark, start, as_of, item.ingested_at,
                        position, upcoming, last[0] if last else None, last[1] if last else None)
+
+
+def _alert_check(session: Session, item: Item, as_of: datetime,
+                 settings: Settings) -> AlertCheck:
+    """The alert run whose window holds the item, and where the alert planner has got to, read
+    as ``plan_due_alerts`` reads them (alert windows only: a resend's run is no window)."""
+    windows = (DigestRun.kind == RunKind.immediate, DigestRun.dry_run.is_(False),
+               DigestRun.slot_key.like("immediate:%"))
+    last = session.scalar(select(func.max(DigestRun.cutoff)).where(*windows))
+    run_id = session.scalar(select(DigestRun.id).where(
+        DigestRun.slot_key == f"immediate:item:{item.id}"))  # the per-item alerts of old
+    if run_id is None:
+        holding = session.execute(
+            select(DigestRun.id, DigestRun.params)
+            .where(*windows, DigestRun.cutoff >= item.ingested_at)
+            .order_by(DigestRun.cutoff, DigestRun.id).limit(1)).first()
+        after = (holding.params or {}).get("after") if holding else None
+        if holding and after and datetime.fromisoformat(after) < item.ingested_at:
+            run_id = holding.id
+    debounce = timedelta(minutes=settings.alert_debounce_minutes)
+    horizon = as_of - timedelta(hours=settings.catch_up_hours) - debounce
+    return AlertCheck(run_id, last, horizon, item.ingested_at + debounce)
+
+
+def _alert_waits(alert: AlertCheck, item: Item) -> bool:
+    """No alert window has closed on the item and it is recent enough: the next one takes it."""
+    return (alert.run_id is None and item.ingested_at > alert.horizon
+            and (alert.last_cutoff is None or item.ingested_at > alert.last_cutoff))
 
 
 # --- the words ------------------------------------------------------------------------------------
@@ -374,23 +424,15 @@ def explain(session: Session, subscriber: Subscriber, item: Item, *, settings: S
             f"It is archive backfill (published {_when(item.published_at)}, more than "
             f"{settings.max_item_age_days} days before it was ingested): scheduled digests "
             "and alerts never carry it; only an operator's ad-hoc send may.")))
+    alert = None
     if scheduled:
         reasons.append(_window_reason(window, sub, settings))
-    else:
-        alert = session.scalar(select(DigestRun.id).where(
-            DigestRun.slot_key == f"immediate:item:{item.id}"))
-        reasons.append(Reason("immediate", True, (
-            "You get immediate alerts: each new item goes out when it is ingested, to the "
-            "active immediate readers it matches then; "
-            + (f"this item's alert is run {alert}." if alert else
-               "no alert run was planned for this item."))))
-    if ledger_delivery is not None:
-        reasons.append(Reason("ledger", True, (
-            f"The ledger (sent_items) records it for you, carried by delivery "
-            f"{ledger_delivery}: no scheduled digest or alert will carry it again.")))
-    else:
-        reasons.append(Reason("no_ledger", True,
-                              "The ledger (sent_items) has no row for you and this item."))
+    elif sub.frequency == Frequency.immediate:
+        alert = _alert_check(session, item, as_of, settings)
+        carried_by_alert = any(c.run_id == alert.run_id for c in real)
+        reasons.append(_alert_reason(alert, item, carried_by_alert, settings))
+    reasons.append(_ledger_reason(ledger_delivery, carried))
+    reasons += _also_in_digests_reasons(carried)
     for c in carried:
         ok = c.status in (DeliveryStatus.sent, *UNFINISHED)
         reasons.append(Reason(f"delivery_{c.status}", ok, _delivery_sentence(c)))
@@ -416,14 +458,16 @@ def explain(session: Session, subscriber: Subscriber, item: Item, *, settings: S
             f"Mail to {pause.domain} is paused until {_when(pause.paused_until)} after a "
             f"policy refusal ({pause.reason or 'no reply kept'}): deliveries there wait.")))
 
-    verdict = _verdict(real, matches, item, blocked, scheduled, window.position)
+    verdict = _verdict(real, matches, item, blocked, scheduled, window.position,
+                       alert is not None and _alert_waits(alert, item))
     result = Explanation(
         subscriber_id=sub.id, email=sub.email, status=str(sub.status),
         frequency=str(sub.frequency), item_id=item.id, item_title=item.title,
         item_url=item.url, item_guid=item.guid, ingested_at=item.ingested_at,
         published_at=item.published_at, is_backfill=item.is_backfill, as_of=as_of,
         verdict=verdict, matches=matches, next_digest_would_carry=would_carry,
-        filters=filters, window=window, ledger_delivery_id=ledger_delivery, deliveries=carried,
+        filters=filters, window=window, ledger_delivery_id=ledger_delivery, alert=alert,
+        deliveries=carried,
         suppression=str(suppression.reason) if suppression else None,
         paused_until=pause.paused_until if pause else None, reasons=reasons)
     result.sentences = [_summary(result), *(r.text for r in reasons)]
@@ -446,8 +490,57 @@ def _window_reason(window: WindowCheck, sub: Subscriber, settings: Settings) -> 
         f"The item was ingested {_when(window.ingested_at)}: {where}."))
 
 
+def _alert_reason(alert: AlertCheck, item: Item, carried: bool, settings: Settings) -> Reason:
+    head = "You get immediate alerts"
+    if alert.run_id is not None:
+        if carried:
+            return Reason("alert_run", True, f"{head}: alert run {alert.run_id} carries it.")
+        return Reason("alert_passed_you", False, (
+            f"{head}: alert run {alert.run_id} covered this item but had no message for you: "
+            "you were not an active immediate reader when it was planned, your filters did not "
+            "take the item then, or you had it already."))
+    if _alert_waits(alert, item):
+        return Reason("alert_waiting", True, (
+            f"{head}: no alert window has closed on this item yet. The next alert carries it: "
+            f"its window closes by {_when(alert.closes_by)} (DIGEST_ALERT_DEBOUNCE_MINUTES="
+            f"{settings.alert_debounce_minutes} after the first item waiting) and the beat's "
+            "next tick after that sends it."))
+    if item.ingested_at <= alert.horizon:
+        return Reason("alert_too_old", False, (
+            f"{head}, but no alert carried this item and it was ingested before "
+            f"{_when(alert.horizon)} (DIGEST_CATCH_UP_HOURS={settings.catch_up_hours} and the "
+            "debounce back from the clock asked about): too old to be alerted now (rule A3)."))
+    return Reason("alert_passed", False, (
+        f"{head}, but the alert planner has passed this item (its newest window ends "
+        f"{_when(alert.last_cutoff)}) with no alert for it: no active immediate reader it "
+        "matched was waiting for it then (you became an immediate reader later, or your "
+        "filters did not take it then)."))
+
+
+def _ledger_reason(ledger_delivery: int | None, carried: list[CarriedBy]) -> Reason:
+    if ledger_delivery is None:
+        return Reason("no_ledger", True,
+                      "The ledger (sent_items) has no row for you and this item.")
+    claim = next((c for c in carried if c.delivery_id == ledger_delivery), None)
+    by_adhoc = claim is not None and claim.run_kind == RunKind.adhoc
+    return Reason("ledger", True, (
+        f"The ledger (sent_items) records it for you, carried by delivery {ledger_delivery}: "
+        "no scheduled digest or alert will carry it again"
+        + (f" (the ad-hoc send of run {claim.run_id} claimed it, rule H3)." if by_adhoc and claim
+           else ".")))
+
+
+def _also_in_digests_reasons(carried: list[CarriedBy]) -> list[Reason]:
+    """An ad-hoc send made with "also include in digests" claimed nothing: say so, or a reader
+    who got the item from it wonders why their digest repeats it."""
+    return [Reason("also_in_digests", True, (
+        f"The ad-hoc send of run {c.run_id} was made with \"also include in digests\" "
+        "(--also-in-digests): it did not keep the item from your digests and alerts."))
+        for c in carried if c.also_in_digests and not c.dry_run]
+
+
 def _verdict(real: list[CarriedBy], matches: bool, item: Item, blocked: bool, scheduled: bool,
-             position: str) -> Verdict:
+             position: str, alert_waits: bool) -> Verdict:
     if any(c.status == DeliveryStatus.sent for c in real):
         return Verdict.sent
     if any(c.status in UNFINISHED for c in real):
@@ -460,8 +553,10 @@ def _verdict(real: list[CarriedBy], matches: bool, item: Item, blocked: bool, sc
         return Verdict.backfill
     if blocked:
         return Verdict.blocked
+    if position == "after":
+        return Verdict.not_yet
     if not scheduled:
-        return Verdict.no_alert
+        return Verdict.in_next_alert if alert_waits else Verdict.no_alert
     return {"inside": Verdict.in_next_digest, "after": Verdict.not_yet,
             "before": Verdict.missed_window}[position]
 
@@ -491,12 +586,17 @@ def _summary(e: Explanation) -> str:
             due = f", due {_when(e.window.next_slot)}" if e.window.next_slot else ""
             return f"{what}: matches and will be in the next {e.frequency} digest{due}."
         case Verdict.not_yet:
-            return f"{what}: matches; ingested after {_when(e.as_of)}, a later digest's."
+            return f"{what}: matches; ingested after {_when(e.as_of)}, a later message's."
+        case Verdict.in_next_alert:
+            assert e.alert is not None
+            return (f"{what}: matches and will be in the next alert, whose window closes by "
+                    f"{_when(e.alert.closes_by)}.")
         case Verdict.missed_window:
             return (f"{what}: matches, but no digest carried it and it came before the "
                     "reader's window (ingested before the last digest's cutoff or the "
                     "first digest's look-back): it will not be sent.")
         case Verdict.no_alert:
-            return (f"{what}: matches, but no alert carried it (the reader was not an active "
-                    "immediate reader when it came, or it was not new).")
+            code = next((r.code for r in e.reasons if r.code in NO_ALERT_WORDS), "")
+            return (f"{what}: matches, but no alert carried it: "
+                    f"{NO_ALERT_WORDS.get(code, 'see below')}.")
     raise AssertionError(e.verdict)  # pragma: no cover - every verdict is handled above

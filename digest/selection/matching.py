@@ -130,7 +130,11 @@ def item_matches_subscriber(
     any_filter = exists().where(
         f.subscriber_id == subscriber_id, *filter_facet_conditions(item).values(),
     ).correlate_except(SubscriberFilter.__table__)
-    no_filter = ~exists().where(f.subscriber_id == subscriber_id)
+    # Explicit, like ``any_filter``: the reader's row may live two levels up (the alert
+    # planner's "readers with an item in the window they match"), where automatic correlation
+    # sees only the items and turned this into "nobody has a filter".
+    no_filter = ~exists().where(f.subscriber_id == subscriber_id).correlate_except(
+        SubscriberFilter.__table__)
     return or_(no_filter, any_filter)
 
 

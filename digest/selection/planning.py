@@ -19,6 +19,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    delete,
     exists,
     func,
     insert,
@@ -330,10 +331,9 @@ def plan_immediate_run(session: Session, item_id: int) -> PlannedRun:
     if item is None:
         raise ValidationError(f"no item with id {item_id}")
     s = Subscriber.__table__.c
-    i = Item.__table__
-    wanted = exists().where(i.c.id == item_id, ~i.c.is_backfill, item_matches_subscriber(i, s.id))
-    who = and_(s.frequency == Frequency.immediate,
-               s.status == SubscriberStatus.active, wanted)
+    i = Item.__table__.c
+    who = and_(s.frequency == Frequency.immediate, s.status == SubscriberStatus.active,
+               wants_unclaimed(and_(i.id == item_id, ~i.is_backfill)))
     if not session.scalar(select(exists().where(who))):
         return PlannedRun(None, False)  # nobody wants this one at once: no run at all
     run, created = _get_or_create_run(session, kind=RunKind.immediate,
@@ -342,8 +342,39 @@ def plan_immediate_run(session: Session, item_id: int) -> PlannedRun:
     if not created:
         return PlannedRun(run.id, False)
     _insert_deliveries(session, run, who)
-    _insert_ledger(session, run, Item.__table__.c.id == item_id, None)
-    return _finish_planning(session, run)
+    _insert_ledger(session, run, i.id == item_id, None)
+    return _drop_if_nothing_to_send(session, run, _finish_planning(session, run))
+
+
+def _unclaimed_by(subscriber_id: ColumnElement[int]) -> ColumnElement[bool]:
+    """On an items row: the ledger holds no claim of this item for the reader (no digest,
+    alert or ad-hoc send carried it to them yet). Correlated explicitly: the reader's row is
+    one level up or two, depending on the query's shape."""
+    return ~exists().where(
+        SentItem.subscriber_id == subscriber_id, SentItem.item_id == Item.__table__.c.id,
+    ).correlate_except(SentItem.__table__)
+
+
+def wants_unclaimed(items: ColumnElement[bool]) -> ColumnElement[bool]:
+    """On a subscribers row: an item that ``items`` accepts matches the reader's filters
+    (``item_matches_subscriber``) and is not theirs in the ledger yet. The condition of an
+    alert's readers; a reader it leaves out would only get an empty, skipped row."""
+    s = Subscriber.__table__.c
+    return exists().where(items, item_matches_subscriber(Item.__table__, s.id),
+                          _unclaimed_by(s.id))
+
+
+def _drop_if_nothing_to_send(session: Session, run: DigestRun, planned: PlannedRun) -> PlannedRun:
+    """An alert run with no message to send is not kept (rule A2): no run row, no skipped
+    rows. Planning only creates one when a reader wants an item of its window, so this is for
+    a reader who left or was suppressed between those statements (PostgreSQL reads each
+    statement at its own moment)."""
+    if planned.planned:
+        return planned
+    session.execute(delete(Delivery).where(Delivery.run_id == run.id))
+    session.execute(delete(DigestRun).where(DigestRun.id == run.id))
+    session.expunge(run)
+    return PlannedRun(None, False)
 
 
 def plan_due_alerts(session: Session, *, settings: Settings, now: datetime | None = None,
@@ -357,7 +388,9 @@ def plan_due_alerts(session: Session, *, settings: Settings, now: datetime | Non
     (``wait``), or closes now (no scheduler to come back: the in-process queue). Items older
     than ``catch_up_hours`` are not alerted (like missed slots), unless ``since`` (an
     announced item's ``ingested_at``) reaches further back and no alert run is newer. An
-    item nobody wants at once opens no window and creates no run."""
+    item nobody wants at once, or that every immediate reader it matches has already (the
+    ledger: a digest before they moved to immediate, an ad-hoc send), opens no window and
+    creates no run (rule A2)."""
     now = now or utcnow()
     debounce = timedelta(minutes=settings.alert_debounce_minutes)
     s = Subscriber.__table__.c
@@ -369,12 +402,17 @@ def plan_due_alerts(session: Session, *, settings: Settings, now: datetime | Non
     horizon = now - timedelta(hours=settings.catch_up_hours) - debounce
     if since is not None:
         horizon = min(horizon, since - timedelta(microseconds=1))
+    # Alert windows only: a resend of failed alerts (kind immediate, key resend-failed:N) has
+    # the clock of its resend as cutoff, and would skip the items waiting for their window.
     last = session.scalar(select(func.max(DigestRun.cutoff)).where(
-        DigestRun.kind == RunKind.immediate, DigestRun.dry_run.is_(False)))
+        DigestRun.kind == RunKind.immediate, DigestRun.dry_run.is_(False),
+        DigestRun.slot_key.like("immediate:%")))
     after = max(last, horizon) if last is not None else horizon
     runs: list[PlannedRun] = []
     while True:
-        wanted = exists().where(immediate, item_matches_subscriber(Item.__table__, s.id))
+        # The item's row is the outer one here; the reader's in the condition on them.
+        wanted = exists().where(immediate, item_matches_subscriber(Item.__table__, s.id),
+                                _unclaimed_by(s.id))
         first = session.scalar(select(func.min(i.ingested_at)).where(
             i.ingested_at > after, i.ingested_at <= now, ~i.is_backfill, wanted))
         if first is None:
@@ -385,8 +423,7 @@ def plan_due_alerts(session: Session, *, settings: Settings, now: datetime | Non
                 return runs  # the window is still open
             cutoff = now
         in_window = and_(i.ingested_at > after, i.ingested_at <= cutoff, ~i.is_backfill)
-        who = and_(immediate, exists().where(
-            in_window, item_matches_subscriber(Item.__table__, s.id)))
+        who = and_(immediate, wants_unclaimed(in_window))
         run, created = _get_or_create_run(
             session, kind=RunKind.immediate, slot_key=f"immediate:{cutoff.isoformat()}",
             cutoff=cutoff, params={"after": after.isoformat(), "through": cutoff.isoformat()},
@@ -394,7 +431,9 @@ def plan_due_alerts(session: Session, *, settings: Settings, now: datetime | Non
         if created:
             _insert_deliveries(session, run, who)
             _insert_ledger(session, run, in_window, None)
-            runs.append(_finish_planning(session, run))
+            planned = _drop_if_nothing_to_send(session, run, _finish_planning(session, run))
+            if planned.run_id is not None:
+                runs.append(planned)
         after = cutoff
 
 

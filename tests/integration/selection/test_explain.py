@@ -20,7 +20,12 @@ from digest.models import (
     Theme,
     utcnow,
 )
-from digest.selection import item_matches_subscriber, plan_scheduled_run, preview_items
+from digest.selection import (
+    item_matches_subscriber,
+    plan_due_alerts,
+    plan_scheduled_run,
+    preview_items,
+)
 from digest.selection.explain import Verdict, explain, find_item
 from digest.subscribers import suppress
 from tests.factories import T0, make_item, make_subscriber
@@ -128,12 +133,39 @@ def test_suppression_unsubscription_and_a_paused_domain_are_named(session, taxo,
     assert left.verdict == Verdict.blocked and "unsubscribed" in left.sentences[0]
 
 
-def test_an_immediate_reader_without_an_alert_is_told_so(session, taxo, settings):
-    item = make_item(session, "Alert me")
+def test_an_immediate_reader_is_told_an_item_too_old_for_an_alert_will_not_come(
+        session, taxo, settings):
+    item = make_item(session, "Alert me", ingested_at=T0 - timedelta(days=3))
     sub = make_subscriber(session, "i@example.org", frequency="immediate")
     session.commit()
     e = explain(session, sub, item, settings=settings, as_of=T0)
     assert e.verdict == Verdict.no_alert and e.window.next_slot is None
+    assert "too old to be alerted" in e.sentences[0]
+    assert {r.code for r in e.reasons if not r.ok} == {"alert_too_old"}
+
+
+def test_an_item_waiting_for_its_alert_window_is_in_the_next_alert_not_blamed_on_the_reader(
+        session, taxo, settings):
+    """An immediate reader of everything, beside readers with filters: before the window
+    closes explain says the next alert carries it; once planned, that the alert does."""
+    t = taxo
+    sub = make_subscriber(session, "everything@example.org", frequency="immediate")
+    make_subscriber(session, "gender@example.org", {"themes": [t.gender]}, frequency="immediate")
+    item = make_item(session, "Border police training", themes=[t.policing], ingested_at=T0)
+    session.commit()
+
+    waiting = explain(session, sub, item, settings=settings, as_of=T0 + timedelta(minutes=3))
+    assert waiting.verdict == Verdict.in_next_alert
+    assert "will be in the next alert, whose window closes by 2025-10-13 07:10 UTC" in (
+        waiting.sentences[0])
+    assert "not an active" not in " ".join(waiting.sentences)
+
+    runs = plan_due_alerts(session, settings=settings, now=T0 + timedelta(minutes=10), since=T0)
+    session.commit()
+    carried = explain(session, sub, item, settings=settings, as_of=T0 + timedelta(minutes=11))
+    assert carried.verdict == Verdict.on_its_way and carried.alert is not None
+    assert carried.alert.run_id == runs[0].run_id
+    assert f"alert run {runs[0].run_id} carries it" in " ".join(carried.sentences)
 
 
 def test_an_item_is_found_by_id_url_or_guid_and_bad_references_say_so(session, taxo):

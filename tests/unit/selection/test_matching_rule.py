@@ -5,7 +5,12 @@ hit); alerts and previews ask ``item_matches_subscriber`` (EXISTS subqueries). O
 taxonomies (themes, content types, places with some in regions), readers with 0-3 filters of
 random facets (empty ones included) and random items, both must accept exactly the pairs the
 rule accepts: within a facet OR, across facets AND, an empty facet matches anything, several
-filters are a union, a region covers its places, no filter at all matches everything.
+filters are a union, a region covers its places, no filter at all matches everything (M2:
+whatever the other readers chose).
+
+The EXISTS matcher is checked in two query shapes: with the reader and the item side by side
+(previews), and as the alert planner uses it, the reader's row two levels up from the filters
+(``plan_due_alerts`` itself, over a mixed population of immediate and weekly readers).
 
 An embedded SQLite database in memory: no server, so this stays in the unit tier.
 """
@@ -32,14 +37,20 @@ from digest.models import (
     Subscriber,
     SubscriberFilter,
     Theme,
-    delivery_items,
     filter_content_types,
     filter_locations,
     filter_themes,
     item_locations,
     item_themes,
 )
-from digest.selection import AdhocQuery, item_matches_subscriber, plan_adhoc_run
+from digest.selection import (
+    AdhocQuery,
+    delivery_contents,
+    item_matches_subscriber,
+    plan_adhoc_run,
+    plan_due_alerts,
+)
+from digest.settings import Settings
 
 T0 = datetime(2025, 10, 13, 7, 0, tzinfo=UTC)
 Pairs = set[tuple[int, int]]
@@ -58,6 +69,7 @@ class Filter:
 class Reader:
     id: int
     filters: tuple[Filter, ...]
+    immediate: bool = False  # immediate alerts; else weekly
 
 
 @dataclass(frozen=True)
@@ -94,7 +106,7 @@ def worlds(draw: st.DrawFn) -> World:
 
     a_filter = st.builds(Filter, some(themes), some(locations), some(types))
     readers = tuple(
-        Reader(n, tuple(draw(st.lists(a_filter, max_size=3))))
+        Reader(n, tuple(draw(st.lists(a_filter, max_size=3))), draw(st.booleans()))
         for n in range(1, draw(st.integers(0, 5)) + 1)
     )
     entries = tuple(
@@ -151,6 +163,7 @@ def load(session: Session, world: World) -> None:
     filter_id = 0
     for reader in world.readers:
         rows[Subscriber].append({"id": reader.id, "email": f"reader{reader.id}@example.org",
+                                 "frequency": "immediate" if reader.immediate else "weekly",
                                  "created_at": T0 - timedelta(days=30)})
         for f in reader.filters:
             filter_id += 1
@@ -174,14 +187,28 @@ def load(session: Session, world: World) -> None:
     session.flush()
 
 
+def carried_pairs(session: Session, run_ids: list[int]) -> Pairs:
+    """(reader, item) of everything the deliveries of these runs carry."""
+    contents = delivery_contents()
+    rows = session.execute(
+        select(Delivery.subscriber_id, contents.c.item_id)
+        .join(contents, contents.c.delivery_id == Delivery.id)
+        .where(Delivery.run_id.in_(run_ids)))
+    return {(sub, item) for sub, item in rows}
+
+
 def planned_pairs(session: Session) -> Pairs:
     """What planning's join gives each reader: an ad-hoc run of every item to everyone."""
     run = plan_adhoc_run(session, AdhocQuery())
-    rows = session.execute(
-        select(Delivery.subscriber_id, delivery_items.c.item_id)
-        .join(delivery_items, delivery_items.c.delivery_id == Delivery.id)
-        .where(Delivery.run_id == run.run_id))
-    return {(sub, item) for sub, item in rows}
+    return carried_pairs(session, [run.run_id])
+
+
+def alert_pairs(session: Session) -> Pairs:
+    """What the alert planner carries to the immediate readers: every item is new and its
+    window closes now."""
+    runs = plan_due_alerts(session, settings=Settings(), now=T0 + timedelta(minutes=1),
+                           wait=False, since=T0)
+    return carried_pairs(session, [run.run_id for run in runs])
 
 
 def exists_pairs(session: Session) -> Pairs:
@@ -203,6 +230,8 @@ def test_planning_and_the_exists_matcher_both_follow_the_rule(engine: Engine, wo
         load(session, world)
         expected = reference_pairs(world)
         assert exists_pairs(session) == expected
+        immediate = {reader.id for reader in world.readers if reader.immediate}
+        assert alert_pairs(session) == {(r, i) for r, i in expected if r in immediate}
         assert planned_pairs(session) == expected
         session.rollback()
 
@@ -218,6 +247,9 @@ def test_the_generated_worlds_reach_every_case_of_the_rule():
         regions = {p for p in world.parent.values() if p is not None}
         if regions:
             seen.add("a place in a region")
+        if any(r.immediate and not r.filters for r in world.readers) and any(
+                r.filters for r in world.readers):
+            seen.add("an immediate reader of everything beside a reader with a filter")
         for reader in world.readers:
             if not reader.filters:
                 seen.add("no filter")
@@ -236,4 +268,5 @@ def test_the_generated_worlds_reach_every_case_of_the_rule():
 
     look()
     assert seen == {"a place in a region", "no filter", "several filters", "a blank filter",
-                    "an empty facet", "a region filter", "a match"}
+                    "an empty facet", "a region filter", "a match",
+                    "an immediate reader of everything beside a reader with a filter"}
