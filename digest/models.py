@@ -349,8 +349,9 @@ class Delivery(Base):
     subscriber: Mapped[Subscriber] = relationship()
 
 
-# What an ad-hoc or dry-run delivery carries; scheduled digests and alerts keep that in the
-# ledger below instead (digest.delivery.contents.delivery_contents reads both).
+# What a delivery carries without claiming it in the ledger below (a dry run, a resend, an
+# ad-hoc send's repeats and its "also include in digests" items); each (delivery, item) is in
+# one of the two (digest.delivery.contents.delivery_contents reads both).
 delivery_items = Table(
     "delivery_items",
     Base.metadata,
@@ -360,8 +361,9 @@ delivery_items = Table(
 
 
 class SentItem(Base):
-    """The ledger: an item goes to a subscriber in at most one scheduled digest, ever; the
-    row names the delivery that carries it.
+    """The ledger: an item goes to a subscriber in at most one digest or alert, ever, and
+    not in one after an ad-hoc send carried it (rule H3); the row names the delivery that
+    claimed it.
 
     Only ``delivery_id`` is a foreign key (migration 0006): the subscriber is the delivery's,
     and a subscriber's deliveries cascade away with them, taking these rows along; checking

@@ -127,9 +127,14 @@ def send_adhoc(
     frequency: list[str] = typer.Option([], "--frequency",  # noqa: B008
                                         help="Only subscribers of this frequency."),
     key: str | None = typer.Option(None, help="A new key to send the same selection again."),
+    also_in_digests: bool = typer.Option(
+        False, "--also-in-digests",
+        help="Let the readers' digests and alerts carry these items too (by default they do "
+             "not carry an item this send carried)."),
     dry_run: bool = typer.Option(False, "--dry-run"),
 ) -> None:
-    """Send chosen items now to every subscriber whose preferences they match."""
+    """Send chosen items now to every subscriber whose preferences they match. Their digests
+    and alerts then leave out what this send carried, unless --also-in-digests."""
     from digest.selection import AdhocQuery, plan_adhoc_run
     from digest.subscribers import check_choice
 
@@ -137,8 +142,14 @@ def send_adhoc(
     for f in frequency:
         check_choice("frequency", f, ["immediate", "daily", "weekly"])
     query = AdhocQuery(tuple(theme), tuple(location), tuple(content_type), parse_when(date_from),
-                       parse_when(date_to, end_of_day=True), tuple(item), tuple(frequency))
+                       parse_when(date_to, end_of_day=True), tuple(item), tuple(frequency),
+                       also_in_digests=also_in_digests)
     planned = _plan(lambda s: plan_adhoc_run(s, query, dry_run=dry_run,
                                              slot_key=f"adhoc:{key}" if key else None))
     _report_run(planned, dry_run)
+    if planned.created and planned.planned:
+        console.print("its readers' digests and alerts " + (
+            "may carry these items again (--also-in-digests)." if also_in_digests else
+            "will leave out what it carries to them (--also-in-digests would not)."),
+            markup=False, highlight=False)
 

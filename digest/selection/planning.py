@@ -1,8 +1,10 @@
 """Planning a run: its deliveries, the ``sent_items`` ledger, immediate alerts, ad-hoc sends.
 
 One SQL statement per step for the whole run, never one query per subscriber. The ledger row
-names its delivery, so it is also the record of what a scheduled digest carries; ad-hoc sends
-and dry runs list their items in ``delivery_items`` instead (``delivery_contents`` reads both).
+names its delivery, so it is also the record of what that delivery carries: digests, alerts
+and ad-hoc sends claim what they carry there; what a delivery carries without claiming it (a
+dry run, an ad-hoc repeat of an item the reader already had or one sent with "also include
+in digests", a resend) is listed in ``delivery_items`` (``delivery_contents`` reads both).
 """
 
 from __future__ import annotations
@@ -446,6 +448,10 @@ class AdhocQuery:
     published_to: datetime | None = None
     item_ids: tuple[int, ...] = ()
     frequencies: tuple[str, ...] = ()  # target segment; empty = every active subscriber
+    # Rule H3: an ad-hoc send claims what it carries in the ledger, so the readers' digests and
+    # alerts do not carry it again; True (the operator's "also include in digests") claims
+    # nothing and leaves their digests as they were.
+    also_in_digests: bool = False
 
     def check(self) -> None:
         """What every ad-hoc send needs (the API and the admin call this): chosen items, a
@@ -471,10 +477,15 @@ class AdhocQuery:
         return cls(tuple(params.get("themes", ())), tuple(params.get("locations", ())),
                    tuple(params.get("content_types", ())), when(params.get("published_from")),
                    when(params.get("published_to")), tuple(params.get("item_ids", ())),
-                   tuple(params.get("frequencies", ())))
+                   tuple(params.get("frequencies", ())), bool(params.get("also_in_digests")))
 
     def key(self) -> str:
-        body = json.dumps(self.as_params(), sort_keys=True)
+        params = self.as_params()
+        if not self.also_in_digests:
+            # The default is hashed as before the option existed: a request repeated across
+            # the upgrade still finds its run (H2) instead of sending again.
+            del params["also_in_digests"]
+        body = json.dumps(params, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def as_params(self) -> dict[str, Any]:
@@ -484,6 +495,7 @@ class AdhocQuery:
             "published_from": self.published_from.isoformat() if self.published_from else None,
             "published_to": self.published_to.isoformat() if self.published_to else None,
             "item_ids": list(self.item_ids), "frequencies": list(self.frequencies),
+            "also_in_digests": self.also_in_digests,
         }
 
 
@@ -518,11 +530,13 @@ def adhoc_item_condition(session: Session, query: AdhocQuery) -> ColumnElement[b
 
 def plan_adhoc_run(session: Session, query: AdhocQuery, *, dry_run: bool = False,
                    slot_key: str | None = None) -> PlannedRun:
-    """An operator's send: the chosen items, to each subscriber they match.
+    """An operator's send: the chosen items, to each subscriber they match (archive backfill
+    and items the reader already got included: the operator chose them).
 
-    Ad-hoc sends do not write the ledger (an operator may resend on purpose) but are
-    unique by their parameters: the same request twice plans nothing new unless a new
-    ``slot_key`` is given.
+    Rule H3: what it carries to a reader is claimed in the ledger, so that reader's digests
+    and alerts do not carry it again (``_claim_adhoc_items``); with ``also_in_digests``, or
+    for a dry run, nothing is claimed. Unique by its parameters: the same request twice plans
+    nothing new unless a new ``slot_key`` is given.
     """
     item_cond = adhoc_item_condition(session, query)
     key = slot_key or f"adhoc:{query.key()}"
@@ -539,4 +553,27 @@ def plan_adhoc_run(session: Session, query: AdhocQuery, *, dry_run: bool = False
     pairs = run_pairs(session, run, item_cond, None, include_backfill=True)
     session.execute(insert(delivery_items).from_select(
         ["delivery_id", "item_id"], select(pairs.c.delivery_id, pairs.c.item_id)))
+    if not dry_run and not query.also_in_digests:
+        _claim_adhoc_items(session, run)
     return _finish_planning(session, run)
+
+
+def _claim_adhoc_items(session: Session, run: DigestRun) -> None:
+    """Claim in the ledger the (reader, item) pairs this ad-hoc run's deliveries list, in the
+    planning transaction; a pair some earlier message claimed stays that message's.
+
+    Each pair is then in one place (``delivery_contents`` reads both without counting one
+    twice): the ledger's row when this delivery claimed it, ``delivery_items`` when it
+    repeats an item the reader already had. Set-based: one INSERT ... ON CONFLICT DO NOTHING
+    from the listed pairs, one DELETE of the listed pairs now claimed by their delivery."""
+    d = Delivery.__table__.c
+    listed = (select(d.subscriber_id, delivery_items.c.item_id, d.id,
+                     literal(utcnow(), SentItem.created_at.type))
+              .join(delivery_items, delivery_items.c.delivery_id == d.id)
+              .where(d.run_id == run.id))
+    _insert_ignoring_duplicates(session, cast(Table, SentItem.__table__),
+                                ["subscriber_id", "item_id", "delivery_id", "created_at"], listed)
+    claimed_here = exists().where(SentItem.delivery_id == delivery_items.c.delivery_id,
+                                  SentItem.item_id == delivery_items.c.item_id)
+    session.execute(delete(delivery_items).where(
+        delivery_items.c.delivery_id.in_(select(d.id).where(d.run_id == run.id)), claimed_here))

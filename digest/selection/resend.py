@@ -3,8 +3,9 @@ of their own.
 
 The new run (kind ``adhoc``, or ``immediate`` for an alert, so it keeps its template; slot
 key ``resend-failed:<run id>``) carries to each reader exactly what their failed delivery
-carried, in ``delivery_items`` like an ad-hoc send: the ledger keeps its rows, so those
-items never go to the reader a third time through a scheduled digest. Readers who
+carried, listed in ``delivery_items``: it claims nothing, the ledger keeps the failed
+delivery's claims (a digest's, an alert's or an ad-hoc send's), so those items never go to
+the reader a third time through a digest or an alert. Readers who
 unsubscribed or whose address was suppressed since (a hard bounce among them) are left out.
 The slot key makes it idempotent: asking twice plans one resend. The failed rows of the
 first run stay as they were, the record of what happened then.

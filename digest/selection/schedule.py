@@ -377,9 +377,14 @@ def cancel_run(session: Session, run_id: int, reason: str,
 
 
 def give_back_items(session: Session, run_id: int, settings: Settings) -> int:
-    """Release the ledger rows of the run's cancelled deliveries and put those readers'
-    watermark back where this run's window started for them (their previous scheduled digest,
-    or the first digest's look-back), so the items are not lost for them.
+    """Release the ledger rows of the run's cancelled deliveries and, for a scheduled run, put
+    those readers' watermark back where this run's window started for them (their previous
+    scheduled digest, or the first digest's look-back), so the items are not lost for them.
+
+    An alert's or an ad-hoc send's claims (rule H3) are released the same way, watermarks left
+    alone: the reader's next digest carries those items if its window still holds them (they
+    came after the reader's last digest). One planned while the claim was held did not carry
+    them, and the watermark is not moved back for them: that would reopen every item since.
 
     Safe against a second copy: the ledger still holds every item another digest carries, so
     a window that reaches back further only brings back what was given back. Returns how many

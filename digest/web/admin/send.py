@@ -73,6 +73,7 @@ def query_from_form(form: FormData) -> selection.AdhocQuery:
         published_to=_day(text_field(form, "published_to"), "'published to'", end=True),
         item_ids=_item_ids(text_field(form, "item_ids")),
         frequencies=tuple(str(f) for f in form.getlist("frequencies")),
+        also_in_digests=text_field(form, "also_in_digests") == "on",
     )
     query.check()
     return query
@@ -84,13 +85,15 @@ class AdhocSendPage(AdminPage):
     @expose("/send", methods=["GET", "POST"], identity="adhoc-send")
     async def adhoc_send(self, request: Request) -> Response:
         """GET: the form. POST: its dry run, with the counts and the readers to preview."""
-        values: dict[str, Any] = {name: "" for name in SEND_FIELDS} | {"frequencies": []}
+        values: dict[str, Any] = ({name: "" for name in SEND_FIELDS}
+                                  | {"frequencies": [], "also_in_digests": False})
         if request.method == "GET":
             return await self._form(request, values)
         try:
             form = await self.checked_form(request)
             values |= {name: text_field(form, name) for name in SEND_FIELDS}
             values["frequencies"] = [str(f) for f in form.getlist("frequencies")]
+            values["also_in_digests"] = text_field(form, "also_in_digests") == "on"
             key = text_field(form, "key")
             if key and not _KEY.match(key):
                 raise ValidationError("bad key: use up to 150 letters, digits and : . _ -")

@@ -35,6 +35,7 @@ def create_run(body: RunIn, response: Response, session: SessionDep, settings: S
         published_to=body.published_to,
         item_ids=tuple(body.item_ids),
         frequencies=tuple(f.value for f in body.frequencies),
+        also_in_digests=body.also_in_digests,
     )
     query.check()
     planned = selection.plan_adhoc_run(session, query, dry_run=body.dry_run, slot_key=body.slot_key)

@@ -163,7 +163,8 @@ class PublishResult(BaseModel):
 class RunIn(BaseModel):
     """An ad-hoc send. Items: ``item_ids`` and/or a publishing date range, narrowed by
     facets; each goes to the active subscribers (of ``frequencies``, default all) whose
-    filters match it. The same request twice sends once, unless ``slot_key`` differs."""
+    filters match it, and is then left out of their digests and alerts unless
+    ``also_in_digests``. The same request twice sends once, unless ``slot_key`` differs."""
 
     model_config = ConfigDict(extra="forbid")
     item_ids: list[Id] = Field(default=[], max_length=1000)
@@ -175,6 +176,10 @@ class RunIn(BaseModel):
     frequencies: list[Frequency] = Field(
         default=[], max_length=3, description="Target segment; empty: every active subscriber"
     )
+    also_in_digests: bool = Field(
+        False, description="Let the readers' digests and alerts carry these items too; by "
+        "default an item this send carries to a reader is not carried again by their "
+        "digests and alerts")
     dry_run: bool = Field(False, description="Plan and count, send nothing")
     slot_key: str | None = Field(None, min_length=1, max_length=150, pattern=r"^[A-Za-z0-9:._-]+$")
 

@@ -147,3 +147,34 @@ def test_runs_left_empty_go_except_the_newest_of_each_kind(session, settings):
     assert report.runs == 1
     assert remaining == {max(i for i, k in kinds.items() if k == "weekly"),
                          next(i for i, k in kinds.items() if k == "immediate")}
+
+
+def test_an_adhoc_sends_claim_is_kept_while_a_digest_could_need_it_then_pruned(
+        session, settings):
+    """Rule H3 puts an ad-hoc send's items in the ledger: prune keeps that row while the
+    reader's next digest could pick the item (it lies past their watermark), and deletes it
+    with its delivery once their digest has moved past it; the item never goes twice."""
+    from digest.selection import AdhocQuery, plan_adhoc_run
+
+    base = utcnow()
+    make_subscriber(session, "ann@example.org", watermark=base - 200 * DAY)
+    item = make_item(session, "old news", ingested_at=base - 120 * DAY)
+    session.commit()
+    adhoc = plan_adhoc_run(session, AdhocQuery(item_ids=(item.id,)))
+    session.execute(update(Delivery).where(Delivery.run_id == adhoc.run_id)
+                    .values(created_at=base - 100 * DAY))
+    finish_everything(session)
+
+    kept = prune(session, settings, now=base)
+    assert (kept.deliveries, kept.ledger_rows, kept.kept_for_ledger) == (0, 0, 1)
+    digest = plan_scheduled_run(session, "weekly", now=base, everyone=True, settings=settings)
+    session.commit()
+    assert carried_by_reader(session, digest.run_id) == {}
+    finish_everything(session)
+
+    pruned = prune(session, settings, now=base + DAY)
+    assert (pruned.deliveries, pruned.ledger_rows, pruned.kept_for_ledger) == (1, 1, 0)
+    again = plan_scheduled_run(session, "weekly", now=base + 8 * DAY, everyone=True,
+                               settings=settings)
+    session.commit()
+    assert carried_by_reader(session, again.run_id) == {}

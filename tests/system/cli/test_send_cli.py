@@ -1,0 +1,42 @@
+"""``digest send`` as a real process: the ad-hoc send's "also include in digests" (rule H3)
+and the clock of a real send (rule C1)."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import create_engine, select
+
+from digest.models import DigestRun, SentItem
+from tests.system.cli.test_cli import assert_one_line_error, cli  # noqa: F401 (fixture)
+
+ITEM = {"guid": "cli-h3", "title": "Border police training", "themes": ["Policing"],
+        "published_at": "2025-10-10T08:00:00+00:00"}
+
+
+def _rows(url: str, query):
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(query).all()
+    finally:
+        engine.dispose()
+
+
+def test_adhoc_also_in_digests_claims_nothing_and_the_default_claims_what_it_carried(
+        cli, smtp_sink):
+    smtp = {"smtp_host": smtp_sink.host, "smtp_port": str(smtp_sink.port)}
+    assert cli("ingest", "json", json.dumps([ITEM])).returncode == 0
+    assert cli("subscribers", "add", "ann@example.org", "--theme", "Policing").returncode == 0
+    also = cli("send", "adhoc", "--item", "1", "--also-in-digests", **smtp)
+    assert also.returncode == 0, also.stderr
+    assert "may carry these items again" in also.stdout
+    assert _rows(cli.db_url, select(SentItem.item_id)) == []
+    plain = cli("send", "adhoc", "--item", "1", **smtp)
+    assert plain.returncode == 0, plain.stderr
+    assert [m.rcpt_tos for m in smtp_sink.wait_for(2)] == [["ann@example.org"]] * 2
+    assert "will leave out what it carries to them" in plain.stdout
+    assert _rows(cli.db_url, select(SentItem.item_id)) == [(1,)]
+    params = [row[0]["also_in_digests"] for row in _rows(
+        cli.db_url, select(DigestRun.params).order_by(DigestRun.id))]
+    assert params == [True, False]
