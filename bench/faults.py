@@ -655,7 +655,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         campaign.start_parts()
         now = datetime.now(UTC)
-        campaign.base = (now + timedelta(days=7)).replace(minute=0, second=0, microsecond=0)
+        # Rounds a week apart, the last one a week ago: a real send may not be planned as of
+        # a moment ahead of the present (rule C1, digest.selection.clock).
+        campaign.base = (now - timedelta(days=7 * args.rounds)).replace(
+            minute=0, second=0, microsecond=0)
         print("Digest fault campaign")
         print(f"  machine:  os.cpu_count()={os.cpu_count()}, Python {sys.version.split()[0]}")
         print(f"  sizes:    {args.rounds} rounds x {args.subscribers} weekly subscribers, "

@@ -9,7 +9,8 @@ a second send of the same item to the same subscriber impossible.
 
 ``matching`` holds the rule (one EXISTS condition, one set-based join, proven equal),
 ``planning`` the runs and the ledger, ``schedule`` the slots, catch-up and held runs,
-``preview`` the read-only views of what a reader would get.
+``preview`` the read-only views of what a reader would get, ``clock`` the rule that no real
+send is planned as of a moment ahead of the present.
 """
 
 from digest.delivery.contents import delivery_contents

@@ -56,6 +56,7 @@ from digest.models import (
     item_themes,
     utcnow,
 )
+from digest.selection.clock import check_real_send_clock
 from digest.selection.matching import (
     Window,
     item_matches_subscriber,
@@ -392,7 +393,9 @@ def plan_due_alerts(session: Session, *, settings: Settings, now: datetime | Non
     announced item's ``ingested_at``) reaches further back and no alert run is newer. An
     item nobody wants at once, or that every immediate reader it matches has already (the
     ledger: a digest before they moved to immediate, an ad-hoc send), opens no window and
-    creates no run (rule A2)."""
+    creates no run (rule A2). ``now`` ahead of the present is refused (rule C1): the window's
+    end would pass the items ingested until then."""
+    check_real_send_clock(now)
     now = now or utcnow()
     debounce = timedelta(minutes=settings.alert_debounce_minutes)
     s = Subscriber.__table__.c

@@ -53,6 +53,7 @@ from digest.models import (
     SubscriberStatus,
     utcnow,
 )
+from digest.selection.clock import check_real_send_clock
 from digest.selection.matching import window_for
 from digest.selection.planning import (
     ChunkSent,
@@ -215,8 +216,10 @@ def plan_scheduled_run(session: Session, frequency: str, *, now: datetime | None
     of that frequency is (``digest send weekly --now``). A second call for the same slot plans
     nothing and returns the existing run, unless its planner stopped half-way: then it plans
     the rest. ``--now`` again first finishes a ``--now`` run left half-planned, and is that run.
+    A real run as of a ``now`` ahead of the present is refused (rule C1, ``selection.clock``).
     """
     _check_frequency(frequency)
+    check_real_send_clock(now, dry_run=dry_run)
     now = now or utcnow()
     slot = slot_start(now)
     if everyone and not dry_run:
@@ -278,9 +281,11 @@ def plan_due_slots(session: Session, frequency: str, *, now: datetime | None = N
     enqueues each). Every run's cutoff is ``now``, so a caught-up digest carries everything up
     to now. A run whose slot's send-by deadline has passed is ``held``: planned in the caller's
     transaction, never enqueued. The newest slots are planned first, so a daily reader due in a
-    held slot and in a timely one of the same catch-up gets the timely one.
+    held slot and in a timely one of the same catch-up gets the timely one. A real plan as of
+    a ``now`` ahead of the present is refused (rule C1).
     """
     _check_frequency(frequency)
+    check_real_send_clock(now, dry_run=dry_run)
     now = now or utcnow()
     slots = due_slots(session, frequency, now, settings)
     plans: list[SlotPlan] = []

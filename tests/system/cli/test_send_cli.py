@@ -10,8 +10,7 @@ from sqlalchemy import create_engine, select
 from digest.models import DigestRun, SentItem
 from tests.system.cli.test_cli import assert_one_line_error, cli  # noqa: F401 (fixture)
 
-ITEM = {"guid": "cli-h3", "title": "Border police training", "themes": ["Policing"],
-        "published_at": "2025-10-10T08:00:00+00:00"}
+ITEM = {"guid": "cli-h3", "title": "Border police training", "themes": ["Policing"]}
 
 
 def _rows(url: str, query):
@@ -40,3 +39,18 @@ def test_adhoc_also_in_digests_claims_nothing_and_the_default_claims_what_it_car
     params = [row[0]["also_in_digests"] for row in _rows(
         cli.db_url, select(DigestRun.params).order_by(DigestRun.id))]
     assert params == [True, False]
+
+
+def test_a_real_send_as_of_a_future_date_is_a_one_line_error_and_a_dry_run_may_look_ahead(cli):
+    from datetime import UTC, datetime, timedelta
+
+    assert cli("ingest", "json", json.dumps([ITEM])).returncode == 0
+    assert cli("subscribers", "add", "ann@example.org").returncode == 0
+    ahead = (datetime.now(UTC) + timedelta(days=7)).date().isoformat()
+    for args in (["weekly", "--now"], ["weekly"], ["daily"]):
+        assert_one_line_error(cli("send", *args, "--as-of", ahead),
+                              "ahead of the present", "--dry-run")
+    assert _rows(cli.db_url, select(DigestRun.id)) == []
+    dry = cli("send", "weekly", "--now", "--dry-run", "--as-of", ahead)
+    assert dry.returncode == 0, dry.stderr
+    assert "would send 1 digest(s)" in dry.stdout
