@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select, update
 
 from digest.delivery.retention import prune
@@ -43,6 +44,16 @@ def carried_by_reader(session, run_id: int) -> dict[str, set[int]]:
     return out
 
 
+@pytest.fixture
+def present(monkeypatch):
+    """Move the present the clock rule (C1) reads on: these tests follow months of a reader's
+    history, and a real send may not be planned ahead of the present."""
+    def move_to(moment) -> None:
+        monkeypatch.setattr("digest.selection.clock.utcnow", lambda: moment)
+
+    return move_to
+
+
 def count(session, model) -> int:
     return session.scalar(select(func.count()).select_from(model))
 
@@ -70,7 +81,7 @@ def history(session, settings):
 
 
 def test_prune_keeps_the_ledger_rows_a_future_digest_needs_and_nothing_is_sent_twice(
-        session, settings):
+        session, settings, present):
     base, old1, old2 = history(session, settings)
     sent_before: dict[str, set[int]] = {}
     for run_id in session.scalars(select(DigestRun.id)):
@@ -90,6 +101,7 @@ def test_prune_keeps_the_ledger_rows_a_future_digest_needs_and_nothing_is_sent_t
 
     recent = make_item(session, "recent", ingested_at=later - DAY)
     session.commit()
+    present(later)
     run = plan_scheduled_run(session, "weekly", now=later, everyone=True, settings=settings)
     session.commit()
     after = carried_by_reader(session, run.run_id)
@@ -98,13 +110,14 @@ def test_prune_keeps_the_ledger_rows_a_future_digest_needs_and_nothing_is_sent_t
         assert not items & sent_before[email], f"{email} got an item a second time"
 
 
-def test_without_the_kept_row_the_item_would_go_again(session, settings):
+def test_without_the_kept_row_the_item_would_go_again(session, settings, present):
     """The control: the row prune kept is the only thing that stops the second copy."""
     base, _old1, old2 = history(session, settings)
     later = base + 120 * DAY
     prune(session, settings, now=later)
     session.execute(SentItem.__table__.delete())
     session.commit()
+    present(later)
     run = plan_scheduled_run(session, "weekly", now=later, everyone=True, settings=settings)
     session.commit()
     assert old2.id in carried_by_reader(session, run.run_id)["switched@example.org"]
@@ -150,7 +163,7 @@ def test_runs_left_empty_go_except_the_newest_of_each_kind(session, settings):
 
 
 def test_an_adhoc_sends_claim_is_kept_while_a_digest_could_need_it_then_pruned(
-        session, settings):
+        session, settings, present):
     """Rule H3 puts an ad-hoc send's items in the ledger: prune keeps that row while the
     reader's next digest could pick the item (it lies past their watermark), and deletes it
     with its delivery once their digest has moved past it; the item never goes twice."""
@@ -174,6 +187,7 @@ def test_an_adhoc_sends_claim_is_kept_while_a_digest_could_need_it_then_pruned(
 
     pruned = prune(session, settings, now=base + DAY)
     assert (pruned.deliveries, pruned.ledger_rows, pruned.kept_for_ledger) == (1, 1, 0)
+    present(base + 8 * DAY)
     again = plan_scheduled_run(session, "weekly", now=base + 8 * DAY, everyone=True,
                                settings=settings)
     session.commit()
