@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import typer
 from rich.table import Table
-from sqlalchemy import select
 
 from digest.cli._common import console, ensure_db, session_scope, task_queue
 from digest.errors import ValidationError
@@ -21,28 +20,31 @@ def runs_list(
     status: str | None = typer.Option(
         None, "--status", help="planning, planned, sending, done, held, cancelled"),
     limit: int = typer.Option(20, min=1, help="Show at most this many runs."),
+    show_all: bool = typer.Option(
+        False, "--all", help="Also the empty runs (hourly slots nobody was due in)."),
 ) -> None:
     """The recent runs, newest first: kind, slot, status, what each delivery came to, and
-    for a run still sending how far it got and when it should be done (at its own rate)."""
+    for a run still sending how far it got and when it should be done (and at whose rate), or
+    what holds it up. Runs that came to nothing are folded into a footer line."""
     if ctx.invoked_subcommand is not None:
         return
     from digest.delivery import runs_progress
-    from digest.delivery.progress import runs_eta
+    from digest.delivery.progress import list_runs, runs_eta
     from digest.models import DeliveryStatus as D
-    from digest.models import DigestRun, RunStatus
+    from digest.models import RunStatus
+    from digest.settings import get_settings
     from digest.subscribers import check_choice
 
     ensure_db()
     if status:
         check_choice("status", status, [s.value for s in RunStatus])
     with session_scope() as session:
-        q = select(DigestRun).order_by(DigestRun.id.desc()).limit(limit)
-        if status:
-            q = q.where(DigestRun.status == status)
-        runs = session.scalars(q).all()
+        listed = list_runs(session, limit=limit, status=status, include_empty=show_all)
+        runs = listed.runs
         progress = runs_progress(session, [r.id for r in runs])
         running = [r.id for r in runs if r.status in (RunStatus.sending, RunStatus.planning)]
-        etas = runs_eta(session, {run_id: progress[run_id] for run_id in running})
+        etas = runs_eta(session, {run_id: progress[run_id] for run_id in running},
+                        settings=get_settings())
         table = Table("id", "kind", "slot", "status", "planned", "sent", "deferred", "failed",
                       "skipped", "cancelled", "created (UTC)", "finished (UTC)", "progress")
         for r in runs:
@@ -56,6 +58,9 @@ def runs_list(
                 f"{r.finished_at:%Y-%m-%d %H:%M}" if r.finished_at else "",
                 etas[r.id].describe() if r.id in etas else "")
         console.print(table)
+        footer = listed.footer("--all")
+        if footer:
+            console.print(footer, markup=False, highlight=False)
         held = [r.id for r in runs if r.status == RunStatus.held]
         with_failed = [r.id for r in runs if r.status in (RunStatus.done, RunStatus.cancelled)
                        and not r.dry_run and progress[r.id].get(D.failed, 0)]
@@ -72,7 +77,8 @@ def runs_list(
 def runs_forecast(run_id: int = typer.Argument(..., help="The run's id (a dry run, typically).")
                   ) -> None:
     """How many messages a run sends, their average size, and how long that takes at the rate
-    limit (DIGEST_SEND_RATE) and at the throughput measured lately."""
+    limit (DIGEST_SEND_RATE) and at the throughput measured lately, saying which rate the
+    estimate used; for a finished run, what it came to and how long it took."""
     from digest.delivery.forecast import forecast_run
     from digest.settings import get_settings
 
@@ -83,7 +89,8 @@ def runs_forecast(run_id: int = typer.Argument(..., help="The run's id (a dry ru
 
 
 def print_forecast(forecast) -> None:
-    console.print(f"forecast of run #{forecast.run_id}:", markup=False, highlight=False)
+    head = "what run #{} came to:" if forecast.outcome is not None else "forecast of run #{}:"
+    console.print(head.format(forecast.run_id), markup=False, highlight=False)
     for line in forecast.lines():
         console.print(f"  {line}", markup=False, highlight=False)
 

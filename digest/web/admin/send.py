@@ -193,7 +193,8 @@ class AdhocSendPage(AdminPage):
                 return None
             progress = delivery.run_progress(session, run_id)
             return {"run": run, "progress": progress,
-                    "eta": runs_eta(session, {run_id: progress})[run_id].describe()}
+                    "eta": runs_eta(session, {run_id: progress},
+                                    settings=self.digest_settings)[run_id].describe()}
 
         found = await self.in_session(read)
         if found is None:

@@ -9,11 +9,12 @@ import html
 import anyio
 from sqladmin import ModelView, action
 from sqladmin.filters import OperationColumnFilter, StaticValuesFilter
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from digest import delivery, subscribers
+from digest.delivery.progress import empty_run
 from digest.models import (
     Delivery,
     DeliveryStatus,
@@ -191,10 +192,15 @@ class ItemAdmin(ModelView, model=Item):
     }
 
 
+def _include_empty(request: Request) -> bool:
+    return request.query_params.get("include_empty", "") in ("1", "true", "on")
+
+
 class RunAdmin(ModelView, model=DigestRun):
     digest_settings: Settings  # set by mount_admin: the forecast reads the rate limit
     name, name_plural, icon = "Run", "Runs", "fa-solid fa-paper-plane"
     can_create = can_edit = can_delete = False
+    list_template = "digest_runs_list.html"
     column_list = [
         DigestRun.id,
         DigestRun.kind,
@@ -247,7 +253,8 @@ class RunAdmin(ModelView, model=DigestRun):
         with _session(self) as session:
             progress = delivery.runs_progress(session, [r.id for r in runs])
             etas = runs_eta(session, {r.id: progress[r.id] for r in runs
-                                      if r.status in (RunStatus.sending, RunStatus.planning)})
+                                      if r.status in (RunStatus.sending, RunStatus.planning)},
+                            settings=self.digest_settings)
             for run in runs:
                 # Not columns: read by the formatters of these pages only.
                 run._progress = progress[run.id]  # type: ignore[attr-defined]
@@ -255,6 +262,22 @@ class RunAdmin(ModelView, model=DigestRun):
                 run._forecast = (  # type: ignore[attr-defined]
                     forecast_run(session, run.id, self.digest_settings)
                     if forecast and run.dry_run else None)
+
+    def list_query(self, request: Request):
+        # Runs that came to nothing (the hourly slots nobody was due in) are folded, as in
+        # 'digest runs' and the API; ?include_empty=1 shows them.
+        if _include_empty(request):
+            return select(DigestRun)
+        return select(DigestRun).where(~empty_run())
+
+    async def list_context(self, request: Request) -> dict[str, object]:
+        def count() -> int:
+            with _session(self) as session:
+                return session.scalar(select(func.count()).select_from(DigestRun)
+                                      .where(empty_run())) or 0
+
+        return {"include_empty": _include_empty(request),
+                "empty_runs": await anyio.to_thread.run_sync(count)}
 
     async def list(self, request: Request):
         pagination = await super().list(request)

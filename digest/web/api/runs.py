@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response
-from sqlalchemy import select
 
 from digest import delivery, selection
 from digest.delivery.forecast import Eta, Forecast, forecast_run
+from digest.delivery.progress import list_runs as progress_runs
 from digest.delivery.progress import runs_eta
 from digest.models import DigestRun, RunStatus
 from digest.queue import queue_for
@@ -56,24 +56,34 @@ def _forecast_out(forecast: Forecast) -> ForecastOut:
 
 def _eta_out(eta: Eta) -> EtaOut:
     return EtaOut(done=eta.done, messages=eta.messages, sent=eta.sent, rate=eta.rate,
-                  seconds_left=eta.seconds_left, summary=eta.describe())
+                  seconds_left=eta.seconds_left, rate_source=eta.rate_source or None,
+                  stalled=eta.stalled,
+                  waiting=eta.waiting.describe() if eta.waiting is not None else None,
+                  summary=eta.describe())
 
 
-def _out(session, runs: list[DigestRun]) -> list[RunOut]:
+def _out(session, runs: list[DigestRun], settings) -> list[RunOut]:
     progress = delivery.runs_progress(session, [r.id for r in runs])
     running = {r.id: progress[r.id] for r in runs if r.status in _RUNNING}
-    etas = runs_eta(session, running) if running else {}
+    etas = runs_eta(session, running, settings=settings)
     return [RunOut.of(r, progress[r.id], eta=_eta_out(etas[r.id]) if r.id in etas else None)
             for r in runs]
 
 
 _RUNNING = (RunStatus.sending, RunStatus.planning)
+EMPTY_HIDDEN_HEADER = "X-Empty-Runs-Hidden"
 
 
 @router.get("/runs", response_model=list[RunOut], tags=["runs"])
-def list_runs(session: SessionDep, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50):
-    runs = session.scalars(select(DigestRun).order_by(DigestRun.id.desc()).limit(limit)).all()
-    return _out(session, list(runs))
+def list_runs(response: Response, session: SessionDep, settings: SettingsDep,
+              limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+              include_empty: bool = False):
+    """The newest runs. Runs that came to nothing (finished with no message and no empty
+    digest: the hourly slots nobody was due in) are left out unless ``include_empty``; the
+    ``X-Empty-Runs-Hidden`` header says how many fell among those listed."""
+    listed = progress_runs(session, limit=limit, include_empty=include_empty)
+    response.headers[EMPTY_HIDDEN_HEADER] = str(listed.empty_hidden)
+    return _out(session, listed.runs, settings)
 
 
 @router.get(
@@ -82,11 +92,11 @@ def list_runs(session: SessionDep, limit: Annotated[int, Query(ge=1, le=MAX_PAGE
     tags=["runs"],
     responses={404: {"description": "No such run"}},
 )
-def get_run(run_id: IdPath, session: SessionDep):
+def get_run(run_id: IdPath, session: SessionDep, settings: SettingsDep):
     run = session.get(DigestRun, run_id)
     if run is None:
         raise HTTPException(404, f"no run with id {run_id}")
-    return _out(session, [run])[0]
+    return _out(session, [run], settings)[0]
 
 
 @router.get(
@@ -97,7 +107,8 @@ def get_run(run_id: IdPath, session: SessionDep):
 )
 def get_forecast(run_id: IdPath, session: SessionDep, settings: SettingsDep):
     """What the run sends (a dry run: would send), the messages' average size, and how long
-    that takes at DIGEST_SEND_RATE and at the throughput measured lately."""
+    that takes at DIGEST_SEND_RATE and at the throughput measured lately (``estimate_basis``
+    says which rate the estimate used); for a finished run, ``outcome``: what it came to."""
     if session.get(DigestRun, run_id) is None:
         raise HTTPException(404, f"no run with id {run_id}")
     return _forecast_out(forecast_run(session, run_id, settings))

@@ -191,20 +191,41 @@ class ThroughputOut(BaseModel):
     source: str = Field(description="What it was measured over: the last hour or the last runs")
 
 
+class OutcomeOut(BaseModel):
+    """What a finished run came to."""
+
+    status: str
+    sent: int
+    failed: int
+    skipped: int
+    cancelled: int
+    sending_seconds: float | None = Field(description="First send to last; None: none sent")
+    total_seconds: float | None = Field(description="Planned to finished")
+
+
 class ForecastOut(BaseModel):
-    """A run's forecast (``digest.delivery.forecast``): what it sends and how long it takes."""
+    """A run's forecast (``digest.delivery.forecast``): what it sends and how long it takes;
+    for a finished run, ``outcome`` instead."""
 
     run_id: int
     recipients: int = Field(description="Readers the run considered, empty digests included")
-    messages: int
+    messages: int = Field(description="Messages it sends (a running run: not final yet)")
+    skipped: int = Field(description="Empty digests, recorded and not sent")
+    already_final: int = Field(description="A running run's messages already final")
     sampled: int = Field(description="Messages built to measure the average size")
     average_bytes: int | None
     total_bytes: int | None
     size_error: str | None
     rate_limit: float = Field(description="DIGEST_SEND_RATE, messages a second; 0: unlimited")
     seconds_at_limit: float | None = Field(description="None: no rate limit")
-    measured: ThroughputOut | None = Field(description="None: nothing sent recently")
+    measured: ThroughputOut | None = Field(
+        description="None: not measured over enough sending yet (see measured_seen)")
+    measured_seen: ThroughputOut | None = Field(
+        description="The recent sending, when too little to be used")
     seconds_at_measured: float | None
+    estimate_seconds: float | None = Field(description="None: no rate to estimate with")
+    estimate_basis: str = Field(description="Which rate the estimate used, in words")
+    outcome: OutcomeOut | None = Field(description="A finished run: what it came to")
     summary: list[str] = Field(description="The forecast in words, as the CLI prints it")
 
 
@@ -212,8 +233,13 @@ class EtaOut(BaseModel):
     done: int
     messages: int
     sent: int
-    rate: float | None = Field(description="The run's own messages a second so far")
-    seconds_left: float | None
+    rate: float | None = Field(description="The rate the ETA is at; None: no rate yet")
+    seconds_left: float | None = Field(description="None: no rate yet, or not progressing")
+    rate_source: str | None = Field(
+        default=None, description="Whose rate: this run's, the measured one, DIGEST_SEND_RATE")
+    stalled: bool = Field(default=False, description="Nothing can move now (see waiting)")
+    waiting: str | None = Field(default=None,
+                                description="Deferred messages that may not go yet, and why")
     summary: str
 
 

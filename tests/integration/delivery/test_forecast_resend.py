@@ -5,7 +5,7 @@ readers still there, with the same items, once."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
@@ -16,7 +16,16 @@ from digest.delivery.progress import runs_eta, runs_progress
 from digest.delivery.send import load_batch
 from digest.errors import ValidationError
 from digest.mail import MessageFactory
-from digest.models import Delivery, DeliveryStatus, DigestRun, RunKind, RunStatus, utcnow
+from digest.models import (
+    Delivery,
+    DeliveryStatus,
+    DigestRun,
+    RunKind,
+    RunStatus,
+    Subscriber,
+    SubscriberStatus,
+    utcnow,
+)
 from digest.selection import AdhocQuery, plan_adhoc_run, plan_scheduled_run
 from digest.selection.resend import plan_resend_failed
 from digest.subscribers.manage import unsubscribe
@@ -57,32 +66,74 @@ def test_a_dry_runs_forecast_counts_and_measures_messages_as_they_are_built(
         forecast_run(session, 999, settings)
 
 
-def test_the_measured_throughput_is_read_from_the_rows_sent(session, settings, readers,
-                                                            smtp_sink):
-    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings)
-    session.commit()
-    assert send_deliveries(run.pending_ids, settings=settings).sent == 5
-    # Spread the sends over 10 s, as a real send of five messages at 0.5/s would be.
-    start = utcnow() - timedelta(seconds=20)
-    for k, delivery_id in enumerate(run.pending_ids):
-        session.execute(update(Delivery).where(Delivery.id == delivery_id)
-                        .values(sent_at=start + timedelta(seconds=2.5 * k)))
-    session.commit()
-    measured = measured_throughput(session)
-    assert measured is not None and measured.source == "the last hour"
-    assert (measured.messages, measured.seconds, measured.rate) == (5, 10.0, 0.5)
-    # Two hours later the last hour is empty: the last finished runs say the same.
-    later = measured_throughput(session, utcnow() + timedelta(hours=2))
-    assert later is not None and later.rate == 0.5 and "finished run" in later.source
+_made = 0
 
+
+def sent_run(session, messages: int, first: datetime, every: timedelta) -> int:
+    """A finished run of ``messages`` sent rows, the first at ``first``, one every ``every``,
+    to readers made for it (written straight: the figures, not the sending, are tested)."""
+    global _made
+    created = first - timedelta(seconds=1)
+    run = DigestRun(kind=RunKind.adhoc, slot_key=f"adhoc:sent-{_made}", cutoff=created,
+                    status=RunStatus.done, planned_count=messages, created_at=created,
+                    finished_at=first + every * messages)
+    session.add(run)
+    session.flush()
+    # Gone since: the runs a test plans next are for the ``readers`` only.
+    subs = [Subscriber(email=f"sent{_made + k}@example.org", created_at=created,
+                       status=SubscriberStatus.unsubscribed) for k in range(messages)]
+    _made += messages
+    session.add_all(subs)
+    session.flush()
+    session.add_all(Delivery(run_id=run.id, subscriber_id=sub.id, email=sub.email,
+                             status=DeliveryStatus.sent, item_count=1, attempts=1,
+                             created_at=created, updated_at=created, sent_at=first + every * k)
+                    for k, sub in enumerate(subs))
+    session.commit()
+    return run.id
+
+
+def test_the_measured_throughput_counts_each_runs_sending_not_the_idle_time_between_runs(
+        session, settings):
+    """Two runs of 150 messages, each sent in 15 s, 40 minutes apart: 300 messages in 30 s of
+    sending (10/s), not 300 in 40 minutes (0.12/s, the figure behind the wild forecasts)."""
+    now = utcnow()
+    sent_run(session, 150, now - timedelta(minutes=45), timedelta(seconds=0.1))
+    sent_run(session, 150, now - timedelta(minutes=5), timedelta(seconds=0.1))
+    measured = measured_throughput(session, now)
+    assert measured is not None and measured.source == "the runs sending in the last hour"
+    assert measured.messages == 300 and measured.seconds == pytest.approx(29.8)
+    assert measured.rate == pytest.approx(300 / 29.8)
+    # Two hours later the last hour is empty: the last finished runs say the same.
+    later = measured_throughput(session, now + timedelta(hours=2))
+    assert later is not None and later.rate == measured.rate
+    assert later.source == "the last 2 finished run(s)"
+
+
+def test_a_forecast_uses_no_rate_measured_over_too_few_messages_and_says_which_it_used(
+        session, settings, readers):
+    """Two messages a minute apart measure nothing: the forecast says so and estimates at
+    the rate limit, or gives no estimate without one."""
+    now = utcnow()
+    sent_run(session, 2, now - timedelta(minutes=3), timedelta(minutes=1))
+    assert measured_throughput(session, now) is None
     dry = plan_adhoc_run(session, AdhocQuery(item_ids=(readers[0][0].id,)), dry_run=True)
     session.commit()
-    forecast = forecast_run(session, dry.run_id, settings)
-    assert forecast.seconds_at_measured == 10.0  # five messages at 0.5/s
-    assert forecast.seconds_at_limit is None  # DIGEST_SEND_RATE=0: unlimited
+    forecast = forecast_run(session, dry.run_id, settings, now=now)
+    assert forecast.measured is None and forecast.seconds_at_measured is None
+    assert forecast.measured_seen is not None and forecast.measured_seen.messages == 2
+    assert forecast.estimate_seconds is None
+    lines = forecast.lines()
+    assert "at the measured throughput: no measured rate yet, only 2 sent in 1 min 00 s" in (
+        lines[-2])
+    assert lines[-1].startswith("estimate: none, no rate limit set and no measured rate yet")
+    settings.send_rate = 2.0
+    limited = forecast_run(session, dry.run_id, settings, now=now)
+    assert limited.estimate_seconds == 2.5
+    assert limited.lines()[-1].startswith("estimate: 2 s, at the rate limit (DIGEST_SEND_RATE=2/s;")
 
 
-def test_a_sending_runs_eta_is_from_its_own_rate(session, settings, readers, smtp_sink):
+def test_a_sending_runs_eta_says_whose_rate_it_is_at(session, settings, readers, smtp_sink):
     run = plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings)
     session.commit()
     first_two = run.pending_ids[:2]
@@ -91,10 +142,53 @@ def test_a_sending_runs_eta_is_from_its_own_rate(session, settings, readers, smt
                     .values(sent_at=utcnow() - timedelta(seconds=4)))
     session.commit()
     progress = runs_progress(session, [run.run_id])
-    eta = runs_eta(session, progress)[run.run_id]
+    eta = runs_eta(session, progress, settings=settings)[run.run_id]
     assert (eta.done, eta.messages, eta.sent) == (2, 5, 2)
-    assert eta.rate is not None and 0.4 < eta.rate <= 0.5  # 2 in about 4 s
-    assert eta.seconds_left is not None and 6 <= eta.seconds_left <= 7.5
+    # Two messages are no rate to go by: none measured, no limit set.
+    assert eta.rate is None and "ETA unknown: no measured rate yet, only 2 sent" in (
+        eta.describe())
+    settings.send_rate = 0.5
+    limited = runs_eta(session, progress, settings=settings)[run.run_id]
+    assert (limited.rate, limited.seconds_left) == (0.5, 6.0)
+    assert limited.describe() == "2/5 (40%) at 0.5/s (DIGEST_SEND_RATE), ETA 6 s"
+
+
+def test_a_run_held_up_by_a_paused_domain_says_so_instead_of_an_eta(
+        session, settings, readers, smtp_sink):
+    """A policy refusal pauses the domain: its rows are deferred to the pause's end, the run
+    cannot finish before, and its progress says why and until when."""
+    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings)
+    session.commit()
+    smtp_sink.script("reader0@example.org", "554 5.7.1 Service unavailable; client host "
+                     "blocked using a block list")
+    result = send_deliveries(run.pending_ids, settings=settings)
+    assert result.sent == 0 and result.deferred == 5  # the pause holds back the rest
+    session.commit()
+    progress = runs_progress(session, [run.run_id])
+    eta = runs_eta(session, progress, settings=settings)[run.run_id]
+    assert eta.stalled and eta.seconds_left is None
+    described = eta.describe()
+    assert described.startswith("0/5 (0%), not progressing: 5 deferred until ")
+    assert described.endswith(" UTC (domain example.org paused)")
+    assert "ETA" not in described
+
+
+def test_the_forecast_of_a_finished_run_says_what_happened(session, settings, readers,
+                                                           smtp_sink):
+    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings)
+    session.commit()
+    smtp_sink.script("reader1@example.org", "552 5.3.4 Message size exceeds fixed limit")
+    assert send_deliveries(run.pending_ids, settings=settings).sent == 4
+    session.expire_all()
+    assert session.get_one(DigestRun, run.run_id).status == RunStatus.done
+    forecast = forecast_run(session, run.run_id, settings)
+    assert forecast.outcome is not None
+    assert (forecast.outcome.sent, forecast.outcome.failed, forecast.outcome.skipped) == (4, 1, 0)
+    lines = forecast.lines()
+    assert lines[:2] == ["recipients: 5",
+                         "finished (done): sent 4, failed 1, skipped 0 (nothing new), "
+                         "cancelled 0"]
+    assert lines[2].startswith("sending took ") and "skipped)" not in " ".join(lines)
 
 
 def test_resend_failed_sends_the_same_items_to_the_failed_readers_still_there_once(

@@ -91,3 +91,48 @@ def test_the_admin_shows_a_dry_runs_forecast_and_resends_the_failed_ones(
     assert refused.status_code == 422 and "dry run: it sent nothing" in refused.text
     db_session.expire_all()
     assert len(db_session.scalars(select(DigestRun.id)).all()) == 3
+
+
+def _empty_slots(db_session, settings, count: int) -> None:
+    """Hourly slots nobody was due in (a Sunday: the readers' day is Monday), as the beat
+    plans every hour."""
+    from digest.selection import plan_scheduled_run
+    from tests.factories import T0
+
+    for k in range(count):
+        plan_scheduled_run(db_session, "weekly", now=T0 - timedelta(days=1, hours=-k),
+                           settings=settings)
+        db_session.commit()
+
+
+def test_the_apis_runs_list_folds_empty_runs_unless_asked(api, item, db_session, web_settings):
+    _empty_slots(db_session, web_settings, 4)
+    real = api.post(f"{V1}/runs", json={"item_ids": [item.id], "dry_run": True}).json()
+    listed = api.get(f"{V1}/runs")
+    assert [r["id"] for r in listed.json()] == [real["id"]]
+    assert listed.headers["X-Empty-Runs-Hidden"] == "4"
+    everything = api.get(f"{V1}/runs", params={"include_empty": "true"})
+    assert len(everything.json()) == 5 and everything.headers["X-Empty-Runs-Hidden"] == "0"
+
+
+def test_the_admins_runs_list_folds_empty_runs_with_a_link_to_them(
+        client, api, item, db_session, web_settings):
+    _empty_slots(db_session, web_settings, 3)
+    real = api.post(f"{V1}/runs", json={"item_ids": [item.id], "dry_run": True}).json()
+    assert client.post("/admin/login", data={"username": "admin", "password": ADMIN_PASSWORD},
+                       follow_redirects=False).status_code == 302
+    page = client.get("/admin/digest-run/list")
+    assert page.status_code == 200
+    assert "3 empty run(s) hidden" in page.text and "?include_empty=1" in page.text
+    assert f"/admin/digest-run/details/{real['id']}" in page.text
+    assert "weekly:2025-10-12T07" not in page.text
+    shown = client.get("/admin/digest-run/list", params={"include_empty": "1"})
+    assert "weekly:2025-10-12T07" in shown.text and "Hide the 3 empty run(s)" in shown.text
+
+
+def test_the_forecast_of_a_finished_run_at_the_api_is_what_happened(api, item, smtp_sink):
+    real = api.post(f"{V1}/runs", json={"item_ids": [item.id]}).json()
+    wait_for_mail(smtp_sink, 3)  # sent in-process (no broker) before the answer came
+    forecast = api.get(f"{V1}/runs/{real['id']}/forecast").json()
+    assert forecast["outcome"]["sent"] == 3 and forecast["outcome"]["skipped"] == 0
+    assert forecast["summary"][1].startswith("finished (done): sent 3, failed 0")
