@@ -60,7 +60,10 @@ def test_an_item_an_adhoc_send_carried_is_not_carried_again_by_the_next_digest(
 
     e = explain(session, reader, sent, settings=settings, as_of=T0)
     assert e.verdict == Verdict.sent and not e.next_digest_would_carry
-    assert "ad-hoc send of run" in " ".join(e.sentences)
+    [ledger] = [r.text for r in e.reasons if r.code == "ledger"]
+    assert ledger == (f"The ledger (sent_items) records it for you, carried by delivery "
+                      f"{adhoc.pending_ids[0]}: no scheduled digest or alert will carry it "
+                      f"again (the ad-hoc send of run {adhoc.run_id} claimed it, rule H3).")
 
     digest = plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings)
     session.commit()
