@@ -425,12 +425,14 @@ def explain(session: Session, subscriber: Subscriber, item: Item, *, settings: S
             f"{settings.max_item_age_days} days before it was ingested): scheduled digests "
             "and alerts never carry it; only an operator's ad-hoc send may.")))
     alert = None
+    # Whether an alert is still due to the reader: the rule takes it and nothing carried it.
+    alert_due = matches and not item.is_backfill and not blocked and ledger_delivery is None
     if scheduled:
         reasons.append(_window_reason(window, sub, settings))
     elif sub.frequency == Frequency.immediate:
         alert = _alert_check(session, item, as_of, settings)
         carried_by_alert = any(c.run_id == alert.run_id for c in real)
-        reasons.append(_alert_reason(alert, item, carried_by_alert, settings))
+        reasons.append(_alert_reason(alert, item, carried_by_alert, alert_due, settings))
     reasons.append(_ledger_reason(ledger_delivery, carried))
     reasons += _also_in_digests_reasons(carried)
     for c in carried:
@@ -459,7 +461,7 @@ def explain(session: Session, subscriber: Subscriber, item: Item, *, settings: S
             f"policy refusal ({pause.reason or 'no reply kept'}): deliveries there wait.")))
 
     verdict = _verdict(real, matches, item, blocked, scheduled, window.position,
-                       alert is not None and _alert_waits(alert, item))
+                       alert is not None and alert_due and _alert_waits(alert, item))
     result = Explanation(
         subscriber_id=sub.id, email=sub.email, status=str(sub.status),
         frequency=str(sub.frequency), item_id=item.id, item_title=item.title,
@@ -490,11 +492,18 @@ def _window_reason(window: WindowCheck, sub: Subscriber, settings: Settings) -> 
         f"The item was ingested {_when(window.ingested_at)}: {where}."))
 
 
-def _alert_reason(alert: AlertCheck, item: Item, carried: bool, settings: Settings) -> Reason:
+def _alert_reason(alert: AlertCheck, item: Item, carried: bool, due: bool,
+                  settings: Settings) -> Reason:
+    """Where the item stands with the alert planner; ``due``: the rule takes it for this
+    reader and nothing carried it yet (else the other reasons say why not)."""
     head = "You get immediate alerts"
+    if carried:
+        return Reason("alert_run", True, f"{head}: alert run {alert.run_id} carries it.")
+    if not due:
+        return Reason("immediate", True, (
+            f"{head}: the alert planner takes each new item to the active immediate readers "
+            "it matches and who do not have it yet."))
     if alert.run_id is not None:
-        if carried:
-            return Reason("alert_run", True, f"{head}: alert run {alert.run_id} carries it.")
         return Reason("alert_passed_you", False, (
             f"{head}: alert run {alert.run_id} covered this item but had no message for you: "
             "you were not an active immediate reader when it was planned, your filters did not "

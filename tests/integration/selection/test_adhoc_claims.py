@@ -180,10 +180,12 @@ def test_a_resend_of_an_adhoc_sends_failed_messages_carries_the_same_items_and_c
 
 
 def test_an_alert_does_not_carry_an_item_an_adhoc_send_claimed(session, taxo, settings):
-    make_subscriber(session, "now@example.org", frequency="immediate")
+    reader = make_subscriber(session, "now@example.org", frequency="immediate")
     item = make_item(session, "Border police training", ingested_at=T0)
     session.commit()
     plan_adhoc_run(session, AdhocQuery(item_ids=(item.id,)))
     session.commit()
+    e = explain(session, reader, item, settings=settings, as_of=T0 + 2 * MIN)
+    assert e.verdict == Verdict.on_its_way and "next alert" not in " ".join(e.sentences)
     assert plan_due_alerts(session, settings=settings, now=T0 + 10 * MIN, since=T0) == []
     assert session.scalar(select(func.count()).select_from(DigestRun)) == 1  # the ad-hoc one

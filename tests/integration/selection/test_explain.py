@@ -160,6 +160,15 @@ def test_an_item_waiting_for_its_alert_window_is_in_the_next_alert_not_blamed_on
         waiting.sentences[0])
     assert "not an active" not in " ".join(waiting.sentences)
 
+    other = make_item(session, "Gender equality forum", themes=[t.gender], ingested_at=T0)
+    elsewhere = make_subscriber(session, "police@example.org", {"themes": [t.policing]},
+                                frequency="immediate")
+    session.commit()
+    not_theirs = explain(session, elsewhere, other, settings=settings,
+                         as_of=T0 + timedelta(minutes=3))
+    assert not_theirs.verdict == Verdict.no_match
+    assert "next alert" not in " ".join(not_theirs.sentences)
+
     runs = plan_due_alerts(session, settings=settings, now=T0 + timedelta(minutes=10), since=T0)
     session.commit()
     carried = explain(session, sub, item, settings=settings, as_of=T0 + timedelta(minutes=11))
