@@ -48,7 +48,7 @@ class Throughput:
     rate: float
     messages: int
     seconds: float
-    source: str  # "the last hour" or "the last 3 finished runs"
+    source: str  # "the runs sending in the last hour", "the last 3 finished run(s)", ...
 
     @property
     def enough(self) -> bool:
@@ -166,8 +166,8 @@ def estimate(messages: int, rate_limit: float, measured: Throughput | None,
     if measured is not None:
         at_measured = messages / measured.rate
         if at_limit is not None and at_limit > at_measured:
-            return at_limit, f"at the rate limit ({limit}; slower than the measured " \
-                             f"{measured.rate:.1f}/s)"
+            return at_limit, (f"at the rate limit ({limit}; slower than the measured "
+                              f"{measured.rate:.1f}/s)")
         return at_measured, f"at the measured throughput ({measured.describe()})"
     if at_limit is not None:
         return at_limit, f"at the rate limit ({limit}; {no_measured_rate(seen)})"
