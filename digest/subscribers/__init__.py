@@ -21,9 +21,11 @@ from digest.subscribers.manage import (
     purge_unconfirmed,
     set_status,
     suppress,
+    suppression_of,
     unsubscribe,
     unsuppress,
     upsert_subscriber,
+    why_left,
 )
 from digest.subscribers.validate import (
     WEEKDAYS,
@@ -54,9 +56,11 @@ __all__ = [
     "purge_unconfirmed",
     "set_status",
     "suppress",
+    "suppression_of",
     "timezone_names",
     "unsubscribe",
     "unsuppress",
     "upsert_subscriber",
+    "why_left",
     "with_filters",
 ]
