@@ -142,6 +142,7 @@ def subscribe_submit(request: Request, form: FormDep, session: SessionDep):
         # Rule R2: nothing, not even a confirmation, goes to an address on the suppression
         # list; the page is the same, so it tells nobody the address is on it.
         listed = suppression_of(session, address) is not None
+        sub: Subscriber | None
         if not listed and (existing is None or existing.status in (PENDING, UNSUBSCRIBED)):
             sub, _ = upsert_subscriber(
                 session, address, smtputf8=s.smtputf8, filters=prefs.specs(), status=PENDING,
