@@ -101,6 +101,7 @@ def import_csv(session: Session, text: str, *, smtputf8: bool) -> ImportReport:
     # on PostgreSQL one waits for the other instead of deadlocking.
     for address in sorted(rows):
         _import_address(session, address, rows[address], has_filters, report, smtputf8)
+    report.skipped.sort()  # in the file's order, as the errors
     return report
 
 

@@ -295,6 +295,7 @@ def unsuppress(session: Session, email: str) -> bool:
     if row is None:
         return False
     session.delete(row)
+    session.flush()  # gone before set_status looks (a session may not autoflush: sqladmin's)
     sub = session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
     if sub is not None and sub.status == SubscriberStatus.suppressed:
         set_status(session, sub, SubscriberStatus.active)
