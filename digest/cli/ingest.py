@@ -17,7 +17,8 @@ def _after_ingest(report) -> None:
     console.print(report.summary(), markup=False, highlight=False)
     for line in report.unfiled:
         err.print(f"warning: {line} (add the name with 'digest taxonomy seed FILE' and ingest "
-                  "again, or give the category a domain)", markup=False, highlight=False)
+                  "again, or give the category a domain)", markup=False, highlight=False,
+                  soft_wrap=True)
     task_queue().publish_items(report.new_item_ids)
 
 

@@ -161,8 +161,8 @@ def subscribers_import(source: Path) -> None:
         raise ValidationError(f"cannot read {source}: {reason}") from exc
     with session_scope() as session:
         report = import_csv(session, text, smtputf8=get_settings().smtputf8)
-    for line, reason in report.skipped:
-        err.print(f"line {line}: {reason}", markup=False, highlight=False)
+    for line, reason in report.skipped:  # one line each, whatever the width: for grep
+        err.print(f"line {line}: {reason}", markup=False, highlight=False, soft_wrap=True)
     for line, reason in report.errors:
         err.print(f"line {line}: {reason}", markup=False, highlight=False)
     console.print(report.summary())
