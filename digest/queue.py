@@ -11,6 +11,11 @@ these items, mail this confirmation) through a ``TaskQueue``:
 Callers enqueue only after the transaction that created the rows has committed, or a
 worker could look for rows it cannot see yet. A task that is lost anyway (a broker restart)
 is found again by the periodic sweep: the database, not the broker, is the record.
+
+The periodic work is here too, one function a periodic task (``send_due_slots``,
+``send_due_alerts``, ``retry_deferred``, ``sweep_lost_work``): the beat's tasks in
+``workers/`` call them, and so does ``digest tick``, which does one pass in-process where
+there is no broker and so no beat (rule N3).
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from celery import Celery
 from digest.settings import Settings
 
 if TYPE_CHECKING:  # the stages import this module; at run time they are imported in calls
-    from digest.delivery.states import Swept
-    from digest.selection.schedule import SlotPlan
+    from digest.delivery import Swept
+    from digest.selection import SlotPlan
 
 TASK_DELIVER_BATCH = "digest.deliver_batch"
 TASK_ITEM_PUBLISHED = "digest.item_published"

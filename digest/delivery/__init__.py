@@ -24,6 +24,7 @@ from digest.delivery.send import (
 from digest.delivery.states import (
     CLAIMABLE,
     UNFINISHED,
+    Swept,
     cancel_for_subscriber,
     cancel_run,
     claim,
@@ -51,7 +52,7 @@ from digest.queue import batches
 __all__ = [
     "CLAIMABLE", "UNFINISHED", "BatchResult", "Fault", "Pause",
     "SMTPTransport", "build_confirmation", "send_confirmation",
-    "SendResult", "Transport", "Verdict", "error_for", "transport_from_settings",
+    "SendResult", "Swept", "Transport", "Verdict", "error_for", "transport_from_settings",
     "active_pauses", "batches", "cancel_for_subscriber", "cancel_run", "claim", "classify_dsn",
     "classify_smtp", "describe_progress", "due_for_retry", "enhanced_status", "finish_done_runs",
     "finish_run_if_done", "load_batch", "mark_bounced", "mark_planned", "orphaned_pending",
