@@ -37,13 +37,12 @@ def subscribers_add(
     """Add a subscriber, or update the one with that address: an option not given keeps what
     they have (no filter option: their filters stay). A reader who unsubscribed or was
     suppressed, or an address on the suppression list, is refused unless --status is given."""
-    from digest.models import Subscriber
     from digest.subscribers import (
         FilterSpec,
         canonical_email,
         parse_filter,
         upsert_subscriber,
-        why_left,
+        who_left,
     )
 
     ensure_db()
@@ -53,12 +52,10 @@ def subscribers_add(
         specs.append(FilterSpec(list(theme), list(location), list(content_type)))
     with session_scope() as session:
         address = canonical_email(email, smtputf8=settings.smtputf8)
-        existing = session.scalars(
-            select(Subscriber).where(Subscriber.email == address)).one_or_none()
-        left = why_left(session, address, existing) if status is None else None
+        left = who_left(session, [address]).get(address) if status is None else None
         if left is not None:
             raise ValidationError(
-                f"{left}; 'add' does not re-subscribe anyone silently: to re-activate them, "
+                f"{left.reason}; 'add' does not re-subscribe anyone silently: to re-activate them, "
                 f"run 'digest subscribers add {address} --status active' (this also lifts a "
                 "suppression)")
         sub, created = upsert_subscriber(

@@ -16,6 +16,7 @@ from digest.subscribers.filters import (
 )
 from digest.subscribers.manage import (
     Erased,
+    Left,
     erase_subscriber,
     find_subscriber,
     purge_unconfirmed,
@@ -25,7 +26,7 @@ from digest.subscribers.manage import (
     unsubscribe,
     unsuppress,
     upsert_subscriber,
-    why_left,
+    who_left,
 )
 from digest.subscribers.validate import (
     WEEKDAYS,
@@ -42,6 +43,7 @@ __all__ = [
     "Erased",
     "FilterSpec",
     "ImportReport",
+    "Left",
     "canonical_email",
     "check_choice",
     "check_hour",
@@ -61,6 +63,6 @@ __all__ = [
     "unsubscribe",
     "unsuppress",
     "upsert_subscriber",
-    "why_left",
+    "who_left",
     "with_filters",
 ]

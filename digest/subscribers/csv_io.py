@@ -14,7 +14,7 @@ from digest import taxonomy
 from digest.errors import ValidationError
 from digest.models import Frequency, Subscriber, SubscriberFilter, SubscriberStatus
 from digest.subscribers.filters import FilterSpec, with_filters
-from digest.subscribers.manage import RECEIVING, upsert_subscriber, why_left
+from digest.subscribers.manage import RECEIVING, Left, upsert_subscriber, who_left
 from digest.subscribers.validate import (
     WEEKDAYS,
     canonical_email,
@@ -97,9 +97,17 @@ def import_csv(session: Session, text: str, *, smtputf8: bool) -> ImportReport:
             report.errors.append((line, str(exc)))
             continue
         rows.setdefault(address, _Rows()).add(line, fields, spec)
+    left = who_left(session, rows)
     # In address order: two imports of overlapping files lock the rows in the same order, so
     # on PostgreSQL one waits for the other instead of deadlocking.
     for address in sorted(rows):
+        if _would_resubscribe(rows[address], left.get(address)):
+            reason = (f"skipped: {left[address].reason}; an import never re-subscribes anyone "
+                      "who left. They can subscribe again themselves, or an operator can "
+                      f"re-activate them with 'digest subscribers add {address} --status "
+                      "active'")
+            report.skipped.extend((line, reason) for line in rows[address].lines)
+            continue
         _import_address(session, address, rows[address], has_filters, report, smtputf8)
     report.skipped.sort()  # in the file's order, as the errors
     return report
@@ -129,17 +137,18 @@ def _fields_of(cells: dict[str, str]) -> dict[str, Any]:
     return {name: check(cells[name]) for name, check in checks.items() if cells.get(name)}
 
 
+def _would_resubscribe(rows: _Rows, left: Left | None) -> bool:
+    """Whether importing these rows would make someone who left receive mail again: a status
+    of active or pending, or no status at all for an address whose reader has not left
+    itself (a new address defaults to active)."""
+    if left is None:
+        return False
+    status = rows.fields.get("status")
+    return status in RECEIVING if status is not None else not left.reader_left
+
+
 def _import_address(session: Session, address: str, rows: _Rows, has_filters: bool,
                     report: ImportReport, smtputf8: bool) -> None:
-    sub = session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
-    becomes = rows.fields.get("status") or (sub.status if sub else SubscriberStatus.active)
-    left = why_left(session, address, sub) if becomes in RECEIVING else None
-    if left is not None:
-        reason = (f"skipped: {left}; an import never re-subscribes anyone who left. They can "
-                  "subscribe again themselves, or an operator can re-activate them with "
-                  f"'digest subscribers add {address} --status active'")
-        report.skipped.extend((line, reason) for line in rows.lines)
-        return
     _sub, created = upsert_subscriber(
         session, address, smtputf8=smtputf8,
         filters=[s for s in rows.specs if s != FilterSpec()] if has_filters else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -157,18 +158,36 @@ def _listed_words(row: Suppression) -> str:
     return f"is on the suppression list ({row.reason}{': ' + row.detail if row.detail else ''})"
 
 
-def why_left(session: Session, address: str, sub: Subscriber | None) -> str | None:
-    """Why nothing may bring this address back to receiving mail except the reader's own act
-    or an operator's explicit one (rules I2, R5): it is on the suppression list, or its reader
-    unsubscribed or was suppressed. None when neither is so."""
-    listed = suppression_of(session, address)
-    if listed is not None:
-        return f"{address} {_listed_words(listed)}"
-    if sub is not None and sub.status in LEFT:
-        what = "unsubscribed" if sub.status is SubscriberStatus.unsubscribed else "was suppressed"
-        when = f" on {sub.unsubscribed_at:%Y-%m-%d}" if sub.unsubscribed_at else ""
-        return f"{address} {what}{when}"
-    return None
+@dataclass(frozen=True)
+class Left:
+    """Why nothing but the reader's own act or an operator's explicit one may bring an address
+    back to receiving mail (rules I2, R5)."""
+
+    reason: str  # in words: "ann@example.org unsubscribed on 2025-10-01"
+    reader_left: bool  # its reader's own status is unsubscribed or suppressed
+
+
+_IN_CHUNK = 500  # addresses per IN (...) query
+
+
+def who_left(session: Session, addresses: Collection[str]) -> dict[str, Left]:
+    """Of these (stored-form) addresses, those on the suppression list or whose reader
+    unsubscribed or was suppressed, with why; two queries per 500 addresses."""
+    wanted = sorted(set(addresses))
+    left: dict[str, Left] = {}
+    for start in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[start:start + _IN_CHUNK]
+        for email, status, since in session.execute(
+                select(Subscriber.email, Subscriber.status, Subscriber.unsubscribed_at)
+                .where(Subscriber.email.in_(chunk), Subscriber.status.in_(LEFT))):
+            what = "unsubscribed" if status is SubscriberStatus.unsubscribed else "was suppressed"
+            when = f" on {since:%Y-%m-%d}" if since else ""
+            left[email] = Left(f"{email} {what}{when}", reader_left=True)
+        for row in session.scalars(select(Suppression).where(Suppression.email.in_(chunk))):
+            # The list's words beat the status's: they say why.
+            left[row.email] = Left(f"{row.email} {_listed_words(row)}",
+                                   reader_left=row.email in left)
+    return left
 
 
 def set_status(session: Session, sub: Subscriber, status: str, *,
