@@ -235,12 +235,13 @@ def _client(broker_url: str) -> Celery:
 
 
 def _prepare(client: Celery) -> None:
-    """Build now what Celery builds on its first send: the router, the producer pool, the
-    result class and the event dispatcher. Built lazily, by the first requests of a web
-    server's threads at once, Celery's and kombu's lazy modules raced ("cannot import name
-    'Celery' from 'celery'", a 500). Nothing here connects to the broker."""
+    """Build now what Celery builds on its first send from its lazily loaded modules: the
+    message router, the result class and the event dispatcher. Built by the first requests
+    of a web server's threads at once, those lazy imports raced ("cannot import name
+    'Celery' from 'celery'", a 500). Nothing here connects to the broker. The producer pool
+    is left to the first send: ``kombu.pools.reset()`` (``workers.celery_app.configure``)
+    closes every pool made before it, and Celery makes a new one only when it has none."""
     client.amqp.router  # noqa: B018  (each property builds and caches its part)
-    client.amqp.producer_pool  # noqa: B018
     client.AsyncResult  # noqa: B018
     client.events.Dispatcher  # noqa: B018
 

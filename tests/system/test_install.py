@@ -1,6 +1,7 @@
 """An install like the image's: a fresh venv with the [web] extra alone serves the pages, the
 build prints no setuptools deprecation warning, and without the extra `digest web` says what
-to install in one line.
+to install in one line. A plain install (no extra, as workers, the beat and the CLI use)
+ingests, alerts, sends a weekly digest and runs a worker's tasks.
 
 The venv is made from what the Dockerfile copies (its COPY lines, read as
 tests/unit/test_deployment.py reads them) with the Dockerfile's own `pip install` command, so
