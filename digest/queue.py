@@ -11,6 +11,11 @@ these items, mail this confirmation) through a ``TaskQueue``:
 Callers enqueue only after the transaction that created the rows has committed, or a
 worker could look for rows it cannot see yet. A task that is lost anyway (a broker restart)
 is found again by the periodic sweep: the database, not the broker, is the record.
+
+The periodic work is here too, one function a periodic task (``send_due_slots``,
+``send_due_alerts``, ``retry_deferred``, ``sweep_lost_work``): the beat's tasks in
+``workers/`` call them, and so does ``digest tick``, which does one pass in-process where
+there is no broker and so no beat (rule N3).
 """
 
 from __future__ import annotations
@@ -19,9 +24,17 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from threading import Lock
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+# Imported with this module, never first inside a request's thread: Celery's package loads
+# its names lazily, and threads importing it at the same moment can fail (see ``_prepare``).
+from celery import Celery
 
 from digest.settings import Settings
+
+if TYPE_CHECKING:  # the stages import this module; at run time they are imported in calls
+    from digest.delivery import Swept
+    from digest.selection import SlotPlan
 
 TASK_DELIVER_BATCH = "digest.deliver_batch"
 TASK_ITEM_PUBLISHED = "digest.item_published"
@@ -108,14 +121,68 @@ def announce_item(item_id: int, settings: Settings, *, wait: bool = True) -> lis
     return [delivery_id for run in runs for delivery_id in run.pending_ids]
 
 
-def plan_alerts(settings: Settings) -> list[int]:
-    """The beat's part of debounced alerts: every window that has closed; the ids to send."""
+# --- The beat's periodic work: one function a periodic task, each planning or finding rows
+# and handing them to ``queue_for(settings)`` after its commit. The Celery tasks call these,
+# and so does ``digest tick`` (in-process: the whole pass is done when it returns).
+
+
+def send_due_slots(settings: Settings, *,
+                   now: datetime | None = None) -> dict[str, list[SlotPlan]]:
+    """The tick: each frequency's due slots (this hour's and any missed since the last one
+    planned, up to DIGEST_CATCH_UP_HOURS back; late ones held, never sent) planned and sent,
+    each chunk as soon as its transaction commits."""
+    from digest.db import session_scope
+    from digest.selection import plan_due_slots
+
+    queue = queue_for(settings)
+
+    def send_chunk(ids: list[int]) -> None:
+        queue.deliver(ids)
+
+    planned: dict[str, list[SlotPlan]] = {}
+    for frequency in ("weekly", "daily"):
+        with session_scope(settings.database_url) as session:
+            plans = plan_due_slots(session, frequency, now=now, settings=settings,
+                                   on_chunk=send_chunk)
+        for plan in plans:  # what no chunk handed over (nothing for a held run)
+            queue.deliver(plan.run.pending_ids)
+        planned[frequency] = plans
+    return planned
+
+
+def send_due_alerts(settings: Settings) -> list[int]:
+    """Debounced alerts: every alert window that has closed, planned and sent; their ids."""
     from digest.db import session_scope
     from digest.selection import plan_due_alerts
 
     with session_scope(settings.database_url) as session:
         runs = plan_due_alerts(session, settings=settings)
-    return [delivery_id for run in runs for delivery_id in run.pending_ids]
+    pending = [delivery_id for run in runs for delivery_id in run.pending_ids]
+    queue_for(settings).deliver(pending)
+    return pending
+
+
+def retry_deferred(settings: Settings) -> list[int]:
+    """Deferred rows whose retry is due, sent again; their ids."""
+    from digest.db import session_scope
+    from digest.delivery import due_for_retry
+
+    with session_scope(settings.database_url) as session:
+        due = due_for_retry(session)
+    queue_for(settings).deliver(due)
+    return due
+
+
+def sweep_lost_work(settings: Settings) -> Swept:
+    """Lost work found again from the database (a dead worker's leases, rows whose task a
+    broker restart dropped, runs left open or too late) and its rows sent again."""
+    from digest.db import session_scope
+    from digest.delivery import sweep
+
+    with session_scope(settings.database_url) as session:
+        found = sweep(session, settings)
+    queue_for(settings).deliver(found.recovered + found.orphaned)
+    return found
 
 
 class BrokerQueue:
@@ -149,22 +216,34 @@ class BrokerQueue:
         self._send(TASK_SEND_CONFIRMATION, int(subscriber_id))
 
 
-_clients: dict[str, Any] = {}
+_clients: dict[str, Celery] = {}
 _clients_lock = Lock()
 
 
-def _client(broker_url: str) -> Any:
-    """One Celery client (a producer only: it runs no task) per broker URL."""
-    from celery import Celery
-
+def _client(broker_url: str) -> Celery:
+    """One Celery client (a producer only: it runs no task) per broker URL, made ready to
+    send (``_prepare``) before anyone else can use it."""
     with _clients_lock:
         client = _clients.get(broker_url)
         if client is None:
             client = Celery("digest-client", broker=broker_url, set_as_current=False)
             client.conf.update(task_serializer="json", accept_content=["json"],
                                broker_connection_retry_on_startup=True)
+            _prepare(client)
             _clients[broker_url] = client
         return client
+
+
+def _prepare(client: Celery) -> None:
+    """Build now what Celery builds on its first send from its lazily loaded modules: the
+    message router, the result class and the event dispatcher. Built by the first requests
+    of a web server's threads at once, those lazy imports raced ("cannot import name
+    'Celery' from 'celery'", a 500). Nothing here connects to the broker. The producer pool
+    is left to the first send: ``kombu.pools.reset()`` (``workers.celery_app.configure``)
+    closes every pool made before it, and Celery makes a new one only when it has none."""
+    client.amqp.router  # noqa: B018  (each property builds and caches its part)
+    client.AsyncResult  # noqa: B018
+    client.events.Dispatcher  # noqa: B018
 
 
 def queue_for(settings: Settings) -> TaskQueue:

@@ -2,7 +2,8 @@
 
 Names are matched by slug, so "Rule of law", "rule of LAW " and "Rule-of-law" are one theme.
 A location may have a parent region (itself a location); the known pairs ship in
-``data/regions.json`` and are applied when a location is created.
+``data/regions.json`` and are applied when a location is created. The newsroom's published
+taxonomy ships in ``data/taxonomy.json`` (``seed`` adds it to a database).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Literal, cast
 
 from slugify import slugify as _slugify
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from digest.db import insert_ignoring_conflict
 from digest.errors import UnknownTaxonomyError, ValidationError
@@ -30,7 +31,9 @@ MODELS: dict[str, type[TaxonomyModel]] = {
     "location": Location,
     "content_type": ContentType,
 }
-REGIONS_FILE = Path(__file__).resolve().parent / "data" / "regions.json"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+REGIONS_FILE = DATA_DIR / "regions.json"
+PUBLISHED_FILE = DATA_DIR / "taxonomy.json"  # the newsroom's published taxonomy
 
 
 def slugify(name: str) -> str:
@@ -87,16 +90,71 @@ def list_names(session: Session, facet: Facet) -> list[str]:
     return sorted(session.scalars(select(model.name)).all(), key=str.casefold)
 
 
-def known_facets(session: Session) -> dict[str, Facet]:
-    """Slug -> facet of every taxonomy value in the database (to classify feed categories).
-
-    A slug present in several facets keeps the first of theme, location, content type.
-    """
-    known: dict[str, Facet] = {}
+def known_facets(session: Session) -> dict[str, Facet | None]:
+    """Slug -> the facet a name is known in, to file a feed category that has no telling
+    domain: every value in the database, and the places and regions of ``regions.json`` as
+    locations. A slug known in more than one facet maps to None: its name alone cannot say
+    where it belongs."""
+    found: dict[str, set[Facet]] = {}
     for facet in FACETS:
         for slug in session.scalars(select(_model(facet).slug)):
-            known.setdefault(slug, facet)
-    return known
+            found.setdefault(slug, set()).add(facet)
+    for place, region in region_of().items():
+        for slug in (place, slugify(region)):
+            if not found.get(slug):
+                found[slug] = {"location"}
+    return {slug: next(iter(facets)) if len(facets) == 1 else None
+            for slug, facets in found.items()}
+
+
+def location_regions(session: Session) -> list[tuple[str, str | None]]:
+    """Every location with the name of its region (None for a region or a loose place),
+    sorted by name."""
+    region = aliased(Location)
+    rows = session.execute(select(Location.name, region.name)
+                           .outerjoin(region, Location.parent_id == region.id)).all()
+    return sorted(((name, parent) for name, parent in rows), key=lambda r: r[0].casefold())
+
+
+# --- The newsroom's published taxonomy (``data/taxonomy.json``): what a fresh install knows
+# before its first ingest, so filtered subscribers can be added at once.
+
+# The file's keys, in the facets' order.
+PUBLISHED_KEYS: dict[str, Facet] = {"themes": "theme", "locations": "location",
+                                    "content_types": "content_type"}
+
+
+def read_published(path: Path = PUBLISHED_FILE) -> dict[Facet, list[str]]:
+    """A taxonomy file's names per facet: a JSON object with the lists ``themes``,
+    ``locations`` and ``content_types`` (any may be left out; keys starting with ``_`` are
+    comments). ValidationError names what is wrong with it."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValidationError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValidationError(f"{path} is not a JSON taxonomy file: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValidationError(f"{path}: expected a JSON object with the lists "
+                              f"{', '.join(PUBLISHED_KEYS)}")
+    unknown = [key for key in raw if key not in PUBLISHED_KEYS and not key.startswith("_")]
+    if unknown:
+        raise ValidationError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; use "
+                              f"{', '.join(PUBLISHED_KEYS)}")
+    names: dict[Facet, list[str]] = {}
+    for key, facet in PUBLISHED_KEYS.items():
+        values = raw.get(key, [])
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ValidationError(f"{path}: {key!r} must be a list of names")
+        names[facet] = values
+    return names
+
+
+def seed(session: Session, names: dict[Facet, list[str]]) -> dict[Facet, list[str]]:
+    """Create the names not known yet (a location with its region, as ``resolve`` does);
+    facet -> the names created. Running it again creates nothing."""
+    return {facet: resolve(session, facet, names.get(facet, []), create=True).created
+            for facet in FACETS}
 
 
 def resolve(session: Session, facet: Facet, names: list[str], create: bool) -> Resolved:

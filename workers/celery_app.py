@@ -112,7 +112,27 @@ def _log_like_the_rest(loglevel=None, **_kwargs) -> None:
     from digest.logs import configure_logging
 
     s = get_settings()
-    configure_logging(s.log_format, loglevel or s.log_level)
+    configure_logging(s.log_format, log_level(s, loglevel))
+
+
+def log_level(settings: Settings, celery_level: int | str | None) -> int | str:
+    """The level the operator asked for: DIGEST_LOG_LEVEL when it is set, else the ``-l``
+    given to ``celery worker|beat``, else DIGEST_LOG_LEVEL's default (INFO). Celery hands
+    over its own default (WARNING) when no ``-l`` was given, which would hide every INFO
+    line of a worker started as the README shows."""
+    if "log_level" in settings.model_fields_set or celery_level is None:
+        return settings.log_level
+    return celery_level if _given_on_command_line("loglevel") else settings.log_level
+
+
+def _given_on_command_line(option: str) -> bool:
+    """Whether the running ``celery`` command got this option (not its default)."""
+    import click
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source(option) if ctx is not None else None
+    return source is not None and source is not ParameterSource.DEFAULT
 
 
 @signals.task_prerun.connect

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from digest import delivery, selection, subscribers
+from digest import delivery, subscribers
 from digest.db import session_scope
 from digest.queue import (
     TASK_DELIVER_BATCH,
@@ -19,9 +19,12 @@ from digest.queue import (
     TASK_PLAN_ALERTS,
     TASK_SEND_CONFIRMATION,
     announce_item,
-    plan_alerts,
     queue_for,
+    send_due_alerts,
+    send_due_slots,
+    sweep_lost_work,
 )
+from digest.queue import retry_deferred as send_retries
 from digest.settings import Settings, get_settings
 from workers.celery_app import app
 
@@ -41,24 +44,14 @@ def enqueue_deliveries(delivery_ids: list[int], settings: Settings) -> int:
 def tick(now: str | None = None) -> dict:
     """Plan the weekly and daily slots due (this hour's and any missed since the last one
     planned) and send them; a run past its send-by deadline is held for an operator."""
-    settings = get_settings()
-    planned = {}
-
-    def enqueue_chunk(ids: list[int]) -> None:
-        # A chunk's rows go to the workers as soon as it commits, while the rest is planned.
-        enqueue_deliveries(ids, settings)
-
-    for frequency in ("weekly", "daily"):
-        with session_scope(settings.database_url) as session:
-            plans = selection.plan_due_slots(session, frequency, now=_when(now),
-                                             settings=settings, on_chunk=enqueue_chunk)
-        for plan in plans:  # what no chunk handed over (nothing for a held run)
-            enqueue_deliveries(plan.run.pending_ids, settings)
+    planned = send_due_slots(get_settings(), now=_when(now))
+    result = {}
+    for frequency, plans in planned.items():
         slots = [{"slot": p.slot.isoformat(), "run_id": p.run.run_id, "created": p.run.created,
                   "pending": p.run.planned, "skipped": p.run.skipped, "held": p.held}
                  for p in plans]
-        planned[frequency] = {**slots[-1], "slots": slots}  # the current slot's, and every slot's
-    return planned
+        result[frequency] = {**slots[-1], "slots": slots}  # the current slot's, and every slot's
+    return result
 
 
 @app.task(name=TASK_DELIVER_BATCH, max_retries=MAX_RETRIES)
@@ -76,20 +69,14 @@ def deliver_batch(delivery_ids: list[int]) -> dict:
 
 @app.task(name="digest.retry_deferred", max_retries=MAX_RETRIES)
 def retry_deferred() -> int:
-    settings = get_settings()
-    with session_scope(settings.database_url) as session:
-        due = delivery.due_for_retry(session)
-    return enqueue_deliveries(due, settings)
+    return len(send_retries(get_settings()))
 
 
 @app.task(name="digest.sweep", max_retries=MAX_RETRIES)
 def sweep() -> dict:
     """Find lost work again: rows of a dead worker, rows whose task the broker lost, runs
     left open. The database is the record, so this needs nothing from the broker."""
-    settings = get_settings()
-    with session_scope(settings.database_url) as session:
-        found = delivery.sweep(session, settings)
-    enqueue_deliveries(found.recovered + found.orphaned, settings)
+    found = sweep_lost_work(get_settings())
     return {"recovered": len(found.recovered), "orphaned": len(found.orphaned),
             "runs_finished": len(found.runs_finished), "runs_held": len(found.runs_held)}
 
@@ -124,10 +111,7 @@ def item_published(item_id: int) -> dict:
 @app.task(name=TASK_PLAN_ALERTS, max_retries=MAX_RETRIES)
 def plan_due_alerts() -> dict:
     """Debounced alerts: plan and send every alert window that has closed."""
-    settings = get_settings()
-    pending = plan_alerts(settings)
-    enqueue_deliveries(pending, settings)
-    return {"pending": len(pending)}
+    return {"pending": len(send_due_alerts(get_settings()))}
 
 
 @app.task(name=TASK_SEND_CONFIRMATION, max_retries=MAX_RETRIES)

@@ -25,6 +25,8 @@ from digest.cli import (
     runs,
     send,
     subscribers,
+    taxonomy,
+    tick,
     web,
 )
 from digest.cli._common import err
@@ -40,6 +42,8 @@ app.add_typer(db.app, name="db")
 app.add_typer(ingest.app, name="ingest")
 app.add_typer(subscribers.app, name="subscribers")
 app.add_typer(send.app, name="send")
+app.command("tick")(tick.tick)
+app.add_typer(taxonomy.app, name="taxonomy")
 app.command("preview")(preview.preview)
 app.command("explain")(explain.explain)
 app.command("deliveries")(deliveries.deliveries)

@@ -7,14 +7,18 @@ from pathlib import Path
 
 import typer
 
-from digest.cli._common import console, ensure_db, task_queue
+from digest.cli._common import console, ensure_db, err, task_queue
 from digest.settings import get_settings
 
 app = typer.Typer(help="Bring items in.", no_args_is_help=True)
 
 
 def _after_ingest(report) -> None:
-    console.print(report.summary())
+    console.print(report.summary(), markup=False, highlight=False)
+    for line in report.unfiled:
+        err.print(f"warning: {line} (add the name with 'digest taxonomy seed FILE' and ingest "
+                  "again, or give the category a domain)", markup=False, highlight=False,
+                  soft_wrap=True)
     task_queue().publish_items(report.new_item_ids)
 
 

@@ -24,26 +24,47 @@ def subscribers_add(
     theme: list[str] = typer.Option([], "--theme", help="Shortcut for one filter's themes."),  # noqa: B008
     location: list[str] = typer.Option([], "--location"),  # noqa: B008
     content_type: list[str] = typer.Option([], "--type"),  # noqa: B008
-    frequency: str = typer.Option("weekly", help="immediate | daily | weekly"),
-    tz: str = typer.Option("UTC", "--timezone", help="IANA time zone"),
-    weekday: str = typer.Option("monday"),
-    hour: int = typer.Option(8),
-    group_by: str = typer.Option("theme", help="theme | location"),
+    frequency: str | None = typer.Option(None, help="immediate | daily | weekly [new: weekly]"),
+    tz: str | None = typer.Option(None, "--timezone", help="IANA time zone [new: UTC]"),
+    weekday: str | None = typer.Option(None, help="monday..sunday [new: monday]"),
+    hour: int | None = typer.Option(None, help="0-23, local time [new: 8]"),
+    group_by: str | None = typer.Option(None, help="theme | location [new: theme]"),
+    status: str | None = typer.Option(
+        None, help="active | pending | unsubscribed | suppressed [new: active]; naming one "
+        "re-activates a reader who left, or lifts a suppression (rule R5)"),
     create_taxonomy: bool = typer.Option(False, help="Create unknown themes/locations/types."),
 ) -> None:
-    """Add a subscriber (or update the one with that address)."""
-    from digest.subscribers import FilterSpec, parse_filter, upsert_subscriber
+    """Add a subscriber, or update the one with that address: an option not given keeps what
+    they have (no filter option: their filters stay). A reader who unsubscribed or was
+    suppressed, or an address on the suppression list, is refused unless --status is given."""
+    from digest.subscribers import (
+        FilterSpec,
+        canonical_email,
+        parse_filter,
+        upsert_subscriber,
+        who_left,
+    )
 
     ensure_db()
+    settings = get_settings()
     specs = [parse_filter(f) for f in filter_]
     if theme or location or content_type:
         specs.append(FilterSpec(list(theme), list(location), list(content_type)))
     with session_scope() as session:
-        sub, created = upsert_subscriber(session, email, smtputf8=get_settings().smtputf8,
-                                         filters=specs, frequency=frequency,
-                                         timezone=tz, weekday=weekday, hour=hour,
-                                         group_by=group_by, create_taxonomy=create_taxonomy)
-        console.print(f"{'added' if created else 'updated'} subscriber #{sub.id} {sub.email}")
+        address = canonical_email(email, smtputf8=settings.smtputf8)
+        left = who_left(session, [address]).get(address) if status is None else None
+        if left is not None:
+            raise ValidationError(
+                f"{left.reason}; 'add' does not re-subscribe anyone silently: to re-activate them, "
+                f"run 'digest subscribers add {address} --status active' (this also lifts a "
+                "suppression)")
+        sub, created = upsert_subscriber(
+            session, address, smtputf8=settings.smtputf8, filters=specs or None,
+            frequency=frequency, timezone=tz, weekday=weekday, hour=hour, group_by=group_by,
+            status=status, lift_suppression=status is not None,
+            suppression_detail="suppressed from the CLI", create_taxonomy=create_taxonomy)
+        console.print(f"{'added' if created else 'updated'} subscriber #{sub.id} {sub.email} "
+                      f"({sub.status})", markup=False, highlight=False)
 
 
 @app.command("list")
@@ -137,6 +158,8 @@ def subscribers_import(source: Path) -> None:
         raise ValidationError(f"cannot read {source}: {reason}") from exc
     with session_scope() as session:
         report = import_csv(session, text, smtputf8=get_settings().smtputf8)
+    for line, reason in report.skipped:  # one line each, whatever the width: for grep
+        err.print(f"line {line}: {reason}", markup=False, highlight=False, soft_wrap=True)
     for line, reason in report.errors:
         err.print(f"line {line}: {reason}", markup=False, highlight=False)
     console.print(report.summary())

@@ -5,12 +5,7 @@ Other stages call these names; none of them writes a delivery's status itself.
 """
 
 from digest.delivery.classify import Fault, Verdict, classify_dsn, classify_smtp, enhanced_status
-from digest.delivery.confirmations import (
-    EmailRateLimiter,
-    build_confirmation,
-    limit_storage_url,
-    send_confirmation,
-)
+from digest.delivery.confirmations import build_confirmation, send_confirmation
 from digest.delivery.pauses import (
     Pause,
     active_pauses,
@@ -29,6 +24,7 @@ from digest.delivery.send import (
 from digest.delivery.states import (
     CLAIMABLE,
     UNFINISHED,
+    Swept,
     cancel_for_subscriber,
     cancel_run,
     claim,
@@ -54,9 +50,9 @@ from digest.delivery.transport import (
 from digest.queue import batches
 
 __all__ = [
-    "CLAIMABLE", "UNFINISHED", "BatchResult", "EmailRateLimiter", "Fault", "Pause",
-    "SMTPTransport", "build_confirmation", "limit_storage_url", "send_confirmation",
-    "SendResult", "Transport", "Verdict", "error_for", "transport_from_settings",
+    "CLAIMABLE", "UNFINISHED", "BatchResult", "Fault", "Pause",
+    "SMTPTransport", "build_confirmation", "send_confirmation",
+    "SendResult", "Swept", "Transport", "Verdict", "error_for", "transport_from_settings",
     "active_pauses", "batches", "cancel_for_subscriber", "cancel_run", "claim", "classify_dsn",
     "classify_smtp", "describe_progress", "due_for_retry", "enhanced_status", "finish_done_runs",
     "finish_run_if_done", "load_batch", "mark_bounced", "mark_planned", "orphaned_pending",

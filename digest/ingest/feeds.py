@@ -66,7 +66,7 @@ _SANE_YEARS = range(1900, 3000)
 
 def parse_feed(
     data: bytes,
-    known_facets: Mapping[str, str] | None = None,
+    known_facets: Mapping[str, str | None] | None = None,
     *,
     http_charset: str | None = None,
 ) -> list[ItemIn]:
@@ -77,7 +77,7 @@ def parse_feed(
 
 def read_feed(
     data: bytes,
-    known_facets: Mapping[str, str] | None = None,
+    known_facets: Mapping[str, str | None] | None = None,
     *,
     http_charset: str | None = None,
 ) -> tuple[list[ItemIn], list[str]]:
@@ -86,9 +86,9 @@ def read_feed(
 
     The bytes are decoded by ``decode_feed`` (``http_charset``: the charset the HTTP
     response declared). Each category goes to the facet its scheme/domain names; without a
-    telling scheme, to the facet ``known_facets`` (slug -> facet, see
-    taxonomy.known_facets) has for it; else it is a theme. An item has one content type:
-    the first one wins.
+    telling scheme, to the facet ``known_facets`` (slug -> facet, None when known in
+    several; see taxonomy.known_facets) has for it; else it is left unfiled and named in the
+    item's ``unfiled``. An item has one content type: the first one wins.
     """
     if not isinstance(data, (bytes, bytearray)):
         raise TypeError("parse_feed takes the document's bytes; use fetch() for a URL")
@@ -124,13 +124,7 @@ def read_feed(
             year, month, day, hour, minute, second = stamp[:6]
             published_at = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
-        facets: dict[str, list[str]] = {facet: [] for facet in FACETS}
-        for tag in entry.get("tags") or []:
-            name = clean_name(to_plain_text(tag.get("label") or tag.get("term") or ""))
-            if not name:
-                continue
-            facet = _facet_of_scheme(tag.get("scheme")) or known.get(slugify(name), "theme")
-            facets[facet].append(name)
+        facets, unfiled = _file_categories(entry.get("tags") or [], known)
         content_types = clean_names(facets["content_type"])
 
         guid = (entry.get("id") or "").strip() or url or title_date_guid(title, published_at)
@@ -144,6 +138,29 @@ def read_feed(
                 content_type=content_types[0] if content_types else None,
                 themes=clean_names(facets["theme"]),
                 locations=clean_names(facets["location"]),
+                unfiled=unfiled,
             )
         )
     return items, rejected
+
+
+def _file_categories(tags: list[Mapping[str, str]], known: Mapping[str, str | None],
+                     ) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
+    """Each category to its facet: the one its scheme/domain names; without a telling one,
+    the one facet its name is known in (``known``). A name known in no facet, or in several,
+    is left unfiled, with why: never made a theme by default, or offices and content types
+    would be filed as themes and location and type filters would miss the item."""
+    facets: dict[str, list[str]] = {facet: [] for facet in FACETS}
+    unfiled: list[tuple[str, str]] = []
+    for tag in tags:
+        name = clean_name(to_plain_text(tag.get("label") or tag.get("term") or ""))
+        if not name:
+            continue
+        facet = _facet_of_scheme(tag.get("scheme")) or known.get(slugify(name))
+        if facet is not None:
+            facets[facet].append(name)
+        elif slugify(name) in known:
+            unfiled.append((name, "is known as more than one of theme, location, content type"))
+        else:
+            unfiled.append((name, "is not a known theme, location or content type"))
+    return facets, unfiled

@@ -29,6 +29,9 @@ class ItemIn:
     content_type: str | None = None
     themes: list[str] = field(default_factory=list)
     locations: list[str] = field(default_factory=list)
+    # Categories whose facet nothing told (a feed's, without a domain, known in no facet or
+    # in several): (name, why). Not stored; the ingest reports them.
+    unfiled: list[tuple[str, str]] = field(default_factory=list)
 
 
 # Block-level tags separate words; without a space "<p>a</p><p>b</p>" would read "ab".

@@ -25,6 +25,8 @@ class IngestReport:
     created: dict[str, list[str]] = field(default_factory=dict)  # facet -> new names
     duplicates_in_batch: int = 0  # items repeated inside the document (last one kept)
     rejected: list[str] = field(default_factory=list)  # entries left out, with the reason
+    # Categories left unfiled, each a sentence naming it and its item (not stored anywhere).
+    unfiled: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [
@@ -38,6 +40,9 @@ class IngestReport:
             parts.append(f"{self.duplicates_in_batch} duplicates skipped")
         if self.rejected:
             parts.append(f"{len(self.rejected)} rejected ({'; '.join(self.rejected[:5])})")
+        if self.unfiled:
+            parts.append(f"{len(self.unfiled)} categor{'y' if len(self.unfiled) == 1 else 'ies'}"
+                         " left unfiled")
         line = ", ".join(parts)
         created = [
             f"{facet.replace('_', ' ')}: {', '.join(names)}"
@@ -110,6 +115,8 @@ def store_items(
     oldest_fresh = now - timedelta(days=max_age_days)
     report = IngestReport()
     items, report.duplicates_in_batch = _dedupe(items)
+    report.unfiled = [f"item {item.title[:80]!r}: category {name!r} has no domain and {why}; "
+                      "left unfiled" for item in items for name, why in item.unfiled]
     if not items:
         return report
 

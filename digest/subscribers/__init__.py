@@ -16,14 +16,17 @@ from digest.subscribers.filters import (
 )
 from digest.subscribers.manage import (
     Erased,
+    Left,
     erase_subscriber,
     find_subscriber,
     purge_unconfirmed,
     set_status,
     suppress,
+    suppression_of,
     unsubscribe,
     unsuppress,
     upsert_subscriber,
+    who_left,
 )
 from digest.subscribers.validate import (
     WEEKDAYS,
@@ -40,6 +43,7 @@ __all__ = [
     "Erased",
     "FilterSpec",
     "ImportReport",
+    "Left",
     "canonical_email",
     "check_choice",
     "check_hour",
@@ -54,9 +58,11 @@ __all__ = [
     "purge_unconfirmed",
     "set_status",
     "suppress",
+    "suppression_of",
     "timezone_names",
     "unsubscribe",
     "unsuppress",
     "upsert_subscriber",
+    "who_left",
     "with_filters",
 ]

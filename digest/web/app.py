@@ -14,9 +14,9 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import IntegrityError
 
-from digest.delivery import EmailRateLimiter
 from digest.errors import DeliveryError, DigestError
 from digest.logs import configure_logging
+from digest.queue import queue_for
 from digest.settings import Settings, check_secrets, get_settings
 from digest.web import admin, api, metrics, pages
 from digest.web.errors import (
@@ -26,6 +26,7 @@ from digest.web.errors import (
     problem,
     status_for,
 )
+from digest.web.ratelimit import EmailRateLimiter
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -69,6 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = s
     app.state.email_limiter = EmailRateLimiter(s)
+    # The task queue, with its broker client ready to send, before the first request: made
+    # by the first requests' threads at once, Celery's lazy imports raced into 500s.
+    app.state.queue = queue_for(s)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(pages.router)

@@ -236,3 +236,31 @@ def test_0007_adds_the_pruned_tallies_and_takes_them_away(empty_url):
     assert "pruned_tallies" not in tables()
     with db.engine_for(empty_url).connect() as conn:  # nothing else went with it
         assert conn.execute(text("SELECT count(*) FROM deliveries")).scalar() == 1
+
+
+def test_0008_lists_every_suppressed_reader_the_list_lacked_and_takes_only_those_back(empty_url):
+    from alembic import command
+
+    from digest.models import Suppression, SuppressionReason
+    from tests.factories import make_subscriber
+
+    db.upgrade(empty_url, "0007")
+    with db._sessionmaker(empty_url)() as session:
+        make_subscriber(session, "unlisted@example.org", status="suppressed")
+        make_subscriber(session, "listed@example.org", status="suppressed")
+        make_subscriber(session, "active@example.org")
+        session.add(Suppression(email="listed@example.org", reason=SuppressionReason.hard_bounce,
+                                detail="550 5.1.1"))
+        session.add(Suppression(email="erased@example.org", reason=SuppressionReason.admin,
+                                detail="asked to be forgotten"))
+        session.commit()
+
+    def listed():
+        with db.engine_for(empty_url).connect() as conn:
+            return sorted(conn.execute(select(Suppression.email, Suppression.reason)).all())
+
+    db.upgrade(empty_url)
+    assert listed() == [("erased@example.org", "admin"), ("listed@example.org", "hard_bounce"),
+                        ("unlisted@example.org", "admin")]
+    command.downgrade(db.alembic_config(empty_url), "0007")
+    assert listed() == [("erased@example.org", "admin"), ("listed@example.org", "hard_bounce")]

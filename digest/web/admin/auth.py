@@ -20,8 +20,8 @@ from sqladmin.authentication import AuthenticationBackend
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from digest.delivery import limit_storage_url
 from digest.settings import Settings
+from digest.web.ratelimit import limit_storage_url
 
 SESSION_MAX_AGE = 8 * 3600
 LOGIN_LIMIT = parse("10/minute")

@@ -22,7 +22,7 @@ from starlette.responses import RedirectResponse, Response
 
 from digest import subscribers, taxonomy
 from digest.errors import DigestError, TokenError, ValidationError
-from digest.models import Frequency, Subscriber, SubscriberStatus, SuppressionReason
+from digest.models import Frequency, Subscriber, SubscriberStatus
 from digest.settings import Settings
 from digest.web.pages.csrf import check_csrf, make_csrf
 
@@ -130,14 +130,10 @@ class AddSubscriberPage(AdminPage):
             session, address, smtputf8=smtputf8, filters=parse_filters(values["filters"]),
             frequency=values["frequency"], timezone=values["timezone"],
             weekday=values["weekday"], hour=values["hour"], status=values["status"],
-            group_by=values["group_by"])
+            group_by=values["group_by"], suppression_detail="suppressed in the admin")
         if not created:  # added by someone else since our look-up
             session.rollback()
             raise ValidationError("a subscriber with this address was just added; see the list")
-        if sub.status == SubscriberStatus.suppressed:
-            # As over the API: the suppression list is what the pipeline checks.
-            subscribers.suppress(session, sub.email, SuppressionReason.admin,
-                                 "suppressed in the admin")
         session.commit()
         return sub.id
 

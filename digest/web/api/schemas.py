@@ -136,6 +136,9 @@ class ImportResult(BaseModel):
     added: int
     updated: int
     errors: list[ImportLineError]
+    skipped: list[ImportLineError] = Field(
+        default=[], description="Lines left alone: they would have re-subscribed someone who "
+        "left, or an address on the suppression list")
 
 
 class ItemPayload(BaseModel):

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from digest.errors import ValidationError
-from digest.models import Frequency, Item, Subscriber, SubscriberStatus, SuppressionReason
+from digest.models import Item, Subscriber, SubscriberStatus
 from digest.selection.explain import Explanation, explain
 from digest.subscribers import (
     FilterSpec,
@@ -17,8 +17,6 @@ from digest.subscribers import (
     erase_subscriber,
     export_csv,
     import_csv,
-    suppress,
-    unsuppress,
     upsert_subscriber,
     with_filters,
 )
@@ -111,13 +109,13 @@ def create_subscriber(body: SubscriberIn, session: SessionDep, settings: Setting
         hour=body.hour,
         status=body.status.value,
         group_by=body.group_by,
+        suppression_detail="suppressed over the API",
     )
     if not created:
         # Created by another request between our look-up and our write: still a 409.
         sub_id = sub.id
         session.rollback()
         _exists(sub_id)
-    _sync_suppression(session, sub.email, was=None, now=body.status)
     session.commit()
     return SubscriberOut.of(_load(session, sub.id))
 
@@ -128,21 +126,6 @@ def _exists(subscriber_id: int) -> None:
         f"a subscriber with this address exists (id {subscriber_id}); "
         f"change it with PATCH /api/v1/subscribers/{subscriber_id}",
     )
-
-
-def _sync_suppression(
-    session: Session, email: str, was: str | None, now: SubscriberStatus | None
-) -> None:
-    """Status "suppressed" set over the API also puts the address on the suppression list
-    (which is what the pipeline checks), and leaving it takes the address off again."""
-    if now is SubscriberStatus.suppressed and was != SubscriberStatus.suppressed:
-        suppress(session, email, SuppressionReason.admin, "suppressed over the API")
-    elif (
-        now is not None
-        and now is not SubscriberStatus.suppressed
-        and (was == SubscriberStatus.suppressed)
-    ):
-        unsuppress(session, email)
 
 
 @router.get(
@@ -172,7 +155,11 @@ def export_subscribers(session: SessionDep) -> Response:
     },
     description="CSV with a header row (email, frequency, timezone, weekday, hour, themes, "
     "locations, content_types, status; values in a cell separated by '|'). Good rows "
-    "are imported, bad rows reported with their line number. Safe to run twice.",
+    "are imported, bad rows reported with their line number in `errors`. An existing "
+    "subscriber changes only in the cells a row fills; filter columns replace their "
+    "filters. Lines that would re-subscribe someone who unsubscribed or was suppressed, or "
+    "an address on the suppression list, are left alone and reported in `skipped`. Safe to "
+    "run twice.",
 )
 async def import_subscribers(request: Request, session: SessionDep, settings: SettingsDep):
     raw = await request.body()
@@ -195,6 +182,7 @@ async def import_subscribers(request: Request, session: SessionDep, settings: Se
             added=report.added,
             updated=report.updated,
             errors=[ImportLineError(line=ln, reason=r) for ln, r in report.errors],
+            skipped=[ImportLineError(line=ln, reason=r) for ln, r in report.skipped],
         )
 
     return await run_in_threadpool(work)
@@ -237,21 +225,22 @@ def explain_item(subscriber_id: IdPath, item_id: IdPath, session: SessionDep,
 def update_subscriber(subscriber_id: IdPath, body: SubscriberPatch, session: SessionDep,
                       settings: SettingsDep):
     sub = _load(session, subscriber_id)
-    current = SubscriberOut.of(sub)
-    was = sub.status
+    # A field left out keeps its value; a status given is the operator's explicit choice for
+    # this reader (rule R5): anything but "suppressed" lifts a suppression of the address.
     upsert_subscriber(
         session,
         sub.email,
         smtputf8=settings.smtputf8,
-        filters=_specs(body.filters if body.filters is not None else current.filters),
-        frequency=(body.frequency or Frequency(sub.frequency)).value,
-        timezone=body.timezone if body.timezone is not None else sub.timezone,
-        weekday=body.weekday if body.weekday is not None else sub.weekday,
-        hour=body.hour if body.hour is not None else sub.hour,
-        status=(body.status or SubscriberStatus(sub.status)).value,
-        group_by=body.group_by or sub.group_by,
+        filters=_specs(body.filters) if body.filters is not None else None,
+        frequency=body.frequency.value if body.frequency else None,
+        timezone=body.timezone,
+        weekday=body.weekday,
+        hour=body.hour,
+        status=body.status.value if body.status else None,
+        group_by=body.group_by,
+        suppression_detail="suppressed over the API",
+        lift_suppression=body.status is not None,
     )
-    _sync_suppression(session, sub.email, was=was, now=body.status)
     session.commit()
     return SubscriberOut.of(_load(session, subscriber_id))
 

@@ -1,7 +1,8 @@
 """The subscribe and preferences forms: the choices they offer and reading what was sent.
 
 The forms work without JavaScript. A subscriber chooses either everything or one or more
-filters; each filter is a fieldset of theme, location and type checkboxes. The preferences
+filters; each filter is a fieldset of theme, location and type checkboxes. Anything ticked
+means "only these", whichever way the "Everything" radio was left (rule M5). The preferences
 form shows every saved filter plus one empty "add a filter" fieldset; an empty fieldset
 and one ticked "remove" are dropped when saving.
 """
@@ -157,10 +158,14 @@ class PrefsForm:
                     _values(form, f"f{i}-types"),
                 )
             )
+        chosen = [f for f in filters if not f.is_empty()]
+        # Rule M5: anything ticked means "only these", whatever the radio was left at (it
+        # starts at "Everything"); "Everything" means no filter only with nothing ticked.
+        everything = form.get("mode") == "everything" and not chosen
         return cls(
             email=_text(form, "email"),
-            mode="everything" if form.get("mode") == "everything" else "chosen",
-            filters=[f for f in filters if not f.is_empty()],
+            mode="everything" if everything else "chosen",
+            filters=chosen,
             frequency=_text(form, "frequency") or Frequency.weekly,
             weekday=_text(form, "weekday") or "0",
             hour=_text(form, "hour") or "8",

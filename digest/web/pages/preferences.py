@@ -97,6 +97,8 @@ def _preferences_page(
     )
 
 
+SUPPRESSED_TEXT = ("Earlier emails to this address bounced or were refused, so it is on our "
+                   "suppression list. Contact the newsroom to have it removed.")
 SAVED_MESSAGES = {"1": "Your preferences are saved.", "resubscribed": "You are subscribed again."}
 
 
@@ -133,7 +135,13 @@ def preferences_submit(request: Request, token: str, form: FormDep, session: Ses
     if form.get("action") == "resubscribe":
         # The link was emailed to this address: holding it is the confirmation.
         if sub.status == UNSUBSCRIBED:
-            set_status(session, sub, ACTIVE)
+            try:
+                set_status(session, sub, ACTIVE)  # a fresh window (rule R6)
+            except ValidationError:  # on the suppression list (rule R2)
+                session.rollback()
+                sub = load_subscriber(session, sub.id)
+                return _preferences_page(request, session, sub, token, prefs, [SUPPRESSED_TEXT],
+                                         409)
             session.commit()
         return RedirectResponse(f"/preferences/{token}?saved=resubscribed", status_code=303)
     try:

@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 from digest import taxonomy
 from digest.errors import TokenError, ValidationError
 from digest.models import Subscriber
-from digest.queue import queue_for
 from digest.subscribers import (
     WEEKDAYS,
     canonical_email,
@@ -23,6 +22,7 @@ from digest.subscribers import (
     check_weekday,
     describe_filter,
     set_status,
+    suppression_of,
     upsert_subscriber,
 )
 from digest.tokens import links_for, subscriber_from_token
@@ -66,8 +66,9 @@ def _schedule_text(sub: Subscriber) -> str:
 
 
 def _send_confirmation(request: Request, subscriber_id: int) -> None:
-    # Through the task queue when a broker is configured; in-process otherwise.
-    queue_for(request.app.state.settings).send_confirmation(subscriber_id)
+    # Through the task queue when a broker is configured, in-process otherwise; the queue
+    # (and its broker client) was made when the app started, never in a request's thread.
+    request.app.state.queue.send_confirmation(subscriber_id)
 
 
 def _validate_only(session: Session, prefs: PrefsForm) -> None:
@@ -138,7 +139,11 @@ def subscribe_submit(request: Request, form: FormDep, session: SessionDep):
         existing = _by_address(session, address)
         if existing is not None:
             address = existing.email
-        if existing is None or existing.status in (PENDING, UNSUBSCRIBED):
+        # Rule R2: nothing, not even a confirmation, goes to an address on the suppression
+        # list; the page is the same, so it tells nobody the address is on it.
+        listed = suppression_of(session, address) is not None
+        sub: Subscriber | None
+        if not listed and (existing is None or existing.status in (PENDING, UNSUBSCRIBED)):
             sub, _ = upsert_subscriber(
                 session, address, smtputf8=s.smtputf8, filters=prefs.specs(), status=PENDING,
                 **prefs.options()
@@ -149,9 +154,10 @@ def subscribe_submit(request: Request, form: FormDep, session: SessionDep):
     except ValidationError as exc:
         return again([as_sentence(str(exc))], 422)
     request.app.state.email_limiter.check(address)  # 429 past the limit; nothing is written
-    sub_id = sub.id
+    sub_id = sub.id if sub is not None and not listed else None
     session.commit()
-    _send_confirmation(request, sub_id)
+    if sub_id is not None:
+        _send_confirmation(request, sub_id)
     return page(
         request,
         "check_inbox.html",
@@ -176,7 +182,7 @@ def send_new_link(request: Request, form: FormDep, session: SessionDep):
         )
     request.app.state.email_limiter.check(address)
     sub = _by_address(session, address)
-    if sub is not None:
+    if sub is not None and suppression_of(session, sub.email) is None:  # rule R2
         _send_confirmation(request, sub.id)
     return page(
         request,
@@ -197,7 +203,7 @@ def confirm(request: Request, token: str, session: SessionDep):
         sub = load_subscriber(session, subscriber_from_token("confirm", token, s))
     except TokenError as exc:
         return link_problem(request, exc)
-    if sub.status == SUPPRESSED:
+    if sub.status == SUPPRESSED or suppression_of(session, sub.email) is not None:
         return page(
             request,
             "message.html",

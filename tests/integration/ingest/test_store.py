@@ -275,6 +275,7 @@ def test_ingest_listing_json_and_feed_files_store_everything(settings, session):
 
 def test_feed_category_known_in_the_database_keeps_its_facet(settings, session):
     resolve(session, "location", ["OSCE Mission to Skopje"], create=True)
+    resolve(session, "theme", ["Youth"], create=True)
     session.commit()
     ingest_feed(DATA / "ingest-feed.rss", now=NOW, settings=settings)
     item = session.scalar(select(Item).where(Item.guid == "rss-item-1"))

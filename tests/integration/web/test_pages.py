@@ -230,7 +230,14 @@ def test_preferences_page_saves_several_filters_and_previews_four_weeks(
     assert [[loc.name for loc in f.locations] for f in subscriber(db_session).filters] == [
         ["South-Eastern Europe"]
     ]
+    # "Everything" with a location still ticked means only that location (rule M5);
+    # with nothing ticked, everything.
     client.post(path, data=form | {"mode": "everything"})
+    assert [[loc.name for loc in f.locations] for f in subscriber(db_session).filters] == [
+        ["South-Eastern Europe"]
+    ]
+    unticked = {k: v for k, v in form.items() if k != "f1-locations"}
+    client.post(path, data=unticked | {"mode": "everything"})
     assert subscriber(db_session).filters == []
 
 

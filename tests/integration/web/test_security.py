@@ -10,13 +10,13 @@ import pytest
 from fastapi.testclient import TestClient
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
-from digest.delivery import EmailRateLimiter
 from digest.errors import RateLimitError
 from digest.models import Subscriber, utcnow
 from digest.settings import get_settings, reset_settings_cache
 from digest.subscribers import FilterSpec, upsert_subscriber
 from digest.tokens import subscriber_token
 from digest.web import create_app
+from digest.web.ratelimit import EmailRateLimiter
 from tests.conftest import REDIS_URL
 from tests.factories import make_item
 from tests.integration.web.support import (  # noqa: F401 (fixtures)

@@ -144,9 +144,9 @@ def test_listing_strips_html_from_titles_and_summaries():
 # --- feeds ----------------------------------------------------------------------------------
 
 
-def test_rss_categories_go_to_facets_by_domain_then_known_names_then_themes():
+def test_rss_categories_go_to_facets_by_domain_then_by_the_one_facet_their_name_is_known_in():
     rss = (DATA / "ingest-feed.rss").read_bytes()
-    items = parse_feed(rss, {"osce-mission-to-skopje": "location"})
+    items = parse_feed(rss, {"osce-mission-to-skopje": "location", "youth": "theme"})
     assert len(items) == 3
     first = items[0]
     assert first.guid == "rss-item-1"
@@ -156,9 +156,19 @@ def test_rss_categories_go_to_facets_by_domain_then_known_names_then_themes():
     assert first.content_type == "News"
     assert first.themes == ["Policing", "Youth"]
     assert first.locations == ["OSCE Mission to Serbia", "OSCE Mission to Skopje"]
+    assert first.unfiled == []
 
-    without_lookup = parse_feed(rss)
-    assert without_lookup[0].themes == ["Policing", "Youth", "OSCE Mission to Skopje"]
+
+def test_a_category_without_a_domain_known_in_no_facet_or_in_several_is_left_unfiled_not_made_a_theme():
+    rss = (DATA / "ingest-feed.rss").read_bytes()
+    first = parse_feed(rss, {"osce-mission-to-skopje": None})[0]
+    # Only the categories with a domain are filed: an office is never filed as a theme.
+    assert (first.themes, first.locations, first.content_type) == (
+        ["Policing"], ["OSCE Mission to Serbia"], "News")
+    assert first.unfiled == [
+        ("Youth", "is not a known theme, location or content type"),
+        ("OSCE Mission to Skopje", "is known as more than one of theme, location, content type"),
+    ]
 
 
 def test_rss_script_in_title_and_summary_is_removed_and_link_is_the_guid():
