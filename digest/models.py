@@ -235,6 +235,10 @@ class Subscriber(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     confirmed_at: Mapped[datetime | None]
     unsubscribed_at: Mapped[datetime | None]
+    # The status a suppressed reader had before (lifting the suppression gives it back: a
+    # reader who never confirmed or who asked to leave is not subscribed by an operator).
+    status_before_suppression: Mapped[SubscriberStatus | None] = mapped_column(
+        _stored_as_text(SubscriberStatus))
 
     filters: Mapped[list[SubscriberFilter]] = relationship(
         back_populates="subscriber", cascade="all, delete-orphan", order_by="SubscriberFilter.id"

@@ -33,11 +33,29 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, Update, bindparam, exists, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    Update,
+    bindparam,
+    delete,
+    exists,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from digest.db import rowcount
-from digest.models import Delivery, DeliveryStatus, DigestRun, RunKind, RunStatus, utcnow
+from digest.models import (
+    Delivery,
+    DeliveryStatus,
+    DigestRun,
+    RunKind,
+    RunStatus,
+    SentItem,
+    utcnow,
+)
 from digest.settings import Settings
 
 CLAIMABLE = (DeliveryStatus.pending, DeliveryStatus.deferred)
@@ -266,11 +284,23 @@ def mark_planned(session: Session, run_id: int, *, dry_run: bool,
 # --- cancelling -------------------------------------------------------------------------------
 
 def cancel_for_subscriber(session: Session, subscriber_id: int, note: str) -> int:
-    """Deliveries planned but not sent yet to this subscriber will not go out."""
-    return rowcount(session,
+    """Deliveries planned but not sent yet to this subscriber will not go out; what they had
+    claimed is released (``release_cancelled_claims``)."""
+    cancelled = rowcount(session,
         update(Delivery)
         .where(Delivery.subscriber_id == subscriber_id, Delivery.status.in_(CLAIMABLE))
         .values(status=DeliveryStatus.cancelled, updated_at=utcnow(), note=note))
+    release_cancelled_claims(session, subscriber_id)
+    return cancelled
+
+
+def release_cancelled_claims(session: Session, subscriber_id: int) -> int:
+    """Ledger claims of this subscriber's cancelled deliveries go: those items never reached
+    them, so a digest after they come back may carry them (rules R6, N1). Called when they
+    leave and again when they return (a claimed row cancelled mid-batch after they left)."""
+    cancelled = select(Delivery.id).where(Delivery.subscriber_id == subscriber_id,
+                                          Delivery.status == DeliveryStatus.cancelled)
+    return rowcount(session, delete(SentItem).where(SentItem.delivery_id.in_(cancelled)))
 
 
 def cancel_claimed(session: Session, delivery_id: int, note: str) -> None:

@@ -488,6 +488,10 @@ class AdhocQuery:
             # The default is hashed as before the option existed: a request repeated across
             # the upgrade still finds its run (H2) instead of sending again.
             del params["also_in_digests"]
+        # The same choice in another order is the same request (H2): lists hashed sorted and
+        # without repeats (a choice given in order hashes as before).
+        for name in ("themes", "locations", "content_types", "item_ids", "frequencies"):
+            params[name] = sorted(set(params[name]))
         body = json.dumps(params, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 

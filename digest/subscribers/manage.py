@@ -217,6 +217,13 @@ def set_status(session: Session, sub: Subscriber, status: str, *,
         target = SubscriberStatus.suppressed
     if target is SubscriberStatus.suppressed and listed is None:
         _add_to_list(session, sub.email, reason, detail)
+    if target is SubscriberStatus.suppressed:
+        # What lifting the suppression gives back; a suppressed reader who asks to leave
+        # is given back as unsubscribed (rule R5: only their own act subscribes them).
+        if before is not SubscriberStatus.suppressed:
+            sub.status_before_suppression = before
+        elif status == SubscriberStatus.unsubscribed:
+            sub.status_before_suppression = SubscriberStatus.unsubscribed
     now = utcnow()
     sub.status = target
     if target is SubscriberStatus.active:
@@ -224,6 +231,8 @@ def set_status(session: Session, sub: Subscriber, status: str, *,
         sub.unsubscribed_at = None
         if before is not SubscriberStatus.active:
             sub.watermark = None
+            if sub.id is not None:
+                delivery_states.release_cancelled_claims(session, sub.id)
     elif target in LEFT:
         sub.unsubscribed_at = sub.unsubscribed_at or now
         if sub.id is not None:
@@ -317,7 +326,10 @@ def unsuppress(session: Session, email: str) -> bool:
     session.flush()  # gone before set_status looks (a session may not autoflush: sqladmin's)
     sub = session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
     if sub is not None and sub.status == SubscriberStatus.suppressed:
-        set_status(session, sub, SubscriberStatus.active)
+        # The status they had before (rule R5): a pending reader stays pending, one who asked
+        # to leave stays unsubscribed; readers suppressed before that was kept come back.
+        set_status(session, sub, sub.status_before_suppression or SubscriberStatus.active)
+        sub.status_before_suppression = None
     session.flush()
     return True
 

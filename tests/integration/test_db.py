@@ -58,12 +58,12 @@ def test_0004_removes_the_ledger_copies_from_delivery_items_and_gives_them_back(
 
     from digest.models import SentItem, delivery_items
     from digest.selection import delivery_contents
-    from tests.factories import T0, make_item, make_subscriber
+    from tests.factories import T0, make_item
 
     db.upgrade(empty_url, "0003")
     with db._sessionmaker(empty_url)() as session:
         first, second = make_item(session, "one"), make_item(session, "two")
-        sub = make_subscriber(session, "ann@example.org")
+        sub = _old_subscriber(session, "ann@example.org")
         scheduled = _old_delivery(session, _old_run(session, "weekly", T0), sub)
         chosen = _old_delivery(session, _old_run(session, "adhoc", T0), sub)
         # As planning wrote them before 0004: the ledger, and a copy of it in delivery_items.
@@ -102,6 +102,19 @@ def _old_run(session, kind, cutoff):
     ).scalar_one()
 
 
+def _old_subscriber(session, email, status="active"):
+    """A subscribers row with the columns every revision has (see ``_old_delivery``)."""
+    from types import SimpleNamespace
+
+    from digest.models import Subscriber
+    from tests.factories import T0
+
+    row_id = session.execute(insert(Subscriber).values(
+        email=email, status=status, frequency="weekly", timezone="UTC", weekday=0, hour=7,
+        group_by="theme", soft_bounces=0, created_at=T0).returning(Subscriber.id)).scalar_one()
+    return SimpleNamespace(id=row_id, email=email)
+
+
 def _old_delivery(session, run_id, sub, **values):
     """A deliveries row written with the columns of an older schema only: the models have
     columns a revision before theirs does not (an ORM object would write them all)."""
@@ -137,13 +150,13 @@ def test_0005_moves_our_notes_out_of_smtp_reply_and_puts_them_back(empty_url):
     from alembic import command
 
     from digest.models import Delivery, delivery_items
-    from tests.factories import T0, make_item, make_subscriber
+    from tests.factories import T0, make_item
 
     db.upgrade(empty_url, "0004")
     with db._sessionmaker(empty_url)() as session:
         item = make_item(session, "one")
         run_id = _old_run(session, "weekly", T0)
-        ids = [_old_delivery(session, run_id, make_subscriber(session, f"r{n}@example.org"),
+        ids = [_old_delivery(session, run_id, _old_subscriber(session, f"r{n}@example.org"),
                              smtp_reply=old)
                for n, (old, _, _) in enumerate(_MIXED_REPLIES)]
         session.execute(delivery_items.insert(), [{"delivery_id": ids[0], "item_id": item.id}])
@@ -173,12 +186,12 @@ def test_0006_keeps_the_ledger_rows_and_checks_only_their_delivery_then_puts_the
     from alembic import command
 
     from digest.models import DigestRun, SentItem
-    from tests.factories import T0, make_item, make_subscriber
+    from tests.factories import T0, make_item
 
     db.upgrade(empty_url, "0005")
     with db._sessionmaker(empty_url)() as session:
         item = make_item(session, "one")
-        sub = make_subscriber(session, "ann@example.org")
+        sub = _old_subscriber(session, "ann@example.org")
         delivery = _old_delivery(session, _old_run(session, "weekly", T0), sub)
         session.add(SentItem(subscriber_id=sub.id, item_id=item.id, delivery_id=delivery))
         session.commit()
@@ -212,12 +225,12 @@ def test_0006_keeps_the_ledger_rows_and_checks_only_their_delivery_then_puts_the
 def test_0007_adds_the_pruned_tallies_and_takes_them_away(empty_url):
     from alembic import command
 
-    from tests.factories import T0, make_subscriber
+    from tests.factories import T0
 
     db.upgrade(empty_url, "0006")
     with db._sessionmaker(empty_url)() as session:
         _old_delivery(session, _old_run(session, "weekly", T0),
-                      make_subscriber(session, "ann@example.org"))
+                      _old_subscriber(session, "ann@example.org"))
         session.commit()
 
     def tables():
@@ -242,13 +255,12 @@ def test_0008_lists_every_suppressed_reader_the_list_lacked_and_takes_only_those
     from alembic import command
 
     from digest.models import Suppression, SuppressionReason
-    from tests.factories import make_subscriber
 
     db.upgrade(empty_url, "0007")
     with db._sessionmaker(empty_url)() as session:
-        make_subscriber(session, "unlisted@example.org", status="suppressed")
-        make_subscriber(session, "listed@example.org", status="suppressed")
-        make_subscriber(session, "active@example.org")
+        _old_subscriber(session, "unlisted@example.org", "suppressed")
+        _old_subscriber(session, "listed@example.org", "suppressed")
+        _old_subscriber(session, "active@example.org")
         session.add(Suppression(email="listed@example.org", reason=SuppressionReason.hard_bounce,
                                 detail="550 5.1.1"))
         session.add(Suppression(email="erased@example.org", reason=SuppressionReason.admin,
@@ -264,3 +276,20 @@ def test_0008_lists_every_suppressed_reader_the_list_lacked_and_takes_only_those
                         ("unlisted@example.org", "admin")]
     command.downgrade(db.alembic_config(empty_url), "0007")
     assert listed() == [("erased@example.org", "admin"), ("listed@example.org", "hard_bounce")]
+
+
+def test_0009_keeps_what_lifting_a_suppression_gives_back_and_goes_back_down(empty_url):
+    from alembic import command
+
+    db.upgrade(empty_url, "0008")
+    with db._sessionmaker(empty_url)() as session:
+        _old_subscriber(session, "ann@example.org", "suppressed")
+        session.commit()
+    db.upgrade(empty_url)
+    with db.engine_for(empty_url).connect() as conn:
+        assert conn.execute(text("SELECT status, status_before_suppression FROM subscribers")
+                            ).all() == [("suppressed", None)]
+    command.downgrade(db.alembic_config(empty_url), "0008")
+    with db.engine_for(empty_url).connect() as conn:
+        assert conn.execute(text("SELECT email, status FROM subscribers")).all() == [
+            ("ann@example.org", "suppressed")]

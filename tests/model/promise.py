@@ -228,10 +228,19 @@ class Promise:
 
     # --- the operator's acts on readers ---------------------------------------------------
 
+    def add_refused(self, email: str, status: str | None) -> bool:
+        """``digest subscribers add`` without ``--status`` refuses a reader who left and an
+        address on the suppression list: no bulk or implicit re-activation (R5, R2)."""
+        reader = self.readers.get(email)
+        left = reader is not None and reader.status in ("unsubscribed", "suppressed")
+        return status is None and (left or email in self.suppressed)
+
     def add(self, email: str, filters: tuple[Filter, ...], frequency: str, tz: str, weekday: int,
             hour: int, now: datetime, *, status: str | None = None) -> Outcome:
         """``digest subscribers add``: a new reader is active; an existing one is updated and
         re-activated only when the operator says ``--status active`` (R5)."""
+        if self.add_refused(email, status):
+            return {}  # R5: refused with one line; nothing changes
         reader = self.readers.get(email)
         if reader is None:
             reader = self.readers[email] = Reader(email, "active")

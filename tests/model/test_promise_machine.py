@@ -524,9 +524,15 @@ class PromiseMachine(RuleBasedStateMachine):
         if explicit_active:
             args += ["--status", "active"]  # R5's explicit re-activation
 
+        refused = self.model.add_refused(email, "active" if explicit_active else None)
+
         def system(now):
             result = self.h.cli(*args)
-            if result.exit_code != 0:
+            if refused and result.exit_code == 0:
+                raise PromiseBroken(f"R5: 'digest {' '.join(args)}' re-activated or changed a "
+                                    f"reader who left (or a suppressed address) without "
+                                    f"--status active")
+            if not refused and result.exit_code != 0:
                 raise PromiseBroken(f"R5: 'digest {' '.join(args)}' failed: {result.output}")
 
         self.step("add", lambda now: self.model.add(

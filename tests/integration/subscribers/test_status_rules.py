@@ -81,6 +81,8 @@ def _away_for_months(session, settings):
                          ingested_at=T0 - timedelta(days=61))
     plan_scheduled_run(session, "weekly", now=T0 - timedelta(days=60), everyone=True,
                        settings=settings)
+    for delivery in session.scalars(select(Delivery)):
+        delivery.status = "sent"  # the digest went out before they left
     # The ledger says they got it; it is back in this week's window only by its edit date.
     received.ingested_at = T0 - timedelta(days=2)
     make_item(session, "while away", themes=[t.policing], ingested_at=T0 - timedelta(days=30))
@@ -124,3 +126,44 @@ def test_a_returning_reader_starts_afresh_with_the_first_digests_look_back(sessi
     # Rule R6: the look-back of a new reader (7 days), not the 60 days away; rule N1: not
     # what they received before they left.
     assert titles == ["this week"]
+
+
+@pytest.mark.parametrize("before", ["active", "pending", "unsubscribed"])
+def test_lifting_a_suppression_gives_back_the_status_the_reader_had(session, before):
+    sub = make_subscriber(session, "ann@example.org")
+    set_status(session, sub, before)
+    suppress(session, sub.email, SuppressionReason.admin)
+    session.commit()
+    assert unsuppress(session, sub.email)
+    session.commit()
+    # Rule R5: an operator's unsuppress never confirms a pending reader nor re-subscribes one
+    # who had asked to leave.
+    assert (sub.status, listed(session)) == (before, [])
+
+
+def test_a_suppressed_reader_who_asks_to_leave_stays_unsubscribed_once_lifted(session):
+    sub = make_subscriber(session, "ann@example.org")
+    suppress(session, sub.email, SuppressionReason.admin)
+    unsubscribe(session, sub)
+    unsuppress(session, sub.email)
+    session.commit()
+    assert sub.status == "unsubscribed"
+
+
+def test_a_reader_who_leaves_while_their_digest_waits_gets_its_items_when_they_return(
+        session, settings):
+    t = Taxo(session)
+    ann = make_subscriber(session, "ann@example.org", {"themes": [t.policing]})
+    make_item(session, "waiting", themes=[t.policing], ingested_at=T0 - timedelta(days=1))
+    plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings)
+    session.commit()
+    unsubscribe(session, ann)  # the planned digest is cancelled before it went
+    session.commit()
+    assert session.scalars(select(SentItem)).all() == []  # its claims released (N1, R6)
+    set_status(session, ann, "active")
+    session.commit()
+    run = plan_scheduled_run(session, "weekly", now=T0 + timedelta(hours=1), everyone=True,
+                             settings=settings)
+    session.commit()
+    delivery = session.scalars(select(Delivery).where(Delivery.run_id == run.run_id)).one()
+    assert delivery.item_count == 1

@@ -25,3 +25,8 @@ def test_also_in_digests_is_another_request_and_reads_back_from_the_runs_params(
     # A dry run planned before the option existed has no such parameter: the default.
     legacy = {k: v for k, v in plain.as_params().items() if k != "also_in_digests"}
     assert AdhocQuery.from_params(legacy).also_in_digests is False
+
+
+def test_the_same_choice_in_another_order_is_the_same_request():
+    assert (AdhocQuery(item_ids=(3, 1, 2), themes=("B", "A")).key()
+            == AdhocQuery(item_ids=(1, 2, 3, 3), themes=("A", "B")).key())
