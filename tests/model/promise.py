@@ -244,6 +244,8 @@ class Promise:
         reader = self.readers.get(email)
         if reader is None:
             reader = self.readers[email] = Reader(email, "active")
+        elif not filters:
+            filters = reader.filters  # I3: no --filter given: an existing reader's stay
         self._prefs(reader, filters, frequency, tz, weekday, hour, now)
         if status is not None:
             self.set_status(email, status, now)

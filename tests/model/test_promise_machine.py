@@ -829,26 +829,14 @@ class PromiseMachine(RuleBasedStateMachine):
 
 
 def beat_tick(settings) -> None:
-    """The beat's periodic work, in-process: what workers/tasks.py's tick, plan_due_alerts,
-    retry_deferred and sweep tasks call."""
-    from digest import delivery, selection
-    from digest.db import session_scope
-    from digest.queue import plan_alerts, queue_for
+    """The beat's periodic work, in-process: the functions workers/tasks.py's tick,
+    plan_due_alerts, retry_deferred and sweep tasks call (and ``digest tick``)."""
+    from digest import queue
 
-    queue = queue_for(settings)
-    for frequency in ("weekly", "daily"):
-        with session_scope(settings.database_url) as session:
-            plans = selection.plan_due_slots(session, frequency, settings=settings,
-                                             on_chunk=queue.deliver)
-        for plan in plans:
-            queue.deliver(plan.run.pending_ids)
-    queue.deliver(plan_alerts(settings))
-    with session_scope(settings.database_url) as session:
-        due = delivery.due_for_retry(session)
-    queue.deliver(due)
-    with session_scope(settings.database_url) as session:
-        found = delivery.sweep(session, settings)
-    queue.deliver(found.recovered + found.orphaned)
+    queue.send_due_slots(settings)
+    queue.send_due_alerts(settings)
+    queue.retry_deferred(settings)
+    queue.sweep_lost_work(settings)
 
 
 def form_fields(everything: bool, ticked: tuple[P.Filter, ...], p: Prefs) -> dict:
