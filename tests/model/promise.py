@@ -241,6 +241,8 @@ class Promise:
         re-activated only when the operator says ``--status active`` (R5)."""
         if self.add_refused(email, status):
             return {}  # R5: refused with one line; nothing changes
+        if status == "active":
+            self.suppressed.discard(email)  # R5: the explicit re-activation lifts it (R2)
         reader = self.readers.get(email)
         if reader is None:
             reader = self.readers[email] = Reader(email, "active")
