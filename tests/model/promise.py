@@ -505,8 +505,8 @@ class Promise:
             if not (kind == ADHOC and self.also_in_digests):
                 reader.received |= items  # N1, H3
             reader.claimed -= items
-        elif kind in (DIGEST, ALERT):
-            reader.claimed |= items - reader.received  # N2
+        elif kind in (DIGEST, ALERT) or (kind == ADHOC and not self.also_in_digests):
+            reader.claimed |= items - reader.received  # N2 (an ad-hoc send claims too: H3)
 
 
 def _row_filter(row: dict[str, str]) -> Filter:
