@@ -11,7 +11,7 @@ from digest.errors import TokenError
 from digest.subscribers import unsubscribe
 from digest.tokens import links_for, read_token, subscriber_from_token
 from digest.web.deps import SessionDep, get_settings
-from digest.web.pages.common import SUPPRESSED, UNSUBSCRIBED, link_problem, load_subscriber, page
+from digest.web.pages.common import UNSUBSCRIBED, link_problem, load_subscriber, page
 
 router = APIRouter(include_in_schema=False)
 
@@ -49,7 +49,9 @@ def unsubscribe_now(request: Request, token: str, session: SessionDep):
         sub = load_subscriber(session, subscriber_from_token("unsubscribe", token, s))
     except TokenError as exc:
         return link_problem(request, exc)
-    if sub.status not in (UNSUBSCRIBED, SUPPRESSED):
+    if sub.status != UNSUBSCRIBED:
+        # A suppressed reader stays suppressed, and is given back as unsubscribed if the
+        # suppression is ever lifted (rule R5).
         unsubscribe(session, sub)
         session.commit()
     return page(

@@ -150,3 +150,24 @@ def test_admin_import_shows_the_skipped_lines(admin, db_session, taxo):
     assert [int(line) for line, _ in lines] == [3, 4]
     assert "left@example.org unsubscribed" in lines[0][1]
     assert "gone@example.org is on the suppression list" in lines[1][1]
+
+
+def test_a_suppressed_reader_who_unsubscribes_by_link_stays_unsubscribed_once_lifted(
+        client, db_session, taxo, web_settings):
+    from digest.subscribers import unsuppress
+    from digest.tokens import links_for
+    from tests.integration.web.test_pages import _active
+
+    sub = _active(client, db_session)
+    suppress(db_session, sub.email, SuppressionReason.admin)
+    db_session.commit()
+    path = links_for(sub.id, web_settings)["unsubscribe_url"].removeprefix(
+        "https://digest.example.org")
+    assert client.post(path, content=b"List-Unsubscribe=One-Click", headers={
+        "Content-Type": "application/x-www-form-urlencoded"}).status_code == 200
+    db_session.expire_all()
+    assert subscriber(db_session).status == "suppressed"  # R3: still listed
+    unsuppress(db_session, sub.email)
+    db_session.commit()
+    # Rule R5: they asked to leave; lifting the suppression does not subscribe them again.
+    assert subscriber(db_session).status == "unsubscribed"
