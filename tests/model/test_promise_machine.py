@@ -768,6 +768,25 @@ class PromiseMachine(RuleBasedStateMachine):
 
         self.step("adhoc", lambda now: self.model.adhoc(chosen, tuple(frequencies), key,
                                                         also or h3, now), system, refuse)
+        if not (also or h3):
+            self.next_digest_repeats_nothing()
+
+    def next_digest_repeats_nothing(self) -> None:
+        """N1, H3, seen from the other side: what ``digest preview`` says each reader's next
+        message would carry holds nothing they already received (a send that forgot to claim
+        its items shows here at once, before any digest goes)."""
+        folder = Path(self.h.settings.var_dir) / "preview"
+        for email, reader in self.model.readers.items():
+            if not reader.received or not self.model.mailable(email):
+                continue
+            result = self.h.cli("preview", email, "--out", str(folder))
+            if result.exit_code != 0:
+                continue  # nothing to preview
+            text_file = folder / f"{email.replace('@', '_at_')}.txt"
+            again = item_keys(text_file.read_text(encoding="utf-8")) & reader.received
+            if again:
+                raise PromiseBroken(f"N1: {email}'s next message (digest preview) would carry "
+                                    f"{sorted(again)}, which they already received")
 
     @precondition(lambda self: bool(self.last_delivery))
     @rule(email=emails)
