@@ -552,6 +552,12 @@ def plan_adhoc_run(session: Session, query: AdhocQuery, *, dry_run: bool = False
     run, created = _get_or_create_run(session, kind=RunKind.adhoc, slot_key=key,
                                       cutoff=utcnow(), params=query.as_params(), dry_run=dry_run)
     if not created:
+        if slot_key and AdhocQuery.from_params(run.params).key() != query.key():
+            # A key names one send (H2): reusing it for other items or readers would plan
+            # nothing and say nothing.
+            raise ValidationError(
+                f"the key {slot_key.removeprefix('adhoc:')!r} was already used by run "
+                f"#{run.id} for a different send; choose a new key to send this one")
         return PlannedRun(run.id, False)
     s = Subscriber.__table__.c
     who = s.frequency.in_(list(query.frequencies)) if query.frequencies else true()

@@ -464,8 +464,8 @@ class Promise:
     def adhoc(self, item_keys: list[str], frequencies: tuple[str, ...], key: str | None,
               also_in_digests: bool, now: datetime) -> Outcome:
         request = (frozenset(item_keys), frozenset(frequencies), key)
-        if request in self.adhoc_requests:
-            return {}  # H2: the same request twice sends nothing new
+        if request in self.adhoc_requests or self.adhoc_key_taken(request):
+            return {}  # H2: the same request twice sends nothing new; a key names one send
         self.adhoc_requests.add(request)
         outcome: Outcome = {}
         for reader in self.readers.values():
@@ -478,6 +478,12 @@ class Promise:
                 outcome[reader.email] = {ADHOC: Expect(chosen, set(), repeat_ok=True)}
         self.also_in_digests = also_in_digests
         return outcome
+
+    def adhoc_key_taken(self, request: tuple) -> bool:
+        """H2: a key already used for another request is refused (nothing is sent)."""
+        key = request[2]
+        return key is not None and any(r[2] == key and r != request
+                                       for r in self.adhoc_requests)
 
     def resend(self, run_id: int, failed: dict[str, frozenset[str]], now: datetime) -> Outcome:
         """O3: ``failed``: reader -> what their failed message of run ``run_id`` carried."""

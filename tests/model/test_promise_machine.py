@@ -743,6 +743,7 @@ class PromiseMachine(RuleBasedStateMachine):
         if "adhoc:also" in KNOWN_BROKEN and also:
             return
         h3 = "adhoc:h3" in KNOWN_BROKEN  # the model lets the ad-hoc items come again
+        taken = self.model.adhoc_key_taken((frozenset(chosen), frozenset(frequencies), key))
 
         def system(now):
             ids = {k: i for i, k in self.h.rows("SELECT id, guid FROM items")}
@@ -753,7 +754,10 @@ class PromiseMachine(RuleBasedStateMachine):
                 if also:
                     body["also_in_digests"] = True  # H3
                 answer = self.h.client.post("/api/v1/runs", headers=AUTH, json=body)
-                if answer.status_code not in (200, 201):
+                if taken and answer.status_code != 422:
+                    raise PromiseBroken(f"H2: POST /api/v1/runs {body} reused a key for "
+                                        f"another send: {answer.status_code}")
+                if not taken and answer.status_code not in (200, 201):
                     raise PromiseBroken(f"H1/H3: POST /api/v1/runs {body}: {answer.text}")
             else:
                 args = ["send", "adhoc"]
@@ -764,7 +768,9 @@ class PromiseMachine(RuleBasedStateMachine):
                 if key:
                     args += ["--key", key]
                 result = self.h.cli(*args)
-                assert result.exit_code == 0, result.output
+                if (result.exit_code != 0) != taken:
+                    raise PromiseBroken(f"H2: 'digest {' '.join(args)}' (key taken: {taken}): "
+                                        f"exit {result.exit_code}: {result.output}")
 
         self.step("adhoc", lambda now: self.model.adhoc(chosen, tuple(frequencies), key,
                                                         also or h3, now), system, refuse)

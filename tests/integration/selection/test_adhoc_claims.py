@@ -189,3 +189,22 @@ def test_an_alert_does_not_carry_an_item_an_adhoc_send_claimed(session, taxo, se
     assert e.verdict == Verdict.on_its_way and "next alert" not in " ".join(e.sentences)
     assert plan_due_alerts(session, settings=settings, now=T0 + 10 * MIN, since=T0) == []
     assert session.scalar(select(func.count()).select_from(DigestRun)) == 1  # the ad-hoc one
+
+
+def test_a_key_names_one_send_and_reusing_it_for_another_is_refused(session, taxo):
+    import pytest
+
+    from digest.errors import ValidationError
+
+    make_subscriber(session, "ann@example.org", {"themes": [taxo.policing]})
+    first = make_item(session, "Border police training", themes=[taxo.policing])
+    second = make_item(session, "Community policing forum", themes=[taxo.policing])
+    session.commit()
+    sent = plan_adhoc_run(session, AdhocQuery(item_ids=(first.id,)), slot_key="adhoc:again")
+    session.commit()
+    # The same request under its key: nothing new (H2).
+    again = plan_adhoc_run(session, AdhocQuery(item_ids=(first.id,)), slot_key="adhoc:again")
+    assert (again.run_id, again.created) == (sent.run_id, False)
+    # Another request under that key: refused with what to do, not a silent no-op.
+    with pytest.raises(ValidationError, match="'again' was already used by run"):
+        plan_adhoc_run(session, AdhocQuery(item_ids=(second.id,)), slot_key="adhoc:again")
