@@ -301,8 +301,8 @@ class Promise:
             reader = self.readers.get(email)
             status = row.get("status") or None
             if reader is None:
-                if email in self.suppressed:
-                    continue  # I2: skipped, with the reason
+                if email in self.suppressed and status not in ("unsubscribed", "suppressed"):
+                    continue  # I2: skipped, with the reason (recording a leave is allowed)
                 reader = self.readers[email] = Reader(email, "active")
                 status = status or "active"  # I1: defaults for what rows leave out
             elif status == "active" and (reader.status in ("unsubscribed", "suppressed")
