@@ -67,12 +67,14 @@ def test_in_process_limiter_holds_the_same_rate():
     assert 20 <= taken <= 20 * 2 * 1.1
 
 
-def _hold_slots(url: str, prefix: str, rounds: int, out) -> None:
+def _hold_slots(url: str, prefix: str, rounds: int, ready, go, out) -> None:
     import redis
 
     limiter = RedisLimiter(url, Limits(default=DomainLimit(connections=1)), prefix=prefix)
     r = redis.Redis.from_url(url)
     held, peak = 0, 0
+    ready.put(True)
+    go.wait(60)
     for _ in range(rounds):
         holder = uuid.uuid4().hex
         if limiter.take({"example.org": 1}, holder, 60).allowed["example.org"]:
@@ -81,6 +83,9 @@ def _hold_slots(url: str, prefix: str, rounds: int, out) -> None:
             time.sleep(0.01)
             r.decr(f"{prefix}inside")
             limiter.release(["example.org"], holder)
+            # A sender does other work between connections; without this pause the holder
+            # takes the slot back within microseconds and the other process never gets it.
+            time.sleep(0.005)
         else:
             time.sleep(0.002)
     out.put((held, peak))
@@ -88,16 +93,19 @@ def _hold_slots(url: str, prefix: str, rounds: int, out) -> None:
 
 def test_a_domain_connection_limit_holds_with_two_workers(prefix):
     ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    workers = [ctx.Process(target=_hold_slots, args=(REDIS_URL, prefix, 150, out))
+    ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
+    workers = [ctx.Process(target=_hold_slots, args=(REDIS_URL, prefix, 150, ready, go, out))
                for _ in range(2)]
     for w in workers:
         w.start()
+    for _ in workers:
+        ready.get(timeout=60)  # both contend from the same moment
+    go.set()
     results = [out.get(timeout=60) for _ in workers]
     for w in workers:
         w.join(10)
     assert max(peak for _, peak in results) == 1  # never two senders to the domain at once
-    assert all(held > 0 for held, _ in results)
+    assert all(held > 0 for held, _ in results), results
 
 
 @pytest.fixture
