@@ -96,7 +96,8 @@ def fetch_bounceparser(into: Path) -> Path:
         sources = apt / "sources.list"
         sources.write_text("deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
                            f"http://deb.debian.org/debian {codename} main\n")
-        options = ["-o", f"Dir::Etc::SourceList={sources}", "-o", f"Dir::Etc::SourceParts={apt / 'parts'}",
+        options = ["-o", f"Dir::Etc::SourceList={sources}",
+                   "-o", f"Dir::Etc::SourceParts={apt / 'parts'}",
                    "-o", f"Dir::State::Lists={apt / 'lists'}",
                    "-o", f"Dir::Cache={apt / 'cache'}", "-q"]
         subprocess.run(["apt-get", *options, "update"], check=True, stdout=subprocess.DEVNULL)
