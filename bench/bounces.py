@@ -133,8 +133,10 @@ def locate(cache: Path, given: dict[str, Path], refetch: bool) -> dict[str, Path
 # --- reading and scoring ---------------------------------------------------------------------
 
 
-def read_message(path: Path) -> Reading:
-    """Failed recipients and their class, as the reader reports them."""
+def read_message(path: Path, expected: Reading) -> Reading:
+    """Failed recipients and their class, as the reader reports them. A recipient counts
+    under its Final-Recipient, or under its Original-Recipient when that is the labelled
+    address (bounces.process matches a delivery by either)."""
     try:
         report = parse_report(path.read_bytes())
     except BounceError:
@@ -142,7 +144,9 @@ def read_message(path: Path) -> Reading:
     found: Reading = {}
     for r in report.recipients if report else []:
         if r.kind is not None:
-            found[r.final_recipient] = r.kind.value
+            named = r.original_recipient if r.original_recipient in expected and \
+                r.final_recipient not in expected else r.final_recipient
+            found[named] = r.kind.value
     return found
 
 
@@ -228,14 +232,15 @@ def main() -> None:
             sys.exit(f"bench/bounces.py: --corpus takes NAME=DIR with NAME one of "
                      f"{', '.join(CORPORA)} and an existing folder, not {item!r}")
         given[name] = Path(folder)
-    folders = locate(args.cache, given, args.fetch)
     labels = load_labels(LABELS)
+    folders = locate(args.cache, given, args.fetch)
     baseline = load_baseline(BASELINE)
     now: dict[str, Reading] = {}
     for name, folder in folders.items():
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.suffix in (".msg", ".txt", ".eml"):
-                now[f"{name}/{path.name}"] = read_message(path)
+                message = f"{name}/{path.name}"
+                now[message] = read_message(path, labels.get(message, {}))
     unlabelled = sorted(set(now) - set(labels))
     absent = sorted(set(labels) - set(now))
     if unlabelled or absent:

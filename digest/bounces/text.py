@@ -58,6 +58,10 @@ _QMAIL_RECIPIENT = re.compile(r"(?m)^<([^<>\s@]+@[^<>\s]+)>:\s*$")
 _RETURNED_COPY = re.compile(
     r"(?im)^-{2,}\s*(?:below this line is a copy of the message|this is a copy of the message"
     r"|original message|returned message)[^\n]*$")
+# qmail writes its reason under the address with the enhanced code last: "Sorry, no mailbox
+# here by that name. (#5.1.1)"; the paragraph ends at a blank line.
+_QMAIL_PARAGRAPH = re.compile(r"\A[^\n]*\n((?:[^\n]*\S[^\n]*\n?){1,8})")
+_QMAIL_CODE = re.compile(r"\(#([245]\.\d{1,3}\.\d{1,3})\)")
 _HEADER_ID = re.compile(r"(?im)^X-Digest-Delivery:\s*(\d{1,18})\s*$")
 _AFTER_MAIL_FROM = re.compile(r"after MAIL FROM", re.I)
 # How far after an address its reply may stand (a notice's paragraph about it).
@@ -197,7 +201,18 @@ def _near_reply(addr: str, notice: str) -> RecipientStatus | None:
         return None
     window = notice[at:at + _NEAR]
     reply = _PLAIN_REPLY.search(window, len(addr))
-    return _reply_recipient(addr, window, reply) if reply else None
+    if reply:
+        return _reply_recipient(addr, window, reply)
+    return _qmail_reason(addr, window)
+
+
+def _qmail_reason(addr: str, window: str) -> RecipientStatus | None:
+    """The recipient judged by a qmail paragraph under its address that ends in "(#5.1.1)"."""
+    paragraph = _QMAIL_PARAGRAPH.match(window)
+    code = _QMAIL_CODE.search(paragraph.group(1)) if paragraph else None
+    if paragraph is None or code is None:
+        return None
+    return recipient(addr, "failed", code.group(1), clean(paragraph.group(1)))
 
 
 # --- flufl.bounce ----------------------------------------------------------------------------
