@@ -11,8 +11,8 @@ The corpora, kept apart from the tests (tests/data/bounces is not read here):
 - ``bounceparser``: the t/corpus of Perl's Mail::DeliveryStatus::BounceParser (real bounces
   from many providers), from Debian's source package
   ``libmail-deliverystatus-bounceparser-perl``. It is fetched with ``apt-get source`` under an
-  apt configuration of its own in the cache folder (a deb-src line for this machine's Debian
-  release), so the machine's apt set-up is left alone.
+  apt configuration of its own in a temp dir (the machine's apt sources turned into deb-src
+  entries), so the machine's apt set-up is left alone.
 - ``flufl``: the tests/data of flufl.bounce (GNU Mailman's detectors), the source
   distribution of the installed version fetched with pip.
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -73,13 +73,21 @@ def fetch_flufl(into: Path) -> Path:
     return into
 
 
-def _debian_codename() -> str:
-    release = platform.freedesktop_os_release()
-    codename = release.get("VERSION_CODENAME")
-    if release.get("ID") != "debian" or not codename:
-        sys.exit("bench/bounces.py: fetching the BounceParser corpus needs Debian's apt; "
-                 "pass --corpus bounceparser=DIR with the package's t/corpus instead")
-    return codename
+APT_SOURCES = Path("/etc/apt")
+
+
+def _source_entries() -> list[tuple[str, str]]:
+    """The machine's apt sources as deb-src entries: (file name, text), the mirrors and keys
+    it already uses, for a private apt configuration."""
+    entries = []
+    for path in sorted(APT_SOURCES.glob("sources.list.d/*.sources")):
+        text = re.sub(r"(?im)^Types:.*$", "Types: deb-src", path.read_text())
+        entries.append((path.name, text))
+    for path in [APT_SOURCES / "sources.list", *sorted(APT_SOURCES.glob("sources.list.d/*.list"))]:
+        if path.is_file():
+            text = re.sub(r"(?m)^\s*deb\s", "deb-src ", path.read_text())
+            entries.append((path.name, text))
+    return entries
 
 
 def fetch_bounceparser(into: Path) -> Path:
@@ -87,27 +95,32 @@ def fetch_bounceparser(into: Path) -> Path:
     if shutil.which("apt-get") is None:
         sys.exit("bench/bounces.py: apt-get is not installed; pass --corpus bounceparser=DIR "
                  f"with the t/corpus of Debian's source package {DEBIAN_SOURCE}")
-    codename = _debian_codename()
+    entries = _source_entries()
+    if not entries:
+        sys.exit("bench/bounces.py: no apt sources found to fetch the BounceParser corpus "
+                 "from; pass --corpus bounceparser=DIR with the package's t/corpus instead")
     with tempfile.TemporaryDirectory() as tmp:
         apt = Path(tmp) / "apt"
         (apt / "lists" / "partial").mkdir(parents=True)
         (apt / "cache" / "archives" / "partial").mkdir(parents=True)
         (apt / "parts").mkdir()
-        sources = apt / "sources.list"
-        sources.write_text("deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-                           f"http://deb.debian.org/debian {codename} main\n")
-        options = ["-o", f"Dir::Etc::SourceList={sources}",
+        for name, text in entries:
+            (apt / "parts" / name).write_text(text)
+        options = ["-o", f"Dir::Etc::SourceList={apt / 'none.list'}",
                    "-o", f"Dir::Etc::SourceParts={apt / 'parts'}",
                    "-o", f"Dir::State::Lists={apt / 'lists'}",
                    "-o", f"Dir::Cache={apt / 'cache'}", "-q"]
-        subprocess.run(["apt-get", *options, "update"], check=True, stdout=subprocess.DEVNULL)
-        # --download-only: the orig tarball holds the corpus; Debian's own patch set is not
-        # needed (and is not always on the mirror with it).
-        subprocess.run(["apt-get", *options, "--download-only", "source", DEBIAN_SOURCE],
-                       cwd=tmp, stdout=subprocess.DEVNULL)
+        said = ""
+        for command in (["update"], ["--download-only", "source", DEBIAN_SOURCE]):
+            done = subprocess.run(["apt-get", *options, *command], cwd=tmp, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            said += done.stdout
+        # Only the orig tarball is needed (it holds the corpus); Debian's own patch set may
+        # be missing from a mirror, which apt-get reports as an error worth nothing here.
         archives = sorted(Path(tmp).glob(f"{DEBIAN_SOURCE}_*.orig.tar.*"))
         if not archives:
-            sys.exit(f"bench/bounces.py: apt-get could not fetch the source of {DEBIAN_SOURCE}")
+            sys.exit(f"{said}\nbench/bounces.py: apt-get could not fetch the source of "
+                     f"{DEBIAN_SOURCE} (its output is above); pass --corpus bounceparser=DIR")
         with tarfile.open(archives[0]) as tar:
             tar.extractall(tmp, filter="data")
         corpus = next(Path(tmp).glob("Mail-DeliveryStatus-BounceParser-*/t/corpus"))
