@@ -235,8 +235,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--fetch", action="store_true", help="fetch the corpora again")
     parser.add_argument("--list", action="store_true", help="print every message read wrong")
+    parser.add_argument("--labels", type=Path, default=LABELS)
+    parser.add_argument("--baseline", type=Path, default=BASELINE)
     parser.add_argument("--record-baseline", action="store_true",
-                        help=f"write this code's reading to {BASELINE.relative_to(ROOT)}")
+                        help="write this code's reading to the --baseline file")
     args = parser.parse_args()
     given = {}
     for item in args.corpus:
@@ -245,9 +247,9 @@ def main() -> None:
             sys.exit(f"bench/bounces.py: --corpus takes NAME=DIR with NAME one of "
                      f"{', '.join(CORPORA)} and an existing folder, not {item!r}")
         given[name] = Path(folder)
-    labels = load_labels(LABELS)
+    labels = load_labels(args.labels)
     folders = locate(args.cache, given, args.fetch)
-    baseline = load_baseline(BASELINE)
+    baseline = load_baseline(args.baseline)
     now: dict[str, Reading] = {}
     for name, folder in folders.items():
         for path in sorted(folder.iterdir()):
@@ -257,7 +259,7 @@ def main() -> None:
     unlabelled = sorted(set(now) - set(labels))
     absent = sorted(set(labels) - set(now))
     if unlabelled or absent:
-        sys.exit(f"bench/bounces.py: the corpora and {LABELS.name} disagree: "
+        sys.exit(f"bench/bounces.py: the corpora and {args.labels.name} disagree: "
                  f"{len(unlabelled)} messages without a label (e.g. {unlabelled[:3]}), "
                  f"{len(absent)} labelled messages missing (e.g. {absent[:3]}); "
                  "fetch again with --fetch")
@@ -267,8 +269,8 @@ def main() -> None:
         for message, reading in sorted(now.items()):
             lines += [f"{message}\t{r}\t{k}" for r, k in sorted(reading.items())] or \
                 [f"{message}\t-\tnone"]
-        BASELINE.write_text("\n".join(lines) + "\n")
-        print(f"wrote {BASELINE.relative_to(ROOT)}")
+        args.baseline.write_text("\n".join(lines) + "\n")
+        print(f"wrote {args.baseline}")
     current, before = Score(), Score()
     for message, expected in sorted(labels.items()):
         current.add(message, expected, now[message])
@@ -280,7 +282,7 @@ def main() -> None:
     print(f"messages: {len(now)} ({sizes}); real bounces naming a recipient: "
           f"{current.bounces}; labelled unclear: {unclear}")
     if baseline:
-        report("before (bench/bounce-baseline.tsv)", before, False)
+        report(f"before ({args.baseline.name})", before, False)
     report("now", current, args.list)
 
 
