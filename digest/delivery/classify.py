@@ -61,7 +61,7 @@ _SENDER_WORDS = re.compile(
     r"sender (?:address |domain )?(?:is )?(?:rejected|refused|denied|unknown|invalid|"
     r"not (?:allowed|accepted|permitted))|sender verif\w* failed|"
     r"(?:unknown|invalid|bad) sender|sender domain (?:must exist|not found|does not exist)|"
-    r"(?:envelope|mail) from (?:address )?(?:rejected|refused)",
+    r"(?:envelope|mail) from (?:address )?(?:rejected|refused)|domain of sender address",
     re.I,
 )
 _POLICY_WORDS = re.compile(
@@ -180,13 +180,15 @@ def _judge(status: str | None, text: str, *, temporary: bool,
     if (subject, detail) == (2, 2):
         return Fault.soft, "the mailbox is full: counted as a soft bounce"
     if subject == 5:
-        if said == replywords.UNKNOWN:
+        if said in (replywords.UNKNOWN, replywords.UNAVAILABLE):
             return Fault.soft, "a protocol code that says the address is unknown: not suppressed"
         return Fault.sender, "a protocol error in our session: check the sending set-up"
     if said == replywords.UNKNOWN:
         return Fault.hard, "the address does not exist"
     if (subject, detail) == (2, 1):
         return Fault.soft, "the mailbox is disabled (5.2.1): counted as a soft bounce"
+    if said == replywords.UNAVAILABLE:
+        return Fault.hard, "the mailbox is unavailable (the address does not exist)"
     if subject == 1 and detail != 0:
         return Fault.hard, "the address does not exist"
     return Fault.soft, "a permanent failure we cannot tie to the address: not suppressed"

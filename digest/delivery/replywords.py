@@ -14,7 +14,7 @@ often a generic 5.1.1, 5.2.1 or 5.0.0 (ADR 0024).
   "try again later"): soft, unless the classifier reads policy words in the same reply (a
   block list that says "try again later" is still a block list).
 - ``unknown``: the address or its domain does not exist; the only words that make a hard
-  bounce.
+  bounce, and ``unavailable`` ("mailbox unavailable"), a weaker form of them.
 
 None: the words tell nothing the code does not. Policy and sender words are read by the
 classifier itself (``digest.delivery.classify``); addresses are taken out of the text first.
@@ -29,6 +29,7 @@ RATE = "rate"
 FULL = "full"
 SIZE = "size"
 UNKNOWN = "unknown"
+UNAVAILABLE = "unavailable"
 
 _SUSPENDED = re.compile(
     r"\bsuspend(?:ed)?\b|\binactive\b|\bdeactivated?\b|\bdiscontinued\b|"
@@ -65,7 +66,7 @@ _UNKNOWN = re.compile(
     r"addressee unknown|no such (?:user|mailbox|recipient|address|account|person|domain)|"
     r"(?:user|mailbox|recipient|address|account|domain)(?: name)? (?:does not|doesn't) exist|"
     r"does not exist|invalid (?:recipient|mailbox|user|address|final delivery userid)|"
-    r"(?:mail[- ]?box|recipient|user|account|address) (?:was )?not found|mailbox unavailable|"
+    r"(?:mail[- ]?box|recipient|user|account|address) (?:was )?not found|"
     r"is not a (?:known|valid) (?:user|mailbox|recipient)|not a valid (?:user|mailbox|recipient)|"
     r"is not an active address|no (?:mail ?box|account|mailbox) (?:here )?(?:by that name|"
     r"available|found)|not listed in (?:the )?(?:\w+ )?directory|bad[-_ ]recipient|"
@@ -75,12 +76,17 @@ _UNKNOWN = re.compile(
     re.I,
 )
 
+# RFC 5321's own text for a 550; Outlook.com's reply for an address that does not exist, but
+# also written for other refusals: hard only where the code says nothing else (not a 5.7.x
+# policy code, not 5.2.1).
+_UNAVAILABLE = re.compile(r"mailbox unavailable", re.I)
+
 
 def reading(text: str) -> str | None:
     """What ``text`` (a reply with the addresses taken out) says about the recipient's
     mailbox: one of the names above, or None."""
     for name, words in ((SUSPENDED, _SUSPENDED), (FULL, _FULL), (SIZE, _SIZE), (RATE, _RATE),
-                        (UNKNOWN, _UNKNOWN)):
+                        (UNKNOWN, _UNKNOWN), (UNAVAILABLE, _UNAVAILABLE)):
         if words.search(text):
             return name
     return None

@@ -175,3 +175,20 @@ def test_reading_names_what_the_words_say(text, expected):
 def test_a_suspended_mailbox_that_also_sounds_unknown_is_read_as_suspended_never_hard():
     # "invalid/inactive user" (Sisimai's suspend list): when in doubt, never suppress.
     assert classify_dsn("5.1.1", "smtp; 550 5.1.1 invalid/inactive user").fault is Fault.soft
+
+
+def test_mailbox_unavailable_under_a_5_7_x_stays_policy_and_under_5_2_1_soft():
+    # RFC 5321's generic 550 text is too weak to beat a policy code or a disabled mailbox.
+    assert classify_dsn("5.7.1", "smtp; 550 5.7.1 Requested action not taken: mailbox "
+                                 "unavailable").fault is Fault.policy
+    assert classify_dsn("5.2.1", "smtp; 550 5.2.1 Requested action not taken: mailbox "
+                                 "unavailable").fault is Fault.soft
+    # Bare, as Outlook.com writes it for an address that does not exist: hard, as before.
+    assert classify_smtp(550, "550 Requested action not taken: mailbox unavailable",
+                         "RCPT TO").fault is Fault.hard
+
+
+def test_a_sender_domain_that_does_not_exist_is_our_fault_never_the_readers():
+    verdict = classify_dsn("5.0.0", "smtp; 550 Domain of sender address "
+                                    "bounces+7@news.example does not exist")
+    assert verdict.fault is Fault.sender
