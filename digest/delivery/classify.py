@@ -68,7 +68,7 @@ _POLICY_WORDS = re.compile(
     r"black ?list|block ?list|deny ?list|\b(?:rbl|dnsbl|uribl|surbl)\b|spamhaus|spamcop|"
     r"barracuda|sorbs|\bspam\b|spam ?filter|junk mail|unsolicited|\buce\b|reputation|"
     r"\bdmarc\b|\bspf\b|\bdkim\b|polic(?:y|ies)|\bblocked\b|\bbanned\b|content rejected|"
-    r"listed (?:at|in|on|by)\b",
+    r"(?<!not )listed (?:at|in|on|by)\b",
     re.I,
 )
 _NAMES = re.compile(r"<[^<>]*@[^<>]*>|[^\s<>]+@[^\s<>]+")

@@ -63,7 +63,9 @@ _SIZE = re.compile(
 )
 _UNKNOWN = re.compile(
     r"user unknown|unknown (?:user|recipient|addressee|address|mailbox|local part)|"
-    r"addressee unknown|no such (?:user|mailbox|recipient|address|account|person|domain)|"
+    r"(?:address|addressee|recipient) unknown|"
+    r"non[- ]?existent (?:user|address|mailbox|recipient)|"
+    r"no such (?:user|mailbox|recipient|address|account|person|domain)|"
     r"(?:user|mailbox|recipient|address|account|domain)(?: name)? (?:does not|doesn't) exist|"
     r"does not exist|invalid (?:recipient|mailbox|user|address|final delivery userid)|"
     r"(?:mail[- ]?box|recipient|user|account|address) (?:was )?not found|"

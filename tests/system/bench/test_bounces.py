@@ -45,24 +45,25 @@ I am away until Monday.
 """
 
 
-def corpus(tmp_path: Path) -> tuple[Path, Path]:
-    parser, flufl = tmp_path / "bounceparser", tmp_path / "flufl"
-    parser.mkdir()
-    flufl.mkdir()
+def corpus(tmp_path: Path) -> list[str]:
+    """--corpus arguments for three folders of its own (one empty): nothing is fetched."""
+    parser, flufl, ruby = tmp_path / "bounceparser", tmp_path / "flufl", tmp_path / "ruby"
+    for folder in (parser, flufl, ruby):
+        folder.mkdir()
     (parser / "gmail-disabled.msg").write_text(REPORT.format(
         n=1, address="gone@gmail.example", status="5.2.1",
         reply="550 5.2.1 The email account that you tried to reach is disabled"))
     (parser / "unknown.msg").write_text(REPORT.format(
         n=2, address="nobody@example.net", status="5.1.1", reply="550 5.1.1 User unknown"))
     (flufl / "autoreply.txt").write_text(AUTOREPLY)
-    return parser, flufl
+    return ["--corpus", f"bounceparser={parser}", "--corpus", f"flufl={flufl}",
+            "--corpus", f"bounce_email={ruby}"]
 
 
 def run(tmp_path: Path, *extra: str) -> str:
-    parser, flufl = corpus(tmp_path)
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--corpus", f"bounceparser={parser}",
-         "--corpus", f"flufl={flufl}", "--labels", str(tmp_path / "labels.tsv"),
+        [sys.executable, str(SCRIPT), *corpus(tmp_path),
+         "--labels", str(tmp_path / "labels.tsv"),
          "--baseline", str(tmp_path / "baseline.tsv"), *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -81,7 +82,8 @@ def test_the_bounce_bench_counts_right_recipients_wrong_hards_and_the_baseline(t
         "bounceparser/unknown.msg\t-\tnone\n"
         "flufl/autoreply.txt\t-\tnone\n")
     out = run(tmp_path)
-    assert "messages: 3 (bounceparser 2, flufl 1); real bounces naming a recipient: 2" in out
+    assert ("messages: 3 (bounceparser 2, flufl 1, bounce_email 0); real bounces naming a "
+            "recipient: 2") in out
     assert ("before (baseline.tsv): read with the right recipient 1 of 2 bounces (50.0 %); "
             "wrongly hard 1; hard found 0 of 1") in out
     assert "wrongly hard: bounceparser/gmail-disabled.msg: gone@gmail.example (label: soft)" in out
@@ -91,10 +93,9 @@ def test_the_bounce_bench_counts_right_recipients_wrong_hards_and_the_baseline(t
 
 def test_the_bounce_bench_refuses_a_corpus_its_labels_do_not_cover(tmp_path):
     (tmp_path / "labels.tsv").write_text("bounceparser/unknown.msg\tnobody@example.net\thard\n")
-    parser, flufl = corpus(tmp_path)
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--corpus", f"bounceparser={parser}",
-         "--corpus", f"flufl={flufl}", "--labels", str(tmp_path / "labels.tsv")],
+        [sys.executable, str(SCRIPT), *corpus(tmp_path),
+         "--labels", str(tmp_path / "labels.tsv")],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "2 messages without a label" in proc.stderr and "--fetch" in proc.stderr

@@ -192,3 +192,19 @@ def test_a_sender_domain_that_does_not_exist_is_our_fault_never_the_readers():
     verdict = classify_dsn("5.0.0", "smtp; 550 Domain of sender address "
                                     "bounces+7@news.example does not exist")
     assert verdict.fault is Fault.sender
+
+
+@pytest.mark.parametrize("status, diagnostic", [
+    ("5.7.1", "smtp; 554 5.7.1 <a@inbox.example>: Recipient address rejected: Nonexistent user"),
+    ("5.0.0", "smtp; 550 550 Address unknown (state 14)."),
+    # Lotus Domino: "not listed" is no block list
+    ("5.1.1", "X-Notes; User a (a@example.com) not listed in public Name & Address Book"),
+])
+def test_nonexistent_user_address_unknown_and_not_listed_in_a_directory_are_hard(
+        status, diagnostic):
+    assert classify_dsn(status, diagnostic, "failed").fault is Fault.hard
+
+
+def test_listed_in_a_block_list_is_still_policy():
+    assert classify_dsn("5.0.0", "smtp; 554 Your IP is listed in zen.spamhaus.org",
+                        "failed").fault is Fault.policy
