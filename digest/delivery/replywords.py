@@ -63,7 +63,7 @@ _SIZE = re.compile(
 )
 _UNKNOWN = re.compile(
     r"user unknown|unknown (?:user|recipient|addressee|address|mailbox|local part)|"
-    r"(?:address|addressee|recipient) unknown|"
+    r"(?<!ip )(?<!client )(?:address|addressee|recipient) unknown|"
     r"non[- ]?existent (?:user|address|mailbox|recipient)|"
     r"no such (?:user|mailbox|recipient|address|account|person|domain)|"
     r"(?:user|mailbox|recipient|address|account|domain)(?: name)? (?:does not|doesn't) exist|"
@@ -73,7 +73,7 @@ _UNKNOWN = re.compile(
     r"is not an active address|no (?:mail ?box|account|mailbox) (?:here )?(?:by that name|"
     r"available|found)|not listed in (?:the )?(?:\w+ )?directory|bad[-_ ]recipient|"
     r"(?:doesn't|does not) have an? [\w.-]+ account|no longer (?:on (?:this|the) server|"
-    r"valid|exists?)|no matches to nameserver query|\bhost unknown|unknown host|"
+    r"valid|exists?)|no matches to nameserver query|(?<!client )\bhost unknown|unknown host|"
     r"domain (?:not found|unknown)",
     re.I,
 )

@@ -208,3 +208,11 @@ def test_nonexistent_user_address_unknown_and_not_listed_in_a_directory_are_hard
 def test_listed_in_a_block_list_is_still_policy():
     assert classify_dsn("5.0.0", "smtp; 554 Your IP is listed in zen.spamhaus.org",
                         "failed").fault is Fault.policy
+
+
+@pytest.mark.parametrize("diagnostic", [
+    "smtp; 550 Client IP address unknown: no reverse DNS",
+    "smtp; 550 Client host unknown, see your DNS",
+])
+def test_words_about_our_client_address_or_host_are_never_a_hard_bounce(diagnostic):
+    assert classify_dsn("5.0.0", diagnostic, "failed").fault is not Fault.hard
