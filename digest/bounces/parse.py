@@ -129,6 +129,15 @@ def parse_report(raw: bytes) -> DeliveryStatusReport | None:
         # The exception's own words mean nothing to an operator; say what we know.
         raise BounceError("the message's MIME structure is damaged (a part cannot be read); "
                           "it was not processed") from exc
+    if not recipients and not any(b.get("Final-Recipient") or b.get("Original-Recipient")
+                                  for b in blocks):
+        # Only per-message fields (Netscape's, some gateways'): the notice names the
+        # recipients in its text part, read as a bounce without a status part is.
+        from digest.bounces.text import text_bounce
+
+        found = text_bounce(msg, raw)
+        if found is not None:
+            return found
     if not recipients:
         raise BounceError(
             "the delivery-status report has no recipient block with an Action or Status; "

@@ -1,9 +1,13 @@
 """Whole bounce messages, as the big providers send them, read with ADR 0024's rules: the
-reply's words beat the Status field both ways, and qmail's "(#5.1.1)" is a code."""
+reply's words beat the Status field both ways, qmail's "(#5.1.1)" is a code, and a report
+with only per-message fields is read from its text."""
 
 from __future__ import annotations
 
+import pytest
+
 from digest.bounces import parse_report
+from digest.errors import BounceError
 from digest.models import Fault
 
 DSN = """\
@@ -110,3 +114,43 @@ def test_qmails_over_quota_under_a_5_1_1_code_is_soft():
 def test_a_qmail_reason_without_a_code_stays_soft_never_hard_from_words_alone():
     got = only(qmail("reader@example.net", "Sorry, no mailbox here by that name."))
     assert got.kind is Fault.soft
+
+
+PER_MESSAGE_ONLY = """\
+From: Mail Delivery Subsystem <MAILER-DAEMON@nsmail.example.com>
+To: bounces+{delivery}@newsroom.example.org
+Subject: Mail System Error - Returned Mail
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+This Message was undeliverable due to the following reason:
+
+<reader@example.com>:
+550 5.1.1 <reader@example.com>... User unknown
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; nsmail.example.com
+Arrival-Date: Wed, 24 May 2000 16:50:34 -0400
+
+--B--
+"""
+
+
+def test_a_report_with_only_per_message_fields_is_read_from_its_text():
+    report = parse_report(PER_MESSAGE_ONLY.format(delivery=5).encode())
+    assert report is not None and report.verp_ids == [5]
+    got = report.recipients[0]
+    assert (got.final_recipient, got.kind, got.status) == ("reader@example.com", Fault.hard,
+                                                           "5.1.1")
+
+
+def test_a_report_with_recipient_blocks_but_no_action_or_status_is_still_refused():
+    raw = dsn("reader@example.net", "5.1.1", "550 5.1.1 user unknown")
+    raw = raw.replace(b"Action: failed\n", b"").replace(b"Status: 5.1.1\n", b"")
+    with pytest.raises(BounceError, match="no recipient block"):
+        parse_report(raw)
