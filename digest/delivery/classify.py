@@ -151,10 +151,11 @@ def _judge(status: str | None, text: str, *, temporary: bool,
            report: bool = False) -> tuple[Fault, str]:
     """The fault of a refusal about a recipient (RCPT TO, DATA, or a report's block).
 
-    The reply's words beat its enhanced code both ways (ADR 0024): a suspended, rate-limited,
-    full or size-limited mailbox is soft under any code, and words saying the address does
-    not exist make a hard bounce under a 5.7.x or 5.3.x code; in a bounce report
-    (``report``) even under a 4.x.x Status.
+    The reply's words beat its enhanced code both ways (ADR 0024): a suspended, full or
+    size-limited mailbox is soft under any code, a rate limit too in a bounce report
+    (``report``; at send time it pauses the domain so the row is retried), and words saying
+    the address does not exist make a hard bounce under a 5.7.x or 5.3.x code; in a bounce
+    report even under a 4.x.x Status.
     """
     subject, detail = _parts(status)
     # Words are read from the server's sentence, not from the addresses in it:
@@ -172,6 +173,9 @@ def _judge(status: str | None, text: str, *, temporary: bool,
     if _POLICY_WORDS.search(text):
         return Fault.policy, "refused by the receiver's policy or our reputation: not suppressed"
     if said == replywords.RATE:
+        if not report:
+            # At send time a rate limit is retried: the domain paused, the row deferred.
+            return Fault.policy, "the receiver limits our sending rate: the domain paused"
         return Fault.soft, "the receiver limits our sending rate: counted as a soft bounce"
     if subject == 7:
         if said == replywords.UNKNOWN:

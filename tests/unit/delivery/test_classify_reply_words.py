@@ -59,10 +59,16 @@ def test_rate_limiting_is_soft_whatever_the_code(status, diagnostic):
     assert classify_dsn(status, diagnostic, "failed").fault is Fault.soft
 
 
-def test_rate_limiting_at_rcpt_to_is_soft_even_under_5_7_x():
-    verdict = classify_smtp(550, "550 5.7.1 Rate limited: too many recipients, try later",
-                            "RCPT TO")
-    assert (verdict.fault, verdict.permanent) == (Fault.soft, True)
+@pytest.mark.parametrize("reply", [
+    "550 5.7.1 Rate limited: too many recipients, try later",
+    "550 5.1.1 Rate limit exceeded for this recipient",
+    "550-5.2.1 The user you are trying to contact is receiving mail at a rate that prevents "
+    "additional messages from being delivered.",
+])
+def test_rate_limiting_at_send_time_pauses_the_domain_so_the_row_is_retried_never_hard(reply):
+    # Soft would fail the row for good (a 5xx): the reader would lose this digest.
+    verdict = classify_smtp(550, reply, "RCPT TO")
+    assert verdict.fault is Fault.policy
 
 
 # --- full mailboxes: soft whatever the code says ------------------------------------------------
