@@ -413,7 +413,7 @@ class Complaint(Base):
         ForeignKey("deliveries.id", ondelete="SET NULL"), index=True
     )
     email: Mapped[str] = mapped_column(String(320))
-    source: Mapped[str] = mapped_column(String(20))  # arf | amazon-ses | mailgun | sendgrid | postmark
+    source: Mapped[str] = mapped_column(String(20))  # arf | ses | mailgun | sendgrid | postmark
     feedback_type: Mapped[str] = mapped_column(String(40), default="abuse")
     detail: Mapped[str] = mapped_column(Text, default="")  # who reported it, in their words
     report_hash: Mapped[str] = mapped_column(String(64), default="")

@@ -54,7 +54,7 @@ class FeedbackReport:
     message_id: str | None = None
     message_id_ids: tuple[int, int] | None = None
     header_id: int | None = None
-    source: str = "arf"  # arf | amazon-ses | mailgun | sendgrid | postmark
+    source: str = "arf"  # arf | ses | mailgun | sendgrid | postmark
 
     @property
     def is_complaint(self) -> bool:

@@ -99,7 +99,7 @@ def _ses_notification(text: str, msg: Message, raw: bytes) -> DeliveryStatusRepo
         return None
     bounce_type = str(bounce.get("bounceType") or "Undetermined")
     subtype = str(bounce.get("bounceSubType") or "General")
-    recipients = [_ses_recipient(r, bounce_type, subtype)
+    recipients = [ses_recipient(r, bounce_type, subtype)
                   for r in bounce.get("bouncedRecipients") or [] if isinstance(r, dict)]
     recipients = [r for r in recipients if r.final_recipient]
     if not recipients:
@@ -113,7 +113,7 @@ def _ses_notification(text: str, msg: Message, raw: bytes) -> DeliveryStatusRepo
     return _report(recipients, "amazon-ses", msg, "\n".join(headers), extra=extra)
 
 
-def _ses_recipient(entry: dict[str, Any], bounce_type: str, subtype: str) -> RecipientStatus:
+def ses_recipient(entry: dict[str, Any], bounce_type: str, subtype: str) -> RecipientStatus:
     addr = address(str(entry.get("emailAddress") or ""))
     status = clean(str(entry.get("status") or "")) or None
     diagnostic = clean(str(entry.get("diagnosticCode") or ""))
