@@ -201,7 +201,8 @@ class Settings(BaseSettings):
         description="Amazon SES through SNS: the topic ARNs whose signed messages are accepted; "
                     "empty: /webhooks/ses is off.")
     sns_cert_hosts: list[str] = Field(
-        default_factory=lambda: ["https://*.amazonaws.com"],
+        default_factory=lambda: ["https://sns.*.amazonaws.com",
+                                 "https://sns.*.amazonaws.com.cn"],
         description="Where an SNS signing certificate may be fetched from (scheme://host "
                     "patterns); keep the default outside tests.")
     mailgun_signing_key: SecretStr | None = Field(
