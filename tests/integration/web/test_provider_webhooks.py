@@ -345,3 +345,22 @@ def test_every_provider_endpoint_is_404_until_configured(settings):
         for provider in ("ses", "mailgun", "sendgrid", "postmark"):
             assert client.post(f"/webhooks/{provider}", json={}).status_code == 404
 
+
+
+# --- /metrics -----------------------------------------------------------------------------
+
+
+def test_metrics_count_complaints_by_where_they_came_from(mg, session, run7, settings):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from digest.bounces import process_bounce_message
+
+    process_bounce_message(session, (TEST_DATA / "complaints" / "yahoo-cfl-abuse.eml")
+                           .read_bytes(), settings=settings)
+    session.commit()
+    assert mg.post("/webhooks/mailgun", json=mailgun("mailgun-complained.json")).status_code == 200
+    scraped = {(s.name, s.labels.get("source")): s.value
+               for family in text_string_to_metric_families(mg.get("/metrics").text)
+               for s in family.samples if s.name == "digest_complaints_total"}
+    assert scraped == {("digest_complaints_total", "arf"): 1.0,
+                       ("digest_complaints_total", "mailgun"): 1.0}
