@@ -85,3 +85,8 @@ def process_complaint(session: Session, report: FeedbackReport, *, extra_verp: l
     log.info("complaint about delivery %s: %s suppressed", delivery.id, delivery.email)
     session.flush()
     return outcome
+
+
+def recent_complaints(session: Session, limit: int = 50) -> list[Complaint]:
+    """The latest complaints, newest first (``digest bounces complaints``)."""
+    return list(session.scalars(select(Complaint).order_by(Complaint.id.desc()).limit(limit)))
