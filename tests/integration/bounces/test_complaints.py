@@ -126,3 +126,14 @@ def test_a_mailbox_dry_run_lists_each_complaint_with_its_address_class_and_actio
     done = process_mailbox(box, settings=settings)
     assert done.complaints == 2 and "2 complaint(s)" in done.summary()
     assert sorted(done.suppressed) == ["full@example.com", "gone@example.net"]
+
+
+def test_erasing_a_reader_deletes_their_complaints_and_keeps_the_suppression(session, settings):
+    from digest.subscribers import erase_subscriber, find_subscriber
+
+    seed_sample_deliveries(session)
+    process(session, YAHOO.read_bytes(), settings)
+    erased = erase_subscriber(session, find_subscriber(session, "gone@example.net"))
+    session.commit()
+    assert erased.bounces == 1 and erased.suppression_kept
+    assert complaints(session) == []
