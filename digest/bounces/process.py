@@ -35,6 +35,7 @@ from digest.bounces.parse import (
     DeliveryStatusReport,
     RecipientStatus,
     parse_report,
+    read_message,
     verp_ids,
 )
 from digest.delivery import mark_bounced, pause_domain, recipient_domain
@@ -81,11 +82,18 @@ def process_bounce_message(session: Session, raw: bytes, *, envelope_to: str | N
     """
     from digest.bounces.arf import parse_feedback
     from digest.bounces.complaints import process_complaint
+    from digest.bounces.providers import process_event, ses_complaint_in_mail
+    from digest.bounces.text import body_text
 
     feedback = parse_feedback(raw)
     if feedback is not None:
         return process_complaint(session, feedback, extra_verp=verp_ids_of(envelope_to),
                                  dry_run=dry_run)
+    # SES's complaint notification by mail: matched as a bounce by mail is (no recipient).
+    ses = ses_complaint_in_mail(body_text(read_message(raw)))
+    if ses:
+        return process_event(session, ses[0], settings=settings, dry_run=dry_run,
+                             authenticated=False)
     report = parse_report(raw)
     if report is None:
         return BounceOutcome(UNMATCHED, "not a bounce (no delivery-status report, no failure "

@@ -88,10 +88,12 @@ class ProviderEvent:
 
 
 def process_event(session: Session, event: ProviderEvent, *, settings: Settings,
-                  dry_run: bool = False) -> BounceOutcome:
-    """Act on one provider event; the caller commits."""
+                  dry_run: bool = False, authenticated: bool = True) -> BounceOutcome:
+    """Act on one provider event; the caller commits. ``authenticated``: the provider's
+    signature vouches for it, so the recipient it names may tie it to a delivery (an event
+    that came by mail names its delivery as a bounce does, or none)."""
     ids = event._ids()
-    by_address = event.recipient or None
+    by_address = (event.recipient or None) if authenticated else None
     if event.kind == BOUNCE and event.status is not None:
         report = DeliveryStatusReport(recipients=[event.status], report_hash=event.report_hash,
                                       source=event.provider, **ids)
@@ -162,6 +164,25 @@ def ses_events(message: str) -> list[ProviderEvent]:
         return [ProviderEvent("ses", DELIVERY, "Delivery", address(str(r)), **ids)
                 for r in delivery.get("recipients") or []]
     return [ProviderEvent("ses", OTHER, kind or "unknown", "", **ids)]
+
+
+def ses_complaint_in_mail(text: str) -> list[ProviderEvent]:
+    """The complaint events of an SES notification delivered by email (bare, or in SNS's
+    envelope), or [] when the text carries none."""
+    start = text.find("{")
+    if start < 0 or '"complaint' not in text.lower():
+        return []
+    try:
+        data = json.loads(text[start:text.rfind("}") + 1])
+    except ValueError:
+        return []
+    if isinstance(data, dict) and isinstance(data.get("Message"), str):  # SNS envelope
+        data = _json_object(data["Message"], "not an SES notification") if data[
+            "Message"].lstrip().startswith("{") else {}
+    if not isinstance(data, dict) or str(data.get("notificationType") or data.get(
+            "eventType") or "").lower() != "complaint":
+        return []
+    return ses_events(json.dumps(data))
 
 
 # --- Mailgun ----------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ _SES_SENDER_SUBTYPES = ("suppressed", "onaccountsuppressionlist", "unsubscribedr
 
 def text_bounce(msg: Message, raw: bytes) -> DeliveryStatusReport | None:
     """The bounce a message without a delivery-status part carries, or None."""
-    text = _body_text(msg)
+    text = body_text(msg)
     found = _ses_notification(text, msg, raw)
     if found is None:
         found = _mail_system_notice(msg, text, raw)
@@ -256,7 +256,7 @@ def _report(recipients: list[RecipientStatus], source: str, msg: Message, origin
     )
 
 
-def _body_text(msg: Message) -> str:
+def body_text(msg: Message) -> str:
     """Every text part (and the headers of returned messages), decoded, as one text."""
     chunks = []
     for part in msg.walk():

@@ -137,3 +137,29 @@ def test_erasing_a_reader_deletes_their_complaints_and_keeps_the_suppression(ses
     session.commit()
     assert erased.bounces == 1 and erased.suppression_kept
     assert complaints(session) == []
+
+
+def ses_mail(note: str) -> bytes:
+    """An SES notification as SNS mails it (the JSON in SNS's envelope)."""
+    envelope = {"Type": "Notification", "Message": note}
+    return ("From: no-reply@sns.amazonaws.com\nTo: ops@newsroom.example.org\n"
+            "Subject: AWS Notification Message\n\n" + json.dumps(envelope)).encode()
+
+
+def test_an_ses_complaint_by_mail_suppresses_the_reader_its_message_id_names(session, settings):
+    seed_sample_deliveries(session)
+    note = (TEST_DATA / "providers" / "ses-complaint.json").read_text()
+    outcome = process(session, ses_mail(note), settings)
+    assert outcome.complaint and (outcome.delivery_id, outcome.matched_by) == (102, "message-id")
+    assert listed(session, "full@example.com") == ("suppressed", "complaint")
+
+
+def test_an_ses_complaint_by_mail_naming_no_delivery_is_not_tied_by_its_address(
+        session, settings):
+    seed_sample_deliveries(session)
+    note = json.loads((TEST_DATA / "providers" / "ses-complaint.json").read_text())
+    note["mail"]["headers"], note["mail"]["commonHeaders"] = [], {}
+    outcome = process(session, ses_mail(json.dumps(note)), settings)
+    # Anyone can mail us JSON: only a signed webhook's recipient is trusted.
+    assert outcome.result == "unmatched"
+    assert listed(session, "full@example.com") == ("active", None)
