@@ -222,7 +222,9 @@ def find_delivery(session: Session, report: DeliveryStatusReport | FeedbackRepor
         if delivery is not None:
             return delivery, "x-digest-delivery"
     if by_address:
-        reader = select(Subscriber.id).where(Subscriber.email == by_address.lower())
+        from digest.subscribers.validate import lookup_form
+
+        reader = select(Subscriber.id).where(Subscriber.email == lookup_form(by_address))
         delivery = session.scalars(
             select(Delivery).where(Delivery.subscriber_id.in_(reader),
                                    Delivery.sent_at.is_not(None))

@@ -50,10 +50,14 @@ _certificates_lock = threading.Lock()
 def allowed_url(url: str, patterns: list[str]) -> bool:
     """Whether ``url``'s scheme://host[:port] matches one of ``patterns``, where ``*`` stands
     for one DNS label or a port number (``https://sns.*.amazonaws.com``)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port that is no number
+        return False
     if not parts.hostname or parts.username or parts.password:
         return False
-    origin = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    origin = f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
     for pattern in patterns:
         regex = "".join("[A-Za-z0-9-]+" if c == "*" else re.escape(c) for c in pattern)
         if re.fullmatch(regex, origin, re.I):

@@ -18,7 +18,8 @@ def test_the_sns_certificate_host_must_be_an_https_sns_host_by_default():
                 "https://sns.us-east-1.amazonaws.com.evil.example/x.pem",
                 "https://bucket.s3.amazonaws.com/x.pem",
                 "https://sns.a.b.amazonaws.com/x.pem",
-                "https://user@sns.us-east-1.amazonaws.com/x.pem"):
+                "https://user@sns.us-east-1.amazonaws.com/x.pem",
+                "https://sns.us-east-1.amazonaws.com:abc/x.pem", "not a url"):
         assert not allowed_url(url, hosts), url
 
 
