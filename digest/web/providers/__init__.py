@@ -40,7 +40,8 @@ from digest.web.deps import SessionDep, SettingsDep
 from digest.web.providers import signatures
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/webhooks", tags=["provider webhooks"])
+# Not in the API's OpenAPI schema: these are called by the providers, not with the API token.
+router = APIRouter(prefix="/webhooks", tags=["provider webhooks"], include_in_schema=False)
 MAX_BODY = 1024 * 1024  # a provider's post is a few KB; SendGrid batches up to ~1,000 events
 
 
