@@ -427,7 +427,9 @@ class ProviderEvent(Base):
     __tablename__ = "provider_events"
     provider: Mapped[str] = mapped_column(String(20), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Forgotten after PROVIDER_EVENTS_KEPT_DAYS (digest.web.providers): far longer than any
+    # provider retries, and a signed Mailgun or SendGrid post is stale after minutes.
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class DomainPause(Base):

@@ -45,9 +45,11 @@ def upgrade() -> None:
         sa.Column('seen_at', digest.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint('provider', 'event_id', name=op.f('pk_provider_events')),
     )
+    op.create_index(op.f('ix_provider_events_seen_at'), 'provider_events', ['seen_at'])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f('ix_provider_events_seen_at'), table_name='provider_events')
     op.drop_table('provider_events')
     op.drop_index(op.f('ix_complaints_delivery_id'), table_name='complaints')
     op.drop_table('complaints')

@@ -15,11 +15,13 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -34,7 +36,6 @@ from digest.bounces.providers import (
 )
 from digest.errors import BounceError, WebhookRefused
 from digest.models import ProviderEvent as SeenEvent
-from digest.models import utcnow
 from digest.settings import Settings
 from digest.web.deps import SessionDep, SettingsDep
 from digest.web.providers import signatures
@@ -42,6 +43,7 @@ from digest.web.providers import signatures
 log = logging.getLogger(__name__)
 # Not in the API's OpenAPI schema: these are called by the providers, not with the API token.
 router = APIRouter(prefix="/webhooks", tags=["provider webhooks"], include_in_schema=False)
+PROVIDER_EVENTS_KEPT_DAYS = 30  # how long an event id is remembered for replay refusal
 MAX_BODY = 1024 * 1024  # a provider's post is a few KB; SendGrid batches up to ~1,000 events
 
 
@@ -76,7 +78,8 @@ def _refused(provider: str, request: Request, exc: WebhookRefused) -> HTTPExcept
 async def _process(provider: str, event_id: str | None, events: list[ProviderEvent],
                    request: Request, session: Session, settings: Settings) -> JSONResponse:
     def work() -> JSONResponse:
-        if event_id and not _first_time(session, provider, event_id):
+        now = datetime.fromtimestamp(_now(request), UTC)
+        if event_id and not _first_time(session, provider, event_id, now):
             session.rollback()
             log.warning("%s webhook refused: event %s was processed before (a replay)",
                         provider, event_id[:64])
@@ -92,10 +95,15 @@ async def _process(provider: str, event_id: str | None, events: list[ProviderEve
     return await run_in_threadpool(work)
 
 
-def _first_time(session: Session, provider: str, event_id: str) -> bool:
+def _first_time(session: Session, provider: str, event_id: str, now: datetime) -> bool:
+    """Remember the event; False when it was remembered before (a replay). Events older
+    than PROVIDER_EVENTS_KEPT_DAYS are forgotten on the way (an index range, usually empty)."""
+    session.execute(delete(SeenEvent).where(
+        SeenEvent.provider == provider,
+        SeenEvent.seen_at < now - timedelta(days=PROVIDER_EVENTS_KEPT_DAYS)))
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = (insert(SeenEvent).values(provider=provider, event_id=event_id[:128], seen_at=utcnow())
+    stmt = (insert(SeenEvent).values(provider=provider, event_id=event_id[:128], seen_at=now)
             .on_conflict_do_nothing().returning(SeenEvent.event_id))
     return session.scalar(stmt) is not None
 

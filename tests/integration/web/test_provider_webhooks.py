@@ -301,6 +301,22 @@ def test_sendgrid_posts_that_are_forged_or_stale_are_refused(sg, sendgrid_key, s
     assert listed(session, "full@example.com") == ("active", None)
 
 
+def test_remembered_events_are_forgotten_after_thirty_days_and_kept_before(mg, session, run7):
+    from digest.models import ProviderEvent as SeenEvent
+
+    now = dt.datetime.fromtimestamp(NOW, dt.UTC)
+    session.add_all([SeenEvent(provider="mailgun", event_id="old", seen_at=now - dt.timedelta(
+        days=31)), SeenEvent(provider="mailgun", event_id="recent", seen_at=now - dt.timedelta(
+        days=29)), SeenEvent(provider="sendgrid", event_id="other", seen_at=now - dt.timedelta(
+        days=31))])
+    session.commit()
+    assert mg.post("/webhooks/mailgun", json=mailgun("mailgun-delivered.json")).status_code == 200
+    session.expire_all()
+    kept = {(e.provider, e.event_id) for e in session.scalars(select(SeenEvent))}
+    assert kept == {("mailgun", "recent"), ("sendgrid", "other"),
+                    ("mailgun", sample("mailgun-delivered.json")["signature"]["token"])}
+
+
 # --- Postmark -----------------------------------------------------------------------------
 
 
