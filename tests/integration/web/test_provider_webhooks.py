@@ -165,6 +165,8 @@ def test_an_ses_complaint_signed_with_sha256_suppresses_the_reader_as_a_complain
     assert listed(session, "full@example.com") == ("suppressed", "complaint")
     assert [(c.delivery_id, c.source) for c in session.scalars(select(Complaint))] == [
         (102, "ses")]
+    # The certificate was fetched once for every message of this module (cached).
+    assert [p for p in sns.fetched if p.endswith(".pem")] == ["/SimpleNotificationService-test.pem"]
 
 
 def test_an_ses_delivery_changes_nothing(ses, sns, session, run7):

@@ -75,3 +75,13 @@ def test_a_feedback_report_without_its_feedback_part_is_refused_in_one_sentence(
         b"Content-Type: message/feedback-report", b"Content-Type: text/plain")
     with pytest.raises(BounceError, match="no message/feedback-report part"):
         parse_feedback(raw)
+
+
+def test_a_report_returning_only_the_headers_names_the_delivery_by_them():
+    raw = (DATA / "yahoo-cfl-abuse.eml").read_bytes().replace(
+        b"Content-Type: message/rfc822", b"Content-Type: text/rfc822-headers").replace(
+        b"Original-Mail-From: <bounces+101@newsroom.example.org>",
+        b"Original-Mail-From: <digest@newsroom.example.org>")
+    report = parse_feedback(raw)
+    assert report is not None and report.verp_ids == []
+    assert report.message_id_ids == (7, 101)
