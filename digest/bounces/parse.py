@@ -96,24 +96,7 @@ def parse_report(raw: bytes) -> DeliveryStatusReport | None:
     readable email message (empty, oversized, binary, a MIME structure that does not match
     its body) and for a delivery-status report without any per-recipient status.
     """
-    if not raw or not raw.strip():
-        raise BounceError("the message is empty")
-    if len(raw) > MAX_BOUNCE_BYTES:
-        raise BounceError(f"the message is {len(raw)} bytes, more than the "
-                          f"{MAX_BOUNCE_BYTES} a bounce can be; not read")
-    if b"\0" in raw[:65536]:
-        raise BounceError("the file holds binary data, not an email message")
-    try:
-        # compat32: raw strings and no header parsing that could trip over odd values.
-        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-    except (email.errors.MessageError, LookupError, TypeError, ValueError) as exc:
-        raise BounceError("the message could not be read as an email message") from exc
-    if not msg.keys():
-        raise BounceError("the file is not an email message: it does not start with header "
-                          "lines (From:, To:, Subject: ...)")
-    problem = _mime_problem(msg)
-    if problem:
-        raise BounceError(problem)
+    msg = read_message(raw)
     try:
         report = _find_report(msg)
         if report is None:
@@ -154,6 +137,31 @@ def parse_report(raw: bytes) -> DeliveryStatusReport | None:
         message_id_ids=(int(ours.group(1)), int(ours.group(2))) if ours else None,
         header_id=int(header_id) if header_id.isdigit() and len(header_id) <= 18 else None,
     )
+
+
+def read_message(raw: bytes) -> Message:
+    """``raw`` as an email message; BounceError, with a sentence saying what is wrong, for
+    input that is not a readable one (empty, oversized, binary, a MIME structure that does
+    not match its body)."""
+    if not raw or not raw.strip():
+        raise BounceError("the message is empty")
+    if len(raw) > MAX_BOUNCE_BYTES:
+        raise BounceError(f"the message is {len(raw)} bytes, more than the "
+                          f"{MAX_BOUNCE_BYTES} a bounce can be; not read")
+    if b"\0" in raw[:65536]:
+        raise BounceError("the file holds binary data, not an email message")
+    try:
+        # compat32: raw strings and no header parsing that could trip over odd values.
+        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    except (email.errors.MessageError, LookupError, TypeError, ValueError) as exc:
+        raise BounceError("the message could not be read as an email message") from exc
+    if not msg.keys():
+        raise BounceError("the file is not an email message: it does not start with header "
+                          "lines (From:, To:, Subject: ...)")
+    problem = _mime_problem(msg)
+    if problem:
+        raise BounceError(problem)
+    return msg
 
 
 def _mime_problem(msg: Message) -> str | None:

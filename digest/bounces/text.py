@@ -73,7 +73,7 @@ _SES_SENDER_SUBTYPES = ("suppressed", "onaccountsuppressionlist", "unsubscribedr
 
 def text_bounce(msg: Message, raw: bytes) -> DeliveryStatusReport | None:
     """The bounce a message without a delivery-status part carries, or None."""
-    text = _body_text(msg)
+    text = body_text(msg)
     found = _ses_notification(text, msg, raw)
     if found is None:
         found = _mail_system_notice(msg, text, raw)
@@ -103,7 +103,7 @@ def _ses_notification(text: str, msg: Message, raw: bytes) -> DeliveryStatusRepo
         return None
     bounce_type = str(bounce.get("bounceType") or "Undetermined")
     subtype = str(bounce.get("bounceSubType") or "General")
-    recipients = [_ses_recipient(r, bounce_type, subtype)
+    recipients = [ses_recipient(r, bounce_type, subtype)
                   for r in bounce.get("bouncedRecipients") or [] if isinstance(r, dict)]
     recipients = [r for r in recipients if r.final_recipient]
     if not recipients:
@@ -117,7 +117,7 @@ def _ses_notification(text: str, msg: Message, raw: bytes) -> DeliveryStatusRepo
     return _report(recipients, "amazon-ses", msg, "\n".join(headers), extra=extra)
 
 
-def _ses_recipient(entry: dict[str, Any], bounce_type: str, subtype: str) -> RecipientStatus:
+def ses_recipient(entry: dict[str, Any], bounce_type: str, subtype: str) -> RecipientStatus:
     addr = address(str(entry.get("emailAddress") or ""))
     status = clean(str(entry.get("status") or "")) or None
     diagnostic = clean(str(entry.get("diagnosticCode") or ""))
@@ -271,7 +271,7 @@ def _report(recipients: list[RecipientStatus], source: str, msg: Message, origin
     )
 
 
-def _body_text(msg: Message) -> str:
+def body_text(msg: Message) -> str:
     """Every text part (and the headers of returned messages), decoded, as one text."""
     chunks = []
     for part in msg.walk():

@@ -13,6 +13,8 @@ Figures (``kind`` is the run kind: weekly, daily, immediate, adhoc):
 - ``digest_messages_sent_total{kind}``: messages the SMTP server accepted (rows with a
   ``sent_at``, including those a bounce later failed);
 - ``digest_bounces_total{kind,fault}``: bounce reports recorded;
+- ``digest_complaints_total{source}``: complaints recorded (arf, ses, mailgun, sendgrid,
+  postmark), each of which suppressed its reader;
 - ``digest_deliveries_pruned_total{kind,status}``: rows retention deleted, by their status.
   The two counters above add what retention deleted (``pruned_tallies``) to the live rows,
   so they never go down after a prune (Prometheus would read that as a reset);
@@ -50,6 +52,7 @@ from digest.models import (
     TALLY_DELIVERIES,
     TALLY_SENT,
     Bounce,
+    Complaint,
     Delivery,
     DeliveryStatus,
     DigestRun,
@@ -148,6 +151,15 @@ def _database_figures(session: Session, now: datetime) -> Iterable[Metric]:
     for labels, count in sorted(bounce_counts.items()):
         bounces.add_metric(list(labels), count)
     yield bounces
+
+    complaints = CounterMetricFamily(
+        "digest_complaints", "Complaints recorded (a reader marked a digest as spam), by where "
+        "they came from: arf (a feedback report by mail), ses, mailgun, sendgrid, postmark.",
+        labels=["source"])
+    for source, count in session.execute(
+            select(Complaint.source, func.count()).group_by(Complaint.source)):
+        complaints.add_metric([str(source)], count)
+    yield complaints
 
     suppressions = GaugeMetricFamily(
         "digest_suppressions", "Addresses on the suppression list, by reason.",
