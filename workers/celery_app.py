@@ -16,6 +16,7 @@ from celery import Celery, signals
 from celery.schedules import crontab
 
 from digest.settings import Settings, get_settings
+from workers.broker import transport_for
 
 app = Celery("digest", include=["workers.tasks"])
 
@@ -27,6 +28,8 @@ def configure(settings: Settings | None = None) -> Celery:
     _drop_connections()
     app.conf.update(
         broker_url=s.broker_url or "memory://",
+        # A Redis out of memory is a lost connection, not a reason to exit (workers/broker.py).
+        broker_transport=transport_for(s.broker_url),
         result_backend=s.result_backend or None,
         task_always_eager=in_process,
         task_eager_propagates=in_process,
@@ -45,6 +48,10 @@ def configure(settings: Settings | None = None) -> Celery:
         timezone="UTC",
         enable_utc=True,
         broker_connection_retry_on_startup=True,
+        # A broker that is away (restarting, out of memory) is waited for, however long: a
+        # worker that gives up and exits sends nothing until an operator restarts it.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         # Longer than any task's hard time limit, so a running task is not redelivered.
         broker_transport_options={"visibility_timeout": 3600},
         # Task events (sent, received, started, succeeded, failed) go to the broker, so Flower
