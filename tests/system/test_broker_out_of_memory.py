@@ -27,7 +27,7 @@ from digest.selection import plan_scheduled_run
 from digest.settings import Settings
 from tests.conftest import ROOT
 from tests.factories import T0, Taxo, make_item, make_subscriber
-from tests.system.ownservers import OwnRedis
+from tests.ownservers import OwnRedis
 
 pytestmark = pytest.mark.integration
 SECRET = "broker-oom-test-secret-0123456789abcdef"
