@@ -86,3 +86,13 @@ class RateLimitError(DigestError):
     def __init__(self, message: str, retry_after: int):
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class ServiceUnavailableError(DigestError):
+    """The database or the broker could not be reached; nothing was changed by the step that
+    failed. The message names the server and asks whether it is running."""
+
+
+class PlanningStoppedError(DigestError):
+    """Planning a run stopped half-way (a lost connection, a full disk); the run stays
+    ``planning`` and the next tick plans the rest by itself."""
