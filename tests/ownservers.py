@@ -86,6 +86,9 @@ class OwnRedis:
             self.proc.wait(timeout=10)
             self.proc = None
 
+    def remove(self) -> None:
+        self.stop()  # nothing kept on disk
+
 
 class OwnPostgres:
     """A PostgreSQL cluster of the test's own (initdb + pg_ctl in a temporary directory)."""
@@ -145,6 +148,10 @@ class OwnPostgres:
             subprocess.run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m",
                             "immediate", "stop"], capture_output=True, **_as_postgres_user())
             self.pid = None
+
+    def remove(self) -> None:
+        """Stopped, and its files deleted."""
+        self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

@@ -38,14 +38,14 @@ def _scrape(client: TestClient) -> tuple[dict[str, float], float]:
 def own_redis(tmp_path):
     server = OwnRedis(tmp_path).start()
     yield server
-    server.stop()
+    server.remove()
 
 
 @pytest.fixture
 def own_postgres():
     server = OwnPostgres().start()
     yield server
-    server.stop()
+    server.remove()
 
 
 def test_a_redis_out_of_memory_is_reported_as_a_broker_down(web_settings, own_redis,

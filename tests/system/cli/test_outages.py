@@ -30,6 +30,7 @@ def stopped_postgres():
     server = OwnPostgres().start()
     server.stop()
     yield server
+    server.remove()
 
 
 @pytest.mark.parametrize("command", [["subscribers", "list"], ["send", "weekly", "--now"],
