@@ -60,7 +60,7 @@ class QoS(kombu_redis.QoS):
     def _unindex_left_over(self) -> None:
         for tag in list(self._to_unindex):
             try:
-                self._remove_from_indices(tag).execute()
+                self._remove_from_indices(tag).execute()  # type: ignore[attr-defined]  # kombu, not in its stubs
             except OutOfMemoryError:
                 return
             self._to_unindex.discard(tag)

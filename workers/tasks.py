@@ -10,6 +10,7 @@ after the transaction that created their rows committed.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy.exc
 
@@ -38,7 +39,7 @@ MAX_RETRIES = 3
 # tasks other than the tick do not: the beat sends the next one within a minute anyway.
 DATABASE_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 DATABASE_RETRIES = 8
-DB_RETRY = {
+DB_RETRY: dict[str, Any] = {
     "autoretry_for": DATABASE_DOWN, "retry_backoff": 2, "retry_backoff_max": 60,
     "retry_jitter": True, "retry_kwargs": {"max_retries": DATABASE_RETRIES},
 }
