@@ -49,7 +49,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from sqlalchemy import and_, create_engine, func, or_, select
+from sqlalchemy import and_, create_engine, func, or_, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
@@ -108,6 +108,10 @@ class DigestCollector(Collector):
 def _read_database(url: str) -> list[Metric]:
     session = Session(_scrape_engine(url))
     try:
+        if url.startswith("postgresql"):
+            # For this scrape's transaction only (a startup option would be refused by
+            # poolers such as PgBouncer).
+            session.execute(text(f"SET LOCAL statement_timeout = {int(TIMEOUT_SECONDS * 1000)}"))
         return list(_database_figures(session, utcnow()))
     finally:
         session.close()
@@ -119,10 +123,8 @@ def _scrape_engine(url: str) -> Engine:
     partition left hanging), with connect and statement timeouts. SQLite: the usual engine."""
     if not url.startswith("postgresql"):
         return db.engine_for(url)
-    timeout = int(TIMEOUT_SECONDS)
     return create_engine(url, poolclass=NullPool, connect_args={
-        "connect_timeout": max(timeout, 2),  # libpq's least
-        "options": f"-c statement_timeout={timeout * 1000}"})
+        "connect_timeout": max(int(TIMEOUT_SECONDS), 2)})  # libpq's least is 2 s
 
 
 def _within(seconds: float, read: Callable[[], list[Metric]]) -> list[Metric]:
