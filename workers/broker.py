@@ -57,6 +57,18 @@ class QoS(kombu_redis.QoS):
             self._to_unindex.add(delivery_tag)
             virtual.QoS.ack(self, delivery_tag)
 
+    def reject(self, delivery_tag, requeue: bool = False) -> None:
+        """As ``ack`` when Redis is full: the task leaves this worker's slots; one to requeue
+        keeps its copy in the unacked index, which Redis restores later (if it was written)."""
+        self._unindex_left_over()
+        try:
+            super().reject(delivery_tag, requeue=requeue)
+        except OutOfMemoryError as exc:
+            logger.warning("broker: Redis is out of memory (%s); task rejected in memory", exc)
+            if not requeue:
+                self._to_unindex.add(delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)
+
     def _unindex_left_over(self) -> None:
         for tag in list(self._to_unindex):
             try:
