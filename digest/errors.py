@@ -96,3 +96,13 @@ class WebhookRefused(DigestError):
     def __init__(self, message: str, status: int = 403):
         self.status = status
         super().__init__(message)
+
+
+class ServiceUnavailableError(DigestError):
+    """The database or the broker could not be reached; nothing was changed by the step that
+    failed. The message names the server and asks whether it is running."""
+
+
+class PlanningStoppedError(DigestError):
+    """Planning a run stopped half-way (a lost connection, a full disk); the run stays
+    ``planning`` and the next tick plans the rest by itself."""

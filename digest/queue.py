@@ -42,6 +42,13 @@ TASK_PLAN_ALERTS = "digest.plan_alerts"
 TASK_SEND_CONFIRMATION = "digest.send_confirmation"
 
 
+def maintenance_queue(settings: Settings) -> str:
+    """The queue of the beat's periodic work (sweeps, retries, the tick, pruning): a queue of
+    its own, so a sweep never waits behind a backlog of deliveries in ``task_queue``. Every
+    worker consumes it besides the ones its ``-Q`` names (``workers.celery_app``)."""
+    return f"{settings.task_queue}.maintenance"
+
+
 def batches(ids: Sequence[int], size: int) -> list[list[int]]:
     ids = list(ids)
     return [ids[i:i + size] for i in range(0, len(ids), size)]

@@ -15,7 +15,9 @@ from __future__ import annotations
 from celery import Celery, signals
 from celery.schedules import crontab
 
+from digest.queue import maintenance_queue
 from digest.settings import Settings, get_settings
+from workers.broker import transport_for
 
 app = Celery("digest", include=["workers.tasks"])
 
@@ -25,8 +27,13 @@ def configure(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     in_process = not s.broker_url
     _drop_connections()
+    # The beat's periodic work goes to a queue of its own, which every worker consumes besides
+    # its -Q ones (_consume_maintenance_queue): a sweep never waits behind the deliveries.
+    periodic = {"queue": maintenance_queue(s)}
     app.conf.update(
         broker_url=s.broker_url or "memory://",
+        # A Redis out of memory is a lost connection, not a reason to exit (workers/broker.py).
+        broker_transport=transport_for(s.broker_url),
         result_backend=s.result_backend or None,
         task_always_eager=in_process,
         task_eager_propagates=in_process,
@@ -45,6 +52,10 @@ def configure(settings: Settings | None = None) -> Celery:
         timezone="UTC",
         enable_utc=True,
         broker_connection_retry_on_startup=True,
+        # A broker that is away (restarting, out of memory) is waited for, however long: a
+        # worker that gives up and exits sends nothing until an operator restarts it.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         # Longer than any task's hard time limit, so a running task is not redelivered.
         broker_transport_options={"visibility_timeout": 3600},
         # Task events (sent, received, started, succeeded, failed) go to the broker, so Flower
@@ -57,19 +68,22 @@ def configure(settings: Settings | None = None) -> Celery:
         beat_schedule={
             # Plans this hour's slot and any missed since the last one planned; unique slot keys
             # make extra ticks (a second beat) harmless.
-            "tick": {"task": "digest.tick", "schedule": crontab(minute="*/5")},
+            "tick": {"task": "digest.tick", "schedule": crontab(minute="*/5"),
+                     "options": periodic},
             # Debounced alerts: the alert windows (DIGEST_ALERT_DEBOUNCE_MINUTES) that closed.
-            "alerts": {"task": "digest.plan_alerts", "schedule": 60.0},
+            "alerts": {"task": "digest.plan_alerts", "schedule": 60.0, "options": periodic},
             "retry-deferred": {"task": "digest.retry_deferred",
-                               "schedule": float(s.retry_sweep_seconds)},
+                               "schedule": float(s.retry_sweep_seconds), "options": periodic},
             # Lost work is found from the database: dead workers' leases, pending rows whose
             # task a broker restart dropped, runs left open.
-            "sweep": {"task": "digest.sweep", "schedule": float(s.sweep_seconds)},
+            "sweep": {"task": "digest.sweep", "schedule": float(s.sweep_seconds),
+                      "options": periodic},
             "purge-unconfirmed": {"task": "digest.purge_unconfirmed",
-                                  "schedule": crontab(minute=17, hour=3)},
+                                  "schedule": crontab(minute=17, hour=3), "options": periodic},
             # Retention: final deliveries older than DIGEST_RETENTION_DAYS, and the ledger rows
             # no future run needs; batched, so it holds no lock for long.
-            "prune": {"task": "digest.prune", "schedule": crontab(minute=43, hour=3)},
+            "prune": {"task": "digest.prune", "schedule": crontab(minute=43, hour=3),
+                      "options": periodic},
         },
     )
     return app
@@ -87,6 +101,14 @@ def _drop_connections() -> None:
 
 
 configure()
+
+
+@signals.celeryd_after_setup.connect
+def _consume_maintenance_queue(sender=None, instance=None, **_kwargs) -> None:
+    """Every worker takes the beat's periodic work too, whatever queues its -Q names, so no
+    deployment can leave the sweep unconsumed (Celery's documented way to add a queue)."""
+    if instance is not None:
+        instance.app.amqp.queues.select_add(maintenance_queue(get_settings()))
 
 
 @signals.celeryd_init.connect

@@ -10,6 +10,9 @@ after the transaction that created their rows committed.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
+
+import sqlalchemy.exc
 
 from digest import delivery, subscribers
 from digest.db import session_scope
@@ -29,6 +32,17 @@ from digest.settings import Settings, get_settings
 from workers.celery_app import app
 
 MAX_RETRIES = 3
+# A task that cannot reach the database (down, a partition, every connection slot taken) goes
+# back to the queue and is tried again after 2, 4, 8, ... s (at most a minute, randomised so
+# the workers do not all come back at once), DATABASE_RETRIES times: about four minutes
+# before the sweep is left to find its rows. Every task is safe to run again. The periodic
+# tasks other than the tick do not: the beat sends the next one within a minute anyway.
+DATABASE_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+DATABASE_RETRIES = 8
+DB_RETRY: dict[str, Any] = {
+    "autoretry_for": DATABASE_DOWN, "retry_backoff": 2, "retry_backoff_max": 60,
+    "retry_jitter": True, "retry_kwargs": {"max_retries": DATABASE_RETRIES},
+}
 
 
 def _when(value: str | None) -> datetime | None:
@@ -40,7 +54,7 @@ def enqueue_deliveries(delivery_ids: list[int], settings: Settings) -> int:
     return queue_for(settings).deliver(delivery_ids)
 
 
-@app.task(name="digest.tick", max_retries=MAX_RETRIES)
+@app.task(name="digest.tick", max_retries=MAX_RETRIES, **DB_RETRY)
 def tick(now: str | None = None) -> dict:
     """Plan the weekly and daily slots due (this hour's and any missed since the last one
     planned) and send them; a run past its send-by deadline is held for an operator."""
@@ -54,7 +68,7 @@ def tick(now: str | None = None) -> dict:
     return result
 
 
-@app.task(name=TASK_DELIVER_BATCH, max_retries=MAX_RETRIES)
+@app.task(name=TASK_DELIVER_BATCH, max_retries=MAX_RETRIES, **DB_RETRY)
 def deliver_batch(delivery_ids: list[int]) -> dict:
     settings = get_settings()
     result = delivery.send_deliveries([int(i) for i in delivery_ids], settings=settings)
@@ -99,7 +113,7 @@ def prune() -> dict:
             "runs": report.runs, "kept_for_ledger": report.kept_for_ledger}
 
 
-@app.task(name=TASK_ITEM_PUBLISHED, max_retries=MAX_RETRIES)
+@app.task(name=TASK_ITEM_PUBLISHED, max_retries=MAX_RETRIES, **DB_RETRY)
 def item_published(item_id: int) -> dict:
     """The event for a new item: alerts to subscribers who want every item at once."""
     settings = get_settings()
@@ -114,7 +128,7 @@ def plan_due_alerts() -> dict:
     return {"pending": len(send_due_alerts(get_settings()))}
 
 
-@app.task(name=TASK_SEND_CONFIRMATION, max_retries=MAX_RETRIES)
+@app.task(name=TASK_SEND_CONFIRMATION, max_retries=MAX_RETRIES, **DB_RETRY)
 def send_confirmation(subscriber_id: int) -> str | None:
     """The double opt-in email (also the "send me a new link" email) to one subscriber."""
     return delivery.send_confirmation(int(subscriber_id), settings=get_settings())

@@ -1,7 +1,9 @@
 """The operator's entry point: ``digest ...`` (Typer + rich), one module per command group.
 
 Bad input ends in a one-line ``error: ...`` and exit code 1 (2 for usage errors), never a
-traceback. Typer declares options as parameter defaults, hence the ``noqa: B008`` where
+traceback; so does a database or broker that does not answer (``digest: the database at
+host:port is unreachable (...); is PostgreSQL running?``, ``cli.outages``).
+Typer declares options as parameter defaults, hence the ``noqa: B008`` where
 ruff takes one for a shared mutable default.
 """
 
@@ -69,6 +71,25 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as exc:
+        outage = _outage(exc)
+        if outage is None:
+            raise
+        err.print(f"digest: {outage}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+def _outage(exc: Exception) -> DigestError | None:
+    """A database or broker that did not answer, as one line (``cli.outages``)."""
+    from digest.cli.outages import broker_unreachable, database_unreachable
+    from digest.settings import get_settings
+
+    try:
+        settings = get_settings()
+    except PydanticValidationError:
+        return None
+    return (database_unreachable(exc, settings.database_url)
+            or broker_unreachable(exc, settings.broker_url))
 
 
 def _configure_logging() -> None:

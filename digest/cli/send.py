@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 
-from digest.cli._common import console, ensure_db, new_session, parse_when, task_queue
+from digest.cli._common import (
+    console,
+    ensure_db,
+    new_session,
+    parse_when,
+    session_scope,
+    task_queue,
+)
+from digest.errors import PlanningStoppedError
 from digest.settings import get_settings
 
 app = typer.Typer(help="Plan and send digests.", no_args_is_help=True)
@@ -46,8 +55,43 @@ def _plan(fn):
         planned = fn(session)
         session.commit()
         return planned
+    except SQLAlchemyError as exc:
+        session.rollback()
+        stopped = _planning_stopped(exc)
+        if stopped is None:
+            raise
+        raise stopped from exc
     finally:
         session.close()
+
+
+def _planning_stopped(exc: SQLAlchemyError) -> PlanningStoppedError | None:
+    """Planning failed half-way: the runs it left ``planning``, in one line, and what happens
+    next; None when the database cannot even say (the outage's own line is printed then)."""
+    from sqlalchemy import select
+
+    from digest.cli.outages import first_line
+    from digest.models import DigestRun, RunStatus
+
+    try:
+        with session_scope() as session:
+            left = session.execute(
+                select(DigestRun.id, DigestRun.planned_count).where(
+                    DigestRun.status == RunStatus.planning, DigestRun.dry_run.is_(False))
+                .order_by(DigestRun.id)).all()
+    except SQLAlchemyError:
+        return None
+    if not left:
+        return PlanningStoppedError(
+            f"planning failed before any run was recorded ({first_line(exc)}); nothing was "
+            "planned or sent: run the command again once the database is back")
+    runs = ", ".join(f"run #{run_id} ({count} digest(s) planned so far)"
+                     for run_id, count in left)
+    return PlanningStoppedError(
+        f"planning stopped ({first_line(exc)}): {runs} "
+        f"{'stays' if len(left) == 1 else 'stay'} 'planning'; the next tick (the "
+        "beat's, every 5 minutes, or 'digest tick') plans the rest by itself and sends "
+        "nobody twice; what was planned already is being sent")
 
 
 def _send_scheduled(frequency: str, now: bool, dry_run: bool, as_of: str | None) -> None:

@@ -207,6 +207,9 @@ class Eta:
     rate_source: str = ""  # whose rate: this run's, the measured one, DIGEST_SEND_RATE
     waiting: Waiting | None = None  # deferred rows that may not go yet
     no_rate: str = ""  # why there is no rate, when ``rate`` is None
+    # Seconds nothing of the run moved (no row claimed, sent, deferred...) while rows could
+    # have: set once past ``stalled_after`` (no worker, no broker, a database refusing writes).
+    idle_for: float | None = None
 
     @property
     def fraction(self) -> float:
@@ -214,13 +217,19 @@ class Eta:
 
     @property
     def stalled(self) -> bool:
-        """Nothing can move now: every message not final waits (``waiting``)."""
+        """Nothing can move now: every message not final waits (``waiting``), or nothing
+        moved for a while though rows could have (``idle_for``)."""
         left = self.messages - self.done
-        return left > 0 and self.waiting is not None and self.waiting.rows >= left
+        return left > 0 and (self.idle_for is not None or (
+            self.waiting is not None and self.waiting.rows >= left))
 
     def describe(self) -> str:
         share = f"{self.done}/{self.messages} ({self.fraction:.0%})"
         held = self.waiting.describe() if self.waiting is not None else ""
+        if self.stalled and self.idle_for is not None:
+            return (f"{share}, stalled: nothing moved for {format_duration(self.idle_for)} "
+                    "(are the workers, the broker and the database up?)"
+                    + (f"; and {held}" if held else ""))
         if self.stalled:
             return f"{share}, not progressing: {held}"
         if self.done >= self.messages:
@@ -419,18 +428,25 @@ def outcome_of(session: Session, run: DigestRun, counts: dict[str, int]) -> Outc
 
 def eta_of(counts: dict[str, int], first_sent: datetime | None, now: datetime, *,
            waiting: Waiting | None = None, measured: Throughput | None = None,
-           rate_limit: float = 0.0) -> Eta:
+           rate_limit: float = 0.0, last_moved: datetime | None = None,
+           stalled_after: float | None = None) -> Eta:
     """A running run's ETA from its delivery counts (``runs_progress``): at its own rate so
     far (its sent messages since its first send) once that is measured over enough sending,
     else at the installation's measured throughput, else at ``DIGEST_SEND_RATE``; the rows of
     ``waiting`` (deferred, not due) are left out of it and said apart. Skipped rows are not
-    messages."""
+    messages. A run whose rows could move and nothing
+    moved since ``last_moved`` for ``stalled_after`` seconds is stalled: no ETA, which would
+    be a guess that nothing backs."""
     messages = (counts.get("total", 0) - counts.get(DeliveryStatus.skipped, 0)
                 - counts.get(DeliveryStatus.dry_run, 0))
     done = sum(counts.get(s, 0) for s in DONE)
     sent = counts.get(DeliveryStatus.sent, 0)
     elapsed = (now - first_sent).total_seconds() if first_sent is not None else 0.0
     moving = max(messages - done - (waiting.rows if waiting else 0), 0)
+    idle = (now - last_moved).total_seconds() if last_moved is not None else 0.0
+    if moving and stalled_after is not None and idle >= stalled_after:
+        return Eta(done=done, messages=messages, sent=sent, rate=None, seconds_left=None,
+                   waiting=waiting, idle_for=idle, no_rate="stalled")
     if trusted(sent, elapsed):
         rate, source = sent / elapsed, "this run so far"
     elif measured is not None:

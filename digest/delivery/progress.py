@@ -48,11 +48,30 @@ def runs_eta(session: Session, progress: dict[int, dict[str, int]], *, settings:
             select(Delivery.run_id, func.min(Delivery.sent_at))
             .where(Delivery.run_id.in_(run_ids), Delivery.sent_at.is_not(None))
             .group_by(Delivery.run_id))}
+    last_moved: dict[int, datetime | None] = {
+        run_id: moved for run_id, moved in session.execute(
+            select(Delivery.run_id, func.max(Delivery.updated_at))
+            .where(Delivery.run_id.in_(run_ids)).group_by(Delivery.run_id))}
     waiting = runs_waiting(session, run_ids, now)
     measured = measured_throughput(session, now)
     return {run_id: eta_of(counts, first_sent.get(run_id), now, waiting=waiting.get(run_id),
-                           measured=measured, rate_limit=settings.send_rate)
+                           measured=measured, rate_limit=settings.send_rate,
+                           last_moved=_aware(last_moved.get(run_id)),
+                           stalled_after=stalled_after(settings))
             for run_id, counts in progress.items()}
+
+
+def stalled_after(settings: Settings) -> float:
+    """How long a run's rows may all sit still, while some could move, before it is called
+    stalled: two leases (a dead worker's batch is recovered within one) and never under
+    five minutes."""
+    return float(max(2 * settings.lease_seconds, 300))
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    from datetime import UTC
+
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def runs_waiting(session: Session, run_ids: list[int], now: datetime) -> dict[int, Waiting]:

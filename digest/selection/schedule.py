@@ -17,6 +17,8 @@ outage or a deploy across someone's hour does not skip their week. A slot is nev
 is planned (who and what are on record) but its run is ``held``: nothing sends it until an
 operator releases or cancels it. Slots older than the catch-up range are not planned: their
 readers' next slot carries the items, since a digest's window starts at the reader's watermark.
+A run whose planner stopped half-way (a crash, a full disk, a lost connection), a ``--now`` one
+too, is planned to the end by the next scheduled planning: nobody has to run it again by hand.
 """
 
 from __future__ import annotations
@@ -291,12 +293,16 @@ def plan_due_slots(session: Session, frequency: str, *, now: datetime | None = N
     plans: list[SlotPlan] = []
     if not dry_run:
         due_keys = {slot_key(frequency, slot) for slot in slots}
+        # Runs whose planner stopped (a crash, a full disk, a lost connection), ``--now`` ones
+        # too: nobody else would come back for them. Planned on from where they got to; a
+        # planner still at work on one takes chunks in turn with this one (a row lock).
         for left in session.scalars(select(DigestRun).where(
                 DigestRun.kind == frequency, DigestRun.status == RunStatus.planning,
-                DigestRun.dry_run.is_(False), DigestRun.slot_key.not_in(due_keys),
-                ~DigestRun.slot_key.like(f"{frequency}:all:%")).order_by(DigestRun.id)).all():
-            slot = datetime.strptime(left.slot_key.partition(":")[2],
-                                     "%Y-%m-%dT%H").replace(tzinfo=UTC)
+                DigestRun.dry_run.is_(False), DigestRun.slot_key.not_in(due_keys))
+                .order_by(DigestRun.id)).all():
+            slot = (slot_start(_aware(left.cutoff)) if left.params.get("everyone") else
+                    datetime.strptime(left.slot_key.partition(":")[2],
+                                      "%Y-%m-%dT%H").replace(tzinfo=UTC))
             plans.append(SlotPlan(slot, _plan_rest(session, left, _who_of(session, left),
                                                    settings, commit=True, on_chunk=on_chunk,
                                                    resumed=True)))
@@ -311,6 +317,10 @@ def plan_due_slots(session: Session, frequency: str, *, now: datetime | None = N
         plans.append(SlotPlan(slot, replace(run, pending_ids=[]) if held and not dry_run else run,
                               held))
     return sorted(plans, key=lambda plan: plan.slot)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _hold(session: Session, run: PlannedRun) -> bool:

@@ -24,27 +24,37 @@ Figures (``kind`` is the run kind: weekly, daily, immediate, adhoc):
 - ``digest_oldest_unsent_delivery_age_seconds``: how long the oldest row still to send has
   waited since it was planned; ``digest_oldest_due_delivery_age_seconds``: how long the oldest
   row a worker could send now has been due (the backlog's lag);
-- ``digest_queue_length{queue}`` and ``digest_queue_unacked``: tasks waiting in the Redis
+- ``digest_queue_length{queue}`` (the deliveries' queue and the maintenance queue) and
+  ``digest_queue_unacked``: tasks waiting in the Redis
   broker, and tasks workers have taken but not finished (only with a redis:// broker);
 - ``digest_database_up`` and ``digest_broker_up``: 0 when that source did not answer this
-  scrape (its figures are then left out rather than shown as zeros).
+  scrape (its figures are then left out rather than shown as zeros). Each has
+  ``TIMEOUT_SECONDS`` to answer, so a scrape during a partition says 0 at once instead of
+  hanging: the database is read on a connection of the scrape's own (connect and statement
+  timeouts), in a thread the scrape stops waiting for; the broker must also take a write
+  (a Redis out of memory answers reads and refuses every write, which is what matters).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, create_engine, func, or_, select, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from digest import db
 from digest.models import (
@@ -61,6 +71,7 @@ from digest.models import (
     Suppression,
     utcnow,
 )
+from digest.queue import maintenance_queue
 from digest.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +81,8 @@ UNSENT = (DeliveryStatus.pending, DeliveryStatus.sending, DeliveryStatus.deferre
 # Celery's Redis transport keeps messages with a priority in lists named queue + sep + step.
 _PRIORITY_SEP, _PRIORITY_STEPS = "\x06\x16", (3, 6, 9)
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# How long each source may take to answer a scrape before it is reported down.
+TIMEOUT_SECONDS = 3.0
 
 
 class DigestCollector(Collector):
@@ -81,11 +94,7 @@ class DigestCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
         try:
-            session = db._sessionmaker(self.settings.database_url)()
-            try:
-                figures = list(_database_figures(session, utcnow()))
-            finally:
-                session.close()
+            figures = _within(TIMEOUT_SECONDS, lambda: _read_database(self.settings.database_url))
         except Exception as exc:  # a scrape reports the outage instead of failing
             log.warning("metrics: the database did not answer: %s", exc)
             figures = []
@@ -97,6 +106,49 @@ class DigestCollector(Collector):
         yield _gauge("digest_metrics_scrape_seconds",
                      "Time this scrape took to read the database and the broker.",
                      time.perf_counter() - started)
+
+
+def _read_database(url: str) -> list[Metric]:
+    session = Session(_scrape_engine(url))
+    try:
+        if url.startswith("postgresql"):
+            # For this scrape's transaction only (a startup option would be refused by
+            # poolers such as PgBouncer).
+            session.execute(text(f"SET LOCAL statement_timeout = {int(TIMEOUT_SECONDS * 1000)}"))
+        return list(_database_figures(session, utcnow()))
+    finally:
+        session.close()
+
+
+@lru_cache(maxsize=4)
+def _scrape_engine(url: str) -> Engine:
+    """PostgreSQL: a connection of the scrape's own each time (no pooled connection a
+    partition left hanging), with connect and statement timeouts. SQLite: the usual engine."""
+    if not url.startswith("postgresql"):
+        return db.engine_for(url)
+    return create_engine(url, poolclass=NullPool, connect_args={
+        "connect_timeout": max(int(TIMEOUT_SECONDS), 2)})  # libpq's least is 2 s
+
+
+def _within(seconds: float, read: Callable[[], list[Metric]]) -> list[Metric]:
+    """``read()``'s answer, or TimeoutError after ``seconds``: a server that is frozen or cut
+    off answers nothing, and no socket option of a live connection bounds that wait."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["figures"] = read()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    reader = threading.Thread(target=run, name="metrics-database", daemon=True)
+    reader.start()
+    reader.join(seconds)
+    if reader.is_alive():
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["figures"]
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -244,26 +296,38 @@ def _broker_figures(settings: Settings) -> Iterable[Metric]:
         return  # in-process tasks (or another broker): no queue to measure here
     import redis
 
+    queues = [settings.task_queue, maintenance_queue(settings)]
     queue = settings.task_queue
-    names = [queue, *(f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS)]
+    names = [f"{name}{suffix}" for name in queues
+             for suffix in ("", *(f"{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS))]
     try:
-        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        client = redis.Redis.from_url(url, socket_timeout=TIMEOUT_SECONDS,
+                                      socket_connect_timeout=TIMEOUT_SECONDS)
         try:
             with client.pipeline(transaction=False) as pipe:
                 for name in names:
                     pipe.llen(name)
                 pipe.hlen("unacked")
-                *lengths, unacked = pipe.execute()
+                # A write, as the workers' acknowledgements are: refused when Redis is full.
+                pipe.set(f"digest:metrics-probe:{queue}", "1", px=60_000)
+                *lengths, unacked, wrote = pipe.execute(raise_on_error=False)
         finally:
             client.close()
+        for answer in (*lengths, unacked, wrote):
+            if isinstance(answer, Exception):
+                raise answer
     except redis.RedisError as exc:
-        log.warning("metrics: the broker did not answer: %s", exc)
-        yield _gauge("digest_broker_up", "1 when the Redis broker answered this scrape.", 0)
+        log.warning("metrics: the broker did not answer or refused a write: %s", exc)
+        yield _gauge("digest_broker_up", "1 when the Redis broker answered this scrape and "
+                     "took a write.", 0)
         return
-    yield _gauge("digest_broker_up", "1 when the Redis broker answered this scrape.", 1)
+    yield _gauge("digest_broker_up", "1 when the Redis broker answered this scrape and took "
+                 "a write.", 1)
     length = GaugeMetricFamily("digest_queue_length", "Tasks waiting in the broker's queue.",
                                labels=["queue"])
-    length.add_metric([queue], sum(lengths))
+    per_queue = len(lengths) // len(queues)
+    for n, name in enumerate(queues):
+        length.add_metric([name], sum(lengths[n * per_queue:(n + 1) * per_queue]))
     yield length
     yield _gauge("digest_queue_unacked", "Tasks workers have taken from the broker and not "
                  "finished yet (acknowledged late, when done).", unacked)
