@@ -152,6 +152,7 @@ class Promise:
         self.now_minutes: set[tuple[str, str]] = set()
         self.resent_runs: set[int] = set()  # O3: once per run
         self.also_in_digests = False  # the last ad-hoc send's "also include in digests" (H3)
+        self.reports_acted_on: set[object] = set()  # B1: a report acted on once
 
     # --- who -----------------------------------------------------------------------------
 
@@ -287,7 +288,12 @@ class Promise:
         self.readers.pop(email, None)  # R7 (the suppression, if any, stays)
         return {}
 
-    def hard_bounce(self, email: str, now: datetime) -> Outcome:
+    def hard_bounce(self, email: str, now: datetime, report: object = None) -> Outcome:
+        """``report``: what identifies the report (the same value = the same report again)."""
+        if report is not None:
+            if report in self.reports_acted_on:
+                return {}  # B1: the same report again is not acted on again
+            self.reports_acted_on.add(report)
         return self.suppress(email, now)  # B1
 
     def import_rows(self, rows: list[dict[str, str]], has_filter_columns: bool,

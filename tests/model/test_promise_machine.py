@@ -815,7 +815,8 @@ class PromiseMachine(RuleBasedStateMachine):
                                                         "newsroom.example.org"})
             assert answer.status_code == 200, answer.text
 
-        self.step("hard_bounce", lambda now: self.model.hard_bounce(email, now), system)
+        self.step("hard_bounce",
+                  lambda now: self.model.hard_bounce(email, now, report=delivery_id), system)
 
     @precondition(lambda self: bool(self.known_failed))
     @rule(pick=st.integers(0, 5), by_api=st.booleans())

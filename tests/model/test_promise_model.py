@@ -137,6 +137,17 @@ def test_r5_unsuppress_gives_back_the_status_before():
     assert model.readers["a@x.org"].status == "unsubscribed"
 
 
+def test_b1_the_same_bounce_report_again_does_not_undo_an_operator_lifting_it():
+    model = world(("a@x.org", (), "weekly"))
+    model.hard_bounce("a@x.org", T0, report=7)
+    assert model.readers["a@x.org"].status == "suppressed"
+    model.unsuppress("a@x.org", T0)
+    model.hard_bounce("a@x.org", T0, report=7)  # delivered again: not new evidence
+    assert model.readers["a@x.org"].status == "active"
+    model.hard_bounce("a@x.org", T0, report=8)  # a new bounce
+    assert model.readers["a@x.org"].status == "suppressed"
+
+
 def test_a1_a2_alerts_for_matching_new_items_only():
     model = world(("a@x.org", (POLICING,), "immediate"), ("b@x.org", (), "immediate"))
     outcome = model.ingest([item("i1", themes=["Elections"])], T0)
