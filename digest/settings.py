@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_ssl: bool = False
     smtp_timeout: float = 30.0
+    smtp_data_end_timeout: float = Field(
+        default=600.0, gt=0,
+        description="Seconds to wait for the reply to the final dot of a message (RFC 5321 "
+                    "4.5.3.2.6: 10 minutes), never more than half of DIGEST_LEASE_SECONDS; "
+                    "every other command waits DIGEST_SMTP_TIMEOUT.")
     smtp_idle_seconds: float = Field(
         default=30.0, ge=0,
         description="A worker process keeps its SMTP connection open between batches and closes "
