@@ -221,10 +221,12 @@ class SMTPTransport:
             if step == "MAIL FROM" and retry_allowed:
                 raise _ClosedBeforeData from exc
             if after_dot:
+                why = (f"no reply within {conn.data_end_timeout:.0f} s ({_describe(exc)})"
+                       if isinstance(exc, TimeoutError) else _describe(exc))
                 raise TemporaryDeliveryError(
-                    f"no reply from {self._where()} to the end of the message for {rcpt} "
-                    f"within {conn.data_end_timeout:.0f} s: {_describe(exc)}; the server may "
-                    "have accepted it, it is tried again later"
+                    f"connection to {self._where()} lost at DATA after the end of the message "
+                    f"for {rcpt}: {why}; the server may have accepted it, it is tried again "
+                    "later"
                 ) from exc
             raise TemporaryDeliveryError(
                 f"connection to {self._where()} lost at {step} for {rcpt}: {_describe(exc)}; "
