@@ -221,8 +221,11 @@ class SMTPTransport:
             if step == "MAIL FROM" and retry_allowed:
                 raise _ClosedBeforeData from exc
             if after_dot:
-                why = (f"no reply within {conn.data_end_timeout:.0f} s ({_describe(exc)})"
-                       if isinstance(exc, TimeoutError) else _describe(exc))
+                # smtplib reports a read that timed out as a disconnection.
+                timed_out = isinstance(exc, TimeoutError) or isinstance(exc.__context__,
+                                                                         TimeoutError)
+                why = (f"no reply within {conn.data_end_timeout:g} s" if timed_out
+                       else _describe(exc))
                 raise TemporaryDeliveryError(
                     f"connection to {self._where()} lost at DATA after the end of the message "
                     f"for {rcpt}: {why}; the server may have accepted it, it is tried again "
