@@ -185,8 +185,10 @@ def test_a_worker_killed_between_two_writes_leaves_the_unwritten_rows_sending_an
     received = smtp_sink.wait_for(6)
     per_id = Counter(email.message_from_bytes(m.data, policy=policy.default)["Message-ID"]
                      for m in received)
-    # The duplicate window: at most DIGEST_RECORD_EVERY messages, here the one accepted after
-    # the last write, sent again with the same Message-ID (receivers de-duplicate on it).
+    # The duplicate window (ADR 0020): killed between the server's 250 and the acceptance
+    # journal's write, the message in flight is sent again with the same Message-ID
+    # (receivers de-duplicate on it); those journalled before are not (see
+    # test_claims_and_journal.py).
     assert sorted(per_id.values()) == [1, 1, 1, 1, 2]
     row = session.get(Delivery, ids[2])
     assert per_id[row.message_id] == 2
