@@ -86,3 +86,13 @@ class RateLimitError(DigestError):
     def __init__(self, message: str, retry_after: int):
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class WebhookRefused(DigestError):
+    """A provider's webhook request is not authentic (bad signature or credentials, a
+    certificate from an unexpected place) or is a replay (stale, seen before); ``status`` is
+    the HTTP status to answer (401 or 403). Nothing was processed."""
+
+    def __init__(self, message: str, status: int = 403):
+        self.status = status
+        super().__init__(message)

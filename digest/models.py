@@ -129,8 +129,7 @@ class SuppressionReason(enum.StrEnum):
 
     hard_bounce = "hard_bounce"  # a hard refusal at sending time or a hard bounce report
     soft_bounces = "soft_bounces"  # DIGEST_SOFT_BOUNCE_THRESHOLD soft bounces in the window
-    # Nothing records complaints (feedback loops) yet; kept so rows that carry it still load.
-    complaint = "complaint"
+    complaint = "complaint"  # the reader marked a digest as spam (ARF report, provider event)
     admin = "admin"  # an operator's decision (admin UI, API, CLI)
 
 
@@ -424,6 +423,37 @@ class Bounce(Base):
     # SHA-256 of the report's machine-readable part, whitespace normalised (digest.bounces).
     report_hash: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Complaint(Base):
+    """A reader's complaint (an ARF feedback report, a provider's complaint event) tied to the
+    delivery it is about; the address is suppressed with reason ``complaint`` (ADR 0025)."""
+
+    __tablename__ = "complaints"
+    # The same report or event again (mailbox re-read, webhook retried) records nothing new.
+    __table_args__ = (UniqueConstraint("delivery_id", "report_hash"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="SET NULL"), index=True
+    )
+    email: Mapped[str] = mapped_column(String(320))
+    source: Mapped[str] = mapped_column(String(20))  # arf | ses | mailgun | sendgrid | postmark
+    feedback_type: Mapped[str] = mapped_column(String(40), default="abuse")
+    detail: Mapped[str] = mapped_column(Text, default="")  # who reported it, in their words
+    report_hash: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ProviderEvent(Base):
+    """A signed provider webhook already processed (SNS MessageId, Mailgun token, ...): the
+    same one again is a replay and is refused (ADR 0026)."""
+
+    __tablename__ = "provider_events"
+    provider: Mapped[str] = mapped_column(String(20), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # Forgotten after PROVIDER_EVENTS_KEPT_DAYS (digest.web.providers): far longer than any
+    # provider retries, and a signed Mailgun or SendGrid post is stale after minutes.
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class DomainPause(Base):

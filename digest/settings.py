@@ -199,6 +199,33 @@ class Settings(BaseSettings):
         description="Bearer token /metrics asks for; empty: /metrics is open (keep it on the "
                     "internal network).")
 
+    # Provider webhooks (issue 15): /webhooks/<provider>, each 404 until configured
+    # (digest.web.providers, docs/providers.md).
+    sns_topic_arns: list[str] = Field(
+        default_factory=list,
+        description="Amazon SES through SNS: the topic ARNs whose signed messages are accepted; "
+                    "empty: /webhooks/ses is off.")
+    sns_cert_hosts: list[str] = Field(
+        default_factory=lambda: ["https://sns.*.amazonaws.com",
+                                 "https://sns.*.amazonaws.com.cn"],
+        description="Where an SNS signing certificate may be fetched from (scheme://host "
+                    "patterns); keep the default outside tests.")
+    mailgun_signing_key: SecretStr | None = Field(
+        default=None, description="Mailgun's HTTP webhook signing key; empty: /webhooks/mailgun "
+                                  "is off.")
+    sendgrid_public_key: str | None = Field(
+        default=None, description="SendGrid's signed event webhook verification key (base64, "
+                                  "as SendGrid shows it); empty: /webhooks/sendgrid is off.")
+    postmark_webhook_user: str | None = Field(
+        default=None, description="User name of the basic auth Postmark's webhook sends.")
+    postmark_webhook_password: SecretStr | None = Field(
+        default=None, description="Password of the basic auth Postmark's webhook sends; "
+                                  "empty: /webhooks/postmark is off.")
+    webhook_max_age_seconds: int = Field(
+        default=300, ge=30,
+        description="A signed webhook (Mailgun, SendGrid) older or further ahead than this is "
+                    "refused as a replay.")
+
     @model_validator(mode="after")
     def _smtp_settings_agree(self) -> Settings:
         """Cross-field rules, checked when the settings load: before any row is claimed."""

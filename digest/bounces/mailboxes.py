@@ -37,6 +37,7 @@ class BounceReport:
     soft: int = 0
     policy: int = 0
     sender: int = 0
+    complaints: int = 0
     unmatched: int = 0
     duplicates: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
@@ -54,7 +55,11 @@ class BounceReport:
                 continue
             o = outcomes[source]
             action = o.reason if o.delivery_id is None else f"delivery #{o.delivery_id}: {o.reason}"
-            lines.append({"source": source, "recipients": o.recipients, "action": action})
+            line: dict[str, Any] = {"source": source, "recipients": o.recipients,
+                                    "action": action}
+            if o.complaint:  # a complaint names one reader: said at the top as well
+                line = {"source": source, "address": o.email, "class": "complaint"} | line
+            lines.append(line)
         return lines
 
     @property
@@ -72,7 +77,8 @@ class BounceReport:
     def summary(self) -> str:
         return (f"{self.processed} message(s): {self.hard} hard, {self.soft} soft, "
                 f"{self.policy} policy, {self.sender} about our sender, {self.unmatched} "
-                f"unmatched, {self.duplicates} already processed, {len(self.errors)} unreadable; "
+                f"unmatched, {self.complaints} complaint(s), {self.duplicates} already "
+                f"processed, {len(self.errors)} unreadable; "
                 f"{len(self.suppressed)} address(es) suppressed")
 
 
@@ -167,7 +173,9 @@ def process_mailbox(path: str | Path, fmt: str = "auto", *, settings: Settings,
             finally:
                 session.close()
             report.outcomes.append((source, outcome))
-            if outcome.result == RECORDED:
+            if outcome.result == RECORDED and outcome.complaint:
+                report.complaints += 1
+            elif outcome.result == RECORDED:
                 # A recorded bounce always has a kind; the counters are named after them.
                 kind = cast(Fault, outcome.kind).value
                 setattr(report, kind, getattr(report, kind) + 1)

@@ -96,6 +96,53 @@ def parse_report(raw: bytes) -> DeliveryStatusReport | None:
     readable email message (empty, oversized, binary, a MIME structure that does not match
     its body) and for a delivery-status report without any per-recipient status.
     """
+    msg = read_message(raw)
+    try:
+        report = _find_report(msg)
+        if report is None:
+            from digest.bounces.text import text_bounce
+
+            return text_bounce(msg, raw)
+        blocks = _status_blocks(report, raw)
+        # Per-message fields come first and never carry Action or Status.
+        recipients = [r for r in (_recipient(b) for b in blocks) if r is not None]
+        returned = _returned_headers(report)
+    except (email.errors.MessageError, LookupError, TypeError, ValueError, AttributeError,
+            UnicodeError) as exc:
+        # The exception's own words mean nothing to an operator; say what we know.
+        raise BounceError("the message's MIME structure is damaged (a part cannot be read); "
+                          "it was not processed") from exc
+    if not recipients and not any(b.get("Final-Recipient") or b.get("Original-Recipient")
+                                  for b in blocks):
+        # Only per-message fields (Netscape's, some gateways'): the notice names the
+        # recipients in its text part, read as a bounce without a status part is.
+        from digest.bounces.text import text_bounce
+
+        found = text_bounce(msg, raw)
+        if found is not None:
+            return found
+    if not recipients:
+        raise BounceError(
+            "the delivery-status report has no recipient block with an Action or Status; "
+            "it is malformed (RFC 3464 section 2.3)"
+        )
+    # str(): a header with raw 8-bit bytes comes back as an email.header.Header.
+    ours = OUR_MESSAGE_ID.search(str(returned.get("Message-ID", ""))) if returned else None
+    header_id = str(returned.get("X-Digest-Delivery", "")).strip() if returned else ""
+    return DeliveryStatusReport(
+        recipients=recipients,
+        report_hash=_hash_blocks(blocks),
+        verp_ids=verp_ids(msg),
+        message_id=ours.group(0) if ours else None,
+        message_id_ids=(int(ours.group(1)), int(ours.group(2))) if ours else None,
+        header_id=int(header_id) if header_id.isdigit() and len(header_id) <= 18 else None,
+    )
+
+
+def read_message(raw: bytes) -> Message:
+    """``raw`` as an email message; BounceError, with a sentence saying what is wrong, for
+    input that is not a readable one (empty, oversized, binary, a MIME structure that does
+    not match its body)."""
     if not raw or not raw.strip():
         raise BounceError("the message is empty")
     if len(raw) > MAX_BOUNCE_BYTES:
@@ -114,37 +161,7 @@ def parse_report(raw: bytes) -> DeliveryStatusReport | None:
     problem = _mime_problem(msg)
     if problem:
         raise BounceError(problem)
-    try:
-        report = _find_report(msg)
-        if report is None:
-            from digest.bounces.text import text_bounce
-
-            return text_bounce(msg, raw)
-        blocks = _status_blocks(report, raw)
-        # Per-message fields come first and never carry Action or Status.
-        recipients = [r for r in (_recipient(b) for b in blocks) if r is not None]
-        returned = _returned_headers(report)
-    except (email.errors.MessageError, LookupError, TypeError, ValueError, AttributeError,
-            UnicodeError) as exc:
-        # The exception's own words mean nothing to an operator; say what we know.
-        raise BounceError("the message's MIME structure is damaged (a part cannot be read); "
-                          "it was not processed") from exc
-    if not recipients:
-        raise BounceError(
-            "the delivery-status report has no recipient block with an Action or Status; "
-            "it is malformed (RFC 3464 section 2.3)"
-        )
-    # str(): a header with raw 8-bit bytes comes back as an email.header.Header.
-    ours = OUR_MESSAGE_ID.search(str(returned.get("Message-ID", ""))) if returned else None
-    header_id = str(returned.get("X-Digest-Delivery", "")).strip() if returned else ""
-    return DeliveryStatusReport(
-        recipients=recipients,
-        report_hash=_hash_blocks(blocks),
-        verp_ids=verp_ids(msg),
-        message_id=ours.group(0) if ours else None,
-        message_id_ids=(int(ours.group(1)), int(ours.group(2))) if ours else None,
-        header_id=int(header_id) if header_id.isdigit() and len(header_id) <= 18 else None,
-    )
+    return msg
 
 
 def _mime_problem(msg: Message) -> str | None:

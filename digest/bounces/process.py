@@ -29,11 +29,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from digest.bounces.arf import FeedbackReport
 from digest.bounces.parse import (
     DIAGNOSTIC_LIMIT,
     DeliveryStatusReport,
     RecipientStatus,
     parse_report,
+    read_message,
     verp_ids,
 )
 from digest.delivery import mark_bounced, pause_domain, recipient_domain
@@ -63,6 +65,7 @@ class BounceOutcome:
     # Every recipient the bounce names: {"address", "status", "class"}.
     recipients: list[dict[str, str | None]] = field(default_factory=list)
     dry_run: bool = False
+    complaint: bool = False  # a reader's complaint (ARF, a provider's event), not a bounce
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,18 +80,41 @@ def process_bounce_message(session: Session, raw: bytes, *, envelope_to: str | N
     provider passes it apart from the message); it is tried as a VERP address first.
     Raises BounceError for input that is not a readable message (nothing is written).
     """
+    from digest.bounces.arf import parse_feedback
+    from digest.bounces.complaints import process_complaint
+    from digest.bounces.providers import process_event, ses_complaint_in_mail
+    from digest.bounces.text import body_text
+
+    feedback = parse_feedback(raw)
+    if feedback is not None:
+        return process_complaint(session, feedback, extra_verp=verp_ids_of(envelope_to),
+                                 dry_run=dry_run)
+    # SES's complaint notification by mail: matched as a bounce by mail is (no recipient).
+    ses = ses_complaint_in_mail(body_text(read_message(raw)))
+    if ses:
+        return process_event(session, ses[0], settings=settings, dry_run=dry_run,
+                             authenticated=False)
     report = parse_report(raw)
     if report is None:
         return BounceOutcome(UNMATCHED, "not a bounce (no delivery-status report, no failure "
                              "notice): nothing to do", dry_run=dry_run)
+    return act_on_report(session, report, extra_verp=verp_ids_of(envelope_to),
+                         settings=settings, dry_run=dry_run)
+
+
+def act_on_report(session: Session, report: DeliveryStatusReport, *, extra_verp: list[int],
+                  settings: Settings, dry_run: bool = False,
+                  by_address: str | None = None) -> BounceOutcome:
+    """Act on a bounce already read (from a message, or a provider's event); the caller
+    commits. ``by_address``: see ``find_delivery``."""
     listed = [{"address": r.final_recipient or None, "status": r.status,
                "class": r.verdict.fault} for r in report.recipients]
     if not report.failures:
         return BounceOutcome(UNMATCHED, "the report has no failed recipient (delivered, "
                              "relayed or a delay warning): nothing to do", recipients=listed,
                              dry_run=dry_run)
-    extra = verp_ids_of(envelope_to)
-    delivery, matched_by = _find_delivery(session, report, extra + report.verp_ids)
+    delivery, matched_by = find_delivery(session, report, extra_verp + report.verp_ids,
+                                         by_address=by_address)
     if delivery is None:
         return BounceOutcome(UNMATCHED, "the report names no delivery of ours (no known VERP "
                              "address, Message-ID or X-Digest-Delivery): nothing to do",
@@ -174,8 +200,12 @@ def _recorded_before(session: Session, delivery_id: int, failure: RecipientStatu
     return bool(count)
 
 
-def _find_delivery(session: Session, report: DeliveryStatusReport,
-                   verp_ids: list[int]) -> tuple[Delivery | None, str | None]:
+def find_delivery(session: Session, report: DeliveryStatusReport | FeedbackReport,
+                  verp_ids: list[int], *,
+                  by_address: str | None = None) -> tuple[Delivery | None, str | None]:
+    """The delivery a report names: its VERP ids, the returned Message-ID, the returned
+    X-Digest-Delivery; then, only for a provider's authenticated event (``by_address``), the
+    latest delivery sent to that address."""
     for delivery_id in verp_ids:
         delivery = session.get(Delivery, delivery_id)
         if delivery is not None:
@@ -191,6 +221,16 @@ def _find_delivery(session: Session, report: DeliveryStatusReport,
         delivery = session.get(Delivery, report.header_id)
         if delivery is not None:
             return delivery, "x-digest-delivery"
+    if by_address:
+        from digest.subscribers.validate import lookup_form
+
+        reader = select(Subscriber.id).where(Subscriber.email == lookup_form(by_address))
+        delivery = session.scalars(
+            select(Delivery).where(Delivery.subscriber_id.in_(reader),
+                                   Delivery.sent_at.is_not(None))
+            .order_by(Delivery.sent_at.desc(), Delivery.id.desc()).limit(1)).first()
+        if delivery is not None:
+            return delivery, "recipient"
     return None, None
 
 

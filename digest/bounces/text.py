@@ -58,6 +58,10 @@ _QMAIL_RECIPIENT = re.compile(r"(?m)^<([^<>\s@]+@[^<>\s]+)>:\s*$")
 _RETURNED_COPY = re.compile(
     r"(?im)^-{2,}\s*(?:below this line is a copy of the message|this is a copy of the message"
     r"|original message|returned message)[^\n]*$")
+# qmail writes its reason under the address with the enhanced code last: "Sorry, no mailbox
+# here by that name. (#5.1.1)"; the paragraph ends at a blank line.
+_QMAIL_PARAGRAPH = re.compile(r"\A[^\n]*\n((?:[^\n]*\S[^\n]*\n?){1,8})")
+_QMAIL_CODE = re.compile(r"\(#([245]\.\d{1,3}\.\d{1,3})\)")
 _HEADER_ID = re.compile(r"(?im)^X-Digest-Delivery:\s*(\d{1,18})\s*$")
 _AFTER_MAIL_FROM = re.compile(r"after MAIL FROM", re.I)
 # How far after an address its reply may stand (a notice's paragraph about it).
@@ -69,7 +73,7 @@ _SES_SENDER_SUBTYPES = ("suppressed", "onaccountsuppressionlist", "unsubscribedr
 
 def text_bounce(msg: Message, raw: bytes) -> DeliveryStatusReport | None:
     """The bounce a message without a delivery-status part carries, or None."""
-    text = _body_text(msg)
+    text = body_text(msg)
     found = _ses_notification(text, msg, raw)
     if found is None:
         found = _mail_system_notice(msg, text, raw)
@@ -99,7 +103,7 @@ def _ses_notification(text: str, msg: Message, raw: bytes) -> DeliveryStatusRepo
         return None
     bounce_type = str(bounce.get("bounceType") or "Undetermined")
     subtype = str(bounce.get("bounceSubType") or "General")
-    recipients = [_ses_recipient(r, bounce_type, subtype)
+    recipients = [ses_recipient(r, bounce_type, subtype)
                   for r in bounce.get("bouncedRecipients") or [] if isinstance(r, dict)]
     recipients = [r for r in recipients if r.final_recipient]
     if not recipients:
@@ -113,7 +117,7 @@ def _ses_notification(text: str, msg: Message, raw: bytes) -> DeliveryStatusRepo
     return _report(recipients, "amazon-ses", msg, "\n".join(headers), extra=extra)
 
 
-def _ses_recipient(entry: dict[str, Any], bounce_type: str, subtype: str) -> RecipientStatus:
+def ses_recipient(entry: dict[str, Any], bounce_type: str, subtype: str) -> RecipientStatus:
     addr = address(str(entry.get("emailAddress") or ""))
     status = clean(str(entry.get("status") or "")) or None
     diagnostic = clean(str(entry.get("diagnosticCode") or ""))
@@ -197,7 +201,18 @@ def _near_reply(addr: str, notice: str) -> RecipientStatus | None:
         return None
     window = notice[at:at + _NEAR]
     reply = _PLAIN_REPLY.search(window, len(addr))
-    return _reply_recipient(addr, window, reply) if reply else None
+    if reply:
+        return _reply_recipient(addr, window, reply)
+    return _qmail_reason(addr, window)
+
+
+def _qmail_reason(addr: str, window: str) -> RecipientStatus | None:
+    """The recipient judged by a qmail paragraph under its address that ends in "(#5.1.1)"."""
+    paragraph = _QMAIL_PARAGRAPH.match(window)
+    code = _QMAIL_CODE.search(paragraph.group(1)) if paragraph else None
+    if paragraph is None or code is None:
+        return None
+    return recipient(addr, "failed", code.group(1), clean(paragraph.group(1)))
 
 
 # --- flufl.bounce ----------------------------------------------------------------------------
@@ -256,7 +271,7 @@ def _report(recipients: list[RecipientStatus], source: str, msg: Message, origin
     )
 
 
-def _body_text(msg: Message) -> str:
+def body_text(msg: Message) -> str:
     """Every text part (and the headers of returned messages), decoded, as one text."""
     chunks = []
     for part in msg.walk():

@@ -1,10 +1,12 @@
 """The one classifier of delivery failures: SMTP replies at sending time and the
 delivery-status codes of bounce reports alike say whose fault a failure is.
 
-- ``hard``: the recipient's mailbox does not exist or is disabled (5.1.x, 5.2.1, a bare 5xx
-  that says "user unknown"). The only class that suppresses an address at once.
+- ``hard``: the recipient's mailbox does not exist (5.1.x, a 5xx whose words say "user
+  unknown", "no such user", "does not exist"). The only class that suppresses an address at
+  once.
 - ``soft``: the recipient's side, for now: 4xx, a dropped connection, a full mailbox (x.2.2),
-  and every permanent refusal we cannot read as one of the others (when in doubt, never
+  a suspended, disabled or inactive mailbox (5.2.1), rate limits, a message too large, and
+  every permanent refusal we cannot read as one of the others (when in doubt, never
   suppress: the row fails, the address stays).
 - ``policy``: the receiver refuses us on policy or reputation grounds (5.7.x, block lists,
   spam filters, DMARC/SPF/DKIM): pause the recipient domain, never suppress.
@@ -18,7 +20,11 @@ delivery-status codes of bounce reports alike say whose fault a failure is.
 
 Where a report's ``Status:`` field and the server's reply quoted in its Diagnostic-Code
 disagree, the reply wins: a "Status: 5.1.1" over "550 5.7.1 ... blacklisted" is policy.
-Words beat a generic code the same way, in this order: sender, policy, full mailbox.
+Words beat the code the same way, in both directions, read as the reference classifiers
+read them (``replywords``, ADR 0024), in this order: sender; a suspended, full or
+size-limited mailbox (soft under any code, "5.1.1 mailbox full" too); policy words; rate
+limits (soft); words saying the address does not exist (hard, also under a 5.7.x code
+without policy words, and in a bounce report under a 4.x.x Status).
 
 Two deliberate departures from "5.1.x is hard, 5.5.x is sender": 5.1.0 ("other address
 status") is hard only with words saying the mailbox does not exist, and a 5.5.x reply that
@@ -33,6 +39,7 @@ from dataclasses import dataclass
 
 # The classes are defined with the stored enums (a bounce row keeps its class); this module
 # is what decides them.
+from digest.delivery import replywords
 from digest.models import Fault
 
 __all__ = ["Fault", "Verdict", "classify_dsn", "classify_smtp", "enhanced_status"]
@@ -63,32 +70,24 @@ _SENDER_WORDS = re.compile(
     r"sender (?:address |domain )?(?:is )?(?:rejected|refused|denied|unknown|invalid|"
     r"not (?:allowed|accepted|permitted))|sender verif\w* failed|"
     r"(?:unknown|invalid|bad) sender|sender domain (?:must exist|not found|does not exist)|"
-    r"(?:envelope|mail) from (?:address )?(?:rejected|refused)",
+    r"(?:envelope|mail) from (?:address )?(?:rejected|refused)|domain of sender address",
     re.I,
 )
 _POLICY_WORDS = re.compile(
     r"black ?list|block ?list|deny ?list|\b(?:rbl|dnsbl|uribl|surbl)\b|spamhaus|spamcop|"
     r"barracuda|sorbs|\bspam\b|spam ?filter|junk mail|unsolicited|\buce\b|reputation|"
     r"\bdmarc\b|\bspf\b|\bdkim\b|polic(?:y|ies)|\bblocked\b|\bbanned\b|content rejected|"
-    r"listed (?:at|in|on|by)\b",
-    re.I,
-)
-_FULL_WORDS = re.compile(
-    r"mailbox (?:is )?full|over ?quota|quota (?:exceeded|full)|exceeded (?:the |its )?"
-    r"(?:storage|quota)|insufficient (?:storage|disk space)|mailbox size limit",
-    re.I,
-)
-_UNKNOWN_WORDS = re.compile(
-    r"user unknown|unknown user|no such (?:user|mailbox|recipient|address|account)|"
-    r"(?:user|mailbox|recipient|address|account)(?: name)? (?:does not|doesn't) exist|"
-    r"does not exist|unknown recipient|invalid (?:recipient|mailbox)|"
-    r"(?:mailbox|recipient|user|account) not found|mailbox unavailable|"
-    r"(?:account|mailbox) (?:is |has been )?(?:disabled|deactivated)",
+    r"(?<!not )listed (?:at|in|on|by)\b",
     re.I,
 )
 _NAMES = re.compile(r"<[^<>]*@[^<>]*>|[^\s<>]+@[^\s<>]+")
 _REASON_LIMIT = 300
 _QUIET_ACTIONS = ("delivered", "relayed", "expanded", "delayed")
+_SOFT_READINGS = {
+    replywords.SUSPENDED: "the mailbox is suspended or disabled: counted as a soft bounce",
+    replywords.FULL: "the mailbox is full: counted as a soft bounce",
+    replywords.SIZE: "the message is too large for the receiver: counted as a soft bounce",
+}
 
 
 def enhanced_status(text: str | None) -> str | None:
@@ -157,33 +156,57 @@ def classify_dsn(status: str | None, diagnostic: str | None,
     if decided is None:
         return Verdict(Fault.soft, None, permanent,
                        _reason("failed without a status code: not suppressed", None, text))
-    fault, why = _judge(decided, text, temporary=klass == "4")
-    return Verdict(fault, decided, permanent, _reason(why, None, text))
+    fault, why = _judge(decided, text, temporary=klass == "4", report=True)
+    return Verdict(fault, decided, permanent or fault is Fault.hard, _reason(why, None, text))
 
 
-def _judge(status: str | None, text: str, *, temporary: bool) -> tuple[Fault, str]:
-    """The fault of a refusal about a recipient (RCPT TO, DATA, or a report's block)."""
+def _judge(status: str | None, text: str, *, temporary: bool,
+           report: bool = False) -> tuple[Fault, str]:
+    """The fault of a refusal about a recipient (RCPT TO, DATA, or a report's block).
+
+    The reply's words beat its enhanced code both ways (ADR 0024): a suspended, full or
+    size-limited mailbox is soft under any code, a rate limit too in a bounce report
+    (``report``; at send time it pauses the domain so the row is retried), and words saying
+    the address does not exist make a hard bounce under a 5.7.x or 5.3.x code; in a bounce
+    report even under a 4.x.x Status.
+    """
     subject, detail = _parts(status)
     # Words are read from the server's sentence, not from the addresses in it:
     # a reader at blocked.example is not a block-list refusal.
     text = _NAMES.sub(" ", text)
     if (subject, detail) in _SENDER_CODES or _SENDER_WORDS.search(text):
         return Fault.sender, "refused our sender address: check the envelope sender's domain"
+    said = replywords.reading(text)
     if temporary:
+        if report and said == replywords.UNKNOWN:
+            return Fault.hard, "the address does not exist (the reply's words, over a 4.x.x)"
         return Fault.soft, "temporary failure: try again later"
-    if subject == 7 or _POLICY_WORDS.search(text):
+    if said in _SOFT_READINGS:
+        return Fault.soft, _SOFT_READINGS[said]
+    if _POLICY_WORDS.search(text):
         return Fault.policy, "refused by the receiver's policy or our reputation: not suppressed"
-    if (subject, detail) == (2, 2) or _FULL_WORDS.search(text):
+    if said == replywords.RATE:
+        if not report:
+            # At send time a rate limit is retried: the domain paused, the row deferred.
+            return Fault.policy, "the receiver limits our sending rate: the domain paused"
+        return Fault.soft, "the receiver limits our sending rate: counted as a soft bounce"
+    if subject == 7:
+        if said == replywords.UNKNOWN:
+            return Fault.hard, "the address does not exist (the reply's words, over a 5.7.x)"
+        return Fault.policy, "refused by the receiver's policy or our reputation: not suppressed"
+    if (subject, detail) == (2, 2):
         return Fault.soft, "the mailbox is full: counted as a soft bounce"
     if subject == 5:
-        if _UNKNOWN_WORDS.search(text):
+        if said in (replywords.UNKNOWN, replywords.UNAVAILABLE):
             return Fault.soft, "a protocol code that says the address is unknown: not suppressed"
         return Fault.sender, "a protocol error in our session: check the sending set-up"
-    if (subject, detail) == (2, 1):
-        return Fault.hard, "the mailbox is disabled"
-    if subject == 1 and detail != 0:
+    if said == replywords.UNKNOWN:
         return Fault.hard, "the address does not exist"
-    if subject in (None, 0, 1) and _UNKNOWN_WORDS.search(text):
+    if (subject, detail) == (2, 1):
+        return Fault.soft, "the mailbox is disabled (5.2.1): counted as a soft bounce"
+    if said == replywords.UNAVAILABLE:
+        return Fault.hard, "the mailbox is unavailable (the address does not exist)"
+    if subject == 1 and detail != 0:
         return Fault.hard, "the address does not exist"
     return Fault.soft, "a permanent failure we cannot tie to the address: not suppressed"
 

@@ -15,6 +15,7 @@ from digest.delivery import states as delivery_states
 from digest.errors import ValidationError
 from digest.models import (
     Bounce,
+    Complaint,
     Delivery,
     Frequency,
     Subscriber,
@@ -283,7 +284,8 @@ class Erased:
 
 def erase_subscriber(session: Session, sub: Subscriber) -> Erased:
     """The right to erasure: the subscriber, their filters, their delivery log (and with it
-    the ledger of what they were sent) and the bounce reports about them are deleted.
+    the ledger of what they were sent) and the bounce and complaint reports about them are
+    deleted (``bounces`` counts both).
 
     A suppression entry is kept on purpose: it is what stops the address from ever being
     mailed again (a later import, a bounce that arrives late); ``unsuppress`` removes it.
@@ -292,6 +294,8 @@ def erase_subscriber(session: Session, sub: Subscriber) -> Erased:
     deliveries = session.scalar(select(func.count()).select_from(delivery_ids.subquery())) or 0
     bounces = rowcount(session, delete(Bounce).where(
         or_(Bounce.email == sub.email, Bounce.delivery_id.in_(delivery_ids))))
+    bounces += rowcount(session, delete(Complaint).where(
+        or_(Complaint.email == sub.email, Complaint.delivery_id.in_(delivery_ids))))
     # Deliveries, the ledger and delivery items go by the foreign keys' ON DELETE CASCADE.
     session.execute(delete(Delivery).where(Delivery.subscriber_id == sub.id))
     kept = bool(session.scalar(select(func.count()).where(Suppression.email == sub.email)))

@@ -18,7 +18,7 @@ from digest.errors import DeliveryError, DigestError
 from digest.logs import configure_logging
 from digest.queue import queue_for
 from digest.settings import Settings, check_secrets, get_settings
-from digest.web import admin, api, metrics, pages
+from digest.web import admin, api, metrics, pages, providers
 from digest.web.errors import (
     CONFLICT_DETAIL,
     conflict_problem,
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(pages.router)
     app.include_router(api.router)
+    app.include_router(providers.router)  # /webhooks/<provider> (digest.web.providers)
     app.state.metrics_registry = metrics.build_registry(s)
     app.include_router(metrics.router)  # /metrics, Prometheus text (digest.web.metrics)
     admin.mount_admin(app, s)
@@ -117,7 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if path.startswith("/view/"):
             extra = VIEW_HEADERS
         elif path.startswith(("/api/", "/docs", "/openapi.json", "/admin", "/static/",
-                              "/metrics")):
+                              "/metrics", "/webhooks/")):
             extra = COMMON_HEADERS
         else:
             extra = PAGE_HEADERS

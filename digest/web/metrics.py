@@ -15,6 +15,8 @@ Figures (``kind`` is the run kind: weekly, daily, immediate, adhoc):
 - ``digest_deliveries_too_large{kind}``: rows failed because the message was over the SMTP
   server's size limit (SIZE, 552 5.3.4): the operator shortens digests or raises the limit;
 - ``digest_bounces_total{kind,fault}``: bounce reports recorded;
+- ``digest_complaints_total{source}``: complaints recorded (arf, ses, mailgun, sendgrid,
+  postmark), each of which suppressed its reader;
 - ``digest_deliveries_pruned_total{kind,status}``: rows retention deleted, by their status.
   The two counters above add what retention deleted (``pruned_tallies``) to the live rows,
   so they never go down after a prune (Prometheus would read that as a reset);
@@ -53,6 +55,7 @@ from digest.models import (
     TALLY_DELIVERIES,
     TALLY_SENT,
     Bounce,
+    Complaint,
     Delivery,
     DeliveryStatus,
     DigestRun,
@@ -163,6 +166,15 @@ def _database_figures(session: Session, now: datetime) -> Iterable[Metric]:
     for labels, count in sorted(bounce_counts.items()):
         bounces.add_metric(list(labels), count)
     yield bounces
+
+    complaints = CounterMetricFamily(
+        "digest_complaints", "Complaints recorded (a reader marked a digest as spam), by where "
+        "they came from: arf (a feedback report by mail), ses, mailgun, sendgrid, postmark.",
+        labels=["source"])
+    for source, count in session.execute(
+            select(Complaint.source, func.count()).group_by(Complaint.source)):
+        complaints.add_metric([str(source)], count)
+    yield complaints
 
     suppressions = GaugeMetricFamily(
         "digest_suppressions", "Addresses on the suppression list, by reason.",

@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from digest import delivery, subscribers
 from digest.delivery.progress import empty_run
 from digest.models import (
+    Complaint,
     Delivery,
     DeliveryStatus,
     DigestRun,
@@ -484,6 +485,29 @@ class DomainPauseAdmin(ModelView, model=DomainPause):
         await anyio.to_thread.run_sync(work)
 
 
+class ComplaintAdmin(ModelView, model=Complaint):
+    """Readers who marked a digest as spam (ARF reports, provider events): each was suppressed
+    with reason ``complaint`` when it came in. Read-only: lifting the suppression is the
+    suppression list's action."""
+
+    name, name_plural, icon = "Complaint", "Complaints", "fa-solid fa-flag"
+    can_create = can_edit = can_delete = False
+    column_list = [
+        Complaint.id,
+        Complaint.email,
+        Complaint.source,
+        Complaint.feedback_type,
+        Complaint.delivery_id,
+        Complaint.detail,
+        Complaint.created_at,
+    ]
+    column_labels = {Complaint.delivery_id: "Delivery", Complaint.created_at: "Received (UTC)",
+                     Complaint.feedback_type: "Feedback type"}
+    column_searchable_list = [Complaint.email]
+    column_sortable_list = [Complaint.id, Complaint.email, Complaint.created_at]
+    column_default_sort = [(Complaint.id, True)]
+
+
 async def _change_addresses(view, request: Request, model, change) -> Response:
     """Apply ``change(session, email)`` to the addresses of the selected rows of ``model``
     (in a worker thread: the session is synchronous), then go back to the list."""
@@ -499,4 +523,5 @@ async def _change_addresses(view, request: Request, model, change) -> Response:
     return _back(request, view)
 
 
-VIEWS = [SubscriberAdmin, ItemAdmin, RunAdmin, DeliveryAdmin, SuppressionAdmin, DomainPauseAdmin]
+VIEWS = [SubscriberAdmin, ItemAdmin, RunAdmin, DeliveryAdmin, SuppressionAdmin, ComplaintAdmin,
+         DomainPauseAdmin]

@@ -19,8 +19,9 @@ router = APIRouter()
     description="A bounce (RFC 3464 delivery-status report) as the raw message, e.g. piped "
     "from the MTA's bounce address. Tied to its delivery by the VERP return path "
     "(bounces+<delivery id>@...), else by the returned Message-ID. 5.1.x suppresses the "
-    "address; soft bounces count toward the threshold; 5.7.x is recorded only. Sending the "
-    "same report twice records nothing new.",
+    "address; soft bounces count toward the threshold; 5.7.x is recorded only. An ARF "
+    "feedback report (a complaint) suppresses its reader. Sending the same report twice "
+    "records nothing new.",
 )
 async def receive_bounce(request: Request, session: SessionDep, settings: SettingsDep,
                          envelope_to: str | None = Query(default=None, max_length=320)):

@@ -21,7 +21,8 @@ from tests.integration.web.support import (  # noqa: F401 (fixtures)
     web_settings,
 )
 
-IDENTITIES = ["subscriber", "item", "digest-run", "delivery", "suppression", "domain-pause"]
+IDENTITIES = ["subscriber", "item", "digest-run", "delivery", "suppression", "complaint",
+              "domain-pause"]
 
 
 def login(client, password=ADMIN_PASSWORD, username="admin"):
@@ -155,6 +156,22 @@ def test_suppress_and_unsuppress_actions_change_status_list_and_planned_mail(
     db_session.expire_all()
     assert db_session.get(Subscriber, ann.id).status == "active"
     assert db_session.scalars(select(Suppression)).all() == []
+
+
+def test_the_complaints_view_lists_each_complaint_with_its_delivery(admin, db_session,
+                                                                   web_settings):
+    from digest.bounces import process_bounce_message
+    from tests.bounce_reports import seed_sample_deliveries
+    from tests.conftest import TEST_DATA
+
+    seed_sample_deliveries(db_session)
+    raw = (TEST_DATA / "complaints" / "yahoo-cfl-abuse.eml").read_bytes()
+    process_bounce_message(db_session, raw, settings=web_settings)
+    db_session.commit()
+    page = admin.get("/admin/complaint/list")
+    assert page.status_code == 200
+    assert "gone@example.net" in page.text and "Yahoo!-Mail-Feedback/2.0" in page.text
+    assert admin.get("/admin/suppression/list?search=gone").text.count("complaint") >= 1
 
 
 def test_suppression_list_action_removes_an_address(admin, db_session, people):

@@ -25,5 +25,5 @@ def test_only_the_servers_reply_to_rcpt_or_data_decides_a_policy_pause():
     # The session or MAIL FROM refused: our server's affair, no recipient domain to pause.
     assert fault("session", "554 5.7.1 go away") is Fault.sender
     assert fault("MAIL FROM", "553 5.7.1 Sender rejected") is Fault.sender
-    assert fault("RCPT TO", "550 5.2.1 disabled") is Fault.hard
+    assert fault("RCPT TO", "550 5.2.1 disabled") is Fault.soft  # ADR 0024
     assert fault("RCPT TO", "550 5.1.1 no such user") is Fault.hard
