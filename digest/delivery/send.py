@@ -403,7 +403,7 @@ class _Leavers:
         self.held: set[int] = set()
         self.subscriber_ids = {d.subscriber_id for d in deliveries}
         self.emails = {d.email for d in deliveries}
-        self.read_at = 0.0
+        self.read_at = float("-inf")  # read on first use, whatever the monotonic clock says
         self.status: dict[int, str] = {}
         self.suppressed: set[str] = set()
 
