@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections import Counter
 from datetime import timedelta
 from email import policy
@@ -350,3 +351,40 @@ def test_an_operator_requeue_is_not_mistaken_for_an_earlier_acceptance(
     session.commit()
     assert send_deliveries(ids[:1], settings=settings).sent == 1
     assert len(smtp_sink.wait_for(2)) == 2
+
+
+def _send_in_child(ids, settings):
+    db.engine_for(settings.database_url).dispose(close=False)  # the parent's connections
+    send_deliveries(ids, settings=settings)
+
+
+def test_a_worker_process_stopped_with_sigstop_and_continued_sends_only_the_message_in_flight(
+        session, smtp_sink, settings, planned, monkeypatch):
+    monkeypatch.setattr(send_module._Leavers, "RECHECK_SECONDS", 0.0)  # inherited by the fork
+    ids = sorted(planned.pending_ids)
+    # The server holds the worker's first message at RCPT TO long enough to stop it there.
+    smtp_sink.script("reader0@example.org", "pause:5")
+    worker = multiprocessing.get_context("fork").Process(target=_send_in_child,
+                                                         args=(ids, settings))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        # Stopped once the server holds its first message at RCPT TO (the paused reply taken).
+        while smtp_sink._scripts["reader0@example.org"]:
+            assert time.monotonic() < deadline, "the worker never reached its first message"
+            time.sleep(0.02)
+        os.kill(worker.pid, signal.SIGSTOP)
+        # Stopped past its lease: the sweep takes the rows back and another worker sends them.
+        later = utcnow() + timedelta(seconds=settings.lease_seconds + 1)
+        assert recover_expired_leases(session, later) == ids
+        session.commit()
+        assert send_deliveries(ids, now=later, settings=settings).sent == 5
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+        worker.join(30)
+    assert worker.exitcode == 0
+    # The message it was in the middle of went (the one in flight); nothing else twice.
+    per_rcpt = Counter(r for m in smtp_sink.wait_for(6) for r in m.rcpt_tos)
+    assert per_rcpt == {"reader0@example.org": 2, **{f"reader{i}@example.org": 1
+                                                     for i in range(1, 5)}}
+    assert {r.status for r in _rows(session).values()} == {"sent"}
