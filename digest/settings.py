@@ -105,8 +105,9 @@ class Settings(BaseSettings):
     record_every: int = Field(
         default=50, ge=1,
         description="Outcomes of a batch are written to the database in groups of this many "
-                    "(one statement, one commit): a worker killed in between sends at most this "
-                    "many messages again after lease recovery.")
+                    "(one statement, one commit); each acceptance is journalled at once, so a "
+                    "worker killed in between sends at most the message in flight again (ADR "
+                    "0020).")
     record_ms: int = Field(
         default=250, ge=1,
         description="...or once the oldest unwritten outcome is this many milliseconds old, "
