@@ -119,6 +119,8 @@ class Fault(enum.StrEnum):
     policy = "policy"  # policy or reputation (block list, spam filter, DMARC): pause the domain
     sender = "sender"  # our sender or set-up (5.1.7/5.1.8/5.1.0 sender, refusal at MAIL FROM,
     #                    greeting/EHLO/AUTH, 5.5.x protocol): put the batch back, tell ops
+    message = "message"  # the message itself (over the server's SIZE, 5.3.4): fail that one
+    #                      message, never the batch, never suppress (sending only)
     none = "none"  # not a failure (delivered, relayed, expanded, a delay warning)
 
 
@@ -336,6 +338,11 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
     lease_until: Mapped[datetime | None]
+    # The holder of the latest claim (``digest.delivery.states.claim``): a random token every
+    # later write of that claim checks, so a worker that froze past its lease cannot
+    # overwrite the row another worker claimed since. Kept after the claim ends (the
+    # acceptance journal is matched against it); cleared when an operator re-queues the row.
+    claim_token: Mapped[str | None] = mapped_column(String(32))
     smtp_code: Mapped[int | None]
     # What the server answered the last time it was asked (None: no answer, a dropped
     # connection or a timeout); never our own words, which go to ``note``.
@@ -361,6 +368,23 @@ delivery_items = Table(
     Column("delivery_id", ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True),
     Column("item_id", ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
 )
+
+
+class Acceptance(Base):
+    """The acceptance journal: one row written (autocommit) the moment the SMTP server
+    accepts a message, before the batch's group of outcomes is committed. Recovery (lease
+    expiry, put-back, the next claim) reads it before anything is sent again: a delivery whose
+    claim has an acceptance here is marked sent, not resent (ADR 0020). Append-only; its rows
+    go with their delivery."""
+
+    __tablename__ = "acceptances"
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True)
+    claim_token: Mapped[str] = mapped_column(String(32), primary_key=True)
+    accepted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    smtp_code: Mapped[int | None]
+    smtp_reply: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(300))
 
 
 class SentItem(Base):

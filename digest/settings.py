@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_ssl: bool = False
     smtp_timeout: float = 30.0
+    smtp_data_end_timeout: float = Field(
+        default=600.0, gt=0,
+        description="Seconds to wait for the reply to the final dot of a message (RFC 5321 "
+                    "4.5.3.2.6: 10 minutes), never more than half of DIGEST_LEASE_SECONDS; "
+                    "every other command waits DIGEST_SMTP_TIMEOUT.")
     smtp_idle_seconds: float = Field(
         default=30.0, ge=0,
         description="A worker process keeps its SMTP connection open between batches and closes "
@@ -100,8 +105,9 @@ class Settings(BaseSettings):
     record_every: int = Field(
         default=50, ge=1,
         description="Outcomes of a batch are written to the database in groups of this many "
-                    "(one statement, one commit): a worker killed in between sends at most this "
-                    "many messages again after lease recovery.")
+                    "(one statement, one commit); each acceptance is journalled at once, so a "
+                    "worker killed in between sends at most the message in flight again (ADR "
+                    "0020).")
     record_ms: int = Field(
         default=250, ge=1,
         description="...or once the oldest unwritten outcome is this many milliseconds old, "

@@ -13,6 +13,9 @@ delivery-status codes of bounce reports alike say whose fault a failure is.
 - ``sender``: our sender or set-up: any refusal of the session (greeting, EHLO, TLS, AUTH) or
   of MAIL FROM, codes about the sender (x.1.7, x.1.8), text saying the *sender* is rejected,
   and 5.5.x protocol errors. Put the batch back and tell the operator, never suppress.
+- ``message``: the message itself, not the reader nor us: a size refusal (5.3.4, 5.2.3, or a
+  552 at MAIL FROM or saying the message is too big, RFC 1870) at any step, MAIL FROM
+  included. That one message fails with the reason; the batch goes on, nobody is suppressed.
 - ``none``: not a failure (2xx/3xx; a report's delivered/relayed/expanded, a delay warning).
 
 Where a report's ``Status:`` field and the server's reply quoted in its Diagnostic-Code
@@ -56,6 +59,12 @@ _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\d|\.\d)")
 _BASIC = re.compile(r"(?<![\d.])([245]\d\d)(?![\d.@])")
 _SENDER_CODES = {(1, 7), (1, 8)}
 _SENDER_STEPS = ("session", "MAIL FROM")
+_SIZE_CODES = {(3, 4), (2, 3)}  # message too big for the system / over the mailbox's limit
+_SIZE_WORDS = re.compile(
+    r"too (?:big|large|long)|(?:message|mail) size|size (?:limit|exceeds?)|exceeds? "
+    r"(?:the )?(?:fixed |maximum |max )*(?:message )?size|maximum (?:message )?size",
+    re.I,
+)
 
 _SENDER_WORDS = re.compile(
     r"sender (?:address |domain )?(?:is )?(?:rejected|refused|denied|unknown|invalid|"
@@ -107,6 +116,10 @@ def classify_smtp(code: int | None, reply: str | None, step: str | None) -> Verd
     if code < 400:
         return Verdict(Fault.none, status, False, _reason(f"accepted ({code})", step, text))
     permanent = code >= 500
+    if permanent and step != "session" and _too_large(code, status, text, step):
+        return Verdict(Fault.message, status, True, _reason(
+            "the message is larger than the server accepts: only this one fails, nobody is "
+            "suppressed; shorten the digest or raise the server's size limit", step, text))
     if step in _SENDER_STEPS:
         # Whatever the code says, a refusal before any recipient is named is about us.
         return Verdict(Fault.sender, status, permanent,
@@ -196,6 +209,15 @@ def _judge(status: str | None, text: str, *, temporary: bool,
     if subject == 1 and detail != 0:
         return Fault.hard, "the address does not exist"
     return Fault.soft, "a permanent failure we cannot tie to the address: not suppressed"
+
+
+def _too_large(code: int, status: str | None, text: str, step: str | None) -> bool:
+    """A refusal of the message's size: 5.3.4 / 5.2.3, or a 552 with no other status at
+    MAIL FROM (RFC 1870's answer to SIZE=) or whose words say so."""
+    if status is not None and status[0] == "5":
+        return _parts(status) in _SIZE_CODES
+    words = _SIZE_WORDS.search(_NAMES.sub(" ", text)) is not None
+    return code == 552 and (step == "MAIL FROM" or words)
 
 
 def _parts(status: str | None) -> tuple[int | None, int | None]:

@@ -6,6 +6,11 @@ is about us (connect, greeting/EHLO/TLS/AUTH, any refusal at MAIL FROM, a DKIM k
 template that fails, contradictory settings) puts the whole batch back as deferred with the
 reason and raises ``SendSetupError`` for the operator: it never fails a row for good or
 suppresses anyone.
+
+A message over the size the server announces (SIZE) or refused as too large (5.3.4, 552)
+fails alone with a note saying so; the rest of the batch is sent. Each acceptance is
+journalled the moment the server gives its 250 (``states.AcceptanceJournal``), and every
+write of the batch carries its claim's token (ADR 0020).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, selectinload
 
 from digest import db
@@ -59,6 +64,9 @@ from digest.settings import Settings
 
 log = get_logger(__name__)
 
+# How the note of a delivery failed for its size begins (``/metrics`` counts them by it).
+TOO_LARGE = "message too large"
+
 @dataclass
 class BatchResult:
     claimed: int = 0
@@ -66,6 +74,8 @@ class BatchResult:
     deferred: int = 0
     failed: int = 0
     cancelled: int = 0
+    # Rows another worker took over (this one froze past its lease): not sent, not written.
+    lost: int = 0
     outcomes: dict[int, str] = field(default_factory=dict)
     # Rows deferred by a rate limit, by when they may go: the caller enqueues each group then.
     later: list[tuple[datetime, list[int]]] = field(default_factory=list)
@@ -190,23 +200,29 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
     ``transport``). Safe to run twice. Outcomes are written in groups (``states.Recorder``).
     Rows over a rate limit (``limiter``, else the settings') are deferred, listed in
     ``BatchResult.later``."""
-    # The batch's clock: ``now`` as given (tests move it), advancing with real time.
-    offset = now - utcnow() if now is not None else None
-    now = now or utcnow()
-    clock: Callable[[], datetime] = utcnow if offset is None else lambda: utcnow() + offset
     result = BatchResult()
     session = db._sessionmaker(settings.database_url)()
+    token = states.new_claim_token()
+    journal = states.AcceptanceJournal(session, token)
     try:
-        owned = states.claim(session, list(delivery_ids), now, settings)
+        # Without ``now`` the lease is timed by the database's clock (never this worker's).
+        owned = states.claim(session, list(delivery_ids), now, settings, token=token)
+        # The batch's clock: ``now`` as given (tests move it), else the database's, both
+        # advancing with real time: due times written by a worker whose clock is off are not.
+        offset = (now or states.database_now(session)) - utcnow()
         session.commit()
+
+        def clock() -> datetime:
+            return utcnow() + offset
+
         result.claimed = len(owned)
         if not owned:
             return result
-        recorder = states.Recorder(session, settings)
+        recorder = states.Recorder(session, settings, token)
         claimed_at = time.monotonic()
         try:
             _send_batch(session, owned, transport, settings, result, recorder, clock,
-                        limiter or limiter_for(settings))
+                        limiter or limiter_for(settings), journal)
         except BaseException as exc:
             # Whatever stopped the batch, the rows it had not finished go back (never failed):
             # a set-up error, a refusal that is about us, or a crash of our own code. The
@@ -217,6 +233,7 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
             try:
                 session.rollback()
                 states.put_back(session, left, f"not sent, put back: {reason}", settings,
+                                token=token,
                                 give_back_attempt=isinstance(exc, (_SenderRefused, ConfigError)))
             except Exception:  # the database itself is gone: lease recovery brings them back
                 session.rollback()
@@ -229,50 +246,69 @@ def send_deliveries(delivery_ids: list[int], *, transport: Transport | None = No
             raise
         return result
     finally:
+        journal.close()
         session.close()
 
 
+# Of the lease, the part a batch may spend retrying its outcome write: the task's soft time
+# limit is 0.8 of the lease (workers/celery_app.py), and the put-back comes after.
+_WRITE_RETRY_SHARE = 0.7
+
+
 def _flush_while_leased(session: Session, recorder: states.Recorder, claimed_at: float,
-                        settings: Settings) -> None:
-    """Write the outcomes already known, retrying while the database comes back (a restart
-    takes seconds) for at most half the lease: the messages were accepted, and a row left in
-    ``sending`` is sent again by lease recovery. Past that, recovery owns the rows."""
-    deadline = claimed_at + settings.lease_seconds / 2
+                        settings: Settings, *, sleep: Callable[[float], None] = time.sleep,
+                        monotonic: Callable[[], float] = time.monotonic) -> bool:
+    """Write the outcomes already known, retrying with back-off while the database refuses
+    (restarting, read-only, disk full, partitioned: any DBAPI error) for the batch's lease:
+    the messages were accepted. Past that, recovery owns the rows, and the acceptance journal
+    keeps the accepted ones from being sent again. True once written."""
+    deadline = claimed_at + settings.lease_seconds * _WRITE_RETRY_SHARE
+    pause = 0.25
     while True:
         try:
             session.rollback()
             recorder.flush()
-            return
-        except Exception as exc:
+            return True
+        except DBAPIError as exc:
             session.rollback()
-            gone = isinstance(exc, OperationalError) or (
-                isinstance(exc, DBAPIError) and exc.connection_invalidated)
-            if not gone or time.monotonic() + 0.5 >= deadline:
-                return  # those rows wait for lease recovery (the documented window)
-            time.sleep(0.5)
+            if monotonic() + pause >= deadline:
+                log.warning("outcomes not written, left to lease recovery",
+                            waiting=len(recorder.waiting), error=_describe(exc))
+                return False
+            sleep(pause)
+            pause = min(pause * 2, 5.0)
+        except Exception:
+            session.rollback()
+            return False
 
 
 def _describe(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, DigestError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, DigestError):
+        return str(exc)
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        # A hard time limit or a shutdown: the exit code means nothing to an operator.
+        return "the worker process was stopped while the batch was sending"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _send_batch(session: Session, owned: list[int], transport: Transport | None,
                 settings: Settings, result: BatchResult, recorder: states.Recorder,
-                clock: Callable[[], datetime], limiter: Limiter | None) -> None:
+                clock: Callable[[], datetime], limiter: Limiter | None,
+                journal: states.AcceptanceJournal) -> None:
     deliveries = load_batch(session, owned)
-    leavers = _Leavers(session, [d for d, _ in deliveries])
+    leavers = _Leavers(session, [d for d, _ in deliveries], recorder.token)
     # Loaded once; a pause that starts during the batch is added to it by _send_one.
     pauses = active_pauses(session, {recipient_domain(d.email) for d, _ in deliveries}, clock())
     if limiter is None:
         _send_allowed(session, deliveries, transport, settings, result, recorder, clock,
-                      leavers, pauses)
+                      leavers, pauses, journal)
         return
     holder = new_holder()
     deliveries = _within_limits(deliveries, limiter, holder, pauses, settings, result,
                                 recorder, clock)
     try:
         _send_allowed(session, deliveries, transport, settings, result, recorder, clock,
-                      leavers, pauses)
+                      leavers, pauses, journal)
     finally:
         limiter.release({recipient_domain(d.email) for d, _ in deliveries}, holder)
 
@@ -320,7 +356,7 @@ def _within_limits(deliveries: list[tuple[LoadedDelivery, list[RenderItem]]],
 def _send_allowed(session: Session, deliveries: list[tuple[LoadedDelivery, list[RenderItem]]],
                   transport: Transport | None, settings: Settings, result: BatchResult,
                   recorder: states.Recorder, clock: Callable[[], datetime], leavers: _Leavers,
-                  pauses: dict[str, Pause]) -> None:
+                  pauses: dict[str, Pause], journal: states.AcceptanceJournal) -> None:
     # Built inside the put-back guard: a bad DKIM key or contradictory SMTP settings put the
     # batch back instead of leaving it in ``sending`` until the lease runs out.
     factory = MessageFactory(settings)
@@ -334,7 +370,7 @@ def _send_allowed(session: Session, deliveries: list[tuple[LoadedDelivery, list[
             ids = bind_ids(run_id=delivery.run_id, delivery_id=delivery.id)
             try:
                 outcome = _send_one(session, conn, factory, delivery, items, leavers,
-                                    settings, pauses, clock, recorder)
+                                    settings, pauses, clock, recorder, journal)
             finally:
                 reset_ids(ids)
             result.outcomes[delivery.id] = outcome
@@ -346,23 +382,36 @@ def _send_allowed(session: Session, deliveries: list[tuple[LoadedDelivery, list[
     # One line a batch, not one a message: the log is the deliveries table.
     log.info("batch sent", run_id=min(run_ids) if len(run_ids) == 1 else sorted(run_ids),
              claimed=result.claimed, sent=result.sent, deferred=result.deferred,
-             failed=result.failed, cancelled=result.cancelled)
+             failed=result.failed, cancelled=result.cancelled, lost=result.lost)
 
 
 class _Leavers:
     """Who of a batch has left (unsubscribed, suppressed) since it was planned, read again at
     most every ``RECHECK_SECONDS`` while the batch is sending: one query a second, not one a
-    message, and a reader who leaves mid-batch is mailed at most that long afterwards."""
+    message, and a reader who leaves mid-batch is mailed at most that long afterwards.
+
+    The same read says which rows this batch still holds (``sending`` under its claim
+    token): a worker that froze past its lease and resumed finds the rows another worker
+    took over, and does not send them."""
 
     RECHECK_SECONDS = 1.0
 
-    def __init__(self, session: Session, deliveries: Sequence[LoadedDelivery]):
+    def __init__(self, session: Session, deliveries: Sequence[LoadedDelivery], token: str):
         self.session = session
+        self.token = token
+        self.ids = {d.id for d in deliveries}
+        self.held: set[int] = set()
         self.subscriber_ids = {d.subscriber_id for d in deliveries}
         self.emails = {d.email for d in deliveries}
-        self.read_at = 0.0
+        self.read_at = float("-inf")  # read on first use, whatever the monotonic clock says
         self.status: dict[int, str] = {}
         self.suppressed: set[str] = set()
+
+    def lost(self, delivery: LoadedDelivery) -> bool:
+        """Whether another worker holds this row now (our claim was taken back)."""
+        if time.monotonic() - self.read_at >= self.RECHECK_SECONDS:
+            self._read()
+        return delivery.id not in self.held
 
     def why_not(self, delivery: LoadedDelivery) -> str | None:
         """None while the reader may be mailed; else the note of the cancellation."""
@@ -380,6 +429,10 @@ class _Leavers:
             select(Subscriber.id, Subscriber.status).where(Subscriber.id.in_(self.subscriber_ids)))}
         self.suppressed = set(self.session.scalars(
             select(Suppression.email).where(Suppression.email.in_(self.emails))))
+        self.held = set(self.session.scalars(
+            select(Delivery.id).where(Delivery.id.in_(self.ids),
+                                      Delivery.status == DeliveryStatus.sending,
+                                      Delivery.claim_token == self.token)))
         self.session.commit()  # end the read's transaction: the next read sees new commits
         self.read_at = time.monotonic()
 
@@ -388,9 +441,12 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory,
               delivery: LoadedDelivery,
               items: list[RenderItem], leavers: _Leavers, settings: Settings,
               pauses: dict[str, Pause], clock: Callable[[], datetime],
-              recorder: states.Recorder) -> str:
+              recorder: states.Recorder, journal: states.AcceptanceJournal) -> str:
     from digest.subscribers import suppress
 
+    if leavers.lost(delivery):
+        log.warning("claim taken over by another worker: not sent", delivery_id=delivery.id)
+        return "lost"
     # Checked again at send time: someone may have left after the run was planned.
     note = leavers.why_not(delivery)
     if note is not None:
@@ -427,9 +483,14 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory,
         recorder.add(delivery.id, status=DeliveryStatus.failed, note=f"not sent: {exc}",
                      message_id=message_id)
         return "failed"
-    recorder.add(delivery.id, status=DeliveryStatus.sent, smtp_code=reply.code,
-                 smtp_reply=reply.reply, note=None, message_id=message_id, sent_at=utcnow(),
-                 next_attempt_at=None)
+    accepted_at = clock()
+    try:
+        # Durable now, before the group commits: recovery never sends this one again.
+        journal.write(delivery.id, reply.code, reply.reply, message_id, accepted_at)
+    finally:
+        recorder.add(delivery.id, status=DeliveryStatus.sent, smtp_code=reply.code,
+                     smtp_reply=reply.reply, note=None, message_id=message_id,
+                     sent_at=accepted_at, next_attempt_at=None)
     return "sent"
 
 
@@ -447,6 +508,12 @@ def _refused(session: Session, delivery: LoadedDelivery, exc: DeliveryError, mes
     # A refusal is the exception, worth its own line (run_id and delivery_id are bound).
     log.warning("delivery refused", smtp_code=exc.code, fault=str(verdict.fault),
                 reason=verdict.reason, attempts=delivery.attempts)
+    if verdict.fault is Fault.message:
+        # This message, not the reader nor our set-up (a size refusal): it fails alone.
+        recorder.add(delivery.id, status=DeliveryStatus.failed, smtp_code=exc.code,
+                     smtp_reply=exc.reply, message_id=message_id,
+                     note=f"{TOO_LARGE}: {exc}; {verdict.reason}")
+        return "failed"
     if verdict.fault is Fault.sender:
         raise _SenderRefused(f"{exc} ({verdict.reason})")
     if verdict.fault is Fault.policy:
@@ -476,7 +543,7 @@ def _refused(session: Session, delivery: LoadedDelivery, exc: DeliveryError, mes
         return "failed"
     outcome = states.retry_or_give_up(
         delivery.attempts, settings, str(exc),
-        utcnow() + states.retry_delay(delivery.attempts, settings),
+        clock() + states.retry_delay(delivery.attempts, settings),
         smtp_code=exc.code, smtp_reply=exc.reply, message_id=message_id)
     recorder.add(delivery.id, **outcome)
     return str(outcome["status"])

@@ -3,7 +3,7 @@
 State machine of a ``deliveries`` row::
 
     (planning) --> pending | skipped (nothing matched) | dry_run (a dry run's row)
-    pending/deferred --claim--> sending (under a lease)
+    pending/deferred --claim--> sending (under a lease, holding a random claim token)
     sending --250--> sent --hard bounce report later--> failed (the address is suppressed)
     sending --4xx, dropped connection--> deferred (back-off) ... --out of attempts--> failed
     sending --5xx we cannot tie to the mailbox--> failed (the address is kept)
@@ -11,11 +11,14 @@ State machine of a ``deliveries`` row::
     sending --5.7.x (policy)--> deferred until the domain's pause ends
     sending --our set-up or sender refused (connect, EHLO, TLS, AUTH, MAIL FROM, DKIM key,
               template)--> deferred, the attempt given back: put back, never failed
-    sending --lease expired (worker died)--> deferred, due now
+    sending --lease expired (worker died)--> deferred, due now; sent if the acceptance
+              journal holds the server's 250 for that claim (ADR 0020)
     pending/deferred --reader left, address suppressed, run cancelled--> cancelled
     failed --operator re-queues--> deferred, due now
 
-Every change is a conditional UPDATE on the status it expects, so a task that runs twice
+Every change is a conditional UPDATE on the status it expects (and, for a claimed row, on the
+claim's token: a worker frozen past its lease cannot overwrite the claim of the worker that
+took the row over), so a task that runs twice
 (redelivered by the broker, retried after a worker was lost, swept up as orphaned) finds
 nothing left to claim and sends nothing twice. The database, not the broker, is the record
 of what was sent: other modules call these functions and never write ``status`` themselves.
@@ -23,10 +26,16 @@ of what was sent: other modules call these functions and never write ``status`` 
 Each change writes our own word on it to ``note``; ``smtp_code`` and ``smtp_reply`` are only
 what the SMTP server answered the last time it was asked (written with an attempt's
 outcome), never our words.
+
+Leases and due times are the database's clock (``db_now``), not the worker's: a worker whose
+clock runs ahead does not take over a lease another worker still holds. Functions given an
+explicit ``now`` use it (tests move time that way).
 """
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,19 +50,25 @@ from sqlalchemy import (
     delete,
     exists,
     func,
+    insert,
+    literal,
     select,
+    type_coerce,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from digest.db import rowcount
 from digest.models import (
+    Acceptance,
     Delivery,
     DeliveryStatus,
     DigestRun,
     RunKind,
     RunStatus,
     SentItem,
+    UTCDateTime,
     utcnow,
 )
 from digest.settings import Settings
@@ -65,6 +80,65 @@ _STOPPED_RUNS = (RunStatus.held, RunStatus.cancelled)
 
 # The Core table, for UPDATEs without ORM synchronisation (SQLAlchemy types it FromClause).
 _TABLE = cast(Table, Delivery.__table__)
+_ACCEPTED = cast(Table, Acceptance.__table__)
+
+
+def new_claim_token() -> str:
+    """A claim's holder token: random, one per claim (``claim``'s ``token``)."""
+    return secrets.token_hex(16)
+
+
+def db_now(session: Session, plus_seconds: float = 0) -> ColumnElement[datetime]:
+    """SQL: the database's clock now (plus ``plus_seconds``), in the form the UTC columns
+    are stored in: ``now()`` on PostgreSQL; on SQLite the UTC time with microseconds as
+    text, as SQLAlchemy writes naive datetimes there, so comparisons stay exact."""
+    if session.get_bind().dialect.name == "sqlite":
+        text = func.strftime("%Y-%m-%d %H:%M:%f", "now", f"{plus_seconds:+.6f} seconds")
+        return type_coerce(text.concat("000"), UTCDateTime())
+    clock = func.now()
+    if plus_seconds:
+        return clock + timedelta(seconds=plus_seconds)
+    return type_coerce(clock, UTCDateTime())
+
+
+def database_now(session: Session) -> datetime:
+    """The database's clock now (a sending batch times its deferrals by it)."""
+    value: datetime | None = session.scalar(select(db_now(session)))
+    return value if value is not None else utcnow()
+
+
+def _at(session: Session, now: datetime | None, plus_seconds: float = 0
+        ) -> ColumnElement[datetime]:
+    """``now`` given (tests move time) as a value, else the database's clock."""
+    if now is None:
+        return db_now(session, plus_seconds)
+    return literal(now + timedelta(seconds=plus_seconds), UTCDateTime())
+
+
+def _journalled(column: str) -> Any:
+    """SQL: ``column`` of the acceptance journalled for the row's current claim."""
+    return (select(_ACCEPTED.c[column])
+            .where(_ACCEPTED.c.delivery_id == _TABLE.c.id,
+                   _ACCEPTED.c.claim_token == _TABLE.c.claim_token)
+            .scalar_subquery())
+
+
+def _has_acceptance() -> ColumnElement[bool]:
+    return exists().where(_ACCEPTED.c.delivery_id == _TABLE.c.id,
+                          _ACCEPTED.c.claim_token == _TABLE.c.claim_token)
+
+
+def _settle_journalled(session: Session, *where: ColumnElement[bool], why: str) -> list[int]:
+    """Rows matching ``where`` whose current claim has a journalled acceptance are sent:
+    the server accepted them, only the group's commit was lost. Returns their ids."""
+    return sorted(session.scalars(
+        update(_TABLE).where(*where, _has_acceptance())
+        .values(status=DeliveryStatus.sent, lease_until=None, next_attempt_at=None,
+                sent_at=_journalled("accepted_at"), updated_at=_journalled("accepted_at"),
+                smtp_code=_journalled("smtp_code"), smtp_reply=_journalled("smtp_reply"),
+                message_id=func.coalesce(_journalled("message_id"), _TABLE.c.message_id),
+                note=f"accepted by the server (acceptance journal); {why}")
+        .returning(_TABLE.c.id)).all())
 
 
 def _sendable_run() -> ColumnElement[bool]:
@@ -81,21 +155,62 @@ def retry_delay(attempts: int, settings: Settings) -> timedelta:
 # --- sending ----------------------------------------------------------------------------------
 
 def claim(
-    session: Session, delivery_ids: list[int], now: datetime, settings: Settings
+    session: Session, delivery_ids: list[int], now: datetime | None, settings: Settings,
+    *, token: str,
 ) -> list[int]:
-    """Move due pending/deferred rows to ``sending`` under a lease; returns the ids we own."""
+    """Move due pending/deferred rows to ``sending`` under a lease held by ``token``
+    (``new_claim_token``); returns the ids we own. Every later write of the claim passes the
+    same token. ``now`` None: the lease and what is due are timed by the database's clock.
+
+    A row whose previous claim has a journalled acceptance is marked sent instead (a put-back
+    or a recovery that could not read the journal): never sent twice."""
     if not delivery_ids:
         return []
+    _settle_journalled(session, _TABLE.c.id.in_(delivery_ids), _TABLE.c.status.in_(CLAIMABLE),
+                       why="its outcome was not recorded before it was put back")
+    at = _at(session, now)
     stmt = (
         update(Delivery)
         .where(Delivery.id.in_(delivery_ids), Delivery.status.in_(CLAIMABLE),
-               (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now),
+               (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= at),
                _sendable_run())
         .values(status=DeliveryStatus.sending, attempts=Delivery.attempts + 1,
-                lease_until=now + timedelta(seconds=settings.lease_seconds), updated_at=now)
+                lease_until=_at(session, now, settings.lease_seconds), updated_at=at,
+                claim_token=token)
         .returning(Delivery.id)
     )
     return sorted(session.scalars(stmt).all())
+
+
+class AcceptanceJournal:
+    """Writes each acceptance of a claim the moment the server gives its 250: one INSERT
+    in autocommit on a connection of its own, so it is durable before the batch's group of
+    outcomes commits (ADR 0020). Recovery reads it before anything is sent again."""
+
+    def __init__(self, session: Session, token: str):
+        self.session = session
+        self.token = token
+        self._conn: Connection | None = None
+
+    def write(self, delivery_id: int, code: int, reply: str, message_id: str,
+              accepted_at: datetime) -> None:
+        if self._conn is None:
+            engine = self.session.get_bind().engine
+            self._conn = engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT")
+        try:
+            self._conn.execute(insert(_ACCEPTED).values(
+                delivery_id=delivery_id, claim_token=self.token, accepted_at=accepted_at,
+                smtp_code=code, smtp_reply=reply, message_id=message_id))
+        except Exception:
+            self.close()  # its connection may be broken; the next write opens another
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a dead one has nothing left to close
+                conn.close()
 
 
 # An outcome's value for "the claim's attempt is given back" (attempts - 1 in SQL).
@@ -113,22 +228,25 @@ def _record_statement(columns: tuple[str, ...]) -> Update:
         values: dict[str, Any] = {c: bindparam(f"v_{c}") for c in columns if c != GIVE_BACK_ATTEMPT}
         if GIVE_BACK_ATTEMPT in columns:
             values["attempts"] = _TABLE.c.attempts - 1
-        # Guarded by 'sending': a row the sweep took back (lease expired) is not overwritten.
+        # Guarded by 'sending' and the claim's token: a row the sweep took back (lease
+        # expired), or another worker claimed since, is not overwritten.
         stmt = (update(_TABLE)
                 .where(_TABLE.c.id == bindparam("v_row_id"),
-                       _TABLE.c.status == DeliveryStatus.sending)
+                       _TABLE.c.status == DeliveryStatus.sending,
+                       _TABLE.c.claim_token == bindparam("v_claim_token"))
                 .values(lease_until=None, **values))
         _RECORD_STATEMENTS[columns] = stmt
     return stmt
 
 
 def record_many(session: Session, outcomes: Sequence[tuple[int, Mapping[str, object]]],
-                now: datetime | None = None) -> None:
+                now: datetime | None = None, *, token: str) -> None:
     """Write the outcomes of claimed rows, one executemany per set of columns written, and
     commit once. ``updated_at`` is the time of this write (when the row became the record).
 
     Each outcome is (delivery id, column values); ``give_back_attempt=True`` among the values
-    gives the claim's attempt back. Only rows still in ``sending`` are written."""
+    gives the claim's attempt back. Only rows still in ``sending`` under the claim
+    ``token`` are written."""
     if not outcomes:
         return
     now = now or utcnow()
@@ -138,16 +256,17 @@ def record_many(session: Session, outcomes: Sequence[tuple[int, Mapping[str, obj
         params = {f"v_{c}": v for c, v in values.items() if c != GIVE_BACK_ATTEMPT}
         params.setdefault("v_updated_at", now)
         params["v_row_id"] = delivery_id
+        params["v_claim_token"] = token
         groups.setdefault(columns, []).append(params)
     for columns, rows in groups.items():
         session.execute(_record_statement(columns), rows)
     session.commit()
 
 
-def record(session: Session, delivery_id: int, **values: object) -> None:
+def record(session: Session, delivery_id: int, *, token: str, **values: object) -> None:
     """Write one outcome of a claimed row and commit it at once: the row, not the broker,
     says what was sent."""
-    record_many(session, [(delivery_id, values)])
+    record_many(session, [(delivery_id, values)], token=token)
 
 
 class Recorder:
@@ -155,13 +274,13 @@ class Recorder:
     outcomes or once the oldest waiting one is ``record_ms`` old, whichever comes first, and
     whenever the sender calls ``flush`` (end of batch, before a put-back or a raise).
 
-    The price is the duplicate window: a worker that dies loses the outcomes not yet
-    written; their rows stay ``sending`` until lease recovery, which sends them again (with
-    the same Message-ID). At most ``record_every`` messages, or ``record_ms`` of sending
-    plus the message in flight, per crashed worker process (ADR 0016)."""
+    A worker that dies loses the outcomes not yet written; their rows stay ``sending`` until
+    lease recovery, which marks those the acceptance journal holds as sent and sends the
+    others again: at most the message in flight per crashed worker process (ADR 0016, 0020)."""
 
-    def __init__(self, session: Session, settings: Settings):
+    def __init__(self, session: Session, settings: Settings, token: str):
         self.session = session
+        self.token = token
         self.every = settings.record_every
         self.max_age = settings.record_ms / 1000
         self.waiting: list[tuple[int, dict[str, object]]] = []
@@ -193,7 +312,7 @@ class Recorder:
         """Write and commit what is waiting. Kept waiting if the write fails, so the caller
         may try again after a rollback."""
         if self.waiting:
-            record_many(self.session, self.waiting)
+            record_many(self.session, self.waiting, token=self.token)
             self.waiting = []
 
     @property
@@ -213,10 +332,10 @@ def retry_or_give_up(attempts: int, settings: Settings, reason: str,
 
 
 def defer_without_attempt(session: Session, delivery_id: int, until: datetime,
-                          note: str) -> None:
+                          note: str, *, token: str) -> None:
     """Not tried at all (its domain is paused): deferred, and the claim's attempt given back,
     so a long pause never makes a delivery run out of attempts."""
-    record(session, delivery_id, **deferred_without_attempt(until, note))
+    record(session, delivery_id, token=token, **deferred_without_attempt(until, note))
 
 
 def deferred_without_attempt(until: datetime, note: str) -> dict[str, object]:
@@ -226,22 +345,28 @@ def deferred_without_attempt(until: datetime, note: str) -> dict[str, object]:
 
 
 def put_back(session: Session, delivery_ids: Iterable[int], note: str, settings: Settings,
-             now: datetime | None = None, *, give_back_attempt: bool = True) -> int:
+             now: datetime | None = None, *, token: str, give_back_attempt: bool = True) -> int:
     """A set-up failure (our server, sender, DKIM key, template, settings) is nobody's
     reader's fault: the claimed rows go back to deferred with the note, their attempt given
     back so they never fail for it, due again after the base back-off. Commits.
 
     ``give_back_attempt=False`` for a crash of our own code: the rows still go back, but a
-    row that keeps crashing backs off further each time instead of looping at the base."""
+    row that keeps crashing backs off further each time instead of looping at the base.
+
+    Only rows still held by the claim ``token``; one the acceptance journal says the server
+    accepted is marked sent instead. Returns how many went back."""
     ids = list(delivery_ids)
     if not ids:
         return 0
-    now = now or utcnow()
+    ours = (_TABLE.c.id.in_(ids), _TABLE.c.status == DeliveryStatus.sending,
+            _TABLE.c.claim_token == token)
+    _settle_journalled(session, *ours, why="its outcome was not recorded before the batch "
+                       "stopped")
     count = rowcount(session,
-        update(_TABLE).where(_TABLE.c.id.in_(ids), _TABLE.c.status == DeliveryStatus.sending)
-        .values(status=DeliveryStatus.deferred, lease_until=None, updated_at=now,
+        update(_TABLE).where(*ours)
+        .values(status=DeliveryStatus.deferred, lease_until=None, updated_at=_at(session, now),
                 attempts=_less_one(session) if give_back_attempt else _TABLE.c.attempts,
-                next_attempt_at=now + timedelta(seconds=settings.retry_base_seconds),
+                next_attempt_at=_at(session, now, settings.retry_base_seconds),
                 note=note))
     session.commit()
     return count
@@ -303,9 +428,9 @@ def release_cancelled_claims(session: Session, subscriber_id: int) -> int:
     return rowcount(session, delete(SentItem).where(SentItem.delivery_id.in_(cancelled)))
 
 
-def cancel_claimed(session: Session, delivery_id: int, note: str) -> None:
+def cancel_claimed(session: Session, delivery_id: int, note: str, *, token: str) -> None:
     """A claimed row whose reader left or whose address was suppressed since planning."""
-    record(session, delivery_id, **cancelled_claimed(note))
+    record(session, delivery_id, token=token, **cancelled_claimed(note))
 
 
 def cancelled_claimed(note: str) -> dict[str, object]:
@@ -337,12 +462,14 @@ def mark_bounced(session: Session, delivery_id: int, reply: str) -> bool:
 
 
 def requeue_failed(session: Session, delivery_ids: list[int]) -> int:
-    """An admin's second chance for failed deliveries (deferred, due now)."""
+    """An admin's second chance for failed deliveries (deferred, due now). The old claim's
+    token goes: an acceptance journalled for it (a message that bounced later) does not
+    count as this new try's."""
     now = utcnow()
     return rowcount(session, update(Delivery).where(Delivery.id.in_(delivery_ids),
                                                      Delivery.status == DeliveryStatus.failed)
                      .values(status=DeliveryStatus.deferred, next_attempt_at=now,
-                             attempts=0, updated_at=now))
+                             attempts=0, updated_at=now, claim_token=None))
 
 
 def finish_run_if_done(session: Session, run_id: int) -> bool:
@@ -361,24 +488,30 @@ def finish_run_if_done(session: Session, run_id: int) -> bool:
 def due_for_retry(
     session: Session, now: datetime | None = None, limit: int = 10_000
 ) -> list[int]:
-    """Deferred deliveries whose next attempt is due (the periodic retry task sends them)."""
-    now = now or utcnow()
+    """Deferred deliveries whose next attempt is due (the periodic retry task sends them),
+    by the database's clock unless ``now`` is given."""
     return list(session.scalars(
         select(Delivery.id).where(Delivery.status == DeliveryStatus.deferred,
-                                  Delivery.next_attempt_at <= now, _sendable_run())
+                                  Delivery.next_attempt_at <= _at(session, now),
+                                  _sendable_run())
         .order_by(Delivery.id).limit(limit)))
 
 
 def recover_expired_leases(session: Session, now: datetime | None = None) -> list[int]:
-    """Rows left in ``sending`` by a worker that died go back to deferred, due now."""
-    now = now or utcnow()
+    """Rows left in ``sending`` by a worker that died go back to deferred, due now; those
+    whose acceptance the journal holds are sent (not returned: nothing to send again).
+    Timed by the database's clock unless ``now`` is given; returns the deferred ids."""
+    at = _at(session, now)
+    expired = (_TABLE.c.status == DeliveryStatus.sending, _TABLE.c.lease_until < at)
+    _settle_journalled(session, *expired,
+                       why="the worker stopped before recording it (lease expired)")
     return sorted(session.scalars(
-        update(Delivery)
-        .where(Delivery.status == DeliveryStatus.sending, Delivery.lease_until < now)
-        .values(status=DeliveryStatus.deferred, next_attempt_at=now, lease_until=None,
+        update(_TABLE)
+        .where(*expired)
+        .values(status=DeliveryStatus.deferred, next_attempt_at=at, lease_until=None,
                 note="lease expired: the worker stopped before recording a result",
-                updated_at=now)
-        .returning(Delivery.id)
+                updated_at=at)
+        .returning(_TABLE.c.id)
     ).all())
 
 
@@ -439,13 +572,14 @@ class Swept:
 
 
 def sweep(session: Session, settings: Settings, now: datetime | None = None) -> Swept:
-    """One pass of the periodic sweep (the caller commits, then enqueues what it found)."""
-    now = now or utcnow()
+    """One pass of the periodic sweep (the caller commits, then enqueues what it found).
+    Leases are timed by the database's clock unless ``now`` is given."""
+    given, now = now, now or utcnow()
     # Held first: the rows of a run too late to start are not swept up and sent days late.
     held = hold_late_runs(session, now, timedelta(hours=settings.send_by_hours))
     return Swept(
         runs_held=held,
-        recovered=recover_expired_leases(session, now),
+        recovered=recover_expired_leases(session, given),
         orphaned=orphaned_pending(session, now, timedelta(seconds=settings.orphan_after_seconds)),
         runs_finished=finish_done_runs(session),
     )

@@ -14,6 +14,10 @@ the SMTP settings, closed after ``DIGEST_SMTP_IDLE_SECONDS`` without a send and 
 process ends. A kept connection the server has closed meanwhile is noticed by the next
 MAIL FROM failing (no reply, or 421) and opened again once: nothing was sent on it yet. A
 connection lost after DATA is never retried: the message may have been accepted.
+
+The reply to the final dot waits DIGEST_SMTP_DATA_END_TIMEOUT (RFC 5321's 10 minutes, within
+half the lease); every other reply, QUIT's shorter still, waits DIGEST_SMTP_TIMEOUT. A message
+larger than the SIZE the server announces is refused here, for that recipient only.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from digest.errors import (
     ConfigError,
+    DigestError,
     PermanentDeliveryError,
     TemporaryDeliveryError,
     ValidationError,
@@ -43,6 +48,44 @@ from digest.mail import (
     utf8_address,
 )
 from digest.settings import Settings
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+# QUIT is a courtesy: a server that does not answer it soon is not waited for.
+QUIT_TIMEOUT = 5.0
+
+
+class _SMTP(smtplib.SMTP):
+    """smtplib's client, but the reply to the final dot waits ``data_end_timeout``."""
+
+    data_end_timeout: float | None = None
+    # -1 outside data(); else how many writes data() has made (the command, then the body).
+    _data_writes = -1
+    body_sent = False
+
+    def data(self, msg: Buffer | str) -> tuple[int, bytes]:
+        self._data_writes = 0
+        self.body_sent = False
+        try:
+            return super().data(msg)
+        finally:
+            self._data_writes = -1
+            if self.sock is not None:
+                self.sock.settimeout(self.timeout)
+
+    def send(self, s: Buffer | str) -> None:
+        super().send(s)
+        if self._data_writes >= 0:
+            self._data_writes += 1
+            if self._data_writes == 2:  # the body and its final dot are written
+                self.body_sent = True
+                if self.data_end_timeout and self.sock is not None:
+                    self.sock.settimeout(self.data_end_timeout)
+
+
+class _SMTPSSL(_SMTP, smtplib.SMTP_SSL):
+    """The same over implicit TLS."""
 
 
 @dataclass(frozen=True)
@@ -81,11 +124,13 @@ class SMTPTransport:
                 f"the password would cross the network to {self.settings.smtp_host} in clear; "
                 "turn one of them on"
             )
-        self._conn: smtplib.SMTP | None = None
+        self._conn: _SMTP | None = None
         self._context: ssl.SSLContext | None = None
         # Whether the open connection has answered a transaction already (a kept one the
         # server may have closed since); a fresh one that fails is not tried again.
         self._answered = False
+        # True while a transaction is under way: closed then, the state is unknown.
+        self._in_transaction = False
         self.connections_opened = 0
 
     def __enter__(self) -> SMTPTransport:
@@ -99,11 +144,20 @@ class SMTPTransport:
         self._discard()
 
     def close(self) -> None:
-        """QUIT and close the connection if one is open (errors on the way out are ignored)."""
+        """QUIT and close the connection if one is open (errors on the way out are ignored).
+
+        QUIT waits ``QUIT_TIMEOUT`` at most; a connection closed in the middle of a
+        transaction (the batch was interrupted) is closed without it."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        if self._in_transaction:
+            self._in_transaction = False
+            _close_quietly(conn)
+            return
         try:
+            if conn.sock is not None:
+                conn.sock.settimeout(min(QUIT_TIMEOUT, self.settings.smtp_timeout))
             conn.quit()
         except (smtplib.SMTPException, OSError):
             conn.close()
@@ -115,18 +169,28 @@ class SMTPTransport:
         smtputf8 = self.settings.smtputf8
         mail_from, sender_utf8 = _envelope(mail_from, "envelope sender", smtputf8)
         rcpt, rcpt_utf8 = _envelope(rcpt, "recipient", smtputf8)
+        # Stays set if something outside SMTP (a time limit, a shutdown) interrupts the
+        # transaction: ``close`` then drops the connection instead of waiting on QUIT.
+        self._in_transaction = True
         try:
-            return self._transaction(mail_from, rcpt, data, sender_utf8, rcpt_utf8)
-        except _ClosedBeforeData:
-            # A reused connection the server closed while it was idle: nothing was sent on
-            # it for this message, so a new one carries it (once: a new connection that
-            # fails the same way raises).
-            return self._transaction(mail_from, rcpt, data, sender_utf8, rcpt_utf8)
+            try:
+                result = self._transaction(mail_from, rcpt, data, sender_utf8, rcpt_utf8)
+            except _ClosedBeforeData:
+                # A reused connection the server closed while it was idle: nothing was sent
+                # on it for this message, so a new one carries it (once: a new connection
+                # that fails the same way raises).
+                result = self._transaction(mail_from, rcpt, data, sender_utf8, rcpt_utf8)
+        except DigestError:
+            self._in_transaction = False  # refused or dropped: the connection is clean or gone
+            raise
+        self._in_transaction = False
+        return result
 
     def _transaction(self, mail_from: str, rcpt: str, data: bytes, sender_utf8: bool,
                      rcpt_utf8: bool) -> SendResult:
         retry_allowed = self._conn is not None and self._answered
         conn = self._connection()
+        self._check_size(conn, len(data), rcpt)
         options = [f"SIZE={len(data)}"] if conn.has_extn("size") else []
         if sender_utf8 or rcpt_utf8:
             options += self._smtputf8_options(conn, rcpt if rcpt_utf8 else mail_from)
@@ -152,9 +216,21 @@ class SMTPTransport:
         except smtplib.SMTPResponseException as exc:  # data() raises when 354 is not given
             self._refused(step, exc.smtp_code, exc.smtp_error, rcpt)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            after_dot = step == "DATA" and conn.body_sent
             self._discard()
             if step == "MAIL FROM" and retry_allowed:
                 raise _ClosedBeforeData from exc
+            if after_dot:
+                # smtplib reports a read that timed out as a disconnection.
+                timed_out = isinstance(exc, TimeoutError) or isinstance(exc.__context__,
+                                                                         TimeoutError)
+                why = (f"no reply within {conn.data_end_timeout:g} s" if timed_out
+                       else _describe(exc))
+                raise TemporaryDeliveryError(
+                    f"connection to {self._where()} lost at DATA after the end of the message "
+                    f"for {rcpt}: {why}; the server may have accepted it, it is tried again "
+                    "later"
+                ) from exc
             raise TemporaryDeliveryError(
                 f"connection to {self._where()} lost at {step} for {rcpt}: {_describe(exc)}; "
                 "the message was not accepted, try again later"
@@ -165,6 +241,17 @@ class SMTPTransport:
 
     def _where(self) -> str:
         return f"SMTP server {self.settings.smtp_host}:{self.settings.smtp_port}"
+
+    def _check_size(self, conn: smtplib.SMTP, size: int, rcpt: str) -> None:
+        """Refuse, for this recipient only, a message larger than the SIZE the server
+        announced in its EHLO reply (RFC 1870; "SIZE" or "SIZE 0" set no limit)."""
+        words = (conn.esmtp_features.get("size") or "").split()
+        limit = int(words[0]) if words and words[0].isdigit() else 0
+        if limit and size > limit:
+            raise PermanentDeliveryError(
+                f"message too large: the message to {rcpt} is {_kb(size)}, {self._where()} "
+                f"accepts at most {_kb(limit)} (SIZE); it was not sent: shorten the digest or "
+                "raise the server's limit")
 
     def _smtputf8_options(self, conn: smtplib.SMTP, address: str) -> list[str]:
         """MAIL FROM parameters for a transaction that needs SMTPUTF8, or a permanent error
@@ -179,18 +266,19 @@ class SMTPTransport:
         # The message carries UTF-8 headers; an SMTPUTF8 server supports 8BITMIME (RFC 6531).
         return ["SMTPUTF8", "BODY=8BITMIME"] if conn.has_extn("8bitmime") else ["SMTPUTF8"]
 
-    def _connection(self) -> smtplib.SMTP:
+    def _connection(self) -> _SMTP:
         if self._conn is not None:
             return self._conn
         s = self.settings
-        conn: smtplib.SMTP | None = None
+        conn: _SMTP | None = None
         try:
             if s.smtp_ssl:
-                conn = smtplib.SMTP_SSL(
+                conn = _SMTPSSL(
                     s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=self._tls_context(),
                 )
             else:
-                conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
+                conn = _SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
+            conn.data_end_timeout = data_end_timeout(s)
             conn.ehlo_or_helo_if_needed()
             if s.smtp_starttls:
                 conn.starttls(context=self._tls_context())
@@ -286,7 +374,8 @@ def _smtp_key(s: Settings) -> tuple[object, ...]:
     """What a connection depends on: another value is another connection."""
     password = s.smtp_password.get_secret_value() if s.smtp_password else None
     return (s.smtp_host, s.smtp_port, s.smtp_user, password, s.smtp_starttls, s.smtp_ssl,
-            s.smtp_timeout, str(s.smtp_tls_ca_file or ""), s.smtputf8)
+            s.smtp_timeout, s.smtp_data_end_timeout, s.lease_seconds,
+            str(s.smtp_tls_ca_file or ""), s.smtputf8)
 
 
 @dataclass
@@ -435,6 +524,18 @@ def _envelope(address: str, role: str, smtputf8: bool) -> tuple[str, bool]:
                 f"{SMTPUTF8_HINT}"
             ) from exc
     return utf8_address(address), True
+
+
+def data_end_timeout(settings: Settings) -> float:
+    """How long the reply to the final dot is awaited: DIGEST_SMTP_DATA_END_TIMEOUT, but
+    within half the lease (the batch's time limit must not cut the wait short), and never
+    shorter than any other command's."""
+    return max(min(settings.smtp_data_end_timeout, settings.lease_seconds / 2),
+               settings.smtp_timeout)
+
+
+def _kb(size: int) -> str:
+    return f"{size / 1000:.0f} KB" if size >= 1000 else f"{size} bytes"
 
 
 def error_for(code: int) -> type[TemporaryDeliveryError] | type[PermanentDeliveryError]:

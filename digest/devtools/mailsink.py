@@ -93,6 +93,8 @@ class _Handler:
         return "221 2.0.0 Bye"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.sink.data_delay:
+            await asyncio.sleep(self.sink.data_delay)
         login = getattr(session.auth_data, "login", None)
         number = self.sink._store(
             envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
@@ -108,11 +110,14 @@ class MailSink:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, outbox: Path | None = None, *,
                  tls_context: ssl.SSLContext | None = None, implicit_tls: bool = False,
-                 logins: dict[str, str] | None = None, smtputf8: bool = True):
+                 logins: dict[str, str] | None = None, smtputf8: bool = True,
+                 data_size_limit: int = DATA_SIZE_LIMIT, data_delay: float = 0.0):
         """``tls_context`` (a server context with its certificate loaded) offers STARTTLS and
         requires it before MAIL; with ``implicit_tls`` the connection is TLS from the first
         byte instead (like port 465). ``logins`` (user: password) requires AUTH.
-        ``smtputf8=False`` plays a server without SMTPUTF8 (MAIL FROM ... SMTPUTF8 gets 501)."""
+        ``smtputf8=False`` plays a server without SMTPUTF8 (MAIL FROM ... SMTPUTF8 gets 501).
+        ``data_size_limit`` is announced as SIZE and enforced (552 at MAIL FROM or DATA);
+        ``data_delay`` seconds pass before the reply to the final dot (a slow server)."""
         if implicit_tls and tls_context is None:
             raise ValueError("implicit_tls needs a tls_context")
         self.host = host
@@ -122,6 +127,8 @@ class MailSink:
         self.implicit_tls = implicit_tls
         self.logins = dict(logins) if logins is not None else None
         self.smtputf8 = smtputf8
+        self.data_size_limit = data_size_limit
+        self.data_delay = data_delay
         self.messages: list[ReceivedMessage] = []
         self.sessions = 0  # connections that said EHLO/HELO
         self.quits = 0  # connections the client closed politely with QUIT
@@ -142,7 +149,7 @@ class MailSink:
             hostname=self.host,
             port=self.port,
             server_hostname="digest-mailsink.localhost",  # no getfqdn() DNS lookup
-            data_size_limit=DATA_SIZE_LIMIT,
+            data_size_limit=self.data_size_limit,
             enable_SMTPUTF8=self.smtputf8,
             **self._security_options(),
         )

@@ -12,6 +12,8 @@ Figures (``kind`` is the run kind: weekly, daily, immediate, adhoc):
 - ``digest_deliveries{kind,status}``: rows in the delivery log by status now (gauge);
 - ``digest_messages_sent_total{kind}``: messages the SMTP server accepted (rows with a
   ``sent_at``, including those a bounce later failed);
+- ``digest_deliveries_too_large{kind}``: rows failed because the message was over the SMTP
+  server's size limit (SIZE, 552 5.3.4): the operator shortens digests or raises the limit;
 - ``digest_bounces_total{kind,fault}``: bounce reports recorded;
 - ``digest_complaints_total{source}``: complaints recorded (arf, ses, mailgun, sendgrid,
   postmark), each of which suppressed its reader;
@@ -57,6 +59,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from digest import db
+from digest.delivery.send import TOO_LARGE
 from digest.models import (
     TALLY_BOUNCES,
     TALLY_DELIVERIES,
@@ -180,6 +183,18 @@ def _database_figures(session: Session, now: datetime) -> Iterable[Metric]:
         sent.add_metric([kind_name], count)
     yield deliveries
     yield sent
+    too_large = GaugeMetricFamily(
+        "digest_deliveries_too_large", "Deliveries failed because the message was larger than "
+        "the SMTP server accepts (SIZE, 5.3.4), by run kind.", labels=["kind"])
+    for kind, count in session.execute(
+        select(DigestRun.kind, func.count()).select_from(Delivery)
+        .join(DigestRun, DigestRun.id == Delivery.run_id)
+        .where(Delivery.status == DeliveryStatus.failed,
+               Delivery.note.startswith(f"{TOO_LARGE}:"))
+        .group_by(DigestRun.kind)
+    ):
+        too_large.add_metric([str(kind)], count)
+    yield too_large
     deliveries_pruned = CounterMetricFamily(
         "digest_deliveries_pruned", "Rows of the delivery log retention deleted, by run kind "
         "and the status they had.", labels=["kind", "status"])

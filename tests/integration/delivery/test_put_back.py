@@ -88,9 +88,11 @@ def test_put_back_never_fails_a_row_however_often_it_happens(session, settings, 
     ids = planned.pending_ids
     for _ in range(settings.max_attempts + 2):
         session.execute(update(Delivery).where(Delivery.id.in_(ids))
-                        .values(status="sending", attempts=Delivery.attempts + 1))
+                        .values(status="sending", attempts=Delivery.attempts + 1,
+                                claim_token="t1"))
         session.commit()
-        assert put_back(session, ids, "not sent, put back: our server is down", settings) == 3
+        assert put_back(session, ids, "not sent, put back: our server is down", settings,
+                        token="t1") == 3
     assert {(d.status, d.attempts) for d in _rows(session)} == {("deferred", 0)}
 
 

@@ -211,8 +211,9 @@ def test_expired_lease_goes_back_to_deferred_and_admin_can_requeue_failures(sess
     transport.script("one@example.org", "550 5.2.2 mailbox full")
     send_deliveries(planned.pending_ids, transport=transport, settings=settings)
     rows = _rows(session)
+    # A later claim of "two" (another token, nothing journalled for it) whose worker died.
     session.execute(update(Delivery).where(Delivery.id == rows["two@example.org"].id).values(
-        status="sending", lease_until=utcnow() - timedelta(seconds=1)))
+        status="sending", lease_until=utcnow() - timedelta(seconds=1), claim_token="died"))
     session.commit()
     assert recover_expired_leases(session) == [rows["two@example.org"].id]
     assert requeue_failed(session, [rows["one@example.org"].id]) == 1

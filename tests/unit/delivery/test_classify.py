@@ -147,7 +147,6 @@ def test_a_bare_550_that_says_the_address_is_unknown_is_hard(reply):
     "554 Transaction failed",
     "550 5.0.0 Unrouteable address",
     "550 5.1.0 Address rejected",
-    "552 5.3.4 Message size exceeds fixed limit",
     "550 5.4.1 Recipient address rejected: Access denied",
     "550",
 ])
@@ -233,3 +232,28 @@ def test_a_dsn_status_read_from_the_basic_code_of_a_reply():
 def test_a_dsn_diagnostic_with_an_ip_does_not_take_it_for_a_status():
     verdict = classify_dsn("5.0.0", "smtp; host 10.5.1.1 said: 550 message rejected")
     assert (verdict.fault, verdict.status) == (Fault.soft, "5.0.0")
+
+
+@pytest.mark.parametrize(("reply", "step"), [
+    ("552 5.3.4 Message size exceeds fixed maximum message size", "MAIL FROM"),
+    ("552 Message size exceeds fixed maximum message size", "MAIL FROM"),  # RFC 1870, no status
+    ("552 5.3.4 Message too big for system", "RCPT TO"),
+    ("552 5.3.4 Error: message file too big", "DATA"),
+    ("552 Message exceeds the maximum size", "DATA"),
+    ("552 5.2.3 Message length exceeds administrative limit", "DATA"),
+])
+def test_a_size_refusal_at_any_step_is_the_message_s_fault_not_the_sender_s_nor_the_reader_s(
+        reply, step):
+    verdict = classify_smtp(int(reply[:3]), reply, step)
+    assert (verdict.fault, verdict.permanent) == (Fault.message, True)
+    assert "larger than the server accepts" in verdict.reason
+
+
+@pytest.mark.parametrize(("reply", "step", "fault"), [
+    ("552 5.2.2 Mailbox full", "RCPT TO", Fault.soft),  # a full mailbox is not a size refusal
+    ("552 Requested mail action aborted: exceeded storage allocation", "DATA", Fault.soft),
+    ("452 4.3.4 Message too big for now", "DATA", Fault.soft),  # temporary: retried
+    ("554 5.7.1 Sender refused", "MAIL FROM", Fault.sender),
+])
+def test_refusals_that_only_look_like_size_keep_their_own_class(reply, step, fault):
+    assert classify_smtp(int(reply[:3]), reply, step).fault is fault
