@@ -36,10 +36,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import os
-import random
 import itertools
 import json
+import os
+import random
 import re
 import signal
 import sys
