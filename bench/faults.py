@@ -261,6 +261,7 @@ class Campaign:
         self.clock_file = self.tmp / "worker2-clock-offset"
         self.smtp_answers: queue.Queue[str] = queue.Queue()
         self.restarts = 0  # by the supervisor
+        self.next_restart: dict[int, float] = {}
         self.worker_deaths: list[str] = []
         self.base = datetime.now(UTC)
         self.beat_note = ""
@@ -484,17 +485,26 @@ class Campaign:
             proc = self.children.get(name)
             if proc is None or proc.poll() is None:
                 continue
+            if time.monotonic() < self.next_restart.get(n, 0):
+                continue
             code = proc.returncode
-            why = self.tail(self.tmp / f"{name}.log", 3).replace("\n", " | ")[-160:]
-            self.worker_deaths.append(f"{name} exited {code}: {why}")
+            why = self.tail(self.tmp / f"{name}.log", 1)
+            found = re.search(r'"event": "([^"]{0,120})', why)
+            self.worker_deaths.append(f"{name} exited {code}: "
+                                      f"{found.group(1) if found else why[-120:]}")
             if not self.args.supervisor:
+                self.next_restart[n] = float("inf")  # noted once; an operator restarts it
                 continue
             self.children.pop(name)
-            time.sleep(1)  # RestartSec
-            self.start_workers(n)
             self.restarts += 1
             if row is not None:
                 row.restarts += 1
+            try:
+                self.start_workers(n)
+            except CampaignError:
+                # Died again while starting (the fault still lasts): try again in 5 s,
+                # as systemd's RestartSec=5 would.
+                self.next_restart[n] = time.monotonic() + 5
 
     def tail(self, log: Path, lines: int = 15) -> str:
         try:
@@ -854,7 +864,8 @@ class Campaign:
         try:
             out = self.digest_cli("send", "weekly", "--now", "--as-of", when.isoformat())
         except (CampaignError, subprocess.TimeoutExpired) as exc:
-            row.notes.append(f"digest send failed: {str(exc)[-200:]}")
+            said = " ".join(str(exc).split())
+            row.notes.append(f"digest send failed: ...{said[-200:]}")
             return None
         match = re.search(r"run #(\d+)", out)
         if not match:
@@ -956,6 +967,7 @@ class Campaign:
                     proc = self.children.get(name)
                     if proc is not None and proc.poll() is not None:
                         self.children.pop(name)
+                        self.next_restart.pop(int(name[-1]), None)
                         self.start_workers(int(name[-1]))
         if row.restarts:
             row.notes.append(f"the supervisor restarted a worker {row.restarts} time(s)")
