@@ -166,7 +166,7 @@ class _Handler:
         return f"250 2.0.0 OK: queued as {number}"
 
 
-def _reset(transport: asyncio.BaseTransport | None) -> None:
+def _reset(transport: Any) -> None:
     """Close with an RST (SO_LINGER 0), not a FIN: the client's next command meets a reset."""
     if transport is None or transport.is_closing():
         return
@@ -186,7 +186,7 @@ class _FaultySMTP(SMTP):
         self.owner = owner
         super().__init__(*args, **kwargs)
 
-    @property  # type: ignore[override]
+    @property
     def data_size_limit(self) -> int | None:
         return self.owner.size_limit or DATA_SIZE_LIMIT
 
@@ -198,22 +198,27 @@ class _FaultySMTP(SMTP):
         # aiosmtpd's own size refusals carry no enhanced code: give them RFC 3463's 5.3.4.
         text = status.decode() if isinstance(status, bytes) else str(status)
         if text.startswith("552 Error:") and self.owner.size_limit:
-            self.owner.event("size-refused", peer=self.session.peer[1] if self.session else None,
+            self.owner.event("size-refused", peer=_peer_port(self.session),
                              at="MAIL FROM" if "exceeds" in text else "DATA")
             status = SIZE_REPLY.format(limit=self.owner.size_limit)
         await super().push(status)
 
     async def smtp_DATA(self, arg: str) -> None:
         left = self.owner.stall_until - time.time()
-        if left > 0 and self.transport is not None and self.envelope.rcpt_tos:
+        if left > 0 and self.transport is not None and self.envelope is not None \
+                and self.envelope.rcpt_tos:
             # After the 354 has gone out, stop reading until the window ends.
-            transport = self.transport
+            transport: Any = self.transport
             loop = asyncio.get_running_loop()
-            self.owner.event("stall-data", seconds=round(left, 3),
-                             peer=self.session.peer[1] if self.session else None)
+            self.owner.event("stall-data", seconds=round(left, 3), peer=_peer_port(self.session))
             loop.call_soon(transport.pause_reading)
             loop.call_later(left, _resume, transport)
         await super().smtp_DATA(arg)
+
+
+def _peer_port(session: Any) -> Any:
+    peer = getattr(session, "peer", None)
+    return peer[1] if isinstance(peer, tuple) else None
 
 
 def _resume(transport: Any) -> None:
