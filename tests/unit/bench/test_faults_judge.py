@@ -102,3 +102,37 @@ def test_every_new_kind_is_selectable_by_name_with_duration_and_readers(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--faults", "size,flood"])
     assert "unknown fault kind(s) flood" in capsys.readouterr().err
+
+
+def test_a_lost_row_is_rechecked_against_a_second_reading_and_both_figures_are_printed(
+        tmp_path, monkeypatch):
+    """The server's record said nothing at the first reading (not written yet) and accepted
+    the message at the second: the row is not counted lost, and the note names both."""
+    import argparse
+    import json
+
+    from bench.faults import Campaign
+
+    record = tmp_path / "smtp-events.jsonl"
+    record.write_text("")
+    campaign = object.__new__(Campaign)
+    campaign.args = argparse.Namespace(seed=1, temp_share=0.0, drop_share=0.0, unknown_share=0.0)
+    campaign.record, campaign.long_reader_ids, campaign.unsubscribed = record, set(), {}
+    flushes = []
+
+    def flush_smtp() -> int:
+        flushes.append(1)
+        if len(flushes) == 2:  # the event reaches the file only by the second reading
+            record.write_text(json.dumps({"event": "accepted", "delivery": 1, "t": 5.0,
+                                          "rcpt": "r1@example.org"}) + "\n")
+        return len(flushes)
+
+    campaign.flush_smtp = flush_smtp
+    campaign.deliveries = lambda run_id: [(1, 11, "r1@example.org", "sent", "250", "active")]
+    campaign.suppressed = lambda: set()
+    monkeypatch.setattr("bench.faults.time.sleep", lambda seconds: None)
+    row = Row(1, "late-250", "late-250")
+    campaign.count(row, run_id=7, since=0.0)
+    assert (row.lost, row.lost_first) == (0, 1) and len(flushes) == 2
+    assert any("lost: 1 at the first reading of the record, 0 at the second" in n
+               for n in row.notes)
