@@ -531,6 +531,7 @@ class Campaign:
             "DIGEST_RETRY_BASE_SECONDS": str(a.retry_base_seconds),
             "DIGEST_LEASE_SECONDS": str(a.lease_seconds),
             "DIGEST_BATCH_SIZE": str(a.batch_size),
+            "DIGEST_SEND_RATE": str(a.send_rate),
             "DIGEST_VAR_DIR": str(self.tmp / "var"),
             "PYTHONUNBUFFERED": "1",
         })
@@ -1116,6 +1117,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--unknown-share", type=float, default=0.02, help="550 5.1.1 addresses")
     p.add_argument("--mail-from-seconds", type=float, default=3.0)
     p.add_argument("--unsubscribe-share", type=float, default=0.05)
+    p.add_argument("--send-rate", type=float, default=0,
+                   help="DIGEST_SEND_RATE of the parts (messages a second, 0: unlimited); a "
+                        "slower send lets a fault land well inside it at small sizes")
     p.add_argument("--duration", type=float, default=45,
                    help="seconds a held fault lasts (stall-data, late-250 and reset-after-250 "
                         "windows, pg-slots, pg-readonly, disk-full, redis-oom, clock-*); "
