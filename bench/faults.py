@@ -575,6 +575,10 @@ class Campaign:
             with contextlib.suppress(CampaignError, subprocess.TimeoutExpired, OSError):
                 self.pg_ctl("stop", "-m", "immediate")
         if self.pg_mount is not None:
+            if self.args.keep:  # the cluster outlives its tmpfs, for inspection
+                with contextlib.suppress(OSError, shutil.Error):
+                    (self.pg_mount / "ballast").unlink(missing_ok=True)
+                    shutil.copytree(self.pg_dir, self.tmp / "pg", symlinks=True)
             subprocess.run(["umount", "-l", str(self.pg_mount)], capture_output=True)
         if self.args.keep:
             print(f"kept: {self.tmp} (every part's log, smtp-events.jsonl)")
