@@ -683,7 +683,7 @@ class Campaign:
             try:
                 undo()
             except Exception as exc:  # noqa: BLE001 - said in the round's notes
-                self.undo_error = f"undoing {what} failed: {exc}"
+                self.undo_error = f"undoing ({what}): {exc}"
 
         self.undo_error = ""
         self.fault_thread = threading.Thread(target=later, daemon=True)
@@ -724,8 +724,16 @@ class Campaign:
             name, pid = picked
             if fault == "sigstop-pool":
                 os.kill(pid, signal.SIGSTOP)
-                return self.hold(seconds, lambda: os.kill(pid, signal.SIGCONT),
-                                 f"SIGSTOP {name}'s pool process, then SIGCONT,")
+
+                def resume() -> None:
+                    try:
+                        os.kill(pid, signal.SIGCONT)
+                    except ProcessLookupError:
+                        raise CampaignError("the stopped pool process was gone before SIGCONT "
+                                            "(its worker killed it: see the worker's log, "
+                                            "e.g. a hard time limit)") from None
+
+                return self.hold(seconds, resume, f"SIGSTOP {name}'s pool process, then SIGCONT,")
             group = self.children[name].pid
             os.killpg(group, signal.SIGSTOP)
             return self.hold(seconds, lambda: os.killpg(group, signal.SIGCONT),
