@@ -142,3 +142,29 @@ def test_control_lines_drive_the_windows_and_a_bad_line_says_what_to_send(server
         server.command("size big")
     with pytest.raises(ValidationError, match="late-250 takes"):
         server.command("late-250 1 2")
+
+
+def test_the_standalone_server_takes_control_lines_on_stdin_and_answers_each(tmp_path):
+    import subprocess
+    import sys
+
+    record = tmp_path / "events.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "digest.devtools.faultsmtp", "--port", "0", "--record",
+         str(record), "--temp-share", "0", "--drop-share", "0", "--unknown-share", "0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline().strip().rsplit(":", 1)[1])
+        proc.stdin.write("size 30720\nslow 3\nflush\n")
+        proc.stdin.flush()
+        answers = [proc.stdout.readline().strip() for _ in range(3)]
+        assert answers[0] == "ok size"
+        assert answers[1].startswith("error: unknown command 'slow'")
+        assert answers[2] == "flushed 1"  # the size-limit event, on disk
+        assert [e["event"] for e in read_events(record)] == ["size-limit"]
+        with smtplib.SMTP("127.0.0.1", port, timeout=5) as conn:
+            conn.ehlo()
+            assert conn.esmtp_features["size"] == "30720"
+    finally:
+        proc.terminate()
+        proc.wait(10)
