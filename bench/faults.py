@@ -562,8 +562,11 @@ class Campaign:
         proc = subprocess.run([*argv, *args], cwd=ROOT, env=self.env, capture_output=True,
                               text=True, timeout=timeout)
         if proc.returncode != 0:
+            said = (proc.stderr or proc.stdout).strip()
+            # The exception's own line, wherever it is (SQL parameters can be long), or the end.
+            errors = re.findall(r"^(?:\S+\.)?(\w+(?:Error|Exception): [^\n]{0,160})", said, re.M)
             raise CampaignError(f"digest {' '.join(args)} exited {proc.returncode}: "
-                                f"{(proc.stderr or proc.stdout).strip()[-500:]}")
+                                f"{errors[-1] if errors else said[-500:]}")
         return proc.stdout
 
     def cleanup(self) -> None:
@@ -877,8 +880,10 @@ class Campaign:
         try:
             out = self.digest_cli("send", "weekly", "--now", "--as-of", when.isoformat())
         except (CampaignError, subprocess.TimeoutExpired) as exc:
-            said = " ".join(str(exc).split())
-            row.notes.append(f"digest send failed: ...{said[-200:]}")
+            said = str(exc)
+            errors = re.findall(r"\b(\w+(?:Error|Exception)\)?:? [^\n]{0,140})", said)
+            row.notes.append("digest send failed: " + (errors[-1] if errors
+                                                       else " ".join(said.split())[-200:]))
             return None
         match = re.search(r"run #(\d+)", out)
         if not match:
