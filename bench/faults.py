@@ -488,8 +488,10 @@ class Campaign:
             if time.monotonic() < self.next_restart.get(n, 0):
                 continue
             code = proc.returncode
-            why = self.tail(self.tmp / f"{name}.log", 1)
-            found = re.search(r'"event": "([^"]{0,120})', why)
+            why = self.tail(self.tmp / f"{name}.log", 30)
+            # The critical line (Celery's "Unrecoverable error: ...") if any, else the last.
+            found = (re.search(r'"event": "([^"]{0,120})", "level": "critical"', why)
+                     or re.search(r'"event": "([^"]{0,120})[^\n]*$', why))
             self.worker_deaths.append(f"{name} exited {code}: "
                                       f"{found.group(1) if found else why[-120:]}")
             if not self.args.supervisor:
