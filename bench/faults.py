@@ -640,7 +640,9 @@ class Campaign:
             for _ in range(missing):
                 i = self.subscribers_made
                 self.subscribers_made += 1
-                themes = ("" if i % 3 == 0 else THEMES[i % 4] if i % 3 == 1
+                # Every theme but the long reads, not an empty filter (which is "everything"):
+                # only the long readers get the ~55 KB digests of the size kind.
+                themes = ("|".join(THEMES) if i % 3 == 0 else THEMES[i % 4] if i % 3 == 1
                           else f"{THEMES[i % 4]}|{THEMES[(i + 1) % 4]}")
                 lines.append(f"reader{i}@example.org,weekly,UTC,0,{hour},{themes},active")
             report = import_csv(session, "\n".join(lines) + "\n",
