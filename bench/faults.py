@@ -983,17 +983,18 @@ class Campaign:
                 f"{counts[s]} {s}" for s in NON_FINAL if counts[s]))
         if self.worker_deaths:
             row.notes.append(f"{len(self.worker_deaths)} worker exit(s): {self.worker_deaths[0]}")
-            if not a.supervisor:
-                row.operator += 1
-                for name in ("worker1", "worker2"):  # the operator restarts them
-                    proc = self.children.get(name)
-                    if proc is not None and proc.poll() is not None:
-                        self.children.pop(name)
-                        self.next_restart.pop(int(name[-1]), None)
-                        self.start_workers(int(name[-1]))
         if row.restarts:
             row.notes.append(f"the supervisor restarted a worker {row.restarts} time(s)")
-        self.count(row, run_id, since)
+        self.count(row, run_id, since)  # what the bound saw, before any operator acts
+        if self.worker_deaths and not a.supervisor:
+            row.operator += 1
+            row.notes.append("an operator restarted the dead worker(s) after the round")
+            for name in ("worker1", "worker2"):
+                proc = self.children.get(name)
+                if proc is not None and proc.poll() is not None:
+                    self.children.pop(name)
+                    self.next_restart.pop(int(name[-1]), None)
+                    self.start_workers(int(name[-1]))
         if fault == "size":
             self.size_note(row, run_id)
         return row
