@@ -9,7 +9,21 @@ hash of the seed and the message, so a rerun with the same seed behaves alike:
   the connection dropped without a reply with probability ``drop_share`` (the message is then
   discarded: it was never accepted);
 - MAIL FROM: ``554 5.7.1`` to every transaction for a while: ``refuse_mail_from(seconds)``, or
-  SIGUSR1 to the standalone server, opens a window of ``--mail-from-seconds``.
+  SIGUSR1 to the standalone server, opens a window of ``--mail-from-seconds``;
+- windows of the campaign's newer kinds, opened by a method or by a line on the standalone
+  server's stdin (``stall-data 45``, ``late-250 45 60 120``, ``reset-after-250 45``,
+  ``size 30720``, ``flush``):
+
+  - ``stall_data(seconds)``: every DATA started in the window stops being read right after the
+    354 until the window ends (the client's lines wait in the socket buffers);
+  - ``late_250(seconds, low, high)``: a message whose final dot arrives in the window is taken
+    (recorded ``accepted`` at once, as an MTA that queued it) and its 250 is written
+    ``low``-``high`` seconds later, if the client still waits;
+  - ``reset_after_250(seconds)``: the connection is reset (RST) right after the 250;
+  - ``set_size_limit(bytes)``: EHLO announces ``SIZE bytes``; a larger ``MAIL FROM SIZE=`` or
+    message gets ``552 5.3.4`` (0: no limit);
+  - ``flush()``: the record is on disk (fsync) when it returns; the standalone server answers
+    ``flushed N`` (N events so far) on stdout.
 
 Every event (accepted messages with their Message-ID, ``X-Digest-Delivery`` header, recipient,
 time and connection) is appended as one JSON line to the record file, which a campaign reads.
@@ -20,9 +34,12 @@ time and connection) is appended as one JSON line to the record file, which a ca
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import itertools
 import json
+import os
+import random
 import re
 import signal
 import sys
@@ -33,6 +50,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 from digest.devtools.mailsink import DATA_SIZE_LIMIT
 from digest.errors import ValidationError
@@ -42,6 +60,7 @@ _DELIVERY = re.compile(rb"^X-Digest-Delivery:[ \t]*(\d+)", re.I | re.M)
 
 UNKNOWN_USER_REPLY = "550 5.1.1 {rcpt}: no such user here"
 MAIL_FROM_REPLY = "554 5.7.1 Sender refused for now (fault window)"
+SIZE_REPLY = "552 5.3.4 Message size exceeds fixed maximum message size ({limit} bytes)"
 TEMP_REPLIES = ("451 4.3.0 Temporary local problem, try again later",
                 "421 4.3.2 Service shutting down, closing connection")
 
@@ -130,8 +149,81 @@ class _Handler:
         if fault == "451":
             owner.event("451", **details)
             return TEMP_REPLIES[0]
-        number = owner.event("accepted", **details)
+        if owner.size_limit and len(data) > owner.size_limit:
+            owner.event("size-refused", size=len(data), **details)
+            return SIZE_REPLY.format(limit=owner.size_limit)
+        now = time.time()
+        late = (owner.rng.uniform(*owner.late_range) if now < owner.late_until else 0.0)
+        reset = now < owner.reset_until
+        number = owner.event("accepted", size=len(data), late=round(late, 3), reset=reset,
+                             **details)
+        if late:
+            # Taken (recorded) now, answered late; a client gone meanwhile never hears it.
+            await asyncio.sleep(late)
+        if reset:
+            transport = server.transport
+            asyncio.get_running_loop().call_later(0.05, _reset, transport)
         return f"250 2.0.0 OK: queued as {number}"
+
+
+def _reset(transport: Any) -> None:
+    """Close with an RST (SO_LINGER 0), not a FIN: the client's next command meets a reset."""
+    if transport is None or transport.is_closing():
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        import socket
+        import struct
+
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+class _FaultySMTP(SMTP):
+    """aiosmtpd's server with the owner's SIZE limit, read at each use, and the DATA stall."""
+
+    def __init__(self, owner: FaultySMTPServer, *args: Any, **kwargs: Any):
+        self.owner = owner
+        super().__init__(*args, **kwargs)
+
+    @property
+    def data_size_limit(self) -> int | None:
+        return self.owner.size_limit or DATA_SIZE_LIMIT
+
+    @data_size_limit.setter
+    def data_size_limit(self, value: int | None) -> None:
+        pass  # the owner's limit rules
+
+    async def push(self, status: Any) -> None:
+        # aiosmtpd's own size refusals carry no enhanced code: give them RFC 3463's 5.3.4.
+        text = status.decode() if isinstance(status, bytes) else str(status)
+        if text.startswith("552 Error:") and self.owner.size_limit:
+            self.owner.event("size-refused", peer=_peer_port(self.session),
+                             at="MAIL FROM" if "exceeds" in text else "DATA")
+            status = SIZE_REPLY.format(limit=self.owner.size_limit)
+        await super().push(status)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        left = self.owner.stall_until - time.time()
+        if left > 0 and self.transport is not None and self.envelope is not None \
+                and self.envelope.rcpt_tos:
+            # After the 354 has gone out, stop reading until the window ends.
+            transport: Any = self.transport
+            loop = asyncio.get_running_loop()
+            self.owner.event("stall-data", seconds=round(left, 3), peer=_peer_port(self.session))
+            loop.call_soon(transport.pause_reading)
+            loop.call_later(left, _resume, transport)
+        await super().smtp_DATA(arg)
+
+
+def _peer_port(session: Any) -> Any:
+    peer = getattr(session, "peer", None)
+    return peer[1] if isinstance(peer, tuple) else None
+
+
+def _resume(transport: Any) -> None:
+    if not transport.is_closing():
+        transport.resume_reading()
 
 
 class FaultySMTPServer:
@@ -145,6 +237,12 @@ class FaultySMTPServer:
         self.record = Path(record)
         self.mail_from_seconds = mail_from_seconds
         self.mail_from_refused_until = 0.0
+        self.stall_until = 0.0
+        self.late_until = 0.0
+        self.late_range = (60.0, 120.0)
+        self.reset_until = 0.0
+        self.size_limit = 0
+        self.rng = random.Random(self.plan.seed)
         self.counts: dict[str, int] = {}
         self._attempts: dict[str, int] = {}
         self._numbers = itertools.count(1)
@@ -154,7 +252,7 @@ class FaultySMTPServer:
 
     def start(self) -> FaultySMTPServer:
         self._file = self.record.open("a", encoding="utf-8", buffering=1)
-        controller = _Controller(_Handler(self), hostname=self.host, port=self.port,
+        controller = _Controller(_Handler(self), owner=self, hostname=self.host, port=self.port,
                                  server_hostname="digest-faultsmtp.localhost",
                                  data_size_limit=DATA_SIZE_LIMIT, enable_SMTPUTF8=True)
         controller.start()
@@ -182,6 +280,64 @@ class FaultySMTPServer:
         self.mail_from_refused_until = time.time() + seconds
         self.event("mail-from-window", seconds=seconds)
 
+    def stall_data(self, seconds: float) -> None:
+        """Stop reading every DATA that starts in the next ``seconds`` until they are over."""
+        self.stall_until = time.time() + seconds
+        self.event("stall-data-window", seconds=seconds)
+
+    def late_250(self, seconds: float, low: float = 60.0, high: float = 120.0) -> None:
+        """For ``seconds``, answer the final dot ``low``-``high`` seconds late."""
+        if not 0 <= low <= high:
+            raise ValidationError(f"late-250 needs 0 <= low <= high, not {low} and {high}")
+        self.late_range = (low, high)
+        self.late_until = time.time() + seconds
+        self.event("late-250-window", seconds=seconds, low=low, high=high)
+
+    def reset_after_250(self, seconds: float) -> None:
+        """For ``seconds``, reset the connection right after each 250 to a final dot."""
+        self.reset_until = time.time() + seconds
+        self.event("reset-after-250-window", seconds=seconds)
+
+    def set_size_limit(self, limit: int) -> None:
+        """Announce SIZE ``limit`` in EHLO and refuse larger messages with 552 5.3.4 (0: none)."""
+        if limit < 0:
+            raise ValidationError(f"the SIZE limit must be 0 (none) or more bytes, not {limit}")
+        self.size_limit = limit
+        self.event("size-limit", limit=limit)
+
+    def flush(self) -> int:
+        """Everything recorded so far is on disk; returns the number of events."""
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            return sum(self.counts.values())
+
+    def command(self, line: str) -> str:
+        """One control line (the standalone server's stdin): what it did, or raises
+        ValidationError naming what was wrong."""
+        words = line.split()
+        if not words:
+            return ""
+        name, args = words[0], words[1:]
+        try:
+            numbers = [float(a) for a in args]
+        except ValueError:
+            raise ValidationError(f"{line.strip()!r}: arguments must be numbers") from None
+        actions = {"stall-data": (self.stall_data, 1), "late-250": (self.late_250, (1, 3)),
+                   "reset-after-250": (self.reset_after_250, 1),
+                   "size": (lambda n: self.set_size_limit(int(n)), 1),
+                   "mail-from": (self.refuse_mail_from, 1), "flush": (None, 0)}
+        if name not in actions:
+            raise ValidationError(f"unknown command {name!r}; use one of {', '.join(actions)}")
+        action, arity = actions[name]
+        if len(numbers) not in (arity if isinstance(arity, tuple) else (arity,)):
+            raise ValidationError(f"{name} takes {arity} number(s), got {len(numbers)}")
+        if action is None:
+            return f"flushed {self.flush()}"
+        action(*numbers)
+        return f"ok {name}"
+
     def next_attempt(self, key: str) -> int:
         with self._lock:
             self._attempts[key] = n = self._attempts.get(key, 0) + 1
@@ -199,6 +355,13 @@ class FaultySMTPServer:
 
 
 class _Controller(Controller):
+    def __init__(self, handler: Any, *, owner: FaultySMTPServer, **kwargs: Any):
+        self.owner = owner
+        super().__init__(handler, **kwargs)
+
+    def factory(self):
+        return _FaultySMTP(self.owner, self.handler, **self.SMTP_kwargs)
+
     def _trigger_server(self):
         if self.port == 0 and self.server is not None:
             self.port = self.server.sockets[0].getsockname()[1]
@@ -250,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     print(f"listening on {server.host}:{server.port}", flush=True)
+    threading.Thread(target=_read_commands, args=(server, stop), daemon=True).start()
     try:
         # sleep(), unlike Event.wait(), lets a signal's handler run at once.
         while not stop.is_set():
@@ -257,6 +421,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     return 0
+
+
+def _read_commands(server: FaultySMTPServer, stop: threading.Event) -> None:
+    """Control lines on stdin, one answer line each on stdout (``error: ...`` when refused)."""
+    for line in sys.stdin:
+        try:
+            answer = server.command(line)
+        except ValidationError as exc:
+            answer = f"error: {exc}"
+        if answer:
+            print(answer, flush=True)
+    # stdin closed: the campaign is gone or never talks; keep serving.
 
 
 if __name__ == "__main__":
