@@ -3,7 +3,8 @@ module shares (a rowcount, an INSERT that ignores a conflict), and schema upgrad
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -100,6 +101,35 @@ def alembic_config(url: str) -> Config:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
+
+
+def wait_until_reachable(url: str, seconds: float,
+                         on_wait: Callable[[str], None] | None = None,
+                         sleep: Callable[[float], None] = time.sleep,
+                         clock: Callable[[], float] = time.monotonic) -> None:
+    """Return once the database at ``url`` accepts a connection, trying for ``seconds``
+    (PostgreSQL out of connection slots, starting up or restarting: an outage of a minute
+    should not need an operator to rerun a command). ``on_wait`` is told the server's refusal
+    once before the first wait and then every ten seconds; after ``seconds`` the last error is
+    raised as it was."""
+    from sqlalchemy.exc import OperationalError
+
+    engine = engine_for(url)
+    deadline = clock() + seconds
+    delay, told_at = 0.5, None
+    while True:
+        try:
+            with engine.connect():
+                return
+        except OperationalError as exc:
+            now = clock()
+            if now + delay > deadline:
+                raise
+            if on_wait is not None and (told_at is None or now - told_at >= 10):
+                on_wait(str(exc.orig or exc).strip().splitlines()[0])
+                told_at = now
+            sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def upgrade(url: str, revision: str = "head") -> None:

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
                     "chunk its own transaction, enqueued as soon as it commits; a planner that "
                     "stops half-way is resumed from the last chunk committed.")
 
+    db_wait_seconds: float = Field(
+        default=60, ge=0,
+        description="A CLI command whose database refuses connections (out of slots, starting "
+                    "up, restarting) waits this long for it before giving up with one line.")
     # Delivery
     batch_size: int = 100
     lease_seconds: int = 300

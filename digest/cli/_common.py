@@ -57,4 +57,12 @@ def session_scope() -> AbstractContextManager[Session]:
 
 
 def ensure_db() -> None:
-    db.upgrade(get_settings().database_url)
+    settings = get_settings()
+    if not settings.database_url.startswith("sqlite"):
+        db.wait_until_reachable(settings.database_url, settings.db_wait_seconds, _waiting)
+    db.upgrade(settings.database_url)
+
+
+def _waiting(refusal: str) -> None:
+    err.print(f"waiting for the database ({refusal}); up to DIGEST_DB_WAIT_SECONDS, "
+                      "Ctrl-C to stop", markup=False, highlight=False, soft_wrap=True)
