@@ -45,9 +45,10 @@ def start_beat(env: dict[str, str], tmp_path: Path, name: str) -> subprocess.Pop
 
 
 def senders(client: redis.Redis, queue: str) -> Counter[int]:
-    """Tasks waiting in the queue, counted by the pid of the process that sent them."""
+    """Tasks waiting in the queue's maintenance queue (where the beat sends its periodic
+    tasks), counted by the pid of the process that sent them."""
     counts: Counter[int] = Counter()
-    for raw in client.lrange(queue, 0, -1):
+    for raw in client.lrange(f"{queue}.maintenance", 0, -1):
         origin = json.loads(raw)["headers"]["origin"]  # "gen<pid>@<host>"
         counts[int(origin.split("@")[0].removeprefix("gen"))] += 1
     return counts
@@ -71,7 +72,7 @@ def beat_env(tmp_path):
            "DIGEST_BEAT_LOCK_SECONDS": str(LOCK_SECONDS)}
     client = redis.Redis.from_url(REDIS_URL)
     yield env, queue, client
-    client.delete(queue, lock_key(queue))
+    client.delete(queue, f"{queue}.maintenance", lock_key(queue))
 
 
 def test_of_two_beats_only_the_lock_holder_sends_and_the_other_takes_over_when_it_dies(
