@@ -930,11 +930,16 @@ class Campaign:
             if self.fault_thread is not None:
                 self.fault_thread.join()
             if run_id is None:
-                row.operator += 1
-                # Does a run resume by itself? Give the sweep a few beats before acting.
-                time.sleep(max(10, 4 * a.beat_seconds))
+                # Does a run resume by itself? The sweep takes on a run left planning for
+                # max(30 s, a sweep): give it that and a few beats before acting.
                 found = self.newest_run(before)
+                waited_until = time.monotonic() + max(30, a.beat_seconds) + 8 * a.beat_seconds
+                while (found is not None and found[1] == "planning"
+                       and time.monotonic() < waited_until):
+                    time.sleep(a.beat_seconds)
+                    found = self.newest_run(before)
                 if found is None or found[1] == "planning":
+                    row.operator += 1
                     state = "no run" if found is None else f"run #{found[0]} still planning"
                     row.notes.append(f"after the fault: {state}; operator reruns digest send")
                     run_id = self.send(when, row)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from threading import Lock
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -188,8 +188,37 @@ def sweep_lost_work(settings: Settings) -> Swept:
 
     with session_scope(settings.database_url) as session:
         found = sweep(session, settings)
-    queue_for(settings).deliver(found.recovered + found.orphaned)
+    queue = queue_for(settings)
+    queue.deliver(found.recovered + found.orphaned)
+    resume_stopped_runs(settings)
     return found
+
+
+def resume_stopped_runs(settings: Settings, *, now: datetime | None = None) -> list[int]:
+    """Runs left ``planning`` for a while (their planner stopped: a full disk, a lost
+    connection, a killed command), planned on and sent; the ids of the runs. The sweep calls
+    it, so such a run moves within seconds, not at the next tick."""
+    from digest.db import session_scope
+    from digest.models import utcnow
+    from digest.selection import resume_stopped_planning
+
+    queue = queue_for(settings)
+
+    def send_chunk(ids: list[int]) -> None:
+        queue.deliver(ids)
+
+    started_before = (now or utcnow()) - timedelta(seconds=max(30, settings.sweep_seconds))
+    resumed: list[int] = []
+    for frequency in ("weekly", "daily"):
+        with session_scope(settings.database_url) as session:
+            plans = resume_stopped_planning(session, frequency, settings=settings,
+                                            on_chunk=send_chunk,
+                                            started_before=started_before)
+        for plan in plans:
+            queue.deliver(plan.run.pending_ids)
+            if plan.run.run_id is not None:
+                resumed.append(plan.run.run_id)
+    return resumed
 
 
 class BrokerQueue:

@@ -89,9 +89,10 @@ def _planning_stopped(exc: SQLAlchemyError) -> PlanningStoppedError | None:
                      for run_id, count in left)
     return PlanningStoppedError(
         f"planning stopped ({first_line(exc)}): {runs} "
-        f"{'stays' if len(left) == 1 else 'stay'} 'planning'; the next tick (the "
-        "beat's, every 5 minutes, or 'digest tick') plans the rest by itself and sends "
-        "nobody twice; what was planned already is being sent")
+        f"{'stays' if len(left) == 1 else 'stay'} 'planning'; the beat's sweep plans the "
+        "rest by itself within two sweeps (DIGEST_SWEEP_SECONDS; or 'digest tick' now) and "
+        "sends nobody twice; what "
+        "was planned already is being sent")
 
 
 def _send_scheduled(frequency: str, now: bool, dry_run: bool, as_of: str | None) -> None:

@@ -37,6 +37,7 @@ from digest.selection.schedule import (
     plan_due_slots,
     plan_scheduled_run,
     release_run,
+    resume_stopped_planning,
     slot_key,
     slot_start,
 )
@@ -46,5 +47,6 @@ __all__ = [
     "cancel_run", "delivery_contents", "due_condition", "due_local_hours", "due_slots",
     "first_instant", "give_back_items", "item_matches_subscriber", "last_planned_slot",
     "matching_items", "plan_adhoc_run", "plan_due_alerts", "plan_due_slots", "plan_immediate_run",
-    "plan_scheduled_run", "preview_items", "release_run", "slot_key", "slot_start", "window_for",
+    "plan_scheduled_run", "preview_items", "release_run", "resume_stopped_planning", "slot_key",
+    "slot_start", "window_for",
 ]

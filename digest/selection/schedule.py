@@ -293,19 +293,8 @@ def plan_due_slots(session: Session, frequency: str, *, now: datetime | None = N
     plans: list[SlotPlan] = []
     if not dry_run:
         due_keys = {slot_key(frequency, slot) for slot in slots}
-        # Runs whose planner stopped (a crash, a full disk, a lost connection), ``--now`` ones
-        # too: nobody else would come back for them. Planned on from where they got to; a
-        # planner still at work on one takes chunks in turn with this one (a row lock).
-        for left in session.scalars(select(DigestRun).where(
-                DigestRun.kind == frequency, DigestRun.status == RunStatus.planning,
-                DigestRun.dry_run.is_(False), DigestRun.slot_key.not_in(due_keys))
-                .order_by(DigestRun.id)).all():
-            slot = (slot_start(_aware(left.cutoff)) if left.params.get("everyone") else
-                    datetime.strptime(left.slot_key.partition(":")[2],
-                                      "%Y-%m-%dT%H").replace(tzinfo=UTC))
-            plans.append(SlotPlan(slot, _plan_rest(session, left, _who_of(session, left),
-                                                   settings, commit=True, on_chunk=on_chunk,
-                                                   resumed=True)))
+        plans.extend(resume_stopped_planning(session, frequency, settings=settings,
+                                             on_chunk=on_chunk, except_keys=due_keys))
     zones = _zones(session, frequency)
     for slot in reversed(slots):
         late = now - slot > timedelta(hours=settings.send_by_hours)
@@ -317,6 +306,33 @@ def plan_due_slots(session: Session, frequency: str, *, now: datetime | None = N
         plans.append(SlotPlan(slot, replace(run, pending_ids=[]) if held and not dry_run else run,
                               held))
     return sorted(plans, key=lambda plan: plan.slot)
+
+
+def resume_stopped_planning(session: Session, frequency: str, *, settings: Settings,
+                            on_chunk: ChunkSent | None = None,
+                            except_keys: set[str] | frozenset[str] = frozenset(),
+                            started_before: datetime | None = None) -> list[SlotPlan]:
+    """Runs whose planner stopped (a crash, a full disk, a lost connection), ``--now`` ones
+    too, planned on from where they got to: nobody else would come back for them. A planner
+    still at work on one takes chunks in turn with this one (a row lock), so finding one that
+    is merely slow costs nothing twice. ``started_before``: only runs created before it (the
+    sweep's bound, so a planner at work is normally left alone)."""
+    query = select(DigestRun).where(
+        DigestRun.kind == frequency, DigestRun.status == RunStatus.planning,
+        DigestRun.dry_run.is_(False))
+    if except_keys:
+        query = query.where(DigestRun.slot_key.not_in(except_keys))
+    if started_before is not None:
+        query = query.where(DigestRun.created_at < started_before)
+    plans = []
+    for left in session.scalars(query.order_by(DigestRun.id)).all():
+        slot = (slot_start(_aware(left.cutoff)) if left.params.get("everyone") else
+                datetime.strptime(left.slot_key.partition(":")[2],
+                                  "%Y-%m-%dT%H").replace(tzinfo=UTC))
+        plans.append(SlotPlan(slot, _plan_rest(session, left, _who_of(session, left),
+                                               settings, commit=True, on_chunk=on_chunk,
+                                               resumed=True)))
+    return plans
 
 
 def _aware(moment: datetime) -> datetime:

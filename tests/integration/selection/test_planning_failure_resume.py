@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from digest import db
 from digest.models import Delivery, DigestRun, RunStatus
-from digest.queue import send_due_slots
+from digest.queue import send_due_slots, sweep_lost_work
 from digest.selection import plan_scheduled_run
 from tests.factories import T0, make_item, make_subscriber
 
@@ -78,6 +78,32 @@ def test_a_now_run_whose_planning_failed_is_finished_by_the_next_tick_one_messag
     assert len(smtp_sink.messages) == len(READERS)
 
 
+def test_the_sweep_finishes_a_run_left_planning_for_a_sweep_not_one_still_young(
+        db_url, session, taxo, settings, smtp_sink, full_disk_once, time_machine):
+    _readers(session, taxo)
+    time_machine.move_to(T0, tick=False)
+    with pytest.raises(OperationalError):
+        plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings,
+                           on_chunk=lambda ids: None)
+    session.rollback()
+    left = session.scalars(select(DigestRun)).one()
+
+    time_machine.move_to(T0 + timedelta(seconds=10), tick=False)
+    sweep_lost_work(settings)  # a planner may still be at work: left alone
+    session.expire_all()
+    assert session.get(DigestRun, left.id).status == RunStatus.planning
+    assert smtp_sink.messages == []
+
+    time_machine.move_to(T0 + timedelta(seconds=settings.sweep_seconds + 15), tick=False)
+    sweep_lost_work(settings)  # the beat's sweep, in-process: every few seconds, not hourly
+    session.expire_all()
+    assert session.get(DigestRun, left.id).status in (RunStatus.sending, RunStatus.done)
+    assert Counter(m.rcpt_tos[0] for m in smtp_sink.messages) == Counter(
+        {address: 1 for address in READERS})
+    sweep_lost_work(settings)
+    assert len(smtp_sink.messages) == len(READERS)
+
+
 def test_digest_send_whose_planning_fails_says_in_one_line_what_happens_next(
         db_url, session, taxo, settings, smtp_sink, full_disk_once, monkeypatch, capsys):
     from digest import cli
@@ -92,6 +118,7 @@ def test_digest_send_whose_planning_fails_says_in_one_line_what_happens_next(
     run = session.scalars(select(DigestRun)).one()
     assert errors.strip().splitlines() == [
         f"error: planning stopped (could not extend file \"base/16384/2619\": No space left on "
-        f"device): run #{run.id} (0 digest(s) planned so far) stays 'planning'; the next tick "
-        "(the beat's, every 5 minutes, or 'digest tick') plans the rest by itself and sends "
-        "nobody twice; what was planned already is being sent"]
+        f"device): run #{run.id} (0 digest(s) planned so far) stays 'planning'; the beat's sweep "
+        "plans the rest by itself within two sweeps (DIGEST_SWEEP_SECONDS; or 'digest tick' "
+        "now) and sends nobody "
+        "twice; what was planned already is being sent"]
