@@ -190,7 +190,7 @@ class SMTPTransport:
                      rcpt_utf8: bool) -> SendResult:
         retry_allowed = self._conn is not None and self._answered
         conn = self._connection()
-        self._check_size(conn, len(data), rcpt)
+        self._check_size(conn, len(data), rcpt, reused=retry_allowed)
         options = [f"SIZE={len(data)}"] if conn.has_extn("size") else []
         if sender_utf8 or rcpt_utf8:
             options += self._smtputf8_options(conn, rcpt if rcpt_utf8 else mail_from)
@@ -242,11 +242,16 @@ class SMTPTransport:
     def _where(self) -> str:
         return f"SMTP server {self.settings.smtp_host}:{self.settings.smtp_port}"
 
-    def _check_size(self, conn: smtplib.SMTP, size: int, rcpt: str) -> None:
+    def _check_size(self, conn: smtplib.SMTP, size: int, rcpt: str, *,
+                    reused: bool = False) -> None:
         """Refuse, for this recipient only, a message larger than the SIZE the server
-        announced in its EHLO reply (RFC 1870; "SIZE" or "SIZE 0" set no limit)."""
-        words = (conn.esmtp_features.get("size") or "").split()
-        limit = int(words[0]) if words and words[0].isdigit() else 0
+        announced in its EHLO reply (RFC 1870; "SIZE" or "SIZE 0" set no limit). Over the limit
+        on a connection kept from earlier batches, a new connection asks again first: the
+        server may have raised the limit since, and a refusal here fails the reader for good."""
+        limit = _announced_size(conn)
+        if limit and size > limit and reused:
+            self._discard()  # a new connection carries the message, with a fresh EHLO
+            raise _ClosedBeforeData
         if limit and size > limit:
             raise PermanentDeliveryError(
                 f"message too large: the message to {rcpt} is {_kb(size)}, {self._where()} "
@@ -524,6 +529,11 @@ def _envelope(address: str, role: str, smtputf8: bool) -> tuple[str, bool]:
                 f"{SMTPUTF8_HINT}"
             ) from exc
     return utf8_address(address), True
+
+
+def _announced_size(conn: smtplib.SMTP) -> int:
+    words = (conn.esmtp_features.get("size") or "").split()
+    return int(words[0]) if words and words[0].isdigit() else 0
 
 
 def data_end_timeout(settings: Settings) -> float:

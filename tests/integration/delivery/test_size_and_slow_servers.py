@@ -146,3 +146,23 @@ def test_a_transaction_interrupted_mid_wait_is_closed_at_once_without_waiting_on
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
         assert server.quits == 0 and server.messages == []
+
+
+def test_a_kept_connection_asks_the_size_again_before_refusing_a_large_message(tmp_path):
+    """Found by the fault campaign: a connection kept from a batch sent while the server
+    announced SIZE 30 KB refused a 54 KB digest after the limit was lifted, failing the reader
+    for good on what the server said an hour before."""
+    from digest.devtools.faultsmtp import FaultPlan, FaultySMTPServer, read_events
+
+    with FaultySMTPServer(tmp_path / "events.jsonl", FaultPlan(1, 0.0, 0.0, 0.0)) as server:
+        server.set_size_limit(1000)
+        with SMTPTransport(smtp_settings(server.port)) as transport:
+            assert transport.send(SENDER, "a@example.org", MESSAGE).code == 250
+            server.set_size_limit(0)  # lifted while the connection stays open
+            big = MESSAGE + b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n" * 100
+            assert transport.send(SENDER, "b@example.org", big).code == 250
+            server.set_size_limit(1000)  # and a limit set since is the server's to refuse
+            with pytest.raises(PermanentDeliveryError, match="552 5.3.4"):
+                transport.send(SENDER, "c@example.org", big)
+        assert sorted(e["rcpt"] for e in read_events(server.record)
+                      if e["event"] == "accepted") == ["a@example.org", "b@example.org"]
