@@ -246,3 +246,22 @@ def dkim_key() -> tuple[bytes, bytes]:
     der = key.public_key().public_bytes(serialization.Encoding.DER,
                                         serialization.PublicFormat.SubjectPublicKeyInfo)
     return pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+
+
+# Servers of a test's own, for faults that stop, fill or freeze them (never the machine's).
+@pytest.fixture
+def own_redis(tmp_path):
+    from tests.ownservers import OwnRedis
+
+    server = OwnRedis(tmp_path).start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def own_postgres():
+    from tests.ownservers import OwnPostgres
+
+    server = OwnPostgres().start()
+    yield server
+    server.remove()

@@ -5,17 +5,7 @@ the unacked index are removed once Redis takes writes again."""
 
 from __future__ import annotations
 
-import pytest
 from kombu import Connection
-
-from tests.ownservers import OwnRedis
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    server = OwnRedis(tmp_path).start()
-    yield server
-    server.remove()
 
 
 def test_tasks_taken_and_finished_while_redis_is_full_free_their_slots(own_redis):

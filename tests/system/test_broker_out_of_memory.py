@@ -27,18 +27,10 @@ from digest.selection import plan_scheduled_run
 from digest.settings import Settings
 from tests.conftest import ROOT
 from tests.factories import T0, Taxo, make_item, make_subscriber
-from tests.ownservers import OwnRedis
 
 pytestmark = pytest.mark.integration
 SECRET = "broker-oom-test-secret-0123456789abcdef"
 FULL_FOR_SECONDS = 25
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    server = OwnRedis(tmp_path).start()
-    yield server
-    server.stop()
 
 
 def start_worker(queue: str, env: dict[str, str], log: Path) -> subprocess.Popen:

@@ -24,18 +24,10 @@ from digest.selection import plan_scheduled_run
 from digest.settings import Settings
 from tests.conftest import ROOT
 from tests.factories import T0, Taxo, make_item, make_subscriber
-from tests.ownservers import OwnRedis
 from tests.system.test_broker_out_of_memory import wait_for_line
 
 pytestmark = pytest.mark.integration
 SECRET = "sweep-queue-test-secret-0123456789abcdef"
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    server = OwnRedis(tmp_path).start()
-    yield server
-    server.remove()
 
 
 def test_a_sweep_sent_behind_a_backlog_of_deliveries_runs_after_at_most_two_batches(

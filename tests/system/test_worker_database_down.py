@@ -25,26 +25,11 @@ from digest.queue import BrokerQueue
 from digest.selection import plan_scheduled_run
 from digest.settings import Settings
 from tests.factories import T0, Taxo, make_item, make_subscriber
-from tests.ownservers import OwnPostgres, OwnRedis
 from tests.system.test_broker_out_of_memory import start_worker, wait_for_line
 
 pytestmark = pytest.mark.integration
 SECRET = "database-down-test-secret-0123456789abcdef"
 DOWN_FOR_SECONDS = 8
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    server = OwnRedis(tmp_path).start()
-    yield server
-    server.remove()
-
-
-@pytest.fixture
-def own_postgres():
-    server = OwnPostgres().start()
-    yield server
-    server.remove()
 
 
 def test_tasks_taken_while_the_database_is_down_run_once_it_is_back(

@@ -18,7 +18,6 @@ from digest import db
 from digest.web import create_app
 from digest.web.metrics import TIMEOUT_SECONDS
 from tests.integration.web.support import web_settings  # noqa: F401
-from tests.ownservers import OwnPostgres, OwnRedis
 
 # Far below the minute a scrape hung for during a partition; far above the timeout.
 ANSWERS_WITHIN = TIMEOUT_SECONDS * 4
@@ -32,20 +31,6 @@ def _scrape(client: TestClient) -> tuple[dict[str, float], float]:
     return ({sample.name: sample.value
              for family in text_string_to_metric_families(response.text)
              for sample in family.samples if not sample.labels}, took)
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    server = OwnRedis(tmp_path).start()
-    yield server
-    server.remove()
-
-
-@pytest.fixture
-def own_postgres():
-    server = OwnPostgres().start()
-    yield server
-    server.remove()
 
 
 def test_a_redis_out_of_memory_is_reported_as_a_broker_down(web_settings, own_redis,
