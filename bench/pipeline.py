@@ -627,7 +627,7 @@ class Bench:
                 .where(Delivery.run_id == self.run_id,
                        Delivery.status == DeliveryStatus.pending)).one()
             chosen: dict[int, set[int]] = {s: set() for s in self.previews}
-            contents = delivery_contents()
+            contents = delivery_contents(session, Delivery.__table__.c.run_id == self.run_id)
             for sub_id, item_id in session.execute(
                     select(Delivery.subscriber_id, contents.c.item_id)
                     .join(contents, contents.c.delivery_id == Delivery.id)

@@ -29,7 +29,7 @@ from sqlalchemy import event, func, select  # noqa: E402
 from sqlalchemy.orm import Session as OrmSession  # noqa: E402
 
 from digest import db  # noqa: E402
-from digest.models import SentItem  # noqa: E402
+from digest.models import Delivery  # noqa: E402
 from digest.selection import plan_scheduled_run  # noqa: E402
 
 
@@ -75,11 +75,11 @@ def main() -> int:
                                          settings=settings, on_chunk=chunk_committed)
             session.commit()
             seconds = time.perf_counter() - t0
-            pairs = session.scalar(select(func.count()).select_from(SentItem))
+            pairs = session.scalar(select(func.coalesce(func.sum(Delivery.item_count), 0)))
         first_note = f"; first chunk committed after {first[0]:.2f} s" if first else ""
         print(f"{args.subscribers} subscribers, chunks of {settings.planning_chunk_size}: "
               f"planned {planned.planned} digests "
-              f"({planned.skipped} skipped), {pairs} ledger rows, in {seconds:.2f} s"
+              f"({planned.skipped} skipped), {pairs} items carried, in {seconds:.2f} s"
               f"{first_note}")
         if chunks:
             times = [seconds for seconds, _ in chunks]

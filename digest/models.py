@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,9 +23,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    true,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 
 def utcnow() -> datetime:
@@ -62,6 +65,28 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+class ItemIds(TypeDecorator[list[int]]):
+    """A list of item ids: an ``INTEGER[]`` on PostgreSQL, a JSON array on SQLite."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.ARRAY(Integer))
+        return dialect.type_descriptor(JSON())
+
+    def process_bind_param(self, value: list[int] | None, dialect: Dialect) -> list[int] | None:
+        return None if value is None else sorted(int(v) for v in value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> list[int]:
+        if value is None:
+            return []
+        if isinstance(value, str):  # a JSON array written by SQL (json_group_array)
+            value = json.loads(value)
+        return sorted(int(v) for v in value)
 
 
 class Base(DeclarativeBase):
@@ -324,17 +349,26 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "subscriber_id"),
         Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_deliveries_subscriber_id_newest_item_at", "subscriber_id", "newest_item_at"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("digest_runs.id", ondelete="CASCADE"))
-    subscriber_id: Mapped[int] = mapped_column(
-        ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
-    )
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
     email: Mapped[str] = mapped_column(String(320))  # the address at planning time
     status: Mapped[DeliveryStatus] = mapped_column(
         _stored_as_text(DeliveryStatus), default=DeliveryStatus.pending
     )
     item_count: Mapped[int] = mapped_column(Integer, default=0)
+    # What the message carries: item ids in ascending order (ADR 0030). With ``claims`` the
+    # items are the reader's for good: no digest or alert carries them to that reader again
+    # (rules N1, H3) while the row is not ``cancelled``. Without: a dry run, a resend of failed
+    # messages, an ad-hoc send made with "also include in digests".
+    item_ids: Mapped[list[int]] = mapped_column(ItemIds, default=list, nullable=True)
+    claims: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # The ``ingested_at`` of the newest item carried (None: none). A reader's claims that can
+    # reach into a window are those of rows whose newest item is inside it, so planning reads
+    # only those (the rows of earlier digests end at the reader's watermark).
+    newest_item_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
     lease_until: Mapped[datetime | None]
@@ -359,17 +393,6 @@ class Delivery(Base):
     subscriber: Mapped[Subscriber] = relationship()
 
 
-# What a delivery carries without claiming it in the ledger below (a dry run, a resend, an
-# ad-hoc send's repeats and its "also include in digests" items); each (delivery, item) is in
-# one of the two (digest.delivery.contents.delivery_contents reads both).
-delivery_items = Table(
-    "delivery_items",
-    Base.metadata,
-    Column("delivery_id", ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True),
-    Column("item_id", ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
-)
-
-
 class Acceptance(Base):
     """The acceptance journal: one row written (autocommit) the moment the SMTP server
     accepts a message, before the batch's group of outcomes is committed. Recovery (lease
@@ -385,25 +408,6 @@ class Acceptance(Base):
     smtp_code: Mapped[int | None]
     smtp_reply: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[str | None] = mapped_column(String(300))
-
-
-class SentItem(Base):
-    """The ledger: an item goes to a subscriber in at most one digest or alert, ever, and
-    not in one after an ad-hoc send carried it (rule H3); the row names the delivery that
-    claimed it.
-
-    Only ``delivery_id`` is a foreign key (migration 0006): the subscriber is the delivery's,
-    and a subscriber's deliveries cascade away with them, taking these rows along; checking
-    subscriber and item again cost a lookup each for millions of rows per run. Nothing in the
-    code deletes items; whoever does must delete the item's rows here too."""
-
-    __tablename__ = "sent_items"
-    subscriber_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    item_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    delivery_id: Mapped[int] = mapped_column(
-        ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
-    )
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Bounce(Base):

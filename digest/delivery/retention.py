@@ -1,16 +1,17 @@
-"""Retention: the delivery log and the ledger do not grow without end.
+"""Retention: the delivery log (and the claims its rows hold) does not grow without end.
 
 ``prune`` deletes, in batches each committed on its own (no giant transaction):
 
 - deliveries in a final state created more than ``DIGEST_RETENTION_DAYS`` ago, of runs that are
-  finished (``done`` or ``cancelled``), with their ``delivery_items``, their ledger rows and
+  finished (``done`` or ``cancelled``), with what they carry (their item ids, ADR 0030) and
   the bounce reports that name them;
 - runs left with no delivery, finished and as old, except the newest run of each kind (catch-up
   and alerts read the latest one).
 
-The ledger (``sent_items``) is what keeps an item from going to a reader twice, so a delivery
-goes only when every ledger row it names is safe to forget: no scheduled run or alert still to
-come could pick that item for that reader again. A scheduled run takes the items ingested in
+A delivery's claims (the items it carries when it ``claims``, ``digest.delivery.contents``)
+are what keeps an item from going to a reader twice, so a delivery goes only when every item
+it claims is safe to forget: no scheduled run or alert still to come could pick that item
+for that reader again. A scheduled run takes the items ingested in
 ``(window start, cutoff]``, the window start being the reader's watermark, or ``cutoff -
 first_digest_lookback_days`` without one (``matching.run_pairs``); the watermark only moves
 forward, except when an operator cancels a run (``schedule.give_back_items`` puts it back to
@@ -43,6 +44,7 @@ from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from digest.db import rowcount
+from digest.delivery.contents import claiming
 from digest.delivery.states import UNFINISHED
 from digest.errors import ConfigError
 from digest.models import (
@@ -53,13 +55,10 @@ from digest.models import (
     Delivery,
     DeliveryStatus,
     DigestRun,
-    Item,
     PrunedTally,
     RunKind,
     RunStatus,
-    SentItem,
     Subscriber,
-    delivery_items,
     utcnow,
 )
 from digest.settings import Settings
@@ -72,8 +71,8 @@ SCHEDULED_KINDS = (RunKind.weekly, RunKind.daily)
 @dataclass
 class PruneReport:
     deliveries: int = 0  # delivery log rows deleted (or, in a dry run, that would be)
-    ledger_rows: int = 0  # sent_items rows deleted with them
-    delivery_items: int = 0
+    ledger_rows: int = 0  # items the deleted deliveries had claimed for their readers
+    delivery_items: int = 0  # items they carried without claiming them
     bounces: int = 0  # bounce reports of the deleted deliveries, deleted with them
     runs: int = 0  # runs left empty, deleted
     kept_for_ledger: int = 0  # old final deliveries kept: the ledger still needs a row of theirs
@@ -95,21 +94,30 @@ def ledger_cutoff(session: Session, now: datetime, settings: Settings) -> dateti
 
 def _unsafe_ledger_row(delivery_id: Any, item_before: datetime
                        ) -> ColumnElement[bool]:
-    """A ledger row of this delivery that a future run could still need."""
+    """This delivery claims an item a future run could still need (its reader's). The
+    conditions only grow with an item's ``ingested_at``, so the newest item it carries
+    (``newest_item_at``) decides for all of them."""
+    d = aliased(Delivery)
     s = aliased(Subscriber)
     open_run = aliased(DigestRun)
     open_delivery = aliased(Delivery)
     in_open_scheduled_run = exists().where(
-        open_delivery.subscriber_id == SentItem.subscriber_id,
+        open_delivery.subscriber_id == d.subscriber_id,
         open_run.id == open_delivery.run_id,
         open_run.kind.in_(SCHEDULED_KINDS), open_run.dry_run.is_(False),
         open_run.status.not_in(FINISHED_RUNS))
     below_watermark = exists().where(
-        s.id == SentItem.subscriber_id, s.watermark.is_not(None), Item.ingested_at >= s.watermark)
+        s.id == d.subscriber_id, s.watermark.is_not(None), d.newest_item_at >= s.watermark)
     return exists().where(
-        SentItem.delivery_id == delivery_id,
-        Item.id == SentItem.item_id,
-        or_(Item.ingested_at >= item_before, below_watermark, in_open_scheduled_run))
+        d.id == delivery_id, claiming(d), d.newest_item_at.is_not(None),
+        or_(d.newest_item_at >= item_before, below_watermark, in_open_scheduled_run))
+
+
+def _items_carried(ids: Any, *, claimed: bool) -> Any:
+    """How many items the deliveries ``ids`` carry, claimed by them or not."""
+    which = claiming() if claimed else ~claiming()
+    return select(func.coalesce(func.sum(Delivery.item_count), 0)).where(
+        Delivery.id.in_(ids), which)
 
 
 def _old_final_deliveries(retention_cutoff: datetime) -> ColumnElement[bool]:
@@ -207,10 +215,8 @@ def prune(session: Session, settings: Settings, *, now: datetime | None = None,
     if dry_run:
         chosen = select(Delivery.id).where(prunable)
         report.deliveries = session.scalar(select(func.count()).select_from(chosen.subquery())) or 0
-        report.ledger_rows = session.scalar(select(func.count()).select_from(SentItem).where(
-            SentItem.delivery_id.in_(chosen))) or 0
-        report.delivery_items = session.scalar(select(func.count()).select_from(delivery_items)
-            .where(delivery_items.c.delivery_id.in_(chosen))) or 0
+        report.ledger_rows = session.scalar(_items_carried(chosen, claimed=True)) or 0
+        report.delivery_items = session.scalar(_items_carried(chosen, claimed=False)) or 0
         report.bounces = session.scalar(select(func.count()).select_from(Bounce).where(
             Bounce.delivery_id.in_(chosen))) or 0
         # Runs whose every delivery would go, and those already empty.
@@ -228,12 +234,8 @@ def prune(session: Session, settings: Settings, *, now: datetime | None = None,
                                    .order_by(Delivery.id).limit(batch_size)))
         if not ids:
             break
-        # The deliveries first: their ledger rows and items go with them (ON DELETE CASCADE),
-        # so a row re-queued meanwhile (no longer final) keeps what it carries.
-        report.ledger_rows += session.scalar(select(func.count()).select_from(SentItem).where(
-            SentItem.delivery_id.in_(ids))) or 0
-        report.delivery_items += session.scalar(select(func.count()).select_from(delivery_items)
-            .where(delivery_items.c.delivery_id.in_(ids))) or 0
+        report.ledger_rows += session.scalar(_items_carried(ids, claimed=True)) or 0
+        report.delivery_items += session.scalar(_items_carried(ids, claimed=False)) or 0
         deleted, bounces = _delete_and_tally(session, ids, retention)
         report.deliveries += deleted
         report.bounces += bounces

@@ -126,7 +126,7 @@ def load_batch(session: Session, ids: list[int]) -> list[tuple[LoadedDelivery, l
                               locations=chosen.get(("location", row.subscriber_id), ())))
         for row in rows
     ]
-    contents = delivery_contents()
+    contents = delivery_contents(session, Delivery.__table__.c.id.in_(ids))
     carried = session.execute(
         select(contents.c.delivery_id, contents.c.item_id).where(contents.c.delivery_id.in_(ids))
     ).all()

@@ -47,7 +47,6 @@ from sqlalchemy import (
     Table,
     Update,
     bindparam,
-    delete,
     exists,
     func,
     insert,
@@ -67,7 +66,6 @@ from digest.models import (
     DigestRun,
     RunKind,
     RunStatus,
-    SentItem,
     UTCDateTime,
     utcnow,
 )
@@ -420,12 +418,13 @@ def cancel_for_subscriber(session: Session, subscriber_id: int, note: str) -> in
 
 
 def release_cancelled_claims(session: Session, subscriber_id: int) -> int:
-    """Ledger claims of this subscriber's cancelled deliveries go: those items never reached
-    them, so a digest after they come back may carry them (rules R6, N1). Called when they
-    leave and again when they return (a claimed row cancelled mid-batch after they left)."""
-    cancelled = select(Delivery.id).where(Delivery.subscriber_id == subscriber_id,
-                                          Delivery.status == DeliveryStatus.cancelled)
-    return rowcount(session, delete(SentItem).where(SentItem.delivery_id.in_(cancelled)))
+    """How many items this subscriber's cancelled deliveries had claimed: those items never
+    reached them, so a digest after they come back may carry them (rules R6, N1). A cancelled
+    row claims nothing (``digest.delivery.contents.claiming``), so there is nothing to delete:
+    the status change released them."""
+    return session.scalar(select(func.coalesce(func.sum(Delivery.item_count), 0)).where(
+        Delivery.subscriber_id == subscriber_id, Delivery.status == DeliveryStatus.cancelled,
+        Delivery.claims.is_(True))) or 0
 
 
 def cancel_claimed(session: Session, delivery_id: int, note: str, *, token: str) -> None:

@@ -17,9 +17,10 @@ import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, literal, select, union_all
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from digest.delivery.contents import CLAIM_RELEASED, delivery_contents
 from digest.errors import ValidationError
 from digest.models import (
     Delivery,
@@ -30,12 +31,10 @@ from digest.models import (
     Item,
     Location,
     RunKind,
-    SentItem,
     Subscriber,
     SubscriberFilter,
     SubscriberStatus,
     Suppression,
-    delivery_items,
     utcnow,
 )
 from digest.selection.matching import (
@@ -250,27 +249,25 @@ def _filter_checks(session: Session, sub: Subscriber, item: Item) -> list[Filter
 
 
 def _carried_by(session: Session, sub: Subscriber, item: Item) -> list[CarriedBy]:
-    """Every delivery to this reader that carries the item, each once: the ledger names the
-    one that claimed it (a digest, an alert, an ad-hoc send), ``delivery_items`` lists the
-    others (dry runs, resends, repeats an operator asked for: ``delivery_contents``)."""
-    carrying = union_all(
-        select(SentItem.delivery_id, literal(True).label("ledger"))
-        .where(SentItem.subscriber_id == sub.id, SentItem.item_id == item.id),
-        select(delivery_items.c.delivery_id, literal(False))
-        .where(delivery_items.c.item_id == item.id),
-    ).subquery("carrying")
+    """Every delivery to this reader that carries the item, each once; ``ledger`` marks the
+    one that claimed it first (a digest, an alert, an ad-hoc send: its row claims and is not
+    cancelled); the others are dry runs, resends, repeats an operator asked for, or rows
+    cancelled before they went (``digest.delivery.contents``)."""
+    contents = delivery_contents(session, Delivery.__table__.c.subscriber_id == sub.id)
     rows = session.execute(
-        select(Delivery, DigestRun, carrying.c.ledger)
-        .join(carrying, carrying.c.delivery_id == Delivery.id)
+        select(Delivery, DigestRun)
+        .join(contents, contents.c.delivery_id == Delivery.id)
         .join(DigestRun, DigestRun.id == Delivery.run_id)
-        .where(Delivery.subscriber_id == sub.id).order_by(Delivery.id))
+        .where(contents.c.item_id == item.id).order_by(Delivery.id)).all()
+    claimer = next((d.id for d, _ in rows
+                    if d.claims and d.status not in CLAIM_RELEASED), None)
     return [CarriedBy(
         delivery_id=d.id, run_id=run.id, run_kind=str(run.kind), run_status=str(run.status),
         dry_run=run.dry_run, status=str(d.status), email=d.email, item_count=d.item_count,
         attempts=d.attempts, smtp_code=d.smtp_code, smtp_reply=d.smtp_reply, note=d.note,
-        sent_at=d.sent_at, next_attempt_at=d.next_attempt_at, ledger=bool(ledger),
+        sent_at=d.sent_at, next_attempt_at=d.next_attempt_at, ledger=d.id == claimer,
         also_in_digests=bool((run.params or {}).get("also_in_digests")))
-        for d, run, ledger in rows]
+        for d, run in rows]
 
 
 def next_slot(sub: Subscriber, after: datetime) -> datetime | None:
@@ -403,9 +400,8 @@ def explain(session: Session, subscriber: Subscriber, item: Item, *, settings: S
     filters = _filter_checks(session, sub, item)
     matches = not filters or any(f.matched for f in filters)
     window = _window(session, sub, item, as_of, settings)
-    ledger_delivery = session.scalar(select(SentItem.delivery_id).where(
-        SentItem.subscriber_id == sub.id, SentItem.item_id == item.id))
     carried = _carried_by(session, sub, item)
+    ledger_delivery = next((c.delivery_id for c in carried if c.ledger), None)
     real = [c for c in carried if not c.dry_run]
     suppression = session.scalars(select(Suppression).where(
         Suppression.email == sub.email)).one_or_none()
@@ -529,11 +525,11 @@ def _alert_reason(alert: AlertCheck, item: Item, carried: bool, due: bool,
 def _ledger_reason(ledger_delivery: int | None, carried: list[CarriedBy]) -> Reason:
     if ledger_delivery is None:
         return Reason("no_ledger", True,
-                      "The ledger (sent_items) has no row for you and this item.")
+                      "No delivery to you has claimed this item yet.")
     claim = next((c for c in carried if c.delivery_id == ledger_delivery), None)
     by_adhoc = claim is not None and claim.run_kind == RunKind.adhoc
     return Reason("ledger", True, (
-        f"The ledger (sent_items) records it for you, carried by delivery {ledger_delivery}: "
+        f"It is yours already: delivery {ledger_delivery} claimed it for you: "
         "no scheduled digest or alert will carry it again"
         + (f" (the ad-hoc send of run {claim.run_id} claimed it, rule H3)." if by_adhoc and claim
            else ".")))

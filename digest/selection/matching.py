@@ -144,13 +144,15 @@ def not_suppressed(email_col: ColumnElement[str]) -> ColumnElement[bool]:
 
 # --- a whole run: joins ------------------------------------------------------------------------
 
-def run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool],
+def run_pairs(session: Session, run: DigestRun | None, item_filter: ColumnElement[bool],
                window: Window | None, *, include_backfill: bool = False,
                chunk: Callable[[ColumnElement[int]], ColumnElement[bool]] | None = None,
-               ) -> Subquery:
+               readers: Subquery | None = None) -> Subquery:
     """SELECT (subscriber_id, item_id, delivery_id) for every item each delivery of the run
     should carry; with ``chunk`` (a condition on a subscriber id column) only the deliveries
-    of the subscribers it accepts.
+    of the subscribers it accepts. ``readers``: a subquery of (subscriber_id, delivery_id)
+    to pair instead of the run's deliveries (planning pairs the readers before it writes
+    their rows, delivery_id then being whatever ``readers`` gives).
 
     Set-based and linear: every facet becomes a set of (filter, item) hits built with joins;
     a filter matches an item when the number of distinct facets it hits equals the number of
@@ -163,7 +165,13 @@ def run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool]
     i = Item.__table__.c
     f = SubscriberFilter.__table__.c
     loc = Location.__table__.c
-    of_run = [d.run_id == run.id, *([chunk(d.subscriber_id)] if chunk is not None else [])]
+    if readers is None:
+        assert run is not None
+        readers = (select(d.subscriber_id, d.id.label("delivery_id"))
+                   .where(d.run_id == run.id,
+                          *([chunk(d.subscriber_id)] if chunk is not None else []))
+                   .subquery("readers"))
+    r = readers.c
     # The chunk on the filters too: PostgreSQL has no statistics of the deliveries just
     # inserted (it takes them for one row) but has the filters', and plans by them.
     of_chunk = [chunk(f.subscriber_id)] if chunk is not None else []
@@ -190,8 +198,7 @@ def run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool]
         default_start = literal(window.default_start, Subscriber.watermark.type)
         lowest = session.scalar(
             select(func.min(func.coalesce(s.watermark, default_start)))
-            .select_from(Delivery.__table__.join(Subscriber.__table__, s.id == d.subscriber_id))
-            .where(*of_run))
+            .select_from(readers.join(Subscriber.__table__, s.id == r.subscriber_id)))
         item_conds.append(i.ingested_at <= window.cutoff)
         if lowest is not None:
             item_conds.append(i.ingested_at > lowest)
@@ -213,11 +220,11 @@ def run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool]
         .group_by(constrained.c.filter_id)
     ).subquery("required")
     run_filters = (
-        select(f.id.label("filter_id"), d.subscriber_id, d.id.label("delivery_id"),
+        select(f.id.label("filter_id"), r.subscriber_id, r.delivery_id,
                func.coalesce(required.c.required, 0).label("required"))
-        .join(Delivery.__table__, d.subscriber_id == f.subscriber_id)
+        .join(readers, r.subscriber_id == f.subscriber_id)
         .outerjoin(required, required.c.filter_id == f.id)
-        .where(*of_run, *of_chunk)
+        .where(*of_chunk)
     ).subquery("run_filters")
 
     covers = union_all(  # a place is covered by itself and by its region
@@ -256,9 +263,9 @@ def run_pairs(session: Session, run: DigestRun, item_filter: ColumnElement[bool]
         .join(candidate_items, true()).where(run_filters.c.required == 0)
     )
     no_filter = (  # so does a subscriber without any filter
-        select(d.subscriber_id, candidate_items.c.id, d.id)
-        .join(candidate_items, true())
-        .where(*of_run, ~exists().where(f.subscriber_id == d.subscriber_id))
+        select(r.subscriber_id, candidate_items.c.id, r.delivery_id)
+        .select_from(readers).join(candidate_items, true())
+        .where(~exists().where(f.subscriber_id == r.subscriber_id))
     )
     matched = union(by_facets, blank_filter, no_filter).subquery("matched")
     final = (

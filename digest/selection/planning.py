@@ -1,10 +1,11 @@
-"""Planning a run: its deliveries, the ``sent_items`` ledger, immediate alerts, ad-hoc sends.
+"""Planning a run: its deliveries and what each carries, immediate alerts, ad-hoc sends.
 
-One SQL statement per step for the whole run, never one query per subscriber. The ledger row
-names its delivery, so it is also the record of what that delivery carries: digests, alerts
-and ad-hoc sends claim what they carry there; what a delivery carries without claiming it (a
-dry run, an ad-hoc repeat of an item the reader already had or one sent with "also include
-in digests", a resend) is listed in ``delivery_items`` (``delivery_contents`` reads both).
+One SQL statement per step for the whole run, never one query per subscriber. A delivery row
+carries its item ids (ADR 0030): one row per reader, whatever the number of items, and no
+row per (reader, item). Digests, alerts and ad-hoc sends claim what they carry (the items are
+then the reader's: no digest or alert repeats them, rules N1 and H3); a dry run, a resend and
+an ad-hoc send made with "also include in digests" carry without claiming
+(``digest.delivery.contents`` reads both).
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Select,
-    Table,
     and_,
     delete,
     exists,
@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from digest.delivery import states as delivery_states
-from digest.delivery.contents import delivery_contents
+from digest.delivery.contents import claimed_pairs, is_claimed
 from digest.errors import ValidationError
 from digest.models import (
     Delivery,
@@ -48,10 +48,8 @@ from digest.models import (
     Location,
     RunKind,
     RunStatus,
-    SentItem,
     Subscriber,
     SubscriberStatus,
-    delivery_items,
     item_locations,
     item_themes,
     utcnow,
@@ -106,7 +104,6 @@ def _get_or_create_run(session: Session, *, kind: RunKind, slot_key: str, cutoff
 
 
 def _finish_planning(session: Session, run: DigestRun) -> PlannedRun:
-    _count_items(session, run)
     delivery_states.mark_planned(session, run.id, dry_run=run.dry_run)
     wanted = DeliveryStatus.dry_run if run.dry_run else DeliveryStatus.pending
     pending_ids = list(session.scalars(
@@ -133,76 +130,108 @@ def _tune_for_planning(session: Session) -> None:
         session.execute(text(f"SET LOCAL work_mem = '{PLANNING_WORK_MEM}'"))
 
 
-def _insert_ignoring_duplicates(session: Session, table: Table, cols: list[str],
-                                rows: Select[Any]) -> None:
+def _lock_claims(session: Session, *, exclusive: bool) -> None:
+    """Serialise the planners that read readers' claims against those that add to them.
+
+    Claims live in the delivery rows (ADR 0030): two planners of different runs reading a
+    reader's claims at the same time could both give them one item. Scheduled chunks (which
+    take items only from each reader's own window, moved in the same transaction) share the
+    lock; alerts and ad-hoc sends, whose items are not bounded by the watermark, take it
+    alone. PostgreSQL only: SQLite has one writer at a time anyway."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(postgresql.insert(table).from_select(cols, rows).on_conflict_do_nothing())
-    else:
-        session.execute(insert(table).from_select(cols, rows).prefix_with("OR IGNORE"))
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        session.execute(select(getattr(func, function)(CLAIMS_LOCK)))
 
 
-def _insert_ledger(session: Session, run: DigestRun, item_filter: ColumnElement[bool],
-                   window: Window | None, chunk: Chunk | None = None,
-                   *, count_items: bool = False) -> None:
-    """Claim (subscriber, item) pairs for this run's deliveries (those of the subscribers
-    ``chunk`` accepts, when given) in the ledger.
+# The advisory lock key of ``_lock_claims`` (any constant the application uses for nothing else).
+CLAIMS_LOCK = 7_310_114_016
 
-    A pair already in the ledger (sent by an earlier run) is skipped by the primary key,
-    which is also what makes two overlapping runs safe. The ledger row names its delivery,
-    so it is also the record of what that delivery carries (``delivery_contents``).
-    ``count_items``: each delivery's ``item_count`` is set from the rows inserted, in the
-    same statement on PostgreSQL (no second read of the ledger).
-    """
+
+def _part(session: Session, query: Select[Any], name: str) -> Any:
+    """A named part of a planning statement: a subquery, or on SQLite a WITH query, whose
+    parser overflows its stack on the statement nested as subqueries."""
+    if session.get_bind().dialect.name == "sqlite":
+        return query.cte(name)
+    return query.subquery(name)
+
+
+def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool],
+                       item_filter: ColumnElement[bool], window: Window | None,
+                       chunk: Chunk | None = None, *, claims: bool = True,
+                       skip_claimed: bool = True, include_backfill: bool = False) -> None:
+    """One row per reader ``who`` accepts (active, not suppressed; of the subscribers
+    ``chunk`` accepts, when given), written with what it carries: the ids, their count and the
+    newest one's ``ingested_at``. One INSERT ... SELECT: the matching pairs
+    (``matching.run_pairs``) are computed and grouped per reader, never stored one per pair.
+
+    ``claims``: what the rows carry becomes their readers' (False: a dry run, an ad-hoc send
+    "also in digests"). ``skip_claimed``: items already their reader's
+    (``contents.claimed_pairs``) are left out, which is rule N1 for digests and alerts. With
+    a window only claims that can reach into it are read: those of rows whose newest item is
+    newer than the earliest window start of the chunk."""
     _tune_for_planning(session)
-    pairs = run_pairs(session, run, item_filter, window, chunk=chunk)
-    ledger = cast(Table, SentItem.__table__)
-    cols = ["subscriber_id", "item_id", "delivery_id", "created_at"]
-    rows = select(pairs.c.subscriber_id, pairs.c.item_id, pairs.c.delivery_id,
-                  literal(utcnow(), SentItem.created_at.type))
-    if count_items and session.get_bind().dialect.name == "postgresql":
-        claimed = (postgresql.insert(ledger).from_select(cols, rows).on_conflict_do_nothing()
-                   .returning(ledger.c.delivery_id).cte("claimed"))
-        counts = (select(claimed.c.delivery_id, func.count().label("carried"))
-                  .group_by(claimed.c.delivery_id).subquery("counts"))
-        session.execute(update(Delivery).where(Delivery.id == counts.c.delivery_id)
-                        .values(item_count=counts.c.carried, updated_at=utcnow()))
-        return
-    _insert_ignoring_duplicates(session, ledger, cols, rows)
-    if count_items:
-        _count_items(session, run, chunk)
-
-
-def _count_items(session: Session, run: DigestRun, chunk: Chunk | None = None) -> None:
-    contents = delivery_contents()
-    counts = select(func.count()).select_from(contents).where(
-        contents.c.delivery_id == Delivery.id).scalar_subquery()
-    of_chunk = [chunk(Delivery.__table__.c.subscriber_id)] if chunk is not None else []
-    session.execute(update(Delivery).where(Delivery.run_id == run.id, *of_chunk)
-                    .values(item_count=counts))
-
-
-def _insert_unsent_items(session: Session, run: DigestRun, item_filter: ColumnElement[bool],
-                         window: Window | None, chunk: Chunk | None = None) -> None:
-    """The pairs a real run would claim (not in the ledger yet), without claiming them."""
-    _tune_for_planning(session)
-    pairs = run_pairs(session, run, item_filter, window, chunk=chunk)
-    session.execute(insert(delivery_items).from_select(
-        ["delivery_id", "item_id"],
-        select(pairs.c.delivery_id, pairs.c.item_id).where(~exists().where(
-            SentItem.subscriber_id == pairs.c.subscriber_id, SentItem.item_id == pairs.c.item_id))))
-
-
-def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool]) -> None:
     s = Subscriber.__table__.c
+    chosen_readers = [s.status == SubscriberStatus.active, not_suppressed(s.email), who]
+    if chunk is not None:
+        chosen_readers.append(chunk(s.id))
+    readers = _part(session, select(s.id.label("subscriber_id"),
+                                    literal(0).label("delivery_id")).where(*chosen_readers),
+                    "readers")
+    pairs = run_pairs(session, run, item_filter, window, chunk=chunk, readers=readers,
+                      include_backfill=include_backfill)
+    chosen = select(pairs.c.subscriber_id, pairs.c.item_id)
+    if skip_claimed:
+        of_readers = select(readers.c.subscriber_id)
+        newer_than = None
+        if window is not None:
+            newer_than = session.scalar(
+                select(func.min(func.coalesce(
+                    Subscriber.watermark,
+                    literal(window.default_start, Subscriber.watermark.type))))
+                .where(Subscriber.id.in_(of_readers)))
+        if newer_than is not None or window is None:
+            d = Delivery.__table__.c
+            claimed = claimed_pairs(
+                session,
+                newer_than=(literal(newer_than, Delivery.newest_item_at.type)
+                            if newer_than is not None else None),
+                subscribers=and_(d.subscriber_id.in_(of_readers), d.run_id != run.id))
+            chosen = chosen.where(~exists().where(
+                claimed.c.subscriber_id == pairs.c.subscriber_id,
+                claimed.c.item_id == pairs.c.item_id))
+    chosen_sq = _part(session, chosen, "chosen")
+    i = Item.__table__.c
+    if session.get_bind().dialect.name == "postgresql":
+        ids = func.array_agg(postgresql.aggregate_order_by(chosen_sq.c.item_id,
+                                                           chosen_sq.c.item_id))
+        rows = (select(chosen_sq.c.subscriber_id, ids.label("ids"),
+                       func.count().label("carried"), func.max(i.ingested_at).label("newest"))
+                .join(Item.__table__, i.id == chosen_sq.c.item_id)
+                .group_by(chosen_sq.c.subscriber_id))
+    else:
+        ordered = _part(session, select(chosen_sq.c.subscriber_id, chosen_sq.c.item_id,
+                                        i.ingested_at)
+                        .join(Item.__table__, i.id == chosen_sq.c.item_id)
+                        .order_by(chosen_sq.c.subscriber_id, chosen_sq.c.item_id), "ordered")
+        rows = (select(ordered.c.subscriber_id, func.json_group_array(ordered.c.item_id)
+                       .label("ids"), func.count().label("carried"),
+                       func.max(ordered.c.ingested_at).label("newest"))
+                .group_by(ordered.c.subscriber_id))
+    carried = _part(session, rows, "carried")
+    nothing = literal([], Delivery.item_ids.type)
     session.execute(
         insert(Delivery).from_select(
-            ["run_id", "subscriber_id", "email", "status", "attempts", "item_count",
-             "created_at", "updated_at"],
+            ["run_id", "subscriber_id", "email", "status", "attempts", "item_count", "item_ids",
+             "newest_item_at", "claims", "created_at", "updated_at"],
             select(literal(run.id), s.id, s.email,
-                   literal(DeliveryStatus.pending, Delivery.status.type), literal(0), literal(0),
+                   literal(DeliveryStatus.pending, Delivery.status.type), literal(0),
+                   func.coalesce(carried.c.carried, 0),
+                   func.coalesce(carried.c.ids, nothing), carried.c.newest, literal(claims),
                    literal(run.created_at, Delivery.created_at.type),
                    literal(run.created_at, Delivery.updated_at.type))
-            .where(s.status == SubscriberStatus.active, not_suppressed(s.email), who),
+            .select_from(Subscriber.__table__.outerjoin(carried,
+                                                        carried.c.subscriber_id == s.id))
+            .where(*chosen_readers),
         )
     )
 
@@ -233,27 +262,16 @@ def _chunk_end(session: Session, after: int | None, size: int) -> int | None:
 
 def _plan_chunk(session: Session, run: DigestRun, who: ColumnElement[bool], window: Window,
                 after: int | None, end: int | None) -> tuple[list[int], int]:
-    """Deliveries, ledger rows, item counts and watermarks of the subscribers after ``after``
+    """Deliveries (with what they carry) and watermarks of the subscribers after ``after``
     through ``end`` (ids); (pending ids, skipped). Every statement is bounded by that id range
     (or by the chunk's filters), so a chunk costs the same at the start and at the end of a run."""
     def chunk(column: ColumnElement[int]) -> ColumnElement[bool]:
         return _subscriber_ids(column, after, end)
 
-    _insert_deliveries(session, run, and_(who, chunk(Subscriber.__table__.c.id)))
-    if session.get_bind().dialect.name == "postgresql":
-        # Without statistics of the rows just inserted PostgreSQL takes them for one and plans
-        # the pairs with nested loops (12 s instead of 0.7 s a chunk of 2,500 readers). ANALYZE
-        # counts this transaction's own rows; two columns keep it to 1 ms at the start of a run
-        # of 100,000 readers and under 40 ms at its end. Every chunk: with the first chunk's
-        # statistics only, the last chunks of that run took 5.9 s instead of 2.6 s.
-        session.execute(text("ANALYZE deliveries (run_id, subscriber_id)"))
+    _lock_claims(session, exclusive=False)
+    # A dry run's rows claim nothing, and the watermarks stay as they are for the real run.
+    _insert_deliveries(session, run, who, true(), window, chunk, claims=not run.dry_run)
     of_chunk = chunk(Delivery.__table__.c.subscriber_id)
-    if run.dry_run:
-        # Counts only: the ledger and the watermarks stay as they are for the real run.
-        _insert_unsent_items(session, run, true(), window, chunk)
-        _count_items(session, run, chunk)
-    else:
-        _insert_ledger(session, run, true(), window, chunk, count_items=True)
     delivery_states.mark_planned(session, run.id, dry_run=run.dry_run,
                                  subscribers_after=after, subscribers_through=end)
     wanted = DeliveryStatus.dry_run if run.dry_run else DeliveryStatus.pending
@@ -335,8 +353,9 @@ def plan_immediate_run(session: Session, item_id: int) -> PlannedRun:
         raise ValidationError(f"no item with id {item_id}")
     s = Subscriber.__table__.c
     i = Item.__table__.c
+    _lock_claims(session, exclusive=True)
     who = and_(s.frequency == Frequency.immediate, s.status == SubscriberStatus.active,
-               wants_unclaimed(and_(i.id == item_id, ~i.is_backfill)))
+               wants_unclaimed(session, and_(i.id == item_id, ~i.is_backfill)))
     if not session.scalar(select(exists().where(who))):
         return PlannedRun(None, False)  # nobody wants this one at once: no run at all
     run, created = _get_or_create_run(session, kind=RunKind.immediate,
@@ -344,27 +363,24 @@ def plan_immediate_run(session: Session, item_id: int) -> PlannedRun:
                                       params={"item_id": item_id}, dry_run=False)
     if not created:
         return PlannedRun(run.id, False)
-    _insert_deliveries(session, run, who)
-    _insert_ledger(session, run, i.id == item_id, None)
+    _insert_deliveries(session, run, who, i.id == item_id, None)
     return _drop_if_nothing_to_send(session, run, _finish_planning(session, run))
 
 
-def _unclaimed_by(subscriber_id: ColumnElement[int]) -> ColumnElement[bool]:
-    """On an items row: the ledger holds no claim of this item for the reader (no digest,
-    alert or ad-hoc send carried it to them yet). Correlated explicitly: the reader's row is
+def _unclaimed_by(session: Session, subscriber_id: ColumnElement[int]) -> ColumnElement[bool]:
+    """On an items row: none of the reader's claiming deliveries carries it yet (no digest,
+    alert or ad-hoc send carried it to them). Correlated explicitly: the reader's row is
     one level up or two, depending on the query's shape."""
-    return ~exists().where(
-        SentItem.subscriber_id == subscriber_id, SentItem.item_id == Item.__table__.c.id,
-    ).correlate_except(SentItem.__table__)
+    return ~is_claimed(session, subscriber_id, Item.__table__.c.id)
 
 
-def wants_unclaimed(items: ColumnElement[bool]) -> ColumnElement[bool]:
+def wants_unclaimed(session: Session, items: ColumnElement[bool]) -> ColumnElement[bool]:
     """On a subscribers row: an item that ``items`` accepts matches the reader's filters
-    (``item_matches_subscriber``) and is not theirs in the ledger yet. The condition of an
-    alert's readers; a reader it leaves out would only get an empty, skipped row."""
+    (``item_matches_subscriber``) and is not theirs yet. The condition of an alert's readers;
+    a reader it leaves out would only get an empty, skipped row."""
     s = Subscriber.__table__.c
     return exists().where(items, item_matches_subscriber(Item.__table__, s.id),
-                          _unclaimed_by(s.id))
+                          _unclaimed_by(session, s.id))
 
 
 def _drop_if_nothing_to_send(session: Session, run: DigestRun, planned: PlannedRun) -> PlannedRun:
@@ -404,6 +420,7 @@ def plan_due_alerts(session: Session, *, settings: Settings, now: datetime | Non
                      not_suppressed(s.email))
     if not session.scalar(select(exists().where(immediate))):
         return []
+    _lock_claims(session, exclusive=True)
     horizon = now - timedelta(hours=settings.catch_up_hours) - debounce
     if since is not None:
         horizon = min(horizon, since - timedelta(microseconds=1))
@@ -417,7 +434,7 @@ def plan_due_alerts(session: Session, *, settings: Settings, now: datetime | Non
     while True:
         # The item's row is the outer one here; the reader's in the condition on them.
         wanted = exists().where(immediate, item_matches_subscriber(Item.__table__, s.id),
-                                _unclaimed_by(s.id))
+                                _unclaimed_by(session, s.id))
         first = session.scalar(select(func.min(i.ingested_at)).where(
             i.ingested_at > after, i.ingested_at <= now, ~i.is_backfill, wanted))
         if first is None:
@@ -428,14 +445,13 @@ def plan_due_alerts(session: Session, *, settings: Settings, now: datetime | Non
                 return runs  # the window is still open
             cutoff = now
         in_window = and_(i.ingested_at > after, i.ingested_at <= cutoff, ~i.is_backfill)
-        who = and_(immediate, wants_unclaimed(in_window))
+        who = and_(immediate, wants_unclaimed(session, in_window))
         run, created = _get_or_create_run(
             session, kind=RunKind.immediate, slot_key=f"immediate:{cutoff.isoformat()}",
             cutoff=cutoff, params={"after": after.isoformat(), "through": cutoff.isoformat()},
             dry_run=False)
         if created:
-            _insert_deliveries(session, run, who)
-            _insert_ledger(session, run, in_window, None)
+            _insert_deliveries(session, run, who, in_window, None)
             planned = _drop_if_nothing_to_send(session, run, _finish_planning(session, run))
             if planned.run_id is not None:
                 runs.append(planned)
@@ -561,32 +577,10 @@ def plan_adhoc_run(session: Session, query: AdhocQuery, *, dry_run: bool = False
         return PlannedRun(run.id, False)
     s = Subscriber.__table__.c
     who = s.frequency.in_(list(query.frequencies)) if query.frequencies else true()
-    _insert_deliveries(session, run, who)
-    _tune_for_planning(session)
-    pairs = run_pairs(session, run, item_cond, None, include_backfill=True)
-    session.execute(insert(delivery_items).from_select(
-        ["delivery_id", "item_id"], select(pairs.c.delivery_id, pairs.c.item_id)))
-    if not dry_run and not query.also_in_digests:
-        _claim_adhoc_items(session, run)
+    _lock_claims(session, exclusive=True)
+    # Every chosen item the reader matches, those they already had included (the operator
+    # chose them): a pair claimed earlier stays that message's as well.
+    _insert_deliveries(session, run, who, item_cond, None,
+                       claims=not (dry_run or query.also_in_digests), skip_claimed=False,
+                       include_backfill=True)
     return _finish_planning(session, run)
-
-
-def _claim_adhoc_items(session: Session, run: DigestRun) -> None:
-    """Claim in the ledger the (reader, item) pairs this ad-hoc run's deliveries list, in the
-    planning transaction; a pair some earlier message claimed stays that message's.
-
-    Each pair is then in one place (``delivery_contents`` reads both without counting one
-    twice): the ledger's row when this delivery claimed it, ``delivery_items`` when it
-    repeats an item the reader already had. Set-based: one INSERT ... ON CONFLICT DO NOTHING
-    from the listed pairs, one DELETE of the listed pairs now claimed by their delivery."""
-    d = Delivery.__table__.c
-    listed = (select(d.subscriber_id, delivery_items.c.item_id, d.id,
-                     literal(utcnow(), SentItem.created_at.type))
-              .join(delivery_items, delivery_items.c.delivery_id == d.id)
-              .where(d.run_id == run.id))
-    _insert_ignoring_duplicates(session, cast(Table, SentItem.__table__),
-                                ["subscriber_id", "item_id", "delivery_id", "created_at"], listed)
-    claimed_here = exists().where(SentItem.delivery_id == delivery_items.c.delivery_id,
-                                  SentItem.item_id == delivery_items.c.item_id)
-    session.execute(delete(delivery_items).where(
-        delivery_items.c.delivery_id.in_(select(d.id).where(d.run_id == run.id)), claimed_here))

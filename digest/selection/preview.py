@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import exists, func, literal, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
-from digest.models import Item, SentItem, Subscriber, utcnow
+from digest.delivery.contents import is_claimed
+from digest.models import Item, Subscriber, utcnow
 from digest.selection.matching import item_matches_subscriber, window_for
 from digest.settings import Settings
 
@@ -27,7 +28,7 @@ def preview_items(session: Session, subscriber: Subscriber, *, as_of: datetime |
         select(Item)
         .where(i.ingested_at > start, i.ingested_at <= as_of, ~i.is_backfill,
                item_matches_subscriber(Item.__table__, literal(subscriber.id)),
-               ~exists().where(SentItem.subscriber_id == subscriber.id, SentItem.item_id == i.id))
+               ~is_claimed(session, subscriber.id, i.id))
         .order_by(Item.published_at.desc().nullslast(), Item.id)
     )
     return list(session.scalars(stmt))
@@ -35,7 +36,7 @@ def preview_items(session: Session, subscriber: Subscriber, *, as_of: datetime |
 
 def matching_items(session: Session, subscriber_id: int, *, since: datetime,
                    until: datetime | None = None) -> list[Item]:
-    """Items published in [since, until] that the subscriber's filters match (ledger ignored)."""
+    """Items published in [since, until] that the subscriber's filters match (claims ignored)."""
     i = Item.__table__.c
     conds = [func.coalesce(i.published_at, i.ingested_at) >= since,
              item_matches_subscriber(Item.__table__, literal(subscriber_id))]

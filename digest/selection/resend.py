@@ -3,8 +3,8 @@ of their own.
 
 The new run (kind ``adhoc``, or ``immediate`` for an alert, so it keeps its template; slot
 key ``resend-failed:<run id>``) carries to each reader exactly what their failed delivery
-carried, listed in ``delivery_items``: it claims nothing, the ledger keeps the failed
-delivery's claims (a digest's, an alert's or an ad-hoc send's), so those items never go to
+carried (the same item ids): it claims nothing, the failed delivery keeps its
+claims (a digest's, an alert's or an ad-hoc send's), so those items never go to
 the reader a third time through a digest or an alert. Readers who
 unsubscribed or whose address was suppressed since (a hard bounce among them) are left out.
 The slot key makes it idempotent: asking twice plans one resend. The failed rows of the
@@ -13,11 +13,9 @@ first run stay as they were, the record of what happened then.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, insert, literal, select
+from sqlalchemy import insert, literal, select
 from sqlalchemy.orm import Session, aliased
 
-# What a delivery carries: the exception of architecture.md's table that planning shares.
-from digest.delivery.contents import delivery_contents
 from digest.errors import ValidationError
 from digest.models import (
     Delivery,
@@ -27,7 +25,6 @@ from digest.models import (
     RunStatus,
     Subscriber,
     SubscriberStatus,
-    delivery_items,
     utcnow,
 )
 from digest.selection.matching import not_suppressed
@@ -62,23 +59,16 @@ def plan_resend_failed(session: Session, run_id: int) -> PlannedRun:
 
     failed = aliased(Delivery)
     s = Subscriber.__table__.c
+    # Each new delivery carries what the reader's failed one carried, and claims nothing.
     session.execute(insert(Delivery).from_select(
-        ["run_id", "subscriber_id", "email", "status", "attempts", "item_count",
-         "created_at", "updated_at"],
+        ["run_id", "subscriber_id", "email", "status", "attempts", "item_count", "item_ids",
+         "newest_item_at", "claims", "created_at", "updated_at"],
         select(literal(run.id), s.id, s.email,
-               literal(DeliveryStatus.pending, Delivery.status.type), literal(0), literal(0),
+               literal(DeliveryStatus.pending, Delivery.status.type), literal(0),
+               failed.item_count, failed.item_ids, failed.newest_item_at, literal(False),
                literal(run.created_at, Delivery.created_at.type),
                literal(run.created_at, Delivery.updated_at.type))
         .join(failed, failed.subscriber_id == s.id)
         .where(failed.run_id == run_id, failed.status == DeliveryStatus.failed,
                s.status == SubscriberStatus.active, not_suppressed(s.email))))
-    # Each new delivery carries what the reader's failed one carried (ledger or list).
-    contents = delivery_contents()
-    new = aliased(Delivery)
-    session.execute(insert(delivery_items).from_select(
-        ["delivery_id", "item_id"],
-        select(new.id, contents.c.item_id)
-        .join(failed, and_(failed.subscriber_id == new.subscriber_id, failed.run_id == run_id))
-        .join(contents, contents.c.delivery_id == failed.id)
-        .where(new.run_id == run.id)))
     return _finish_planning(session, run)

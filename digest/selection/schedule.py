@@ -30,7 +30,6 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import (
     ColumnElement,
     and_,
-    delete,
     false,
     func,
     literal,
@@ -50,7 +49,6 @@ from digest.models import (
     Frequency,
     RunKind,
     RunStatus,
-    SentItem,
     Subscriber,
     SubscriberStatus,
     utcnow,
@@ -408,23 +406,24 @@ def cancel_run(session: Session, run_id: int, reason: str,
 
 
 def give_back_items(session: Session, run_id: int, settings: Settings) -> int:
-    """Release the ledger rows of the run's cancelled deliveries and, for a scheduled run, put
+    """The items of the run's cancelled deliveries are no longer their readers' (a cancelled row
+    claims nothing, ``digest.delivery.contents``) and, for a scheduled run, put
     those readers' watermark back where this run's window started for them (their previous
     scheduled digest, or the first digest's look-back), so the items are not lost for them.
 
-    An alert's or an ad-hoc send's claims (rule H3) are released the same way, watermarks left
+    An alert's or an ad-hoc send's claims (rule H3) go the same way, watermarks left
     alone: the reader's next digest carries those items if its window still holds them (they
     came after the reader's last digest). One planned while the claim was held did not carry
     them, and the watermark is not moved back for them: that would reopen every item since.
 
-    Safe against a second copy: the ledger still holds every item another digest carries, so
+    Safe against a second copy: every item another digest carries is still claimed by it, so
     a window that reaches back further only brings back what was given back. Returns how many
-    ledger rows were released.
+    claimed items were given back.
     """
     run = _run(session, run_id)
-    cancelled = select(Delivery.id).where(Delivery.run_id == run_id,
-                                          Delivery.status == DeliveryStatus.cancelled)
-    released = rowcount(session, delete(SentItem).where(SentItem.delivery_id.in_(cancelled)))
+    released = session.scalar(select(func.coalesce(func.sum(Delivery.item_count), 0)).where(
+        Delivery.run_id == run_id, Delivery.status == DeliveryStatus.cancelled,
+        Delivery.claims.is_(True))) or 0
     if run.kind in SCHEDULED_KINDS:
         readers = select(Delivery.subscriber_id).where(
             Delivery.run_id == run_id, Delivery.status == DeliveryStatus.cancelled)

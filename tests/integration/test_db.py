@@ -7,12 +7,17 @@ import uuid
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, func, insert, inspect, select, text
+from sqlalchemy import column, create_engine, func, insert, inspect, select, table, text
 from sqlalchemy.engine import make_url
 
 from digest import db
 from digest.models import Base
 from tests.conftest import PG_ADMIN_URL
+
+# The tables revision 0013 folded into the deliveries (ADR 0030), as the older revisions had them.
+SENT_ITEMS = table("sent_items", column("subscriber_id"), column("item_id"),
+                   column("delivery_id"), column("created_at"))
+DELIVERY_ITEMS = table("delivery_items", column("delivery_id"), column("item_id"))
 
 
 def test_migrated_schema_matches_the_models(db_url):
@@ -56,10 +61,9 @@ def empty_url(request, tmp_path):
 def test_0004_removes_the_ledger_copies_from_delivery_items_and_gives_them_back(empty_url):
     from alembic import command
 
-    from digest.models import SentItem, delivery_items
-    from digest.selection import delivery_contents
     from tests.factories import T0, make_item
 
+    delivery_items = DELIVERY_ITEMS
     db.upgrade(empty_url, "0003")
     with db._sessionmaker(empty_url)() as session:
         first, second = make_item(session, "one"), make_item(session, "two")
@@ -67,8 +71,9 @@ def test_0004_removes_the_ledger_copies_from_delivery_items_and_gives_them_back(
         scheduled = _old_delivery(session, _old_run(session, "weekly", T0), sub)
         chosen = _old_delivery(session, _old_run(session, "adhoc", T0), sub)
         # As planning wrote them before 0004: the ledger, and a copy of it in delivery_items.
-        session.add_all([SentItem(subscriber_id=sub.id, item_id=i.id, delivery_id=scheduled)
-                         for i in (first, second)])
+        session.execute(insert(SENT_ITEMS), [
+            {"subscriber_id": sub.id, "item_id": i.id, "delivery_id": scheduled,
+             "created_at": T0} for i in (first, second)])
         session.execute(delivery_items.insert(), [
             {"delivery_id": scheduled, "item_id": first.id},
             {"delivery_id": scheduled, "item_id": second.id},
@@ -81,9 +86,10 @@ def test_0004_removes_the_ledger_copies_from_delivery_items_and_gives_them_back(
             return sorted(session.execute(query).all())
 
     scheduled_id, chosen_id, first_id, second_id = ids
-    db.upgrade(empty_url)
+    db.upgrade(empty_url, "0004")
     assert rows(select(delivery_items)) == [(chosen_id, first_id)]
-    contents = delivery_contents()
+    contents = select(DELIVERY_ITEMS.c.delivery_id, DELIVERY_ITEMS.c.item_id).union(
+        select(SENT_ITEMS.c.delivery_id, SENT_ITEMS.c.item_id)).subquery()
     assert rows(select(contents.c.delivery_id, contents.c.item_id)) == sorted(
         [(scheduled_id, first_id), (scheduled_id, second_id), (chosen_id, first_id)])
 
@@ -118,11 +124,19 @@ def _old_subscriber(session, email, status="active"):
 def _old_delivery(session, run_id, sub, **values):
     """A deliveries row written with the columns of an older schema only: the models have
     columns a revision before theirs does not (an ORM object would write them all)."""
+    values = {"run_id": run_id, "subscriber_id": sub.id, "email": sub.email, "status": "sent",
+              "attempts": 0, "item_count": 0, **values}
+    from tests.factories import T0
+
+    values.setdefault("created_at", T0)
+    values.setdefault("updated_at", T0)
     from digest.models import Delivery
 
-    return session.execute(insert(Delivery).values(
-        run_id=run_id, subscriber_id=sub.id, email=sub.email, **values).returning(Delivery.id)
-    ).scalar_one()
+    typed = Delivery.__table__.c
+    deliveries = table("deliveries", column("id"),
+                       *(column(name, typed[name].type) for name in values))
+    return session.execute(insert(deliveries).values(**values).returning(deliveries.c.id)
+                           ).scalar_one()
 
 
 # What the code before 0005 wrote to smtp_reply, and where 0005 puts each part.
@@ -149,9 +163,10 @@ _MIXED_REPLIES = [
 def test_0005_moves_our_notes_out_of_smtp_reply_and_puts_them_back(empty_url):
     from alembic import command
 
-    from digest.models import Delivery, delivery_items
+    from digest.models import Delivery
     from tests.factories import T0, make_item
 
+    delivery_items = DELIVERY_ITEMS
     db.upgrade(empty_url, "0004")
     with db._sessionmaker(empty_url)() as session:
         item = make_item(session, "one")
@@ -185,7 +200,7 @@ def test_0006_keeps_the_ledger_rows_and_checks_only_their_delivery_then_puts_the
         empty_url):
     from alembic import command
 
-    from digest.models import DigestRun, SentItem
+    from digest.models import DigestRun
     from tests.factories import T0, make_item
 
     db.upgrade(empty_url, "0005")
@@ -193,21 +208,22 @@ def test_0006_keeps_the_ledger_rows_and_checks_only_their_delivery_then_puts_the
         item = make_item(session, "one")
         sub = _old_subscriber(session, "ann@example.org")
         delivery = _old_delivery(session, _old_run(session, "weekly", T0), sub)
-        session.add(SentItem(subscriber_id=sub.id, item_id=item.id, delivery_id=delivery))
+        session.execute(insert(SENT_ITEMS).values(subscriber_id=sub.id, item_id=item.id,
+                                                  delivery_id=delivery, created_at=T0))
         session.commit()
         row = (sub.id, item.id, delivery)
 
     def ledger():
         with db.engine_for(empty_url).connect() as conn:
-            return conn.execute(select(SentItem.subscriber_id, SentItem.item_id,
-                                       SentItem.delivery_id)).all()
+            return conn.execute(select(SENT_ITEMS.c.subscriber_id, SENT_ITEMS.c.item_id,
+                                       SENT_ITEMS.c.delivery_id)).all()
 
     def checked_tables():
         return sorted(fk["referred_table"]
                       for fk in inspect(db.engine_for(empty_url)).get_foreign_keys("sent_items"))
 
     assert checked_tables() == ["deliveries", "items", "subscribers"]
-    db.upgrade(empty_url)
+    db.upgrade(empty_url, "0006")
     assert checked_tables() == ["deliveries"]
     assert ledger() == [row]  # the SQLite copy of sent_items cascaded nothing
     assert "planned_through" in {c["name"] for c in inspect(db.engine_for(empty_url))
@@ -293,3 +309,70 @@ def test_0009_keeps_what_lifting_a_suppression_gives_back_and_goes_back_down(emp
     with db.engine_for(empty_url).connect() as conn:
         assert conn.execute(text("SELECT email, status FROM subscribers")).all() == [
             ("ann@example.org", "suppressed")]
+
+
+def test_0013_folds_the_ledger_into_the_deliveries_and_rebuilds_it_going_down(empty_url):
+    """Each delivery gets the items the ledger or delivery_items listed for it, claims when the
+    ledger held a row of it, and the newest item's ingested_at; down again, each pair goes
+    back where it was."""
+    from alembic import command
+
+    from digest.models import Delivery, DigestRun
+    from tests.factories import T0, make_item
+
+    db.upgrade(empty_url, "0011")
+    with db._sessionmaker(empty_url)() as session:
+        first, second, third = (make_item(session, name) for name in ("one", "two", "three"))
+        sub = _old_subscriber(session, "ann@example.org")
+
+        def run(kind: str, key: str) -> int:
+            return session.execute(insert(DigestRun).values(
+                kind=kind, slot_key=key, cutoff=T0, status="done", params={}, dry_run=False,
+                planned_count=0, skipped_count=0, created_at=T0).returning(DigestRun.id)
+            ).scalar_one()
+
+        weekly = _old_delivery(session, run("weekly", "weekly:1"), sub, item_count=2)
+        adhoc = _old_delivery(session, run("adhoc", "adhoc:1"), sub, item_count=2)
+        dry = _old_delivery(session, run("weekly", "dry-run:1"), sub, status="dry_run",
+                            item_count=1)
+        cancelled = _old_delivery(session, run("weekly", "weekly:2"), sub, status="cancelled")
+        skipped = _old_delivery(session, run("weekly", "weekly:3"), sub, status="skipped")
+        session.execute(insert(SENT_ITEMS), [
+            {"subscriber_id": sub.id, "item_id": first.id, "delivery_id": weekly,
+             "created_at": T0},
+            {"subscriber_id": sub.id, "item_id": second.id, "delivery_id": weekly,
+             "created_at": T0},
+            {"subscriber_id": sub.id, "item_id": third.id, "delivery_id": adhoc,
+             "created_at": T0}])
+        session.execute(insert(DELIVERY_ITEMS), [
+            {"delivery_id": adhoc, "item_id": first.id},  # a repeat the operator chose
+            {"delivery_id": dry, "item_id": third.id}])
+        session.commit()
+        newest = max(first.ingested_at, second.ingested_at)
+        ids = {"first": first.id, "second": second.id, "third": third.id}
+        third_at = third.ingested_at
+
+    def ledger_tables():
+        with db.engine_for(empty_url).connect() as conn:
+            return (sorted(conn.execute(select(SENT_ITEMS.c.subscriber_id, SENT_ITEMS.c.item_id,
+                                               SENT_ITEMS.c.delivery_id)).all()),
+                    sorted(conn.execute(select(DELIVERY_ITEMS)).all()))
+
+    before = ledger_tables()
+    db.upgrade(empty_url)
+    assert not {"sent_items", "delivery_items"} & set(
+        inspect(db.engine_for(empty_url)).get_table_names())
+    with db._sessionmaker(empty_url)() as session:
+        rows = {d.id: d for d in session.scalars(select(Delivery))}
+        assert rows[weekly].item_ids == sorted([ids["first"], ids["second"]])
+        assert rows[weekly].claims and rows[weekly].newest_item_at == newest
+        assert rows[adhoc].item_ids == sorted([ids["first"], ids["third"]])
+        assert rows[adhoc].claims
+        assert rows[dry].item_ids == [ids["third"]] and not rows[dry].claims
+        assert rows[dry].newest_item_at == third_at
+        for empty in (cancelled, skipped):
+            assert rows[empty].item_ids == [] and not rows[empty].claims
+            assert rows[empty].newest_item_at is None
+
+    command.downgrade(db.alembic_config(empty_url), "0011")
+    assert ledger_tables() == before

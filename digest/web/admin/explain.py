@@ -79,7 +79,7 @@ def delivery_page(session: Session, delivery_id: int,
     d = session.get(Delivery, delivery_id)
     if d is None:
         return 404, _page("Explain", f"<p>No delivery with id {delivery_id}.</p>")
-    contents = delivery_contents()
+    contents = delivery_contents(session, Delivery.__table__.c.id == d.id)
     items = session.execute(
         select(Item.id, Item.title).join(contents, contents.c.item_id == Item.id)
         .where(contents.c.delivery_id == d.id).order_by(Item.id)).all()

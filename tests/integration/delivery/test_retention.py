@@ -1,5 +1,5 @@
-"""Retention (digest.delivery.retention): the delivery log and the ledger pruned in batches,
-and never so far that an item goes to a reader twice. SQLite and PostgreSQL."""
+"""Retention (digest.delivery.retention): the delivery log (and the claims its rows hold)
+pruned in batches, and never so far that an item goes to a reader twice. SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from digest.models import (
     DeliveryStatus,
     DigestRun,
     RunStatus,
-    SentItem,
     Subscriber,
     utcnow,
 )
 from digest.selection import delivery_contents, plan_immediate_run, plan_scheduled_run
 from tests.factories import make_item, make_subscriber
+from tests.ledger import claims
 
 DAY = timedelta(days=1)
 
@@ -34,7 +34,7 @@ def finish_everything(session) -> None:
 
 
 def carried_by_reader(session, run_id: int) -> dict[str, set[int]]:
-    contents = delivery_contents()
+    contents = delivery_contents(session)
     out: dict[str, set[int]] = {}
     for email, item_id in session.execute(
             select(Delivery.email, contents.c.item_id)
@@ -80,7 +80,7 @@ def history(session, settings):
     return base, old1, old2
 
 
-def test_prune_keeps_the_ledger_rows_a_future_digest_needs_and_nothing_is_sent_twice(
+def test_prune_keeps_the_claims_a_future_digest_needs_and_nothing_is_sent_twice(
         session, settings, present):
     base, old1, old2 = history(session, settings)
     sent_before: dict[str, set[int]] = {}
@@ -96,7 +96,7 @@ def test_prune_keeps_the_ledger_rows_a_future_digest_needs_and_nothing_is_sent_t
     # (before the alert's item) would let the next digest pick that item again.
     assert (report.deliveries, report.ledger_rows, report.kept_for_ledger) == (2, 2, 1)
     assert report.batches >= 2  # one delivery per transaction
-    assert [row.subscriber_id for row in session.scalars(select(SentItem))] == [
+    assert [claim.subscriber_id for claim in claims(session)] == [
         session.scalar(select(Subscriber.id).where(Subscriber.email == "switched@example.org"))]
 
     recent = make_item(session, "recent", ingested_at=later - DAY)
@@ -111,11 +111,11 @@ def test_prune_keeps_the_ledger_rows_a_future_digest_needs_and_nothing_is_sent_t
 
 
 def test_without_the_kept_row_the_item_would_go_again(session, settings, present):
-    """The control: the row prune kept is the only thing that stops the second copy."""
+    """The control: the claim prune kept is the only thing that stops the second copy."""
     base, _old1, old2 = history(session, settings)
     later = base + 120 * DAY
     prune(session, settings, now=later)
-    session.execute(SentItem.__table__.delete())
+    session.execute(update(Delivery).values(claims=False))  # no delivery claims anything
     session.commit()
     present(later)
     run = plan_scheduled_run(session, "weekly", now=later, everyone=True, settings=settings)
@@ -139,7 +139,7 @@ def test_dry_run_counts_what_prune_then_deletes(session, settings):
     base, *_ = history(session, settings)
     later = base + 120 * DAY
     dry = prune(session, settings, now=later, dry_run=True)
-    assert count(session, Delivery) == 3 and count(session, SentItem) == 3
+    assert count(session, Delivery) == 3 and len(claims(session)) == 3
     real = prune(session, settings, now=later)
     assert (dry.deliveries, dry.ledger_rows, dry.runs, dry.kept_for_ledger) == (
         real.deliveries, real.ledger_rows, real.runs, real.kept_for_ledger)
@@ -164,9 +164,9 @@ def test_runs_left_empty_go_except_the_newest_of_each_kind(session, settings):
 
 def test_an_adhoc_sends_claim_is_kept_while_a_digest_could_need_it_then_pruned(
         session, settings, present):
-    """Rule H3 puts an ad-hoc send's items in the ledger: prune keeps that row while the
+    """Rule H3 makes an ad-hoc send claim its items: prune keeps that delivery while the
     reader's next digest could pick the item (it lies past their watermark), and deletes it
-    with its delivery once their digest has moved past it; the item never goes twice."""
+    once their digest has moved past it; the item never goes twice."""
     from digest.selection import AdhocQuery, plan_adhoc_run
 
     base = utcnow()

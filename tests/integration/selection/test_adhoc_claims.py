@@ -1,4 +1,4 @@
-"""Rule H3: what an ad-hoc send carries to a reader is claimed in the ledger, so their digests
+"""Rule H3: what an ad-hoc send carries to a reader is claimed for them, so their digests
 and alerts do not carry it again, unless the operator chose "also include in digests"; a dry
 run claims nothing, a cancelled send gives its items back, a resend of its failed messages
 carries the same items. SQLite and PostgreSQL, mail through the storing SMTP server."""
@@ -10,7 +10,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from digest.delivery import send_deliveries
-from digest.models import Delivery, DeliveryStatus, DigestRun, Item, SentItem, delivery_items
+from digest.models import Delivery, DeliveryStatus, DigestRun, Item
 from digest.selection import (
     AdhocQuery,
     cancel_run,
@@ -22,13 +22,14 @@ from digest.selection import (
 from digest.selection.explain import Verdict, explain
 from digest.selection.resend import plan_resend_failed
 from tests.factories import T0, make_item, make_subscriber
+from tests.ledger import carried_unclaimed, claims
 
 MIN = timedelta(minutes=1)
 
 
 def carried(session, run_id: int) -> dict[str, list[str]]:
     """email -> the titles each delivery of the run carries, every row of the contents."""
-    contents = delivery_contents()
+    contents = delivery_contents(session)
     out: dict[str, list[str]] = {}
     for email, title in session.execute(
             select(Delivery.email, Item.title)
@@ -60,10 +61,10 @@ def test_an_item_an_adhoc_send_carried_is_not_carried_again_by_the_next_digest(
 
     e = explain(session, reader, sent, settings=settings, as_of=T0)
     assert e.verdict == Verdict.sent and not e.next_digest_would_carry
-    [ledger] = [r.text for r in e.reasons if r.code == "ledger"]
-    assert ledger == (f"The ledger (sent_items) records it for you, carried by delivery "
-                      f"{adhoc.pending_ids[0]}: no scheduled digest or alert will carry it "
-                      f"again (the ad-hoc send of run {adhoc.run_id} claimed it, rule H3).")
+    [claim] = [r.text for r in e.reasons if r.code == "ledger"]
+    assert claim == (f"It is yours already: delivery {adhoc.pending_ids[0]} claimed it for "
+                     f"you: no scheduled digest or alert will carry it again (the ad-hoc send "
+                     f"of run {adhoc.run_id} claimed it, rule H3).")
 
     digest = plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings)
     session.commit()
@@ -84,7 +85,7 @@ def test_also_in_digests_leaves_the_item_to_the_readers_next_digest(
     adhoc = plan_adhoc_run(session, query)
     session.commit()
     assert session.get_one(DigestRun, adhoc.run_id).params["also_in_digests"] is True
-    assert session.scalar(select(func.count()).select_from(SentItem)) == 0
+    assert claims(session) == []
     assert send_deliveries(adhoc.pending_ids, settings=settings).sent == 1
 
     e = explain(session, reader, item, settings=settings, as_of=T0)
@@ -114,11 +115,10 @@ def test_an_adhoc_send_repeats_an_item_the_reader_had_and_lists_each_item_once(
     assert carried(session, adhoc.run_id) == {"ann@example.org": sorted([had.title, new.title])}
     [row] = session.scalars(select(Delivery).where(Delivery.run_id == adhoc.run_id))
     assert row.item_count == 2
-    claims = dict(session.execute(select(SentItem.item_id, SentItem.delivery_id)).all())
+    claimed = {c.item_id: c.delivery_id for c in claims(session)}
     digest_row = session.scalar(select(Delivery.id).where(Delivery.run_id == digest.run_id))
-    assert claims == {had.id: digest_row, new.id: row.id}
-    assert session.scalars(select(delivery_items.c.item_id).where(
-        delivery_items.c.delivery_id == row.id)).all() == [had.id]
+    assert claimed == {had.id: digest_row, new.id: row.id}
+    assert carried_unclaimed(session, row.id) == [had.id]
     assert send_deliveries(adhoc.pending_ids, settings=settings).sent == 1
     body = text_of(smtp_sink.wait_for(1)[0])
     assert "Border police training" in body and "Community policing forum" in body
@@ -131,7 +131,7 @@ def test_an_adhoc_dry_run_claims_nothing(session, taxo, settings):
     dry = plan_adhoc_run(session, AdhocQuery(item_ids=(item.id,)), dry_run=True)
     session.commit()
     assert dry.planned == 1
-    assert session.scalar(select(func.count()).select_from(SentItem)) == 0
+    assert claims(session) == []
     digest = plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings)
     session.commit()
     assert carried(session, digest.run_id) == {"ann@example.org": [item.title]}

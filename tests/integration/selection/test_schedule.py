@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from digest.delivery import send_deliveries
 from digest.errors import ValidationError
-from digest.models import Delivery, DigestRun, SentItem, Subscriber
+from digest.models import Delivery, DigestRun, Subscriber
 from digest.selection import (
     cancel_run,
     plan_due_slots,
@@ -18,6 +18,7 @@ from digest.selection import (
     release_run,
 )
 from tests.factories import T0, make_item, make_subscriber
+from tests.ledger import claims
 
 HOUR = timedelta(hours=1)
 
@@ -38,10 +39,9 @@ def deliveries_of(session, email) -> list[tuple[str, str]]:
 def items_of(session, email) -> set[str]:
     from digest.models import Item
 
-    return set(session.scalars(
-        select(Item.title).join(SentItem, SentItem.item_id == Item.id)
-        .join(Subscriber, Subscriber.id == SentItem.subscriber_id)
-        .where(Subscriber.email == email)))
+    reader = session.scalar(select(Subscriber.id).where(Subscriber.email == email))
+    claimed = [c.item_id for c in claims(session) if c.subscriber_id == reader]
+    return set(session.scalars(select(Item.title).where(Item.id.in_(claimed))))
 
 
 # --- catch-up --------------------------------------------------------------------------------

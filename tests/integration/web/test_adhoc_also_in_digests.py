@@ -1,6 +1,6 @@
 """Rule H3 at the web edges, on SQLite and PostgreSQL with the storing SMTP server: the API's
 ``also_in_digests`` and the admin's "Also include in digests" box reach the run's parameters;
-unticked, the send claims what it carried in the ledger; ticked, it claims nothing."""
+unticked, the send claims what it carried; ticked, it claims nothing."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import re
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
 
-from digest.models import DigestRun, SentItem, utcnow
+from digest.models import DigestRun, utcnow
 from digest.subscribers import FilterSpec, upsert_subscriber
 from tests.factories import make_item
 from tests.integration.web.support import (  # noqa: F401 (fixtures)
@@ -23,6 +22,7 @@ from tests.integration.web.support import (  # noqa: F401 (fixtures)
     web_settings,
 )
 from tests.integration.web.test_admin import admin  # noqa: F401 (fixtures)
+from tests.ledger import claims
 
 V1 = "/api/v1"
 SEND = "/admin/send"
@@ -40,7 +40,7 @@ def item(db_session, taxo):
 
 def _claimed(db_session) -> set[tuple[int, int]]:
     db_session.expire_all()
-    return {(row.subscriber_id, row.item_id) for row in db_session.scalars(select(SentItem))}
+    return {(claim.subscriber_id, claim.item_id) for claim in claims(db_session)}
 
 
 def test_the_apis_also_in_digests_claims_nothing_and_its_default_claims_what_it_sent(

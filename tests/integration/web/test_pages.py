@@ -330,12 +330,9 @@ def test_view_in_browser_shows_the_digest_of_that_delivery(client, db_session, t
     run = DigestRun(kind="weekly", slot_key="weekly:view", cutoff=utcnow())
     db_session.add(run)
     db_session.flush()
-    delivery = Delivery(run_id=run.id, subscriber_id=sub.id, email=ANN, status="sent", item_count=1)
+    delivery = Delivery(run_id=run.id, subscriber_id=sub.id, email=ANN, status="sent",
+                        item_count=1, item_ids=[item.id], newest_item_at=item.ingested_at)
     db_session.add(delivery)
-    db_session.flush()
-    from digest.models import delivery_items
-
-    db_session.execute(delivery_items.insert().values(delivery_id=delivery.id, item_id=item.id))
     db_session.commit()
     response = client.get(f"/view/{make_token('view', {'d': delivery.id}, web_settings)}")
     assert response.status_code == 200

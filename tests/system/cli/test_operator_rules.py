@@ -152,7 +152,7 @@ def test_tick_plans_the_due_slot_sends_a_due_retry_and_finishes_what_it_sent(cli
 def _deferred_message_due(url: str, address: str, now) -> None:
     """An ad-hoc message to ``address`` carrying every item, deferred earlier and due again:
     only a retry can send it."""
-    from sqlalchemy import select
+    from sqlalchemy import func, select
 
     from digest import db
     from digest.models import (
@@ -163,7 +163,6 @@ def _deferred_message_due(url: str, address: str, now) -> None:
         RunKind,
         RunStatus,
         Subscriber,
-        delivery_items,
     )
 
     with db.session_scope(url) as session:
@@ -172,12 +171,10 @@ def _deferred_message_due(url: str, address: str, now) -> None:
                         status=RunStatus.sending, planned_count=1)
         session.add(run)
         session.flush()
-        delivery = Delivery(run_id=run.id, subscriber_id=sub.id, email=sub.email,
-                            status=DeliveryStatus.deferred, item_count=1, attempts=1,
-                            next_attempt_at=now - timedelta(minutes=1))
-        session.add(delivery)
-        session.flush()
-        session.execute(delivery_items.insert(), [
-            {"delivery_id": delivery.id, "item_id": item_id}
-            for item_id in session.scalars(select(Item.id))])
+        item_ids = list(session.scalars(select(Item.id)))
+        session.add(Delivery(run_id=run.id, subscriber_id=sub.id, email=sub.email,
+                             status=DeliveryStatus.deferred, item_count=len(item_ids),
+                             item_ids=item_ids,
+                             newest_item_at=session.scalar(select(func.max(Item.ingested_at))),
+                             attempts=1, next_attempt_at=now - timedelta(minutes=1)))
     db.engine_for(url).dispose()

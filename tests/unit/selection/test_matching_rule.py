@@ -189,7 +189,7 @@ def load(session: Session, world: World) -> None:
 
 def carried_pairs(session: Session, run_ids: list[int]) -> Pairs:
     """(reader, item) of everything the deliveries of these runs carry."""
-    contents = delivery_contents()
+    contents = delivery_contents(session, Delivery.__table__.c.run_id.in_(run_ids))
     rows = session.execute(
         select(Delivery.subscriber_id, contents.c.item_id)
         .join(contents, contents.c.delivery_id == Delivery.id)
