@@ -1,0 +1,213 @@
+"""Render per distinct content: what readers of the same items share, rendered once.
+
+Readers whose messages carry the same items in the same template, grouped and dated alike
+(grouping, time zone, chosen themes and places: everything the body reads of them besides
+their links and address) get the same subject and the same HTML and text apart from their
+personal parts: the address in the footer's reason line and the manage, unsubscribe,
+view-in-browser and feed links. Such a content is rendered once, for a stand-in reader whose
+personal values are markers (letters and digits, so escaping leaves them alone), and kept in
+a small per-process LRU (``SharedContents``). Each part is then cut where its first personal
+part begins (the start of that line in HTML, of that paragraph in text): the part before the
+cut (the masthead, the summary, every item block) is shared, as a ``Fragment`` whose
+quoted-printable bytes are computed once; the part after it (the footer and the closing
+markup, ~1.4 KB of HTML) is filled in per reader. Quoted-printable starts afresh after every
+line break, so encoding the two pieces apart gives the bytes of encoding the whole (the rule
+``mime._quoted_printable`` already relies on), and every message of a content uses the same
+MIME boundary so its encoded start is the same bytes for the DKIM signer too (ADR 0028).
+
+Filling in is a replacement of each marker by the reader's value, escaped as Jinja escapes
+it in HTML; the text part's reason line is wrapped to the reader's address, so a paragraph of
+the text tail that holds the address is unwrapped and wrapped again (``wrap_text``, as the
+template's ``|wrap`` does). When a content is first rendered, its first real reader is also
+rendered the plain way and compared with the filled-in result: a template whose personal
+parts do not fill in exactly (a marker in the subject or before the cut, a value the text
+part wraps differently) is marked not shareable and each of its readers is rendered whole.
+A reader whose address or a link holds whitespace (which wrapping or tidying could move) is
+rendered whole too.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, replace
+
+from markupsafe import escape
+
+from digest.logs import get_logger
+from digest.mail.mime import new_boundary
+from digest.render import Recipient, RenderedEmail
+from digest.render.fragments import Fragment
+from digest.render.text import wrap_text
+
+__all__ = ["CONTENT_CACHE_SIZE", "SharedContent", "SharedContents", "content_key",
+           "shared_contents"]
+
+log = get_logger(__name__)
+
+# Distinct contents a process keeps. A weekly run has one content per combination of item
+# set, grouping, time zone and choices among a batch's readers: a few dozen at most. Each
+# entry is ~100 KB (the HTML and text, their encodings, the stand-in's tail).
+CONTENT_CACHE_SIZE = 48
+
+# The personal fields of a recipient, in the order their markers are replaced.
+PERSONAL = ("email", "manage_url", "unsubscribe_url", "view_url", "feed_url")
+# One marker prefix per process: letters and digits only (HTML escaping, quoted-printable
+# and wrapping leave it whole), ending in "qz" so no marker is the start of another.
+_PREFIX = "zq" + secrets.token_hex(8)
+MARKS = {name: f"{_PREFIX}{name.replace('_', '')}qz" for name in PERSONAL}
+
+
+def content_key(template: str, renderer: object, recipient: Recipient,
+                items: Sequence[Hashable]) -> tuple[Hashable, ...]:
+    """What a body depends on besides the personal parts: the template (and the renderer,
+    so settings and templates count), the items (values, in order), the reader's grouping,
+    time zone and choices, and which personal links the reader has at all (a missing link
+    drops its line)."""
+    return (template, id(renderer), tuple(items), recipient.group_by, recipient.timezone,
+            recipient.themes, recipient.locations,
+            tuple(bool(getattr(recipient, name)) for name in PERSONAL))
+
+
+def stand_in(recipient: Recipient) -> Recipient:
+    """The recipient with a marker for every personal value it has."""
+    return replace(recipient, subscriber_id=0, **{
+        name: MARKS[name] for name in PERSONAL if getattr(recipient, name)})
+
+
+@dataclass
+class SharedContent:
+    """One content's shared parts and the tails its readers' parts are filled into."""
+
+    renderer: object
+    subject: str
+    html_prefix: Fragment
+    html_tail: str
+    text_prefix: Fragment
+    text_tail: str
+    boundary: str
+    shareable: bool = True
+
+    @classmethod
+    def of(cls, renderer: object, rendered: RenderedEmail) -> SharedContent:
+        """Cut a stand-in's rendering into its shared start and personal tail."""
+        html_cut = _line_start(rendered.html)
+        text_cut = _paragraph_start(rendered.text)
+        shareable = (_PREFIX not in rendered.subject
+                     and _PREFIX not in rendered.html[:html_cut]
+                     and _PREFIX not in rendered.text[:text_cut]
+                     and "\r" not in rendered.html and "\r" not in rendered.text)
+        return cls(renderer=renderer, subject=rendered.subject,
+                   html_prefix=Fragment(rendered.html[:html_cut]),
+                   html_tail=rendered.html[html_cut:],
+                   text_prefix=Fragment(rendered.text[:text_cut]),
+                   text_tail=rendered.text[text_cut:], boundary=new_boundary(),
+                   shareable=shareable)
+
+    def fill(self, recipient: Recipient) -> RenderedEmail | None:
+        """The reader's email from the shared parts; None if this reader cannot be filled
+        in exactly (render them whole)."""
+        values = {name: getattr(recipient, name) or "" for name in PERSONAL}
+        if not self.shareable or any(
+                not value.isprintable() or any(c.isspace() for c in value)
+                for value in values.values()):
+            return None
+        html = self.html_tail
+        for name, value in values.items():
+            if value:
+                html = html.replace(MARKS[name], str(escape(value)))
+        return RenderedEmail(
+            subject=self.subject, html=self.html_prefix.text + html,
+            text=self.text_prefix.text + _fill_text(self.text_tail, values),
+            html_fragments=(self.html_prefix,), text_fragments=(self.text_prefix,),
+            boundary=self.boundary)
+
+
+def _fill_text(tail: str, values: dict[str, str]) -> str:
+    def put(text: str) -> str:
+        for name, value in values.items():
+            if value:
+                text = text.replace(MARKS[name], value)
+        return text
+
+    mark = MARKS["email"]
+    if mark not in tail:
+        return put(tail)
+    # The address sits in wrapped prose (the reason line): wrap it again around the address.
+    return "\n\n".join(
+        wrap_text(put(paragraph.replace("\n", " "))) if mark in paragraph else put(paragraph)
+        for paragraph in tail.split("\n\n"))
+
+
+def _line_start(body: str) -> int:
+    """Where the line holding the first marker starts (the end if there is none)."""
+    at = body.find(_PREFIX)
+    if at < 0:
+        return body.rfind("\n") + 1
+    return body.rfind("\n", 0, at) + 1
+
+
+def _paragraph_start(body: str) -> int:
+    """Where the paragraph holding the first marker starts (after a blank line)."""
+    at = body.find(_PREFIX)
+    if at < 0:
+        return body.rfind("\n") + 1
+    found = body.rfind("\n\n", 0, at)
+    return 0 if found < 0 else found + 2
+
+
+class SharedContents:
+    """The per-process LRU of contents, at most ``maxsize``; safe to share between threads.
+    ``hits`` and ``misses`` count look-ups (the benchmark and the tests read them)."""
+
+    def __init__(self, maxsize: int = CONTENT_CACHE_SIZE):
+        self.maxsize = maxsize
+        self._contents: OrderedDict[Hashable, SharedContent] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._contents)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._contents.clear()
+
+    def render(self, key: Hashable, renderer: object, recipient: Recipient,
+               render: Callable[[Recipient], RenderedEmail]) -> RenderedEmail:
+        """``recipient``'s email of the content ``key``, rendered by ``render`` (the plain
+        path) once per content, for a stand-in, and filled in per reader."""
+        with self._lock:
+            content = self._contents.get(key)
+            if content is not None and content.renderer is renderer:
+                self._contents.move_to_end(key)
+                self.hits += 1
+            else:
+                content = None
+                self.misses += 1
+        if content is None:
+            content = SharedContent.of(renderer, render(stand_in(recipient)))
+            plain = render(recipient)
+            if content.shareable and content.fill(recipient) != plain:
+                # The template's personal parts do not fill in exactly: never shared.
+                log.warning("email content not shareable: rendered per reader",
+                            subject=plain.subject)
+                content.shareable = False
+            with self._lock:
+                self._contents[key] = content
+                self._contents.move_to_end(key)
+                while len(self._contents) > self.maxsize:
+                    self._contents.popitem(last=False)
+            # The first reader's own plain rendering, with the content's shared pieces when
+            # they hold (same text, so the same bytes once encoded).
+            filled = content.fill(recipient)
+            return filled if filled is not None else plain
+        filled = content.fill(recipient)
+        return filled if filled is not None else render(recipient)
+
+
+# The process's cache: composing in a worker, the web app and the CLI all go through it.
+shared_contents = SharedContents()
