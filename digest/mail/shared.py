@@ -86,7 +86,7 @@ class SharedContent:
     html_prefix: Fragment
     html_tail: str
     text_prefix: Fragment
-    text_tail: str
+    text_tail: tuple[tuple[bool, str], ...]
     boundary: str
     shareable: bool = True
 
@@ -103,7 +103,7 @@ class SharedContent:
                    html_prefix=Fragment(rendered.html[:html_cut]),
                    html_tail=rendered.html[html_cut:],
                    text_prefix=Fragment(rendered.text[:text_cut]),
-                   text_tail=rendered.text[text_cut:], boundary=new_boundary(),
+                   text_tail=_text_pieces(rendered.text[text_cut:]), boundary=new_boundary(),
                    shareable=shareable)
 
     def fill(self, recipient: Recipient) -> RenderedEmail | None:
@@ -125,20 +125,52 @@ class SharedContent:
             boundary=self.boundary)
 
 
-def _fill_text(tail: str, values: dict[str, str]) -> str:
+def _text_pieces(tail: str) -> tuple[tuple[bool, str], ...]:
+    """The text tail as pieces to fill in: (False, text) is filled in as it is; (True,
+    prose) is a block of wrapped lines holding the address, kept unwrapped, filled in and
+    wrapped again (``wrap_text``, the template's ``|wrap``). Such a block is found as the
+    longest run of lines ending a paragraph, holding the address, that wrapping gives back
+    unchanged: greedy wrapping breaks the lines before the address's line alike whatever
+    its length, so the run may start above the wrapped prose without changing the result."""
+    mark = MARKS["email"]
+    pieces: list[tuple[bool, str]] = []
+    for index, paragraph in enumerate(tail.split("\n\n")):
+        if index:
+            pieces.append((False, "\n\n"))
+        body = paragraph.rstrip("\n")
+        end = paragraph[len(body):]
+        lines = body.split("\n")
+        found = None
+        for k in range(len(lines)):
+            joined = " ".join(lines[k:])
+            if mark not in joined:
+                break
+            if wrap_text(joined) == "\n".join(lines[k:]):
+                found = k
+                break
+        if found is None:  # no address, or not in wrapped prose: replaced in place
+            pieces.append((False, body))
+        else:
+            pieces.append((False, "".join(line + "\n" for line in lines[:found])))
+            pieces.append((True, " ".join(lines[found:])))
+        pieces.append((False, end))
+    merged: list[tuple[bool, str]] = []
+    for wrapped, text in pieces:
+        if merged and not wrapped and not merged[-1][0]:
+            merged[-1] = (False, merged[-1][1] + text)
+        elif text or wrapped:
+            merged.append((wrapped, text))
+    return tuple(merged)
+
+
+def _fill_text(pieces: tuple[tuple[bool, str], ...], values: dict[str, str]) -> str:
     def put(text: str) -> str:
         for name, value in values.items():
-            if value:
+            if value and MARKS[name] in text:
                 text = text.replace(MARKS[name], value)
         return text
 
-    mark = MARKS["email"]
-    if mark not in tail:
-        return put(tail)
-    # The address sits in wrapped prose (the reason line): wrap it again around the address.
-    return "\n\n".join(
-        wrap_text(put(paragraph.replace("\n", " "))) if mark in paragraph else put(paragraph)
-        for paragraph in tail.split("\n\n"))
+    return "".join(wrap_text(put(text)) if wrapped else put(text) for wrapped, text in pieces)
 
 
 def _line_start(body: str) -> int:
@@ -156,6 +188,13 @@ def _paragraph_start(body: str) -> int:
         return body.rfind("\n") + 1
     found = body.rfind("\n\n", 0, at)
     return 0 if found < 0 else found + 2
+
+
+def _probes(recipient: Recipient) -> tuple[Recipient, ...]:
+    """Readers with the shortest and a long address: where the text part's wrapping of the
+    address changes, these find out at once (the first reader may not)."""
+    domain = recipient.email.rpartition("@")[2] or "example.org"
+    return tuple(replace(recipient, email=f"{local}@{domain}") for local in ("p", "p" * 64))
 
 
 class SharedContents:
@@ -191,7 +230,8 @@ class SharedContents:
         if content is None:
             content = SharedContent.of(renderer, render(stand_in(recipient)))
             plain = render(recipient)
-            if content.shareable and content.fill(recipient) != plain:
+            if content.shareable and (content.fill(recipient) != plain or any(
+                    content.fill(probe) != render(probe) for probe in _probes(recipient))):
                 # The template's personal parts do not fill in exactly: never shared.
                 log.warning("email content not shareable: rendered per reader",
                             subject=plain.subject)
