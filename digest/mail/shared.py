@@ -18,8 +18,9 @@ MIME boundary so its encoded start is the same bytes for the DKIM signer too (AD
 Filling in is a replacement of each marker by the reader's value, escaped as Jinja escapes
 it in HTML; the text part's reason line is wrapped to the reader's address, so a paragraph of
 the text tail that holds the address is unwrapped and wrapped again (``wrap_text``, as the
-template's ``|wrap`` does). When a content is first rendered, its first real reader is also
-rendered the plain way and compared with the filled-in result: a template whose personal
+template's ``|wrap`` does). When a content is first rendered, its first real reader and two
+probes (the shortest and a long address) are also rendered the plain way and compared with
+the filled-in result: a template whose personal
 parts do not fill in exactly (a marker in the subject or before the cut, a value the text
 part wraps differently) is marked not shareable and each of its readers is rendered whole.
 A reader whose address or a link holds whitespace (which wrapping or tidying could move) is
@@ -212,8 +213,10 @@ class SharedContents:
         return len(self._contents)
 
     def clear(self) -> None:
+        """Forget every content and the counts."""
         with self._lock:
             self._contents.clear()
+            self.hits = self.misses = 0
 
     def render(self, key: Hashable, renderer: object, recipient: Recipient,
                render: Callable[[Recipient], RenderedEmail]) -> RenderedEmail:
