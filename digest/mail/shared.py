@@ -34,6 +34,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from markupsafe import escape
 
@@ -74,8 +75,9 @@ def content_key(template: str, renderer: object, recipient: Recipient,
 
 def stand_in(recipient: Recipient) -> Recipient:
     """The recipient with a marker for every personal value it has."""
-    return replace(recipient, subscriber_id=0, **{
-        name: MARKS[name] for name in PERSONAL if getattr(recipient, name)})
+    marks: dict[str, Any] = {
+        name: MARKS[name] for name in PERSONAL if getattr(recipient, name)}
+    return replace(recipient, subscriber_id=0, **marks)
 
 
 @dataclass
