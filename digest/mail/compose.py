@@ -182,9 +182,10 @@ class MessageFactory:
         if not self.shared:
             return renderer.render(recipient, items, **context)
         # Rendered once per distinct content, the reader's parts filled in (mail.shared).
+        key, family = content_key(template, renderer, recipient, items)
         return shared_contents.render(
-            content_key(template, renderer, recipient, items), renderer, recipient,
-            lambda reader: renderer.render(reader, items, **context))
+            key, renderer, recipient, lambda reader: renderer.render(reader, items, **context),
+            family)
 
     def render(self, delivery: MailedDelivery, run: MailedRun, items: Sequence[RenderItem], *,
                in_browser: bool = False, links: dict[str, str] | None = None) -> RenderedEmail:

@@ -16,15 +16,15 @@ line break, so encoding the two pieces apart gives the bytes of encoding the who
 MIME boundary so its encoded start is the same bytes for the DKIM signer too (ADR 0028).
 
 Filling in is a replacement of each marker by the reader's value, escaped as Jinja escapes
-it in HTML; the text part's reason line is wrapped to the reader's address, so a paragraph of
-the text tail that holds the address is unwrapped and wrapped again (``wrap_text``, as the
-template's ``|wrap`` does). When a content is first rendered, its first real reader and two
-probes (the shortest and a long address) are also rendered the plain way and compared with
-the filled-in result: a template whose personal
-parts do not fill in exactly (a marker in the subject or before the cut, a value the text
-part wraps differently) is marked not shareable and each of its readers is rendered whole.
-A reader whose address or a link holds whitespace (which wrapping or tidying could move) is
-rendered whole too.
+it in HTML; the text part's reason line is wrapped to the reader's address, so the wrapped
+prose of the text tail that holds the address is unwrapped and wrapped again (``wrap_text``,
+as the template's ``|wrap`` does). The first content of each family (template, renderer,
+which links the reader has) is checked: its first real reader and two probes (the shortest
+and a long address) are also rendered the plain way and compared with the filled-in result.
+A family whose personal parts do not fill in exactly (a marker in the subject or before the
+cut, a value the text part wraps differently) is never shared: each of its readers is
+rendered whole. So is a reader whose address or a link holds whitespace (which wrapping or
+tidying could move).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any
 from markupsafe import escape
 
 from digest.logs import get_logger
-from digest.mail.mime import new_boundary
+from digest.mail.mime import _quoted_printable, new_boundary
 from digest.render import Recipient, RenderedEmail
 from digest.render.fragments import Fragment
 from digest.render.text import wrap_text
@@ -63,14 +63,16 @@ MARKS = {name: f"{_PREFIX}{name.replace('_', '')}qz" for name in PERSONAL}
 
 
 def content_key(template: str, renderer: object, recipient: Recipient,
-                items: Sequence[Hashable]) -> tuple[Hashable, ...]:
-    """What a body depends on besides the personal parts: the template (and the renderer,
-    so settings and templates count), the items (values, in order), the reader's grouping,
-    time zone and choices, and which personal links the reader has at all (a missing link
-    drops its line)."""
-    return (template, id(renderer), tuple(items), recipient.group_by, recipient.timezone,
-            recipient.themes, recipient.locations,
-            tuple(bool(getattr(recipient, name)) for name in PERSONAL))
+                items: Sequence[Hashable]) -> tuple[Hashable, Hashable]:
+    """(content, family). The content is what a body depends on besides the personal parts:
+    the template (and the renderer, so settings and templates count), the items (values, in
+    order), the reader's grouping, time zone and choices, and which personal links the
+    reader has at all (a missing link drops its line). The family is the part of it that
+    decides where the personal parts sit: the template, the renderer and those links."""
+    family = (template, id(renderer),
+              tuple(bool(getattr(recipient, name)) for name in PERSONAL))
+    return (family, tuple(items), recipient.group_by, recipient.timezone, recipient.themes,
+            recipient.locations), family
 
 
 def stand_in(recipient: Recipient) -> Recipient:
@@ -102,10 +104,17 @@ class SharedContent:
                      and _PREFIX not in rendered.html[:html_cut]
                      and _PREFIX not in rendered.text[:text_cut]
                      and "\r" not in rendered.html and "\r" not in rendered.text)
+        html_prefix, text_prefix = (Fragment(rendered.html[:html_cut]),
+                                    Fragment(rendered.text[:text_cut]))
+        # Encoded once here, from the item blocks' kept encodings (the same bytes).
+        for prefix, blocks in ((html_prefix, rendered.html_fragments),
+                               (text_prefix, rendered.text_fragments)):
+            if prefix.text.endswith("\n") and "\r" not in prefix.text:
+                prefix.encoded[0] = _quoted_printable(prefix.text, blocks)
         return cls(renderer=renderer, subject=rendered.subject,
-                   html_prefix=Fragment(rendered.html[:html_cut]),
+                   html_prefix=html_prefix,
                    html_tail=rendered.html[html_cut:],
-                   text_prefix=Fragment(rendered.text[:text_cut]),
+                   text_prefix=text_prefix,
                    text_tail=_text_pieces(rendered.text[text_cut:]), boundary=new_boundary(),
                    shareable=shareable)
 
@@ -207,6 +216,8 @@ class SharedContents:
     def __init__(self, maxsize: int = CONTENT_CACHE_SIZE):
         self.maxsize = maxsize
         self._contents: OrderedDict[Hashable, SharedContent] = OrderedDict()
+        # Families whose filling in was checked: whether it held.
+        self._families: dict[Hashable, bool] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -214,16 +225,24 @@ class SharedContents:
     def __len__(self) -> int:
         return len(self._contents)
 
-    def clear(self) -> None:
-        """Forget every content and the counts."""
+    def clear(self, *, families: bool = True) -> None:
+        """Forget every content and the counts (and which families were checked)."""
         with self._lock:
             self._contents.clear()
+            if families:
+                self._families.clear()
             self.hits = self.misses = 0
 
     def render(self, key: Hashable, renderer: object, recipient: Recipient,
-               render: Callable[[Recipient], RenderedEmail]) -> RenderedEmail:
+               render: Callable[[Recipient], RenderedEmail],
+               family: Hashable | None = None) -> RenderedEmail:
         """``recipient``'s email of the content ``key``, rendered by ``render`` (the plain
-        path) once per content, for a stand-in, and filled in per reader."""
+        path) once per content, for a stand-in, and filled in per reader.
+
+        ``family``: what decides where the personal parts sit (the template, the renderer,
+        which links the reader has). Filling in is checked against plain renderings (the
+        first reader and two probes) for the first content of each family, and trusted for
+        the family's later contents; without a family, for every content."""
         with self._lock:
             content = self._contents.get(key)
             if content is not None and content.renderer is renderer:
@@ -232,26 +251,38 @@ class SharedContents:
             else:
                 content = None
                 self.misses += 1
-        if content is None:
-            content = SharedContent.of(renderer, render(stand_in(recipient)))
-            plain = render(recipient)
-            if content.shareable and (content.fill(recipient) != plain or any(
-                    content.fill(probe) != render(probe) for probe in _probes(recipient))):
+        if content is not None:
+            filled = content.fill(recipient)
+            return filled if filled is not None else render(recipient)
+        checked = self._families.get(family) if family is not None else None
+        if checked is False:
+            return render(recipient)  # this family's personal parts never fill in
+        content = SharedContent.of(renderer, render(stand_in(recipient)))
+        plain = None
+        if checked is None:
+            if content.shareable:
+                plain = render(recipient)
+                if content.fill(recipient) != plain or any(
+                        content.fill(probe) != render(probe) for probe in _probes(recipient)):
+                    content.shareable = False
+            if not content.shareable:
                 # The template's personal parts do not fill in exactly: never shared.
                 log.warning("email content not shareable: rendered per reader",
-                            subject=plain.subject)
-                content.shareable = False
-            with self._lock:
-                self._contents[key] = content
-                self._contents.move_to_end(key)
-                while len(self._contents) > self.maxsize:
-                    self._contents.popitem(last=False)
-            # The first reader's own plain rendering, with the content's shared pieces when
-            # they hold (same text, so the same bytes once encoded).
-            filled = content.fill(recipient)
-            return filled if filled is not None else plain
+                            template=str(family[0]) if isinstance(family, tuple) else None)
+            if family is not None:
+                with self._lock:
+                    while len(self._families) >= self.maxsize:
+                        del self._families[next(iter(self._families))]
+                    self._families[family] = content.shareable
+        with self._lock:
+            self._contents[key] = content
+            self._contents.move_to_end(key)
+            while len(self._contents) > self.maxsize:
+                self._contents.popitem(last=False)
         filled = content.fill(recipient)
-        return filled if filled is not None else render(recipient)
+        if filled is not None:
+            return filled
+        return plain if plain is not None else render(recipient)
 
 
 # The process's cache: composing in a worker, the web app and the CLI all go through it.

@@ -255,3 +255,27 @@ def test_build_message_refuses_a_boundary_that_could_collide():
     with pytest.raises(ValidationError):
         build_message(from_addr="a@example.org", to_addr="b@example.org", subject="s",
                       html="h", text="t", message_id="<x@example.org>", boundary="plain")
+
+
+def test_a_family_is_checked_once_and_a_failed_one_never_shared():
+    cache = SharedContents()
+    calls = []
+
+    def good(reader):
+        calls.append(reader.email)
+        return RenderedEmail(subject="s", html=f"<p>shared</p>\n<a>{reader.unsubscribe_url}</a>",
+                             text=f"shared\n\n{reader.email}\n")
+
+    for key in range(3):  # three contents of one family: checked for the first only
+        cache.render(key, "r", recipient(email=f"r{key}@example.org"), good, family="f")
+    assert calls == ["zq" + calls[0][2:], "r0@example.org", "p@example.org",
+                     "p" * 64 + "@example.org"] + calls[4:]
+    assert len(calls) == 4 + 2  # then one stand-in each
+
+    def bad(reader):
+        return RenderedEmail(subject=f"For {reader.email}", html="<p>x</p>\n", text="x\n")
+
+    cache.render("b1", "r", recipient(email="a@example.org"), bad, family="g")
+    out = cache.render("b2", "r", recipient(email="b@example.org"), bad, family="g")
+    assert out.subject == "For b@example.org"  # rendered whole, no stand-in tried
+    assert "b2" not in cache._contents
