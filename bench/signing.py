@@ -129,6 +129,7 @@ def main() -> None:
         raise SystemExit("the signers disagree")
     body = message.split(b"\r\n\r\n", 1)[1]
     print(f"python {platform.python_version()}, os.cpu_count()={os.cpu_count()}, "
+          f"load average {os.getloadavg()[0]:.1f} at the start, "
           f"message {len(message)} B (html {len(rendered.html.encode())} B, "
           f"text {len(rendered.text.encode())} B), shared pieces "
           f"{sum(map(len, pieces))} B of {len(body)} B of body")
