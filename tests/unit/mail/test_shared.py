@@ -101,6 +101,8 @@ def test_readers_of_one_content_get_the_bytes_the_plain_path_builds(rsettings):
     # One content: rendered once (a miss), filled in for every other message.
     assert (shared_contents.misses, len(shared_contents)) == (1, 1)
     assert shared_contents.hits == 2 * len(EMAILS) - 1
+    # Filled in, not rendered whole: the templates' personal parts are all in the tail.
+    assert all(c.shareable for c in shared_contents._contents.values())
     # Every message of the content uses the content's boundary (its encoded start is shared).
     boundaries = {re.search(rb'boundary="([^"]+)"', shared.build(delivery(n, a), RUN, shown)[1])
                   .group(1) for n, a in enumerate(EMAILS)}
@@ -139,6 +141,7 @@ def test_an_immediate_alert_and_a_digest_of_one_item_are_different_contents(rset
                                 one)[1])
     digest = bodies(shared.build(delivery(1, "r@example.org"), RUN, one)[1])
     assert alert != digest and len(shared_contents) == 2
+    assert all(c.shareable for c in shared_contents._contents.values())
 
 
 def test_personal_parts_never_leak_between_readers(rsettings):
