@@ -122,8 +122,9 @@ class SharedContent:
         """The reader's email from the shared parts; None if this reader cannot be filled
         in exactly (render them whole)."""
         values = {name: getattr(recipient, name) or "" for name in PERSONAL}
+        # str.split() splits at exactly the characters str.isspace() accepts: one C call.
         if not self.shareable or any(
-                not value.isprintable() or any(c.isspace() for c in value)
+                value and (not value.isprintable() or value.split() != [value])
                 for value in values.values()):
             return None
         html = self.html_tail

@@ -282,3 +282,16 @@ def test_a_family_is_checked_once_and_a_failed_one_never_shared():
     out = cache.render("b2", "r", recipient(email="b@example.org"), bad, family="g")
     assert out.subject == "For b@example.org"  # rendered whole, no stand-in tried
     assert "b2" not in cache._contents
+
+
+@pytest.mark.parametrize("odd", ["a b@example.org", "a\u00a0b@example.org", "a\tb@example.org"])
+def test_a_reader_whose_values_hold_whitespace_is_rendered_whole(odd):
+    cache = SharedContents()
+
+    def render(reader):
+        return RenderedEmail(subject="s", html="<p>x</p>\n", text=f"x\n\nTo {reader.email}\n")
+
+    cache.render("k", "r", recipient(email="plain@example.org"), render)
+    content = cache._contents["k"]
+    assert content.shareable and content.fill(recipient(email=odd)) is None
+    assert cache.render("k", "r", recipient(email=odd), render) == render(recipient(email=odd))
