@@ -289,7 +289,9 @@ def test_a_reader_whose_values_hold_whitespace_is_rendered_whole(odd):
     cache = SharedContents()
 
     def render(reader):
-        return RenderedEmail(subject="s", html="<p>x</p>\n", text=f"x\n\nTo {reader.email}\n")
+        from digest.render.text import wrap_text
+        return RenderedEmail(subject="s", html="<p>x</p>\n",
+                             text=f"x\n\n{wrap_text('To ' + reader.email)}\n")
 
     cache.render("k", "r", recipient(email="plain@example.org"), render)
     content = cache._contents["k"]
