@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 from digest.mail.dkim import DkimSigner
 from digest.mail.mime import build_message, make_message_id
+from digest.mail.shared import content_key, shared_contents
 from digest.models import RunKind, Subscriber
 from digest.render import (
     Recipient,
@@ -121,13 +122,20 @@ class MessageFactory:
 
     Rendered item blocks and their encoded bytes are cached by the process's renderers
     (``get_renderer``), not here: a factory lives for one batch, the renderer for all the
-    batches of a worker, which share the week's items. ``fragments=False`` renders and
-    encodes every block for every message (the plain path the cached one must equal).
+    batches of a worker, which share the week's items; so are whole contents (the same
+    items for readers who see them alike: ``digest.mail.shared``, ADR 0028), whose shared
+    parts are rendered, encoded and canonicalised for DKIM once. ``fragments=False``
+    renders and encodes every block for every message (the plain path the cached one must
+    equal, byte for byte; ``shared`` alone turns the per-content path on or off).
     """
 
-    def __init__(self, settings: Settings, *, fragments: bool = True):
+    def __init__(self, settings: Settings, *, fragments: bool = True,
+                 shared: bool | None = None):
         self.settings = settings
         self.fragments = fragments
+        # Render once per distinct content (``digest.mail.shared``); off with the fragments
+        # unless asked for: the plain path renders and encodes every message whole.
+        self.shared = fragments if shared is None else shared
         # Read once per factory: a key that cannot be read is a ConfigError here, before
         # anything is sent.
         self.dkim = DkimSigner.from_settings(settings)
@@ -171,7 +179,13 @@ class MessageFactory:
             if dates:
                 context |= {"period_start": min(dates), "period_end": max(dates)}
         renderer = get_renderer(template, self.settings, fragments=self.fragments)
-        return renderer.render(recipient, items, **context)
+        if not self.shared:
+            return renderer.render(recipient, items, **context)
+        # Rendered once per distinct content, the reader's parts filled in (mail.shared).
+        key, family = content_key(template, renderer, recipient, items)
+        return shared_contents.render(
+            key, renderer, recipient, lambda reader: renderer.render(reader, items, **context),
+            family)
 
     def render(self, delivery: MailedDelivery, run: MailedRun, items: Sequence[RenderItem], *,
                in_browser: bool = False, links: dict[str, str] | None = None) -> RenderedEmail:
@@ -218,8 +232,18 @@ class MessageFactory:
             reply_to=s.reply_to, precedence_bulk=headers.precedence_bulk,
             extra_headers=headers.extra or None, smtputf8=s.smtputf8,
             html_fragments=rendered.html_fragments, text_fragments=rendered.text_fragments,
+            boundary=rendered.boundary,
         )
-        return self.dkim.sign(data) if self.dkim is not None else data
+        if self.dkim is None:
+            return data
+        if rendered.boundary is None:
+            return self.dkim.sign(data)
+        # A shared content's encoded starts (text, then HTML): canonicalised once for all
+        # its readers, and the body hash's state after the first copied (dkim.py).
+        shared = [piece for fragment in (rendered.text_fragments[:1]
+                                         + rendered.html_fragments[:1])
+                  if (piece := fragment.encoded.get(0))]
+        return self.dkim.sign(data, shared)
 
     def build(self, delivery: MailedDelivery, run: MailedRun,
               items: Sequence[RenderItem]) -> tuple[str, bytes]:

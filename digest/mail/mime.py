@@ -39,7 +39,7 @@ from digest.mail.addresses import (
     check_header_value,
 )
 
-__all__ = ["CRLF", "DEFAULT_SIGNED_HEADERS", "build_message", "make_message_id"]
+__all__ = ["CRLF", "DEFAULT_SIGNED_HEADERS", "build_message", "make_message_id", "new_boundary"]
 
 CRLF = "\r\n"
 # RFC 5322 2.1.1: lines SHOULD be <= 78 characters and MUST be <= 998.
@@ -76,6 +76,7 @@ _OWN_HEADERS = frozenset(
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 ftext: printable ASCII except ':'
 _PLAIN_HEADER_TEXT = re.compile(r"[\x20-\x7e\t]*")
 _NAME_AND_ANGLE = re.compile(r"^(?P<name>.*?)\s*<(?P<inner>[^<>]*)>\s*$", re.S)
+_BOUNDARY = re.compile(r"=_digest_[0-9a-f]{8,64}")
 _MSG_ID_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+")
 # Characters an encoded-word may carry unencoded in Q form, even inside a phrase (RFC 2047 5(3)).
 _Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
@@ -91,6 +92,12 @@ class Fragment(Protocol):
     def text(self) -> str: ...
     @property
     def encoded(self) -> dict[int, bytes]: ...
+
+
+def new_boundary() -> str:
+    """A fresh multipart boundary. '=' in quoted-printable is always followed by two hex
+    digits or a line break, so '=_' never occurs in an encoded body: no content collides."""
+    return "=_digest_" + secrets.token_hex(12)
 
 
 def make_message_id(local: str, domain: str) -> str:
@@ -123,6 +130,7 @@ def build_message(
     smtputf8: bool = False,
     html_fragments: Sequence[Fragment] = (),
     text_fragments: Sequence[Fragment] = (),
+    boundary: str | None = None,
 ) -> bytes:
     """The complete message (RFC 5322 + MIME) as the bytes to hand to SMTP.
 
@@ -131,6 +139,8 @@ def build_message(
     ``smtputf8`` (the DIGEST_SMTPUTF8 setting; off unless passed) allows it, and refused
     otherwise. ``html_fragments``/``text_fragments``: blocks of ``html``/``text``, in the
     order they occur, whose encoding may be reused (a hint: the bytes are the same without).
+    ``boundary``: the multipart boundary (``=_digest_`` and hex digits; default a fresh
+    random one), given when many messages share their encoded parts (ADR 0028).
     Raises HeaderInjectionError for CR/LF in any header value and ValidationError for an
     invalid address, URL or header name; nothing is built in either case.
     """
@@ -192,7 +202,10 @@ def build_message(
     html_qp = _quoted_printable(html, html_fragments)
     # '=' in QP is always followed by two hex digits or a line break, so '=_' never occurs
     # in an encoded body: the boundary cannot collide with the content.
-    boundary = "=_digest_" + secrets.token_hex(12)
+    if boundary is None:
+        boundary = new_boundary()
+    elif not _BOUNDARY.fullmatch(boundary):
+        raise ValidationError(f"MIME boundary {boundary!r} must be '=_digest_' and hex digits")
     headers.append("MIME-Version: 1.0")
     headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
 

@@ -75,6 +75,10 @@ class RenderedEmail:
     # stage reuses their encodings. Not part of the email's value.
     html_fragments: tuple[Fragment, ...] = field(default=(), compare=False, repr=False)
     text_fragments: tuple[Fragment, ...] = field(default=(), compare=False, repr=False)
+    # The MIME boundary every message of one shared content uses (``digest.mail.compose``
+    # renders a content once for all its readers), so its encoded start is the same bytes
+    # and signs alike; None: a fresh one per message. Not part of the email's value.
+    boundary: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
