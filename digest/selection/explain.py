@@ -529,7 +529,7 @@ def _ledger_reason(ledger_delivery: int | None, carried: list[CarriedBy]) -> Rea
     claim = next((c for c in carried if c.delivery_id == ledger_delivery), None)
     by_adhoc = claim is not None and claim.run_kind == RunKind.adhoc
     return Reason("ledger", True, (
-        f"It is yours already: delivery {ledger_delivery} claimed it for you: "
+        f"It is yours already, carried by delivery {ledger_delivery}, which claimed it for you: "
         "no scheduled digest or alert will carry it again"
         + (f" (the ad-hoc send of run {claim.run_id} claimed it, rule H3)." if by_adhoc and claim
            else ".")))

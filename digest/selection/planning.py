@@ -20,7 +20,11 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Select,
+    String,
+    Table,
     and_,
+    case,
+    cast,
     delete,
     exists,
     func,
@@ -30,14 +34,15 @@ from sqlalchemy import (
     select,
     text,
     true,
+    type_coerce,
     update,
 )
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from digest.delivery import states as delivery_states
-from digest.delivery.contents import claimed_pairs, is_claimed
+from digest.delivery.contents import claimed_pairs, claiming, is_claimed
 from digest.errors import ValidationError
 from digest.models import (
     Delivery,
@@ -49,7 +54,11 @@ from digest.models import (
     RunKind,
     RunStatus,
     Subscriber,
+    SubscriberFilter,
     SubscriberStatus,
+    filter_content_types,
+    filter_locations,
+    filter_themes,
     item_locations,
     item_themes,
     utcnow,
@@ -155,14 +164,64 @@ def _part(session: Session, query: Select[Any], name: str) -> Any:
     return query.subquery(name)
 
 
+def _concat(session: Session, value: ColumnElement[Any], separator: str,
+            order_by: ColumnElement[Any]) -> ColumnElement[str]:
+    """The values of a group as one string, in order (SQLite: in the order they come, which
+    only costs sharing, never correctness: equal strings are equal lists)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.string_agg(cast(value, String), aggregate_order_by(literal(separator),
+                                                                        order_by))
+    return type_coerce(func.group_concat(value, separator), String)
+
+
+def _filter_signatures(session: Session, chunk: Chunk | None) -> Any:
+    """(subscriber_id, signature): each reader's filters as one string, equal for two
+    readers exactly when their filters select the same items (themes, places and types of
+    each filter, sorted). Readers without a filter have no row."""
+    f = SubscriberFilter.__table__.c
+    of_chunk = [chunk(f.subscriber_id)] if chunk is not None else []
+
+    def facet(table: Table, column: str, name: str) -> Any:
+        value = table.c[column]
+        filters = select(f.id).where(*of_chunk)
+        return _part(session, select(table.c.filter_id,
+                                     _concat(session, value, ",", value).label("ids"))
+                     .where(table.c.filter_id.in_(filters)).group_by(table.c.filter_id), name)
+
+    themes = facet(filter_themes, "theme_id", "sig_themes")
+    places = facet(filter_locations, "location_id", "sig_places")
+    types = facet(filter_content_types, "content_type_id", "sig_types")
+    def listed(part: Any) -> ColumnElement[str]:
+        return type_coerce(func.coalesce(part.c.ids, ""), String)
+
+    one = listed(themes) + "/" + listed(places) + "/" + listed(types)
+    per_filter = _part(session, select(f.subscriber_id, one.label("sig"))
+                       .select_from(SubscriberFilter.__table__
+                                    .outerjoin(themes, themes.c.filter_id == f.id)
+                                    .outerjoin(places, places.c.filter_id == f.id)
+                                    .outerjoin(types, types.c.filter_id == f.id))
+                       .where(*of_chunk), "sig_filters")
+    return _part(session, select(per_filter.c.subscriber_id,
+                                 _concat(session, per_filter.c.sig, "|", per_filter.c.sig)
+                                 .label("sig"))
+                 .group_by(per_filter.c.subscriber_id), "sig_readers")
+
+
 def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool],
                        item_filter: ColumnElement[bool], window: Window | None,
                        chunk: Chunk | None = None, *, claims: bool = True,
                        skip_claimed: bool = True, include_backfill: bool = False) -> None:
     """One row per reader ``who`` accepts (active, not suppressed; of the subscribers
     ``chunk`` accepts, when given), written with what it carries: the ids, their count and the
-    newest one's ``ingested_at``. One INSERT ... SELECT: the matching pairs
-    (``matching.run_pairs``) are computed and grouped per reader, never stored one per pair.
+    newest one's ``ingested_at``. One INSERT ... SELECT, and matching done once per distinct
+    content, not once per reader (ADR 0030):
+
+    - readers whose filters are the same (``_filter_signatures``) and whose window starts at
+      the same moment select the same items, unless claims of theirs reach into the window
+      (an alert, an ad-hoc send after their last digest): such a reader is a group alone;
+    - the matching pairs (``matching.run_pairs``) are computed for one reader of each group
+      (its representative), grouped into one array per representative, and each reader's row
+      copies its representative's array. Nothing is stored one row per (reader, item).
 
     ``claims``: what the rows carry becomes their readers' (False: a dry run, an ad-hoc send
     "also in digests"). ``skip_claimed``: items already their reader's
@@ -171,12 +230,32 @@ def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool
     newer than the earliest window start of the chunk."""
     _tune_for_planning(session)
     s = Subscriber.__table__.c
+    d = Delivery.__table__.c
     chosen_readers = [s.status == SubscriberStatus.active, not_suppressed(s.email), who]
     if chunk is not None:
         chosen_readers.append(chunk(s.id))
-    readers = _part(session, select(s.id.label("subscriber_id"),
-                                    literal(0).label("delivery_id")).where(*chosen_readers),
-                    "readers")
+    signatures = _filter_signatures(session, chunk)
+    start: ColumnElement[Any] = (
+        func.coalesce(s.watermark, literal(window.default_start, Subscriber.watermark.type))
+        if window is not None else literal(None, Subscriber.watermark.type))
+    alone: ColumnElement[Any] = literal(0)
+    if skip_claimed:
+        # Claims that can reach into the reader's window (all of them without a window).
+        reaching = [d.subscriber_id == s.id, d.run_id != run.id, claiming()]
+        if window is not None:
+            reaching.append(d.newest_item_at > start)
+        alone = case((exists().where(*reaching), s.id), else_=0)
+    keyed = _part(session, select(s.id.label("subscriber_id"), s.email,
+                                  func.coalesce(signatures.c.sig, "*").label("sig"),
+                                  start.label("start"), alone.label("alone"))
+                  .select_from(Subscriber.__table__.outerjoin(
+                      signatures, signatures.c.subscriber_id == s.id))
+                  .where(*chosen_readers), "keyed")
+    groups = _part(session, select(func.min(keyed.c.subscriber_id).label("rep"), keyed.c.sig,
+                                   keyed.c.start, keyed.c.alone)
+                   .group_by(keyed.c.sig, keyed.c.start, keyed.c.alone), "reader_groups")
+    readers = _part(session, select(groups.c.rep.label("subscriber_id"),
+                                    literal(0).label("delivery_id")), "readers")
     pairs = run_pairs(session, run, item_filter, window, chunk=chunk, readers=readers,
                       include_backfill=include_backfill)
     chosen = select(pairs.c.subscriber_id, pairs.c.item_id)
@@ -190,7 +269,6 @@ def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool
                     literal(window.default_start, Subscriber.watermark.type))))
                 .where(Subscriber.id.in_(of_readers)))
         if newer_than is not None or window is None:
-            d = Delivery.__table__.c
             claimed = claimed_pairs(
                 session,
                 newer_than=(literal(newer_than, Delivery.newest_item_at.type)
@@ -202,8 +280,7 @@ def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool
     chosen_sq = _part(session, chosen, "chosen")
     i = Item.__table__.c
     if session.get_bind().dialect.name == "postgresql":
-        ids = func.array_agg(postgresql.aggregate_order_by(chosen_sq.c.item_id,
-                                                           chosen_sq.c.item_id))
+        ids = func.array_agg(aggregate_order_by(chosen_sq.c.item_id, chosen_sq.c.item_id))
         rows = (select(chosen_sq.c.subscriber_id, ids.label("ids"),
                        func.count().label("carried"), func.max(i.ingested_at).label("newest"))
                 .join(Item.__table__, i.id == chosen_sq.c.item_id)
@@ -223,17 +300,24 @@ def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool
         insert(Delivery).from_select(
             ["run_id", "subscriber_id", "email", "status", "attempts", "item_count", "item_ids",
              "newest_item_at", "claims", "created_at", "updated_at"],
-            select(literal(run.id), s.id, s.email,
+            select(literal(run.id), keyed.c.subscriber_id, keyed.c.email,
                    literal(DeliveryStatus.pending, Delivery.status.type), literal(0),
                    func.coalesce(carried.c.carried, 0),
                    func.coalesce(carried.c.ids, nothing), carried.c.newest, literal(claims),
                    literal(run.created_at, Delivery.created_at.type),
                    literal(run.created_at, Delivery.updated_at.type))
-            .select_from(Subscriber.__table__.outerjoin(carried,
-                                                        carried.c.subscriber_id == s.id))
-            .where(*chosen_readers),
+            .select_from(
+                keyed.join(groups, and_(groups.c.sig == keyed.c.sig,
+                                        groups.c.alone == keyed.c.alone,
+                                        _same_start(groups.c.start, keyed.c.start)))
+                .outerjoin(carried, carried.c.subscriber_id == groups.c.rep)),
         )
     )
+
+
+def _same_start(a: ColumnElement[Any], b: ColumnElement[Any]) -> ColumnElement[bool]:
+    """Equal window starts; both None (no window: an alert, an ad-hoc send) are equal too."""
+    return or_(a == b, and_(a.is_(None), b.is_(None)))
 
 
 # --- scheduled runs, in chunks of subscribers ------------------------------------------------

@@ -108,7 +108,8 @@ def test_an_operator_explains_a_sent_item_and_an_unmatched_one_in_the_admin(chro
             expect(reasons.filter(has_text=f"Delivery {delivery} (")).to_contain_text(
                 "after 1 attempt(s)")
             expect(reasons.filter(has_text="It is yours already")).to_contain_text(
-                f"delivery {delivery} claimed it for you: no scheduled digest or alert will "
+                f"carried by delivery {delivery}, which claimed it for you: no scheduled digest "
+                "or alert will "
                 "carry it again.")
             expect(page.locator("td.ok").first).to_contain_text("matched")
             page.screenshot(path=SHOTS / "explain-01-sent.png", full_page=True)

@@ -62,8 +62,8 @@ def test_an_item_an_adhoc_send_carried_is_not_carried_again_by_the_next_digest(
     e = explain(session, reader, sent, settings=settings, as_of=T0)
     assert e.verdict == Verdict.sent and not e.next_digest_would_carry
     [claim] = [r.text for r in e.reasons if r.code == "ledger"]
-    assert claim == (f"It is yours already: delivery {adhoc.pending_ids[0]} claimed it for "
-                     f"you: no scheduled digest or alert will carry it again (the ad-hoc send "
+    assert claim == (f"It is yours already, carried by delivery {adhoc.pending_ids[0]}, which "
+                     f"claimed it for you: no scheduled digest or alert will carry it again (the ad-hoc send "
                      f"of run {adhoc.run_id} claimed it, rule H3).")
 
     digest = plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings)

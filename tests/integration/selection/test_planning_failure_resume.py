@@ -37,7 +37,7 @@ def full_disk_once(settings):
     armed = [True]
 
     def refuse(conn, cursor, statement, parameters, context, executemany):
-        if armed[0] and statement.lstrip().upper().startswith("INSERT INTO DELIVERIES"):
+        if armed[0] and "INSERT INTO DELIVERIES" in statement.upper():
             armed[0] = False
             raise OperationalError(statement, parameters, DiskFull())
 
