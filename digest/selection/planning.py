@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -152,16 +152,18 @@ def _lock_claims(session: Session, *, exclusive: bool) -> None:
         session.execute(select(getattr(func, function)(CLAIMS_LOCK)))
 
 
+# The window start of every reader of a run without a window (a group key, never compared).
+NO_WINDOW = datetime(1970, 1, 1, tzinfo=UTC)
+
 # The advisory lock key of ``_lock_claims`` (any constant the application uses for nothing else).
 CLAIMS_LOCK = 7_310_114_016
 
 
 def _part(session: Session, query: Select[Any], name: str) -> Any:
-    """A named part of a planning statement: a subquery, or on SQLite a WITH query, whose
-    parser overflows its stack on the statement nested as subqueries."""
-    if session.get_bind().dialect.name == "sqlite":
-        return query.cte(name)
-    return query.subquery(name)
+    """A named part of a planning statement, as a WITH query: PostgreSQL computes a part the
+    statement reads twice (the reader groups) once, and SQLite's parser overflows its stack
+    on the same statement nested as subqueries."""
+    return query.cte(name)
 
 
 def _concat(session: Session, value: ColumnElement[Any], separator: str,
@@ -235,9 +237,10 @@ def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool
     if chunk is not None:
         chosen_readers.append(chunk(s.id))
     signatures = _filter_signatures(session, chunk)
+    # Without a window (an alert, an ad-hoc send) every reader's start is the same constant.
     start: ColumnElement[Any] = (
         func.coalesce(s.watermark, literal(window.default_start, Subscriber.watermark.type))
-        if window is not None else literal(None, Subscriber.watermark.type))
+        if window is not None else literal(NO_WINDOW, Subscriber.watermark.type))
     alone: ColumnElement[Any] = literal(0)
     if skip_claimed:
         # Claims that can reach into the reader's window (all of them without a window).
@@ -309,15 +312,10 @@ def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool
             .select_from(
                 keyed.join(groups, and_(groups.c.sig == keyed.c.sig,
                                         groups.c.alone == keyed.c.alone,
-                                        _same_start(groups.c.start, keyed.c.start)))
+                                        groups.c.start == keyed.c.start))
                 .outerjoin(carried, carried.c.subscriber_id == groups.c.rep)),
         )
     )
-
-
-def _same_start(a: ColumnElement[Any], b: ColumnElement[Any]) -> ColumnElement[bool]:
-    """Equal window starts; both None (no window: an alert, an ad-hoc send) are equal too."""
-    return or_(a == b, and_(a.is_(None), b.is_(None)))
 
 
 # --- scheduled runs, in chunks of subscribers ------------------------------------------------
