@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -319,11 +320,22 @@ class DigestRun(Base):
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="run", lazy="raise_on_sql")
 
 
+UNSENT_SQL = "status IN ('pending', 'sending', 'deferred')"
+DUE_SQL = "status IN ('pending', 'deferred')"
+
+
 class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("run_id", "subscriber_id"),
         Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        # The unsent rows of a run by status, oldest first: the oldest unsent and oldest due
+        # delivery of each sending run with a LIMIT 1 (``/metrics``; migration 0012).
+        Index("ix_deliveries_unsent", "run_id", "status", "created_at",
+              postgresql_where=text(UNSENT_SQL), sqlite_where=text(UNSENT_SQL)),
+        Index("ix_deliveries_due", "run_id", "status",
+              text("coalesce(next_attempt_at, created_at)"),
+              postgresql_where=text(DUE_SQL), sqlite_where=text(DUE_SQL)),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("digest_runs.id", ondelete="CASCADE"))
@@ -357,6 +369,23 @@ class Delivery(Base):
 
     run: Mapped[DigestRun] = relationship(back_populates="deliveries")
     subscriber: Mapped[Subscriber] = relationship()
+
+
+class DeliveryCount(Base):
+    """The deliveries counted by run and status, kept by triggers on ``deliveries`` (migration
+    0012): every change appends its deltas here, a count is the ``sum()`` of a run's rows,
+    and ``digest.delivery.counts.fold`` folds them back to one row per run and status. No
+    foreign key: a run's rows sum to zero once its deliveries are gone, and a fold drops
+    them."""
+
+    __tablename__ = "delivery_counts"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"),
+                                    primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer, index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    rows: Mapped[int] = mapped_column(BigInteger)  # deliveries
+    sent: Mapped[int] = mapped_column(BigInteger)  # of them with a sent_at
+    too_large: Mapped[int] = mapped_column(BigInteger)  # failed as over the SIZE limit
 
 
 # What a delivery carries without claiming it in the ledger below (a dry run, a resend, an
