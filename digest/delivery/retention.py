@@ -200,7 +200,10 @@ def prune(session: Session, settings: Settings, *, now: datetime | None = None,
     retention = now - timedelta(days=settings.retention_days)
     item_before = min(retention, ledger_cutoff(session, now, settings))
     report = PruneReport(dry_run=dry_run, retention_cutoff=retention, ledger_cutoff=item_before)
-    old = _old_final_deliveries(retention)
+    # Only the rows of old finished runs are read (the index on run_id), not the whole log.
+    old_runs = select(DigestRun.id).where(DigestRun.status.in_(FINISHED_RUNS),
+                                          DigestRun.created_at < retention)
+    old = and_(_old_final_deliveries(retention), Delivery.run_id.in_(old_runs))
     prunable = and_(old, ~_unsafe_ledger_row(Delivery.id, item_before))
     report.kept_for_ledger = session.scalar(
         select(func.count()).select_from(Delivery).where(old, ~prunable)) or 0
@@ -221,13 +224,36 @@ def prune(session: Session, settings: Settings, *, now: datetime | None = None,
         return report
 
     session.commit()
+    # Run by run, keyset on (run_id, subscriber_id), the unique index: each batch reads its
+    # rows from the index and a batch's kept rows are not read again by the next one; no
+    # batch scans the table (a keyset on id alone filtered its way through every younger
+    # row, all ten million of them a batch). A delivery is created after its run, so an old
+    # delivery's run is an old run.
+    for run_id in list(session.scalars(old_runs.order_by(DigestRun.id))):
+        _prune_run(session, run_id, prunable, retention, batch_size, report)
+    while True:
+        run_ids = list(session.scalars(select(DigestRun.id).where(_empty_old_runs(retention))
+                                       .order_by(DigestRun.id).limit(batch_size)))
+        if not run_ids:
+            break
+        report.runs += rowcount(session, delete(DigestRun).where(
+            DigestRun.id.in_(run_ids), _empty_old_runs(retention)))
+        session.commit()
+        report.batches += 1
+    return report
+
+
+def _prune_run(session: Session, run_id: int, prunable: ColumnElement[bool],
+               retention: datetime, batch_size: int, report: PruneReport) -> None:
     after = 0
     while True:
-        # Keyset by id, so a batch's kept rows are not read again by the next one.
-        ids = list(session.scalars(select(Delivery.id).where(prunable, Delivery.id > after)
-                                   .order_by(Delivery.id).limit(batch_size)))
-        if not ids:
-            break
+        rows = session.execute(
+            select(Delivery.id, Delivery.subscriber_id)
+            .where(Delivery.run_id == run_id, Delivery.subscriber_id > after, prunable)
+            .order_by(Delivery.subscriber_id).limit(batch_size)).all()
+        if not rows:
+            return
+        ids = [row.id for row in rows]
         # The deliveries first: their ledger rows and items go with them (ON DELETE CASCADE),
         # so a row re-queued meanwhile (no longer final) keeps what it carries.
         report.ledger_rows += session.scalar(select(func.count()).select_from(SentItem).where(
@@ -239,17 +265,7 @@ def prune(session: Session, settings: Settings, *, now: datetime | None = None,
         report.bounces += bounces
         session.commit()
         report.batches += 1
-        after = ids[-1]
-    while True:
-        run_ids = list(session.scalars(select(DigestRun.id).where(_empty_old_runs(retention))
-                                       .order_by(DigestRun.id).limit(batch_size)))
-        if not run_ids:
-            break
-        report.runs += rowcount(session, delete(DigestRun).where(
-            DigestRun.id.in_(run_ids), _empty_old_runs(retention)))
-        session.commit()
-        report.batches += 1
-    return report
+        after = rows[-1].subscriber_id
 
 
 __all__ = ["PruneReport", "ledger_cutoff", "prune"]
