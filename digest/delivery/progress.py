@@ -41,11 +41,12 @@ def runs_eta(session: Session, progress: dict[int, dict[str, int]], *, settings:
         return {}
     now = now or utcnow()
     run_ids = list(progress)
+    # The first end of each run's index on (run_id, sent_at): one probe a run.
     first_sent: dict[int, datetime | None] = {
-        run_id: first for run_id, first in session.execute(
-            select(Delivery.run_id, func.min(Delivery.sent_at))
-            .where(Delivery.run_id.in_(run_ids), Delivery.sent_at.is_not(None))
-            .group_by(Delivery.run_id))}
+        run_id: session.scalar(select(Delivery.sent_at).where(
+            Delivery.run_id == run_id, Delivery.sent_at.is_not(None))
+            .order_by(Delivery.sent_at).limit(1))
+        for run_id in run_ids}
     last_moved: dict[int, datetime | None] = {
         run_id: moved for run_id, moved in session.execute(
             select(Delivery.run_id, func.max(Delivery.updated_at))

@@ -220,17 +220,12 @@ def _database_figures(session: Session, now: datetime) -> Iterable[Metric]:
         "digest_bounces", "Bounce reports recorded, by the run kind of the delivery they name "
         "(unknown: none named) and by whose fault.", labels=["kind", "fault"])
     bounce_counts = dict(pruned.get(TALLY_BOUNCES, {}))
-    # The run of each report's delivery by a lookup on the primary key (a scalar subquery,
-    # which the planner does not turn into a join): what it costs grows with the reports,
-    # never with the deliveries.
-    of_run = (select(Delivery.run_id).where(Delivery.id == Bounce.delivery_id)
-              .scalar_subquery())
-    reports = select(Bounce.kind.label("fault"), of_run.label("run_id")).subquery()
+    # bounces.run_id, kept by a trigger (migration 0012): no lookup in deliveries a report.
     for bounce_kind, fault, count in session.execute(
-        select(DigestRun.kind, reports.c.fault, func.count())
-        .select_from(reports)
-        .outerjoin(DigestRun, DigestRun.id == reports.c.run_id)
-        .group_by(DigestRun.kind, reports.c.fault)
+        select(DigestRun.kind, Bounce.kind, func.count())
+        .select_from(Bounce)
+        .outerjoin(DigestRun, DigestRun.id == Bounce.run_id)
+        .group_by(DigestRun.kind, Bounce.kind)
     ):
         key = (str(bounce_kind) if bounce_kind is not None else "unknown", str(fault))
         bounce_counts[key] = bounce_counts.get(key, 0) + count

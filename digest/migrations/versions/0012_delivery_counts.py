@@ -18,7 +18,13 @@ cascades included, is counted; nothing in the code has to remember to):
 
 Two partial indexes on the unsent rows, per run and status, answer the oldest unsent
 (``created_at``) and oldest due (``coalesce(next_attempt_at, created_at)``) delivery with a
-``LIMIT 1`` each.
+``LIMIT 1`` each; a third, on (run_id, sent_at) of the rows sent, gives a run's first and
+last ``sent_at`` and the last hour's sending (the throughput an ETA uses) without a scan.
+
+``bounces.run_id`` is the run of a report's delivery (None without one), set by a trigger
+when the report is written or its delivery_id changes (the SET NULL of a deleted delivery
+clears it): ``/metrics`` counts reports by run kind from ``bounces`` and ``digest_runs``
+alone, not with a lookup in ``deliveries`` per report.
 
 Upgrading counts the existing deliveries once (one scan) and builds the two indexes.
 
@@ -35,6 +41,7 @@ depends_on = None
 
 UNSENT = "status IN ('pending', 'sending', 'deferred')"
 DUE = "status IN ('pending', 'deferred')"
+SENT = "sent_at IS NOT NULL"
 # digest.delivery.send.TOO_LARGE, the prefix of the note of a message over the SIZE limit.
 TOO_LARGE = "message too large:"
 TOO_LARGE_SQL = (f"coalesce(status = 'failed' AND substr(note, 1, {len(TOO_LARGE)}) = "
@@ -131,6 +138,38 @@ SQLITE_DROP = ["DROP TRIGGER IF EXISTS delivery_counts_update",
                "DROP TRIGGER IF EXISTS delivery_counts_insert"]
 
 
+# bounces.run_id: the run of the report's delivery (None without one), kept by triggers, so
+# /metrics counts the reports by run kind from bounces alone.
+PG_BOUNCES = """
+CREATE FUNCTION bounces_run_id() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.delivery_id IS NULL THEN
+        NEW.run_id := NULL;
+    ELSE
+        NEW.run_id := (SELECT run_id FROM deliveries WHERE id = NEW.delivery_id);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER bounces_run_id BEFORE INSERT OR UPDATE OF delivery_id ON bounces
+    FOR EACH ROW EXECUTE FUNCTION bounces_run_id();
+"""
+PG_BOUNCES_DROP = """
+DROP TRIGGER IF EXISTS bounces_run_id ON bounces;
+DROP FUNCTION IF EXISTS bounces_run_id();
+"""
+_SET_RUN = ("UPDATE bounces SET run_id = (SELECT run_id FROM deliveries "
+            "WHERE deliveries.id = NEW.delivery_id) WHERE id = NEW.id;")
+SQLITE_BOUNCES = [
+    f"""CREATE TRIGGER bounces_run_id_insert AFTER INSERT ON bounces FOR EACH ROW
+    BEGIN {_SET_RUN} END""",
+    f"""CREATE TRIGGER bounces_run_id_update AFTER UPDATE OF delivery_id ON bounces FOR EACH ROW
+    WHEN OLD.delivery_id IS NOT NEW.delivery_id
+    BEGIN {_SET_RUN} END""",
+]
+SQLITE_BOUNCES_DROP = ["DROP TRIGGER IF EXISTS bounces_run_id_update",
+                       "DROP TRIGGER IF EXISTS bounces_run_id_insert"]
+
+
 def upgrade() -> None:
     op.create_table(
         'delivery_counts',
@@ -163,9 +202,31 @@ def upgrade() -> None:
     op.create_index('ix_deliveries_due', 'deliveries',
                     ['run_id', 'status', sa.text('coalesce(next_attempt_at, created_at)')],
                     postgresql_where=sa.text(DUE), sqlite_where=sa.text(DUE))
+    op.create_index('ix_deliveries_sent_at', 'deliveries', ['run_id', 'sent_at'],
+                    postgresql_where=sa.text(SENT), sqlite_where=sa.text(SENT))
+
+    with op.batch_alter_table('bounces') as batch:
+        batch.add_column(sa.Column('run_id', sa.Integer(), nullable=True))
+    op.execute("UPDATE bounces SET run_id = (SELECT run_id FROM deliveries "
+               "WHERE deliveries.id = bounces.delivery_id)")
+    op.create_index('ix_bounces_run_id_kind', 'bounces', ['run_id', 'kind'])
+    if op.get_bind().dialect.name == 'postgresql':
+        op.execute(PG_BOUNCES)
+    else:
+        for statement in SQLITE_BOUNCES:
+            op.execute(statement)
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == 'postgresql':
+        op.execute(PG_BOUNCES_DROP)
+    else:
+        for statement in SQLITE_BOUNCES_DROP:
+            op.execute(statement)
+    op.drop_index('ix_bounces_run_id_kind', table_name='bounces')
+    with op.batch_alter_table('bounces') as batch:
+        batch.drop_column('run_id')
+    op.drop_index('ix_deliveries_sent_at', table_name='deliveries')
     op.drop_index('ix_deliveries_due', table_name='deliveries')
     op.drop_index('ix_deliveries_unsent', table_name='deliveries')
     if op.get_bind().dialect.name == 'postgresql':

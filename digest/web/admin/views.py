@@ -62,7 +62,10 @@ class BoundedCount:
         inner = getattr(froms[0], "element", None) if len(froms) == 1 else None
         if inner is None:  # not the list's count (sqladmin's own shape changed): as is
             return await super().count(request, stmt)  # type: ignore[misc]
-        bounded = select(func.count()).select_from(inner.limit(COUNT_BOUND).subquery())
+        # Without the page's ORDER BY: the rows are counted in whichever order an index
+        # gives them (a filter on status reads the status index, not the primary key).
+        bounded = select(func.count()).select_from(
+            inner.order_by(None).limit(COUNT_BOUND).subquery())
         return await super().count(request, bounded)  # type: ignore[misc]
 
 

@@ -155,7 +155,8 @@ def test_counts_equal_a_plain_count_through_every_transition(session, settings, 
     # Everything finished and old: the prune deletes it in batches.
     session.execute(update(Delivery).where(Delivery.status.in_(UNSENT))
                     .values(status=DeliveryStatus.sent, sent_at=utcnow()))
-    session.execute(update(DigestRun).values(status=RunStatus.done))
+    session.execute(update(DigestRun).values(status=RunStatus.done,
+                                              created_at=utcnow() - timedelta(days=400)))
     session.execute(update(Delivery).values(created_at=utcnow() - timedelta(days=400)))
     session.commit()
     assert_counts_exact(session)
@@ -184,3 +185,43 @@ def test_a_fold_drops_the_runs_that_sum_to_nothing(session, settings):
     fold(session)
     session.commit()
     assert session.scalar(select(func.count()).select_from(DeliveryCount)) == 0
+
+
+def test_a_reports_run_is_its_deliverys_and_none_once_the_delivery_is_gone(session, settings):
+    """bounces.run_id (a trigger) says what the join through deliveries says, so /metrics
+    counts the reports by run kind without that join."""
+    from digest.models import Bounce
+
+    t = Taxo(session)
+    make_item(session, "Police reform", themes=[t.policing])
+    for name in ("one", "two"):
+        make_subscriber(session, f"{name}@example.org", {"themes": [t.policing]})
+    session.commit()
+    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=settings)
+    session.commit()
+    first, second = run.pending_ids
+    session.add_all([Bounce(delivery_id=first, email="one@example.org", status_code="5.1.1",
+                            kind="hard"),
+                     Bounce(delivery_id=second, email="two@example.org", status_code="4.2.2",
+                            kind="soft"),
+                     Bounce(delivery_id=None, email="x@example.org", status_code="5.1.1",
+                            kind="hard")])
+    session.commit()
+
+    def both():
+        session.expire_all()
+        joined = {(b.id, d) for b, d in session.execute(
+            select(Bounce, Delivery.run_id).outerjoin(Delivery, Delivery.id == Bounce.delivery_id))}
+        kept = {(b.id, b.run_id) for b in session.scalars(select(Bounce))}
+        return joined, kept
+
+    joined, kept = both()
+    assert joined == kept and {r for _, r in kept} == {run.run_id, None}
+    session.execute(delete(Delivery).where(Delivery.id == first))  # SET NULL on its report
+    session.commit()
+    joined, kept = both()
+    assert joined == kept and sorted(r is None for _, r in kept) == [False, True, True]
+    session.execute(update(Bounce).where(Bounce.delivery_id.is_(None), Bounce.kind == "soft")
+                    .values(delivery_id=second))
+    session.commit()
+    assert both()[0] == both()[1]
