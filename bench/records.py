@@ -62,6 +62,33 @@ BEFORE_METRICS = {
         FROM deliveries JOIN digest_runs ON digest_runs.id = deliveries.run_id
         WHERE deliveries.status IN ('pending', 'sending', 'deferred')
           AND digest_runs.status = 'sending'""",
+    "bounces by run kind and fault": """
+        SELECT digest_runs.kind, bounces.kind, count(*) FROM bounces
+        LEFT OUTER JOIN deliveries ON deliveries.id = bounces.delivery_id
+        LEFT OUTER JOIN digest_runs ON digest_runs.id = deliveries.run_id
+        GROUP BY digest_runs.kind, bounces.kind""",
+}
+# The throughput an ETA used before 0012 (`digest runs`, the admin's runs list, with a run
+# sending): the last hour's sending, then the last finished runs', grouped over deliveries.
+BEFORE_THROUGHPUT = """
+    SELECT count(*), min(sent_at), max(sent_at) FROM deliveries
+    WHERE status = 'sent' AND sent_at IS NOT NULL AND {where} GROUP BY run_id"""
+# `digest deliveries --run 3` before: the run's rows by id, newest first.
+BEFORE_RUN_LISTING = """SELECT * FROM deliveries WHERE run_id = 3 ORDER BY id DESC LIMIT 200"""
+# The prune's pass over the log before: the count of old final rows kept and the keyset on
+# id reading on to the end of the table (the ledger conditions left out: only slower).
+BEFORE_PRUNE_PASS = {
+    "count of the old final rows": """
+        SELECT count(*) FROM deliveries WHERE status IN ('sent', 'failed', 'skipped',
+            'cancelled', 'dry_run') AND created_at < %(cutoff)s
+          AND EXISTS (SELECT 1 FROM digest_runs WHERE digest_runs.id = deliveries.run_id
+                      AND digest_runs.status IN ('done', 'cancelled'))""",
+    "keyset on id to the end": """
+        SELECT id FROM deliveries WHERE status IN ('sent', 'failed', 'skipped',
+            'cancelled', 'dry_run') AND created_at < %(cutoff)s
+          AND EXISTS (SELECT 1 FROM digest_runs WHERE digest_runs.id = deliveries.run_id
+                      AND digest_runs.status IN ('done', 'cancelled'))
+          AND id > 0 ORDER BY id LIMIT 1000""",
 }
 # runs_progress before 0012: one grouped count over the listed runs' deliveries.
 BEFORE_PROGRESS = """SELECT run_id, status, count(*) FROM deliveries
@@ -271,12 +298,19 @@ def main() -> int:
             with db.session_scope(url) as session:
                 return runs_progress(session, list(range(1, RUNS + 1)))
         measure("runs_progress of the 10 runs", "after", progress)
+        measure("ETA throughput: sent in the last hour", "before", sql_call(
+            url, BEFORE_THROUGHPUT.format(where="sent_at >= %(since)s"),
+            {"since": NOW - timedelta(hours=1)}))
+        measure("ETA throughput: the last finished runs", "before", sql_call(
+            url, BEFORE_THROUGHPUT.format(where=f"run_id IN ({ids})")))
         measure("digest runs", "after", cli_call(["runs"]))
         measure("digest deliveries", "after", cli_call(["deliveries"]))
         measure("digest deliveries --status failed", "after",
                 cli_call(["deliveries", "--status", "failed"]))
         measure("digest deliveries --run 3 --status failed", "after",
                 cli_call(["deliveries", "--run", "3", "--status", "failed"]))
+        measure("digest deliveries --run 3: its query", "before",
+                sql_call(url, BEFORE_RUN_LISTING))
         measure("digest deliveries --run 3", "after", cli_call(["deliveries", "--run", "3"]))
         measure("sqladmin's count of the deliveries list", "before",
                 sql_call(url, BEFORE_ADMIN_COUNT))
@@ -292,6 +326,10 @@ def main() -> int:
             say("   " + plan.replace("\n", "\n   "))
         if not args.no_prune:
             prune_rows(url, settings, figures, say)
+            cutoff = {"cutoff": NOW - timedelta(days=60)}
+            for name, statement in BEFORE_PRUNE_PASS.items():
+                measure(f"prune's pass, nothing old: {name}", "before",
+                        sql_call(url, statement, cutoff), repeat=3)
     if args.json:
         print(json.dumps(figures, indent=2, default=str))
     return 0

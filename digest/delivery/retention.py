@@ -201,8 +201,11 @@ def prune(session: Session, settings: Settings, *, now: datetime | None = None,
     item_before = min(retention, ledger_cutoff(session, now, settings))
     report = PruneReport(dry_run=dry_run, retention_cutoff=retention, ledger_cutoff=item_before)
     # Only the rows of old finished runs are read (the index on run_id), not the whole log.
-    old_runs = select(DigestRun.id).where(DigestRun.status.in_(FINISHED_RUNS),
-                                          DigestRun.created_at < retention)
+    # (A list, not a subquery: the planner then knows how few runs that is, or that there is
+    # none, and reads their rows through the index.)
+    old_runs = list(session.scalars(select(DigestRun.id).where(
+        DigestRun.status.in_(FINISHED_RUNS), DigestRun.created_at < retention)
+        .order_by(DigestRun.id)))
     old = and_(_old_final_deliveries(retention), Delivery.run_id.in_(old_runs))
     prunable = and_(old, ~_unsafe_ledger_row(Delivery.id, item_before))
     report.kept_for_ledger = session.scalar(
@@ -229,7 +232,7 @@ def prune(session: Session, settings: Settings, *, now: datetime | None = None,
     # batch scans the table (a keyset on id alone filtered its way through every younger
     # row, all ten million of them a batch). A delivery is created after its run, so an old
     # delivery's run is an old run.
-    for run_id in list(session.scalars(old_runs.order_by(DigestRun.id))):
+    for run_id in old_runs:
         _prune_run(session, run_id, prunable, retention, batch_size, report)
     while True:
         run_ids = list(session.scalars(select(DigestRun.id).where(_empty_old_runs(retention))
