@@ -43,6 +43,7 @@ from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from digest.db import rowcount
+from digest.delivery.counts import fold
 from digest.delivery.states import UNFINISHED
 from digest.errors import ConfigError
 from digest.models import (
@@ -243,6 +244,9 @@ def prune(session: Session, settings: Settings, *, now: datetime | None = None,
             DigestRun.id.in_(run_ids), _empty_old_runs(retention)))
         session.commit()
         report.batches += 1
+    # The counts' appended rows, folded (also at each scrape): one a run and status.
+    fold(session)
+    session.commit()
     return report
 
 
