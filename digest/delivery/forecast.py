@@ -307,11 +307,12 @@ def _sending_spans(session: Session, run_ids: list[int], since: datetime | None 
     if not run_ids:
         return 0, 0.0
     sent = and_(Delivery.status == DeliveryStatus.sent, Delivery.sent_at.is_not(None))
+    per_run: list[tuple[int, datetime | None, datetime | None]]
     if since is not None:
-        per_run = session.execute(
+        per_run = [(count, first, last) for count, first, last in session.execute(
             select(func.count(), func.min(Delivery.sent_at), func.max(Delivery.sent_at))
             .where(Delivery.run_id.in_(run_ids), Delivery.sent_at >= since, sent)
-            .group_by(Delivery.run_id)).all()
+            .group_by(Delivery.run_id))]
     else:
         kept = _sent_counts(session, run_ids)
         per_run = []
