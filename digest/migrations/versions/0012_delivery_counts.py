@@ -26,7 +26,8 @@ when the report is written or its delivery_id changes (the SET NULL of a deleted
 clears it): ``/metrics`` counts reports by run kind from ``bounces`` and ``digest_runs``
 alone, not with a lookup in ``deliveries`` per report.
 
-Upgrading counts the existing deliveries once (one scan) and builds the two indexes.
+Upgrading counts the existing deliveries once (one scan, the table locked against writes
+meanwhile), builds the three indexes and fills bounces.run_id.
 
 Revision ID: 0012
 Revises: 0011
