@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
     true,
 )
 from sqlalchemy.dialects import postgresql
@@ -344,12 +345,28 @@ class DigestRun(Base):
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="run", lazy="raise_on_sql")
 
 
+UNSENT_SQL = "status IN ('pending', 'sending', 'deferred')"
+DUE_SQL = "status IN ('pending', 'deferred')"
+SENT_SQL = "sent_at IS NOT NULL"
+
+
 class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("run_id", "subscriber_id"),
         Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
         Index("ix_deliveries_subscriber_id_newest_item_at", "subscriber_id", "newest_item_at"),
+        # The unsent rows of a run by status, oldest first: the oldest unsent and oldest due
+        # delivery of each sending run with a LIMIT 1 (``/metrics``; migration 0012).
+        Index("ix_deliveries_unsent", "run_id", "status", "created_at",
+              postgresql_where=text(UNSENT_SQL), sqlite_where=text(UNSENT_SQL)),
+        Index("ix_deliveries_due", "run_id", "status",
+              text("coalesce(next_attempt_at, created_at)"),
+              postgresql_where=text(DUE_SQL), sqlite_where=text(DUE_SQL)),
+        # Each run's first and last sent_at, and the last hour's sending (the throughput an
+        # ETA uses), read from its ends and a range, not from the whole log.
+        Index("ix_deliveries_sent_at", "run_id", "sent_at",
+              postgresql_where=text(SENT_SQL), sqlite_where=text(SENT_SQL)),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("digest_runs.id", ondelete="CASCADE"))
@@ -393,6 +410,23 @@ class Delivery(Base):
     subscriber: Mapped[Subscriber] = relationship()
 
 
+class DeliveryCount(Base):
+    """The deliveries counted by run and status, kept by triggers on ``deliveries`` (migration
+    0012): every change appends its deltas here, a count is the ``sum()`` of a run's rows,
+    and ``digest.delivery.counts.fold`` folds them back to one row per run and status. No
+    foreign key: a run's rows sum to zero once its deliveries are gone, and a fold drops
+    them."""
+
+    __tablename__ = "delivery_counts"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"),
+                                    primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer, index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    rows: Mapped[int] = mapped_column(BigInteger)  # deliveries
+    sent: Mapped[int] = mapped_column(BigInteger)  # of them with a sent_at
+    too_large: Mapped[int] = mapped_column(BigInteger)  # failed as over the SIZE limit
+
+
 class Acceptance(Base):
     """The acceptance journal: one row written (autocommit) the moment the SMTP server
     accepts a message, before the batch's group of outcomes is committed. Recovery (lease
@@ -415,11 +449,15 @@ class Bounce(Base):
 
     __tablename__ = "bounces"
     # The same report processed twice (mailbox re-read, webhook retried) records nothing new.
-    __table_args__ = (UniqueConstraint("delivery_id", "status_code", "report_hash"),)
+    __table_args__ = (UniqueConstraint("delivery_id", "status_code", "report_hash"),
+                      Index("ix_bounces_run_id_kind", "run_id", "kind"))
     id: Mapped[int] = mapped_column(primary_key=True)
     delivery_id: Mapped[int | None] = mapped_column(
         ForeignKey("deliveries.id", ondelete="SET NULL"), index=True
     )
+    # The run of that delivery, written by a trigger (migration 0012), None with no delivery:
+    # ``/metrics`` counts reports by run kind without a lookup in ``deliveries`` per report.
+    run_id: Mapped[int | None] = mapped_column(Integer)
     email: Mapped[str] = mapped_column(String(320))
     status_code: Mapped[str] = mapped_column(String(20))  # enhanced code, e.g. 5.1.1
     kind: Mapped[Fault] = mapped_column(_stored_as_text(Fault))  # never Fault.none

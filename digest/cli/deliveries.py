@@ -24,7 +24,8 @@ def deliveries(
     timeout: float | None = typer.Option(
         None, "--timeout", min=0, help="With --watch: give up after this many seconds (exit 1)."),
 ) -> None:
-    """The delivery log, newest first, with each run's progress."""
+    """The delivery log, newest first (with --run: the run's rows, last planned reader
+    first), with each run's progress."""
     from digest.delivery import describe_progress, runs_progress
     from digest.models import Delivery, DeliveryStatus, DigestRun
     from digest.subscribers import check_choice
@@ -38,7 +39,10 @@ def deliveries(
     with session_scope() as session:
         q = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
         if run is not None:
-            q = q.where(Delivery.run_id == run)
+            # A run's rows by reader, last planned first: the (run_id, subscriber_id) index
+            # answers with a LIMIT (by id, a run of a million rows was read and sorted).
+            q = (select(Delivery).where(Delivery.run_id == run)
+                 .order_by(Delivery.subscriber_id.desc()).limit(limit))
         if status:
             q = q.where(Delivery.status == status)
         rows = session.scalars(q).all()

@@ -10,18 +10,16 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, and_, func, literal, select
 from sqlalchemy.orm import Session
 
+from digest.delivery.counts import runs_counts
 from digest.delivery.forecast import Eta, Waiting, eta_of, measured_throughput
 from digest.models import Delivery, DeliveryStatus, DigestRun, DomainPause, RunStatus, utcnow
 from digest.settings import Settings
 
 
 def runs_progress(session: Session, run_ids: list[int]) -> dict[int, dict[str, int]]:
-    """Delivery counts by status (and ``total``) for each run, in one grouped query."""
-    counts: dict[int, dict[str, int]] = {run_id: {} for run_id in run_ids}
-    for run_id, status, n in session.execute(
-            select(Delivery.run_id, Delivery.status, func.count())
-            .where(Delivery.run_id.in_(run_ids)).group_by(Delivery.run_id, Delivery.status)):
-        counts[run_id][status] = n
+    """Delivery counts by status (and ``total``) for each run, from the counts the database
+    keeps (``counts.runs_counts``): the same at any size of the log."""
+    counts = runs_counts(session, run_ids)
     return {run_id: c | {"total": sum(c.values())} for run_id, c in counts.items()}
 
 
@@ -43,11 +41,12 @@ def runs_eta(session: Session, progress: dict[int, dict[str, int]], *, settings:
         return {}
     now = now or utcnow()
     run_ids = list(progress)
+    # The first end of each run's index on (run_id, sent_at): one probe a run.
     first_sent: dict[int, datetime | None] = {
-        run_id: first for run_id, first in session.execute(
-            select(Delivery.run_id, func.min(Delivery.sent_at))
-            .where(Delivery.run_id.in_(run_ids), Delivery.sent_at.is_not(None))
-            .group_by(Delivery.run_id))}
+        run_id: session.scalar(select(Delivery.sent_at).where(
+            Delivery.run_id == run_id, Delivery.sent_at.is_not(None))
+            .order_by(Delivery.sent_at).limit(1))
+        for run_id in run_ids}
     last_moved: dict[int, datetime | None] = {
         run_id: moved for run_id, moved in session.execute(
             select(Delivery.run_id, func.max(Delivery.updated_at))

@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session, aliased
 
 from digest.db import rowcount
 from digest.delivery.contents import claiming
+from digest.delivery.counts import fold
 from digest.delivery.states import UNFINISHED
 from digest.errors import ConfigError
 from digest.models import (
@@ -208,7 +209,13 @@ def prune(session: Session, settings: Settings, *, now: datetime | None = None,
     retention = now - timedelta(days=settings.retention_days)
     item_before = min(retention, ledger_cutoff(session, now, settings))
     report = PruneReport(dry_run=dry_run, retention_cutoff=retention, ledger_cutoff=item_before)
-    old = _old_final_deliveries(retention)
+    # Only the rows of old finished runs are read (the index on run_id), not the whole log.
+    # (A list, not a subquery: the planner then knows how few runs that is, or that there is
+    # none, and reads their rows through the index.)
+    old_runs = list(session.scalars(select(DigestRun.id).where(
+        DigestRun.status.in_(FINISHED_RUNS), DigestRun.created_at < retention)
+        .order_by(DigestRun.id)))
+    old = and_(_old_final_deliveries(retention), Delivery.run_id.in_(old_runs))
     prunable = and_(old, ~_unsafe_ledger_row(Delivery.id, item_before))
     report.kept_for_ledger = session.scalar(
         select(func.count()).select_from(Delivery).where(old, ~prunable)) or 0
@@ -227,21 +234,13 @@ def prune(session: Session, settings: Settings, *, now: datetime | None = None,
         return report
 
     session.commit()
-    after = 0
-    while True:
-        # Keyset by id, so a batch's kept rows are not read again by the next one.
-        ids = list(session.scalars(select(Delivery.id).where(prunable, Delivery.id > after)
-                                   .order_by(Delivery.id).limit(batch_size)))
-        if not ids:
-            break
-        report.ledger_rows += session.scalar(_items_carried(ids, claimed=True)) or 0
-        report.delivery_items += session.scalar(_items_carried(ids, claimed=False)) or 0
-        deleted, bounces = _delete_and_tally(session, ids, retention)
-        report.deliveries += deleted
-        report.bounces += bounces
-        session.commit()
-        report.batches += 1
-        after = ids[-1]
+    # Run by run, keyset on (run_id, subscriber_id), the unique index: each batch reads its
+    # rows from the index and a batch's kept rows are not read again by the next one; no
+    # batch scans the table (a keyset on id alone filtered its way through every younger
+    # row, all ten million of them a batch). A delivery is created after its run, so an old
+    # delivery's run is an old run.
+    for run_id in old_runs:
+        _prune_run(session, run_id, prunable, retention, batch_size, report)
     while True:
         run_ids = list(session.scalars(select(DigestRun.id).where(_empty_old_runs(retention))
                                        .order_by(DigestRun.id).limit(batch_size)))
@@ -251,7 +250,31 @@ def prune(session: Session, settings: Settings, *, now: datetime | None = None,
             DigestRun.id.in_(run_ids), _empty_old_runs(retention)))
         session.commit()
         report.batches += 1
+    # The counts' appended rows, folded (also at each scrape): one a run and status.
+    fold(session)
+    session.commit()
     return report
+
+
+def _prune_run(session: Session, run_id: int, prunable: ColumnElement[bool],
+               retention: datetime, batch_size: int, report: PruneReport) -> None:
+    after = 0
+    while True:
+        rows = session.execute(
+            select(Delivery.id, Delivery.subscriber_id)
+            .where(Delivery.run_id == run_id, Delivery.subscriber_id > after, prunable)
+            .order_by(Delivery.subscriber_id).limit(batch_size)).all()
+        if not rows:
+            return
+        ids = [row.id for row in rows]
+        report.ledger_rows += session.scalar(_items_carried(ids, claimed=True)) or 0
+        report.delivery_items += session.scalar(_items_carried(ids, claimed=False)) or 0
+        deleted, bounces = _delete_and_tally(session, ids, retention)
+        report.deliveries += deleted
+        report.bounces += bounces
+        session.commit()
+        report.batches += 1
+        after = rows[-1].subscriber_id
 
 
 __all__ = ["PruneReport", "ledger_cutoff", "prune"]

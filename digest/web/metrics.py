@@ -53,13 +53,22 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from sqlalchemy import and_, create_engine, func, or_, select, text
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    create_engine,
+    func,
+    literal_column,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from digest import db
-from digest.delivery.send import TOO_LARGE
+from digest.delivery.counts import fold, kind_counts
 from digest.models import (
     TALLY_BOUNCES,
     TALLY_DELIVERIES,
@@ -113,11 +122,22 @@ class DigestCollector(Collector):
 
 def _read_database(url: str) -> list[Metric]:
     session = Session(_scrape_engine(url))
-    try:
+
+    def bounded() -> None:
         if url.startswith("postgresql"):
             # For this scrape's transaction only (a startup option would be refused by
             # poolers such as PgBouncer).
             session.execute(text(f"SET LOCAL statement_timeout = {int(TIMEOUT_SECONDS * 1000)}"))
+
+    try:
+        bounded()
+        try:  # the counts' appended rows folded to one a run and status (small, quick)
+            fold(session)
+            session.commit()
+        except Exception as exc:  # a read-only replica, say: the sums are right unfolded
+            session.rollback()
+            log.info("metrics: delivery counts not folded: %s", exc)
+        bounded()
         return list(_database_figures(session, utcnow()))
     finally:
         session.close()
@@ -172,13 +192,13 @@ def _database_figures(session: Session, now: datetime) -> Iterable[Metric]:
         key = (tally_kind,) if metric == TALLY_SENT else (tally_kind, label)
         pruned.setdefault(metric, {})[key] = tally_count
     sent_by_kind: dict[str, int] = {key[0]: n for key, n in pruned.get(TALLY_SENT, {}).items()}
-    for kind, status, rows, with_sent_at in session.execute(
-        select(DigestRun.kind, Delivery.status, func.count(), func.count(Delivery.sent_at))
-        .join(DigestRun, DigestRun.id == Delivery.run_id)
-        .group_by(DigestRun.kind, Delivery.status)
-    ):
-        deliveries.add_metric([str(kind), str(status)], rows)
-        sent_by_kind[str(kind)] = sent_by_kind.get(str(kind), 0) + with_sent_at
+    too_large_by_kind: dict[str, int] = {}
+    # The counts the database keeps (triggers, migration 0012): deliveries is never scanned.
+    for row in kind_counts(session):
+        deliveries.add_metric([row.kind, row.status], row.rows)
+        sent_by_kind[row.kind] = sent_by_kind.get(row.kind, 0) + row.sent
+        if row.too_large:
+            too_large_by_kind[row.kind] = too_large_by_kind.get(row.kind, 0) + row.too_large
     for kind_name, count in sorted(sent_by_kind.items()):
         sent.add_metric([kind_name], count)
     yield deliveries
@@ -186,14 +206,8 @@ def _database_figures(session: Session, now: datetime) -> Iterable[Metric]:
     too_large = GaugeMetricFamily(
         "digest_deliveries_too_large", "Deliveries failed because the message was larger than "
         "the SMTP server accepts (SIZE, 5.3.4), by run kind.", labels=["kind"])
-    for kind, count in session.execute(
-        select(DigestRun.kind, func.count()).select_from(Delivery)
-        .join(DigestRun, DigestRun.id == Delivery.run_id)
-        .where(Delivery.status == DeliveryStatus.failed,
-               Delivery.note.startswith(f"{TOO_LARGE}:"))
-        .group_by(DigestRun.kind)
-    ):
-        too_large.add_metric([str(kind)], count)
+    for kind_name, count in sorted(too_large_by_kind.items()):
+        too_large.add_metric([kind_name], count)
     yield too_large
     deliveries_pruned = CounterMetricFamily(
         "digest_deliveries_pruned", "Rows of the delivery log retention deleted, by run kind "
@@ -206,11 +220,11 @@ def _database_figures(session: Session, now: datetime) -> Iterable[Metric]:
         "digest_bounces", "Bounce reports recorded, by the run kind of the delivery they name "
         "(unknown: none named) and by whose fault.", labels=["kind", "fault"])
     bounce_counts = dict(pruned.get(TALLY_BOUNCES, {}))
+    # bounces.run_id, kept by a trigger (migration 0012): no lookup in deliveries a report.
     for bounce_kind, fault, count in session.execute(
         select(DigestRun.kind, Bounce.kind, func.count())
         .select_from(Bounce)
-        .outerjoin(Delivery, Delivery.id == Bounce.delivery_id)
-        .outerjoin(DigestRun, DigestRun.id == Delivery.run_id)
+        .outerjoin(DigestRun, DigestRun.id == Bounce.run_id)
         .group_by(DigestRun.kind, Bounce.kind)
     ):
         key = (str(bounce_kind) if bounce_kind is not None else "unknown", str(fault))
@@ -247,24 +261,54 @@ def _database_figures(session: Session, now: datetime) -> Iterable[Metric]:
     yield runs
     yield from _last_runs(session)
 
-    unsent_since, due_since = session.execute(
-        select(
-            func.min(Delivery.created_at),
-            func.min(func.coalesce(Delivery.next_attempt_at, Delivery.created_at)).filter(
-                or_(Delivery.status == DeliveryStatus.pending,
-                    and_(Delivery.status == DeliveryStatus.deferred,
-                         Delivery.next_attempt_at <= now))),
-        )
-        .join(DigestRun, DigestRun.id == Delivery.run_id)
-        # Held and cancelled runs wait for an operator, not for a worker.
-        .where(Delivery.status.in_(UNSENT), DigestRun.status == RunStatus.sending)
-    ).one()
+    unsent_since, due_since = oldest_unsent(session, now)
     yield _gauge("digest_oldest_unsent_delivery_age_seconds",
                  "Seconds since the oldest delivery still to send (pending, sending, deferred) "
                  "of a sending run was planned; 0: none.", _age(now, unsent_since))
     yield _gauge("digest_oldest_due_delivery_age_seconds",
                  "Seconds the oldest delivery a worker could send now (pending, or deferred and "
                  "due) has been due; 0: none.", _age(now, due_since))
+
+
+def oldest_unsent(session: Session, now: datetime) -> tuple[datetime | None, datetime | None]:
+    """When the oldest row still to send (pending, sending, deferred) of a sending run was
+    planned, and since when the oldest row a worker could send now (pending, or deferred and
+    due) has been due. Held and cancelled runs wait for an operator, not for a worker.
+
+    A ``LIMIT 1`` per sending run and status on the partial indexes of the unsent rows
+    (``ix_deliveries_unsent``, ``ix_deliveries_due``; migration 0012): a handful of index
+    probes however many rows the log holds."""
+    due_key = func.coalesce(Delivery.next_attempt_at, Delivery.created_at)
+    unsent: list[datetime] = []
+    due: list[datetime] = []
+    for run_id in session.scalars(select(DigestRun.id).where(
+            DigestRun.status == RunStatus.sending)):
+        for status in UNSENT:
+            first = session.scalar(
+                select(Delivery.created_at)
+                .where(Delivery.run_id == run_id, _is(status))
+                .order_by(Delivery.created_at).limit(1))
+            if first is not None:
+                unsent.append(first)
+        for status, condition in (
+                (DeliveryStatus.pending, true()),
+                # deferred and next_attempt_at <= now, said so the index answers it.
+                (DeliveryStatus.deferred,
+                 and_(Delivery.next_attempt_at.is_not(None), due_key <= now))):
+            first = session.scalar(
+                select(due_key)
+                .where(Delivery.run_id == run_id, _is(status), condition)
+                .order_by(due_key).limit(1))
+            if first is not None:
+                due.append(first)
+    return (min(unsent, key=_aware, default=None), min(due, key=_aware, default=None))
+
+
+def _is(status: DeliveryStatus) -> ColumnElement[bool]:
+    """``status = 'pending'`` with the value written in the SQL, not bound: a partial index
+    serves a plan only where the planner sees the value (a generic plan of a prepared
+    statement would not use it)."""
+    return Delivery.status == literal_column(f"'{status.value}'")
 
 
 def _last_runs(session: Session) -> Iterable[Metric]:

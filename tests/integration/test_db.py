@@ -376,3 +376,41 @@ def test_0013_folds_the_ledger_into_the_deliveries_and_rebuilds_it_going_down(em
 
     command.downgrade(db.alembic_config(empty_url), "0011")
     assert ledger_tables() == before
+
+
+def test_0012_counts_the_deliveries_there_are_and_goes_down_and_up_again(empty_url):
+    """Upgrading to 0012 counts the rows already there; the triggers count what follows;
+    down to 0011 and up again leaves the same counts (both databases)."""
+    from alembic import command
+
+    from digest.delivery.counts import runs_counts
+    from digest.models import Delivery
+    from tests.factories import T0
+
+    db.upgrade(empty_url, "0011")
+    with db._sessionmaker(empty_url)() as session:
+        run = _old_run(session, "weekly", T0)
+        for n, status in enumerate(("sent", "sent", "failed", "pending")):
+            _old_delivery(session, run, _old_subscriber(session, f"r{n}@example.org"),
+                          status=status, item_count=1, attempts=0, created_at=T0,
+                          updated_at=T0, note="message too large: 552" if n == 2 else None)
+        session.commit()
+    db.upgrade(empty_url)
+    expected = {run: {"sent": 2, "failed": 1, "pending": 1}}
+    with db._sessionmaker(empty_url)() as session:
+        assert runs_counts(session, [run]) == expected
+        session.execute(Delivery.__table__.update().where(Delivery.status == "pending")
+                        .values(status="sent"))
+        session.commit()
+        assert runs_counts(session, [run]) == {run: {"sent": 3, "failed": 1}}
+    command.downgrade(db.alembic_config(empty_url), "0011")
+    names = inspect(db.engine_for(empty_url)).get_table_names()
+    assert "delivery_counts" not in names
+    with db.engine_for(empty_url).begin() as conn:  # no trigger left to write to it
+        conn.execute(text("UPDATE deliveries SET status = 'failed' WHERE status = 'sent' "
+                          "AND subscriber_id = (SELECT min(subscriber_id) FROM deliveries)"))
+    db.upgrade(empty_url)
+    with db._sessionmaker(empty_url)() as session:
+        assert runs_counts(session, [run]) == {run: {"sent": 2, "failed": 2}}
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 4
+    db.engine_for(empty_url).dispose()

@@ -11,7 +11,7 @@ The downgrade rebuilds both tables: the ledger row of a (reader, item) goes to t
 claiming, not cancelled delivery that carries it, every other pair to ``delivery_items``.
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 """
 import sqlalchemy as sa
 from alembic import op
@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql
 import digest.models
 
 revision = '0013'
-down_revision = '0011'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 

@@ -174,7 +174,11 @@ def test_an_adhoc_sends_claim_is_kept_while_a_digest_could_need_it_then_pruned(
     item = make_item(session, "old news", ingested_at=base - 120 * DAY)
     session.commit()
     adhoc = plan_adhoc_run(session, AdhocQuery(item_ids=(item.id,)))
+    # Sent 100 days ago: the run and its delivery (a delivery is never older than its run,
+    # which the prune relies on to read only the old runs' rows).
     session.execute(update(Delivery).where(Delivery.run_id == adhoc.run_id)
+                    .values(created_at=base - 100 * DAY))
+    session.execute(update(DigestRun).where(DigestRun.id == adhoc.run_id)
                     .values(created_at=base - 100 * DAY))
     finish_everything(session)
 
