@@ -27,6 +27,7 @@ from sqlalchemy import (
     cast,
     delete,
     exists,
+    false,
     func,
     insert,
     literal,
@@ -182,13 +183,25 @@ def _filter_signatures(session: Session, chunk: Chunk | None) -> Any:
     each filter, sorted). Readers without a filter have no row."""
     f = SubscriberFilter.__table__.c
     of_chunk = [chunk(f.subscriber_id)] if chunk is not None else []
+    if chunk is not None:
+        # The chunk's facet rows as a range of filter ids (a superset when ids are not in
+        # reader order; the join to the chunk's filters below is exact): read from the
+        # primary keys, where an IN (the chunk's filters) read each facet table whole, every
+        # chunk, so a run of a million readers read them 400 times.
+        low, high = session.execute(select(func.min(f.id), func.max(f.id))
+                                    .where(*of_chunk)).one()
+
+        def in_range(column: ColumnElement[int]) -> ColumnElement[bool]:
+            return column.between(low, high) if low is not None else false()
+    else:
+        def in_range(column: ColumnElement[int]) -> ColumnElement[bool]:
+            return true()
 
     def facet(table: Table, column: str, name: str) -> Any:
         value = table.c[column]
-        filters = select(f.id).where(*of_chunk)
         return _part(session, select(table.c.filter_id,
                                      _concat(session, value, ",", value).label("ids"))
-                     .where(table.c.filter_id.in_(filters)).group_by(table.c.filter_id), name)
+                     .where(in_range(table.c.filter_id)).group_by(table.c.filter_id), name)
 
     themes = facet(filter_themes, "theme_id", "sig_themes")
     places = facet(filter_locations, "location_id", "sig_places")
