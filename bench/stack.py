@@ -430,6 +430,9 @@ class Figures:
     grew_at_exit: dict[str, int] = field(default_factory=dict)  # bytes per table
     grew_after_run: dict[str, int] = field(default_factory=dict)
     fill_s: float = 0.0
+    plan_stopped: bool = False  # --plan-timeout: the command was stopped half-way
+    plan_samples: list[tuple[float, int]] = field(default_factory=list)  # (s, rows), plan-only
+    polled_rss_mb: float = 0.0
 
     @property
     def send_rate(self) -> float:
@@ -441,7 +444,22 @@ class Figures:
 
     @property
     def plan_us_per_reader(self) -> float:
-        return 1e6 * self.planning_s / self.subscribers if self.subscribers else 0.0
+        readers = self.planned if self.plan_stopped else self.subscribers
+        return 1e6 * self.planning_s / readers if readers else 0.0
+
+    def plan_rates(self) -> tuple[float, float] | None:
+        """Readers planned per second over the first and the last quarter of the rows (from
+        the plan-only samples), to show whether planning slows down as the run grows."""
+        samples = [(0.0, 0), *self.plan_samples]
+        if len(samples) < 4 or not samples[-1][1]:
+            return None
+        total = samples[-1][1]
+        q1 = next(x for x in samples if x[1] >= total / 4)
+        q3 = next(x for x in samples if x[1] >= 3 * total / 4)
+        first = q1[1] / q1[0] if q1[0] else 0.0
+        last = ((samples[-1][1] - q3[1]) / (samples[-1][0] - q3[0])
+                if samples[-1][0] > q3[0] else 0.0)
+        return first, last
 
     @property
     def bytes_per_delivery(self) -> float:
@@ -459,6 +477,9 @@ class Figures:
             "other": self.other,
             "sink_received": self.sink_received, "fill_s": round(self.fill_s, 2),
             "planning_enqueue_s": round(self.planning_s, 3),
+            "planning_stopped_at_timeout": self.plan_stopped,
+            "planning_rates_first_last_quarter": self.plan_rates(),
+            "planning_samples_s_rows": self.plan_samples or None,
             "planning_us_per_reader": round(self.plan_us_per_reader, 1),
             "planner_peak_rss_mb": round(self.planner_rss_mb, 1),
             "bytes_per_delivery": round(self.bytes_per_delivery, 1),
@@ -562,18 +583,34 @@ def measure(args, n: int, sink_path: str) -> Figures:
             cli = subprocess.Popen([sys.executable, "-c", RSS_WRAPPER, str(rss_file),
                                     *digest_argv(), "send", "weekly", "--now"], cwd=ROOT,
                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True)
-            first_claim = _watch_first_claim(engine, cli) if worker else None
-            out = cli.communicate()[0]
-            t_planned = time.time()
-            if cli.returncode != 0:
+                                   text=True, start_new_session=True)
+            parts.children["command"] = cli  # stopped with the rest if the run is
+            if worker:
+                first_claim = _watch_first_claim(engine, cli)
+            else:
+                first_claim = None
+                _watch_planning(engine, cli, t0, args.plan_timeout, fig)
+            if fig.plan_stopped:
+                t_planned = time.time()
+                parts.stop("command")
+                out = ""
+                progress(f"--plan-timeout: stopped the command after {t_planned - t0:.0f} s")
+            else:
+                out = cli.communicate()[0]
+                t_planned = time.time()
+                parts.children.pop("command", None)
+            if cli.returncode != 0 and not fig.plan_stopped:
                 raise StackError(f"digest send weekly --now exited {cli.returncode}: "
                                  f"{out.strip()[-600:]}")
             usage1 = os.times()
             sizes1 = relation_sizes(engine)
             fig.planning_s = t_planned - t0
+            if fig.plan_stopped and fig.plan_samples:  # to the last chunk seen committed
+                fig.planning_s = fig.plan_samples[-1][0]
             with contextlib.suppress(OSError, ValueError):
                 fig.planner_rss_mb = int(rss_file.read_text()) / 1024
+            if not fig.planner_rss_mb:  # stopped: the wrapper wrote nothing; VmHWM as polled
+                fig.planner_rss_mb = fig.polled_rss_mb
             pg_plan = pg.sample() - pg0
             command_cpu = ((usage1.children_user + usage1.children_system)
                            - (usage0.children_user + usage0.children_system))
@@ -677,6 +714,24 @@ def _watch_first_claim(engine, cli: subprocess.Popen) -> float | None:
     return None
 
 
+def _watch_planning(engine, cli: subprocess.Popen, t0: float, limit: float,
+                    fig: Figures) -> None:
+    """Without a worker: rows planned every 2 s (the planning curve), the command's VmHWM as
+    polled, and a stop after ``limit`` seconds (0: none) with ``fig.plan_stopped`` set."""
+    with engine.connect() as conn:
+        while cli.poll() is None:
+            rows = conn.execute(text("SELECT count(*) FROM deliveries")).scalar_one()
+            conn.commit()
+            elapsed = time.time() - t0
+            if not fig.plan_samples or rows != fig.plan_samples[-1][1]:
+                fig.plan_samples.append((round(elapsed, 1), rows))
+            fig.polled_rss_mb = max(fig.polled_rss_mb, peak_rss_mb(descendants(cli.pid)))
+            if limit and elapsed > limit:
+                fig.plan_stopped = True
+                return
+            time.sleep(2)
+
+
 def _wait_done(engine, planned: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     with engine.connect() as conn:
@@ -730,15 +785,23 @@ def report(figures: list[Figures], args, loads: tuple[str, str]) -> None:
             ("messages received by the sink", lambda f: f"{f.sink_received:,}"
              + ("" if f.sink_received == f.sent else " (NOT EQUAL to sent)")),
             ("items per message; message size",
-             lambda f: f"{f.avg_items:.1f}; {f.avg_kb:.1f} KB"
+             lambda f: f"{float(f.avg_items or 0):.1f}; {f.avg_kb:.1f} KB"
              + (f" ({f.signed_share:.0%} DKIM-signed)" if f.dkim else "")),
         ]
     else:
-        rows.append(("items per message", lambda f: f"{f.avg_items:.1f}"))
+        rows.append(("items per message", lambda f: f"{float(f.avg_items or 0):.1f}"))
     rows += [
-        ("planning + enqueue", lambda f: f"{f.planning_s:.1f} s"),
+        ("planning + enqueue", lambda f: f"{f.planning_s:.1f} s" + (
+            f" (STOPPED at --plan-timeout: {f.planned:,} of {f.subscribers:,} readers planned)"
+            if f.plan_stopped else "")),
         ("planning + enqueue per reader", lambda f: f"{f.plan_us_per_reader:,.0f} µs"),
         ("planner peak RSS (the command's ru_maxrss)", lambda f: f"{f.planner_rss_mb:.0f} MB"),
+    ]
+    if args.plan_only:
+        rows.append(("readers planned per second, first vs last quarter of the rows",
+                     lambda f: "{:,.0f} vs {:,.0f}".format(*f.plan_rates())
+                     if f.plan_rates() else "-"))
+    rows += [
         ("bytes per delivery row, all tables (table + indexes + TOAST) grown by the command"
          + ("" if args.plan_only else ", worker sending meanwhile"),
          lambda f: f"{f.bytes_per_delivery:,.0f} B ({_kb(sum(f.grew_at_exit.values()))})"
@@ -820,9 +883,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan-only", action="store_true",
                         help="no worker: plan and enqueue into a Redis nobody consumes, and "
                              "report planning alone (for counts too large to send)")
+    parser.add_argument("--plan-timeout", type=float, default=0,
+                        help="with --plan-only: stop the command after this many seconds and "
+                             "report what was planned by then (0: wait for it)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object with every figure as the last line")
     args = parser.parse_args(argv)
+
+    def stopped(signum, _frame):  # the finally clauses drop the database and stop the parts
+        raise StackError(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, stopped)
     try:
         sink_path = "" if args.plan_only else find_sink()
         counts = [int(c.replace("_", "")) for c in args.subscribers.split(",") if c.strip()]
