@@ -614,7 +614,8 @@ def measure(args, n: int, sink_path: str) -> Figures:
             pg_plan = pg.sample() - pg0
             command_cpu = ((usage1.children_user + usage1.children_system)
                            - (usage0.children_user + usage0.children_system))
-            fig.cpu["until queued: the command"] = command_cpu
+            if not fig.plan_stopped:  # a stopped command's CPU is not reaped: not known
+                fig.cpu["until queued: the command"] = command_cpu
             fig.cpu["until queued: PostgreSQL"] = pg_plan
             with engine.connect() as conn:
                 fig.planned = conn.execute(select(func.count()).select_from(Delivery)).scalar_one()
