@@ -166,8 +166,8 @@ class Settings(BaseSettings):
     # Retention and debounced alerts (issue 10): digest.delivery.retention, alert planning.
     retention_days: int = Field(
         default=90, ge=1,
-        description="The nightly prune deletes final deliveries (and the ledger rows no future "
-                    "run needs) older than this many days.")
+        description="The nightly prune deletes final deliveries older than this many days "
+                    "(those whose claims no future run needs).")
     alert_debounce_minutes: int = Field(
         default=10, ge=0,
         description="Items published within this many minutes of the first one waiting go to "

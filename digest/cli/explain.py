@@ -26,7 +26,7 @@ def explain(
     as_json: bool = typer.Option(False, "--json", help="The structured reasons, as JSON."),
 ) -> None:
     """Say why ITEM did or did not reach EMAIL: each filter and facet, the window, backfill,
-    the ledger, the delivery that carried it, suppression, status, a paused domain."""
+    the reader's claims, the delivery that carried it, suppression, status, a paused domain."""
     from digest.selection.explain import explain as explain_item
     from digest.selection.explain import find_item
     from digest.subscribers import find_subscriber

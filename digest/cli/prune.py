@@ -1,4 +1,4 @@
-"""``digest prune [--dry-run]``: the delivery log and the ledger, pruned as far as is safe."""
+"""``digest prune [--dry-run]``: the delivery log, pruned as far as is safe."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def prune(
     dry_run: bool = typer.Option(False, "--dry-run", help="Count what would go; delete nothing."),
     batch_size: int = typer.Option(1000, min=1, help="Deliveries deleted per transaction."),
 ) -> None:
-    """Delete final deliveries older than DIGEST_RETENTION_DAYS, their ledger rows (only those
+    """Delete final deliveries older than DIGEST_RETENTION_DAYS (only those whose claimed items
     no future digest could pick again) and the runs left empty; report the counts."""
     from digest.delivery.retention import prune as prune_log
 
@@ -23,13 +23,13 @@ def prune(
     verb = "would delete" if dry_run else "deleted"
     assert report.retention_cutoff is not None and report.ledger_cutoff is not None
     console.print(
-        f"{verb}: {report.deliveries} deliveries, {report.ledger_rows} ledger rows, "
-        f"{report.delivery_items} delivery items, {report.bounces} bounce reports, "
+        f"{verb}: {report.deliveries} deliveries (carrying {report.ledger_rows} claimed and "
+        f"{report.delivery_items} unclaimed items), {report.bounces} bounce reports, "
         f"{report.runs} empty runs "
-        f"(deliveries before {report.retention_cutoff:%Y-%m-%d %H:%M} UTC; ledger rows of "
+        f"(deliveries before {report.retention_cutoff:%Y-%m-%d %H:%M} UTC; claims of "
         f"items ingested before {report.ledger_cutoff:%Y-%m-%d %H:%M} UTC and each reader's "
         f"watermark)", markup=False, highlight=False)
     if report.kept_for_ledger:
-        console.print(f"kept: {report.kept_for_ledger} old deliveries whose ledger rows a future "
+        console.print(f"kept: {report.kept_for_ledger} old deliveries whose claims a future "
                       "digest still needs (a reader's watermark or an unfinished run)",
                       markup=False, highlight=False)

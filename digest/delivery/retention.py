@@ -76,11 +76,11 @@ class PruneReport:
     delivery_items: int = 0  # items they carried without claiming them
     bounces: int = 0  # bounce reports of the deleted deliveries, deleted with them
     runs: int = 0  # runs left empty, deleted
-    kept_for_ledger: int = 0  # old final deliveries kept: the ledger still needs a row of theirs
+    kept_for_ledger: int = 0  # old final deliveries kept: a claim of theirs is still needed
     batches: int = 0
     dry_run: bool = False
     retention_cutoff: datetime | None = None
-    ledger_cutoff: datetime | None = None  # no ledger row of an item ingested after it goes
+    ledger_cutoff: datetime | None = None  # no claim of an item ingested after it goes
 
 
 def ledger_cutoff(session: Session, now: datetime, settings: Settings) -> datetime:
@@ -203,7 +203,7 @@ def _add_tallies(session: Session, tallies: dict[tuple[str, str, str], int]) -> 
 
 def prune(session: Session, settings: Settings, *, now: datetime | None = None,
           dry_run: bool = False, batch_size: int = 1000) -> PruneReport:
-    """Prune the delivery log and the ledger as far as is safe (module doc); each batch of
+    """Prune the delivery log as far as its claims allow (module doc); each batch of
     ``batch_size`` deliveries (or runs) is its own transaction. ``dry_run``: count only."""
     now = now or utcnow()
     retention = now - timedelta(days=settings.retention_days)

@@ -207,7 +207,7 @@ def get_subscriber(subscriber_id: IdPath, session: SessionDep):
 def explain_item(subscriber_id: IdPath, item_id: IdPath, session: SessionDep,
                  settings: SettingsDep, as_of: When | None = None):
     """Why the item did or did not reach the reader: the verdict, each filter's facets, the
-    window, backfill, the ledger row, the delivery that carried it (status, SMTP reply, note),
+    window, backfill, the reader's claim, the delivery that carried it (status, SMTP reply, note),
     suppression, status and a paused domain; ``sentences`` says it in words."""
     sub = _load(session, subscriber_id)
     item = session.get(Item, item_id)

@@ -108,7 +108,7 @@ def test_the_admin_delivery_page_links_each_item_to_its_explanation(
     link = f"/admin/subscriber/action/explain?pks={ann.id}&amp;item={item.id}"
     assert link in page.text
     followed = client.get(link.replace("&amp;", "&"))
-    assert "Verdict: on_its_way" in followed.text and "ledger" in followed.text
+    assert "Verdict: on_its_way" in followed.text and "claimed it for you" in followed.text
     assert "/admin/delivery/action/explain" in client.get(
         f"/admin/delivery/details/{delivery_id}").text
     assert client.get("/admin/delivery/action/explain?pks=999999").status_code == 404

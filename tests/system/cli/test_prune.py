@@ -41,14 +41,14 @@ def test_prune_dry_run_reports_counts_and_prune_deletes_old_deliveries(tmp_path)
                                            created_at=utcnow() - timedelta(days=120)))
         s.commit()
 
-    # The first send claimed the item in the ledger (rule H3), the second repeated it: one
-    # ledger row and one delivery item, both safe to forget (the item is long past).
+    # Both sends claimed what they carry (rule H3; the second repeated the item): two claimed
+    # items, both safe to forget (the item is long past).
     dry = run_cli(tmp_path, url, "prune", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "would delete: 2 deliveries, 1 ledger rows, 1 delivery items, 0 bounce reports, 1 empty runs" in dry.stdout
+    assert "would delete: 2 deliveries (carrying 2 claimed and 0 unclaimed items), 0 bounce reports, 1 empty runs" in dry.stdout
     real = run_cli(tmp_path, url, "prune")
     assert real.returncode == 0, real.stderr
-    assert "deleted: 2 deliveries, 1 ledger rows, 1 delivery items, 0 bounce reports, 1 empty runs" in real.stdout
+    assert "deleted: 2 deliveries (carrying 2 claimed and 0 unclaimed items), 0 bounce reports, 1 empty runs" in real.stdout
     with Session(engine) as s:
         assert s.scalar(select(func.count()).select_from(Delivery)) == 0
         assert s.scalar(select(func.count()).select_from(DigestRun)) == 1  # the newest stays
