@@ -33,7 +33,7 @@ from celery import Celery
 from digest.settings import Settings
 
 if TYPE_CHECKING:  # the stages import this module; at run time they are imported in calls
-    from digest.delivery import Swept
+    from digest.records import Swept
     from digest.selection import SlotPlan
 
 TASK_DELIVER_BATCH = "digest.deliver_batch"
@@ -172,7 +172,7 @@ def send_due_alerts(settings: Settings) -> list[int]:
 def retry_deferred(settings: Settings) -> list[int]:
     """Deferred rows whose retry is due, sent again; their ids."""
     from digest.db import session_scope
-    from digest.delivery import due_for_retry
+    from digest.records import due_for_retry
 
     with session_scope(settings.database_url) as session:
         due = due_for_retry(session)
@@ -184,7 +184,7 @@ def sweep_lost_work(settings: Settings) -> Swept:
     """Lost work found again from the database (a dead worker's leases, rows whose task a
     broker restart dropped, runs left open or too late) and its rows sent again."""
     from digest.db import session_scope
-    from digest.delivery import sweep
+    from digest.records import sweep
 
     with session_scope(settings.database_url) as session:
         found = sweep(session, settings)

@@ -1,7 +1,7 @@
 """Acting on a bounce: each recipient's verdict comes from ``digest.delivery.classify_dsn``.
 
 - ``hard``: the address is suppressed (reason ``hard_bounce``) and a delivery already marked
-  sent becomes failed (``digest.delivery.mark_bounced``).
+  sent becomes failed (``digest.records.mark_bounced``).
 - ``soft``: each delivery that soft-bounces counts once toward the subscriber's
   ``soft_bounces``, the digests that soft-bounced within ``settings.soft_bounce_window_days``;
   at ``settings.soft_bounce_threshold`` the address is suppressed (reason ``soft_bounces``).
@@ -38,8 +38,8 @@ from digest.bounces.parse import (
     read_message,
     verp_ids,
 )
-from digest.delivery import mark_bounced, pause_domain, recipient_domain
 from digest.models import Bounce, Delivery, Fault, Subscriber, SuppressionReason, utcnow
+from digest.records import mark_bounced, pause_domain, recipient_domain
 from digest.settings import Settings
 from digest.subscribers import suppress
 

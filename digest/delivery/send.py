@@ -1,6 +1,6 @@
 """Sending a batch: claim the rows, build each message, hand it to SMTP, record the outcome.
 
-Every status change goes through ``digest.delivery.states``; every failure is read by
+Every status change goes through ``digest.records.states``; every failure is read by
 ``digest.delivery.classify``, the one classifier shared with bounce reports. A failure that
 is about us (connect, greeting/EHLO/TLS/AUTH, any refusal at MAIL FROM, a DKIM key or a
 template that fails, contradictory settings) puts the whole batch back as deferred with the
@@ -26,11 +26,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, selectinload
 
 from digest import db
-from digest.delivery import states
 from digest.delivery.classify import Fault, classify_smtp
-from digest.delivery.contents import delivery_contents
 from digest.delivery.limits import Limiter, limiter_for, new_holder
-from digest.delivery.pauses import Pause, active_pauses, pause_domain, recipient_domain
 from digest.delivery.transport import Transport, kept_transport
 from digest.errors import (
     ConfigError,
@@ -59,6 +56,9 @@ from digest.models import (
     filter_themes,
     utcnow,
 )
+from digest.records import states
+from digest.records.contents import delivery_contents
+from digest.records.pauses import Pause, active_pauses, pause_domain, recipient_domain
 from digest.render import RenderedEmail, RenderItem, render_items_from_models
 from digest.settings import Settings
 

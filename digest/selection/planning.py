@@ -36,8 +36,6 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from digest.delivery import states as delivery_states
-from digest.delivery.contents import claimed_pairs, is_claimed
 from digest.errors import ValidationError
 from digest.models import (
     Delivery,
@@ -54,6 +52,8 @@ from digest.models import (
     item_themes,
     utcnow,
 )
+from digest.records import states as delivery_states
+from digest.records.contents import claimed_pairs, is_claimed
 from digest.selection.clock import check_real_send_clock
 from digest.selection.matching import (
     Window,

@@ -11,7 +11,6 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from digest.db import insert_ignoring_conflict, rowcount
-from digest.delivery import states as delivery_states
 from digest.errors import ValidationError
 from digest.models import (
     Bounce,
@@ -24,6 +23,7 @@ from digest.models import (
     SuppressionReason,
     utcnow,
 )
+from digest.records import states as delivery_states
 from digest.subscribers.filters import FilterSpec, build_filters
 from digest.subscribers.validate import (
     canonical_email,

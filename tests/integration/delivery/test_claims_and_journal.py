@@ -20,10 +20,11 @@ import time_machine
 from sqlalchemy import event, select, update
 
 from digest import db
-from digest.delivery import recover_expired_leases, send_deliveries, states
 from digest.delivery import send as send_module
+from digest.delivery import send_deliveries
 from digest.delivery.transport import SMTPTransport
 from digest.models import Acceptance, Delivery, DeliveryStatus, utcnow
+from digest.records import recover_expired_leases, states
 from digest.selection import plan_scheduled_run
 from tests.factories import T0, Taxo, make_item, make_subscriber
 

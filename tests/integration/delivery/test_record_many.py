@@ -17,9 +17,10 @@ import pytest
 from sqlalchemy import event, select
 
 from digest import db
-from digest.delivery import recover_expired_leases, send_deliveries, states
+from digest.delivery import send_deliveries
 from digest.delivery.transport import SMTPTransport
 from digest.models import Delivery, DeliveryStatus, utcnow
+from digest.records import recover_expired_leases, states
 from digest.selection import plan_scheduled_run
 from tests.factories import T0, Taxo, make_item, make_subscriber
 

@@ -420,7 +420,7 @@ def cancel_for_subscriber(session: Session, subscriber_id: int, note: str) -> in
 def release_cancelled_claims(session: Session, subscriber_id: int) -> int:
     """How many items this subscriber's cancelled deliveries had claimed: those items never
     reached them, so a digest after they come back may carry them (rules R6, N1). A cancelled
-    row claims nothing (``digest.delivery.contents.claiming``), so there is nothing to delete:
+    row claims nothing (``digest.records.contents.claiming``), so there is nothing to delete:
     the status change released them."""
     return session.scalar(select(func.coalesce(func.sum(Delivery.item_count), 0)).where(
         Delivery.subscriber_id == subscriber_id, Delivery.status == DeliveryStatus.cancelled,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from digest.delivery.states import retry_or_give_up
 from digest.models import DeliveryStatus, utcnow
+from digest.records.states import retry_or_give_up
 from digest.settings import Settings
 
 REFUSAL = "SMTP server mx:25 refused ann@example.org at RCPT TO: 451 4.7.1 try later"
