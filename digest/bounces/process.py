@@ -29,6 +29,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from digest.addresses import lookup_form
 from digest.bounces.arf import FeedbackReport
 from digest.bounces.parse import (
     DIAGNOSTIC_LIMIT,
@@ -40,8 +41,8 @@ from digest.bounces.parse import (
 )
 from digest.models import Bounce, Delivery, Fault, Subscriber, SuppressionReason, utcnow
 from digest.records import mark_bounced, pause_domain, recipient_domain
+from digest.records.suppressions import suppress
 from digest.settings import Settings
-from digest.subscribers import suppress
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +223,6 @@ def find_delivery(session: Session, report: DeliveryStatusReport | FeedbackRepor
         if delivery is not None:
             return delivery, "x-digest-delivery"
     if by_address:
-        from digest.subscribers.validate import lookup_form
-
         reader = select(Subscriber.id).where(Subscriber.email == lookup_form(by_address))
         delivery = session.scalars(
             select(Delivery).where(Delivery.subscriber_id.in_(reader),

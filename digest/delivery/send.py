@@ -59,6 +59,7 @@ from digest.models import (
 from digest.records import states
 from digest.records.contents import delivery_contents
 from digest.records.pauses import Pause, active_pauses, pause_domain, recipient_domain
+from digest.records.suppressions import suppress
 from digest.render import RenderedEmail, RenderItem, render_items_from_models
 from digest.settings import Settings
 
@@ -442,8 +443,6 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory,
               items: list[RenderItem], leavers: _Leavers, settings: Settings,
               pauses: dict[str, Pause], clock: Callable[[], datetime],
               recorder: states.Recorder, journal: states.AcceptanceJournal) -> str:
-    from digest.subscribers import suppress
-
     if leavers.lost(delivery):
         log.warning("claim taken over by another worker: not sent", delivery_id=delivery.id)
         return "lost"
@@ -475,8 +474,7 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory,
     try:
         reply = conn.send(factory.return_path(delivery.id), delivery.email, data)
     except DeliveryError as exc:
-        return _refused(session, delivery, exc, message_id, pauses, settings, clock, suppress,
-                        recorder)
+        return _refused(session, delivery, exc, message_id, pauses, settings, clock, recorder)
     except ConfigError:
         raise  # login refused, untrusted certificate...: the whole batch goes back
     except DigestError as exc:  # an address the transport cannot carry (SMTPUTF8 off)
@@ -496,7 +494,7 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory,
 
 def _refused(session: Session, delivery: LoadedDelivery, exc: DeliveryError, message_id: str,
              pauses: dict[str, Pause], settings: Settings, clock: Callable[[], datetime],
-             suppress: Callable[..., object], recorder: states.Recorder) -> str:
+             recorder: states.Recorder) -> str:
     """What a refusal means, by whose fault it is (``classify_smtp``)."""
     if isinstance(exc, PermanentDeliveryError) and exc.code is None:
         # Refused before any command (e.g. the server cannot carry this address): this
