@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from digest import delivery, records, subscribers
+from digest.delivery.periodic import queue_for
 from digest.delivery.progress import empty_run
 from digest.models import (
     Complaint,
@@ -28,7 +29,6 @@ from digest.models import (
     Suppression,
     SuppressionReason,
 )
-from digest.queue import queue_for
 from digest.settings import Settings
 from digest.tokens import links_for
 from digest.web.admin import explain as explain_pages
