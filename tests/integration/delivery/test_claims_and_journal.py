@@ -52,6 +52,10 @@ def _per_message_id(sink, count: int) -> Counter[str]:
                    for m in sink.wait_for(count))
 
 
+def _sent(delivery_id: int) -> states.Sent:
+    return states.Sent(250, "2.0.0 Ok", f"<{delivery_id}@example.org>", utcnow())
+
+
 def _expire_leases(session) -> None:
     session.execute(update(Delivery).where(Delivery.status == DeliveryStatus.sending)
                     .values(lease_until=utcnow() - timedelta(minutes=10)))
@@ -74,8 +78,7 @@ def test_a_worker_whose_claim_was_taken_over_overwrites_nothing_of_the_new_claim
     session.commit()
 
     # The frozen worker resumes and writes every kind of outcome it knows: none lands.
-    states.record_many(session, [(ids[0], {"status": DeliveryStatus.sent, "note": None})],
-                       token=frozen)
+    states.record_many(session, [(ids[0], _sent(ids[0]))], token=frozen)
     states.cancel_claimed(session, ids[1], "cancelled: subscriber is unsubscribed",
                           token=frozen)
     states.defer_without_attempt(session, ids[2], utcnow() + timedelta(hours=1), "paused",
@@ -87,8 +90,7 @@ def test_a_worker_whose_claim_was_taken_over_overwrites_nothing_of_the_new_claim
     assert all("cancelled" not in (r.note or "") for r in rows.values())
 
     # The holder's own writes do land.
-    states.record_many(session, [(i, {"status": DeliveryStatus.sent, "note": None})
-                                 for i in ids], token=other)
+    states.record_many(session, [(i, _sent(i)) for i in ids], token=other)
     assert {r.status for r in _rows(session).values()} == {"sent"}
 
 
