@@ -45,6 +45,7 @@ from digest.selection.matching import (
 )
 from digest.selection.schedule import HOUR, due_local_hours, slot_start
 from digest.settings import Settings
+from digest.subscribers import describe_filter
 
 FACET_WORDS = {"theme": "theme", "location": "location", "content_type": "content type"}
 UNFINISHED = (DeliveryStatus.pending, DeliveryStatus.sending, DeliveryStatus.deferred)
@@ -203,8 +204,6 @@ def _place(loc: Location) -> str:
 
 def _filter_checks(session: Session, sub: Subscriber, item: Item) -> list[FilterCheck]:
     """Every filter, every facet: the verdicts are matching's SQL conditions for this item."""
-    from digest.subscribers import describe_filter
-
     if not sub.filters:
         return []
     i = Item.__table__
