@@ -389,7 +389,7 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
     lease_until: Mapped[datetime | None]
-    # The holder of the latest claim (``digest.delivery.states.claim``): a random token every
+    # The holder of the latest claim (``digest.records.states.claim``): a random token every
     # later write of that claim checks, so a worker that froze past its lease cannot
     # overwrite the row another worker claimed since. Kept after the claim ends (the
     # acceptance journal is matched against it); cleared when an operator re-queues the row.

@@ -5,36 +5,32 @@ these items, mail this confirmation) through a ``TaskQueue``:
 
 - ``BrokerQueue`` sends the task by name to the broker (``DIGEST_BROKER_URL``); the Celery
   workers in ``workers/`` register the tasks under these same names (``TASK_*`` below).
-- ``InProcessQueue`` does the work at once, in this process, with the same ``digest``
-  functions the tasks call: what the demo and a broker-less install use.
+- ``digest.delivery.periodic.InProcessQueue`` does the work at once, in this process, with
+  the same ``digest`` functions the tasks call: what the demo and a broker-less install use.
+  ``digest.delivery.periodic.queue_for(settings)`` picks one of the two; it is a stage's
+  module because the work it runs is the stages' (the shared top imports no stage).
 
 Callers enqueue only after the transaction that created the rows has committed, or a
 worker could look for rows it cannot see yet. A task that is lost anyway (a broker restart)
 is found again by the periodic sweep: the database, not the broker, is the record.
 
-The periodic work is here too, one function a periodic task (``send_due_slots``,
-``send_due_alerts``, ``retry_deferred``, ``sweep_lost_work``): the beat's tasks in
-``workers/`` call them, and so does ``digest tick``, which does one pass in-process where
-there is no broker and so no beat (rule N3).
+The periodic work (``send_due_slots``, ``send_due_alerts``, ``retry_deferred``,
+``sweep_lost_work``) is ``digest.delivery.periodic``'s: the beat's tasks in ``workers/`` call
+it, and so does ``digest tick`` (rule N3).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from threading import Lock
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 # Imported with this module, never first inside a request's thread: Celery's package loads
 # its names lazily, and threads importing it at the same moment can fail (see ``_prepare``).
 from celery import Celery
 
 from digest.settings import Settings
-
-if TYPE_CHECKING:  # the stages import this module; at run time they are imported in calls
-    from digest.delivery import Swept
-    from digest.selection import SlotPlan
 
 TASK_DELIVER_BATCH = "digest.deliver_batch"
 TASK_ITEM_PUBLISHED = "digest.item_published"
@@ -70,155 +66,6 @@ class TaskQueue(Protocol):
     def send_confirmation(self, subscriber_id: int) -> None:
         """The double opt-in (or "new link") email to one subscriber."""
         ...
-
-
-class InProcessQueue:
-    """Runs the work now, in this process (no broker configured)."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-
-    def deliver(self, delivery_ids: Sequence[int]) -> int:
-        from digest.delivery import send_deliveries
-
-        chunks = batches(delivery_ids, self.settings.batch_size)
-        for chunk in chunks:
-            later = send_deliveries(chunk, settings=self.settings).later
-            # No worker will come back for rows a rate limit deferred: this process, the
-            # sender itself, waits for them (the demo, a broker-less install).
-            while later:
-                when, ids = later.pop(0)
-                later = sorted(later + self._send_at(ids, when))
-        return len(chunks)
-
-    def _send_at(self, ids: list[int], when: datetime) -> list[tuple[datetime, list[int]]]:
-        from digest.delivery import send_deliveries
-        from digest.models import utcnow
-
-        time.sleep(max(0.0, (when - utcnow()).total_seconds()))
-        return send_deliveries(ids, settings=self.settings).later
-
-    def deliver_at(self, delivery_ids: Sequence[int], when: datetime) -> int:
-        later = self._send_at(list(delivery_ids), when)
-        return 1 + sum(self.deliver_at(ids, at) for at, ids in later)
-
-    def publish_items(self, item_ids: Sequence[int]) -> None:
-        # No beat comes back later in-process: the items announced together are one alert.
-        if item_ids:
-            self.deliver(announce_item(int(max(item_ids)), self.settings, wait=False))
-
-    def send_confirmation(self, subscriber_id: int) -> None:
-        from digest.delivery import send_confirmation
-
-        send_confirmation(int(subscriber_id), settings=self.settings)
-
-
-def announce_item(item_id: int, settings: Settings, *, wait: bool = True) -> list[int]:
-    """A new item (committed) was announced: plan the alerts whose debounce window has closed
-    (``plan_due_alerts``; ``wait=False`` closes an open one now); the delivery ids to send.
-    An item still inside its window is planned later, by the beat's alerts task."""
-    from digest.db import session_scope
-    from digest.models import Item
-    from digest.selection import plan_due_alerts
-
-    with session_scope(settings.database_url) as session:
-        item = session.get(Item, item_id)
-        since = item.ingested_at if item is not None else None
-        runs = plan_due_alerts(session, settings=settings, wait=wait, since=since)
-    return [delivery_id for run in runs for delivery_id in run.pending_ids]
-
-
-# --- The beat's periodic work: one function a periodic task, each planning or finding rows
-# and handing them to ``queue_for(settings)`` after its commit. The Celery tasks call these,
-# and so does ``digest tick`` (in-process: the whole pass is done when it returns).
-
-
-def send_due_slots(settings: Settings, *,
-                   now: datetime | None = None) -> dict[str, list[SlotPlan]]:
-    """The tick: each frequency's due slots (this hour's and any missed since the last one
-    planned, up to DIGEST_CATCH_UP_HOURS back; late ones held, never sent) planned and sent,
-    each chunk as soon as its transaction commits."""
-    from digest.db import session_scope
-    from digest.selection import plan_due_slots
-
-    queue = queue_for(settings)
-
-    def send_chunk(ids: list[int]) -> None:
-        queue.deliver(ids)
-
-    planned: dict[str, list[SlotPlan]] = {}
-    for frequency in ("weekly", "daily"):
-        with session_scope(settings.database_url) as session:
-            plans = plan_due_slots(session, frequency, now=now, settings=settings,
-                                   on_chunk=send_chunk)
-        for plan in plans:  # what no chunk handed over (nothing for a held run)
-            queue.deliver(plan.run.pending_ids)
-        planned[frequency] = plans
-    return planned
-
-
-def send_due_alerts(settings: Settings) -> list[int]:
-    """Debounced alerts: every alert window that has closed, planned and sent; their ids."""
-    from digest.db import session_scope
-    from digest.selection import plan_due_alerts
-
-    with session_scope(settings.database_url) as session:
-        runs = plan_due_alerts(session, settings=settings)
-    pending = [delivery_id for run in runs for delivery_id in run.pending_ids]
-    queue_for(settings).deliver(pending)
-    return pending
-
-
-def retry_deferred(settings: Settings) -> list[int]:
-    """Deferred rows whose retry is due, sent again; their ids."""
-    from digest.db import session_scope
-    from digest.delivery import due_for_retry
-
-    with session_scope(settings.database_url) as session:
-        due = due_for_retry(session)
-    queue_for(settings).deliver(due)
-    return due
-
-
-def sweep_lost_work(settings: Settings) -> Swept:
-    """Lost work found again from the database (a dead worker's leases, rows whose task a
-    broker restart dropped, runs left open or too late) and its rows sent again."""
-    from digest.db import session_scope
-    from digest.delivery import sweep
-
-    with session_scope(settings.database_url) as session:
-        found = sweep(session, settings)
-    queue = queue_for(settings)
-    queue.deliver(found.recovered + found.orphaned)
-    resume_stopped_runs(settings)
-    return found
-
-
-def resume_stopped_runs(settings: Settings, *, now: datetime | None = None) -> list[int]:
-    """Runs left ``planning`` for a while (their planner stopped: a full disk, a lost
-    connection, a killed command), planned on and sent; the ids of the runs. The sweep calls
-    it, so such a run moves within seconds, not at the next tick."""
-    from digest.db import session_scope
-    from digest.models import utcnow
-    from digest.selection import resume_stopped_planning
-
-    queue = queue_for(settings)
-
-    def send_chunk(ids: list[int]) -> None:
-        queue.deliver(ids)
-
-    started_before = (now or utcnow()) - timedelta(seconds=max(30, settings.sweep_seconds))
-    resumed: list[int] = []
-    for frequency in ("weekly", "daily"):
-        with session_scope(settings.database_url) as session:
-            plans = resume_stopped_planning(session, frequency, settings=settings,
-                                            on_chunk=send_chunk,
-                                            started_before=started_before)
-        for plan in plans:
-            queue.deliver(plan.run.pending_ids)
-            if plan.run.run_id is not None:
-                resumed.append(plan.run.run_id)
-    return resumed
 
 
 class BrokerQueue:
@@ -280,8 +127,3 @@ def _prepare(client: Celery) -> None:
     client.amqp.router  # noqa: B018  (each property builds and caches its part)
     client.AsyncResult  # noqa: B018
     client.events.Dispatcher  # noqa: B018
-
-
-def queue_for(settings: Settings) -> TaskQueue:
-    """The broker when one is configured, else the work in this process."""
-    return BrokerQueue(settings) if settings.broker_url else InProcessQueue(settings)

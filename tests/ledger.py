@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from digest.delivery.contents import CLAIM_RELEASED
 from digest.models import Delivery
+from digest.records.contents import CLAIM_RELEASED
 
 
 @dataclass(frozen=True, order=True)

@@ -3,8 +3,8 @@
 A task is an edge: it reads the settings once (``get_settings()``) and passes them down.
 
 Every task is safe to run twice: planning is unique per slot, sending claims rows first.
-Follow-up tasks are enqueued (through ``digest.queue``, under the names it defines) only
-after the transaction that created their rows committed.
+Follow-up tasks are enqueued (through ``digest.delivery.periodic.queue_for``, under the
+names ``digest.queue`` defines) only after the transaction that created their rows committed.
 """
 
 from __future__ import annotations
@@ -16,18 +16,20 @@ import sqlalchemy.exc
 
 from digest import delivery, subscribers
 from digest.db import session_scope
-from digest.queue import (
-    TASK_DELIVER_BATCH,
-    TASK_ITEM_PUBLISHED,
-    TASK_PLAN_ALERTS,
-    TASK_SEND_CONFIRMATION,
+from digest.delivery.periodic import (
     announce_item,
     queue_for,
     send_due_alerts,
     send_due_slots,
     sweep_lost_work,
 )
-from digest.queue import retry_deferred as send_retries
+from digest.delivery.periodic import retry_deferred as send_retries
+from digest.queue import (
+    TASK_DELIVER_BATCH,
+    TASK_ITEM_PUBLISHED,
+    TASK_PLAN_ALERTS,
+    TASK_SEND_CONFIRMATION,
+)
 from digest.settings import Settings, get_settings
 from workers.celery_app import app
 

@@ -1,6 +1,6 @@
 """Acting on a complaint: the reader marked a digest as spam (an ARF report by mail, a
 provider's complaint event). The address is suppressed at once with reason ``complaint``
-through ``digest.subscribers.suppress`` (which stops their planned mail), and the complaint
+through ``digest.records.suppressions.suppress`` (which stops their planned mail), and the complaint
 is a ``complaints`` row against the delivery it names, once per report: the same report
 again records and changes nothing. The delivery keeps its status (it was delivered).
 
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from digest.bounces.arf import NOT_SPAM, FeedbackReport
 from digest.bounces.process import DUPLICATE, RECORDED, UNMATCHED, BounceOutcome, find_delivery
 from digest.models import Complaint, SuppressionReason, utcnow
-from digest.subscribers import suppress
+from digest.records.suppressions import suppress
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Acting on a bounce: each recipient's verdict comes from ``digest.delivery.classify_dsn``.
 
 - ``hard``: the address is suppressed (reason ``hard_bounce``) and a delivery already marked
-  sent becomes failed (``digest.delivery.mark_bounced``).
+  sent becomes failed (``digest.records.mark_bounced``).
 - ``soft``: each delivery that soft-bounces counts once toward the subscriber's
   ``soft_bounces``, the digests that soft-bounced within ``settings.soft_bounce_window_days``;
   at ``settings.soft_bounce_threshold`` the address is suppressed (reason ``soft_bounces``).
@@ -29,6 +29,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from digest.addresses import lookup_form
 from digest.bounces.arf import FeedbackReport
 from digest.bounces.parse import (
     DIAGNOSTIC_LIMIT,
@@ -38,10 +39,10 @@ from digest.bounces.parse import (
     read_message,
     verp_ids,
 )
-from digest.delivery import mark_bounced, pause_domain, recipient_domain
 from digest.models import Bounce, Delivery, Fault, Subscriber, SuppressionReason, utcnow
+from digest.records import mark_bounced, pause_domain, recipient_domain
+from digest.records.suppressions import suppress
 from digest.settings import Settings
-from digest.subscribers import suppress
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +223,6 @@ def find_delivery(session: Session, report: DeliveryStatusReport | FeedbackRepor
         if delivery is not None:
             return delivery, "x-digest-delivery"
     if by_address:
-        from digest.subscribers.validate import lookup_form
-
         reader = select(Subscriber.id).where(Subscriber.email == lookup_form(by_address))
         delivery = session.scalars(
             select(Delivery).where(Delivery.subscriber_id.in_(reader),

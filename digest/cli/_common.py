@@ -42,7 +42,7 @@ def parse_when(value: str | None, *, end_of_day: bool = False) -> datetime | Non
 
 def task_queue():
     """Where the CLI's work goes: the broker when one is configured, else this process."""
-    from digest.queue import queue_for
+    from digest.delivery.periodic import queue_for
 
     return queue_for(get_settings())
 

@@ -74,8 +74,9 @@ def _watch_run(run_id: int | None, interval: float, timeout: float | None) -> No
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from digest.delivery import UNFINISHED, describe_progress, run_progress
+    from digest.delivery import describe_progress, run_progress
     from digest.models import DigestRun
+    from digest.records import UNFINISHED
 
     with session_scope() as session:
         if run_id is None:

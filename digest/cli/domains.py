@@ -41,7 +41,7 @@ def domains_resume(
     domain: str = typer.Argument(..., help="The paused domain, e.g. example.com."),
 ) -> None:
     """Lift a domain's pause now; its waiting deliveries go out with the next retry."""
-    from digest.delivery import resume_domain
+    from digest.records import resume_domain
 
     ensure_db()
     with session_scope() as session:

@@ -16,7 +16,12 @@ def tick() -> None:
     deferred messages whose retry is due, then sweep for lost work: what the beat's periodic
     tasks do, done here and now (for an install without DIGEST_BROKER_URL; run it from cron
     every few minutes)."""
-    from digest.queue import retry_deferred, send_due_alerts, send_due_slots, sweep_lost_work
+    from digest.delivery.periodic import (
+        retry_deferred,
+        send_due_alerts,
+        send_due_slots,
+        sweep_lost_work,
+    )
 
     ensure_db()
     settings = get_settings()

@@ -18,6 +18,7 @@ from digest.delivery.transport import Transport, transport_from_settings
 from digest.mail import MessageFactory
 from digest.models import Subscriber, SubscriberStatus, Suppression
 from digest.settings import Settings
+from digest.subscribers import describe_filter, with_filters
 
 __all__ = ["build_confirmation", "send_confirmation"]
 
@@ -26,9 +27,6 @@ def build_confirmation(sub: Subscriber, settings: Settings,
                        factory: MessageFactory | None = None) -> tuple[str, str, bytes]:
     """(envelope sender, Message-ID, message bytes) of the confirmation email, composed by
     the same path as every digest (so DKIM-signed when configured); ``sub.filters`` loaded."""
-    # At call time: subscribers imports delivery (leaving cancels planned rows).
-    from digest.subscribers import describe_filter
-
     factory = factory or MessageFactory(settings)
     headers, data = factory.confirmation(sub, [describe_filter(f) for f in sub.filters])
     return headers.mail_from, headers.message_id, data
@@ -39,8 +37,6 @@ def send_confirmation(
 ) -> str | None:
     """Send the confirmation email; the Message-ID, or None when nothing may be sent
     (no such subscriber, or the address is suppressed). Delivery errors propagate."""
-    from digest.subscribers import with_filters
-
     s = settings
     with db._sessionmaker(s.database_url)() as session:
         sub = session.scalars(

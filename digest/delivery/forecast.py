@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from digest.delivery.states import UNFINISHED
 from digest.errors import ConfigError
 from digest.models import Delivery, DeliveryStatus, DigestRun, RunStatus, utcnow
+from digest.records.states import UNFINISHED
 from digest.settings import Settings
 
 FINISHED = (RunStatus.done, RunStatus.cancelled)

@@ -4,7 +4,7 @@ minute (``DIGEST_DOMAIN_PER_MINUTE``), with overrides per domain (``DIGEST_DOMAI
 
 A batch asks once for all its messages (one round trip, ``Limiter.take``): how many of each
 domain's may go now. The rest is not slept on: the sender defers those rows (their attempt
-given back, ``states.deferred_without_attempt``) to when the limits allow, spaced at the rate,
+given back, ``states.DeferredWithoutAttempt``) to when the limits allow, spaced at the rate,
 and hands them back to the queue for then.
 
 The counts are token buckets (one second's worth of burst; a minute's limit is paced at a

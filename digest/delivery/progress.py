@@ -77,7 +77,7 @@ def runs_waiting(session: Session, run_ids: list[int], now: datetime) -> dict[in
     """Per run, its deferred rows not due at ``now`` (a back-off, a rate limit, a paused
     domain), those of paused domains counted per domain: one grouped query."""
     d = Delivery.__table__.c
-    # The pause key is the stored address's domain (digest.delivery.pauses); a domain has
+    # The pause key is the stored address's domain (digest.records.pauses); a domain has
     # no LIKE wildcard but '_', which DNS names do not use.
     paused_here = and_(func.lower(d.email).like(literal("%@") + DomainPause.domain),
                        DomainPause.paused_until > now)

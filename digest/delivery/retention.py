@@ -44,9 +44,7 @@ from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from digest.db import rowcount
-from digest.delivery.contents import claiming
 from digest.delivery.counts import fold
-from digest.delivery.states import UNFINISHED
 from digest.errors import ConfigError
 from digest.models import (
     TALLY_BOUNCES,
@@ -62,6 +60,8 @@ from digest.models import (
     Subscriber,
     utcnow,
 )
+from digest.records.contents import claiming
+from digest.records.states import UNFINISHED
 from digest.settings import Settings
 
 FINAL = tuple(s for s in DeliveryStatus if s not in UNFINISHED)

@@ -1,6 +1,6 @@
 """Sending a batch: claim the rows, build each message, hand it to SMTP, record the outcome.
 
-Every status change goes through ``digest.delivery.states``; every failure is read by
+Every status change goes through ``digest.records.states``; every failure is read by
 ``digest.delivery.classify``, the one classifier shared with bounce reports. A failure that
 is about us (connect, greeting/EHLO/TLS/AUTH, any refusal at MAIL FROM, a DKIM key or a
 template that fails, contradictory settings) puts the whole batch back as deferred with the
@@ -26,11 +26,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, selectinload
 
 from digest import db
-from digest.delivery import states
 from digest.delivery.classify import Fault, classify_smtp
-from digest.delivery.contents import delivery_contents
 from digest.delivery.limits import Limiter, limiter_for, new_holder
-from digest.delivery.pauses import Pause, active_pauses, pause_domain, recipient_domain
 from digest.delivery.transport import Transport, kept_transport
 from digest.errors import (
     ConfigError,
@@ -59,6 +56,10 @@ from digest.models import (
     filter_themes,
     utcnow,
 )
+from digest.records import states
+from digest.records.contents import delivery_contents
+from digest.records.pauses import Pause, active_pauses, pause_domain, recipient_domain
+from digest.records.suppressions import suppress
 from digest.render import RenderedEmail, RenderItem, render_items_from_models
 from digest.settings import Settings
 
@@ -342,7 +343,7 @@ def _within_limits(deliveries: list[tuple[LoadedDelivery, list[RenderItem]]],
                else "the send rate is reached (DIGEST_SEND_RATE, DIGEST_DOMAIN_PER_MINUTE)")
         for (delivery, _), delay in zip(rows, delays, strict=True):
             due = now + timedelta(seconds=delay)
-            recorder.add(delivery.id, **states.deferred_without_attempt(
+            recorder.add(delivery.id, states.DeferredWithoutAttempt(
                 due, f"not sent yet: {why}; due again at {due:%H:%M:%S} UTC"))
             result.outcomes[delivery.id] = "deferred"
             result.deferred += 1
@@ -442,21 +443,19 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory,
               items: list[RenderItem], leavers: _Leavers, settings: Settings,
               pauses: dict[str, Pause], clock: Callable[[], datetime],
               recorder: states.Recorder, journal: states.AcceptanceJournal) -> str:
-    from digest.subscribers import suppress
-
     if leavers.lost(delivery):
         log.warning("claim taken over by another worker: not sent", delivery_id=delivery.id)
         return "lost"
     # Checked again at send time: someone may have left after the run was planned.
     note = leavers.why_not(delivery)
     if note is not None:
-        recorder.add(delivery.id, **states.cancelled_claimed(note))
+        recorder.add(delivery.id, states.Cancelled(note))
         return "cancelled"
     if pauses:
         domain = recipient_domain(delivery.email)
         pause = pauses.get(domain)
         if pause is not None and pause.until > clock():
-            recorder.add(delivery.id, **states.deferred_without_attempt(
+            recorder.add(delivery.id, states.DeferredWithoutAttempt(
                 pause.until,
                 f"not sent: {domain} is paused until {pause.until:%Y-%m-%dT%H:%M:%SZ} after "
                 f"it refused us: {pause.reason}"))
@@ -468,41 +467,37 @@ def _send_one(session: Session, conn: Transport, factory: MessageFactory,
     except DigestError as exc:
         # This reader's data cannot make a valid message (e.g. a header with CR/LF): never
         # sent half-right, and nobody is suppressed for it.
-        recorder.add(delivery.id, status=DeliveryStatus.failed, note=f"not sent: {exc}")
+        recorder.add(delivery.id, states.FailedWithoutSending(f"not sent: {exc}"))
         return "failed"
     # Outcomes never wait longer than DIGEST_RECORD_MS because one server reply was slow.
     recorder.flush_if_due()
     try:
         reply = conn.send(factory.return_path(delivery.id), delivery.email, data)
     except DeliveryError as exc:
-        return _refused(session, delivery, exc, message_id, pauses, settings, clock, suppress,
-                        recorder)
+        return _refused(session, delivery, exc, message_id, pauses, settings, clock, recorder)
     except ConfigError:
         raise  # login refused, untrusted certificate...: the whole batch goes back
     except DigestError as exc:  # an address the transport cannot carry (SMTPUTF8 off)
-        recorder.add(delivery.id, status=DeliveryStatus.failed, note=f"not sent: {exc}",
-                     message_id=message_id)
+        recorder.add(delivery.id, states.FailedWithoutSending(f"not sent: {exc}", message_id))
         return "failed"
     accepted_at = clock()
     try:
         # Durable now, before the group commits: recovery never sends this one again.
         journal.write(delivery.id, reply.code, reply.reply, message_id, accepted_at)
     finally:
-        recorder.add(delivery.id, status=DeliveryStatus.sent, smtp_code=reply.code,
-                     smtp_reply=reply.reply, note=None, message_id=message_id,
-                     sent_at=accepted_at, next_attempt_at=None)
+        recorder.add(delivery.id, states.Sent(reply.code, reply.reply, message_id,
+                                              accepted_at))
     return "sent"
 
 
 def _refused(session: Session, delivery: LoadedDelivery, exc: DeliveryError, message_id: str,
              pauses: dict[str, Pause], settings: Settings, clock: Callable[[], datetime],
-             suppress: Callable[..., object], recorder: states.Recorder) -> str:
+             recorder: states.Recorder) -> str:
     """What a refusal means, by whose fault it is (``classify_smtp``)."""
     if isinstance(exc, PermanentDeliveryError) and exc.code is None:
         # Refused before any command (e.g. the server cannot carry this address): this
         # recipient only, with the reason; nobody is suppressed.
-        recorder.add(delivery.id, status=DeliveryStatus.failed, note=str(exc),
-                     message_id=message_id)
+        recorder.add(delivery.id, states.FailedWithoutSending(str(exc), message_id))
         return "failed"
     verdict = classify_smtp(exc.code, exc.reply, exc.step)
     # A refusal is the exception, worth its own line (run_id and delivery_id are bound).
@@ -510,9 +505,8 @@ def _refused(session: Session, delivery: LoadedDelivery, exc: DeliveryError, mes
                 reason=verdict.reason, attempts=delivery.attempts)
     if verdict.fault is Fault.message:
         # This message, not the reader nor our set-up (a size refusal): it fails alone.
-        recorder.add(delivery.id, status=DeliveryStatus.failed, smtp_code=exc.code,
-                     smtp_reply=exc.reply, message_id=message_id,
-                     note=f"{TOO_LARGE}: {exc}; {verdict.reason}")
+        recorder.add(delivery.id, states.FailedForGood(
+            f"{TOO_LARGE}: {exc}; {verdict.reason}", exc.code, exc.reply, message_id))
         return "failed"
     if verdict.fault is Fault.sender:
         raise _SenderRefused(f"{exc} ({verdict.reason})")
@@ -528,22 +522,22 @@ def _refused(session: Session, delivery: LoadedDelivery, exc: DeliveryError, mes
                                           smtp_code=exc.code, smtp_reply=exc.reply,
                                           message_id=message_id)
         # Same transaction as the pause (the flush commits): both or neither.
-        recorder.flush_with(delivery.id, **outcome)
-        return str(outcome["status"])
+        recorder.flush_with(delivery.id, outcome)
+        return str(outcome.status)
     if verdict.fault is Fault.hard:
         suppress(session, delivery.email, SuppressionReason.hard_bounce, str(exc))
         # The failed row and the suppression commit together.
-        recorder.flush_with(delivery.id, status=DeliveryStatus.failed, smtp_code=exc.code,
-                            smtp_reply=exc.reply, note=str(exc), message_id=message_id)
+        recorder.flush_with(delivery.id, states.FailedForGood(str(exc), exc.code, exc.reply,
+                                                              message_id))
         return "failed"
     if verdict.permanent:
         # Permanent, but nothing says the mailbox is gone: fail this one, keep the address.
-        recorder.add(delivery.id, status=DeliveryStatus.failed, smtp_code=exc.code,
-                     smtp_reply=exc.reply, note=str(exc), message_id=message_id)
+        recorder.add(delivery.id, states.FailedForGood(str(exc), exc.code, exc.reply,
+                                                       message_id))
         return "failed"
     outcome = states.retry_or_give_up(
         delivery.attempts, settings, str(exc),
         clock() + states.retry_delay(delivery.attempts, settings),
         smtp_code=exc.code, smtp_reply=exc.reply, message_id=message_id)
-    recorder.add(delivery.id, **outcome)
-    return str(outcome["status"])
+    recorder.add(delivery.id, outcome)
+    return str(outcome.status)

@@ -64,9 +64,9 @@ def demo_settings(var: Path, smtp_port: int) -> Settings:
 
 def run_demo(var: Path, console: Console) -> None:
     from digest import db, ingest
+    from digest.delivery.periodic import queue_for
     from digest.devtools.mailsink import MailSink
     from digest.models import Delivery, DigestRun
-    from digest.queue import queue_for
     from digest.selection import plan_scheduled_run
     from digest.subscribers import parse_filter, upsert_subscriber
 

@@ -1,12 +1,12 @@
 """Mail: a rendered email turned into the bytes that are sent.
 
-``mime`` assembles the message by hand (RFC 5322 + MIME), ``addresses`` validates and
-writes addresses (IDNA, SMTPUTF8) and checks header values, ``dkim`` signs, and ``compose``
+``mime`` assembles the message by hand (RFC 5322 + MIME) with the shared top's
+``digest.addresses`` (validation, IDNA, SMTPUTF8, header values), ``dkim`` signs, and ``compose``
 is the one composition path every mail goes through: digests, alerts, confirmations,
 previews and "view in browser".
 """
 
-from digest.mail.addresses import (
+from digest.addresses import (
     SMTPUTF8_HINT,
     ascii_address,
     check_header_value,

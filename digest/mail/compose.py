@@ -28,6 +28,7 @@ from digest.render import (
     get_renderer,
     render_items_from_models,
 )
+from digest.selection import preview_items
 from digest.settings import Settings
 from digest.tokens import links_for, make_token, subscriber_token
 
@@ -289,9 +290,6 @@ def preview(session: Session, sub: Subscriber, *, as_of: datetime | None = None,
 
     An immediate subscriber's one waiting item previews as the alert they would get.
     """
-    # At call time: selection imports delivery, whose sending imports this module.
-    from digest.selection import preview_items
-
     s = settings
     items = render_items_from_models(preview_items(session, sub, as_of=as_of, settings=s))
     factory = MessageFactory(s)

@@ -32,12 +32,12 @@ from email.utils import format_datetime
 from functools import lru_cache
 from typing import Protocol
 
-from digest.errors import ValidationError
-from digest.mail.addresses import (
+from digest.addresses import (
     _ascii_addr_spec,
     _utf8_addr_spec,
     check_header_value,
 )
+from digest.errors import ValidationError
 
 __all__ = ["CRLF", "DEFAULT_SIGNED_HEADERS", "build_message", "make_message_id", "new_boundary"]
 

@@ -13,7 +13,7 @@ a second send of the same item to the same subscriber impossible.
 send is planned as of a moment ahead of the present.
 """
 
-from digest.delivery.contents import delivery_contents
+from digest.records.contents import delivery_contents
 from digest.selection.matching import Window, item_matches_subscriber, window_for
 from digest.selection.planning import (
     AdhocQuery,

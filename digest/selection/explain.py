@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from digest.delivery.contents import CLAIM_RELEASED, delivery_contents
 from digest.errors import ValidationError
 from digest.models import (
     Delivery,
@@ -37,6 +36,7 @@ from digest.models import (
     Suppression,
     utcnow,
 )
+from digest.records.contents import CLAIM_RELEASED, delivery_contents
 from digest.selection.matching import (
     FACETS,
     filter_facet_conditions,
@@ -45,6 +45,7 @@ from digest.selection.matching import (
 )
 from digest.selection.schedule import HOUR, due_local_hours, slot_start
 from digest.settings import Settings
+from digest.subscribers import describe_filter
 
 FACET_WORDS = {"theme": "theme", "location": "location", "content_type": "content type"}
 UNFINISHED = (DeliveryStatus.pending, DeliveryStatus.sending, DeliveryStatus.deferred)
@@ -203,8 +204,6 @@ def _place(loc: Location) -> str:
 
 def _filter_checks(session: Session, sub: Subscriber, item: Item) -> list[FilterCheck]:
     """Every filter, every facet: the verdicts are matching's SQL conditions for this item."""
-    from digest.subscribers import describe_filter
-
     if not sub.filters:
         return []
     i = Item.__table__
@@ -252,7 +251,7 @@ def _carried_by(session: Session, sub: Subscriber, item: Item) -> list[CarriedBy
     """Every delivery to this reader that carries the item, each once; ``ledger`` marks the
     one that claimed it first (a digest, an alert, an ad-hoc send: its row claims and is not
     cancelled); the others are dry runs, resends, repeats an operator asked for, or rows
-    cancelled before they went (``digest.delivery.contents``)."""
+    cancelled before they went (``digest.records.contents``)."""
     contents = delivery_contents(session, Delivery.__table__.c.subscriber_id == sub.id)
     rows = session.execute(
         select(Delivery, DigestRun)
@@ -405,7 +404,7 @@ def explain(session: Session, subscriber: Subscriber, item: Item, *, settings: S
     real = [c for c in carried if not c.dry_run]
     suppression = session.scalars(select(Suppression).where(
         Suppression.email == sub.email)).one_or_none()
-    # The pause key is the stored address's domain, as digest.delivery.pauses stores it.
+    # The pause key is the stored address's domain, as digest.records.pauses stores it.
     pause = session.scalars(select(DomainPause).where(
         DomainPause.domain == sub.email.rpartition("@")[2],
         DomainPause.paused_until > as_of)).one_or_none()

@@ -42,8 +42,6 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from digest.delivery import states as delivery_states
-from digest.delivery.contents import claimed_pairs, claiming, is_claimed
 from digest.errors import ValidationError
 from digest.models import (
     Delivery,
@@ -64,6 +62,8 @@ from digest.models import (
     item_themes,
     utcnow,
 )
+from digest.records import states as delivery_states
+from digest.records.contents import claimed_pairs, claiming, is_claimed
 from digest.selection.clock import check_real_send_clock
 from digest.selection.matching import (
     Window,

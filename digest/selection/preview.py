@@ -11,8 +11,8 @@ from datetime import datetime
 from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
-from digest.delivery.contents import is_claimed
 from digest.models import Item, Subscriber, utcnow
+from digest.records.contents import is_claimed
 from digest.selection.matching import item_matches_subscriber, window_for
 from digest.settings import Settings
 

@@ -53,6 +53,7 @@ from digest.models import (
     SubscriberStatus,
     utcnow,
 )
+from digest.records import cancel_run as cancel_rows
 from digest.selection.clock import check_real_send_clock
 from digest.selection.matching import window_for
 from digest.selection.planning import (
@@ -392,8 +393,6 @@ def cancel_run(session: Session, run_id: int, reason: str,
                settings: Settings) -> CancelledRun:
     """An operator drops a run (a held one, typically): its unsent rows are cancelled, and what
     they would have carried goes to those readers' next digest instead (``give_back_items``)."""
-    from digest.delivery import cancel_run as cancel_rows
-
     run = _run(session, run_id)
     if run.dry_run or run.status not in CANCELLABLE:
         what = "a dry run" if run.dry_run else run.status
@@ -407,7 +406,7 @@ def cancel_run(session: Session, run_id: int, reason: str,
 
 def give_back_items(session: Session, run_id: int, settings: Settings) -> int:
     """The items of the run's cancelled deliveries are no longer their readers' (a cancelled row
-    claims nothing, ``digest.delivery.contents``) and, for a scheduled run, put
+    claims nothing, ``digest.records.contents``) and, for a scheduled run, put
     those readers' watermark back where this run's window started for them (their previous
     scheduled digest, or the first digest's look-back), so the items are not lost for them.
 

@@ -1,12 +1,14 @@
 """Subscribers and their filters: validation, add/update, CSV import and export, leaving.
 
 ``validate`` checks what a reader or an operator gives us (``canonical_email`` is the stored
-address form), ``filters`` handles filters by name, ``manage`` writes subscribers and
-suppressions, ``csv_io`` imports and exports them.
+address form), ``filters`` handles filters by name, ``manage`` writes subscribers (a status
+and the suppression list through ``digest.records.suppressions``), ``csv_io`` imports and
+exports them.
 """
 
 from __future__ import annotations
 
+from digest.records.suppressions import Left, set_status, who_left
 from digest.subscribers.csv_io import ImportReport, export_csv, import_csv
 from digest.subscribers.filters import (
     FilterSpec,
@@ -16,17 +18,14 @@ from digest.subscribers.filters import (
 )
 from digest.subscribers.manage import (
     Erased,
-    Left,
     erase_subscriber,
     find_subscriber,
     purge_unconfirmed,
-    set_status,
     suppress,
     suppression_of,
     unsubscribe,
     unsuppress,
     upsert_subscriber,
-    who_left,
 )
 from digest.subscribers.validate import (
     WEEKDAYS,

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 from digest import taxonomy
 from digest.errors import ValidationError
 from digest.models import Frequency, Subscriber, SubscriberFilter, SubscriberStatus
+from digest.records.suppressions import RECEIVING, Left, who_left
 from digest.subscribers.filters import FilterSpec, with_filters
-from digest.subscribers.manage import RECEIVING, Left, upsert_subscriber, who_left
+from digest.subscribers.manage import upsert_subscriber
 from digest.subscribers.validate import (
     WEEKDAYS,
     canonical_email,

@@ -1,41 +1,23 @@
 """Checking what a subscriber gives us: the stored address form, time zones, weekdays, hours.
 
 ``canonical_email`` is the one name for the form an address is stored, compared and
-suppressed in; it builds on ``digest.mail.normalise_address`` (valid and normalised, not
-lower-cased), which is a different thing.
+suppressed in, and ``lookup_form`` the form to look one up by; both are
+``digest.addresses``'s (the shared top), named here for subscribers' callers.
 """
 
 from __future__ import annotations
 
-import unicodedata
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from digest.addresses import canonical_email, lookup_form
 from digest.errors import ValidationError
-from digest.mail import normalise_address
+
+__all__ = [
+    "WEEKDAYS", "canonical_email", "check_choice", "check_hour", "check_timezone",
+    "check_weekday", "lookup_form", "timezone_names",
+]
 
 WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
-
-
-def canonical_email(addr: str, *, smtputf8: bool) -> str:
-    """The one form an address is stored, compared and suppressed in.
-
-    Local parts are case-sensitive in theory and never in practice; treating
-    ``Ana@Example.org`` and ``ana@example.org`` as two people would let one of them escape
-    a suppression or subscribe twice. A non-ASCII local part (only with ``smtputf8``, the
-    DIGEST_SMTPUTF8 setting) is kept in NFC.
-    """
-    address = normalise_address(addr, smtputf8=smtputf8).lower()
-    # Lower-casing can leave NFC ("H" + U+0331 lowers to "h" + U+0331, which composes).
-    return address if address.isascii() else unicodedata.normalize("NFC", address)
-
-
-def lookup_form(addr: str) -> str:
-    # Bounce reports and admins may hand us addresses we would not accept as new ones: a
-    # look-up accepts every form an address may be stored in, whatever DIGEST_SMTPUTF8 says.
-    try:
-        return canonical_email(addr, smtputf8=True)
-    except ValidationError:
-        return addr.strip().lower()
 
 
 def check_timezone(name: str) -> str:

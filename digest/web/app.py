@@ -14,9 +14,9 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import IntegrityError
 
+from digest.delivery.periodic import queue_for
 from digest.errors import DeliveryError, DigestError
 from digest.logs import configure_logging
-from digest.queue import queue_for
 from digest.settings import Settings, check_secrets, get_settings
 from digest.web import admin, api, metrics, pages, providers
 from digest.web.errors import (

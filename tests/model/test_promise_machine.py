@@ -857,7 +857,7 @@ class PromiseMachine(RuleBasedStateMachine):
 def beat_tick(settings) -> None:
     """The beat's periodic work, in-process: the functions workers/tasks.py's tick,
     plan_due_alerts, retry_deferred and sweep tasks call (and ``digest tick``)."""
-    from digest import queue
+    from digest.delivery import periodic as queue
 
     queue.send_due_slots(settings)
     queue.send_due_alerts(settings)

@@ -9,9 +9,9 @@ from html import escape
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from digest.delivery.contents import delivery_contents
 from digest.errors import ValidationError
 from digest.models import Delivery, Item, Subscriber
+from digest.records.contents import delivery_contents
 from digest.selection.explain import FACET_WORDS, Explanation, explain, find_item
 from digest.settings import Settings
 

@@ -5,7 +5,7 @@ The steps are the API's and the CLI's: ``AdhocQuery.check``,
 ``plan_adhoc_run(dry_run=True)``, ``forecast_run`` (``digest.delivery.forecast``),
 ``render_delivery`` of a dry-run row, and on confirm ``plan_adhoc_run`` of the same query
 (read back from the dry run's parameters, so what is sent is what was counted) with its rows
-enqueued through ``digest.queue`` after the commit.
+enqueued through ``digest.delivery.periodic.queue_for`` after the commit.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from starlette.responses import RedirectResponse, Response
 
 from digest import delivery, selection
 from digest.delivery.forecast import forecast_run
+from digest.delivery.periodic import queue_for
 from digest.delivery.progress import runs_eta
 from digest.errors import DigestError, ValidationError
 from digest.models import Delivery, DeliveryStatus, DigestRun, RunKind
-from digest.queue import queue_for
 from digest.web.admin.forms import AdminPage, status_of, taxonomy_names, text_field
 
 SEND_FIELDS = ("themes", "locations", "content_types", "published_from", "published_to",

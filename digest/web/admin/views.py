@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from digest import delivery, subscribers
+from digest import delivery, records, subscribers
+from digest.delivery.periodic import queue_for
 from digest.delivery.progress import empty_run
 from digest.models import (
     Complaint,
@@ -28,7 +29,6 @@ from digest.models import (
     Suppression,
     SuppressionReason,
 )
-from digest.queue import queue_for
 from digest.settings import Settings
 from digest.tokens import links_for
 from digest.web.admin import explain as explain_pages
@@ -406,7 +406,7 @@ class DeliveryAdmin(BoundedCount, ModelView, model=Delivery):
 
         def work() -> None:
             with _session(self) as session:
-                delivery.requeue_failed(session, ids)
+                records.requeue_failed(session, ids)
                 session.commit()
             # After the commit; rows that were not failed are not claimed.
             queue_for(self.digest_settings).deliver(ids)
@@ -481,7 +481,7 @@ class SuppressionAdmin(ModelView, model=Suppression):
 
 class DomainPauseAdmin(ModelView, model=DomainPause):
     """Domains paused after a policy refusal (5.7.x). Read-only but for delete, which lifts
-    the pause at once (through ``delivery.resume_domain``: waiting deliveries become due)."""
+    the pause at once (through ``records.resume_domain``: waiting deliveries become due)."""
 
     name, name_plural, icon = "Paused domain", "Paused domains", "fa-solid fa-circle-pause"
     can_create = can_edit = False
@@ -502,7 +502,7 @@ class DomainPauseAdmin(ModelView, model=DomainPause):
     async def delete_model(self, request: Request, pk) -> None:
         def work() -> None:
             with _session(self) as session:
-                delivery.resume_domain(session, str(pk))
+                records.resume_domain(session, str(pk))
                 session.commit()
 
         await anyio.to_thread.run_sync(work)

@@ -9,10 +9,10 @@ from fastapi import APIRouter, HTTPException, Query, Response
 
 from digest import delivery, selection
 from digest.delivery.forecast import Eta, Forecast, forecast_run
+from digest.delivery.periodic import queue_for
 from digest.delivery.progress import list_runs as progress_runs
 from digest.delivery.progress import runs_eta
 from digest.models import DigestRun, RunStatus
-from digest.queue import queue_for
 from digest.selection.resend import plan_resend_failed
 from digest.web.api.schemas import MAX_PAGE, EtaOut, ForecastOut, IdPath, RunIn, RunOut
 from digest.web.deps import SessionDep, SettingsDep

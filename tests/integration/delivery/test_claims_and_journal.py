@@ -20,10 +20,11 @@ import time_machine
 from sqlalchemy import event, select, update
 
 from digest import db
-from digest.delivery import recover_expired_leases, send_deliveries, states
 from digest.delivery import send as send_module
+from digest.delivery import send_deliveries
 from digest.delivery.transport import SMTPTransport
 from digest.models import Acceptance, Delivery, DeliveryStatus, utcnow
+from digest.records import recover_expired_leases, states
 from digest.selection import plan_scheduled_run
 from tests.factories import T0, Taxo, make_item, make_subscriber
 
@@ -51,6 +52,10 @@ def _per_message_id(sink, count: int) -> Counter[str]:
                    for m in sink.wait_for(count))
 
 
+def _sent(delivery_id: int) -> states.Sent:
+    return states.Sent(250, "2.0.0 Ok", f"<{delivery_id}@example.org>", utcnow())
+
+
 def _expire_leases(session) -> None:
     session.execute(update(Delivery).where(Delivery.status == DeliveryStatus.sending)
                     .values(lease_until=utcnow() - timedelta(minutes=10)))
@@ -73,8 +78,7 @@ def test_a_worker_whose_claim_was_taken_over_overwrites_nothing_of_the_new_claim
     session.commit()
 
     # The frozen worker resumes and writes every kind of outcome it knows: none lands.
-    states.record_many(session, [(ids[0], {"status": DeliveryStatus.sent, "note": None})],
-                       token=frozen)
+    states.record_many(session, [(ids[0], _sent(ids[0]))], token=frozen)
     states.cancel_claimed(session, ids[1], "cancelled: subscriber is unsubscribed",
                           token=frozen)
     states.defer_without_attempt(session, ids[2], utcnow() + timedelta(hours=1), "paused",
@@ -86,8 +90,7 @@ def test_a_worker_whose_claim_was_taken_over_overwrites_nothing_of_the_new_claim
     assert all("cancelled" not in (r.note or "") for r in rows.values())
 
     # The holder's own writes do land.
-    states.record_many(session, [(i, {"status": DeliveryStatus.sent, "note": None})
-                                 for i in ids], token=other)
+    states.record_many(session, [(i, _sent(i)) for i in ids], token=other)
     assert {r.status for r in _rows(session).values()} == {"sent"}
 
 

@@ -13,9 +13,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from digest.delivery import put_back, send_deliveries, sweep
+from digest.delivery import send_deliveries
 from digest.errors import SendSetupError
 from digest.models import Delivery, DigestRun, Suppression, utcnow
+from digest.records import put_back, sweep
 from digest.selection import plan_scheduled_run
 from digest.settings import PROJECT_ROOT
 from tests.factories import T0, Taxo, make_item, make_subscriber

@@ -17,9 +17,10 @@ import pytest
 from sqlalchemy import event, select
 
 from digest import db
-from digest.delivery import recover_expired_leases, send_deliveries, states
+from digest.delivery import send_deliveries
 from digest.delivery.transport import SMTPTransport
-from digest.models import Delivery, DeliveryStatus, utcnow
+from digest.models import Delivery, utcnow
+from digest.records import recover_expired_leases, states
 from digest.selection import plan_scheduled_run
 from tests.factories import T0, Taxo, make_item, make_subscriber
 
@@ -57,9 +58,8 @@ def test_record_many_writes_every_outcome_but_not_over_a_row_the_sweep_took_back
 
     sent_at = utcnow()
     states.record_many(session, [
-        (i, {"status": DeliveryStatus.sent, "smtp_code": 250, "smtp_reply": "2.0.0 Ok",
-             "note": None, "sent_at": sent_at}) for i in ids[:-1]
-    ] + [(ids[-1], states.cancelled_claimed("cancelled: subscriber is unsubscribed"))],
+        (i, states.Sent(250, "2.0.0 Ok", f"<{i}@example.org>", sent_at)) for i in ids[:-1]
+    ] + [(ids[-1], states.Cancelled("cancelled: subscriber is unsubscribed"))],
         token=TOKEN)
 
     rows = {d.id: d for d in session.scalars(select(Delivery))}
@@ -76,7 +76,7 @@ def test_an_outcome_that_gives_the_attempt_back_leaves_attempts_as_before_the_cl
     [one] = states.claim(session, planned.pending_ids[:1], utcnow(), settings, token=TOKEN)
     session.commit()
     until = utcnow() + timedelta(hours=1)
-    states.record_many(session, [(one, states.deferred_without_attempt(until, "paused"))],
+    states.record_many(session, [(one, states.DeferredWithoutAttempt(until, "paused"))],
                        token=TOKEN)
     row = session.get(Delivery, one)
     session.refresh(row)
@@ -89,13 +89,13 @@ def test_the_recorder_writes_when_the_group_is_full_or_old_enough_and_not_before
     ids = states.claim(session, planned.pending_ids, utcnow(), settings, token=TOKEN)
     session.commit()
     recorder = states.Recorder(session, settings, TOKEN)
-    sent = {"status": DeliveryStatus.sent, "note": None, "sent_at": utcnow()}
-    recorder.add(ids[0], **sent)
-    recorder.add(ids[1], **sent)
+    sent = states.Sent(250, "2.0.0 Ok", "<m@example.org>", utcnow())
+    recorder.add(ids[0], sent)
+    recorder.add(ids[1], sent)
     assert set(_statuses(session).values()) == {"sending"}  # two waiting: below K, young
-    recorder.add(ids[2], **sent)  # the third fills the group
+    recorder.add(ids[2], sent)  # the third fills the group
     assert [_statuses(session)[i] for i in ids] == ["sent"] * 3 + ["sending"] * 2
-    recorder.add(ids[3], **sent)
+    recorder.add(ids[3], sent)
     recorder.flush_if_due()
     assert _statuses(session)[ids[3]] == "sending"
     time.sleep(0.25)

@@ -10,15 +10,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select, update
 
-from digest.delivery import (
-    due_for_retry,
-    pause_domain,
-    recover_expired_leases,
-    requeue_failed,
-    resume_domain,
-    run_progress,
-    send_deliveries,
-)
+from digest.delivery import run_progress, send_deliveries
 from digest.devtools import InMemoryTransport
 from digest.errors import ConfigError, PermanentDeliveryError, SendSetupError
 from digest.models import (
@@ -29,6 +21,13 @@ from digest.models import (
     Suppression,
     SuppressionReason,
     utcnow,
+)
+from digest.records import (
+    due_for_retry,
+    pause_domain,
+    recover_expired_leases,
+    requeue_failed,
+    resume_domain,
 )
 from digest.selection import plan_scheduled_run
 from digest.subscribers import unsubscribe

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import literal, select
 
-from digest.delivery import pause_domain, send_deliveries
+from digest.delivery import send_deliveries
 from digest.errors import ValidationError
 from digest.models import (
     ContentType,
@@ -20,6 +20,7 @@ from digest.models import (
     Theme,
     utcnow,
 )
+from digest.records import pause_domain
 from digest.selection import (
     item_matches_subscriber,
     plan_due_alerts,

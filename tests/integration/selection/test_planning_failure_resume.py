@@ -17,8 +17,8 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
 from digest import db
+from digest.delivery.periodic import send_due_slots, sweep_lost_work
 from digest.models import Delivery, DigestRun, RunStatus
-from digest.queue import send_due_slots, sweep_lost_work
 from digest.selection import plan_scheduled_run
 from tests.factories import T0, make_item, make_subscriber
 

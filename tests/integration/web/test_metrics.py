@@ -16,9 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
-from digest.delivery import due_for_retry, send_deliveries
+from digest.delivery import send_deliveries
 from digest.logs import configure_logging
 from digest.models import utcnow
+from digest.records import due_for_retry
 from digest.selection import plan_scheduled_run
 from digest.web import create_app
 from tests.factories import T0, Taxo, make_item, make_subscriber

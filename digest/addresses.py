@@ -1,5 +1,9 @@
-"""Email addresses as SMTP and headers carry them: validation (no DNS), IDNA domains,
+"""Email addresses: the form one is stored, compared and suppressed in (``canonical_email``,
+``lookup_form``), and as SMTP and headers carry it: validation (no DNS), IDNA domains,
 SMTPUTF8 local parts, and the CR/LF check every header value passes first.
+
+In the shared top so that subscribers (which stores addresses), records (which suppresses
+them) and mail (which writes them) all use one form without importing each other.
 
 An internationalised domain is always written in its IDNA form. A non-ASCII local part is
 accepted only with SMTPUTF8 (``DIGEST_SMTPUTF8``): such an address can only be reached over
@@ -9,6 +13,7 @@ SMTPUTF8, and is then written in UTF-8 as RFC 6532 allows.
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import lru_cache
 
 import email_validator
@@ -19,7 +24,9 @@ from digest.errors import HeaderInjectionError, ValidationError
 __all__ = [
     "SMTPUTF8_HINT",
     "ascii_address",
+    "canonical_email",
     "check_header_value",
+    "lookup_form",
     "needs_smtputf8",
     "normalise_address",
     "utf8_address",
@@ -41,6 +48,30 @@ def normalise_address(addr: str, *, smtputf8: bool) -> str:
     setting, passed by the caller): such addresses can only be reached over SMTPUTF8.
     """
     return _validated(addr, smtputf8, hint=True).normalized
+
+
+def canonical_email(addr: str, *, smtputf8: bool) -> str:
+    """The one form an address is stored, compared and suppressed in.
+
+    Local parts are case-sensitive in theory and never in practice; treating
+    ``Ana@Example.org`` and ``ana@example.org`` as two people would let one of them escape
+    a suppression or subscribe twice. A non-ASCII local part (only with ``smtputf8``, the
+    DIGEST_SMTPUTF8 setting) is kept in NFC. Built on ``normalise_address`` (valid and
+    normalised, not lower-cased), which is a different thing.
+    """
+    address = normalise_address(addr, smtputf8=smtputf8).lower()
+    # Lower-casing can leave NFC ("H" + U+0331 lowers to "h" + U+0331, which composes).
+    return address if address.isascii() else unicodedata.normalize("NFC", address)
+
+
+def lookup_form(addr: str) -> str:
+    """The stored form to look an address up by, whatever form it came in."""
+    # Bounce reports and admins may hand us addresses we would not accept as new ones: a
+    # look-up accepts every form an address may be stored in, whatever DIGEST_SMTPUTF8 says.
+    try:
+        return canonical_email(addr, smtputf8=True)
+    except ValidationError:
+        return addr.strip().lower()
 
 
 def ascii_address(addr: str) -> str:

@@ -37,10 +37,10 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -214,6 +214,110 @@ class AcceptanceJournal:
 # An outcome's value for "the claim's attempt is given back" (attempts - 1 in SQL).
 GIVE_BACK_ATTEMPT = "give_back_attempt"
 
+
+# --- What became of a claimed row: one named outcome a transition, which the sender passes
+# to ``Recorder.add`` (or ``record``) and ``values_of`` turns into the UPDATE's values here,
+# in one place. An outcome writes only the columns it names: one that asks no server leaves
+# the last reply as it was.
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The server accepted it (250): ``sent``, the reply kept, our note cleared."""
+
+    smtp_code: int
+    smtp_reply: str
+    message_id: str
+    sent_at: datetime
+    status: ClassVar[DeliveryStatus] = DeliveryStatus.sent
+
+
+@dataclass(frozen=True)
+class FailedForGood:
+    """The server refused it for good (a hard or permanent refusal, a message too large, the
+    last attempt used): ``failed`` with the server's reply (None for a dropped connection)."""
+
+    note: str
+    smtp_code: int | None
+    smtp_reply: str | None
+    message_id: str
+    status: ClassVar[DeliveryStatus] = DeliveryStatus.failed
+
+
+@dataclass(frozen=True)
+class FailedWithoutSending:
+    """Never given to a server that answered (a message that cannot be built, an address the
+    transport cannot carry, a refusal before any command): ``failed``, the last reply kept."""
+
+    note: str
+    message_id: str | None = None
+    status: ClassVar[DeliveryStatus] = DeliveryStatus.failed
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """Refused for now (4xx, a dropped connection, a policy refusal): ``deferred`` to
+    ``next_attempt_at``, the attempt counted, the reply kept."""
+
+    note: str
+    next_attempt_at: datetime
+    smtp_code: int | None
+    smtp_reply: str | None
+    message_id: str
+    status: ClassVar[DeliveryStatus] = DeliveryStatus.deferred
+
+
+@dataclass(frozen=True)
+class DeferredWithoutAttempt:
+    """Not tried at all (its domain is paused, a rate limit is reached): ``deferred`` to
+    ``until``, the claim's attempt given back, so waiting never uses up attempts."""
+
+    until: datetime
+    note: str
+    status: ClassVar[DeliveryStatus] = DeliveryStatus.deferred
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """Its reader left or its address was suppressed since planning: ``cancelled``."""
+
+    note: str
+    status: ClassVar[DeliveryStatus] = DeliveryStatus.cancelled
+
+
+Outcome = (Sent | FailedForGood | FailedWithoutSending | Deferred | DeferredWithoutAttempt
+           | Cancelled)
+
+
+def values_of(outcome: Outcome) -> dict[str, object]:
+    """The columns an outcome writes: the one place an outcome becomes an UPDATE's values."""
+    match outcome:
+        case Sent():
+            return {"status": outcome.status, "smtp_code": outcome.smtp_code,
+                    "smtp_reply": outcome.smtp_reply, "note": None,
+                    "message_id": outcome.message_id, "sent_at": outcome.sent_at,
+                    "next_attempt_at": None}
+        case FailedForGood():
+            return {"status": outcome.status, "note": outcome.note,
+                    "smtp_code": outcome.smtp_code, "smtp_reply": outcome.smtp_reply,
+                    "message_id": outcome.message_id}
+        case FailedWithoutSending():
+            values: dict[str, object] = {"status": outcome.status, "note": outcome.note}
+            if outcome.message_id is not None:
+                values["message_id"] = outcome.message_id
+            return values
+        case Deferred():
+            return {"status": outcome.status, "note": outcome.note,
+                    "next_attempt_at": outcome.next_attempt_at,
+                    "smtp_code": outcome.smtp_code, "smtp_reply": outcome.smtp_reply,
+                    "message_id": outcome.message_id}
+        case DeferredWithoutAttempt():
+            return {"status": outcome.status, "next_attempt_at": outcome.until,
+                    "note": outcome.note, GIVE_BACK_ATTEMPT: True}
+        case Cancelled():
+            return {"status": outcome.status, "note": outcome.note}
+    raise TypeError(f"not an outcome: {outcome!r}")
+
 # One UPDATE per set of columns an outcome writes, built once per process: most of a batch
 # is "sent" with the same columns, so a flush is one executemany of one cached statement.
 _RECORD_STATEMENTS: dict[tuple[str, ...], Update] = {}
@@ -237,19 +341,20 @@ def _record_statement(columns: tuple[str, ...]) -> Update:
     return stmt
 
 
-def record_many(session: Session, outcomes: Sequence[tuple[int, Mapping[str, object]]],
+def record_many(session: Session, outcomes: Sequence[tuple[int, Outcome]],
                 now: datetime | None = None, *, token: str) -> None:
     """Write the outcomes of claimed rows, one executemany per set of columns written, and
     commit once. ``updated_at`` is the time of this write (when the row became the record).
 
-    Each outcome is (delivery id, column values); ``give_back_attempt=True`` among the values
-    gives the claim's attempt back. Only rows still in ``sending`` under the claim
+    Each outcome is (delivery id, what became of it: ``Sent``, ``FailedForGood``, ...), its
+    columns those ``values_of`` gives. Only rows still in ``sending`` under the claim
     ``token`` are written."""
     if not outcomes:
         return
     now = now or utcnow()
     groups: dict[tuple[str, ...], list[dict[str, object]]] = {}
-    for delivery_id, values in outcomes:
+    for delivery_id, outcome in outcomes:
+        values = values_of(outcome)
         columns = tuple(sorted({"updated_at", *values}))
         params = {f"v_{c}": v for c, v in values.items() if c != GIVE_BACK_ATTEMPT}
         params.setdefault("v_updated_at", now)
@@ -261,10 +366,10 @@ def record_many(session: Session, outcomes: Sequence[tuple[int, Mapping[str, obj
     session.commit()
 
 
-def record(session: Session, delivery_id: int, *, token: str, **values: object) -> None:
+def record(session: Session, delivery_id: int, outcome: Outcome, *, token: str) -> None:
     """Write one outcome of a claimed row and commit it at once: the row, not the broker,
     says what was sent."""
-    record_many(session, [(delivery_id, values)], token=token)
+    record_many(session, [(delivery_id, outcome)], token=token)
 
 
 class Recorder:
@@ -281,14 +386,14 @@ class Recorder:
         self.token = token
         self.every = settings.record_every
         self.max_age = settings.record_ms / 1000
-        self.waiting: list[tuple[int, dict[str, object]]] = []
+        self.waiting: list[tuple[int, Outcome]] = []
         self._oldest = 0.0
 
-    def add(self, delivery_id: int, **values: object) -> None:
+    def add(self, delivery_id: int, outcome: Outcome) -> None:
         """Buffer one outcome; writes the group when it is full or old enough."""
         if not self.waiting:
             self._oldest = time.monotonic()
-        self.waiting.append((delivery_id, values))
+        self.waiting.append((delivery_id, outcome))
         if len(self.waiting) >= self.every:
             self.flush()
         else:
@@ -300,10 +405,10 @@ class Recorder:
         if self.waiting and time.monotonic() - self._oldest >= self.max_age:
             self.flush()
 
-    def flush_with(self, delivery_id: int, **values: object) -> None:
+    def flush_with(self, delivery_id: int, outcome: Outcome) -> None:
         """This outcome and those waiting, written now in the session's open transaction (a
         domain's pause, a suppression): they commit together, or none of them does."""
-        self.waiting.append((delivery_id, values))
+        self.waiting.append((delivery_id, outcome))
         self.flush()
 
     def flush(self) -> None:
@@ -319,27 +424,21 @@ class Recorder:
 
 
 def retry_or_give_up(attempts: int, settings: Settings, reason: str,
-                     next_attempt_at: datetime, **values: object) -> dict[str, object]:
+                     next_attempt_at: datetime, *, smtp_code: int | None,
+                     smtp_reply: str | None, message_id: str) -> Deferred | FailedForGood:
     """The outcome of a try that may be repeated: deferred to ``next_attempt_at``, or failed
-    once the delivery has used its ``max_attempts``."""
+    for good once the delivery has used its ``max_attempts``."""
     if attempts >= settings.max_attempts:
-        return {"status": DeliveryStatus.failed,
-                "note": f"gave up after {attempts} attempts: {reason}", **values}
-    return {"status": DeliveryStatus.deferred, "note": reason,
-            "next_attempt_at": next_attempt_at, **values}
+        return FailedForGood(f"gave up after {attempts} attempts: {reason}", smtp_code,
+                             smtp_reply, message_id)
+    return Deferred(reason, next_attempt_at, smtp_code, smtp_reply, message_id)
 
 
 def defer_without_attempt(session: Session, delivery_id: int, until: datetime,
                           note: str, *, token: str) -> None:
     """Not tried at all (its domain is paused): deferred, and the claim's attempt given back,
     so a long pause never makes a delivery run out of attempts."""
-    record(session, delivery_id, token=token, **deferred_without_attempt(until, note))
-
-
-def deferred_without_attempt(until: datetime, note: str) -> dict[str, object]:
-    """The values of ``defer_without_attempt``, for a ``Recorder``."""
-    return {"status": DeliveryStatus.deferred, "next_attempt_at": until, "note": note,
-            GIVE_BACK_ATTEMPT: True}
+    record(session, delivery_id, DeferredWithoutAttempt(until, note), token=token)
 
 
 def put_back(session: Session, delivery_ids: Iterable[int], note: str, settings: Settings,
@@ -420,7 +519,7 @@ def cancel_for_subscriber(session: Session, subscriber_id: int, note: str) -> in
 def release_cancelled_claims(session: Session, subscriber_id: int) -> int:
     """How many items this subscriber's cancelled deliveries had claimed: those items never
     reached them, so a digest after they come back may carry them (rules R6, N1). A cancelled
-    row claims nothing (``digest.delivery.contents.claiming``), so there is nothing to delete:
+    row claims nothing (``digest.records.contents.claiming``), so there is nothing to delete:
     the status change released them."""
     return session.scalar(select(func.coalesce(func.sum(Delivery.item_count), 0)).where(
         Delivery.subscriber_id == subscriber_id, Delivery.status == DeliveryStatus.cancelled,
@@ -429,12 +528,7 @@ def release_cancelled_claims(session: Session, subscriber_id: int) -> int:
 
 def cancel_claimed(session: Session, delivery_id: int, note: str, *, token: str) -> None:
     """A claimed row whose reader left or whose address was suppressed since planning."""
-    record(session, delivery_id, token=token, **cancelled_claimed(note))
-
-
-def cancelled_claimed(note: str) -> dict[str, object]:
-    """The values of ``cancel_claimed``, for a ``Recorder``."""
-    return {"status": DeliveryStatus.cancelled, "note": note}
+    record(session, delivery_id, Cancelled(note), token=token)
 
 
 def cancel_run(session: Session, run_id: int, reason: str) -> int:
