@@ -8,7 +8,7 @@
 - runs left with no delivery, finished and as old, except the newest run of each kind (catch-up
   and alerts read the latest one).
 
-A delivery's claims (the items it carries when it ``claims``, ``digest.delivery.contents``)
+A delivery's claims (the items it carries when it ``claims``, ``digest.records.contents``)
 are what keeps an item from going to a reader twice, so a delivery goes only when every item
 it claims is safe to forget: no scheduled run or alert still to come could pick that item
 for that reader again. A scheduled run takes the items ingested in

@@ -5,7 +5,7 @@ carries its item ids (ADR 0030): one row per reader, whatever the number of item
 row per (reader, item). Digests, alerts and ad-hoc sends claim what they carry (the items are
 then the reader's: no digest or alert repeats them, rules N1 and H3); a dry run, a resend and
 an ad-hoc send made with "also include in digests" carry without claiming
-(``digest.delivery.contents`` reads both).
+(``digest.records.contents`` reads both).
 """
 
 from __future__ import annotations
