@@ -9,7 +9,8 @@ from datetime import timedelta
 
 from sqlalchemy import and_, delete, func, or_, select, update
 
-from digest.delivery import requeue_failed, send_deliveries
+from digest.delivery import send_deliveries
+from digest.records import requeue_failed
 from digest.delivery.counts import fold, kind_counts, runs_counts
 from digest.delivery.retention import prune
 from digest.delivery.send import TOO_LARGE
