@@ -10,7 +10,6 @@ from datetime import timedelta
 from sqlalchemy import and_, delete, func, or_, select, update
 
 from digest.delivery import send_deliveries
-from digest.records import requeue_failed
 from digest.delivery.counts import fold, kind_counts, runs_counts
 from digest.delivery.retention import prune
 from digest.delivery.send import TOO_LARGE
@@ -23,6 +22,7 @@ from digest.models import (
     Subscriber,
     utcnow,
 )
+from digest.records import requeue_failed
 from digest.selection import plan_scheduled_run
 from digest.selection.schedule import cancel_run
 from digest.subscribers.manage import erase_subscriber
