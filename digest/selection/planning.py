@@ -294,7 +294,11 @@ def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool
                 session,
                 newer_than=(literal(newer_than, Delivery.newest_item_at.type)
                             if newer_than is not None else None),
-                subscribers=and_(d.subscriber_id.in_(of_readers), d.run_id != run.id))
+                # The chunk's range as well as its readers: an index range on
+                # (subscriber_id, newest_item_at), where the IN alone made PostgreSQL (no
+                # nested loops) read every row planned so far, each chunk.
+                subscribers=and_(d.subscriber_id.in_(of_readers), d.run_id != run.id,
+                                 *([chunk(d.subscriber_id)] if chunk is not None else [])))
             chosen = chosen.where(~exists().where(
                 claimed.c.subscriber_id == pairs.c.subscriber_id,
                 claimed.c.item_id == pairs.c.item_id))
