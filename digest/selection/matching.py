@@ -172,6 +172,10 @@ def run_pairs(session: Session, run: DigestRun | None, item_filter: ColumnElemen
                           *([chunk(d.subscriber_id)] if chunk is not None else []))
                    .subquery("readers"))
     r = readers.c
+    # The chunk's range on the readers' own rows too: a join to ``subscribers`` without it
+    # reads the whole table each chunk when PostgreSQL hashes it (a million readers: 400
+    # reads of a million rows).
+    of_chunk_readers = [chunk(s.id)] if chunk is not None else []
     # The chunk on the filters too: PostgreSQL has no statistics of the deliveries just
     # inserted (it takes them for one row) but has the filters', and plans by them.
     of_chunk = [chunk(f.subscriber_id)] if chunk is not None else []
@@ -198,7 +202,8 @@ def run_pairs(session: Session, run: DigestRun | None, item_filter: ColumnElemen
         default_start = literal(window.default_start, Subscriber.watermark.type)
         lowest = session.scalar(
             select(func.min(func.coalesce(s.watermark, default_start)))
-            .select_from(readers.join(Subscriber.__table__, s.id == r.subscriber_id)))
+            .select_from(readers.join(Subscriber.__table__, s.id == r.subscriber_id))
+            .where(*of_chunk_readers))
         item_conds.append(i.ingested_at <= window.cutoff)
         if lowest is not None:
             item_conds.append(i.ingested_at > lowest)
@@ -272,6 +277,7 @@ def run_pairs(session: Session, run: DigestRun | None, item_filter: ColumnElemen
         select(matched.c.subscriber_id, matched.c.item_id, matched.c.delivery_id)
         .join(Subscriber.__table__, s.id == matched.c.subscriber_id)
         .join(Item.__table__, i.id == matched.c.item_id)
+        .where(*of_chunk_readers)
     )
     if window is not None:
         start = func.coalesce(s.watermark, literal(window.default_start, Subscriber.watermark.type))

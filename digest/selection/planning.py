@@ -288,7 +288,8 @@ def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool
                 select(func.min(func.coalesce(
                     Subscriber.watermark,
                     literal(window.default_start, Subscriber.watermark.type))))
-                .where(Subscriber.id.in_(of_readers)))
+                .where(Subscriber.id.in_(of_readers),
+                       *([chunk(Subscriber.__table__.c.id)] if chunk is not None else [])))
         if newer_than is not None or window is None:
             claimed = claimed_pairs(
                 session,
