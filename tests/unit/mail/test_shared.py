@@ -18,6 +18,7 @@ from digest.mail.mime import build_message
 from digest.mail.shared import MARKS, SharedContents, shared_contents
 from digest.models import Delivery, DigestRun, RunKind
 from digest.render import RenderedEmail, RenderItem
+from digest.render import renderer as renderer_module
 from digest.settings import PROJECT_ROOT, Settings
 from tests.factories import recipient
 
@@ -42,8 +43,12 @@ def rsettings():
 
 @pytest.fixture(autouse=True)
 def fixed_links(monkeypatch):
-    """Links carry a signing time (seconds): made per reader and stable for both builds."""
+    """Links carry a signing time (seconds): made per reader and stable for both builds.
+    The renderers start afresh too: the process-wide cache of renderers is emptied when it
+    reaches 32 (one per settings object), and a renderer made again mid-test is another
+    content (its id is in the key), which the counts below would read as a second miss."""
     shared_contents.clear()
+    renderer_module._renderers.clear()
     monkeypatch.setattr(compose_module, "links_for", lambda sid, s: {
         "manage_url": f"https://digest.example.org/preferences/m{sid}.x{sid * 7}",
         "unsubscribe_url": f"https://digest.example.org/unsubscribe/u{sid}.y{sid * 3}",
