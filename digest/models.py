@@ -336,13 +336,27 @@ class DigestRun(Base):
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
     planned_count: Mapped[int] = mapped_column(Integer, default=0)
     skipped_count: Mapped[int] = mapped_column(Integer, default=0)
-    # Chunked planning: every subscriber with an id up to this one is planned (None: nobody
-    # yet). While the run is ``planning`` the next chunk starts after it.
+    # Runs left half-planned before migration 0014: every subscriber with an id up to this
+    # one is planned; their ``PlanningChunk`` rows are laid out after it when resumed.
     planned_through: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
 
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="run", lazy="raise_on_sql")
+
+
+class PlanningChunk(Base):
+    """One chunk of a run being planned (ADR 0032): the subscribers after ``after_id`` through
+    ``through_id`` (None: no bound), planned once by whichever planner takes it first. The
+    rows exist only while their run is ``planning``."""
+
+    __tablename__ = "planning_chunks"
+    run_id: Mapped[int] = mapped_column(ForeignKey("digest_runs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    after_id: Mapped[int | None] = mapped_column(Integer)
+    through_id: Mapped[int | None] = mapped_column(Integer)
+    planned_at: Mapped[datetime | None]
 
 
 UNSENT_SQL = "status IN ('pending', 'sending', 'deferred')"

@@ -35,6 +35,7 @@ from digest.settings import Settings
 TASK_DELIVER_BATCH = "digest.deliver_batch"
 TASK_ITEM_PUBLISHED = "digest.item_published"
 TASK_PLAN_ALERTS = "digest.plan_alerts"
+TASK_PLAN_RUN = "digest.plan_run"
 TASK_SEND_CONFIRMATION = "digest.send_confirmation"
 
 
@@ -61,6 +62,11 @@ class TaskQueue(Protocol):
 
     def publish_items(self, item_ids: Sequence[int]) -> None:
         """The ``item_published`` event of each new item (immediate alerts)."""
+        ...
+
+    def plan_run(self, run_id: int, planners: int) -> None:
+        """``planners`` more planners of a run whose chunks are laid out and committed (the
+        workers' ``plan_run`` tasks); none in-process: the caller plans every chunk."""
         ...
 
     def send_confirmation(self, subscriber_id: int) -> None:
@@ -94,6 +100,13 @@ class BrokerQueue:
     def publish_items(self, item_ids: Sequence[int]) -> None:
         for item_id in item_ids:
             self._send(TASK_ITEM_PUBLISHED, int(item_id))
+
+    def plan_run(self, run_id: int, planners: int) -> None:
+        # The maintenance queue: a planner must not wait behind the deliveries of the chunks
+        # planned already.
+        for _ in range(planners):
+            self._client.send_task(TASK_PLAN_RUN, args=[int(run_id)],
+                                   queue=maintenance_queue(self.settings))
 
     def send_confirmation(self, subscriber_id: int) -> None:
         self._send(TASK_SEND_CONFIRMATION, int(subscriber_id))

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         description="A scheduled run is planned this many subscribers (by id) at a time, each "
                     "chunk its own transaction, enqueued as soon as it commits; a planner that "
                     "stops half-way is resumed from the last chunk committed.")
+    planning_workers: int = Field(
+        default=2, ge=1, le=64,
+        description="Planners of one scheduled run with a broker: the tick or command that "
+                    "starts it, and this many less one 'plan_run' tasks on the workers, each "
+                    "taking the next chunk nobody holds (ADR 0032). 1: the starter plans alone.")
 
     db_wait_seconds: float = Field(
         default=60, ge=0,

@@ -18,6 +18,7 @@ from digest import delivery, subscribers
 from digest.db import session_scope
 from digest.delivery.periodic import (
     announce_item,
+    plan_run,
     queue_for,
     send_due_alerts,
     send_due_slots,
@@ -28,6 +29,7 @@ from digest.queue import (
     TASK_DELIVER_BATCH,
     TASK_ITEM_PUBLISHED,
     TASK_PLAN_ALERTS,
+    TASK_PLAN_RUN,
     TASK_SEND_CONFIRMATION,
 )
 from digest.settings import Settings, get_settings
@@ -122,6 +124,13 @@ def item_published(item_id: int) -> dict:
     pending = announce_item(int(item_id), settings)
     enqueue_deliveries(pending, settings)
     return {"pending": len(pending)}
+
+
+@app.task(name=TASK_PLAN_RUN, max_retries=MAX_RETRIES, **DB_RETRY)
+def plan_run_chunks(run_id: int) -> dict:
+    """One more planner of a run being planned: the chunks nobody holds, each sent as soon
+    as it commits. Safe twice and after any death: a chunk is planned once (ADR 0032)."""
+    return {"pending": plan_run(int(run_id), get_settings())}
 
 
 @app.task(name=TASK_PLAN_ALERTS, max_retries=MAX_RETRIES)

@@ -96,6 +96,7 @@ def _planning_stopped(exc: SQLAlchemyError) -> PlanningStoppedError | None:
 
 
 def _send_scheduled(frequency: str, now: bool, dry_run: bool, as_of: str | None) -> None:
+    from digest.delivery.periodic import share_planning
     from digest.selection import plan_due_slots, plan_scheduled_run
 
     ensure_db()
@@ -104,15 +105,17 @@ def _send_scheduled(frequency: str, now: bool, dry_run: bool, as_of: str | None)
     # Each chunk's deliveries are enqueued as soon as its transaction commits, so workers
     # send while the rest is planned (a dry run enqueues nothing).
     enqueue = None if dry_run else task_queue().deliver
+    # Other planners (workers' plan_run tasks) take chunks beside this command's.
+    share = None if dry_run else share_planning(task_queue(), settings)
     if now:
         planned = _plan(lambda s: plan_scheduled_run(s, frequency, now=clock, everyone=True,
                                                      dry_run=dry_run, settings=settings,
-                                                     on_chunk=enqueue))
+                                                     on_chunk=enqueue, share=share))
         _report_run(planned, dry_run)
         return
     # This hour's slot and any missed since the last one planned (or left half-planned).
     plans = _plan(lambda s: plan_due_slots(s, frequency, now=clock, dry_run=dry_run,
-                                           settings=settings, on_chunk=enqueue))
+                                           settings=settings, on_chunk=enqueue, share=share))
     for plan in plans:
         _report_slot(plan, dry_run)
 

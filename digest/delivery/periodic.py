@@ -24,7 +24,14 @@ from digest.delivery.send import send_deliveries
 from digest.models import Item, utcnow
 from digest.queue import BrokerQueue, TaskQueue, batches
 from digest.records import Swept, due_for_retry, sweep
-from digest.selection import SlotPlan, plan_due_alerts, plan_due_slots, resume_stopped_planning
+from digest.selection import (
+    RunShared,
+    SlotPlan,
+    plan_due_alerts,
+    plan_due_slots,
+    plan_run_chunks,
+    resume_stopped_planning,
+)
 from digest.settings import Settings
 
 
@@ -60,6 +67,33 @@ class InProcessQueue:
     def send_confirmation(self, subscriber_id: int) -> None:
         send_confirmation(int(subscriber_id), settings=self.settings)
 
+    def plan_run(self, run_id: int, planners: int) -> None:
+        """Nothing: in this process the planner that laid out the run plans every chunk."""
+
+
+def share_planning(queue: TaskQueue, settings: Settings) -> RunShared:
+    """What a planner calls once a run's chunks are on record: ``DIGEST_PLANNING_WORKERS``
+    planners in all (it is one), the others the workers' ``plan_run`` tasks."""
+    def share(run_id: int) -> None:
+        if settings.planning_workers > 1:
+            queue.plan_run(run_id, settings.planning_workers - 1)
+    return share
+
+
+def plan_run(run_id: int, settings: Settings) -> int:
+    """One more planner of a run (the ``plan_run`` task): chunks nobody holds, each enqueued
+    as soon as it commits; how many deliveries it planned to send."""
+    queue = queue_for(settings)
+    planned: list[int] = []
+
+    def send_chunk(ids: list[int]) -> None:
+        planned.extend(ids)
+        queue.deliver(ids)
+
+    with session_scope(settings.database_url) as session:
+        plan_run_chunks(session, run_id, settings=settings, on_chunk=send_chunk)
+    return len(planned)
+
 
 def announce_item(item_id: int, settings: Settings, *, wait: bool = True) -> list[int]:
     """A new item (committed) was announced: plan the alerts whose debounce window has closed
@@ -89,7 +123,7 @@ def send_due_slots(settings: Settings, *,
     for frequency in ("weekly", "daily"):
         with session_scope(settings.database_url) as session:
             plans = plan_due_slots(session, frequency, now=now, settings=settings,
-                                   on_chunk=send_chunk)
+                                   on_chunk=send_chunk, share=share_planning(queue, settings))
         for plan in plans:  # what no chunk handed over (nothing for a held run)
             queue.deliver(plan.run.pending_ids)
         planned[frequency] = plans

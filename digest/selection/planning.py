@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from digest.db import rowcount
 from digest.errors import ValidationError
 from digest.models import (
     Delivery,
@@ -50,6 +52,7 @@ from digest.models import (
     Frequency,
     Item,
     Location,
+    PlanningChunk,
     RunKind,
     RunStatus,
     Subscriber,
@@ -336,7 +339,10 @@ def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool
                 keyed.join(groups, and_(groups.c.sig == keyed.c.sig,
                                         groups.c.alone == keyed.c.alone,
                                         groups.c.start == keyed.c.start))
-                .outerjoin(carried, carried.c.subscriber_id == groups.c.rep)),
+                .outerjoin(carried, carried.c.subscriber_id == groups.c.rep))
+            # Ids in reader order, whatever join order the database picks: batches go out
+            # in the order readers were added, the same on both databases.
+            .order_by(keyed.c.subscriber_id),
         )
     )
 
@@ -346,6 +352,9 @@ def _insert_deliveries(session: Session, run: DigestRun, who: ColumnElement[bool
 # Called with a chunk's pending delivery ids once the chunk has committed (to enqueue them).
 ChunkSent = Callable[[list[int]], None]
 
+# Called with a run's id once its chunks are laid out and committed (to start other planners).
+RunShared = Callable[[int], None]
+
 
 def _subscriber_ids(column: ColumnElement[int], after: int | None,
                     through: int | None) -> ColumnElement[bool]:
@@ -354,15 +363,6 @@ def _subscriber_ids(column: ColumnElement[int], after: int | None,
     if through is not None:
         bounds.append(column <= through)
     return and_(true(), *bounds)
-
-
-def _chunk_end(session: Session, after: int | None, size: int) -> int | None:
-    """The id of the ``size``-th subscriber after ``after`` (the chunk's last), or None: the
-    rest is less than a chunk. A keyset step on the primary key, whatever the id gaps."""
-    query = select(Subscriber.id).order_by(Subscriber.id).offset(size - 1).limit(1)
-    if after is not None:
-        query = query.where(Subscriber.id > after)
-    return session.scalar(query)
 
 
 def _plan_chunk(session: Session, run: DigestRun, who: ColumnElement[bool], window: Window,
@@ -396,56 +396,127 @@ def _plan_chunk(session: Session, run: DigestRun, who: ColumnElement[bool], wind
     return ids, skipped
 
 
+def _lay_out_chunks(session: Session, run: DigestRun, size: int) -> None:
+    """The run's chunks, once (its row locked: two planners starting together lay out one
+    set): ``size`` subscribers each by id, after ``planned_through`` (a run left half-planned
+    before chunks were laid out) or from the first; the last has no upper bound, so readers
+    who joined since are planned too. A keyset on the primary key, whatever the id gaps."""
+    session.execute(select(DigestRun.id).where(DigestRun.id == run.id).with_for_update())
+    if session.scalar(select(exists().where(PlanningChunk.run_id == run.id))):
+        return
+    after = session.scalar(select(DigestRun.planned_through).where(DigestRun.id == run.id))
+    numbered = select(Subscriber.id, func.row_number().over(order_by=Subscriber.id).label("n"))
+    if after is not None:
+        numbered = numbered.where(Subscriber.id > after)
+    numbered_sq = numbered.subquery()
+    ends = list(session.scalars(select(numbered_sq.c.id).where(numbered_sq.c.n % size == 0)
+                                .order_by(numbered_sq.c.id)))
+    if ends and ends[-1] == session.scalar(select(func.max(Subscriber.id))):
+        ends.pop()  # the last chunk (no upper bound) takes them: no empty chunk after it
+    bounds = [after, *ends]
+    session.execute(insert(PlanningChunk), [
+        {"run_id": run.id, "seq": seq, "after_id": low,
+         "through_id": bounds[seq + 1] if seq + 1 < len(bounds) else None}
+        for seq, low in enumerate(bounds)])
+
+
+def _next_chunk(session: Session, run: DigestRun) -> tuple[int, int | None, int | None] | None:
+    """The first chunk of the run nobody has planned or is planning (another planner's
+    transaction holds its row), locked for this transaction; None: none is left to take."""
+    row = session.execute(
+        select(PlanningChunk.seq, PlanningChunk.after_id, PlanningChunk.through_id)
+        .where(PlanningChunk.run_id == run.id, PlanningChunk.planned_at.is_(None))
+        .order_by(PlanningChunk.seq).limit(1).with_for_update(skip_locked=True)).first()
+    return None if row is None else (row.seq, row.after_id, row.through_id)
+
+
+def _finish_if_last(session: Session, run: DigestRun) -> bool:
+    """Called with the run's row locked (by the UPDATE of its counts, which waits for every
+    other planner's commit): when no chunk is left unplanned, the run moves on (``sending``,
+    or ``done`` with nothing to send) and its chunks are deleted; True then."""
+    left = session.scalar(select(exists().where(PlanningChunk.run_id == run.id,
+                                                PlanningChunk.planned_at.is_(None))))
+    if left:
+        return False
+    planned = session.scalar(select(DigestRun.planned_count).where(DigestRun.id == run.id)) or 0
+    values: dict[str, Any] = {}
+    if planned and not run.dry_run:
+        values["status"] = RunStatus.sending
+    else:
+        values.update(status=RunStatus.done, finished_at=utcnow())
+    session.execute(update(DigestRun).where(DigestRun.id == run.id).values(**values))
+    session.execute(delete(PlanningChunk).where(PlanningChunk.run_id == run.id))
+    if values["status"] == RunStatus.sending:
+        # Workers may have sent every row while the last chunk was being planned.
+        delivery_states.finish_run_if_done(session, run.id)
+    return True
+
+
+# How long a planner that found every chunk taken waits before looking again (``wait``).
+OTHERS_POLL_SECONDS = 0.2
+
+
 def plan_in_chunks(session: Session, run: DigestRun, who: ColumnElement[bool],
                    window: Window, *, chunk_size: int, commit: bool = True,
-                   on_chunk: ChunkSent | None = None, resumed: bool = False) -> PlannedRun:
-    """Plan a scheduled run (status ``planning``) ``chunk_size`` subscribers at a time, by id,
-    from where it got to (``planned_through``) to the end.
+                   on_chunk: ChunkSent | None = None, resumed: bool = False,
+                   share: RunShared | None = None,
+                   wait: bool = True) -> PlannedRun:
+    """Plan a scheduled run (status ``planning``) ``chunk_size`` subscribers at a time, by id:
+    its chunks are laid out once (``PlanningChunk``), then planned one transaction each by
+    whichever planner takes them first (ADR 0032).
 
-    ``commit``: each chunk is its own transaction (deliveries, ledger rows, item counts,
-    watermarks, the run's counts and ``planned_through``), and ``on_chunk`` gets its pending
-    ids right after it commits, so workers send while the rest is planned. A planner that
-    stops half-way leaves a consistent run that a second call resumes; the rows of a chunk
-    committed but not enqueued are pending, which the sweep finds. Two planners of one run
-    take chunks in turn: each chunk starts by locking the run's row (PostgreSQL).
+    ``commit``: each chunk is its own transaction (deliveries with what they carry,
+    watermarks, the run's counts, the chunk marked planned), and ``on_chunk`` gets its
+    pending ids right after it commits, so workers send while the rest is planned. ``share``
+    is called with the run's id once its chunks are on record, to start other planners (the
+    workers' ``plan_run`` tasks), which call this with ``wait`` False: each takes the next
+    chunk nobody holds (``SKIP LOCKED``), so chunks are planned side by side and none twice.
+    The planner that plans the last chunk finishes the run. One that dies mid-chunk leaves its
+    chunk unplanned and free (its transaction rolled back) for the others or the sweep, and
+    the rows of a chunk committed but not enqueued are pending, which the sweep finds.
+    ``wait``: with every chunk left taken by others, look again until the run is planned
+    (taking over the chunks of a planner that died), so the caller reports the whole run.
     Without ``commit`` (a late run, to be held) it is all one transaction, nothing enqueued,
     and the pending ids are returned instead.
     """
     pending: list[int] = []
+    _lay_out_chunks(session, run, chunk_size)
+    if commit:
+        session.commit()
+        if share is not None:
+            share(run.id)
     while True:
-        status, after = session.execute(
-            select(DigestRun.status, DigestRun.planned_through)
-            .where(DigestRun.id == run.id).with_for_update()).one()
+        status = session.scalar(select(DigestRun.status).where(DigestRun.id == run.id))
         if status != RunStatus.planning:
-            break  # another planner of this run finished it meanwhile
-        end = _chunk_end(session, after, chunk_size)
-        last = end is None
-        if last:  # the rest: up to the last subscriber there is now
-            end = session.scalar(select(func.max(Subscriber.id))) or after
-
-        ids, skipped = _plan_chunk(session, run, who, window, after, end)
-        values: dict[str, Any] = {
-            "planned_through": end, "planned_count": DigestRun.planned_count + len(ids),
-            "skipped_count": DigestRun.skipped_count + skipped}
-        if last:
-            planned = session.scalar(select(DigestRun.planned_count)
-                                     .where(DigestRun.id == run.id)) or 0
-            sending = bool(planned + len(ids)) and not run.dry_run
-            values["status"] = RunStatus.sending if sending else RunStatus.done
-            if not sending:
-                values["finished_at"] = utcnow()
-        session.execute(update(DigestRun).where(DigestRun.id == run.id).values(**values))
-        if last and values["status"] == RunStatus.sending:
-            # Workers may have sent every row while the last chunk was being planned.
-            delivery_states.finish_run_if_done(session, run.id)
+            break  # planned to the end, by this planner or another
+        taken = _next_chunk(session, run)
+        if taken is None:
+            if commit:
+                session.commit()
+            if not (wait and commit):
+                break
+            time.sleep(OTHERS_POLL_SECONDS)
+            continue
+        seq, after, through = taken
+        # Marked first, conditionally: on SQLite (no row locks; this UPDATE starts the write
+        # transaction) a planner that took the chunk and committed since is seen here.
+        if not rowcount(session, update(PlanningChunk).where(
+                PlanningChunk.run_id == run.id, PlanningChunk.seq == seq,
+                PlanningChunk.planned_at.is_(None)).values(planned_at=utcnow())):
+            if commit:
+                session.commit()
+            continue
+        ids, skipped = _plan_chunk(session, run, who, window, after, through)
+        session.execute(update(DigestRun).where(DigestRun.id == run.id).values(
+            planned_count=DigestRun.planned_count + len(ids),
+            skipped_count=DigestRun.skipped_count + skipped))
+        _finish_if_last(session, run)
         if commit:
             session.commit()
         if on_chunk is not None and commit and ids and not run.dry_run:
             on_chunk(ids)
         else:
             pending += ids
-        if last:
-            break
     session.refresh(run)
     return PlannedRun(run.id, True, run.planned_count, run.skipped_count, pending, run.dry_run,
                       resumed=resumed)

@@ -59,6 +59,7 @@ from digest.selection.matching import window_for
 from digest.selection.planning import (
     ChunkSent,
     PlannedRun,
+    RunShared,
     _get_or_create_run,
     plan_in_chunks,
 )
@@ -161,7 +162,8 @@ def _check_frequency(frequency: str) -> None:
 
 def _plan(session: Session, frequency: str, *, key: str, now: datetime,
           who: ColumnElement[bool], everyone: bool, dry_run: bool, settings: Settings,
-          late: bool = False, on_chunk: ChunkSent | None = None) -> PlannedRun:
+          late: bool = False, on_chunk: ChunkSent | None = None,
+          share: RunShared | None = None) -> PlannedRun:
     """Create the slot's run and plan it in chunks (``plan_in_chunks``); a run of this key
     left half-planned is planned to the end instead; a finished one is left alone.
 
@@ -178,16 +180,29 @@ def _plan(session: Session, frequency: str, *, key: str, now: datetime,
     if created and not late:
         session.commit()  # the run is on record before its first chunk: a crash is resumed
     return _plan_rest(session, run, who, settings, commit=not late, on_chunk=on_chunk,
-                      resumed=not created)
+                      resumed=not created, share=None if late else share)
 
 
 def _plan_rest(session: Session, run: DigestRun, who: ColumnElement[bool], settings: Settings,
-               *, commit: bool, on_chunk: ChunkSent | None, resumed: bool) -> PlannedRun:
+               *, commit: bool, on_chunk: ChunkSent | None, resumed: bool,
+               share: RunShared | None = None, wait: bool = True) -> PlannedRun:
     # The run's own cutoff, not the clock: a resumed run's later chunks get the same window.
     return plan_in_chunks(session, run, and_(Subscriber.frequency == run.kind, who),
                           window_for(run.cutoff, settings),
                           chunk_size=settings.planning_chunk_size, commit=commit,
-                          on_chunk=on_chunk, resumed=resumed)
+                          on_chunk=on_chunk, resumed=resumed, share=share, wait=wait)
+
+
+def plan_run_chunks(session: Session, run_id: int, *, settings: Settings,
+                    on_chunk: ChunkSent | None = None) -> PlannedRun | None:
+    """One more planner of a run being planned (a worker's ``plan_run`` task): the chunks
+    nobody holds, each committed and handed to ``on_chunk``, until none is left to take; it
+    does not wait for the others. None: the run is not (or no longer) planning."""
+    run = session.get(DigestRun, run_id)
+    if run is None or run.status != RunStatus.planning or run.dry_run:
+        return None
+    return _plan_rest(session, run, _who_of(session, run), settings, commit=True,
+                      on_chunk=on_chunk, resumed=True, wait=False)
 
 
 def _who_of(session: Session, run: DigestRun) -> ColumnElement[bool]:
@@ -208,7 +223,8 @@ def _not_covered_up_to(now: datetime) -> ColumnElement[bool]:
 
 def plan_scheduled_run(session: Session, frequency: str, *, now: datetime | None = None,
                        everyone: bool = False, dry_run: bool = False,
-                       settings: Settings, on_chunk: ChunkSent | None = None) -> PlannedRun:
+                       settings: Settings, on_chunk: ChunkSent | None = None,
+                       share: RunShared | None = None) -> PlannedRun:
     """Plan the weekly or daily digest of the slot containing ``now`` (only that slot; the
     scheduler calls ``plan_due_slots``, which also catches up on missed ones), in chunks
     committed one by one (``plan_in_chunks``; ``on_chunk`` enqueues each).
@@ -230,7 +246,7 @@ def plan_scheduled_run(session: Session, frequency: str, *, now: datetime | None
             .order_by(DigestRun.id).limit(1)).one_or_none()
         if left is not None:
             return _plan_rest(session, left, true(), settings, commit=True, on_chunk=on_chunk,
-                              resumed=True)
+                              resumed=True, share=share)
     if everyone:
         key = f"{frequency}:all:{now.astimezone(UTC):%Y-%m-%dT%H:%M}"
         who: ColumnElement[bool] = true()
@@ -238,7 +254,8 @@ def plan_scheduled_run(session: Session, frequency: str, *, now: datetime | None
         key = slot_key(frequency, slot)
         who = and_(due_condition(session, frequency, slot), _not_covered_up_to(now))
     return _plan(session, frequency, key=key, now=now, who=who, everyone=everyone,
-                 dry_run=dry_run, settings=settings, on_chunk=on_chunk)
+                 dry_run=dry_run, settings=settings, on_chunk=on_chunk,
+                 share=None if dry_run else share)
 
 
 def last_planned_slot(session: Session, frequency: str) -> datetime | None:
@@ -273,7 +290,8 @@ def due_slots(session: Session, frequency: str, now: datetime,
 
 def plan_due_slots(session: Session, frequency: str, *, now: datetime | None = None,
                    dry_run: bool = False, settings: Settings,
-                   on_chunk: ChunkSent | None = None) -> list[SlotPlan]:
+                   on_chunk: ChunkSent | None = None,
+                   share: RunShared | None = None) -> list[SlotPlan]:
     """Plan every due slot (``due_slots``), and finish any slot's run left half-planned; one
     ``SlotPlan`` per slot, oldest first, including the current slot when it was planned
     already (``run.created`` False).
@@ -300,7 +318,7 @@ def plan_due_slots(session: Session, frequency: str, *, now: datetime | None = N
         who = and_(_due_in(zones, frequency, slot), _not_covered_up_to(now))
         run = _plan(session, frequency, key=slot_key(frequency, slot), now=now, who=who,
                     everyone=False, dry_run=dry_run, settings=settings, late=late,
-                    on_chunk=on_chunk)
+                    on_chunk=on_chunk, share=None if dry_run else share)
         held = late and run.created and not run.resumed and _hold(session, run)
         plans.append(SlotPlan(slot, replace(run, pending_ids=[]) if held and not dry_run else run,
                               held))
@@ -328,9 +346,10 @@ def resume_stopped_planning(session: Session, frequency: str, *, settings: Setti
         slot = (slot_start(_aware(left.cutoff)) if left.params.get("everyone") else
                 datetime.strptime(left.slot_key.partition(":")[2],
                                   "%Y-%m-%dT%H").replace(tzinfo=UTC))
+        # It does not wait for planners still at work on the run (their chunks are held).
         plans.append(SlotPlan(slot, _plan_rest(session, left, _who_of(session, left),
                                                settings, commit=True, on_chunk=on_chunk,
-                                               resumed=True)))
+                                               resumed=True, wait=False)))
     return plans
 
 

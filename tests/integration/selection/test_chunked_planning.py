@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 
-from digest.models import Delivery, DigestRun, RunStatus
-from digest.selection import plan_due_slots, plan_scheduled_run
+from digest import db
+from digest.models import Delivery, DigestRun, PlanningChunk, RunStatus, Subscriber
+from digest.selection import plan_due_slots, plan_run_chunks, plan_scheduled_run
 from tests.factories import T0, make_item, make_subscriber
 from tests.ledger import claims
 
@@ -65,7 +68,6 @@ def test_chunked_planning_gives_the_same_deliveries_and_claims_as_one_chunk(
         outcomes.append(outcome)
         # The next size plans the same readers from scratch.
         session.execute(Delivery.__table__.update().values(status="cancelled", claims=False))
-        from digest.models import Subscriber
         session.execute(Subscriber.__table__.update().values(watermark=None))
         session.commit()
     assert all(o == outcomes[0] for o in outcomes[1:])
@@ -100,7 +102,10 @@ def test_a_crash_between_chunks_is_resumed_by_a_second_call_with_no_reader_twice
                            on_chunk=crash_after_second)
     session.rollback()
     run = session.scalars(select(DigestRun)).one()
-    assert run.status == RunStatus.planning and run.planned_through is not None
+    chunks = session.execute(select(PlanningChunk.planned_at).where(
+        PlanningChunk.run_id == run.id)).scalars().all()
+    assert run.status == RunStatus.planning
+    assert sum(at is not None for at in chunks) == 2 and None in chunks  # committed, and left
 
     again = plan_scheduled_run(session, "weekly", now=T0 + timedelta(minutes=3), everyone=True,
                                settings=small, on_chunk=enqueued.extend)
@@ -168,3 +173,137 @@ def test_statements_grow_by_one_round_per_chunk_not_per_subscriber(
     four = statements_for(0, 12, 14)  # 45 readers, four chunks
     per_chunk = (four - one) / 3
     assert four > one and per_chunk == int(per_chunk) and per_chunk < 20
+
+
+# --- several planners of one run (ADR 0032): PostgreSQL's row locks share the chunks out ---
+
+def _chunks(url: str, run_id: int) -> list[tuple[int, bool]]:
+    with db.session_scope(url) as other:
+        return [(seq, at is not None) for seq, at in other.execute(
+            select(PlanningChunk.seq, PlanningChunk.planned_at)
+            .where(PlanningChunk.run_id == run_id).order_by(PlanningChunk.seq))]
+
+
+def _wait_for(condition, what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_planner_dying_mid_chunk_leaves_that_chunk_to_the_planner_still_at_work(
+        db_url, session, taxo, settings):
+    """One planner holds chunk 0 (its transaction open, as mid-chunk) and dies: the others
+    plan every other chunk meanwhile, then the one still at work takes chunk 0 over and
+    finishes the run, with every reader planned once, as one planner alone plans it."""
+    _fill(session, taxo, 7)
+    small = _settings(settings, 4)
+    whole = plan_scheduled_run(session, "weekly", now=T0, everyone=True,
+                               settings=_settings(settings, 1000))
+    session.commit()
+    expected = _outcome(session, whole.run_id)[0]
+    session.execute(Delivery.__table__.delete())
+    session.execute(DigestRun.__table__.delete())
+    session.execute(Subscriber.__table__.update().values(watermark=None))
+    session.commit()
+
+    dying = db.engine_for(db_url).connect()
+    holder: dict[str, int] = {}
+
+    def share(run_id: int) -> None:
+        # The other planner: it takes chunk 0 and stops there, its transaction open.
+        holder["pid"] = dying.scalar(text("SELECT pg_backend_pid()"))
+        dying.execute(select(PlanningChunk.seq).where(
+            PlanningChunk.run_id == run_id, PlanningChunk.seq == 0).with_for_update())
+
+    handed: list[int] = []
+    result: dict[str, object] = {}
+
+    def plan() -> None:
+        with db.session_scope(db_url) as mine:
+            result["run"] = plan_scheduled_run(mine, "weekly", now=T0, everyone=True,
+                                               settings=small, on_chunk=handed.extend,
+                                               share=share)
+
+    planner = threading.Thread(target=plan)
+    planner.start()
+    try:
+        run_id = lambda: session.scalar(select(DigestRun.id))  # noqa: E731
+        _wait_for(lambda: run_id() is not None and "pid" in holder, "the run's chunks")
+        chunks = lambda: _chunks(db_url, run_id())  # noqa: E731
+        _wait_for(lambda: all(done for seq, done in chunks() if seq != 0),
+                  "every chunk but the held one")
+        assert chunks()[0] == (0, False) and len(chunks()) > 2
+        assert planner.is_alive()  # waiting for chunk 0, not finished without it
+        with db.session_scope(db_url) as killer:  # the holder dies: its backend is gone
+            killer.execute(select(func.pg_terminate_backend(holder["pid"])))
+        planner.join(60)
+        assert not planner.is_alive()
+    finally:
+        dying.invalidate()
+        planner.join(60)
+    session.expire_all()
+    deliveries, _claimed, (status, planned, skipped) = _outcome(session, run_id())
+    assert deliveries == expected
+    assert status == RunStatus.sending and planned + skipped == len(expected)
+    pending = session.scalars(select(Delivery.id).where(Delivery.status == "pending")).all()
+    assert sorted(handed) == sorted(pending) and len(set(handed)) == len(handed)
+    assert _chunks(db_url, run_id()) == []  # a planned run keeps no chunks
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_planners_side_by_side_plan_each_chunk_once_and_the_last_one_finishes_the_run(
+        db_url, session, taxo, settings):
+    """Three more planners (``plan_run_chunks``, the workers' task) start with the run's first
+    planner: together they plan every reader exactly once, hand every pending row over once,
+    and the run ends ``sending`` with the counts of one planner alone."""
+    _fill(session, taxo, 11, readers=60)
+    whole = plan_scheduled_run(session, "weekly", now=T0, everyone=True,
+                               settings=_settings(settings, 1000))
+    session.commit()
+    expected = _outcome(session, whole.run_id)
+    session.execute(Delivery.__table__.delete())
+    session.execute(DigestRun.__table__.delete())
+    session.execute(Subscriber.__table__.update().values(watermark=None))
+    session.commit()
+    small = _settings(settings, 3)
+    handed: list[int] = []
+    lock = threading.Lock()
+    planners: list[threading.Thread] = []
+
+    def hand(ids: list[int]) -> None:
+        with lock:
+            handed.extend(ids)
+
+    def helper(run_id: int) -> None:
+        with db.session_scope(db_url) as theirs:
+            plan_run_chunks(theirs, run_id, settings=small, on_chunk=hand)
+
+    def share(run_id: int) -> None:
+        for _ in range(3):
+            planners.append(threading.Thread(target=helper, args=(run_id,)))
+            planners[-1].start()
+
+    with db.session_scope(db_url) as mine:
+        first = plan_scheduled_run(mine, "weekly", now=T0, everyone=True, settings=small,
+                                   on_chunk=hand, share=share)
+    for planner in planners:
+        planner.join(60)
+    assert len(planners) == 3 and not any(p.is_alive() for p in planners)
+    session.expire_all()
+    deliveries, claimed, (status, planned, skipped) = _outcome(session, first.run_id)
+    assert (deliveries, claimed) == expected[:2]
+    assert (status, planned, skipped) == expected[2]
+    pending = session.scalars(select(Delivery.id).where(Delivery.status == "pending")).all()
+    assert sorted(handed) == sorted(pending) and len(set(handed)) == len(handed)
+    assert first.planned == planned  # the first planner waited for the others to finish
+
+
+def test_another_planner_of_a_planned_run_plans_nothing(db_url, session, taxo, settings):
+    _fill(session, taxo, 3)
+    run = plan_scheduled_run(session, "weekly", now=T0, everyone=True,
+                             settings=_settings(settings, 4))
+    session.commit()
+    assert plan_run_chunks(session, run.run_id, settings=settings) is None
+    assert plan_run_chunks(session, 10_000, settings=settings) is None
