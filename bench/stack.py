@@ -3,7 +3,7 @@
     python bench/stack.py [--subscribers 10000,100000] [--items 200]
                           [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
                           [--concurrency CORES] [--ceiling-connections 4]
-                          [--no-dkim] [--plan-only] [--json]
+                          [--planning-workers 2] [--no-dkim] [--plan-only] [--json]
 
 For each subscriber count it creates its own database on the PostgreSQL server (dropped at
 the end), its own Redis (a spare port, nothing saved) and Postfix's ``smtp-sink`` on a spare
@@ -543,6 +543,8 @@ def measure(args, n: int, sink_path: str) -> Figures:
                             "DIGEST_DKIM_DOMAIN": DKIM_DOMAIN})
             if args.batch_size:
                 env["DIGEST_BATCH_SIZE"] = str(args.batch_size)
+            # Without a worker nobody else plans: the command plans every chunk (ADR 0032).
+            env["DIGEST_PLANNING_WORKERS"] = str(1 if args.plan_only else args.planning_workers)
             run = subprocess.run([*digest_argv(), "db", "upgrade"], cwd=ROOT, env=env,
                                  capture_output=True, text=True)
             if run.returncode != 0:
@@ -766,8 +768,8 @@ def _grew(grew: dict[str, int], planned: int, top: int = 4) -> str:
 
 def report(figures: list[Figures], args, loads: tuple[str, str]) -> None:
     cores = os.cpu_count()
-    mode = "--plan-only: no worker, nothing sent" if args.plan_only else (
-        f"Celery prefork concurrency {args.concurrency}")
+    mode = "--plan-only: no worker, nothing sent, one planner" if args.plan_only else (
+        f"Celery prefork concurrency {args.concurrency}, {args.planning_workers} planner(s)")
     print(f"\n## bench/stack.py: {platform.python_implementation()} {platform.python_version()}, "
           f"{cores} cores, {args.items} items, {mode}, DKIM "
           f"{'off' if args.no_dkim else 'on (2048-bit RSA)'}, PostgreSQL, Redis"
@@ -857,6 +859,7 @@ def report(figures: list[Figures], args, loads: tuple[str, str]) -> None:
         print(json.dumps({
             "python": platform.python_version(), "cores": cores, "items": args.items,
             "concurrency": None if args.plan_only else args.concurrency,
+            "planning_workers": 1 if args.plan_only else args.planning_workers,
             "ceiling_connections": args.ceiling_connections, "dkim": not args.no_dkim,
             "plan_only": args.plan_only, "load_start": loads[0], "load_end": loads[1],
             "by_subscribers": {str(f.subscribers): f.as_json() for f in figures},
@@ -875,6 +878,10 @@ def main(argv: list[str] | None = None) -> int:
                              "database there")
     parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--ceiling-connections", type=int, default=4)
+    parser.add_argument("--planning-workers", type=int, default=2,
+                        help="DIGEST_PLANNING_WORKERS: planners of the run, the command and "
+                             "this many less one plan_run tasks on the worker (1 with "
+                             "--plan-only: no worker)")
     parser.add_argument("--batch-size", type=int, default=0,
                         help="DIGEST_BATCH_SIZE for the run (default: the project's)")
     parser.add_argument("--timeout", type=float, default=1800,
