@@ -252,7 +252,7 @@ class Data:
 
 
 def generate(session, n_subscribers: int, n_items: int, now: datetime, rng: random.Random,
-             *, copy: bool = False) -> Data:
+             *, copy: bool = False, profiles: int = 0) -> Data:
     """Taxonomy, items and subscribers with explicit ids, inserted with executemany.
 
     With ``copy`` (PostgreSQL only) the rows go in by COPY, the subscribers' in chunks of
@@ -330,6 +330,35 @@ def generate(session, n_subscribers: int, n_items: int, now: datetime, rng: rand
             rows.clear()
 
     region_ids = list(regions.values())
+
+    def draw_filter(r: random.Random) -> tuple[list[int], list[int], bool]:
+        """One filter: (theme ids, location ids, press releases only)."""
+        shape = r.random()
+        if shape < 0.45:  # themes only
+            themes_, locs, types = r.randint(1, 3), 0, 0
+        elif shape < 0.65:  # places or a region only
+            themes_, locs, types = 0, r.randint(1, 2), 0
+        elif shape < 0.9:  # themes in a place or region
+            themes_, locs, types = r.randint(1, 2), 1, 0
+        else:  # press releases on some themes
+            themes_, locs, types = r.randint(1, 2), 0, 1
+        chosen_themes = _sample(r, theme_ids, theme_weights, themes_)
+        chosen_places: list[int] = []
+        if locs:
+            pool = region_ids if r.random() < 0.25 else place_ids
+            chosen_places = r.sample(pool, locs)
+        return chosen_themes, chosen_places, bool(types)
+
+    # With ``profiles``: every reader takes the time zone, grouping and filters of one of
+    # that many reader profiles, the popular ones most often (weights 1/rank), as readers of
+    # one newsroom who mostly keep its defaults and pick its main sections would.
+    shapes: list[tuple[str, str, list[tuple[list[int], list[int], bool]]]] = []
+    if profiles:
+        drawn = random.Random(rng.random())
+        shapes = [(drawn.choice(ZONES), drawn.choice(("theme", "theme", "location")),
+                   [draw_filter(drawn) for _ in range(drawn.choice((1, 1, 1, 2)))])
+                  for _ in range(profiles)]
+        shape_weights = [1 / rank for rank in range(1, profiles + 1)]
     for s in range(1, n_subscribers + 1):
         if copy and len(subs) >= COPY_CHUNK:
             flush()
@@ -340,25 +369,18 @@ def generate(session, n_subscribers: int, n_items: int, now: datetime, rng: rand
             "hour": rng.randrange(6, 10), "group_by": rng.choice(("theme", "theme", "location")),
             "watermark": None, "soft_bounces": 0, "created_at": created, "confirmed_at": created,
         })
-        for _ in range(rng.choice((1, 1, 1, 2))):
+        if shapes:
+            zone, group_by, chosen = rng.choices(shapes, shape_weights)[0]
+            subs[-1].update(timezone=zone, group_by=group_by)
+        else:
+            chosen = [draw_filter(rng) for _ in range(rng.choice((1, 1, 1, 2)))]
+        for themes_of, places_of, press_only in chosen:
             n_filters += 1
             f = n_filters
             filters.append({"id": f, "subscriber_id": s})
-            shape = rng.random()
-            if shape < 0.45:  # themes only
-                themes_, locs, types = rng.randint(1, 3), 0, 0
-            elif shape < 0.65:  # places or a region only
-                themes_, locs, types = 0, rng.randint(1, 2), 0
-            elif shape < 0.9:  # themes in a place or region
-                themes_, locs, types = rng.randint(1, 2), 1, 0
-            else:  # press releases on some themes
-                themes_, locs, types = rng.randint(1, 2), 0, 1
-            ft += [{"filter_id": f, "theme_id": t}
-                   for t in _sample(rng, theme_ids, theme_weights, themes_)]
-            if locs:
-                pool = region_ids if rng.random() < 0.25 else place_ids
-                fl += [{"filter_id": f, "location_id": p} for p in rng.sample(pool, locs)]
-            if types:
+            ft += [{"filter_id": f, "theme_id": t} for t in themes_of]
+            fl += [{"filter_id": f, "location_id": p} for p in places_of]
+            if press_only:
                 fc.append({"filter_id": f, "content_type_id": 2})
     flush()
     if session.get_bind().dialect.name == "postgresql":

@@ -3,7 +3,8 @@
     python bench/stack.py [--subscribers 10000,100000] [--items 200]
                           [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
                           [--concurrency CORES] [--ceiling-connections 4]
-                          [--planning-workers 2] [--no-dkim] [--plan-only] [--json]
+                          [--planning-workers 2] [--profiles K] [--no-dkim] [--plan-only]
+                          [--json]
 
 For each subscriber count it creates its own database on the PostgreSQL server (dropped at
 the end), its own Redis (a spare port, nothing saved) and Postfix's ``smtp-sink`` on a spare
@@ -418,6 +419,7 @@ class Figures:
     ceiling_s: float = 0.0
     avg_kb: float = 0.0
     avg_items: float = 0.0
+    contents: int = 0  # distinct (items, time zone, grouping) among the rows with items
     cpu: dict[str, float] = field(default_factory=dict)
     worker_rss_mb: float = 0.0
     plan_only: bool = False
@@ -488,6 +490,7 @@ class Figures:
             "bytes_per_delivery_after_run": (round(self.bytes_per_delivery_after_run, 1)
                                              if not self.plan_only else None),
             "bytes_grown_by_table_after_run": self.grew_after_run or None,
+            "distinct_contents": self.contents,
             "items_per_message": round(float(self.avg_items or 0), 2),
             "message_kb": round(self.avg_kb, 2), "signed_share": round(self.signed_share, 4),
             "send_s": round(self.send_s, 2), "send_msg_s": round(self.send_rate, 1),
@@ -556,7 +559,7 @@ def measure(args, n: int, sink_path: str) -> Figures:
             t_fill = time.perf_counter()
             with Session(engine) as session:
                 generate(session, n, args.items, datetime.now(UTC), random.Random(SEED),
-                         copy=True)
+                         copy=True, profiles=args.profiles)
             vacuum_analyze(engine)
             fig.fill_s = time.perf_counter() - t_fill
             progress(f"filled in {fig.fill_s:.1f} s")
@@ -627,6 +630,12 @@ def measure(args, n: int, sink_path: str) -> Figures:
                     select(func.count()).select_from(Delivery)
                     .where(Delivery.status == DeliveryStatus.skipped)).scalar_one()
                 fig.avg_items = conn.execute(select(func.avg(Delivery.item_count))).scalar_one()
+                # Distinct contents: the same items for readers of one time zone and grouping
+                # (what the renderer's content cache can share, ADR 0028).
+                fig.contents = conn.execute(text(
+                    "SELECT count(DISTINCT (d.item_ids, s.timezone, s.group_by)) FROM deliveries"
+                    " d JOIN subscribers s ON s.id = d.subscriber_id WHERE d.item_count > 0"
+                )).scalar_one()
             fig.grew_at_exit = growth(sizes0, sizes1)
             progress(f"planned {fig.planned:,} and queued in {fig.planning_s:.1f} s "
                      f"({fig.plan_us_per_reader:.0f} µs/reader), planner peak RSS "
@@ -773,7 +782,8 @@ def report(figures: list[Figures], args, loads: tuple[str, str]) -> None:
     print(f"\n## bench/stack.py: {platform.python_implementation()} {platform.python_version()}, "
           f"{cores} cores, {args.items} items, {mode}, DKIM "
           f"{'off' if args.no_dkim else 'on (2048-bit RSA)'}, PostgreSQL, Redis"
-          f"{'' if args.plan_only else ', Postfix smtp-sink'}\n")
+          f"{'' if args.plan_only else ', Postfix smtp-sink'}"
+          f"{f', readers from {args.profiles} profiles' if args.profiles else ''}\n")
     print(f"load average (1, 5, 15 min) at the start: {loads[0]}; at the end: {loads[1]}\n")
     head = ["figure", *[f"{f.subscribers:,} subscribers" for f in figures]]
     rows = [
@@ -793,6 +803,10 @@ def report(figures: list[Figures], args, loads: tuple[str, str]) -> None:
         ]
     else:
         rows.append(("items per message", lambda f: f"{float(f.avg_items or 0):.1f}"))
+    rows.append(("distinct (items, time zone, grouping) of the rows with items (a floor of "
+                 "the renderer's contents, which add the reader's chosen names)",
+                 lambda f: f"{f.contents:,} ({f.contents / max(f.planned - f.skipped, 1):.0%} "
+                           "of them)"))
     rows += [
         ("planning + enqueue", lambda f: f"{f.planning_s:.1f} s" + (
             f" (STOPPED at --plan-timeout: {f.planned:,} of {f.subscribers:,} readers planned)"
@@ -860,6 +874,7 @@ def report(figures: list[Figures], args, loads: tuple[str, str]) -> None:
             "python": platform.python_version(), "cores": cores, "items": args.items,
             "concurrency": None if args.plan_only else args.concurrency,
             "planning_workers": 1 if args.plan_only else args.planning_workers,
+            "profiles": args.profiles,
             "ceiling_connections": args.ceiling_connections, "dkim": not args.no_dkim,
             "plan_only": args.plan_only, "load_start": loads[0], "load_end": loads[1],
             "by_subscribers": {str(f.subscribers): f.as_json() for f in figures},
@@ -878,6 +893,10 @@ def main(argv: list[str] | None = None) -> int:
                              "database there")
     parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--ceiling-connections", type=int, default=4)
+    parser.add_argument("--profiles", type=int, default=0,
+                        help="readers share the time zone, grouping and filters of this many "
+                             "reader profiles (popular ones most: weights 1/rank); 0, the "
+                             "default: each reader's drawn alone")
     parser.add_argument("--planning-workers", type=int, default=2,
                         help="DIGEST_PLANNING_WORKERS: planners of the run, the command and "
                              "this many less one plan_run tasks on the worker (1 with "
