@@ -566,9 +566,10 @@ def requeue_failed(session: Session, delivery_ids: list[int]) -> int:
 
 
 def finish_run_if_done(session: Session, run_id: int) -> bool:
-    open_rows = session.scalar(select(func.count()).where(Delivery.run_id == run_id,
-                                                          Delivery.status.in_(UNFINISHED)))
-    if open_rows:
+    # EXISTS, not a count: every batch asks, and a count read all the run's unsent rows
+    # (a run of 100,000 read about 50 million index entries over its batches).
+    if session.scalar(select(exists().where(Delivery.run_id == run_id,
+                                            Delivery.status.in_(UNFINISHED)))):
         return False
     session.execute(update(DigestRun).where(DigestRun.id == run_id,
                                             DigestRun.status == RunStatus.sending)
