@@ -140,3 +140,25 @@ def test_any_body_signs_as_dkimpy_signs_it(signer, dkim_key, body_lines, trailin
     assert signed == signer.sign_with_dkimpy(data)
     assert _relaxed_lines(body) == dkim.canonicalization.compress_whitespace(
         dkim.canonicalization.strip_trailing_whitespace(body))
+
+
+def test_the_settings_give_one_kept_signer_per_key_and_a_new_key_at_once(dkim_key, tmp_path):
+    """Every batch asks for a signer: it is the process's kept one while the key file holds
+    the same key, and a rotated key (the file rewritten) is used from the next ask on."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from digest.settings import Settings
+
+    path = tmp_path / "dkim.pem"
+    path.write_bytes(dkim_key[0])
+    settings = Settings.model_construct(dkim_selector=SELECTOR, dkim_domain=DOMAIN,
+                                        dkim_private_key_path=str(path))
+    first = DkimSigner.from_settings(settings)
+    assert first is not None and DkimSigner.from_settings(settings) is first
+    rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption())
+    path.write_bytes(rotated)
+    second = DkimSigner.from_settings(settings)
+    assert second is not first and second._key == rotated
