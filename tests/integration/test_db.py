@@ -414,3 +414,39 @@ def test_0012_counts_the_deliveries_there_are_and_goes_down_and_up_again(empty_u
         assert runs_counts(session, [run]) == {run: {"sent": 2, "failed": 2}}
         assert session.scalar(select(func.count()).select_from(Delivery)) == 4
     db.engine_for(empty_url).dispose()
+
+
+def test_0014_lays_out_planning_chunks_and_going_down_keeps_a_half_planned_runs_progress(
+        empty_url):
+    """Going down, a run still planning gets back the progress the older planner resumes
+    from: the end of its chunks planned without a gap from the first (ADR 0032)."""
+    from alembic import command
+
+    from tests.factories import T0
+
+    db.upgrade(empty_url)
+    chunks = table("planning_chunks", column("run_id"), column("seq"), column("after_id"),
+                   column("through_id"), column("planned_at"))
+    with db.engine_for(empty_url).begin() as conn:
+        conn.execute(text("INSERT INTO digest_runs (id, kind, slot_key, cutoff, status, params, "
+                          "dry_run, planned_count, skipped_count, created_at) VALUES "
+                          "(1, 'weekly', 'weekly:a', :t, 'planning', '{}', false, 0, 0, :t), "
+                          "(2, 'weekly', 'weekly:b', :t, 'planning', '{}', false, 0, 0, :t)"),
+                     {"t": T0})
+        # Run 1: chunks 0 and 1 planned, 2 not, 3 planned (by another planner): through 20.
+        # Run 2: its first chunk not planned yet: no progress to give back.
+        conn.execute(insert(chunks), [
+            {"run_id": 1, "seq": 0, "after_id": None, "through_id": 10, "planned_at": T0},
+            {"run_id": 1, "seq": 1, "after_id": 10, "through_id": 20, "planned_at": T0},
+            {"run_id": 1, "seq": 2, "after_id": 20, "through_id": 30, "planned_at": None},
+            {"run_id": 1, "seq": 3, "after_id": 30, "through_id": None, "planned_at": T0},
+            {"run_id": 2, "seq": 0, "after_id": None, "through_id": 10, "planned_at": None},
+            {"run_id": 2, "seq": 1, "after_id": 10, "through_id": None, "planned_at": T0},
+        ])
+    command.downgrade(db.alembic_config(empty_url), "0013")
+    assert "planning_chunks" not in inspect(db.engine_for(empty_url)).get_table_names()
+    with db.engine_for(empty_url).connect() as conn:
+        progress = dict(conn.execute(text("SELECT id, planned_through FROM digest_runs")).all())
+    assert progress == {1: 20, 2: None}
+    db.upgrade(empty_url)
+    assert "planning_chunks" in inspect(db.engine_for(empty_url)).get_table_names()

@@ -307,3 +307,40 @@ def test_another_planner_of_a_planned_run_plans_nothing(db_url, session, taxo, s
     session.commit()
     assert plan_run_chunks(session, run.run_id, settings=settings) is None
     assert plan_run_chunks(session, 10_000, settings=settings) is None
+
+
+def test_a_run_left_half_planned_by_the_older_planner_is_laid_out_after_its_progress(
+        db_url, session, taxo, settings):
+    """A run an older version left ``planning`` has ``planned_through`` and no chunks: its
+    chunks are laid out after it, and the run ends as one planner alone plans it."""
+    _fill(session, taxo, 9)
+    small = _settings(settings, 4)
+    whole = plan_scheduled_run(session, "weekly", now=T0, everyone=True,
+                               settings=_settings(settings, 1000))
+    session.commit()
+    expected = _outcome(session, whole.run_id)
+    session.execute(Delivery.__table__.delete())
+    session.execute(DigestRun.__table__.delete())
+    session.execute(Subscriber.__table__.update().values(watermark=None))
+    session.commit()
+
+    def crash(_ids: list[int]) -> None:
+        raise Crash
+
+    with pytest.raises(Crash):  # the first chunk committed, then the planner stopped
+        plan_scheduled_run(session, "weekly", now=T0, everyone=True, settings=small,
+                           on_chunk=crash)
+    session.rollback()
+    run = session.scalars(select(DigestRun)).one()
+    first = session.scalars(select(PlanningChunk).where(PlanningChunk.seq == 0)).one()
+    assert first.planned_at is not None
+    # As the older version left it: its progress on the run, no chunk rows.
+    session.execute(PlanningChunk.__table__.delete())
+    run.planned_through = first.through_id
+    session.commit()
+
+    again = plan_scheduled_run(session, "weekly", now=T0 + timedelta(minutes=1), everyone=True,
+                               settings=small)
+    session.commit()
+    assert again.run_id == run.id and again.resumed
+    assert _outcome(session, run.id) == expected
