@@ -50,6 +50,20 @@ def _settings(settings, size: int):
     return settings.model_copy(update={"planning_chunk_size": size})
 
 
+def _planned_alone_then_forgotten(session, settings):
+    """The outcome of the run planned in one chunk by one planner; then the run, its rows and
+    the watermarks are gone again, for the same readers to be planned another way."""
+    whole = plan_scheduled_run(session, "weekly", now=T0, everyone=True,
+                               settings=_settings(settings, 1000))
+    session.commit()
+    expected = _outcome(session, whole.run_id)
+    session.execute(Delivery.__table__.delete())
+    session.execute(DigestRun.__table__.delete())
+    session.execute(Subscriber.__table__.update().values(watermark=None))
+    session.commit()
+    return expected
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_chunked_planning_gives_the_same_deliveries_and_claims_as_one_chunk(
         db_url, session, taxo, settings, seed):
@@ -78,15 +92,7 @@ def test_a_crash_between_chunks_is_resumed_by_a_second_call_with_no_reader_twice
         db_url, session, taxo, settings):
     _fill(session, taxo, 5)
     small = _settings(settings, 4)
-    whole = plan_scheduled_run(session, "weekly", now=T0, everyone=True,
-                               settings=_settings(settings, 1000))
-    session.commit()
-    expected = _outcome(session, whole.run_id)
-    session.execute(Delivery.__table__.delete())
-    session.execute(DigestRun.__table__.delete())
-    from digest.models import Subscriber
-    session.execute(Subscriber.__table__.update().values(watermark=None))
-    session.commit()
+    expected = _planned_alone_then_forgotten(session, settings)
 
     enqueued: list[int] = []
 
@@ -199,14 +205,7 @@ def test_a_planner_dying_mid_chunk_leaves_that_chunk_to_the_planner_still_at_wor
     finishes the run, with every reader planned once, as one planner alone plans it."""
     _fill(session, taxo, 7)
     small = _settings(settings, 4)
-    whole = plan_scheduled_run(session, "weekly", now=T0, everyone=True,
-                               settings=_settings(settings, 1000))
-    session.commit()
-    expected = _outcome(session, whole.run_id)[0]
-    session.execute(Delivery.__table__.delete())
-    session.execute(DigestRun.__table__.delete())
-    session.execute(Subscriber.__table__.update().values(watermark=None))
-    session.commit()
+    expected = _planned_alone_then_forgotten(session, settings)[0]
 
     dying = db.engine_for(db_url).connect()
     holder: dict[str, int] = {}
@@ -259,14 +258,7 @@ def test_planners_side_by_side_plan_each_chunk_once_and_the_last_one_finishes_th
     planner: together they plan every reader exactly once, hand every pending row over once,
     and the run ends ``sending`` with the counts of one planner alone."""
     _fill(session, taxo, 11, readers=60)
-    whole = plan_scheduled_run(session, "weekly", now=T0, everyone=True,
-                               settings=_settings(settings, 1000))
-    session.commit()
-    expected = _outcome(session, whole.run_id)
-    session.execute(Delivery.__table__.delete())
-    session.execute(DigestRun.__table__.delete())
-    session.execute(Subscriber.__table__.update().values(watermark=None))
-    session.commit()
+    expected = _planned_alone_then_forgotten(session, settings)
     small = _settings(settings, 3)
     handed: list[int] = []
     lock = threading.Lock()
@@ -315,14 +307,7 @@ def test_a_run_left_half_planned_by_the_older_planner_is_laid_out_after_its_prog
     chunks are laid out after it, and the run ends as one planner alone plans it."""
     _fill(session, taxo, 9)
     small = _settings(settings, 4)
-    whole = plan_scheduled_run(session, "weekly", now=T0, everyone=True,
-                               settings=_settings(settings, 1000))
-    session.commit()
-    expected = _outcome(session, whole.run_id)
-    session.execute(Delivery.__table__.delete())
-    session.execute(DigestRun.__table__.delete())
-    session.execute(Subscriber.__table__.update().values(watermark=None))
-    session.commit()
+    expected = _planned_alone_then_forgotten(session, settings)
 
     def crash(_ids: list[int]) -> None:
         raise Crash
