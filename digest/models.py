@@ -229,6 +229,10 @@ class Item(Base):
         ForeignKey("content_types.id", ondelete="SET NULL"), index=True
     )
     source: Mapped[str] = mapped_column(String(200), default="")
+    source_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sources.id", ondelete="SET NULL"), index=True
+    )
+    language: Mapped[str | None] = mapped_column(String(16))  # BCP 47 tag, e.g. "en", "fr"
     # Published longer ago than the maximum age when ingested: kept, listed, never mailed.
     is_backfill: Mapped[bool] = mapped_column(Boolean, default=False)
 
@@ -237,6 +241,93 @@ class Item(Base):
     locations: Mapped[list[Location]] = relationship(
         secondary=item_locations, order_by=Location.name
     )
+
+
+class TermReview(Base):
+    """A feed category whose facet nothing told (no ``domain``, a name known in no facet or in
+    several): kept for an operator to file (``digest taxonomy review``) instead of silently
+    becoming a theme. ``items`` are the stored items that carried it, so filing it tags them."""
+
+    __tablename__ = "term_reviews"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(300))
+    reason: Mapped[str] = mapped_column(Text, default="")  # why it could not be filed
+    seen_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    source: Mapped[str] = mapped_column(String(200), default="")  # where it was last seen
+
+
+term_review_items = Table(
+    "term_review_items",
+    Base.metadata,
+    Column("review_id", ForeignKey("term_reviews.id", ondelete="CASCADE"), primary_key=True),
+    Column("item_id", ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+
+class SourceKind(enum.StrEnum):
+    feed = "feed"  # RSS 2.0 or Atom
+    listing = "listing"  # the newsroom's listing page: its HTML, or the seed's text form
+    json = "json"  # items as JSON
+
+
+class WebSubState(enum.StrEnum):
+    requested = "requested"  # subscription asked of the hub; its verification not seen yet
+    verified = "verified"  # the hub verified our intent: pushes are expected until the lease ends
+    denied = "denied"  # the hub refused (hub.mode=denied) or never verified: polling only
+    unsubscribed = "unsubscribed"  # we left (source removed or paused)
+
+
+class Source(Base):
+    """A registered source the beat polls (``ingest.polling``): where, how often, the defaults
+    it gives its items, its conditional-GET validators and its health."""
+
+    __tablename__ = "sources"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000), unique=True)
+    kind: Mapped[SourceKind] = mapped_column(_stored_as_text(SourceKind))
+    every_seconds: Mapped[int] = mapped_column(Integer, default=900)
+    # Defaults given to an item that carries none.
+    default_content_type: Mapped[str | None] = mapped_column(String(300))
+    default_location: Mapped[str | None] = mapped_column(String(300))
+    default_language: Mapped[str | None] = mapped_column(String(16))
+    backfill_pages: Mapped[int] = mapped_column(Integer, default=0)  # listing pages, first poll
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Polling: due when next_poll_at <= now; a poller holds it until lease_until.
+    next_poll_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    lease_until: Mapped[datetime | None]
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    # Conditional GET validators of the last 200.
+    etag: Mapped[str | None] = mapped_column(String(500))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
+    # Health.
+    last_attempt_at: Mapped[datetime | None]
+    last_success_at: Mapped[datetime | None]
+    last_status: Mapped[int | None] = mapped_column(Integer)  # HTTP status of the last answer
+    last_error: Mapped[str | None] = mapped_column(Text)  # in words; None after a success
+    failing_since: Mapped[datetime | None]
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    polls: Mapped[int] = mapped_column(BigInteger, default=0)
+    not_modified: Mapped[int] = mapped_column(BigInteger, default=0)  # 304 answers
+    failures: Mapped[int] = mapped_column(BigInteger, default=0)
+    items_added: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_fetched: Mapped[int] = mapped_column(BigInteger, default=0)
+    # WebSub (W3C): the hub and topic the feed advertises, our subscription to it.
+    hub_url: Mapped[str | None] = mapped_column(String(2000))
+    topic_url: Mapped[str | None] = mapped_column(String(2000))
+    websub_state: Mapped[WebSubState | None] = mapped_column(_stored_as_text(WebSubState))
+    websub_secret: Mapped[str | None] = mapped_column(String(200))
+    websub_callback: Mapped[str | None] = mapped_column(String(64), unique=True)  # path token
+    websub_requested_at: Mapped[datetime | None]
+    websub_lease_until: Mapped[datetime | None]
+    websub_last_push_at: Mapped[datetime | None]
+    websub_error: Mapped[str | None] = mapped_column(Text)
 
 
 # --- subscribers ----------------------------------------------------------------------------

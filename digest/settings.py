@@ -104,6 +104,29 @@ class Settings(BaseSettings):
                     "starts it, and this many less one 'plan_run' tasks on the workers, each "
                     "taking the next chunk nobody holds (ADR 0032). 1: the starter plans alone.")
 
+    # Sources (ingest.polling) and WebSub
+    source_poll_seconds: int = Field(
+        default=60, ge=5,
+        description="How often the beat looks for due sources; each source has its own "
+                    "interval ('digest sources add --every').")
+    source_stale_hours: float = Field(
+        default=24, gt=0,
+        description="A source failing for this long shows red in the admin and 'sources list'.")
+    source_backoff_max_seconds: int = Field(
+        default=6 * 3600, ge=60,
+        description="The longest a failing source waits before its next attempt (back-off "
+                    "doubles from its interval up to this).")
+    source_max_bytes: int = Field(
+        default=5 * 1024 * 1024, ge=1024,
+        description="A fetched page or feed larger than this is refused, read no further.")
+    sources_allow_private: bool = Field(
+        default=False,
+        description="Let a source (or a WebSub hub) be fetched from a private, loopback or "
+                    "link-local address; off so a source cannot probe the internal network.")
+    websub_lease_seconds: int = Field(
+        default=10 * 86400, ge=300,
+        description="The lease asked of a WebSub hub; it is renewed before it ends.")
+
     db_wait_seconds: float = Field(
         default=60, ge=0,
         description="A CLI command whose database refuses connections (out of slots, starting "

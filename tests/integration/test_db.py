@@ -20,6 +20,24 @@ SENT_ITEMS = table("sent_items", column("subscriber_id"), column("item_id"),
 DELIVERY_ITEMS = table("delivery_items", column("delivery_id"), column("item_id"))
 
 
+_ITEMS_BEFORE_0015 = table("items", column("id"), column("guid"), column("url"), column("title"),
+                           column("summary"), column("published_at"), column("ingested_at"),
+                           column("updated_at"), column("source"), column("is_backfill"))
+
+
+def _old_item(session, title: str):
+    """An item as the columns before 0015 hold it (the model has grown since)."""
+    from types import SimpleNamespace
+
+    from tests.factories import T0
+
+    item_id = session.execute(insert(_ITEMS_BEFORE_0015).values(
+        guid=f"old-{title}", url=f"https://newsroom.example.org/{title}", title=title,
+        summary="", published_at=T0, ingested_at=T0, updated_at=T0, source="test",
+        is_backfill=False).returning(_ITEMS_BEFORE_0015.c.id)).scalar_one()
+    return SimpleNamespace(id=item_id, ingested_at=T0)
+
+
 def test_migrated_schema_matches_the_models(db_url):
     with db.engine_for(db_url).connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
@@ -61,12 +79,12 @@ def empty_url(request, tmp_path):
 def test_0004_removes_the_ledger_copies_from_delivery_items_and_gives_them_back(empty_url):
     from alembic import command
 
-    from tests.factories import T0, make_item
+    from tests.factories import T0
 
     delivery_items = DELIVERY_ITEMS
     db.upgrade(empty_url, "0003")
     with db._sessionmaker(empty_url)() as session:
-        first, second = make_item(session, "one"), make_item(session, "two")
+        first, second = _old_item(session, "one"), _old_item(session, "two")
         sub = _old_subscriber(session, "ann@example.org")
         scheduled = _old_delivery(session, _old_run(session, "weekly", T0), sub)
         chosen = _old_delivery(session, _old_run(session, "adhoc", T0), sub)
@@ -164,12 +182,12 @@ def test_0005_moves_our_notes_out_of_smtp_reply_and_puts_them_back(empty_url):
     from alembic import command
 
     from digest.models import Delivery
-    from tests.factories import T0, make_item
+    from tests.factories import T0
 
     delivery_items = DELIVERY_ITEMS
     db.upgrade(empty_url, "0004")
     with db._sessionmaker(empty_url)() as session:
-        item = make_item(session, "one")
+        item = _old_item(session, "one")
         run_id = _old_run(session, "weekly", T0)
         ids = [_old_delivery(session, run_id, _old_subscriber(session, f"r{n}@example.org"),
                              smtp_reply=old)
@@ -201,11 +219,11 @@ def test_0006_keeps_the_ledger_rows_and_checks_only_their_delivery_then_puts_the
     from alembic import command
 
     from digest.models import DigestRun
-    from tests.factories import T0, make_item
+    from tests.factories import T0
 
     db.upgrade(empty_url, "0005")
     with db._sessionmaker(empty_url)() as session:
-        item = make_item(session, "one")
+        item = _old_item(session, "one")
         sub = _old_subscriber(session, "ann@example.org")
         delivery = _old_delivery(session, _old_run(session, "weekly", T0), sub)
         session.execute(insert(SENT_ITEMS).values(subscriber_id=sub.id, item_id=item.id,
@@ -318,11 +336,11 @@ def test_0013_folds_the_ledger_into_the_deliveries_and_rebuilds_it_going_down(em
     from alembic import command
 
     from digest.models import Delivery, DigestRun
-    from tests.factories import T0, make_item
+    from tests.factories import T0
 
     db.upgrade(empty_url, "0011")
     with db._sessionmaker(empty_url)() as session:
-        first, second, third = (make_item(session, name) for name in ("one", "two", "three"))
+        first, second, third = (_old_item(session, name) for name in ("one", "two", "three"))
         sub = _old_subscriber(session, "ann@example.org")
 
         def run(kind: str, key: str) -> int:
