@@ -43,6 +43,10 @@ class UnknownTaxonomyError(ValidationError):
         )
 
 
+class NotFoundError(ValidationError):
+    """A thing named by id, URL or name (a source, a term) does not exist."""
+
+
 class HeaderInjectionError(ValidationError):
     """A value that would reach a mail header contains CR or LF."""
 

@@ -29,6 +29,7 @@ class ItemIn:
     content_type: str | None = None
     themes: list[str] = field(default_factory=list)
     locations: list[str] = field(default_factory=list)
+    language: str | None = None  # BCP 47 tag ("en", "fr"), lower-case
     # Categories whose facet nothing told (a feed's, without a domain, known in no facet or
     # in several): (name, why). Not stored; the ingest reports them.
     unfiled: list[tuple[str, str]] = field(default_factory=list)

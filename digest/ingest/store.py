@@ -100,6 +100,8 @@ def store_items(
     source: str,
     max_age_days: int,
     now: datetime | None = None,
+    source_id: int | None = None,
+    backfill: bool = False,
 ) -> IngestReport:
     """Insert new items and update known ones (matched by GUID, else URL); flushes, the
     caller commits.
@@ -107,7 +109,9 @@ def store_items(
     A known item keeps its ``ingested_at``, so an update is never mailed again. A new item
     published more than ``max_age_days`` (``settings.max_item_age_days``) before
     ``now`` is archive backfill (``is_backfill``), stored but never mailed. Unknown
-    taxonomy names are created and listed in the report.
+    taxonomy names are created and listed in the report. ``source_id``: the registered source
+    the items came from; ``backfill``: every new item is archive backfill whatever its date (a
+    source's first pages of history).
     """
     now = utcnow() if now is None else now
     if now.tzinfo is None:
@@ -159,7 +163,10 @@ def store_items(
                 ingested_at=now,
                 updated_at=now,
                 source=source[:200],
-                is_backfill=bool(item.published_at and item.published_at < oldest_fresh),
+                is_backfill=backfill or bool(
+                    item.published_at and item.published_at < oldest_fresh),
+                source_id=source_id,
+                language=item.language,
                 content_type=content_type,
                 themes=themes,
                 locations=locations,
@@ -172,6 +179,7 @@ def store_items(
             "title": item.title,
             "summary": item.summary,
             "published_at": item.published_at or stored.published_at,
+            "language": item.language or stored.language,
         }
         differs = (
             any(getattr(stored, name) != value for name, value in wanted.items())

@@ -15,6 +15,7 @@ from digest.errors import (
     DeliveryError,
     DigestError,
     IngestError,
+    NotFoundError,
     RateLimitError,
     TokenError,
     UnknownTaxonomyError,
@@ -24,6 +25,7 @@ from digest.errors import (
 # Most specific first.
 _STATUS: list[tuple[type[DigestError], int]] = [
     (RateLimitError, 429),
+    (NotFoundError, 404),
     (ValidationError, 422),  # includes UnknownTaxonomyError and HeaderInjectionError
     (IngestError, 422),
     (TokenError, 400),
