@@ -4,6 +4,7 @@ field lines, then the summary."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from digest.errors import IngestError
@@ -111,3 +112,23 @@ def parse_listing(text: str) -> list[ItemIn]:
             )
         )
     return items
+
+
+@dataclass
+class ListingDocument:
+    """What one listing page gave: its items, a warning per damaged item left out (naming its
+    line), and the next page's address when the page links one (pagination)."""
+
+    items: list[ItemIn]
+    warnings: list[str] = field(default_factory=list)
+    next_page_url: str | None = None
+
+
+def read_listing_document(body: bytes, *, content_type: str | None = None,
+                          base_url: str | None = None) -> ListingDocument:
+    """A listing page in either form: the newsroom's HTML page or the seed's text form."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"the listing is not UTF-8 text (byte {exc.start})") from None
+    return ListingDocument(parse_listing(text))
