@@ -18,7 +18,7 @@ from digest.delivery.periodic import queue_for
 from digest.errors import DeliveryError, DigestError
 from digest.logs import configure_logging
 from digest.settings import Settings, check_secrets, get_settings
-from digest.web import admin, api, metrics, pages, providers
+from digest.web import admin, api, metrics, pages, providers, websub
 from digest.web.errors import (
     CONFLICT_DETAIL,
     conflict_problem,
@@ -80,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(providers.router)  # /webhooks/<provider> (digest.web.providers)
     app.state.metrics_registry = metrics.build_registry(s)
     app.include_router(metrics.router)  # /metrics, Prometheus text (digest.web.metrics)
+    app.include_router(websub.router)  # /websub/<token>, a hub's callback (digest.web.websub)
+    websub.add_metrics(app)
     admin.mount_admin(app, s)
 
     @app.exception_handler(DigestError)
