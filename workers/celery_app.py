@@ -84,6 +84,9 @@ def configure(settings: Settings | None = None) -> Celery:
             # no future run needs; batched, so it holds no lock for long.
             "prune": {"task": "digest.prune", "schedule": crontab(minute=43, hour=3),
                       "options": periodic},
+            # WebSub: subscribe, renew leases, give up on hubs that never verify (ADR 0035).
+            "websub-maintain": {"task": "digest.websub_maintain", "schedule": 300.0,
+                                "options": periodic},
         },
     )
     return app

@@ -139,6 +139,15 @@ def plan_due_alerts() -> dict:
     return {"pending": len(send_due_alerts(get_settings()))}
 
 
+@app.task(name="digest.websub_maintain", max_retries=MAX_RETRIES)
+def websub_maintain() -> dict:
+    """WebSub subscriptions: subscribe sources that name a hub, renew leases near their end,
+    give up on hubs that never verified (those sources are polled as usual)."""
+    from digest.ingest.websub import maintain
+
+    return maintain(get_settings()).as_dict()
+
+
 @app.task(name=TASK_SEND_CONFIRMATION, max_retries=MAX_RETRIES, **DB_RETRY)
 def send_confirmation(subscriber_id: int) -> str | None:
     """The double opt-in email (also the "send me a new link" email) to one subscriber."""

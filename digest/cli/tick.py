@@ -22,6 +22,7 @@ def tick() -> None:
         send_due_slots,
         sweep_lost_work,
     )
+    from digest.ingest.websub import maintain as maintain_websub
 
     ensure_db()
     settings = get_settings()
@@ -34,6 +35,7 @@ def tick() -> None:
     say(f"sweep: {len(found.recovered)} expired lease(s) and {len(found.orphaned)} lost "
         f"pending message(s) sent again; {len(found.runs_finished)} run(s) finished, "
         f"{len(found.runs_held)} held")
+    say(f"websub: {maintain_websub(settings).summary()}")
 
 
 def _slot_line(plan) -> str:
