@@ -206,7 +206,7 @@ def receive_push(session: Session, token: str, body: bytes, *, signature: str | 
         return PushResult(Push.bad_signature, source.id)
     try:
         report = store_document(session, source, body, content_type, settings=settings, now=now)
-    except IngestError as exc:
+    except (IngestError, UnicodeDecodeError) as exc:  # raised by the parsing, before any write
         source.websub_error = f"a pushed document could not be read: {exc}"
         log.warning("websub: push to source %s not stored: %s", source.id, exc)
         return PushResult(Push.unreadable, source.id)

@@ -157,6 +157,18 @@ def test_forged_and_unsigned_pushes_are_ignored_logged_and_counted(served, hub, 
     assert [i.title for i in items_of(s, source.id)] == ["Signed"]
 
 
+def test_a_signed_push_that_is_no_feed_stores_nothing_and_says_why(served, hub):
+    app, s = served
+    source = subscribed(s, hub)
+
+    assert hub.publish(TOPIC, b"<html><body>not a feed</body></html>",
+                       content_type="text/html") == [202]
+    assert items_of(s, source.id) == []
+    after = load(s, source.id)
+    assert after.websub_error.startswith("a pushed document could not be read: ")
+    assert after.websub_last_push_at is None
+
+
 def test_a_push_to_an_unknown_callback_is_gone_and_a_verification_for_it_not_found(
         served, hub):
     app, s = served
