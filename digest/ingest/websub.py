@@ -23,11 +23,13 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 import feedparser
 import httpx
@@ -351,6 +353,7 @@ def _ask_hub(request: _HubRequest, settings: Settings) -> str | None:
     went wrong, in words."""
     mode = request.form["hub.mode"]
     try:
+        _check_callback_reachable(settings)
         check_public(request.hub, allow_private=settings.sources_allow_private)
         response = httpx.post(request.hub, data=request.form, timeout=HUB_TIMEOUT,
                               follow_redirects=False)
@@ -363,6 +366,24 @@ def _ask_hub(request: _HubRequest, settings: Settings) -> str | None:
         return (f"the hub {request.hub} refused the {mode} request: HTTP "
                 f"{response.status_code}{': ' + words if words else ''}")
     return None
+
+
+def _check_callback_reachable(settings: Settings) -> None:
+    """IngestError when our callback is on a loopback or private address (the default
+    ``DIGEST_PUBLIC_BASE_URL``) and private addresses are not allowed: no hub on the internet
+    could verify it, so asking would only wait out ``VERIFY_WITHIN``."""
+    host = urlsplit(settings.public_base_url).hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        private = host == "localhost" or host.endswith(".localhost")
+    else:
+        private = not address.is_global
+    if private and not settings.sources_allow_private:
+        raise IngestError(
+            f"DIGEST_PUBLIC_BASE_URL ({settings.public_base_url}) is not an address a hub can "
+            "call back; set it to the web app's public address (or DIGEST_SOURCES_ALLOW_"
+            "PRIVATE=true for a hub on the internal network)")
 
 
 def _record(source: Source, step: _Step, request: _HubRequest, error: str | None,

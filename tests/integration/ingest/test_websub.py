@@ -233,7 +233,8 @@ def test_a_hub_that_never_verifies_is_given_up_on_and_the_source_polled_as_usual
         silent.stop()
 
 
-def test_a_hub_that_refuses_or_is_private_leaves_the_error_in_words(settings):
+def test_a_refusing_or_private_hub_or_a_loopback_callback_leaves_the_error_in_words(
+        settings):
     refusing = Hub(answer=500).start()
     allowed = settings.model_copy(update={"sources_allow_private": True})
     try:
@@ -250,6 +251,15 @@ def test_a_hub_that_refuses_or_is_private_leaves_the_error_in_words(settings):
         source = load(allowed, private_id)
         assert source.websub_state is WebSubState.denied
         assert "refused the subscribe request: HTTP 500" in source.websub_error
+        # A callback on a loopback address (the default base URL) is no use to a hub.
+        local = settings.model_copy(update={"public_base_url": "http://127.0.0.1:8000"})
+        with session_for(local) as session:
+            session.get(Source, private_id).websub_requested_at -= timedelta(hours=6)
+            session.commit()
+        assert maintain(local).failed == [private_id]
+        assert "DIGEST_PUBLIC_BASE_URL (http://127.0.0.1:8000)" in load(
+            local, private_id).websub_error
+        assert len(refusing.requests) == 1
     finally:
         refusing.stop()
 
