@@ -29,9 +29,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from digest.db import rowcount, session_scope
-from digest.errors import DigestError
+from digest.errors import DigestError, IngestError, ValidationError
 from digest.ingest import websub
-from digest.ingest.documents import parse_document, store_parsed
+from digest.ingest.documents import ParsedDocument, parse_document, store_parsed
 from digest.ingest.fetch import SourceResponse, fetch_source
 from digest.models import Source, SourceKind, utcnow
 from digest.queue import BrokerQueue, TaskQueue
@@ -339,3 +339,58 @@ def _backfill(settings: Settings, source_id: int, url: str | None, pages: int,
             log.warning("source %s: backfill stopped at %s: %s", source_id, url, exc)
             break
     return stored
+
+
+# --- A dry fetch (``digest sources check``). -------------------------------------------------
+
+
+@dataclass
+class SourceCheck:
+    """What polling ``url`` now would store, found without storing anything."""
+    url: str
+    kind: SourceKind
+    response: SourceResponse
+    parsed: ParsedDocument
+    hub: tuple[str, str] | None  # the WebSub (hub, topic) a feed advertises
+    registered: bool  # the URL is a registered source (its kind and defaults were used)
+
+
+def check_source(settings: Settings, url: str, *, kind: str | SourceKind | None = None,
+                 now: datetime | None = None) -> SourceCheck:
+    """Fetch ``url`` once (no validators: the whole document) and parse it as a registered
+    source of that URL would be, or as ``kind`` (default feed): nothing is written. IngestError
+    when the fetch fails, is refused or answers other than 200, or the document is
+    unreadable."""
+    now = utcnow() if now is None else now
+    url = url.strip()
+    response = fetch_source(url, allow_private=settings.sources_allow_private,
+                            max_bytes=settings.source_max_bytes,
+                            timeout=FETCH_TIMEOUT_SECONDS, now=now)
+    if response.status != 200:
+        raise IngestError(_status_words(url, response))
+    with session_scope(settings.database_url) as session:
+        registered = session.scalar(select(Source).where(Source.url == url))
+        source = _stand_in(registered, response.final_url, kind)
+        parsed = parse_document(session, source, response.body, response.content_type)
+        session.rollback()  # nothing of a check is kept
+    hub = (websub.discover(response.body, response.headers, url)
+           if source.kind is SourceKind.feed else None)
+    return SourceCheck(url, source.kind, response, parsed, hub, registered is not None)
+
+
+def _stand_in(registered: Source | None, url: str, kind: str | SourceKind | None) -> Source:
+    """A Source never added to a session: the registered one's defaults (if any), the kind
+    asked for (else the registered one's, else a feed)."""
+    if kind is None:
+        kind = registered.kind if registered is not None else SourceKind.feed
+    try:
+        chosen = SourceKind(str(kind).lower())
+    except ValueError:
+        raise ValidationError(f"unknown source kind {kind!r}; use one of: "
+                              f"{', '.join(k.value for k in SourceKind)}") from None
+    if registered is None:
+        return Source(url=url, kind=chosen)
+    return Source(url=registered.url, kind=chosen,
+                  default_content_type=registered.default_content_type,
+                  default_location=registered.default_location,
+                  default_language=registered.default_language)
