@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -144,10 +145,13 @@ def poll_due(settings: Settings, *, now: datetime | None = None, all_sources: bo
     if queue is None and settings.broker_url:
         queue = BrokerQueue(settings)
     token = uuid.uuid4().hex
+    # A task is stopped at 0.8 of DIGEST_LEASE_SECONDS (workers.celery_app): claim no new
+    # source past half of it; the rest stay due for the next pass (another worker's, maybe).
+    stop_claiming = time.monotonic() + settings.lease_seconds / 2
     outcomes: list[PollOutcome] = []
     passed: set[int] = set()  # polled by this pass, or taken by another poller meanwhile
     polled: set[int] = set()
-    while True:
+    while time.monotonic() < stop_claiming:
         with session_scope(settings.database_url) as session:
             source_id = _claim_next(session, now=now, token=token, all_sources=all_sources,
                                     source_ids=source_ids, done=passed)
