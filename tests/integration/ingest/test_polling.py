@@ -324,3 +324,39 @@ def test_two_pollers_at_once_never_poll_one_source_twice(polling, server):
     assert sorted(polled) == sorted(set(polled)) and len(polled) == 8
     assert all(server.hits(path) == 1 for path in paths)
     assert items(polling) == 8
+
+
+def listing_page(n: int) -> bytes:
+    return (f"Newsroom\nStory {n}a\nPublishing date: 9 October 2025\nSummary {n}a.\n"
+            f"Story {n}b\nPublishing date: 8 October 2025\nSummary {n}b.\n").encode()
+
+
+def test_a_listing_first_polled_backfills_its_older_pages_as_archive(polling, server,
+                                                                     monkeypatch):
+    """The HTML listing parser's pagination is its own (``ingest.listing``): here a stand-in
+    gives each text page the next one's address, to prove what the poller does with it."""
+    import digest.ingest.documents as documents
+
+    real = documents.read_listing_document
+    pages = {listing_page(n): server.url(f"/news-{n + 1}") for n in range(1, 5)}
+
+    def paginated(body, **options):
+        page = real(body, **options)
+        page.next_page_url = pages.get(body)
+        return page
+
+    monkeypatch.setattr(documents, "read_listing_document", paginated)
+    for n in range(1, 5):
+        server.serve(f"/news-{n}", listing_page(n), content_type="text/plain; charset=utf-8")
+    sid = add(polling, server.url("/news-1"), kind="listing", backfill_pages=2)
+    [outcome] = poll_due(polling, now=NOW, queue=RecordingQueue(polling))
+    assert outcome.status == "stored" and outcome.new_items == 6
+    assert [server.hits(f"/news-{n}") for n in range(1, 5)] == [1, 1, 1, 0]
+    with digest_db.session_scope(polling.database_url) as session:
+        archive = {item.title: item.is_backfill for item in session.scalars(select(Item))}
+    assert archive == {"Story 1a": False, "Story 1b": False, "Story 2a": True,
+                       "Story 2b": True, "Story 3a": True, "Story 3b": True}
+    assert source(polling, sid).items_added == 6
+    # Later polls read the first page only.
+    poll_due(polling, now=NOW, all_sources=True)
+    assert [server.hits(f"/news-{n}") for n in range(1, 5)] == [2, 1, 1, 0]
