@@ -95,6 +95,16 @@ def test_a_new_source_is_stored_then_a_304_costs_one_request_and_stores_nothing(
     assert items(polling) == 2 and len(queue.announced) == 2
 
 
+def test_a_server_sending_only_last_modified_gets_if_modified_since(polling, server):
+    server.serve("/feed.xml", FEED, etag=None)
+    sid = add(polling, server.url("/feed.xml"))
+    poll_due(polling, now=NOW)
+    [again] = poll_due(polling, now=NOW, all_sources=True)
+    sent = server.requests("/feed.xml")[-1]
+    assert again.status == "not_modified" and "If-None-Match" not in sent
+    assert sent["If-Modified-Since"] == source(polling, sid).last_modified
+
+
 def test_a_source_not_due_is_not_polled_and_all_polls_it_anyway(polling, server):
     server.serve("/feed.xml", FEED)
     add(polling, server.url("/feed.xml"))
