@@ -36,6 +36,7 @@ TASK_DELIVER_BATCH = "digest.deliver_batch"
 TASK_ITEM_PUBLISHED = "digest.item_published"
 TASK_PLAN_ALERTS = "digest.plan_alerts"
 TASK_PLAN_RUN = "digest.plan_run"
+TASK_POLL_SOURCES = "digest.poll_sources"
 TASK_SEND_CONFIRMATION = "digest.send_confirmation"
 
 

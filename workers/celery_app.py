@@ -78,6 +78,9 @@ def configure(settings: Settings | None = None) -> Celery:
             # task a broker restart dropped, runs left open.
             "sweep": {"task": "digest.sweep", "schedule": float(s.sweep_seconds),
                       "options": periodic},
+            # Registered sources: the due ones polled, each under a lease (ADR 0034).
+            "poll-sources": {"task": "digest.poll_sources",
+                             "schedule": float(s.source_poll_seconds), "options": periodic},
             "purge-unconfirmed": {"task": "digest.purge_unconfirmed",
                                   "schedule": crontab(minute=17, hour=3), "options": periodic},
             # Retention: final deliveries older than DIGEST_RETENTION_DAYS, and the ledger rows

@@ -19,6 +19,7 @@ from digest.db import session_scope
 from digest.delivery.periodic import (
     announce_item,
     plan_run,
+    poll_due_sources,
     queue_for,
     send_due_alerts,
     send_due_slots,
@@ -30,6 +31,7 @@ from digest.queue import (
     TASK_ITEM_PUBLISHED,
     TASK_PLAN_ALERTS,
     TASK_PLAN_RUN,
+    TASK_POLL_SOURCES,
     TASK_SEND_CONFIRMATION,
 )
 from digest.settings import Settings, get_settings
@@ -152,3 +154,16 @@ def websub_maintain() -> dict:
 def send_confirmation(subscriber_id: int) -> str | None:
     """The double opt-in email (also the "send me a new link" email) to one subscriber."""
     return delivery.send_confirmation(int(subscriber_id), settings=get_settings())
+
+
+@app.task(name=TASK_POLL_SOURCES, max_retries=MAX_RETRIES)
+def poll_sources() -> dict:
+    """The registered sources that are due, each polled once (a lease per source, so any
+    number of these at once never poll one twice); one failing source stops none of the
+    others. Not retried: the beat sends the next one within DIGEST_SOURCE_POLL_SECONDS."""
+    outcomes = poll_due_sources(get_settings())
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    return {"polled": len(outcomes), **counts,
+            "new_items": sum(outcome.new_items for outcome in outcomes)}

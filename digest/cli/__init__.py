@@ -26,6 +26,7 @@ from digest.cli import (
     prune,
     runs,
     send,
+    sources,
     subscribers,
     taxonomy,
     tick,
@@ -42,6 +43,7 @@ app = typer.Typer(help="Digest: newsroom digests by email.", no_args_is_help=Tru
 # In this order: it is the order of `digest --help`.
 app.add_typer(db.app, name="db")
 app.add_typer(ingest.app, name="ingest")
+app.add_typer(sources.app, name="sources")
 app.add_typer(subscribers.app, name="subscribers")
 app.add_typer(send.app, name="send")
 app.command("tick")(tick.tick)

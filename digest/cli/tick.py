@@ -12,11 +12,12 @@ from digest.settings import get_settings
 
 
 def tick() -> None:
-    """Plan and send the due weekly and daily slots, the alert windows that closed, the
-    deferred messages whose retry is due, then sweep for lost work: what the beat's periodic
-    tasks do, done here and now (for an install without DIGEST_BROKER_URL; run it from cron
-    every few minutes)."""
+    """Poll the due registered sources; plan and send the due weekly and daily slots, the
+    alert windows that closed, the deferred messages whose retry is due, then sweep for lost
+    work: what the beat's periodic tasks do, done here and now (for an install without
+    DIGEST_BROKER_URL; run it from cron every few minutes)."""
     from digest.delivery.periodic import (
+        poll_due_sources,
         retry_deferred,
         send_due_alerts,
         send_due_slots,
@@ -26,6 +27,10 @@ def tick() -> None:
 
     ensure_db()
     settings = get_settings()
+    polled = poll_due_sources(settings)
+    say(f"sources: {len(polled)} due source(s) polled, "
+        f"{sum(o.new_items for o in polled)} new item(s), "
+        f"{sum(o.status == 'failed' for o in polled)} failed")
     for frequency, plans in send_due_slots(settings).items():
         for plan in plans:
             say(f"{frequency}: {_slot_line(plan)}")

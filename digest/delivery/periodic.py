@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from digest.db import session_scope
 from digest.delivery.confirmations import send_confirmation
 from digest.delivery.send import send_deliveries
+from digest.ingest.polling import PollOutcome, poll_due
 from digest.models import Item, utcnow
 from digest.queue import BrokerQueue, TaskQueue, batches
 from digest.records import Swept, due_for_retry, sweep
@@ -179,6 +180,13 @@ def resume_stopped_runs(settings: Settings, *, now: datetime | None = None) -> l
             if plan.run.run_id is not None:
                 resumed.append(plan.run.run_id)
     return resumed
+
+
+def poll_due_sources(settings: Settings, *, now: datetime | None = None,
+                     all_sources: bool = False) -> list[PollOutcome]:
+    """The beat's ``poll_sources`` task and ``digest tick``: every due registered source
+    polled (``ingest.polling``), its new items announced once committed."""
+    return poll_due(settings, now=now, all_sources=all_sources, queue=queue_for(settings))
 
 
 def queue_for(settings: Settings) -> TaskQueue:
