@@ -57,7 +57,13 @@ def store_document(session: Session, source: Source, body: bytes, content_type: 
                    settings: Settings, now: datetime, backfill: bool = False) -> IngestReport:
     """Parse and store one document of ``source`` (flushes; the caller commits, then
     announces ``report.new_item_ids``)."""
-    parsed = parse_document(session, source, body, content_type)
+    return store_parsed(session, source, parse_document(session, source, body, content_type),
+                        settings=settings, now=now, backfill=backfill)
+
+
+def store_parsed(session: Session, source: Source, parsed: ParsedDocument, *,
+                 settings: Settings, now: datetime, backfill: bool = False) -> IngestReport:
+    """Store a document ``parse_document`` read (a poller keeps its ``next_page_url``)."""
     report = store_items(session, parsed.items, source=f"{source.kind.value}:{source.url}",
                          now=now, max_age_days=settings.max_item_age_days,
                          source_id=source.id, backfill=backfill)
