@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from digest.errors import DigestError, NotFoundError, ValidationError
-from digest.ingest import registry
+from digest.ingest import polling, registry
 from digest.models import Source, SourceKind, utcnow
 from digest.web.admin.forms import AdminPage, status_of, text_field
 
@@ -160,8 +160,6 @@ class SourcesPage(AdminPage):
 
     async def _poll(self, source_id: int) -> tuple[str | None, str | None]:
         """What polling the source now did: a notice, or the poll's error in words."""
-        from digest.ingest import polling
-
         await self.in_session(lambda s: registry.get_source(s, source_id))  # 404 first
         outcomes = await anyio.to_thread.run_sync(
             lambda: polling.poll_due(self.digest_settings, source_ids=[source_id]))

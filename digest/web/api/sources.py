@@ -13,7 +13,7 @@ from typing import Annotated, Literal, cast
 from fastapi import APIRouter, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from digest.ingest import registry
+from digest.ingest import polling, registry
 from digest.models import Source, SourceKind, utcnow
 from digest.settings import Settings
 from digest.web.api.schemas import IdPath, _no_nul
@@ -22,6 +22,7 @@ from digest.web.deps import SessionDep, SettingsDep
 router = APIRouter()
 
 Health = Literal["new", "ok", "failing", "stale", "paused"]
+PollStatus = Literal["stored", "not_modified", "failed", "skipped"]
 Text300 = Annotated[str, Field(max_length=300), AfterValidator(_no_nul)]
 
 
@@ -110,7 +111,9 @@ class SourceOut(BaseModel):
 class PollOut(BaseModel):
     """What one poll did."""
 
-    status: Literal["stored", "not_modified", "failed", "skipped"]
+    status: PollStatus = Field(description="stored: read, new items stored; not_modified: "
+                                           "304; failed: see error; skipped: paused or "
+                                           "being polled by another poller")
     new_items: int
     error: str | None
     next_poll_at: datetime | None
@@ -164,7 +167,6 @@ def resume_source(source_id: IdPath, session: SessionDep, settings: SettingsDep)
 def poll_source(source_id: IdPath, session: SessionDep, settings: SettingsDep):
     """Poll the source now, whatever its schedule, and answer what the poll did."""
     registry.get_source(session, source_id)  # 404 before any fetch
-    from digest.ingest import polling
     session.rollback()  # the poller works in its own transactions
     outcomes = polling.poll_due(settings, source_ids=[source_id])
     outcome = next((o for o in outcomes if o.source_id == source_id), None)
@@ -174,8 +176,8 @@ def poll_source(source_id: IdPath, session: SessionDep, settings: SettingsDep):
         poll = PollOut(status="skipped", new_items=0, next_poll_at=source.next_poll_at,
                        error="another poller is polling this source now; try again shortly")
     else:
-        poll = PollOut(status=outcome.status, new_items=outcome.new_items, error=outcome.error,
-                       next_poll_at=outcome.next_poll_at)
+        poll = PollOut(status=cast(PollStatus, outcome.status), new_items=outcome.new_items,
+                       error=outcome.error, next_poll_at=outcome.next_poll_at)
     return SourcePollOut(outcome=poll, source=SourceOut.of(source, settings))
 
 

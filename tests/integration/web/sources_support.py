@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy.orm import Session
 
 from digest.ingest import registry
 from digest.models import Source
-from digest.settings import Settings
+from digest.settings import Settings, reset_settings_cache
+from tests.sourceserver import SourceServer
 
 # A public address written as an IP literal: registering it resolves nothing.
 PUBLIC_FEED = "https://93.184.215.14/news/feed.xml"
@@ -37,3 +39,17 @@ def failing_source(session: Session, settings: Settings, *, url: str = PUBLIC_FE
     source.next_poll_at = now + timedelta(hours=1)
     session.commit()
     return source
+
+
+@pytest.fixture
+def private_ok(monkeypatch):
+    """Sources may be on 127.0.0.1 (the tests' own server): ask for it before the app."""
+    monkeypatch.setenv("DIGEST_SOURCES_ALLOW_PRIVATE", "true")
+    monkeypatch.setenv("DIGEST_SOURCE_BACKOFF_MAX_SECONDS", "86400")
+    reset_settings_cache()
+
+
+@pytest.fixture
+def newsroom():
+    with SourceServer() as server:
+        yield server
