@@ -158,6 +158,7 @@ def test_admin_sources_page_has_no_axe_violations_in_its_content(browser, admin_
     results = Axe().run(page, context={"include": [[".page-body"]]},
                         options=AXE_OPTIONS).response
     OUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=OUT / "admin-sources.png", full_page=True)
     (OUT / "admin-sources.json").write_text(json.dumps(results["violations"], indent=2),
                                             encoding="utf-8")
     assert _findings(results) == []
