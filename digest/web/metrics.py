@@ -29,6 +29,15 @@ Figures (``kind`` is the run kind: weekly, daily, immediate, adhoc):
 - ``digest_queue_length{queue}`` (the deliveries' queue and the maintenance queue) and
   ``digest_queue_unacked``: tasks waiting in the Redis
   broker, and tasks workers have taken but not finished (only with a redis:// broker);
+- per registered source (labels ``source``: its id, ``url``; one series a source, removed
+  with it): ``digest_source_info{source,url,kind,health,error}`` (1; ``health`` is the word
+  every edge shows: new, ok, failing, stale, paused; ``error`` the last error in words, cut
+  to ``SOURCE_ERROR_CHARS``), ``digest_source_up`` (0 while its last poll failed),
+  ``digest_source_stale`` (1 when failing for ``DIGEST_SOURCE_STALE_HOURS``),
+  ``digest_source_last_success_timestamp_seconds`` and ``..._last_attempt_...`` (left out
+  until there is one), ``digest_source_consecutive_failures``, and the counters
+  ``digest_source_polls_total``, ``..._failures_total``, ``..._not_modified_total`` (304s),
+  ``..._items_added_total``, ``..._bytes_fetched_total``; one query a scrape;
 - ``digest_database_up`` and ``digest_broker_up``: 0 when that source did not answer this
   scrape (its figures are then left out rather than shown as zeros). Each has
   ``TIMEOUT_SECONDS`` to answer, so a scrape during a partition says 0 at once instead of
@@ -69,6 +78,7 @@ from sqlalchemy.pool import NullPool
 
 from digest import db
 from digest.delivery.counts import fold, kind_counts
+from digest.ingest.registry import health
 from digest.models import (
     TALLY_BOUNCES,
     TALLY_DELIVERIES,
@@ -80,6 +90,7 @@ from digest.models import (
     DigestRun,
     PrunedTally,
     RunStatus,
+    Source,
     Suppression,
     utcnow,
 )
@@ -106,7 +117,8 @@ class DigestCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
         try:
-            figures = _within(TIMEOUT_SECONDS, lambda: _read_database(self.settings.database_url))
+            figures = _within(TIMEOUT_SECONDS, lambda: _read_database(
+                self.settings.database_url, self.settings.source_stale_hours))
         except Exception as exc:  # a scrape reports the outage instead of failing
             log.warning("metrics: the database did not answer: %s", exc)
             figures = []
@@ -120,7 +132,7 @@ class DigestCollector(Collector):
                      time.perf_counter() - started)
 
 
-def _read_database(url: str) -> list[Metric]:
+def _read_database(url: str, stale_hours: float) -> list[Metric]:
     session = Session(_scrape_engine(url))
 
     def bounded() -> None:
@@ -138,7 +150,8 @@ def _read_database(url: str) -> list[Metric]:
             session.rollback()
             log.info("metrics: delivery counts not folded: %s", exc)
         bounded()
-        return list(_database_figures(session, utcnow()))
+        now = utcnow()
+        return [*_database_figures(session, now), *_source_figures(session, now, stale_hours)]
     finally:
         session.close()
 
@@ -347,6 +360,55 @@ def _aware(moment: datetime) -> datetime:
 
 def _age(now: datetime, since: datetime | None) -> float:
     return max((_aware(now) - _aware(since)).total_seconds(), 0.0) if since else 0.0
+
+
+def _source_figures(session: Session, now: datetime, stale_hours: float) -> Iterable[Metric]:
+    """The sources' health and counters, one series a source (a handful of sources, each
+    an operator registered: the labels stay few)."""
+    labels = ["source", "url"]
+    info = GaugeMetricFamily(
+        "digest_source_info", "1 per registered source; health: new, ok, failing, stale, "
+        "paused; error: its last error in words (empty after a success).",
+        labels=[*labels, "kind", "health", "error"])
+    gauges = {name: GaugeMetricFamily(f"digest_source_{name}", doc, labels=labels)
+              for name, doc in _SOURCE_GAUGES.items()}
+    counters = {name: CounterMetricFamily(f"digest_source_{name}", doc, labels=labels)
+                for name, doc in _SOURCE_COUNTERS.items()}
+    for source in session.scalars(select(Source).order_by(Source.id)):
+        key = [str(source.id), source.url]
+        word = health(source, now=now, stale_hours=stale_hours)
+        error = (source.last_error or "")[:SOURCE_ERROR_CHARS]
+        info.add_metric([*key, str(source.kind), word, error], 1)
+        failures = source.consecutive_failures or 0
+        gauges["up"].add_metric(key, 0 if failures else 1)
+        gauges["stale"].add_metric(key, 1 if word == "stale" else 0)
+        gauges["consecutive_failures"].add_metric(key, failures)
+        for name, moment in (("last_success_timestamp_seconds", source.last_success_at),
+                             ("last_attempt_timestamp_seconds", source.last_attempt_at)):
+            if moment is not None:
+                gauges[name].add_metric(key, _aware(moment).timestamp())
+        for name, counter in counters.items():  # each named as its column
+            counter.add_metric(key, getattr(source, name) or 0)
+    yield info
+    yield from gauges.values()
+    yield from counters.values()
+
+
+SOURCE_ERROR_CHARS = 200  # an error label long enough to read, short enough for a label
+_SOURCE_GAUGES = {
+    "up": "0 while the source's last poll failed, else 1.",
+    "stale": "1 when the source has failed for DIGEST_SOURCE_STALE_HOURS (red in the admin).",
+    "consecutive_failures": "Polls of the source that failed in a row (it backs off).",
+    "last_success_timestamp_seconds": "When the source was last read well (Unix time).",
+    "last_attempt_timestamp_seconds": "When the source was last polled (Unix time).",
+}
+_SOURCE_COUNTERS = {
+    "polls": "Polls of the source.",
+    "failures": "Polls of the source that failed.",
+    "not_modified": "Polls the source answered 304 Not Modified.",
+    "items_added": "Items the source added.",
+    "bytes_fetched": "Bytes read from the source.",
+}
 
 
 def _broker_figures(settings: Settings) -> Iterable[Metric]:

@@ -101,3 +101,64 @@ def test_demo_digest_has_no_axe_violations(browser, demo_digest):
     page = browser.new_context(viewport={"width": 600, "height": 900}).new_page()
     page.goto(html_file.as_uri())
     assert _audit(page, "demo-digest") == []
+
+
+@pytest.fixture
+def admin_served(monkeypatch, sqlite_settings, smtp_sink, request):
+    """``served`` with an admin sign-in (set before the app reads its settings)."""
+    from digest.web.admin import hash_password
+
+    monkeypatch.setenv("DIGEST_ADMIN_USERNAME", "admin")
+    monkeypatch.setenv("DIGEST_ADMIN_PASSWORD_HASH", hash_password(ADMIN_PASSWORD))
+    return request.getfixturevalue("served")
+
+
+ADMIN_PASSWORD = "axe admin password"
+
+
+def _sources_in_every_health(settings) -> None:
+    """A failing, a stale, a paused and a new source: every badge the page can show."""
+    from datetime import timedelta
+
+    from digest.ingest import registry
+    from digest.models import utcnow
+
+    now = utcnow()
+    with db.session_scope(settings.database_url) as session:
+        for n, (failing_hours, paused) in enumerate([(2, False), (48, False), (0, True),
+                                                     (None, False)]):
+            source = registry.add_source(session, f"https://93.184.215.14/feed-{n}.xml",
+                                         settings=settings)
+            source.paused = paused
+            if failing_hours:
+                source.last_attempt_at = now
+                source.failing_since = now - timedelta(hours=failing_hours)
+                source.consecutive_failures = source.failures = 5
+                source.last_success_at = now - timedelta(hours=failing_hours + 1)
+                source.last_error = "HTTP 503 Service Unavailable: down for maintenance"
+                source.last_status = 503
+
+
+def test_admin_sources_page_has_no_axe_violations_in_its_content(browser, admin_served):
+    """The Sources page's own content (sqladmin's frame around it is sqladmin's): health
+    badges whose words carry the meaning, the table's headers and caption, every button
+    and form field named."""
+    base, settings = admin_served
+    _sources_in_every_health(settings)
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.goto(f"{base}/admin/login")
+    page.locator("input[name=username]").fill("admin")
+    page.locator("input[name=password]").fill(ADMIN_PASSWORD)
+    page.locator("button[type=submit]").click()
+    page.wait_for_load_state()
+    page.goto(f"{base}/admin/sources")
+    assert page.get_by_text("Stale: failing too long").count() == 1
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page, context={"include": [[".page-body"]]},
+                        options=AXE_OPTIONS).response
+    OUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=OUT / "admin-sources.png", full_page=True)
+    (OUT / "admin-sources.json").write_text(json.dumps(results["violations"], indent=2),
+                                            encoding="utf-8")
+    assert _findings(results) == []

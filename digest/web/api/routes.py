@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from digest.web.api import bounces, deliveries, items, runs, subscribers, taxonomy
+from digest.web.api import bounces, deliveries, items, runs, sources, subscribers, taxonomy
 from digest.web.api.auth import require_token
 
 router = APIRouter(
@@ -18,3 +18,4 @@ router = APIRouter(
 )
 for resource in (subscribers, taxonomy, items, runs, deliveries, bounces):
     router.include_router(resource.router)
+router.include_router(sources.router)
