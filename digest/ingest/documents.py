@@ -38,7 +38,7 @@ def parse_document(session: Session, source: Source, body: bytes,
         page = read_listing_document(body, content_type=content_type, base_url=source.url)
         parsed = ParsedDocument(page.items, page.warnings, page.next_page_url)
     else:
-        parsed = ParsedDocument(parse_json_items(body.decode("utf-8", errors="strict")))
+        parsed = ParsedDocument(parse_json_items(bytes(body)))
     parsed.items = [_with_defaults(item, source) for item in parsed.items]
     return parsed
 

@@ -292,8 +292,10 @@ def _record_stored(settings: Settings, source_id: int, token: str, now: datetime
         source.items_added += len(report.new_item_ids)
         if source.kind is SourceKind.feed:
             found = websub.discover(response.body, response.headers, source.url)
-            if found is not None:
+            if found is not None and found != (source.hub_url, source.topic_url):
+                # A new hub or topic: the next WebSub pass subscribes afresh.
                 source.hub_url, source.topic_url = found
+                source.websub_state = None
         _healthy(source, now, response)
         outcome = _Polled(source.id, source.url, STORED, new_items=len(report.new_item_ids),
                           next_poll_at=source.next_poll_at,
