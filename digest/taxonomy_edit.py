@@ -68,9 +68,10 @@ def facet_of(text: str) -> Facet:
     key = text.strip().lower().replace("-", "_").replace(" ", "_")
     key = {"themes": "theme", "locations": "location", "type": "content_type",
            "content_types": "content_type", "types": "content_type"}.get(key, key)
-    if key not in FACETS:
-        raise ValidationError(f"unknown facet {text!r}; use theme, location or content-type")
-    return cast(Facet, key)
+    for facet in FACETS:
+        if key == facet:
+            return facet
+    raise ValidationError(f"unknown facet {text!r}; use theme, location or content-type")
 
 
 def _one(session: Session, facet: Facet, name: str) -> TaxonomyModel:
@@ -92,7 +93,8 @@ def rename(session: Session, facet: Facet, name: str, new_name: str) -> Taxonomy
         raise ValidationError(f"the new name {new_name!r} has no letters or digits; give one "
                               "with at least one")
     model = _model(facet)
-    other = session.scalar(select(model).where(model.slug == new_slug, model.id != term.id))
+    other = cast(TaxonomyModel | None, session.scalar(
+        select(model).where(model.slug == new_slug, model.id != term.id)))
     if other is not None:
         raise ValidationError(
             f"a {facet.replace('_', ' ')} named {other.name!r} exists already; to make "

@@ -15,7 +15,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import ColumnElement, Table, and_, func, or_, select
 from sqlalchemy.orm import selectinload
 
 from digest import ingest, taxonomy
@@ -128,9 +128,11 @@ def list_items(  # noqa: PLR0913 (one parameter per filter)
     case), ``include_backfill=false`` to leave out archive backfill. ``next_cursor``, given as
     ``cursor`` with the same filters, reads the next page; every item comes once.
     """
-    conditions = []
-    for facet, names, table, column in (("theme", theme, item_themes, "theme_id"),
-                                        ("location", location, item_locations, "location_id")):
+    conditions: list[ColumnElement[bool]] = []
+    facets: tuple[tuple[taxonomy.Facet, list[str] | None, Table, str], ...] = (
+        ("theme", theme, item_themes, "theme_id"),
+        ("location", location, item_locations, "location_id"))
+    for facet, names, table, column in facets:
         if names:
             ids = _term_ids(session, facet, names)
             conditions.append(Item.id.in_(select(table.c.item_id)
