@@ -23,9 +23,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, and_, delete, exists, func, insert, literal, select, update
+from sqlalchemy import (
+    Select,
+    Table,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from digest.db import insert_ignoring_conflict
@@ -202,12 +213,12 @@ def move(session: Session, name: str, from_facet: Facet, to_facet: Facet, *,
                               "change its name use rename")
     old = _one(session, from_facet, name)
     old_items, old_filters, old_col = _TAGS[from_facet]
-    item_ids = _item_ids(session, from_facet, old.id)
+    tagged = _tagged(from_facet, old.id)  # a subquery: the items carrying the old term
     conflicts: list[int] = []
-    if to_facet == "content_type" and item_ids:
+    if to_facet == "content_type":
         same = session.scalar(select(ContentType.id).where(ContentType.slug == old.slug))
         conflicts = list(session.scalars(
-            select(Item.id).where(Item.id.in_(item_ids), Item.content_type_id.is_not(None),
+            select(Item.id).where(Item.id.in_(tagged), Item.content_type_id.is_not(None),
                                   Item.content_type_id != (same or -1))
             .order_by(Item.id)))
         if conflicts and not keep_existing_type:
@@ -217,29 +228,28 @@ def move(session: Session, name: str, from_facet: Facet, to_facet: Facet, *,
                 "--keep-existing-type (keep_existing_type) to keep theirs (they then lose "
                 f"{old.name!r}), or change them first")
     new = cast(TaxonomyModel, resolve(session, to_facet, [old.name], create=True)[0])
-    report = MoveReport(term=new)
     session.flush()
+    report = MoveReport(term=new, kept_own_type=conflicts)
+    report.items = (session.scalar(select(func.count()).select_from(tagged.subquery())) or 0) \
+        - len(conflicts)
 
-    # Items
     new_items, new_filters, new_col = _TAGS[to_facet]
-    follow = [i for i in item_ids if i not in set(conflicts)]
     if new_items is not None:
         t = new_items.c
-        if follow:
-            session.execute(insert(new_items).from_select(
-                ["item_id", new_col],
-                select(Item.id, literal(new.id)).where(
-                    Item.id.in_(follow),
-                    ~exists().where(t.item_id == Item.id, t[new_col] == new.id))))
-    elif follow:
-        session.execute(update(Item).where(Item.id.in_(follow)).values(content_type_id=new.id))
+        session.execute(insert(new_items).from_select(
+            ["item_id", new_col],
+            select(Item.id, literal(new.id)).where(
+                Item.id.in_(tagged),
+                ~exists().where(t.item_id == Item.id, t[new_col] == new.id))))
+    else:  # items with a type of their own (the conflicts) keep it
+        session.execute(update(Item).where(Item.id.in_(tagged),
+                                           Item.content_type_id.is_(None))
+                        .values(content_type_id=new.id))
     if old_items is not None:
         _drop_links(session, old_items, old_col, [old.id])
     else:
         session.execute(update(Item).where(Item.content_type_id == old.id)
                         .values(content_type_id=None))
-    report.items = len(follow)
-    report.kept_own_type = conflicts
 
     _move_filters(session, report, old.id, new.id, old_filters, old_col, new_filters, new_col)
     session.delete(old)
@@ -247,36 +257,41 @@ def move(session: Session, name: str, from_facet: Facet, to_facet: Facet, *,
     return report
 
 
-def _item_ids(session: Session, facet: Facet, term_id: int) -> list[int]:
+def _tagged(facet: Facet, term_id: int) -> Select[Any]:
+    """SELECT of the ids of the items carrying a term."""
     items_table, _, column = _TAGS[facet]
     if items_table is None:
-        return list(session.scalars(select(Item.id).where(Item.content_type_id == term_id)))
-    return list(session.scalars(select(items_table.c.item_id)
-                                .where(items_table.c[column] == term_id)))
+        return select(Item.id).where(Item.content_type_id == term_id)
+    return select(items_table.c.item_id).where(items_table.c[column] == term_id)
 
 
 def _move_filters(session: Session, report: MoveReport, old_id: int, new_id: int,
                   old_table: Table, old_col: str, new_table: Table, new_col: str) -> None:
+    """The filters that chose the old term choose the new one (see the module's text):
+    set-based, but for the filters split in two, which need a new filter row each."""
     o, n = old_table.c, new_table.c
-    filter_ids = list(session.scalars(select(o.filter_id).where(o[old_col] == old_id)))
-    for filter_id in filter_ids:
-        others = session.scalar(select(func.count()).select_from(old_table).where(
-            o.filter_id == filter_id, o[old_col] != old_id)) or 0
-        chose_new_facet = session.scalar(select(func.count()).select_from(new_table).where(
-            n.filter_id == filter_id)) or 0
-        target = filter_id
-        if others and not chose_new_facet:
-            # (term OR others) AND rest == (others AND rest) OR (term-in-new-facet AND rest)
-            target = _copy_filter(session, filter_id, leave_out=(old_table, old_col))
-            report.split_filters.append(filter_id)
-        elif chose_new_facet:
-            report.widened_filters.append(filter_id)
-        session.execute(insert_ignoring_conflict(
-            session, new_table, {"filter_id": target, new_col: new_id}, ["filter_id", new_col]))
+    mine = old_table.alias("same_filter")
+    chose = select(o.filter_id).where(o[old_col] == old_id)
+    has_others = exists().where(mine.c.filter_id == o.filter_id, mine.c[old_col] != old_id)
+    chose_new_facet = exists().where(n.filter_id == o.filter_id)
+    report.widened_filters = list(session.scalars(chose.where(chose_new_facet)
+                                                  .order_by(o.filter_id)))
+    report.split_filters = list(session.scalars(chose.where(has_others, ~chose_new_facet)
+                                                .order_by(o.filter_id)))
+    # The others: the term simply changes facet (once: the filter may have it there already).
+    session.execute(insert(new_table).from_select(
+        ["filter_id", new_col],
+        select(o.filter_id, literal(new_id)).where(
+            o[old_col] == old_id, o.filter_id.not_in(report.split_filters or [-1]),
+            ~exists().where(n.filter_id == o.filter_id, n[new_col] == new_id))))
+    for filter_id in report.split_filters:
+        # (term OR others) AND rest == (others AND rest) OR (term-in-new-facet AND rest)
+        copy_id = _copy_filter(session, filter_id, leave_out=old_table)
+        session.execute(insert(new_table).values(filter_id=copy_id, **{new_col: new_id}))
     _drop_links(session, old_table, old_col, [old_id])
 
 
-def _copy_filter(session: Session, filter_id: int, leave_out: tuple[Table, str]) -> int:
+def _copy_filter(session: Session, filter_id: int, leave_out: Table) -> int:
     """A new filter of the same subscriber with the same values but none in ``leave_out``."""
     original = session.get_one(SubscriberFilter, filter_id)
     copy = SubscriberFilter(subscriber_id=original.subscriber_id)
@@ -284,7 +299,7 @@ def _copy_filter(session: Session, filter_id: int, leave_out: tuple[Table, str])
     session.flush()
     for table, column in ((filter_themes, "theme_id"), (filter_locations, "location_id"),
                           (filter_content_types, "content_type_id")):
-        if table is leave_out[0]:
+        if table is leave_out:
             continue
         session.execute(insert(table).from_select(
             ["filter_id", column],
@@ -384,8 +399,8 @@ def file_review(session: Session, name: str, facet: Facet) -> Filed:
             select(Item.id, literal(term.id)).where(
                 Item.id.in_(item_ids),
                 ~exists().where(t.item_id == Item.id, t[column] == term.id))))
-        tagged = len(list(session.scalars(select(t.item_id).where(
-            t[column] == term.id, t.item_id.in_(item_ids)))))
+        tagged = session.scalar(select(func.count()).select_from(items_table).where(
+            t[column] == term.id, t.item_id.in_(item_ids))) or 0
     else:
         kept = list(session.scalars(select(Item.id).where(
             Item.id.in_(item_ids), Item.content_type_id.is_not(None),
