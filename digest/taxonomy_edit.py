@@ -45,6 +45,7 @@ from digest.models import (
     ContentType,
     Item,
     Location,
+    Source,
     SubscriberFilter,
     TermReview,
     Theme,
@@ -111,9 +112,32 @@ def rename(session: Session, facet: Facet, name: str, new_name: str) -> Taxonomy
             f"a {facet.replace('_', ' ')} named {other.name!r} exists already; to make "
             f"{term.name!r} and {other.name!r} one, merge them: digest taxonomy merge "
             f"{facet.replace('_', '-')} {term.name!r} --into {other.name!r}")
+    _follow_source_defaults(session, facet, {term.slug}, new_name)
     term.slug, term.name = new_slug, new_name
     session.flush()
     return term
+
+
+_DEFAULTS = {"location": "default_location", "content_type": "default_content_type"}
+
+
+def _follow_source_defaults(session: Session, facet: Facet, old_slugs: set[str],
+                            new_name: str | None,
+                            moved_to: tuple[Facet, str] | None = None) -> None:
+    """A registered source's default location or content type is kept as a name: it follows
+    a renamed or merged term (``new_name``); a term moved to another facet leaves it and
+    becomes that facet's default where the source has none (``moved_to``). So the next poll
+    does not bring the old name back."""
+    column = _DEFAULTS.get(facet)
+    if column is None:
+        return
+    for source in session.scalars(select(Source).where(getattr(Source, column).is_not(None))):
+        if slugify(getattr(source, column)) not in old_slugs:
+            continue
+        setattr(source, column, new_name)
+        other = _DEFAULTS.get(moved_to[0]) if moved_to else None
+        if moved_to and other and not getattr(source, other):
+            setattr(source, other, moved_to[1])
 
 
 # --- merge -----------------------------------------------------------------------------------
@@ -154,6 +178,7 @@ def merge(session: Session, facet: Facet, names: list[str], into: str) -> Taxono
     _drop_links(session, filters_table, column, ids)
     if facet == "location":
         _merge_regions(session, cast(Location, target), cast(list[Location], sources))
+    _follow_source_defaults(session, facet, {t.slug for t in sources}, target.name)
     for term in sources:
         session.delete(term)
     session.flush()
@@ -252,6 +277,7 @@ def move(session: Session, name: str, from_facet: Facet, to_facet: Facet, *,
                         .values(content_type_id=None))
 
     _move_filters(session, report, old.id, new.id, old_filters, old_col, new_filters, new_col)
+    _follow_source_defaults(session, from_facet, {old.slug}, None, moved_to=(to_facet, new.name))
     session.delete(old)
     session.flush()
     return report

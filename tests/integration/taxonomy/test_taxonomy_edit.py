@@ -13,6 +13,8 @@ from digest.errors import UnknownTaxonomyError, ValidationError
 from digest.models import (
     Item,
     Location,
+    Source,
+    SourceKind,
     SubscriberFilter,
     Theme,
     filter_themes,
@@ -165,3 +167,18 @@ def test_moving_onto_an_existing_term_of_that_name_reuses_it(session, taxo, item
                           .where(Location.slug == "elections")) == 1
     with pytest.raises(ValidationError, match="already"):
         move(session, "Elections", "location", "location")
+
+
+def test_a_sources_default_location_and_type_follow_a_rename_a_merge_and_a_move(session, taxo):
+    source = Source(url="https://newsroom.example.org/feed", kind=SourceKind.feed,
+                    default_location="osce mission to serbia", default_content_type="News")
+    session.add(source)
+    session.flush()
+    rename(session, "location", "OSCE Mission to Serbia", "Mission in Serbia")
+    merge(session, "content_type", ["News"], into="Press release")
+    assert (source.default_location, source.default_content_type) == (
+        "Mission in Serbia", "Press release")
+    move(session, "Press release", "content_type", "theme")
+    assert source.default_content_type is None  # a theme is no source default
+    move(session, "Mission in Serbia", "location", "content_type")
+    assert (source.default_location, source.default_content_type) == (None, "Mission in Serbia")
