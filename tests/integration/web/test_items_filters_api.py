@@ -82,6 +82,8 @@ def test_an_unknown_name_a_bad_cursor_and_a_naive_date_are_422_saying_what_to_do
         bad = api.get(f"{V1}/items", params={"cursor": cursor})
         assert bad.status_code == 422, cursor
         assert "bad cursor: give the next_cursor value" in bad.json()["detail"]
+    too_many = api.get(f"{V1}/items", params={"theme": ["Policing"] * 51})
+    assert too_many.status_code == 422
     naive = api.get(f"{V1}/items", params={"published_after": "2025-10-01T00:00:00"})
     assert naive.status_code == 422 and "has no time zone" in naive.text
 
