@@ -12,6 +12,7 @@ from sqlalchemy import select
 from digest.errors import NotFoundError
 from digest.ingest import ingest_feed
 from digest.models import Item, TermReview, Theme
+from digest.taxonomy import resolve
 from digest.taxonomy_edit import dismiss_review, file_review, review_list
 
 NOW = datetime(2025, 10, 12, 9, 0, tzinfo=UTC)
@@ -80,3 +81,16 @@ def test_filing_as_a_theme_tags_items_once_and_dismissing_removes_the_row(
     assert session.scalars(select(TermReview)).all() == []
     with pytest.raises(NotFoundError, match="not on the review list"):
         dismiss_review(session, "Odd tag")
+
+
+def test_filing_as_a_content_type_keeps_the_type_an_item_has_and_names_it(
+        settings, session, tmp_path):
+    ingest(tmp_path, settings, feed(("one", "Field notes"), ("two", "Field notes")))
+    two = session.scalars(select(Item).where(Item.guid == "two")).one()
+    two.content_type = resolve(session, "content_type", ["News"], create=True)[0]
+    session.commit()
+    filed = file_review(session, "Field notes", "content_type")
+    session.commit()
+    assert (filed.items, filed.kept_own_type) == (1, [two.id])
+    session.refresh(two)
+    assert two.content_type.name == "News"
