@@ -243,3 +243,12 @@ def resolve(session: Session, facet: Facet, names: list[str], create: bool) -> R
             found[obj.slug] = obj
 
     return Resolved([found[s] for s in wanted], created)
+
+
+def seed_fresh(session: Session) -> int:
+    """On a database without any theme, location or content type (a fresh install), add the
+    published taxonomy; how many names were added (0 when the database knew some already:
+    an operator's own taxonomy is never added to behind their back)."""
+    if any(session.scalar(select(_model(facet).id).limit(1)) is not None for facet in FACETS):
+        return 0
+    return sum(len(names) for names in seed(session, read_published()).values())

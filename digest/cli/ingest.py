@@ -16,8 +16,9 @@ app = typer.Typer(help="Bring items in.", no_args_is_help=True)
 def _after_ingest(report) -> None:
     console.print(report.summary(), markup=False, highlight=False)
     for line in report.unfiled:
-        err.print(f"warning: {line} (add the name with 'digest taxonomy seed FILE' and ingest "
-                  "again, or give the category a domain)", markup=False, highlight=False,
+        err.print(f"warning: {line} (kept for review: 'digest taxonomy review', then "
+                  "'digest taxonomy file NAME --as theme|location|content-type' tags its items)",
+                  markup=False, highlight=False,
                   soft_wrap=True)
     task_queue().publish_items(report.new_item_ids)
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 from digest.ingest.parsed import ItemIn, title_date_guid
 from digest.models import Item, utcnow
 from digest.taxonomy import resolve, slugify
+from digest.taxonomy_edit import Unfiled, record_unfiled
 
 _IN_CHUNK = 500  # bound parameters per IN (...) query
 
@@ -25,7 +26,7 @@ class IngestReport:
     created: dict[str, list[str]] = field(default_factory=dict)  # facet -> new names
     duplicates_in_batch: int = 0  # items repeated inside the document (last one kept)
     rejected: list[str] = field(default_factory=list)  # entries left out, with the reason
-    # Categories left unfiled, each a sentence naming it and its item (not stored anywhere).
+    # Categories left unfiled, each a sentence naming it and its item (kept for review).
     unfiled: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -202,4 +203,24 @@ def store_items(
     report.new_item_ids = [new.id for new, _ in fresh]
     report.backfill_ids = [new.id for new, backfill in fresh if backfill]
     report.updated_item_ids = [stored.id for stored in changed]
+    _keep_for_review(session, items, source=source, now=now)
     return report
+
+
+def _keep_for_review(session: Session, items: list[ItemIn], *, source: str,
+                     now: datetime) -> None:
+    """Each unfiled category on the review list (``digest taxonomy review``), linked to the
+    stored items that carried it, so filing it later tags them."""
+    carrying = [item for item in items if item.unfiled]
+    if not carrying:
+        return
+    by_guid, by_url = _existing(session, [_key(i) for i in carrying],
+                                sorted({i.url for i in carrying if i.url}))
+    found: dict[str, Unfiled] = {}
+    for item in carrying:
+        stored = by_guid.get(_key(item)) or (by_url.get(item.url) if item.url else None)
+        for name, why in item.unfiled:
+            entry = found.setdefault(slugify(name), Unfiled(name, why, []))
+            if stored is not None:
+                entry.item_ids.append(stored.id)
+    record_unfiled(session, list(found.values()), source=source, now=now)

@@ -15,11 +15,13 @@ from digest.web.admin.auth import AdminAuth
 from digest.web.admin.forms import AddSubscriberPage, CsvPage
 from digest.web.admin.send import AdhocSendPage
 from digest.web.admin.sources import SourcesPage
+from digest.web.admin.taxonomy import TaxonomyPage
 from digest.web.admin.views import VIEWS
 
 # Our own pages (forms, CSV, ad-hoc send): sqladmin BaseViews with templates next to them.
 PAGES = [AddSubscriberPage, CsvPage, AdhocSendPage]
 PAGES.append(SourcesPage)  # sources and their health (digest.web.admin.sources)
+PAGES.append(TaxonomyPage)  # the taxonomy's rename/merge/move and review list (ADR 0036)
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
