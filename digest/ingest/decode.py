@@ -125,8 +125,9 @@ def decode_page(data: bytes, content_type: str | None, *, what: str = "page") ->
     try:
         return body.decode(encoding).lstrip("\ufeff")
     except UnicodeDecodeError as exc:
+        expected = "UTF-8 text" if encoding == "utf-8" else f"valid {encoding}"
         raise IngestError(
-            f"the {what} is not valid {encoding} ({where}): undecodable byte "
+            f"the {what} is not {expected} ({where}): undecodable byte "
             f"0x{body[exc.start]:02x} at byte offset {exc.start}; declare its real encoding "
             "(<meta charset> or the HTTP charset) or save it as UTF-8"
         ) from None

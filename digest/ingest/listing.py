@@ -119,10 +119,15 @@ def read_listing_text(text: str) -> ListingDocument:
     cut_lineno = lines[-1][0] if lines and not text.endswith(("\n", "\r")) else None
     warnings: list[str] = []
     if cut_lineno is not None and _is_cut_label(lines[-1][1]):
+        cut_label = lines.pop()[1]
         warnings.append(f"line {cut_lineno}: the page ends inside a field label "
-                        f"({lines[-1][1]!r}); left out")
-        lines.pop()
+                        f"({cut_label!r}); left out")
         cut_lineno = None
+        if "publishing date:".startswith(cut_label.lower()) and lines and not (
+                _DATE_LINE.match(lines[-1][1]) or _FIELD_LINE.match(lines[-1][1])):
+            lineno, title = lines.pop()  # its date label was cut: a title without a date
+            warnings.append(f"line {lineno}: item {title[:80]!r} has no publishing date "
+                            "(the page ends inside its date label); left out")
     starts = [
         i
         for i in range(len(lines) - 1)

@@ -16,6 +16,7 @@ from urllib.parse import urljoin, urlsplit
 
 from lxml import etree
 from lxml import html as lxml_html
+from lxml.html import HtmlElement
 
 from digest.errors import IngestError
 from digest.ingest.decode import decode_page
@@ -28,7 +29,9 @@ from digest.ingest.listing import (
 )
 from digest.ingest.parsed import ItemIn, is_web_url, to_plain_text
 
-_LABEL = re.compile(r"^(publishing date|content type|where we are|what we do)\b\s*:?\s*(.*)$",
+# A label alone ("Content type", its value in the next element) or with its value after a
+# colon; "Publishing date of this site: 2025" in a footer is neither.
+_LABEL = re.compile(r"^(publishing date|content type|where we are|what we do)\s*(?::\s*(.*))?$",
                     re.IGNORECASE | re.DOTALL)
 # Never text of an item: their content is code or a document of its own.
 _NOISE = ("script", "style", "noscript", "template", "iframe", "object", "svg", "button")
@@ -43,7 +46,7 @@ class _Field:
     key: str
     value: str
     line: int
-    elements: list[etree._Element] = field(default_factory=list)
+    elements: list[HtmlElement] = field(default_factory=list)
 
 
 def read_listing_html(body: bytes, *, content_type: str | None = None,
@@ -75,7 +78,7 @@ def read_listing_html(body: bytes, *, content_type: str | None = None,
     return ListingDocument(items, warnings, _next_page(root, base))
 
 
-def _parse(text: str) -> etree._Element:
+def _parse(text: str) -> HtmlElement:
     # An XHTML page's XML declaration names an encoding lxml refuses on decoded text.
     text = re.sub(r"^\s*<\?xml[^>]*>", "", text, count=1)
     if not text.strip():
@@ -96,7 +99,7 @@ def _words(value: str | None) -> str:
     return " ".join((value or "").split())
 
 
-def _base_url(root: etree._Element, page_url: str | None) -> str:
+def _base_url(root: HtmlElement, page_url: str | None) -> str:
     base = root.find(".//base[@href]")
     return urljoin(page_url or "", base.get("href", "").strip()) if base is not None else (
         page_url or "")
@@ -109,7 +112,7 @@ def _web_link(base: str, href: str | None) -> str | None:
     return url if is_web_url(url) and urlsplit(url).netloc else None
 
 
-def _final_text_element(root: etree._Element) -> etree._Element | None:
+def _final_text_element(root: HtmlElement) -> HtmlElement | None:
     """The element holding the page's last words (where a cut page was cut)."""
     last = None
     for event, element in etree.iterwalk(root, events=("start", "end")):
@@ -120,11 +123,11 @@ def _final_text_element(root: etree._Element) -> etree._Element | None:
     return last
 
 
-def _contains(ancestor: etree._Element, element: etree._Element) -> bool:
+def _contains(ancestor: HtmlElement, element: HtmlElement) -> bool:
     return any(node is ancestor for node in element.iterancestors()) or element is ancestor
 
 
-def _own_label(element: etree._Element) -> re.Match[str] | None:
+def _own_label(element: HtmlElement) -> re.Match[str] | None:
     """A field label: an element whose own first words are "Publishing date", "Content type",
     "Where we are" or "What we do" (a wrapper around label and value is not one)."""
     if not isinstance(element.tag, str) or not _words(element.text):
@@ -132,7 +135,7 @@ def _own_label(element: etree._Element) -> re.Match[str] | None:
     return _LABEL.match(_words(element.text_content()))
 
 
-def _title_element(container: etree._Element) -> etree._Element | None:
+def _title_element(container: HtmlElement) -> HtmlElement | None:
     heading = container.xpath(f".//*[{_HEADINGS}][normalize-space()]")
     if heading:
         return heading[0]
@@ -141,11 +144,11 @@ def _title_element(container: etree._Element) -> etree._Element | None:
     return titled[0] if titled else None
 
 
-def _item_containers(root: etree._Element, warnings: list[str]
-                     ) -> list[tuple[etree._Element, etree._Element]]:
+def _item_containers(root: HtmlElement, warnings: list[str]
+                     ) -> list[tuple[HtmlElement, HtmlElement]]:
     """Each dated item's block (the smallest one around its date label holding a title, or
     its <article>), with that label; a date with no title of its own is a warning."""
-    found: list[tuple[etree._Element, etree._Element]] = []
+    found: list[tuple[HtmlElement, HtmlElement]] = []
     seen: set[int] = set()
     for label in root.iter():
         match = _own_label(label)
@@ -170,11 +173,11 @@ def _item_containers(root: etree._Element, warnings: list[str]
     return found
 
 
-def _undated_items(root: etree._Element, containers: list[etree._Element]) -> list[str]:
+def _undated_items(root: HtmlElement, containers: list[HtmlElement]) -> list[str]:
     """Blocks shaped like the items (the same tag and class beside them, or an <article>)
     that hold a title but no publishing date: a damaged item, named, never stored."""
     known = {id(c) for c in containers}
-    peers: list[etree._Element] = list(root.iter("article"))
+    peers: list[HtmlElement] = list(root.iter("article"))
     for container in containers:
         parent = container.getparent()
         if parent is not None:
@@ -194,7 +197,7 @@ def _undated_items(root: etree._Element, containers: list[etree._Element]) -> li
     return warnings
 
 
-def _field_value(label: etree._Element, inline: str) -> tuple[str, list[etree._Element]]:
+def _field_value(label: HtmlElement, inline: str) -> tuple[str, list[HtmlElement]]:
     """A label's value: the words after it in its own element, else its tail and the
     elements that follow it (each of their innermost elements one value)."""
     if inline:
@@ -213,7 +216,7 @@ def _field_value(label: etree._Element, inline: str) -> tuple[str, list[etree._E
     return ", ".join(pieces), used
 
 
-def _fields(container: etree._Element) -> list[_Field]:
+def _fields(container: HtmlElement) -> list[_Field]:
     fields: list[_Field] = []
     for element in list(container.iter()):
         if any(_contains(f_el, element) for f in fields for f_el in f.elements):
@@ -221,13 +224,13 @@ def _fields(container: etree._Element) -> list[_Field]:
         match = _own_label(element)
         if match is None:
             continue
-        value, used = _field_value(element, match.group(2).strip())
+        value, used = _field_value(element, (match.group(2) or "").strip())
         fields.append(_Field(match.group(1).lower(), value, element.sourceline or 0, used))
     return fields
 
 
-def _html_item(container: etree._Element, label: etree._Element, base: str,
-               final_text: etree._Element | None, warnings: list[str]) -> ItemIn:
+def _html_item(container: HtmlElement, label: HtmlElement, base: str,
+               final_text: HtmlElement | None, warnings: list[str]) -> ItemIn:
     title_element = _title_element(container)
     assert title_element is not None  # a container is chosen for its title
     anchor = title_element if title_element.tag == "a" else title_element.find(".//a[@href]")
@@ -267,7 +270,7 @@ def _html_item(container: etree._Element, label: etree._Element, base: str,
                         summary=summary)
 
 
-def _next_page(root: etree._Element, base: str) -> str | None:
+def _next_page(root: HtmlElement, base: str) -> str | None:
     """The pager's next page: a rel="next" link, else a link in an element classed "next",
     else a link reading "Next"."""
     candidates = root.xpath(
