@@ -100,9 +100,16 @@ def _words(value: str | None) -> str:
 
 
 def _base_url(root: HtmlElement, page_url: str | None) -> str:
+    """What the page's links are relative to: its <base href>, else its address; a page read
+    from a file has none, and its canonical link (the address it was saved from) stands in."""
+    if not page_url:
+        canonical = root.xpath("//link[@href][contains(concat(' ', normalize-space(@rel), ' '),"
+                               " ' canonical ')]")
+        page_url = _web_link("", canonical[0].get("href")) if canonical else None
     base = root.find(".//base[@href]")
-    return urljoin(page_url or "", base.get("href", "").strip()) if base is not None else (
-        page_url or "")
+    if base is not None:
+        return urljoin(page_url or "", base.get("href", "").strip())
+    return page_url or ""
 
 
 def _web_link(base: str, href: str | None) -> str | None:

@@ -89,6 +89,8 @@ def test_links_resolve_against_the_page_or_its_base_and_only_http_links_are_kept
         base_url=PAGE_URL)
     assert based.items[0].url == "https://mirror.example.org/n/items/1"
     assert read_listing_html(html_page(article())).items[0].url is None  # no page address
+    saved = html_page(article(), "<link rel='canonical' href='https://www.osce.org/newsroom'>")
+    assert read_listing_html(saved).items[0].url == "https://www.osce.org/items/1"
 
 
 def test_markup_and_script_in_an_html_title_and_summary_become_plain_text():
