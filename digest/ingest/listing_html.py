@@ -156,7 +156,8 @@ def _item_containers(root: HtmlElement, warnings: list[str]
     """Each dated item's block (the smallest one around its date label holding a title, or
     its <article>), with that label; a date with no title of its own is a warning."""
     found: list[tuple[HtmlElement, HtmlElement]] = []
-    seen: set[int] = set()
+    # Sets of elements, not of id()s: held, an element keeps its one proxy (lxml).
+    seen: set[HtmlElement] = set()
     for label in root.iter():
         match = _own_label(label)
         if match is None or match.group(1).lower() != "publishing date":
@@ -174,8 +175,8 @@ def _item_containers(root: HtmlElement, warnings: list[str]
             warnings.append(f"line {label.sourceline}: a publishing date with no title of its "
                             "own; left out")
             continue
-        if id(container) not in seen:
-            seen.add(id(container))
+        if container not in seen:
+            seen.add(container)
             found.append((container, label))
     return found
 
@@ -183,7 +184,8 @@ def _item_containers(root: HtmlElement, warnings: list[str]
 def _undated_items(root: HtmlElement, containers: list[HtmlElement]) -> list[str]:
     """Blocks shaped like the items (the same tag and class beside them, or an <article>)
     that hold a title but no publishing date: a damaged item, named, never stored."""
-    known = {id(c) for c in containers}
+    known = set(containers)
+    around = {a for c in containers for a in c.iterancestors()}  # blocks holding items
     peers: list[HtmlElement] = list(root.iter("article"))
     for container in containers:
         parent = container.getparent()
@@ -192,13 +194,13 @@ def _undated_items(root: HtmlElement, containers: list[HtmlElement]) -> list[str
                          and s.get("class") == container.get("class"))
     warnings, reported = [], set()
     for peer in peers:
-        if id(peer) in known or id(peer) in reported:
+        if peer in known or peer in reported or peer in around:
             continue
-        if any(_contains(peer, c) or _contains(c, peer) for c in containers):
+        if any(a in known for a in peer.iterancestors()):
             continue
         title = _title_element(peer)
         if title is not None:
-            reported.add(id(peer))
+            reported.add(peer)
             warnings.append(f"line {peer.sourceline}: item {_words(title.text_content())[:80]!r}"
                             " has no publishing date; left out")
     return warnings
@@ -225,14 +227,16 @@ def _field_value(label: HtmlElement, inline: str) -> tuple[str, list[HtmlElement
 
 def _fields(container: HtmlElement) -> list[_Field]:
     fields: list[_Field] = []
+    read: set[HtmlElement] = set()  # inside a field already
     for element in list(container.iter()):
-        if any(_contains(f_el, element) for f in fields for f_el in f.elements):
+        if element in read:
             continue
         match = _own_label(element)
         if match is None:
             continue
         value, used = _field_value(element, (match.group(2) or "").strip())
         fields.append(_Field(match.group(1).lower(), value, element.sourceline or 0, used))
+        read.update(e for u in used for e in u.iter())
     return fields
 
 
