@@ -39,6 +39,7 @@ _HEADINGS = "self::h1 or self::h2 or self::h3 or self::h4 or self::h5 or self::h
 _SHAPE = ("an item is a heading with the title's link and a 'Publishing date' field, "
           "e.g. <h3><a href=...>Title</a></h3> <div>Publishing date: 9 October 2025</div>")
 _CUT_END = re.compile(r"</html\s*>\s*$", re.IGNORECASE)
+_READ_MORE = re.compile(r"^(read more|more|continue reading)\b", re.IGNORECASE)  # not summary
 
 
 @dataclass
@@ -162,12 +163,12 @@ def _item_containers(root: HtmlElement, warnings: list[str]
         match = _own_label(label)
         if match is None or match.group(1).lower() != "publishing date":
             continue
-        container = next(
-            (a for a in label.iterancestors()
-             if a.tag == "article" or (a.tag not in ("body", "html")
-                                       and _title_element(a) is not None)),
-            None,
-        )
+        # Its <article> when it has one (a heading nearer the label may be a sub-heading).
+        container = next(label.iterancestors("article"), None)
+        if container is None:
+            container = next((a for a in label.iterancestors()
+                              if a.tag not in ("body", "html") and _title_element(a) is not None),
+                             None)
         dates_inside = 0 if container is None else sum(
             1 for e in container.iter()
             if (m := _own_label(e)) is not None and m.group(1).lower() == "publishing date")
@@ -272,7 +273,8 @@ def _html_item(container: HtmlElement, label: HtmlElement, base: str,
         values[found.key] = (f"{values[found.key]}, {found.value}" if found.key in values
                              else found.value)
 
-    for element in [title_element] + [e for f in fields for e in f.elements]:
+    read_more = [a for a in container.iter("a") if _READ_MORE.match(_words(a.text_content()))]
+    for element in [title_element] + [e for f in fields for e in f.elements] + read_more:
         if element.getparent() is not None:
             element.drop_tree()
     summary = to_plain_text(lxml_html.tostring(container, encoding="unicode", with_tail=False))

@@ -97,11 +97,21 @@ def test_markup_and_script_in_an_html_title_and_summary_become_plain_text():
     body = html_page(
         "<article><h3><a href='/x'><script>alert(1)</script><b>Bold</b> &amp; plain</a></h3>"
         "<div>Publishing date: 2 October 2025</div>"
-        "<div class='body'><p>One <i>para</i>.</p><style>p{}</style><p>Two.</p></div></article>")
+        "<div class='body'><p>One <i>para</i>.</p><style>p{}</style><p>Two.</p></div>"
+        "<a href='/x'>Read more<span class='visually-hidden'> about Bold</span></a></article>")
     item = read_listing_html(body, base_url=PAGE_URL).items[0]
     assert item.title == "Bold & plain"
-    assert item.summary == "One para . Two." or item.summary == "One para. Two."
+    assert item.summary == "One para. Two."
     assert item.published_at == datetime(2025, 10, 2, tzinfo=UTC)
+
+
+def test_an_items_article_is_its_block_even_with_a_sub_heading_nearer_its_date():
+    body = html_page("<article><h3><a href='/a'>The title</a></h3><div class='meta'>"
+                     "<h4>Details</h4><span>Publishing date:</span> 3 October 2025</div>"
+                     "<p>Summary.</p></article>")
+    item = read_listing_html(body, base_url=PAGE_URL).items[0]
+    assert (item.title, item.url) == ("The title", "https://www.osce.org/a")
+    assert item.summary == "Details Summary."
 
 
 def test_labels_inline_with_their_value_and_list_values_are_read():
