@@ -23,7 +23,7 @@ class IngestReport:
     unchanged_count: int = 0
     backfill_ids: list[int] = field(default_factory=list)  # new items too old to be mailed
     created: dict[str, list[str]] = field(default_factory=dict)  # facet -> new names
-    duplicates_in_batch: int = 0  # items repeated inside the document (last one kept)
+    duplicates_in_batch: int = 0  # repeats inside the document (the last kept, unless it has less)
     less_complete: int = 0  # copies not applied: the stored (or earlier) copy had more
     rejected: list[str] = field(default_factory=list)  # entries left out, with the reason
     # Categories left unfiled, each a sentence naming it and its item (not stored anywhere).
