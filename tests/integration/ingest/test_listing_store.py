@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 
 from digest.errors import IngestError
 from digest.ingest import ItemIn, ingest_listing, parse_listing, store_items
-from digest.models import ContentType, Item
+from digest.ingest.documents import store_document
+from digest.models import ContentType, Item, Source, SourceKind
 from tests.conftest import SEED_LISTING, TEST_DATA
 
 NOW = datetime(2025, 10, 12, 9, 0, tzinfo=UTC)
@@ -224,3 +225,20 @@ def test_the_text_form_is_read_from_a_url_too(settings, session, newsroom):
     report = ingest_listing(f"{newsroom}/newsroom.txt", settings=settings, now=NOW,
                             max_age_days=A_YEAR, backfill_pages=2)
     assert len(report.new_item_ids) == 7
+
+
+# --- a registered source's document (the poller's path) -----------------------------------
+
+
+def test_a_listing_sources_html_page_is_stored_with_its_links_and_its_source(settings, session):
+    # Registered directly: add_source resolves the host, and the tests reach no network.
+    source = Source(url="https://www.osce.org/newsroom", kind=SourceKind.listing)
+    session.add(source)
+    session.commit()
+    report = store_document(session, source, HTML_PAGE.read_bytes(), "text/html; charset=utf-8",
+                            settings=settings, now=NOW)
+    session.commit()
+    assert len(report.new_item_ids) == 7 and report.rejected == []
+    items = stored(session)
+    assert all(item.source_id == source.id for item in items)
+    assert items[0].url == "https://www.osce.org/mission-to-montenegro/599712"
