@@ -145,6 +145,14 @@ def test_an_html_item_without_a_date_is_left_out_with_a_warning_naming_its_line(
     ]
 
 
+def test_an_html_date_without_a_title_of_its_own_is_a_warning_not_an_item():
+    body = html_page(article("Good") + "\n<div class='row'><p>Publishing date: 2 October 2025"
+                     "</p><p>Orphan text.</p></div>")
+    page = read_listing_html(body, base_url=PAGE_URL)
+    assert [item.title for item in page.items] == ["Good"]
+    assert page.warnings == ["line 2: a publishing date with no title of its own; left out"]
+
+
 def test_an_html_page_cut_inside_a_field_leaves_that_field_out():
     whole = HTML_PAGE_2.read_text(encoding="utf-8")
     cut_at = whole.index('hreflang="en">Press release') + len('hreflang="en">P')
@@ -231,6 +239,14 @@ def test_a_cut_field_line_is_left_out_and_the_item_kept_without_it():
         "'Statement by the Chairpersonship on the anniversary of the Helsinki Final Act' is "
         "left out"
     ]
+
+
+def test_a_text_item_whose_title_is_only_markup_is_left_out():
+    page = read_listing_text("<script>alert(1)</script>\nPublishing date: 1 October 2025\n"
+                             "Good\nPublishing date: 2 October 2025\nText.\n")
+    assert [item.title for item in page.items] == ["Good"]
+    assert page.warnings == ["line 1: the title is empty once its markup is removed; item "
+                             "'<script>alert(1)</script>' left out"]
 
 
 def test_a_field_line_ended_by_a_line_break_is_trusted():
