@@ -65,14 +65,14 @@ def read_listing_html(body: bytes, *, content_type: str | None = None,
     warnings: list[str] = []
     containers = _item_containers(root, warnings)
     items: list[ItemIn] = []
-    for container, label in containers:
+    for container in containers:
         ends_page = final_text is not None and _contains(container, final_text)
         try:
-            items.append(_html_item(container, label, base, final_text if ends_page else None,
+            items.append(_html_item(container, base, final_text if ends_page else None,
                                     warnings))
         except DamagedItem as damaged:
             warnings.append(f"{damaged}; left out")
-    warnings.extend(_undated_items(root, [c for c, _ in containers]))
+    warnings.extend(_undated_items(root, containers))
     warnings.sort(key=_line_of)
     if not items:
         raise no_items_error("HTML listing page", warnings, _SHAPE)
@@ -152,11 +152,10 @@ def _title_element(container: HtmlElement) -> HtmlElement | None:
     return titled[0] if titled else None
 
 
-def _item_containers(root: HtmlElement, warnings: list[str]
-                     ) -> list[tuple[HtmlElement, HtmlElement]]:
-    """Each dated item's block (the smallest one around its date label holding a title, or
-    its <article>), with that label; a date with no title of its own is a warning."""
-    found: list[tuple[HtmlElement, HtmlElement]] = []
+def _item_containers(root: HtmlElement, warnings: list[str]) -> list[HtmlElement]:
+    """Each dated item's block (its <article>, else the smallest block around its date label
+    holding a title); a date with no title of its own is a warning."""
+    found: list[HtmlElement] = []
     # Sets of elements, not of id()s: held, an element keeps its one proxy (lxml).
     seen: set[HtmlElement] = set()
     for label in root.iter():
@@ -178,7 +177,7 @@ def _item_containers(root: HtmlElement, warnings: list[str]
             continue
         if container not in seen:
             seen.add(container)
-            found.append((container, label))
+            found.append(container)
     return found
 
 
@@ -241,7 +240,7 @@ def _fields(container: HtmlElement) -> list[_Field]:
     return fields
 
 
-def _html_item(container: HtmlElement, label: HtmlElement, base: str,
+def _html_item(container: HtmlElement, base: str,
                final_text: HtmlElement | None, warnings: list[str]) -> ItemIn:
     title_element = _title_element(container)
     assert title_element is not None  # a container is chosen for its title
