@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import typer
 
@@ -25,13 +24,23 @@ def _after_ingest(report) -> None:
 
 @app.command("listing")
 def ingest_listing(
-    source: Path = typer.Argument(..., help="A newsroom listing text file."),  # noqa: B008
+    source: str = typer.Argument(
+        ..., help="The newsroom's listing: its HTML page or the text form, a file or an "
+        "http(s) URL."),
+    backfill_pages: int = typer.Option(
+        0, "--backfill-pages", min=0,
+        help="Also follow the page's next link up to N pages, stored as archive backfill "
+        "(never mailed)."),
 ) -> None:
-    """Ingest a newsroom listing in the seed's text format."""
+    """Ingest a newsroom listing (its HTML page or the seed's text form)."""
     from digest import ingest
 
     ensure_db()
-    _after_ingest(ingest.ingest_listing(source, settings=get_settings()))
+    report = ingest.ingest_listing(source, settings=get_settings(),
+                                   backfill_pages=backfill_pages)
+    for line in report.rejected:
+        err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    _after_ingest(report)
 
 
 @app.command("feed")

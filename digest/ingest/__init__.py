@@ -1,10 +1,12 @@
 """Ingest: read items from a listing text, an RSS/Atom feed or JSON, and store them.
 
-Parsers are pure (text in, ``ItemIn`` list out): ``listing``, ``feeds`` (with ``decode``,
-the strict charset rules), ``json_items``. ``store.store_items`` de-duplicates and writes;
-the ``ingest_*`` entry points (``sources``) read, parse and store in one transaction, so a
-bad document writes nothing. Nothing here dispatches events: the caller sends
-``item_published`` for ``report.new_item_ids`` once the transaction has committed.
+Parsers are pure (text in, ``ItemIn`` list out): ``listing`` (the text form, read item by
+item; ``listing_html`` the newsroom's HTML page, with links and the next page), ``feeds``
+(with ``decode``, the strict charset rules), ``json_items``. ``store.store_items``
+de-duplicates and writes; the ``ingest_*`` entry points (``sources``) read, parse and store
+in one transaction, so a bad document writes nothing. Nothing here dispatches events: the
+caller sends ``item_published`` for ``report.new_item_ids`` once the transaction has
+committed.
 
 Titles and summaries are stored as plain text (tags stripped, entities decoded); whatever
 shows them escapes them again.

@@ -98,3 +98,36 @@ def decode_feed(data: bytes, http_charset: str | None = None) -> str:
 def as_utf8(text: str) -> bytes:
     # feedparser gets UTF-8 that says so: it has nothing left to guess.
     return _XML_DECL_TEXT.sub(r"\1utf-8\3", text, count=1).encode("utf-8")
+
+
+# An HTML page's own declaration, in its first bytes: <meta charset="..."> or the
+# http-equiv form's content="text/html; charset=...".
+_META_CHARSET = re.compile(rb"<meta\b[^>]*?\bcharset\s*=\s*[\"']?\s*([A-Za-z0-9._:-]+)", re.I)
+
+
+def decode_page(data: bytes, content_type: str | None, *, what: str = "page") -> str:
+    """A web page's (or a text listing's) text: byte order mark, the HTTP charset, the
+    page's ``<meta charset>``, else UTF-8; decoded strictly, never guessed."""
+    body = bytes(data)
+    bom = next(((mark, name) for mark, name in _BOMS if body.startswith(mark)), None)
+    http_charset = charset_of(content_type)
+    meta = _META_CHARSET.search(body[:2048])
+    if bom is not None:
+        body, encoding, where = body[len(bom[0]):], bom[1], "from its byte order mark"
+    elif http_charset:
+        encoding = _codec(http_charset, "HTTP Content-Type charset")
+        where = "from the HTTP Content-Type charset"
+    elif meta:
+        encoding = _codec(meta.group(1).decode("ascii"), "page's <meta charset>")
+        where = "from its <meta charset>"
+    else:
+        encoding, where = "utf-8", "no encoding declared, so UTF-8"
+    try:
+        return body.decode(encoding).lstrip("\ufeff")
+    except UnicodeDecodeError as exc:
+        expected = "UTF-8 text" if encoding == "utf-8" else f"valid {encoding}"
+        raise IngestError(
+            f"the {what} is not {expected} ({where}): undecodable byte "
+            f"0x{body[exc.start]:02x} at byte offset {exc.start}; declare its real encoding "
+            "(<meta charset> or the HTTP charset) or save it as UTF-8"
+        ) from None

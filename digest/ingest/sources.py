@@ -13,7 +13,7 @@ from digest.errors import IngestError
 from digest.ingest.feeds import read_feed
 from digest.ingest.fetch import MAX_FETCH_BYTES, Fetched, fetch_document
 from digest.ingest.json_items import parse_json_items
-from digest.ingest.listing import parse_listing
+from digest.ingest.listing import ListingDocument, read_listing_document
 from digest.ingest.store import IngestReport, store_items
 from digest.settings import Settings
 from digest.taxonomy import known_facets as load_known_facets
@@ -51,16 +51,78 @@ def _read(path: str | Path, *, text: bool) -> str | bytes:
 
 
 def ingest_listing(
-    path: str | Path, *, settings: Settings, now: datetime | None = None,
-    max_age_days: int | None = None,
+    source: str | Path, *, settings: Settings, now: datetime | None = None,
+    max_age_days: int | None = None, backfill_pages: int = 0,
 ) -> IngestReport:
-    """Read a listing text file and store its items."""
-    items = parse_listing(_read(path, text=True))
+    """Read a listing (the newsroom's HTML page or the text form; a file, or an http(s) URL
+    fetched) and store its items.
+
+    With ``backfill_pages``, up to that many further pages are followed by the page's next
+    link and stored as archive backfill (``is_backfill``: kept, never mailed): a first
+    backfill of a newsroom's history. Every page is read before the transaction, so a page
+    that cannot be read writes nothing. Each damaged item left out is a line of
+    ``report.rejected``, naming its page and line.
+    """
+    if backfill_pages < 0:
+        raise IngestError(f"--backfill-pages must be 0 or more, not {backfill_pages}")
+    pages = _listing_pages(source, backfill_pages)
+    label = source if _is_url(source) else Path(source).name
+    warnings = [
+        f"page {n} ({url}): {warning}" if len(pages) > 1 else warning
+        for n, (url, page) in enumerate(pages, 1) for warning in page.warnings
+    ]
     with session_scope(settings.database_url) as session:
-        return store_items(
-            session, items, source=f"listing:{Path(path).name}", now=now,
-            max_age_days=_max_age(settings, max_age_days),
-        )
+        report = IngestReport()
+        for n, (_, page) in enumerate(pages):
+            _add_to(report, store_items(
+                session, page.items, source=f"listing:{label}", now=now,
+                max_age_days=_max_age(settings, max_age_days), backfill=n > 0,
+            ))
+    report.rejected = warnings + report.rejected
+    return report
+
+
+def _is_url(source: str | Path) -> bool:
+    return isinstance(source, str) and bool(re.match(r"^[a-z][a-z0-9+.-]*://", source, re.I))
+
+
+def _listing_pages(source: str | Path, backfill_pages: int
+                   ) -> list[tuple[str, ListingDocument]]:
+    """The listing's first page and up to ``backfill_pages`` next ones, each once."""
+    if _is_url(source):
+        pages = [_fetched_page(str(source))]
+    else:
+        body = _read(source, text=False)
+        try:
+            pages = [(str(source), read_listing_document(body))]
+        except IngestError as exc:
+            raise IngestError(f"cannot read {source}: {exc}") from None
+    seen = {pages[0][0]}
+    while len(pages) <= backfill_pages and (next_url := pages[-1][1].next_page_url):
+        if next_url in seen:  # a pager that loops back: stop rather than read it again
+            break
+        seen.add(next_url)
+        pages.append(_fetched_page(next_url))
+    return pages
+
+
+def _fetched_page(url: str) -> tuple[str, ListingDocument]:
+    fetched = fetch_document(url)
+    return url, read_listing_document(fetched.body, content_type=fetched.content_type,
+                                      base_url=url)
+
+
+def _add_to(report: IngestReport, page: IngestReport) -> None:
+    report.new_item_ids += page.new_item_ids
+    report.updated_item_ids += page.updated_item_ids
+    report.unchanged_count += page.unchanged_count
+    report.backfill_ids += page.backfill_ids
+    report.duplicates_in_batch += page.duplicates_in_batch
+    report.less_complete += page.less_complete
+    report.rejected += page.rejected
+    report.unfiled += page.unfiled
+    for facet, names in page.created.items():
+        report.created.setdefault(facet, []).extend(names)
 
 
 def ingest_feed(

@@ -24,7 +24,8 @@ class IngestReport:
     unchanged_count: int = 0
     backfill_ids: list[int] = field(default_factory=list)  # new items too old to be mailed
     created: dict[str, list[str]] = field(default_factory=dict)  # facet -> new names
-    duplicates_in_batch: int = 0  # items repeated inside the document (last one kept)
+    duplicates_in_batch: int = 0  # repeats inside the document (the last kept, unless it has less)
+    less_complete: int = 0  # copies not applied: the stored (or earlier) copy had more
     rejected: list[str] = field(default_factory=list)  # entries left out, with the reason
     # Categories left unfiled, each a sentence naming it and its item (kept for review).
     unfiled: list[str] = field(default_factory=list)
@@ -39,6 +40,9 @@ class IngestReport:
             parts.append(f"{len(self.backfill_ids)} backfill (not mailed)")
         if self.duplicates_in_batch:
             parts.append(f"{self.duplicates_in_batch} duplicates skipped")
+        if self.less_complete:
+            parts.append(f"{self.less_complete} less complete "
+                         f"cop{'y' if self.less_complete == 1 else 'ies'} ignored")
         if self.rejected:
             parts.append(f"{len(self.rejected)} rejected ({'; '.join(self.rejected[:5])})")
         if self.unfiled:
@@ -59,21 +63,52 @@ def _key(item: ItemIn) -> str:
     return item.guid or item.url or title_date_guid(item.title, item.published_at)
 
 
-def _dedupe(items: list[ItemIn]) -> tuple[list[ItemIn], int]:
-    """One entry per GUID (or URL); a later repeat replaces the earlier one."""
+def _is_cut(new: str | None, old: str | None) -> bool:
+    """``new`` is ``old`` cut short: a proper prefix of it (whitespace aside)."""
+    new_words, old_words = " ".join((new or "").split()), " ".join((old or "").split())
+    return len(new_words) < len(old_words) and old_words.startswith(new_words)
+
+
+def is_less_complete(new: ItemIn, old: ItemIn) -> bool:
+    """Whether ``new`` holds less than ``old``: a field ``old`` has and ``new`` lacks (link,
+    date, content type, themes, locations, language), or a title or summary that is
+    ``old``'s cut short. Such a copy (a page copied or fetched in part) never replaces a
+    more complete one; any other difference is an edit and does."""
+    fields = ("url", "published_at", "content_type", "themes", "locations", "language")
+    if any(getattr(old, name) and not getattr(new, name) for name in fields):
+        return True
+    return _is_cut(new.title, old.title) or _is_cut(new.summary, old.summary)
+
+
+def _as_parsed(stored: Item) -> ItemIn:
+    return ItemIn(
+        guid=stored.guid, url=stored.url, title=stored.title, summary=stored.summary or "",
+        published_at=stored.published_at, language=stored.language,
+        content_type=stored.content_type.name if stored.content_type else None,
+        themes=[t.name for t in stored.themes], locations=[loc.name for loc in stored.locations],
+    )
+
+
+def _dedupe(items: list[ItemIn]) -> tuple[list[ItemIn], int, int]:
+    """One entry per GUID (or URL); a later repeat replaces the earlier one unless it is less
+    complete (then it is counted, not kept)."""
     slot_by_key: dict[str, int] = {}
     out: list[ItemIn] = []
+    less_complete = 0
     for item in items:
         keys = [_key(item)] + ([item.url] if item.url else [])
         slot = next((slot_by_key[k] for k in keys if k in slot_by_key), None)
         if slot is None:
             slot = len(out)
             out.append(item)
+        elif is_less_complete(item, out[slot]):
+            less_complete += 1
+            continue
         else:
             out[slot] = item
         for k in keys:
             slot_by_key[k] = slot
-    return out, len(items) - len(out)
+    return out, len(items) - len(out) - less_complete, less_complete
 
 
 def _existing(session: Session, keys: list[str], urls: list[str]) -> tuple[dict, dict]:
@@ -119,7 +154,7 @@ def store_items(
         raise ValueError("now must be timezone-aware")
     oldest_fresh = now - timedelta(days=max_age_days)
     report = IngestReport()
-    items, report.duplicates_in_batch = _dedupe(items)
+    items, report.duplicates_in_batch, report.less_complete = _dedupe(items)
     report.unfiled = [f"item {item.title[:80]!r}: category {name!r} has no domain and {why}; "
                       "left unfiled" for item in items for name, why in item.unfiled]
     if not items:
@@ -174,6 +209,9 @@ def store_items(
             )
             session.add(new)
             fresh.append((new, new.is_backfill))
+            continue
+        if is_less_complete(item, _as_parsed(stored)):
+            report.less_complete += 1  # a cut copy: the stored one stays as it is
             continue
         wanted = {
             "url": item.url or stored.url,

@@ -13,6 +13,7 @@ from digest.ingest import (
     parse_listing,
     to_plain_text,
 )
+from digest.ingest.listing import read_listing_text
 from digest.taxonomy import slugify
 from tests.conftest import SEED_LISTING, TEST_DATA
 from tests.feeds import demo_items
@@ -92,7 +93,8 @@ def test_demo_listing_has_18_items_over_three_weeks():
     dates = [item.published_at.date() for item in items]
     assert min(dates).isoformat() == "2025-09-22" and max(dates).isoformat() == "2025-10-10"
     assert {item.content_type for item in items} == {"News", "Press release", None}
-    assert all(item.guid == item.url for item in items)
+    # A listing item's key is its title and date in either form; the store also matches URLs.
+    assert all(item.guid.startswith("urn:digest:") for item in items)
     assert all(item.url.startswith("https://newsroom.example.org/items/") for item in items)
 
     bare = [item for item in items if item.content_type is None]
@@ -108,19 +110,26 @@ def test_listing_guid_without_url_is_stable_across_case_and_spacing():
     assert one[0].url is None
 
 
-def test_listing_with_invalid_date_names_the_line():
+def test_listing_item_with_invalid_date_is_left_out_and_the_others_kept():
     text = (
         "Header\nFirst\nPublishing date: 1 October 2025\nBody\n"
         "Second\nPublishing date: 31 Foo 2025\n"
     )
-    with pytest.raises(IngestError, match=r"line 6: invalid publishing date '31 Foo 2025'"):
-        parse_listing(text)
-    with pytest.raises(IngestError, match="line 2"):
+    assert [item.title for item in parse_listing(text)] == ["First"]
+    document = read_listing_text(text)
+    assert document.warnings == [
+        "line 6: invalid publishing date '31 Foo 2025'; write it as 'D Month YYYY', "
+        "e.g. '9 October 2025'; item 'Second' left out"
+    ]
+
+
+def test_listing_where_no_item_can_be_read_is_refused_naming_the_line():
+    with pytest.raises(IngestError, match="no item of the listing could be read: line 2"):
         parse_listing("Title\nPublishing date: 31 February 2025\n")
 
 
 def test_listing_url_must_be_http_and_the_error_names_the_line():
-    with pytest.raises(IngestError, match=r"line 3: URL 'javascript:alert\(1\)'"):
+    with pytest.raises(IngestError, match=r"line 3: URL 'javascript:alert\(1\)' is not"):
         parse_listing("Title\nPublishing date: 1 October 2025\nURL: javascript:alert(1)\n")
 
 
