@@ -93,7 +93,8 @@ def run_demo(var: Path, console: Console) -> None:
 
         with db.session_scope(settings.database_url) as session:
             report = ingest.store_items(session, items, source=str(DEMO_LISTING.name), now=clock,
-                                        max_age_days=settings.max_item_age_days)
+                                        max_age_days=settings.max_item_age_days,
+                                        keep_complete=True)
         console.print(f"ingest: {report.summary()}")
         queue = queue_for(settings)  # in-process: the demo configures no broker
         queue.publish_items(report.new_item_ids)  # immediate alerts

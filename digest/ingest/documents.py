@@ -66,6 +66,8 @@ def store_parsed(session: Session, source: Source, parsed: ParsedDocument, *,
     """Store a document ``parse_document`` read (a poller keeps its ``next_page_url``)."""
     report = store_items(session, parsed.items, source=f"{source.kind.value}:{source.url}",
                          now=now, max_age_days=settings.max_item_age_days,
-                         source_id=source.id, backfill=backfill)
+                         source_id=source.id, backfill=backfill,
+                         # A page or feed may come cut short; JSON states its items.
+                         keep_complete=source.kind is not SourceKind.json)
     report.rejected = parsed.warnings + report.rejected
     return report

@@ -77,6 +77,7 @@ def ingest_listing(
             _add_to(report, store_items(
                 session, page.items, source=f"listing:{label}", now=now,
                 max_age_days=_max_age(settings, max_age_days), backfill=n > 0,
+                keep_complete=True,
             ))
     report.rejected = warnings + report.rejected
     return report
@@ -141,7 +142,7 @@ def ingest_feed(
         )
         report = store_items(
             session, items, source=f"feed:{source}", now=now,
-            max_age_days=_max_age(settings, max_age_days),
+            max_age_days=_max_age(settings, max_age_days), keep_complete=True,
         )
     report.rejected = rejected
     return report

@@ -89,9 +89,9 @@ def _as_parsed(stored: Item) -> ItemIn:
     )
 
 
-def _dedupe(items: list[ItemIn]) -> tuple[list[ItemIn], int, int]:
-    """One entry per GUID (or URL); a later repeat replaces the earlier one unless it is less
-    complete (then it is counted, not kept)."""
+def _dedupe(items: list[ItemIn], keep_complete: bool) -> tuple[list[ItemIn], int, int]:
+    """One entry per GUID (or URL); a later repeat replaces the earlier one unless
+    ``keep_complete`` and it is less complete (then it is counted, not kept)."""
     slot_by_key: dict[str, int] = {}
     out: list[ItemIn] = []
     less_complete = 0
@@ -101,7 +101,7 @@ def _dedupe(items: list[ItemIn]) -> tuple[list[ItemIn], int, int]:
         if slot is None:
             slot = len(out)
             out.append(item)
-        elif is_less_complete(item, out[slot]):
+        elif keep_complete and is_less_complete(item, out[slot]):
             less_complete += 1
             continue
         else:
@@ -138,6 +138,7 @@ def store_items(
     now: datetime | None = None,
     source_id: int | None = None,
     backfill: bool = False,
+    keep_complete: bool = False,
 ) -> IngestReport:
     """Insert new items and update known ones (matched by GUID, else URL); flushes, the
     caller commits.
@@ -147,14 +148,17 @@ def store_items(
     ``now`` is archive backfill (``is_backfill``), stored but never mailed. Unknown
     taxonomy names are created and listed in the report. ``source_id``: the registered source
     the items came from; ``backfill``: every new item is archive backfill whatever its date (a
-    source's first pages of history).
+    source's first pages of history). ``keep_complete``: the items were read from a page or a
+    feed that may have been fetched in part (a listing, a feed), so a copy that holds less
+    than the stored or an earlier one (``is_less_complete``) replaces neither; items stated
+    as JSON or through the API are taken as given (an editor may mean to drop a field).
     """
     now = utcnow() if now is None else now
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     oldest_fresh = now - timedelta(days=max_age_days)
     report = IngestReport()
-    items, report.duplicates_in_batch, report.less_complete = _dedupe(items)
+    items, report.duplicates_in_batch, report.less_complete = _dedupe(items, keep_complete)
     report.unfiled = [f"item {item.title[:80]!r}: category {name!r} has no domain and {why}; "
                       "left unfiled" for item in items for name, why in item.unfiled]
     if not items:
@@ -210,7 +214,7 @@ def store_items(
             session.add(new)
             fresh.append((new, new.is_backfill))
             continue
-        if is_less_complete(item, _as_parsed(stored)):
+        if keep_complete and is_less_complete(item, _as_parsed(stored)):
             report.less_complete += 1  # a cut copy: the stored one stays as it is
             continue
         wanted = {

@@ -5,6 +5,7 @@ the first (followed over a real local HTTP server) are archive backfill, never m
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 from datetime import UTC, datetime
 
@@ -157,7 +158,8 @@ def test_a_cut_copy_later_in_the_same_page_never_replaces_the_complete_one(setti
 def test_a_cut_copy_read_later_never_replaces_the_stored_complete_one(settings, session):
     ingest_listing(SEED_LISTING, settings=settings, now=NOW, max_age_days=A_YEAR)
     cut = parse_listing((DAMAGED / "repeated-cut.txt").read_text(encoding="utf-8"))[-1]
-    report = store_items(session, [cut], source="t", now=NOW, max_age_days=A_YEAR)
+    report = store_items(session, [cut], source="t", now=NOW, max_age_days=A_YEAR,
+                         keep_complete=True)
     session.commit()
     assert report.updated_item_ids == [] and report.less_complete == 1
     assert_the_forensic_conference_is_complete(session)
@@ -242,3 +244,21 @@ def test_a_listing_sources_html_page_is_stored_with_its_links_and_its_source(set
     items = stored(session)
     assert all(item.source_id == source.id for item in items)
     assert items[0].url == "https://www.osce.org/mission-to-montenegro/599712"
+
+
+def test_items_stated_as_json_are_taken_as_given_even_when_they_drop_a_field(settings,
+                                                                            session):
+    """The completeness guard is for pages and feeds that may come cut short; an editor who
+    sends an item without its themes through the API or as JSON means it."""
+    from digest.ingest import ingest_json
+
+    ingest_listing(SEED_LISTING, settings=settings, now=NOW, max_age_days=A_YEAR)
+    item = session.scalar(select(Item).where(Item.title.like("Jubilee%")))
+    assert item.themes
+    edited = {"guid": item.guid, "title": item.title, "summary": "Shorter.",
+              "published_at": item.published_at.isoformat(), "themes": []}
+    report = ingest_json(json.dumps(edited), settings=settings, now=NOW, max_age_days=A_YEAR)
+    assert report.updated_item_ids == [item.id] and report.less_complete == 0
+    session.rollback()
+    item = session.scalar(select(Item).where(Item.id == item.id))
+    assert item.themes == [] and item.summary == "Shorter."

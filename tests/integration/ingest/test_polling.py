@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -370,3 +371,29 @@ def test_a_listing_first_polled_backfills_its_older_pages_as_archive(polling, se
     # Later polls read the first page only.
     poll_due(polling, now=NOW, all_sources=True)
     assert [server.hits(f"/news-{n}") for n in range(1, 5)] == [2, 1, 1, 0]
+
+
+def test_a_newsroom_html_listing_first_polled_keeps_its_links_and_backfills_the_next_page(
+        polling, server):
+    """The real pages (tests/data), read by the real HTML parser: the first page's items with
+    their own links, the page its pager links to stored as archive and never mailed."""
+    data = Path(__file__).resolve().parents[2] / "data"
+    first = (data / "osce-newsroom-2025-10.html").read_bytes().replace(
+        b'href="?page=1"', b'href="/newsroom/page-2"')
+    server.serve("/newsroom", first, content_type="text/html; charset=utf-8")
+    server.serve("/newsroom/page-2", (data / "osce-newsroom-2025-10-page2.html").read_bytes(),
+                 content_type="text/html; charset=utf-8")
+    sid = add(polling, server.url("/newsroom"), kind="listing", backfill_pages=3)
+    [outcome] = poll_due(polling, now=NOW, queue=RecordingQueue(polling))
+    # Nine stored, only the first page's seven announced (the archive is never mailed).
+    assert outcome.status == "stored" and outcome.new_items == 9
+    assert len(outcome.new_item_ids) == 7
+    assert server.hits("/newsroom") == 1 and server.hits("/newsroom/page-2") == 1
+    with digest_db.session_scope(polling.database_url) as session:
+        stored = list(session.scalars(select(Item)))
+        assert len(stored) == 9 and {item.source_id for item in stored} == {sid}
+        # Relative anchors resolve against the address the page was fetched from.
+        assert all(item.url and item.url.startswith(server.base + "/") for item in stored)
+        assert len({item.url for item in stored}) == 9
+        assert sum(item.is_backfill for item in stored) == 2
+    assert source(polling, sid).items_added == 9
