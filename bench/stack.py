@@ -548,8 +548,8 @@ def measure(args, n: int, sink_path: str) -> Figures:
                 env["DIGEST_BATCH_SIZE"] = str(args.batch_size)
             # Without a worker nobody else plans: the command plans every chunk (ADR 0032).
             env["DIGEST_PLANNING_WORKERS"] = str(1 if args.plan_only else args.planning_workers)
-            run = subprocess.run([*digest_argv(), "db", "upgrade"], cwd=ROOT, env=env,
-                                 capture_output=True, text=True)
+            run = subprocess.run([*digest_argv(), "db", "upgrade", "--no-seed"], cwd=ROOT,
+                                 env=env, capture_output=True, text=True)
             if run.returncode != 0:
                 raise StackError(f"digest db upgrade failed: {run.stderr.strip()[-400:]}")
             progress(f"{n:,} subscribers: filling the database (COPY)")
