@@ -44,9 +44,13 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def build_feed(sub: Subscriber, items: list[Item], settings: Settings) -> tuple[bytes, datetime]:
+def build_feed(sub: Subscriber, items: list[Item], settings: Settings,
+               self_url: str | None = None) -> tuple[bytes, datetime]:
     """The Atom document and the moment it last changed (the newest item's update, or the
-    subscription's start for an empty feed): the same items give the same bytes."""
+    subscription's start for an empty feed): the same items give the same bytes.
+    ``self_url``: the address the feed was fetched at. A freshly signed one would carry a new
+    timestamp every second, so the bytes, and the ETag a feed reader sends back, would change
+    with nothing new in the feed."""
     authority = _tag_authority(settings)
     changed = max((_aware(max(i.updated_at, i.ingested_at)) for i in items),
                   default=_aware(sub.confirmed_at or sub.created_at))
@@ -55,7 +59,8 @@ def build_feed(sub: Subscriber, items: list[Item], settings: Settings) -> tuple[
     fg.title(f"{settings.newsroom_name}: your digest items")
     fg.subtitle("The newest items that match your digest choices.")
     fg.author({"name": f"{settings.newsroom_name} digest"})
-    fg.link(href=feed_url(sub.id, settings), rel="self", type="application/atom+xml")
+    fg.link(href=self_url or feed_url(sub.id, settings), rel="self",
+            type="application/atom+xml")
     fg.link(href=settings.newsroom_url, rel="alternate", type="text/html")
     fg.language("en")
     fg.updated(changed)
@@ -114,7 +119,9 @@ def personal_feed(request: Request, token: str, session: SessionDep) -> Response
     sub = session.scalars(select(Subscriber).where(Subscriber.id == subscriber_id)).one_or_none()
     if sub is None or sub.status != SubscriberStatus.active:
         return _no_feed(request)
-    body, changed = build_feed(sub, feed_items(session, sub.id, limit=s.feed_items), s)
+    self_url = f"{s.public_base_url.rstrip('/')}/feed/{token}.atom"
+    body, changed = build_feed(sub, feed_items(session, sub.id, limit=s.feed_items), s,
+                               self_url=self_url)
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
     headers = {"ETag": etag, "Last-Modified": format_datetime(changed, usegmt=True),
                "Cache-Control": FEED_CACHE, "X-Robots-Tag": "noindex"}

@@ -214,3 +214,21 @@ def test_preferences_page_links_the_feed_while_subscribed(
     unsubscribe(db_session, ann)
     db_session.commit()
     assert "/feed/" not in client.get(manage).text
+
+
+def test_feed_bytes_and_etag_stay_the_same_when_the_signing_clock_moves(
+    client, web_settings, db_session, taxo, newsroom, monkeypatch
+):
+    """The self link is the address the reader fetched, not a token signed afresh: a token
+    minted a second later differs, and with it the bytes and the ETag a feed reader keeps."""
+    import itsdangerous.timed
+
+    ann, _, _ = newsroom
+    path = path_of(feed_url(ann.id, web_settings))
+    first = client.get(path)
+    real_time = itsdangerous.timed.time.time
+    monkeypatch.setattr(itsdangerous.timed.time, "time", lambda: real_time() + 3600)
+    later = client.get(path, headers={"If-None-Match": first.headers["etag"]})
+    assert later.status_code == 304
+    again = client.get(path)
+    assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
