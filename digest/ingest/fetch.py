@@ -16,7 +16,7 @@ import httpx
 
 from digest.errors import IngestError
 from digest.ingest.decode import charset_of
-from digest.ingest.guard import check_public
+from digest.ingest.guard import check_peer, check_public
 from digest.ingest.parsed import is_web_url
 from digest.models import utcnow
 
@@ -156,6 +156,7 @@ def fetch_source(url: str, *, etag: str | None = None, last_modified: str | None
                 check_public(current, allow_private=allow_private)
                 seen.append(current)
                 with client.stream("GET", current, headers=headers) as response:
+                    check_peer(_peer_address(response), current, allow_private=allow_private)
                     location = response.headers.get("location")
                     if response.status_code in _REDIRECTS and location:
                         permanent = permanent and response.status_code in _PERMANENT
@@ -173,6 +174,13 @@ def fetch_source(url: str, *, etag: str | None = None, last_modified: str | None
                         max_age=parse_max_age(answer.get("cache-control")), headers=answer)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise IngestError(f"fetching {current} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _peer_address(response: httpx.Response) -> str | None:
+    """The IP address the response came from (httpcore's stream knows it)."""
+    stream = response.extensions.get("network_stream")
+    peer = stream.get_extra_info("server_addr") if stream is not None else None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
 
 
 def _next_hop(current: str, location: str, seen: list[str]) -> str:

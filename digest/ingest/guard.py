@@ -1,7 +1,10 @@
 """Where a fetch may go: a source or a WebSub hub is an address an operator (or a feed) typed,
 so without this guard it could be pointed at the internal network (``http://127.0.0.1:6379``,
 a cloud's metadata address) and its errors read back. Every address a host name resolves to
-is checked, at registration and again before each request (a name can be re-pointed)."""
+is checked, at registration and again before each request (a name can be re-pointed), and
+the address a connection actually reached is checked before its answer is read
+(``check_peer``: a name that resolved to a public address for the check and to a private one
+for the connection, DNS rebinding, is caught there)."""
 
 from __future__ import annotations
 
@@ -41,3 +44,16 @@ def check_public(url: str, *, allow_private: bool) -> None:
             f"refused to fetch {url}: {host} resolves to the private or loopback address "
             f"{', '.join(private)}; set DIGEST_SOURCES_ALLOW_PRIVATE=true if this source is "
             "meant to be on the internal network")
+
+
+def check_peer(address: str | None, url: str, *, allow_private: bool) -> None:
+    """IngestError when the connection for ``url`` reached a private or loopback ``address``
+    (unless allowed); nothing of the answer is read then. None (no address known) passes: the
+    name was checked before connecting."""
+    if allow_private or not address or _is_public(address):
+        return
+    raise IngestError(
+        f"refused to read {url}: the connection reached the private or loopback address "
+        f"{address} although the name resolved to a public one when checked (a name re-pointed "
+        "between two look-ups); set DIGEST_SOURCES_ALLOW_PRIVATE=true if this source is meant "
+        "to be on the internal network")

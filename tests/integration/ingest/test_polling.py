@@ -397,3 +397,17 @@ def test_a_newsroom_html_listing_first_polled_keeps_its_links_and_backfills_the_
         assert len({item.url for item in stored}) == 9
         assert sum(item.is_backfill for item in stored) == 2
     assert source(polling, sid).items_added == 9
+
+
+def test_a_connection_that_reaches_a_private_address_is_refused_before_its_answer_is_read(
+        server, monkeypatch):
+    """DNS rebinding: the name resolved to a public address when checked and to a private one
+    when the connection was made. Simulated by letting the name check pass; the address the
+    connection reached (the real local server's) is then refused, and nothing is read."""
+    fetch_module = importlib.import_module("digest.ingest.fetch")
+    server.serve("/feed.xml", b"<rss/>", content_type="application/rss+xml")
+    monkeypatch.setattr(fetch_module, "check_public", lambda url, allow_private: None)
+    with pytest.raises(IngestError, match="reached the private or loopback address 127.0.0.1"):
+        fetch_module.fetch_source(server.url("/feed.xml"), allow_private=False, now=NOW)
+    assert fetch_module.fetch_source(server.url("/feed.xml"), allow_private=True,
+                                     now=NOW).body == b"<rss/>"
