@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -28,7 +27,7 @@ from digest.selection import plan_scheduled_run
 from digest.settings import Settings
 from tests.conftest import ROOT
 from tests.factories import T0, Taxo, make_item, make_subscriber
-from tests.helpers import free_port
+from tests.helpers import free_port, start_celery, stop_process
 
 pytestmark = pytest.mark.integration
 PROJECT = ROOT
@@ -80,27 +79,6 @@ def own_redis(tmp_path):
     server.stop()
 
 
-def _start(args: list[str], env: dict[str, str], log: Path, ready: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.celery_app", *args],
-                            cwd=PROJECT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    deadline = time.monotonic() + 60
-    while ready not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"{args[0]} did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def test_a_run_planned_before_a_broker_restart_is_sent_once_to_everyone_without_an_operator(
         db_url, own_redis, tmp_path):
     queue = f"digest-loss-{uuid.uuid4().hex[:8]}"
@@ -130,19 +108,19 @@ def test_a_run_planned_before_a_broker_restart_is_sent_once_to_everyone_without_
         own_redis.start()
         assert redis.Redis.from_url(own_redis.url).llen(queue) == 0
 
-        worker = _start(["worker", "-Q", queue, "-c", "2", "-P", "prefork", "-l", "INFO",
-                         "--without-gossip", "--without-mingle", "-n", f"{queue}@%h"],
-                        env, tmp_path / "worker.log", "ready.")
-        beat = _start(["beat", "-s", str(tmp_path / "beat-schedule"), "-l", "INFO"], env,
-                      tmp_path / "beat.log", "beat: Starting")
+        worker = start_celery(["worker", "-Q", queue, "-c", "2", "-P", "prefork", "-l", "INFO",
+                               "--without-gossip", "--without-mingle", "-n", f"{queue}@%h"],
+                              env, tmp_path / "worker.log", "ready.", PROJECT)
+        beat = start_celery(["beat", "-s", str(tmp_path / "beat-schedule"), "-l", "INFO"], env,
+                            tmp_path / "beat.log", "beat: Starting", PROJECT)
         try:
             deadline = time.monotonic() + 90
             while len(sink.messages) < len(readers) and time.monotonic() < deadline:
                 time.sleep(0.5)
             time.sleep(3)  # a second copy, had there been one, would have arrived by now
         finally:
-            _stop(beat)
-            _stop(worker)
+            stop_process(beat)
+            stop_process(worker)
         received = Counter(m.rcpt_tos[0] for m in sink.messages)
         assert received == Counter({address: 1 for address in readers})
         session.expire_all()

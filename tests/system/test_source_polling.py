@@ -4,11 +4,8 @@ SQLite and PostgreSQL, from the tests' own newsroom server; its new items are an
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import redis
@@ -19,32 +16,11 @@ from digest.ingest import registry
 from digest.models import Item, Source
 from digest.settings import Settings
 from tests.conftest import REDIS_URL, ROOT
+from tests.helpers import start_celery, stop_process
 from tests.sourceserver import SourceServer, rss
 from workers.beat import lock_key
 
 pytestmark = pytest.mark.integration
-
-
-def start(args: list[str], env: dict[str, str], log: Path, ready: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.celery_app", *args],
-                            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    deadline = time.monotonic() + 60
-    while ready not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"{args[0]} did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def test_a_source_added_once_is_polled_by_the_beat_and_a_worker(db_url, tmp_path):
@@ -62,11 +38,11 @@ def test_a_source_added_once_is_polled_by_the_beat_and_a_worker(db_url, tmp_path
         with digest_db.session_scope(db_url) as session:
             registry.add_source(session, server.url("/feed.xml"), settings=settings,
                                 every="1h")
-        worker = start(["worker", "-Q", queue, "-c", "2", "-P", "prefork", "-l", "INFO",
-                        "--without-gossip", "--without-mingle", "-n", f"{queue}@%h"],
-                       env, tmp_path / "worker.log", "ready.")
-        beat = start(["beat", "-l", "INFO", "-s", str(tmp_path / "beat-schedule")], env,
-                     tmp_path / "beat.log", "beat: Starting")
+        worker = start_celery(["worker", "-Q", queue, "-c", "2", "-P", "prefork", "-l", "INFO",
+                               "--without-gossip", "--without-mingle", "-n", f"{queue}@%h"],
+                              env, tmp_path / "worker.log", "ready.", ROOT)
+        beat = start_celery(["beat", "-l", "INFO", "-s", str(tmp_path / "beat-schedule")], env,
+                            tmp_path / "beat.log", "beat: Starting", ROOT)
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and _items(db_url) < 2:
@@ -75,8 +51,8 @@ def test_a_source_added_once_is_polled_by_the_beat_and_a_worker(db_url, tmp_path
             assert _items(db_url) == 2, log[-3000:]
             time.sleep(6)  # another beat's poll: the source is not due again for an hour
         finally:
-            stop(beat)
-            stop(worker)
+            stop_process(beat)
+            stop_process(worker)
             client.delete(queue, f"{queue}.maintenance", lock_key(queue))
         assert server.hits("/feed.xml") == 1
         log = (tmp_path / "worker.log").read_text()
