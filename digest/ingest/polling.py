@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from digest.db import rowcount, session_scope
@@ -209,10 +209,20 @@ def poll_one(settings: Settings, source_id: int, *, token: str, now: datetime) -
     if response.status != 200:
         return _record_failure(settings, source_id, token, now, _status_words(url, response),
                                response)
-    try:
-        return _record_stored(settings, source_id, token, now, response)
-    except DigestError as exc:
-        return _record_failure(settings, source_id, token, now, str(exc), response)
+    for attempt in (1, 2):
+        try:
+            return _record_stored(settings, source_id, token, now, response)
+        except DigestError as exc:
+            return _record_failure(settings, source_id, token, now, str(exc), response)
+        except IntegrityError:
+            # Another source, a push or an ingest stored one of these items at the same
+            # moment (a newsroom read through two sources): its transaction rolled back, and
+            # the second try finds the item stored and updates it.
+            if attempt == 2:
+                raise
+            log.info("source %s: an item was stored by another writer meanwhile; storing "
+                     "again", source_id)
+    raise AssertionError("unreachable")
 
 
 def _status_words(url: str, response: SourceResponse) -> str:

@@ -411,3 +411,36 @@ def test_a_connection_that_reaches_a_private_address_is_refused_before_its_answe
         fetch_module.fetch_source(server.url("/feed.xml"), allow_private=False, now=NOW)
     assert fetch_module.fetch_source(server.url("/feed.xml"), allow_private=True,
                                      now=NOW).body == b"<rss/>"
+
+
+def test_an_item_another_writer_stores_at_the_same_moment_is_updated_not_a_failed_pass(
+        polling, server, monkeypatch):
+    """The race of a newsroom read through two sources (or a poll and a push): another writer
+    commits one of the items between this poll's look-up and its insert. The insert's unique
+    violation rolls back, and the second try finds the item and updates it."""
+    import json
+
+    from digest.ingest import ingest_json
+
+    store_module = importlib.import_module("digest.ingest.store")
+    real_existing = store_module._existing
+    raced = []
+
+    def existing_then_another_writer(session, keys, urls):
+        found = real_existing(session, keys, urls)
+        if not raced:
+            raced.append(True)
+            ingest_json(json.dumps({"guid": "a-1", "title": "An earlier title"}),
+                        settings=polling, now=NOW)
+        return found
+
+    monkeypatch.setattr(store_module, "_existing", existing_then_another_writer)
+    server.serve("/feed.xml", FEED)
+    sid = add(polling, server.url("/feed.xml"))
+    [outcome] = poll_due(polling, now=NOW)
+    assert raced and outcome.status == "stored" and outcome.new_items == 1
+    assert server.hits("/feed.xml") == 1  # stored again, not fetched again
+    with digest_db.session_scope(polling.database_url) as session:
+        titles = sorted(session.scalars(select(Item.title)))
+    assert titles == ["First story", "Second story"]
+    assert source(polling, sid).consecutive_failures == 0
